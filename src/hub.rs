@@ -1,0 +1,196 @@
+//! Presence and live delivery: which users are online, and a bounded queue per session into
+//! which committed messages are pushed.
+//!
+//! The lock is a plain `std::sync::Mutex` held only for map operations and `try_send`s — never
+//! across an `.await` — so a slow client can never slow a sender: when a session's queue is
+//! full, that session is kicked (it disconnects; its messages stay in its inbox).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio_util::sync::CancellationToken;
+
+use crate::store::Message;
+
+#[derive(Clone, Default)]
+pub struct Hub {
+    shared: Arc<Shared>,
+}
+
+#[derive(Default)]
+struct Shared {
+    online: Mutex<HashMap<Arc<str>, Vec<Subscriber>>>,
+    next_id: AtomicU64,
+}
+
+struct Subscriber {
+    id: u64,
+    tx: mpsc::Sender<Arc<Message>>,
+    kick: CancellationToken,
+}
+
+/// One session's live feed. Dropping it takes the session offline.
+pub struct Subscription {
+    hub: Hub,
+    user: Arc<str>,
+    id: u64,
+    rx: mpsc::Receiver<Arc<Message>>,
+    kick: CancellationToken,
+}
+
+impl Subscription {
+    pub fn user(&self) -> &Arc<str> {
+        &self.user
+    }
+
+    /// The next pushed message; `None` once this session was kicked for falling behind.
+    pub async fn next(&mut self) -> Option<Arc<Message>> {
+        tokio::select! {
+            biased;
+            _ = self.kick.cancelled() => None,
+            message = self.rx.recv() => message,
+        }
+    }
+
+    /// A message that is already queued, without waiting.
+    pub fn try_recv(&mut self) -> Option<Arc<Message>> {
+        self.rx.try_recv().ok()
+    }
+
+    pub fn is_kicked(&self) -> bool {
+        self.kick.is_cancelled()
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.hub.unsubscribe(&self.user, self.id);
+    }
+}
+
+impl Hub {
+    pub fn new() -> Hub {
+        Hub::default()
+    }
+
+    /// Puts a session of `user` online with a push queue of `capacity` messages. `kick` is
+    /// cancelled if the session falls so far behind that its queue overflows.
+    pub fn subscribe(&self, user: Arc<str>, capacity: usize, kick: CancellationToken) -> Subscription {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let subscriber = Subscriber {
+            id,
+            tx,
+            kick: kick.clone(),
+        };
+        self.lock().entry(user.clone()).or_default().push(subscriber);
+        Subscription {
+            hub: self.clone(),
+            user,
+            id,
+            rx,
+            kick,
+        }
+    }
+
+    fn unsubscribe(&self, user: &str, id: u64) {
+        let mut online = self.lock();
+        if let Some(list) = online.get_mut(user) {
+            list.retain(|s| s.id != id);
+            if list.is_empty() {
+                online.remove(user);
+            }
+        }
+    }
+
+    /// Pushes a committed message to every online session of its recipient. Returns how many
+    /// sessions it was queued for.
+    pub fn deliver(&self, message: &Arc<Message>) -> usize {
+        let mut online = self.lock();
+        let Some(list) = online.get_mut(&*message.recipient) else {
+            return 0;
+        };
+        let mut queued = 0;
+        list.retain(|s| match s.tx.try_send(message.clone()) {
+            Ok(()) => {
+                queued += 1;
+                true
+            }
+            Err(TrySendError::Full(_)) => {
+                tracing::warn!(user = %message.recipient, "session too slow to read its messages; disconnecting it");
+                s.kick.cancel();
+                false
+            }
+            Err(TrySendError::Closed(_)) => false,
+        });
+        if list.is_empty() {
+            online.remove(&*message.recipient);
+        }
+        queued
+    }
+
+    /// Names of the users with at least one live session, sorted.
+    pub fn online_users(&self) -> Vec<Arc<str>> {
+        let mut users: Vec<Arc<str>> = self.lock().keys().cloned().collect();
+        users.sort_unstable();
+        users
+    }
+
+    pub fn is_online(&self, user: &str) -> bool {
+        self.lock().contains_key(user)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Vec<Subscriber>>> {
+        // A panic while holding this lock cannot leave the map half-updated in a way that
+        // matters (every operation is a single insert/retain), so poisoning is ignored.
+        self.shared.online.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(id: i64, to: &str) -> Arc<Message> {
+        Arc::new(Message {
+            id,
+            sender: Arc::from("a"),
+            recipient: Arc::from(to),
+            body: "hi".into(),
+            created_at_us: 0,
+            client_timestamp: None,
+        })
+    }
+
+    #[tokio::test]
+    async fn delivers_to_every_session_and_tracks_presence() {
+        let hub = Hub::new();
+        let mut one = hub.subscribe(Arc::from("bob"), 4, CancellationToken::new());
+        let mut two = hub.subscribe(Arc::from("bob"), 4, CancellationToken::new());
+        assert_eq!(hub.online_users(), vec![Arc::<str>::from("bob")]);
+        assert_eq!(hub.deliver(&message(1, "bob")), 2);
+        assert_eq!(one.next().await.unwrap().id, 1);
+        assert_eq!(two.next().await.unwrap().id, 1);
+        drop(one);
+        assert!(hub.is_online("bob"));
+        drop(two);
+        assert!(!hub.is_online("bob"));
+        assert_eq!(hub.deliver(&message(2, "bob")), 0);
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_kicks_only_that_session() {
+        let hub = Hub::new();
+        let slow = hub.subscribe(Arc::from("bob"), 1, CancellationToken::new());
+        let mut fast = hub.subscribe(Arc::from("bob"), 8, CancellationToken::new());
+        hub.deliver(&message(1, "bob"));
+        assert!(!slow.is_kicked());
+        hub.deliver(&message(2, "bob"));
+        assert!(slow.is_kicked());
+        assert_eq!(fast.next().await.unwrap().id, 1);
+        assert_eq!(fast.next().await.unwrap().id, 2);
+        assert_eq!(hub.deliver(&message(3, "bob")), 1);
+    }
+}

@@ -1,0 +1,215 @@
+//! chatd: an async TCP echo and line-protocol chat server.
+//!
+//! [`Server::bind`] opens the listeners and the store; [`Server::run`] serves until the
+//! shutdown token is cancelled. The binary and the tests both go through here.
+
+pub mod chat;
+pub mod config;
+pub mod echo;
+pub mod error;
+pub mod hub;
+pub mod line;
+pub mod listener;
+pub mod net;
+pub mod store;
+
+use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::chat::{AuthLimits, Chat, ChatOptions};
+pub use crate::config::Config;
+use crate::line::session::SessionSettings;
+use crate::store::Store;
+
+/// File descriptors kept back from the connection limit for the store, listeners and logs.
+const RESERVED_FDS: u64 = 64;
+/// How long connections get to finish and say goodbye on shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// A bound, ready server.
+pub struct Server {
+    config: Config,
+    ip: IpAddr,
+    line: TcpListener,
+    echo: Option<TcpListener>,
+    store: Store,
+    chat: Chat,
+    writer: JoinHandle<()>,
+    max_connections: usize,
+}
+
+impl Server {
+    /// Binds the listeners and opens (creating and migrating) the store.
+    pub async fn bind(config: Config) -> anyhow::Result<Server> {
+        let open_files = net::raise_open_files_limit().unwrap_or(1024);
+        if open_files < 4096 {
+            tracing::warn!(open_files, "the open-files limit is low; it bounds how many clients can connect");
+        } else {
+            tracing::info!(open_files, "open-files limit");
+        }
+        let ip = match &config.interface {
+            Some(name) => net::interface_ipv4(name)?,
+            None => config.bind,
+        };
+        let line = net::bind(SocketAddr::new(ip, config.port), config.backlog)
+            .with_context(|| format!("cannot listen on {ip} port {}", config.port))?;
+        let echo = match config.echo_port {
+            Some(port) => Some(
+                net::bind(SocketAddr::new(ip, port), config.backlog)
+                    .with_context(|| format!("cannot listen for echo on {ip} port {port}"))?,
+            ),
+            None => None,
+        };
+        let store = Store::open(&config.db)
+            .await
+            .with_context(|| format!("cannot open the store {}", config.db))?;
+        let (chat, writer) = Chat::start(
+            store.clone(),
+            ChatOptions {
+                auth: AuthLimits {
+                    failures_per_conn: config.auth_failures_per_conn.max(1),
+                    failures_per_addr: config.auth_failures_per_addr.max(1),
+                    lockout: config.auth_lockout(),
+                },
+                push_queue: config.push_queue,
+            },
+        );
+        let max_connections = config
+            .max_connections
+            .unwrap_or_else(|| open_files.saturating_sub(RESERVED_FDS).max(1) as usize);
+        Ok(Server {
+            config,
+            ip,
+            line,
+            echo,
+            store,
+            chat,
+            writer,
+            max_connections,
+        })
+    }
+
+    pub fn line_addr(&self) -> SocketAddr {
+        self.line.local_addr().expect("a bound listener has an address")
+    }
+
+    pub fn echo_addr(&self) -> Option<SocketAddr> {
+        self.echo.as_ref().map(|l| l.local_addr().expect("a bound listener has an address"))
+    }
+
+    pub fn chat(&self) -> &Chat {
+        &self.chat
+    }
+
+    /// What a person can type to reach this server, one address per line.
+    pub fn banner(&self) -> String {
+        let mut out = format!("chatd {} is up. Connect with:\n", env!("CARGO_PKG_VERSION"));
+        let port = self.line_addr().port();
+        for ip in net::reachable_addrs(self.ip) {
+            let _ = writeln!(out, "  telnet {ip} {port}");
+        }
+        if let Some(echo) = self.echo_addr() {
+            let _ = writeln!(out, "Echo (RFC 862) on port {}", echo.port());
+        }
+        let _ = write!(
+            out,
+            "Store: {}; at most {} connections. Stop with Ctrl-C.",
+            self.config.db, self.max_connections
+        );
+        out
+    }
+
+    /// Serves until `shutdown` is cancelled, then stops accepting, lets connections finish
+    /// their commands and say goodbye, and commits every queued message before returning.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let Server {
+            config,
+            line,
+            echo,
+            store,
+            chat,
+            writer,
+            max_connections,
+            ..
+        } = self;
+        let tracker = TaskTracker::new();
+        let limit = Arc::new(Semaphore::new(max_connections));
+        let settings = Arc::new(SessionSettings::new(config.max_line, config.idle_timeout()));
+        let mut loops = Vec::new();
+        {
+            let (chat, shutdown_for_sessions) = (chat.clone(), shutdown.clone());
+            loops.push(tokio::spawn(listener::accept_loop(
+                "line",
+                line,
+                limit.clone(),
+                Some(b"ERR SERVER_BUSY too many connections; try again later\r\n"),
+                shutdown.clone(),
+                tracker.clone(),
+                move |stream, peer, permit| {
+                    let session = line::session::serve(
+                        stream,
+                        peer,
+                        chat.clone(),
+                        settings.clone(),
+                        shutdown_for_sessions.clone(),
+                    );
+                    async move {
+                        session.await;
+                        drop(permit);
+                    }
+                },
+            )));
+        }
+        if let Some(echo) = echo {
+            let (idle, shutdown_for_echo) = (config.idle_timeout(), shutdown.clone());
+            loops.push(tokio::spawn(listener::accept_loop(
+                "echo",
+                echo,
+                limit.clone(),
+                None,
+                shutdown.clone(),
+                tracker.clone(),
+                move |stream, _peer, permit| {
+                    let serve = echo::serve(stream, idle, shutdown_for_echo.clone());
+                    async move {
+                        serve.await;
+                        drop(permit);
+                    }
+                },
+            )));
+        }
+        shutdown.cancelled().await;
+        tracing::info!("shutting down: no new connections; finishing the open ones");
+        for accept in loops {
+            let _ = accept.await;
+        }
+        tracker.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await.is_err() {
+            tracing::warn!(left = tracker.len(), "connections still open after the grace period");
+        }
+        // The writer ends once every handle is gone and the queued messages are committed.
+        drop(chat);
+        if tokio::time::timeout(SHUTDOWN_GRACE, writer).await.is_err() {
+            tracing::warn!("the message writer did not finish in time");
+        }
+        store.close().await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Binds, prints the banner and serves until `shutdown`.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let server = Server::bind(config).await?;
+    println!("{}", server.banner());
+    server.run(shutdown).await
+}

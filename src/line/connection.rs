@@ -1,0 +1,107 @@
+//! A line-protocol connection: the socket, its read and write buffers, and the codec.
+//!
+//! Replies are gathered in the write buffer and written with one syscall per batch of
+//! pipelined commands. Both buffers are released while the connection is idle, so an idle
+//! connection holds no buffer memory at all.
+
+use std::io;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use super::codec::{Line, LineCodec};
+
+/// Bytes read per syscall at most.
+const READ_CHUNK: usize = 4096;
+/// A client that accepts none of our bytes for this long is gone.
+const WRITE_STALL: Duration = Duration::from_secs(30);
+/// Write out what is gathered once it reaches this size, even mid-batch.
+pub const FLUSH_AT: usize = 64 * 1024;
+
+pub struct Connection {
+    stream: TcpStream,
+    codec: LineCodec,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+}
+
+impl Connection {
+    pub fn new(stream: TcpStream, max_line: usize) -> Connection {
+        Connection {
+            stream,
+            codec: LineCodec::new(max_line),
+            rbuf: BytesMut::new(),
+            wbuf: BytesMut::new(),
+        }
+    }
+
+    /// The next complete line already buffered, without reading.
+    pub fn buffered_line(&mut self) -> Option<Line> {
+        self.codec.decode(&mut self.rbuf)
+    }
+
+    /// Waits for bytes from the client and buffers them. Returns 0 at end of stream.
+    /// Cancel-safe: if the future is dropped, no byte is lost.
+    pub async fn read_more(&mut self) -> io::Result<usize> {
+        loop {
+            self.stream.readable().await?;
+            self.rbuf.reserve(READ_CHUNK);
+            match self.stream.try_read_buf(&mut self.rbuf) {
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The buffer replies are written into; [`Connection::flush`] sends it.
+    pub fn out(&mut self) -> &mut BytesMut {
+        &mut self.wbuf
+    }
+
+    pub fn wants_flush(&self) -> bool {
+        self.wbuf.len() >= FLUSH_AT
+    }
+
+    /// Writes out everything gathered. Gives up when `abort` fires (shutdown, or the session
+    /// was kicked for falling behind) or when the client accepts nothing for a long time.
+    pub async fn flush(&mut self, abort: &CancellationToken) -> io::Result<()> {
+        if self.wbuf.is_empty() {
+            return Ok(());
+        }
+        tokio::select! {
+            result = tokio::time::timeout(WRITE_STALL, self.stream.write_all(&self.wbuf)) => {
+                result.map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the client stopped reading"))??;
+            }
+            _ = abort.cancelled() => {
+                return Err(io::Error::new(io::ErrorKind::ConnectionAborted, "aborted while writing"));
+            }
+        }
+        self.wbuf.clear();
+        Ok(())
+    }
+
+    /// Drops buffer memory that holds nothing, before the connection waits.
+    pub fn release_idle_buffers(&mut self) {
+        if self.rbuf.is_empty() && self.rbuf.capacity() > 0 {
+            self.rbuf = BytesMut::new();
+        }
+        if self.wbuf.is_empty() && self.wbuf.capacity() > 0 {
+            self.wbuf = BytesMut::new();
+        }
+    }
+
+    /// Writes a last line (best effort, briefly) and closes our side.
+    pub async fn close_with(&mut self, line: &[u8]) {
+        self.wbuf.extend_from_slice(line);
+        let write = async {
+            self.stream.write_all(&self.wbuf).await?;
+            self.stream.shutdown().await
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
+        self.wbuf.clear();
+    }
+}

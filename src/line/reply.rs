@@ -1,0 +1,146 @@
+//! What the server writes. A [`Reply`] is data lines followed by exactly one final `OK` or
+//! `ERR <CODE>` line; it is the only way a command answers, so the protocol's shape is
+//! enforced here. Live `MSG` pushes and the closing `BYE` are the only unsolicited lines.
+
+use std::borrow::Cow;
+use std::fmt::Write as _;
+
+use bytes::{BufMut, BytesMut};
+
+use crate::error::ChatError;
+use crate::store::Message;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    data: Vec<String>,
+    last: Result<Cow<'static, str>, ChatError>,
+}
+
+impl Reply {
+    pub fn ok(text: impl Into<Cow<'static, str>>) -> Reply {
+        Reply {
+            data: Vec::new(),
+            last: Ok(text.into()),
+        }
+    }
+
+    pub fn err(error: ChatError) -> Reply {
+        Reply {
+            data: Vec::new(),
+            last: Err(error),
+        }
+    }
+
+    /// Data lines, then `OK <text>`. No data line may look like a final line.
+    pub fn lines(data: Vec<String>, text: impl Into<Cow<'static, str>>) -> Reply {
+        debug_assert!(data
+            .iter()
+            .all(|l| !is_final_line(l) && !l.contains(['\r', '\n'])));
+        Reply {
+            data,
+            last: Ok(text.into()),
+        }
+    }
+
+    pub fn write_to(&self, out: &mut BytesMut) {
+        for line in &self.data {
+            put_line(out, line);
+        }
+        match &self.last {
+            Ok(text) if text.is_empty() => put_line(out, "OK"),
+            Ok(text) => {
+                out.put_slice(b"OK ");
+                put_line(out, text);
+            }
+            Err(e) => error_line(out, e),
+        }
+    }
+}
+
+impl From<Result<Reply, ChatError>> for Reply {
+    fn from(result: Result<Reply, ChatError>) -> Reply {
+        result.unwrap_or_else(Reply::err)
+    }
+}
+
+/// Whether a line is a final line (`OK`/`ERR`), which data lines must never look like.
+pub fn is_final_line(line: &str) -> bool {
+    line == "OK" || line.starts_with("OK ") || line == "ERR" || line.starts_with("ERR ")
+}
+
+/// `ERR <CODE> <text>` — also written on its own, e.g. `ERR SERVER_BUSY` before closing.
+pub fn error_line(out: &mut BytesMut, error: &ChatError) {
+    out.put_slice(b"ERR ");
+    out.put_slice(error.code.as_str().as_bytes());
+    if !error.message.is_empty() {
+        out.put_u8(b' ');
+        out.put_slice(error.message.as_bytes());
+    }
+    out.put_slice(b"\r\n");
+}
+
+/// `MSG <id> <from> <rfc3339-utc> <text>`: an INBOX data line and a live push alike.
+pub fn msg_line(message: &Message) -> String {
+    let mut line = String::with_capacity(48 + message.sender.len() + message.body.len());
+    let _ = write!(
+        line,
+        "MSG {} {} {} {}",
+        message.id,
+        message.sender,
+        rfc3339(message.created_at_us),
+        message.body
+    );
+    line
+}
+
+/// A server time (microseconds since the epoch) as RFC 3339 UTC with milliseconds.
+pub fn rfc3339(micros: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(micros)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+pub fn put_line(out: &mut BytesMut, line: &str) {
+    out.reserve(line.len() + 2);
+    out.put_slice(line.as_bytes());
+    out.put_slice(b"\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Code;
+
+    fn written(reply: Reply) -> String {
+        let mut out = BytesMut::new();
+        reply.write_to(&mut out);
+        String::from_utf8(out.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn final_lines() {
+        assert_eq!(written(Reply::ok("PONG")), "OK PONG\r\n");
+        assert_eq!(written(Reply::ok("")), "OK\r\n");
+        assert_eq!(
+            written(Reply::err(ChatError::new(Code::NoSuchUser, "no bob"))),
+            "ERR NO_SUCH_USER no bob\r\n"
+        );
+        assert_eq!(
+            written(Reply::lines(vec!["USER a".into(), "USER b".into()], "2")),
+            "USER a\r\nUSER b\r\nOK 2\r\n"
+        );
+    }
+
+    #[test]
+    fn message_lines() {
+        let m = Message {
+            id: 7,
+            sender: "alice".into(),
+            recipient: "bob".into(),
+            body: "hi  there ".into(),
+            created_at_us: 1_700_000_000_123_456,
+            client_timestamp: None,
+        };
+        assert_eq!(msg_line(&m), "MSG 7 alice 2023-11-14T22:13:20.123Z hi  there ");
+    }
+}

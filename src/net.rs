@@ -1,0 +1,133 @@
+//! The host's side of networking: interfaces and their addresses, binding listeners, and the
+//! open-files limit that bounds how many sockets one process can hold.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+
+use tokio::net::TcpListener;
+
+/// One address of one network interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InterfaceAddr {
+    pub name: String,
+    pub ip: IpAddr,
+}
+
+/// Every interface address of this host, IPv4 first, in the order the kernel lists them.
+pub fn interfaces() -> io::Result<Vec<InterfaceAddr>> {
+    let mut list: Vec<InterfaceAddr> = if_addrs::get_if_addrs()?
+        .into_iter()
+        .map(|i| InterfaceAddr {
+            ip: i.ip(),
+            name: i.name,
+        })
+        .collect();
+    list.sort_by_key(|i| i.ip.is_ipv6());
+    Ok(list)
+}
+
+/// The IPv4 address of interface `name`, or an error that names it and lists the interfaces
+/// that do exist.
+pub fn interface_ipv4(name: &str) -> anyhow::Result<IpAddr> {
+    let all = interfaces()?;
+    if let Some(found) = all.iter().find(|i| i.name == name && i.ip.is_ipv4()) {
+        return Ok(found.ip);
+    }
+    let known = all
+        .iter()
+        .map(|i| format!("{} ({})", i.name, i.ip))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if all.iter().any(|i| i.name == name) {
+        anyhow::bail!("interface {name:?} has no IPv4 address; interfaces: {known}")
+    }
+    anyhow::bail!("no network interface named {name:?}; interfaces here: {known} (see `chatd interfaces`)")
+}
+
+/// The addresses a client can use to reach a listener bound to `bind`: every interface's
+/// address for a wildcard bind, otherwise just `bind`. IPv6 link-local addresses are left out
+/// (they need a scope to be typed).
+pub fn reachable_addrs(bind: IpAddr) -> Vec<IpAddr> {
+    if !bind.is_unspecified() {
+        return vec![bind];
+    }
+    let mut ips: Vec<IpAddr> = interfaces()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|i| i.ip)
+        .filter(|ip| bind.is_ipv6() || ip.is_ipv4())
+        .filter(|ip| !matches!(ip, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80))
+        .collect();
+    // Other machines first: a classmate cannot use 127.0.0.1.
+    ips.sort_by_key(|ip| (ip.is_loopback(), ip.is_ipv6()));
+    ips.dedup();
+    ips
+}
+
+/// Binds a TCP listener with SO_REUSEADDR (a restarted server gets its port back at once) and
+/// the given listen(2) backlog.
+pub fn bind(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(backlog.min(i32::MAX as u32) as i32)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// Raises the soft open-files limit to the hard limit and returns the limit now in force.
+pub fn raise_open_files_limit() -> io::Result<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed to them.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) != 0 {
+                return Ok(limit.rlim_cur as u64);
+            }
+            limit = raised;
+        }
+    }
+    Ok(limit.rlim_cur as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_is_listed() {
+        let all = interfaces().unwrap();
+        assert!(all.iter().any(|i| i.ip == IpAddr::from([127, 0, 0, 1])), "{all:?}");
+    }
+
+    #[test]
+    fn unknown_interface_names_the_ones_that_exist() {
+        let err = interface_ipv4("nosuchif0").unwrap_err().to_string();
+        assert!(err.contains("\"nosuchif0\""), "{err}");
+        assert!(err.contains("127.0.0.1"), "{err}");
+    }
+
+    #[test]
+    fn a_specific_bind_is_reachable_only_there() {
+        let ip = IpAddr::from([127, 0, 0, 1]);
+        assert_eq!(reachable_addrs(ip), vec![ip]);
+        let all = reachable_addrs(IpAddr::from([0, 0, 0, 0]));
+        assert!(all.contains(&ip));
+        assert!(all.iter().all(|ip| ip.is_ipv4()));
+        assert!(all.last().unwrap().is_loopback(), "loopback comes last: {all:?}");
+    }
+}

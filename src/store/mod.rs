@@ -1,0 +1,111 @@
+//! Persistence of users and messages, behind one seam: the rest of chatd only sees [`Store`].
+//!
+//! SQLite is the embedded default. Writes of messages go through a single writer task that
+//! groups every waiting SEND into one transaction (group commit), so one fsync acknowledges
+//! many messages while each ack still means "committed".
+
+mod sqlite;
+
+use std::sync::Arc;
+
+use crate::error::{ChatError, ChatResult};
+
+pub use sqlite::SqliteStore;
+
+/// A message as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub id: i64,
+    pub sender: Arc<str>,
+    pub recipient: Arc<str>,
+    pub body: String,
+    /// Server time of the commit, microseconds since the Unix epoch; authoritative for ordering
+    /// together with `id`.
+    pub created_at_us: i64,
+    /// A timestamp the client supplied (HTTP facade), kept as given.
+    pub client_timestamp: Option<String>,
+}
+
+/// A message waiting to be stored.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub sender: Arc<str>,
+    pub recipient: Arc<str>,
+    pub body: String,
+    pub client_timestamp: Option<String>,
+}
+
+/// Counts for `/info` and logs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub users: i64,
+    pub messages: i64,
+}
+
+/// The store chatd runs on.
+#[derive(Clone)]
+pub enum Store {
+    Sqlite(SqliteStore),
+}
+
+impl Store {
+    /// Opens (creating and migrating as needed) the store named by `url`.
+    pub async fn open(url: &str) -> anyhow::Result<Store> {
+        if url.starts_with("sqlite:") {
+            Ok(Store::Sqlite(SqliteStore::open(url).await?))
+        } else {
+            anyhow::bail!("unsupported store URL {url:?}: expected sqlite://PATH or sqlite::memory:")
+        }
+    }
+
+    /// Creates a user; `USER_EXISTS` if the name is taken.
+    pub async fn create_user(&self, name: &str, password_hash: &str) -> ChatResult<()> {
+        match self {
+            Store::Sqlite(s) => s.create_user(name, password_hash).await,
+        }
+    }
+
+    /// The stored password hash of a user, if the user exists.
+    pub async fn password_hash(&self, name: &str) -> ChatResult<Option<String>> {
+        match self {
+            Store::Sqlite(s) => s.password_hash(name).await,
+        }
+    }
+
+    pub async fn user_exists(&self, name: &str) -> ChatResult<bool> {
+        match self {
+            Store::Sqlite(s) => s.user_exists(name).await,
+        }
+    }
+
+    /// Stores all of `batch` in one transaction and returns them in the same order with their ids.
+    /// Either all are committed or none is.
+    pub async fn insert_messages(&self, batch: &[NewMessage]) -> ChatResult<Vec<Message>> {
+        match self {
+            Store::Sqlite(s) => s.insert_messages(batch).await,
+        }
+    }
+
+    /// Messages to `recipient` with id > `after_id`, oldest first, at most `limit`.
+    pub async fn inbox(&self, recipient: &str, after_id: i64, limit: u32) -> ChatResult<Vec<Message>> {
+        match self {
+            Store::Sqlite(s) => s.inbox(recipient, after_id, limit).await,
+        }
+    }
+
+    pub async fn counts(&self) -> ChatResult<Counts> {
+        match self {
+            Store::Sqlite(s) => s.counts().await,
+        }
+    }
+
+    pub async fn close(&self) {
+        match self {
+            Store::Sqlite(s) => s.close().await,
+        }
+    }
+}
+
+pub(crate) fn store_error(context: &str, err: sqlx::Error) -> ChatError {
+    ChatError::internal(context, err)
+}
