@@ -65,13 +65,12 @@ pub struct Password<'a>(&'a str);
 
 impl<'a> Password<'a> {
     pub fn parse(password: &'a str) -> ChatResult<Password<'a>> {
-        let valid = (1..=128).contains(&password.len()) && !password.chars().any(|c| c == ' ' || c.is_control());
+        let valid =
+            (1..=128).contains(&password.len()) && !password.chars().any(|c| c == ' ' || c.is_control());
         if valid {
             Ok(Password(password))
         } else {
-            Err(ChatError::bad_args(
-                "passwords are 1-128 bytes without spaces",
-            ))
+            Err(ChatError::bad_args("passwords are 1-128 bytes without spaces"))
         }
     }
 }
@@ -232,7 +231,10 @@ impl Chat {
             }
             _ => {
                 self.record_failure(peer, Instant::now(), conn);
-                Err(ChatError::new(Code::BadCredentials, "wrong user name or password"))
+                Err(ChatError::new(
+                    Code::BadCredentials,
+                    "wrong user name or password",
+                ))
             }
         }
     }
@@ -322,7 +324,13 @@ impl Chat {
 
     /// The interned name of an existing user; users are never deleted, so a hit is final.
     async fn known_user(&self, name: &str) -> ChatResult<Arc<str>> {
-        if let Some(known) = self.inner.known_users.lock().unwrap_or_else(|e| e.into_inner()).get(name) {
+        if let Some(known) = self
+            .inner
+            .known_users
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+        {
             return Ok(known.clone());
         }
         if self.inner.store.user_exists(name).await? {
@@ -352,14 +360,18 @@ impl Chat {
         }
         let mut failures = self.inner.failed_auth.lock().unwrap_or_else(|e| e.into_inner());
         if failures.len() > 10_000 {
-            failures.retain(|_, f| now.duration_since(f.first) < limits.lockout || f.locked_until.is_some_and(|u| u > now));
+            failures.retain(|_, f| {
+                now.duration_since(f.first) < limits.lockout || f.locked_until.is_some_and(|u| u > now)
+            });
         }
         let entry = failures.entry(peer).or_insert(Failures {
             count: 0,
             first: now,
             locked_until: None,
         });
-        let expired = entry.locked_until.map_or(now.duration_since(entry.first) >= limits.lockout, |u| u <= now);
+        let expired = entry
+            .locked_until
+            .map_or(now.duration_since(entry.first) >= limits.lockout, |u| u <= now);
         if expired {
             *entry = Failures {
                 count: 0,

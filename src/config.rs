@@ -9,7 +9,12 @@ use clap::Args;
 #[derive(Debug, Clone, Args)]
 pub struct Config {
     /// Address to bind (`0.0.0.0` for every IPv4 interface, `::` for IPv6 as well).
-    #[arg(long, env = "CHATD_BIND", default_value = "0.0.0.0", conflicts_with = "interface")]
+    #[arg(
+        long,
+        env = "CHATD_BIND",
+        default_value = "0.0.0.0",
+        conflicts_with = "interface"
+    )]
     pub bind: IpAddr,
 
     /// Bind the IPv4 address of this network interface (see `chatd interfaces`).

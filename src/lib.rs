@@ -52,7 +52,10 @@ impl Server {
     pub async fn bind(config: Config) -> anyhow::Result<Server> {
         let open_files = net::raise_open_files_limit().unwrap_or(1024);
         if open_files < 4096 {
-            tracing::warn!(open_files, "the open-files limit is low; it bounds how many clients can connect");
+            tracing::warn!(
+                open_files,
+                "the open-files limit is low; it bounds how many clients can connect"
+            );
         } else {
             tracing::info!(open_files, "open-files limit");
         }
@@ -103,7 +106,9 @@ impl Server {
     }
 
     pub fn echo_addr(&self) -> Option<SocketAddr> {
-        self.echo.as_ref().map(|l| l.local_addr().expect("a bound listener has an address"))
+        self.echo
+            .as_ref()
+            .map(|l| l.local_addr().expect("a bound listener has an address"))
     }
 
     pub fn chat(&self) -> &Chat {
@@ -193,8 +198,14 @@ impl Server {
             let _ = accept.await;
         }
         tracker.close();
-        if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await.is_err() {
-            tracing::warn!(left = tracker.len(), "connections still open after the grace period");
+        if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                left = tracker.len(),
+                "connections still open after the grace period"
+            );
         }
         // The writer ends once every handle is gone and the queued messages are committed.
         drop(chat);

@@ -9,7 +9,11 @@ use tracing_subscriber::EnvFilter;
 use chatd::Config;
 
 #[derive(Parser)]
-#[command(name = "chatd", version, about = "An async TCP echo and line-protocol chat server")]
+#[command(
+    name = "chatd",
+    version,
+    about = "An async TCP echo and line-protocol chat server"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -64,7 +68,8 @@ fn serve(config: Config) -> anyhow::Result<()> {
 /// Cancels `shutdown` on SIGINT or SIGTERM.
 async fn stop_on_signal(shutdown: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
+    else {
         tracing::error!("cannot listen for SIGINT/SIGTERM");
         return;
     };

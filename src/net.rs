@@ -33,9 +33,23 @@ pub fn interface_ipv4(name: &str) -> anyhow::Result<IpAddr> {
     if let Some(found) = all.iter().find(|i| i.name == name && i.ip.is_ipv4()) {
         return Ok(found.ip);
     }
-    let known = all
+    // "lo (127.0.0.1, ::1), eth0 (192.0.2.2)": each interface once, in the kernel's order.
+    let mut names: Vec<&str> = Vec::new();
+    for i in &all {
+        if !names.contains(&i.name.as_str()) {
+            names.push(&i.name);
+        }
+    }
+    let known = names
         .iter()
-        .map(|i| format!("{} ({})", i.name, i.ip))
+        .map(|name| {
+            let ips: Vec<String> = all
+                .iter()
+                .filter(|i| i.name == *name)
+                .map(|i| i.ip.to_string())
+                .collect();
+            format!("{name} ({})", ips.join(", "))
+        })
         .collect::<Vec<_>>()
         .join(", ");
     if all.iter().any(|i| i.name == name) {
@@ -96,12 +110,12 @@ pub fn raise_open_files_limit() -> io::Result<u64> {
                 rlim_max: limit.rlim_max,
             };
             if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) != 0 {
-                return Ok(limit.rlim_cur as u64);
+                return Ok(limit.rlim_cur);
             }
             limit = raised;
         }
     }
-    Ok(limit.rlim_cur as u64)
+    Ok(limit.rlim_cur)
 }
 
 #[cfg(test)]
@@ -111,7 +125,10 @@ mod tests {
     #[test]
     fn loopback_is_listed() {
         let all = interfaces().unwrap();
-        assert!(all.iter().any(|i| i.ip == IpAddr::from([127, 0, 0, 1])), "{all:?}");
+        assert!(
+            all.iter().any(|i| i.ip == IpAddr::from([127, 0, 0, 1])),
+            "{all:?}"
+        );
     }
 
     #[test]

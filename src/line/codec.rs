@@ -191,7 +191,16 @@ mod tests {
     fn telnet_command_split_across_reads() {
         let mut codec = LineCodec::new(100);
         let mut buf = BytesMut::new();
-        for chunk in [&b"\xff"[..], b"\xfd", b"\x03PI", b"NG\xff\xfa\x18", b"\x00vt1", b"00\xff", b"\xf0\r", b"\n"] {
+        for chunk in [
+            &b"\xff"[..],
+            b"\xfd",
+            b"\x03PI",
+            b"NG\xff\xfa\x18",
+            b"\x00vt1",
+            b"00\xff",
+            b"\xf0\r",
+            b"\n",
+        ] {
             buf.extend_from_slice(chunk);
             let got = lines(&mut codec, &mut buf);
             if chunk == b"\n" {
@@ -218,7 +227,10 @@ mod tests {
     fn overlong_line_in_one_read_is_reported_once() {
         let mut codec = LineCodec::new(8);
         let mut buf = BytesMut::from(&b"123456789\nPING\n12345678\r\n"[..]);
-        assert_eq!(lines(&mut codec, &mut buf), vec![Line::TooLong, text("PING"), text("12345678")]);
+        assert_eq!(
+            lines(&mut codec, &mut buf),
+            vec![Line::TooLong, text("PING"), text("12345678")]
+        );
     }
 
     #[test]

@@ -88,7 +88,9 @@ impl<'a> Command<'a> {
                     .ok()
                     .filter(|n| *n >= 0)
                     .map(|after_id| Command::Inbox { after_id })
-                    .ok_or_else(|| ChatError::bad_args("usage: INBOX [after_id], after_id a whole number >= 0")),
+                    .ok_or_else(|| {
+                        ChatError::bad_args("usage: INBOX [after_id], after_id a whole number >= 0")
+                    }),
             }
         } else if is("WHO") {
             no_args(rest, "WHO").map(|_| Command::Who)
@@ -154,14 +156,20 @@ impl<'a> Command<'a> {
                 let user = logged_in(cx)?;
                 let messages = cx.chat.inbox(user, after_id, INBOX_PAGE).await?;
                 let count = messages.len();
-                Ok(Reply::lines(messages.iter().map(msg_line).collect(), count.to_string()))
+                Ok(Reply::lines(
+                    messages.iter().map(msg_line).collect(),
+                    count.to_string(),
+                ))
             }
             .await
             .into(),
             Command::Who => {
                 let users = cx.chat.who();
                 let count = users.len();
-                Reply::lines(users.iter().map(|u| format!("USER {u}")).collect(), count.to_string())
+                Reply::lines(
+                    users.iter().map(|u| format!("USER {u}")).collect(),
+                    count.to_string(),
+                )
             }
         }
     }
@@ -275,7 +283,11 @@ mod tests {
         let long = "X".repeat(100);
         let err = Command::parse(&long).unwrap_err();
         assert!(err.message.contains(&"X".repeat(32)), "{}", err.message);
-        assert!(!err.message.contains(&"X".repeat(33)), "the verb is quoted only in part: {}", err.message);
+        assert!(
+            !err.message.contains(&"X".repeat(33)),
+            "the verb is quoted only in part: {}",
+            err.message
+        );
     }
 
     #[test]

@@ -93,7 +93,10 @@ async fn run(
                 }
                 Line::TooLong => Reply::err(ChatError::new(
                     Code::LineTooLong,
-                    format!("lines are at most {} bytes; that one was discarded", settings.max_line),
+                    format!(
+                        "lines are at most {} bytes; that one was discarded",
+                        settings.max_line
+                    ),
                 )),
                 Line::BadEncoding => Reply::err(ChatError::new(Code::BadEncoding, "lines must be UTF-8")),
             };

@@ -1,0 +1,172 @@
+//! The `chatd` binary as a person runs it: the banner, signals, a crash, bad flags.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{parse_msg, Client};
+
+const CHATD: &str = env!("CARGO_BIN_EXE_chatd");
+
+/// A `chatd serve` process on 127.0.0.1 with an ephemeral port.
+struct Process {
+    child: Child,
+    addr: SocketAddr,
+    banner: Vec<String>,
+}
+
+impl Process {
+    fn start(db: &str) -> Process {
+        let mut child = Command::new(CHATD)
+            .args(["serve", "--bind", "127.0.0.1", "--port", "0", "--db", db])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("chatd starts");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut banner = Vec::new();
+        let addr = loop {
+            let line = lines.next().expect("the banner names the address").unwrap();
+            banner.push(line.clone());
+            if let Some(rest) = line.trim().strip_prefix("telnet ") {
+                let (ip, port) = rest.split_once(' ').unwrap();
+                break SocketAddr::new(ip.parse().unwrap(), port.parse().unwrap());
+            }
+        };
+        // Keep reading the banner's remaining lines so the pipe never fills.
+        std::thread::spawn(move || lines.for_each(drop));
+        Process { child, addr, banner }
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        // SAFETY: kill(2) on the pid of a child this test started and has not reaped.
+        assert_eq!(unsafe { libc::kill(self.child.id() as libc::pid_t, signal) }, 0);
+    }
+
+    fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "chatd did not exit within {within:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn the_banner_says_what_to_type() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Process::start(&format!("sqlite://{}", dir.path().join("c.db").display()));
+    assert!(p.banner[0].starts_with("chatd "), "{:?}", p.banner);
+    assert!(p.addr.port() != 0, "the real port, not 0");
+    assert!(p
+        .banner
+        .iter()
+        .any(|l| l.trim() == format!("telnet 127.0.0.1 {}", p.addr.port())));
+    Client::connect(p.addr).await;
+}
+
+#[tokio::test]
+async fn acked_messages_survive_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("chatd.db").display());
+    let mut p = Process::start(&db);
+    let mut alice = Client::connect(p.addr).await;
+    alice.ok("REGISTER alice pw").await;
+    alice.ok("AUTH alice pw").await;
+    let mut acked = Vec::new();
+    // Pipelined so the writer commits them in groups, as under load.
+    let batch: String = (0..500).map(|i| format!("SEND alice durable {i}\n")).collect();
+    alice.write(batch.as_bytes()).await;
+    for _ in 0..500 {
+        acked.push(alice.ok_reply().await.parse::<i64>().unwrap());
+    }
+    p.signal(libc::SIGKILL);
+    p.wait_exit(Duration::from_secs(5));
+    drop(p);
+
+    let p = Process::start(&db);
+    let mut alice = Client::connect(p.addr).await;
+    alice.ok("AUTH alice pw").await;
+    let mut stored = Vec::new();
+    loop {
+        let page = alice.cmd(&format!("INBOX {}", stored.last().unwrap_or(&0))).await;
+        if page.data.is_empty() {
+            break;
+        }
+        stored.extend(page.data.iter().map(|l| parse_msg(l).0));
+    }
+    assert_eq!(stored, acked);
+}
+
+#[tokio::test]
+async fn sigterm_closes_connections_politely_and_exits_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = Process::start(&format!("sqlite://{}", dir.path().join("c.db").display()));
+    let mut client = Client::connect(p.addr).await;
+    assert_eq!(client.cmd("PING").await.last, "OK PONG");
+    let started = Instant::now();
+    p.signal(libc::SIGTERM);
+    assert_eq!(
+        client.closed().await,
+        vec!["BYE server shutting down".to_string()]
+    );
+    let status = p.wait_exit(Duration::from_secs(5));
+    assert!(status.success(), "{status:?}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(
+        tokio::net::TcpStream::connect(p.addr).await.is_err(),
+        "no longer listening"
+    );
+}
+
+#[test]
+fn an_unknown_interface_is_named_in_the_error() {
+    let out = Command::new(CHATD)
+        .args(["serve", "--interface", "nosuch0", "--db", "sqlite::memory:"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("\"nosuch0\""), "{err}");
+    assert!(
+        err.contains("lo (127.0.0.1"),
+        "lists the interfaces that exist: {err}"
+    );
+}
+
+#[test]
+fn interfaces_lists_names_and_addresses() {
+    let out = Command::new(CHATD).arg("interfaces").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["lo", "127.0.0.1"]),
+        "{text}"
+    );
+}
+
+#[test]
+fn flags_are_also_read_from_the_environment() {
+    let out = Command::new(CHATD)
+        .args(["serve", "--db", "sqlite::memory:"])
+        .env("CHATD_INTERFACE", "nosuch1")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("\"nosuch1\""));
+}
