@@ -20,13 +20,36 @@ struct Process {
 
 impl Process {
     fn start(db: &str) -> Process {
-        let mut child = Command::new(CHATD)
+        Process::start_with(db, &[], None)
+    }
+
+    /// Starts chatd with extra flags and, if given, an open-files limit it cannot raise.
+    fn start_with(db: &str, flags: &[&str], open_files: Option<u64>) -> Process {
+        let mut command = Command::new(CHATD);
+        command
             .args(["serve", "--bind", "127.0.0.1", "--port", "0", "--db", db])
+            .args(flags)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("chatd starts");
+            .stderr(Stdio::inherit());
+        if let Some(limit) = open_files {
+            use std::os::unix::process::CommandExt;
+            let rlimit = libc::rlimit {
+                rlim_cur: limit,
+                rlim_max: limit,
+            };
+            // SAFETY: setrlimit is async-signal-safe and only touches the child about to exec.
+            unsafe {
+                command.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &rlimit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
+        let mut child = command.spawn().expect("chatd starts");
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let mut banner = Vec::new();
         let addr = loop {
@@ -169,4 +192,44 @@ fn flags_are_also_read_from_the_environment() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("\"nosuch1\""));
+}
+
+#[tokio::test]
+async fn running_out_of_file_descriptors_does_not_stop_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("c.db").display());
+    // Far more connections allowed than descriptors exist: accept(2) itself must fail.
+    let mut p = Process::start_with(&db, &["--max-connections", "1000"], Some(64));
+    let mut served = Vec::new();
+    let mut waiting = Vec::new();
+    for _ in 0..80 {
+        let mut c = Client::connect_raw(p.addr).await;
+        if !waiting.is_empty() {
+            // Out of descriptors already: the rest wait in the listen backlog too.
+            waiting.push(c);
+            continue;
+        }
+        let greeted = tokio::time::timeout(Duration::from_millis(500), c.line()).await;
+        match greeted {
+            Ok(line) => {
+                assert!(line.starts_with("HELLO"), "{line}");
+                served.push(c);
+            }
+            Err(_) => waiting.push(c),
+        }
+    }
+    assert!(
+        !served.is_empty() && !waiting.is_empty(),
+        "{} served, {} waiting",
+        served.len(),
+        waiting.len()
+    );
+    assert!(p.child.try_wait().unwrap().is_none(), "chatd is still running");
+    // As connections close, the waiting ones are accepted and greeted.
+    let waited = waiting.len();
+    served.clear();
+    for mut c in waiting.drain(..waited.min(10)) {
+        assert!(c.line().await.starts_with("HELLO"));
+        assert_eq!(c.cmd("PING").await.last, "OK PONG");
+    }
 }
