@@ -4,6 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -75,6 +76,9 @@ impl<'a> Password<'a> {
     }
 }
 
+/// How long a bearer token from `/auth` stays valid.
+pub const TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
 /// Limits on failed logins.
 #[derive(Debug, Clone)]
 pub struct AuthLimits {
@@ -108,6 +112,18 @@ struct Inner {
     failed_auth: Mutex<HashMap<IpAddr, Failures>>,
     /// Verified against when the user does not exist, so timing does not reveal who exists.
     dummy_hash: String,
+    /// Tokens seen valid recently: SHA-256 of the token -> user and expiry (µs since epoch).
+    tokens: Mutex<HashMap<[u8; 32], (Username, i64)>>,
+    connections: AtomicUsize,
+}
+
+/// Counts a connection as open for as long as it lives.
+pub struct ConnectionGuard(Chat);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.inner.connections.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 struct PendingSend {
@@ -152,6 +168,8 @@ impl Chat {
                 known_users: Mutex::new(HashSet::new()),
                 failed_auth: Mutex::new(HashMap::new()),
                 dummy_hash,
+                tokens: Mutex::new(HashMap::new()),
+                connections: AtomicUsize::new(0),
             }),
         };
         (chat, writer_task)
@@ -300,6 +318,78 @@ impl Chat {
         self.inner.store.counts().await
     }
 
+    /// Marks a connection open until the guard is dropped.
+    pub fn connection_opened(&self) -> ConnectionGuard {
+        self.inner.connections.fetch_add(1, Ordering::Relaxed);
+        ConnectionGuard(self.clone())
+    }
+
+    /// Connections open now (line protocol and live event streams).
+    pub fn connections(&self) -> usize {
+        self.inner.connections.load(Ordering::Relaxed)
+    }
+
+    /// Issues a bearer token for an authenticated user; returns it and its lifetime.
+    pub async fn issue_token(&self, user: &Username) -> ChatResult<(String, Duration)> {
+        let mut raw = [0u8; 32];
+        rand_core::RngCore::fill_bytes(&mut OsRng, &mut raw);
+        let token = hex(&raw);
+        let digest = token_digest(&token);
+        let expires = chrono::Utc::now().timestamp_micros() + TOKEN_LIFETIME.as_micros() as i64;
+        self.inner
+            .store
+            .create_token(&hex(&digest), user.as_str(), expires)
+            .await?;
+        self.cache_token(digest, user.clone(), expires);
+        Ok((token, TOKEN_LIFETIME))
+    }
+
+    /// The user a bearer token belongs to; `BAD_CREDENTIALS` if it is unknown or expired.
+    pub async fn token_user(&self, token: &str) -> ChatResult<Username> {
+        let bad = || {
+            ChatError::new(
+                Code::BadCredentials,
+                "the token is unknown or has expired; log in again",
+            )
+        };
+        if token.len() != 64 {
+            return Err(bad());
+        }
+        let digest = token_digest(token);
+        let now = chrono::Utc::now().timestamp_micros();
+        let cached = self
+            .inner
+            .tokens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&digest)
+            .cloned();
+        if let Some((user, expires)) = cached {
+            return if expires > now { Ok(user) } else { Err(bad()) };
+        }
+        let (user, expires) = self
+            .inner
+            .store
+            .token_user(&hex(&digest))
+            .await?
+            .ok_or_else(bad)?;
+        let user = Username::parse(&user)?;
+        self.cache_token(digest, user.clone(), expires);
+        Ok(user)
+    }
+
+    fn cache_token(&self, digest: [u8; 32], user: Username, expires: i64) {
+        let mut tokens = self.inner.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        if tokens.len() >= 100_000 {
+            let now = chrono::Utc::now().timestamp_micros();
+            tokens.retain(|_, (_, e)| *e > now);
+            if tokens.len() >= 100_000 {
+                tokens.clear();
+            }
+        }
+        tokens.insert(digest, (user, expires));
+    }
+
     async fn hash<T: Send + 'static>(
         &self,
         work: impl FnOnce(&Argon2<'static>) -> ChatResult<T> + Send + 'static,
@@ -385,6 +475,15 @@ impl Chat {
             tracing::warn!(%peer, "too many failed logins from this address; locking it out");
         }
     }
+}
+
+fn token_digest(token: &str) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(token.as_bytes()).into()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn no_such_user(name: &str) -> ChatError {

@@ -25,6 +25,14 @@ pub struct Config {
     #[arg(long, env = "CHATD_PORT", default_value_t = 8000)]
     pub port: u16,
 
+    /// HTTP facade port (JSON routes, live events, the chat page); 0 picks a free one.
+    #[arg(long, env = "CHATD_HTTP_PORT", default_value_t = 5000)]
+    pub http_port: u16,
+
+    /// Do not serve HTTP.
+    #[arg(long, env = "CHATD_NO_HTTP")]
+    pub no_http: bool,
+
     /// Also serve RFC 862 echo on this TCP port (off unless given; 0 picks one).
     #[arg(long, env = "CHATD_ECHO_PORT")]
     pub echo_port: Option<u16>,
@@ -74,6 +82,8 @@ impl Config {
             bind: IpAddr::from([127, 0, 0, 1]),
             interface: None,
             port: 0,
+            http_port: 0,
+            no_http: false,
             echo_port: None,
             backlog: 1024,
             db: db.into(),

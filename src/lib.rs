@@ -7,6 +7,7 @@ pub mod chat;
 pub mod config;
 pub mod echo;
 pub mod error;
+pub mod http;
 pub mod hub;
 pub mod line;
 pub mod listener;
@@ -40,6 +41,7 @@ pub struct Server {
     config: Config,
     ip: IpAddr,
     line: TcpListener,
+    http: Option<TcpListener>,
     echo: Option<TcpListener>,
     store: Store,
     chat: Chat,
@@ -65,6 +67,14 @@ impl Server {
         };
         let line = net::bind(SocketAddr::new(ip, config.port), config.backlog)
             .with_context(|| format!("cannot listen on {ip} port {}", config.port))?;
+        let http = if config.no_http {
+            None
+        } else {
+            Some(
+                net::bind(SocketAddr::new(ip, config.http_port), config.backlog)
+                    .with_context(|| format!("cannot listen for HTTP on {ip} port {}", config.http_port))?,
+            )
+        };
         let echo = match config.echo_port {
             Some(port) => Some(
                 net::bind(SocketAddr::new(ip, port), config.backlog)
@@ -93,6 +103,7 @@ impl Server {
             config,
             ip,
             line,
+            http,
             echo,
             store,
             chat,
@@ -103,6 +114,12 @@ impl Server {
 
     pub fn line_addr(&self) -> SocketAddr {
         self.line.local_addr().expect("a bound listener has an address")
+    }
+
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http
+            .as_ref()
+            .map(|l| l.local_addr().expect("a bound listener has an address"))
     }
 
     pub fn echo_addr(&self) -> Option<SocketAddr> {
@@ -122,6 +139,12 @@ impl Server {
         for ip in net::reachable_addrs(self.ip) {
             let _ = writeln!(out, "  telnet {ip} {port}");
         }
+        if let Some(http) = self.http_addr() {
+            let _ = writeln!(out, "In a browser, or with curl or Python requests:");
+            for ip in net::reachable_addrs(self.ip) {
+                let _ = writeln!(out, "  http://{}/", SocketAddr::new(ip, http.port()));
+            }
+        }
         if let Some(echo) = self.echo_addr() {
             let _ = writeln!(out, "Echo (RFC 862) on port {}", echo.port());
         }
@@ -136,9 +159,15 @@ impl Server {
     /// Serves until `shutdown` is cancelled, then stops accepting, lets connections finish
     /// their commands and say goodbye, and commits every queued message before returning.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let listeners = serde_json::json!({
+            "line": self.line_addr().to_string(),
+            "http": self.http_addr().map(|a| a.to_string()),
+            "echo": self.echo_addr().map(|a| a.to_string()),
+        });
         let Server {
             config,
             line,
+            http,
             echo,
             store,
             chat,
@@ -192,10 +221,26 @@ impl Server {
                 },
             )));
         }
+        if let Some(http) = http {
+            let state = Arc::new(http::AppState {
+                chat: chat.clone(),
+                started: std::time::Instant::now(),
+                listeners,
+                shutdown: shutdown.clone(),
+            });
+            let shutdown = shutdown.clone();
+            loops.push(tokio::spawn(async move {
+                if let Err(e) = http::serve(http, state, shutdown).await {
+                    tracing::error!(error = %e, "the HTTP listener failed");
+                }
+            }));
+        }
         shutdown.cancelled().await;
         tracing::info!("shutting down: no new connections; finishing the open ones");
-        for accept in loops {
-            let _ = accept.await;
+        // The accept loops end at once; HTTP waits for its requests in flight.
+        let stopped = futures::future::join_all(loops);
+        if tokio::time::timeout(SHUTDOWN_GRACE, stopped).await.is_err() {
+            tracing::warn!("HTTP requests still open after the grace period");
         }
         tracker.close();
         if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())

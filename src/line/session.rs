@@ -49,6 +49,7 @@ pub async fn serve(
     settings: Arc<SessionSettings>,
     shutdown: CancellationToken,
 ) {
+    let _open = chat.connection_opened();
     let abort = shutdown.child_token();
     let mut conn = Connection::new(stream, settings.max_line);
     let mut cx = Context::new(chat, peer, abort.clone());

@@ -93,6 +93,20 @@ impl Store {
         }
     }
 
+    /// Records a login token by its SHA-256 (hex), valid until `expires_at_us`.
+    pub async fn create_token(&self, token_sha256: &str, user: &str, expires_at_us: i64) -> ChatResult<()> {
+        match self {
+            Store::Sqlite(s) => s.create_token(token_sha256, user, expires_at_us).await,
+        }
+    }
+
+    /// The user a token was issued to and when it expires, if it exists and has not expired.
+    pub async fn token_user(&self, token_sha256: &str) -> ChatResult<Option<(String, i64)>> {
+        match self {
+            Store::Sqlite(s) => s.token_user(token_sha256).await,
+        }
+    }
+
     pub async fn counts(&self) -> ChatResult<Counts> {
         match self {
             Store::Sqlite(s) => s.counts().await,

@@ -175,6 +175,39 @@ impl SqliteStore {
             .collect())
     }
 
+    /// Records a token (by its hash) for `user`, and forgets expired ones.
+    pub async fn create_token(&self, token_sha256: &str, user: &str, expires_at_us: i64) -> ChatResult<()> {
+        let now = chrono::Utc::now().timestamp_micros();
+        sqlx::query("DELETE FROM tokens WHERE expires_at_us <= ?")
+            .bind(now)
+            .execute(&self.writer)
+            .await
+            .map_err(|e| store_error("issuing a token", e))?;
+        sqlx::query(
+            "INSERT INTO tokens (token_sha256, user_name, created_at_us, expires_at_us) VALUES (?, ?, ?, ?)",
+        )
+        .bind(token_sha256)
+        .bind(user)
+        .bind(now)
+        .bind(expires_at_us)
+        .execute(&self.writer)
+        .await
+        .map_err(|e| store_error("issuing a token", e))?;
+        Ok(())
+    }
+
+    /// The user and expiry of an unexpired token.
+    pub async fn token_user(&self, token_sha256: &str) -> ChatResult<Option<(String, i64)>> {
+        sqlx::query_as(
+            "SELECT user_name, expires_at_us FROM tokens WHERE token_sha256 = ? AND expires_at_us > ?",
+        )
+        .bind(token_sha256)
+        .bind(chrono::Utc::now().timestamp_micros())
+        .fetch_optional(&self.readers)
+        .await
+        .map_err(|e| store_error("checking the token", e))
+    }
+
     pub async fn counts(&self) -> ChatResult<Counts> {
         let (users, messages): (i64, i64) = sqlx::query_as(
             "SELECT (SELECT COUNT(*) FROM users), (SELECT COALESCE(MAX(id), 0) FROM messages)",

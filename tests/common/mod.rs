@@ -17,6 +17,8 @@ pub const LINE_WAIT: Duration = Duration::from_secs(10);
 
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The HTTP facade's address.
+    pub http: SocketAddr,
     pub echo: Option<SocketAddr>,
     pub db_url: String,
     shutdown: CancellationToken,
@@ -37,17 +39,24 @@ impl TestServer {
         adjust(&mut config);
         let server = Server::bind(config).await.expect("the server starts");
         let addr = server.line_addr();
+        let http = server.http_addr().expect("tests serve HTTP");
         let echo = server.echo_addr();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(server.run(shutdown.clone()));
         TestServer {
             addr,
+            http,
             echo,
             db_url,
             shutdown,
             task,
             _dir: dir,
         }
+    }
+
+    /// `http://127.0.0.1:PORT` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http)
     }
 
     pub async fn client(&self) -> Client {

@@ -1,0 +1,103 @@
+//! `GET /events`: a Server-Sent Events stream of the authenticated user's new messages, with
+//! the same ids as the line protocol. With `Last-Event-ID` (sent by browsers on reconnect) or
+//! `?after=ID`, the messages after that id are replayed first, so a reconnecting client misses
+//! nothing.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{ConnectInfo, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures::Stream;
+
+use super::extract::Payload;
+use super::routes::{authenticated, message_json};
+use super::AppState;
+use crate::chat::{ConnectionGuard, Username, INBOX_PAGE};
+use crate::error::ChatResult;
+use crate::hub::Subscription;
+use crate::store::Message;
+
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+struct Feed {
+    app: Arc<AppState>,
+    user: Username,
+    live: Subscription,
+    replay: VecDeque<Message>,
+    /// Replay the inbox after this id before going live; `None` once caught up.
+    catch_up_after: Option<i64>,
+    /// The newest id sent; live messages at or below it were already replayed.
+    last_sent: i64,
+    _open: ConnectionGuard,
+}
+
+pub async fn events(
+    State(app): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    payload: Payload,
+) -> ChatResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
+    let user = authenticated(&app, &headers, &payload, "username", peer).await?;
+    let last_event_id = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let after = match last_event_id {
+        Some(id) => Some(id),
+        None => payload.count("after")?,
+    };
+    // Go live before reading the inbox, so nothing committed in between is missed.
+    let live = app.chat.go_online(&user, app.shutdown.child_token());
+    let feed = Feed {
+        _open: app.chat.connection_opened(),
+        app,
+        user,
+        live,
+        replay: VecDeque::new(),
+        catch_up_after: after.map(|a| a.min(i64::MAX as u64) as i64),
+        last_sent: after.map_or(0, |a| a.min(i64::MAX as u64) as i64),
+    };
+    let stream = futures::stream::unfold(feed, |mut feed| async move {
+        let message = feed.next().await?;
+        let event = Event::default()
+            .event("message")
+            .id(message.id.to_string())
+            .data(message_json(&message).to_string());
+        Some((Ok(event), feed))
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
+}
+
+impl Feed {
+    /// The next message to send; `None` ends the stream (shutdown, or too far behind).
+    async fn next(&mut self) -> Option<Message> {
+        loop {
+            if let Some(message) = self.replay.pop_front() {
+                self.last_sent = message.id;
+                return Some(message);
+            }
+            if let Some(after) = self.catch_up_after {
+                match self.app.chat.inbox(&self.user, after, INBOX_PAGE).await {
+                    Ok(page) if page.is_empty() => self.catch_up_after = None,
+                    Ok(page) => {
+                        self.catch_up_after = page.last().map(|m| m.id);
+                        self.replay.extend(page);
+                    }
+                    // The client reconnects with Last-Event-ID and catches up then.
+                    Err(_) => return None,
+                }
+                continue;
+            }
+            let message = self.live.next().await?;
+            if message.id > self.last_sent {
+                self.last_sent = message.id;
+                return Some(Message::clone(&message));
+            }
+        }
+    }
+}
