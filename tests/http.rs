@@ -82,6 +82,12 @@ async fn api_shows_what_get_and_post_carry() {
         body,
         json!({"status": "SUCCESS", "method": "POST", "n": 5, "list": [1, 2]})
     );
+    // What `curl -d '{...}'` sends: JSON labelled as a form.
+    let curl_style = http
+        .post(server.url("/api"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(r#"{"username": "carol"}"#);
+    assert_eq!(call(curl_style).await.1["username"], "carol");
     let (_, repeated) = call(http.get(server.url("/api?x=1&x=2"))).await;
     assert_eq!(repeated["x"], json!(["1", "2"]));
     let (status, reserved) = call(http.get(server.url("/api?status=1"))).await;

@@ -72,9 +72,13 @@ impl<S: Send + Sync> FromRequest<S> for Payload {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_ascii_lowercase();
-        let from_body = if content_type.starts_with("application/x-www-form-urlencoded") {
+        let is_form = content_type.starts_with("application/x-www-form-urlencoded");
+        // `curl -d '{...}'` labels JSON as a form; a body that is a JSON object is read as one.
+        let looks_like_json = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+        let from_body = if is_form && !looks_like_json {
             form_fields(&body)
-        } else if content_type.is_empty()
+        } else if is_form
+            || content_type.is_empty()
             || content_type.starts_with("application/json")
             || content_type.contains("+json")
         {
