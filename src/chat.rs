@@ -301,9 +301,16 @@ impl Chat {
             .await
     }
 
-    /// Users with at least one live session, sorted.
-    pub fn who(&self) -> Vec<Arc<str>> {
-        self.inner.hub.online_users()
+    /// Users with at least one live session on any node, sorted.
+    pub async fn who(&self) -> ChatResult<Vec<Arc<str>>> {
+        let mut users = self.inner.hub.online_users();
+        if let Some(pg) = self.inner.store.postgres() {
+            let elsewhere = pg.online_elsewhere(crate::cluster::PRESENCE_TTL).await?;
+            users.extend(elsewhere.into_iter().map(Arc::from));
+            users.sort_unstable();
+            users.dedup();
+        }
+        Ok(users)
     }
 
     /// Puts an authenticated session online and returns its live feed; `kick` is cancelled

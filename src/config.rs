@@ -41,9 +41,17 @@ pub struct Config {
     #[arg(long, env = "CHATD_BACKLOG", default_value_t = 1024)]
     pub backlog: u32,
 
-    /// Store URL: `sqlite://PATH` or `sqlite::memory:`.
+    /// Store URL: `sqlite://PATH`, `sqlite::memory:` or `postgres://USER@HOST/DB`.
     #[arg(long, env = "CHATD_DB", default_value = "sqlite://chatd.db")]
     pub db: String,
+
+    /// Most PostgreSQL connections this node opens (one more is kept for LISTEN).
+    #[arg(long, env = "CHATD_DB_POOL", default_value_t = 8)]
+    pub db_pool: u32,
+
+    /// This node's name in logs, `/info` and presence (default: hostname:port).
+    #[arg(long, env = "CHATD_NODE_ID")]
+    pub node_id: Option<String>,
 
     /// Most connections served at once (line and echo together); further ones get
     /// `ERR SERVER_BUSY`. Default: what the open-files limit allows.
@@ -87,6 +95,8 @@ impl Config {
             echo_port: None,
             backlog: 1024,
             db: db.into(),
+            db_pool: 8,
+            node_id: None,
             max_connections: None,
             idle_timeout: 0,
             max_line: 4096,

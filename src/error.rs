@@ -80,6 +80,8 @@ impl fmt::Display for Code {
 pub struct ChatError {
     pub code: Code,
     pub message: Cow<'static, str>,
+    /// The server could not reach its store: the request may succeed if retried (HTTP 503).
+    pub unavailable: bool,
 }
 
 impl ChatError {
@@ -87,6 +89,27 @@ impl ChatError {
         ChatError {
             code,
             message: message.into(),
+            unavailable: false,
+        }
+    }
+
+    /// The store could not be reached (down, restarting, connections cut). Clients get
+    /// `INTERNAL` with a message that says so; HTTP answers 503.
+    pub fn unavailable(context: &str, err: impl fmt::Display) -> ChatError {
+        tracing::warn!(error = %err, "{context}: the store is unavailable");
+        ChatError {
+            code: Code::Internal,
+            message: format!("the store is unavailable ({context}); nothing was changed, try again").into(),
+            unavailable: true,
+        }
+    }
+
+    /// The HTTP status for this error.
+    pub fn http_status(&self) -> u16 {
+        if self.unavailable {
+            503
+        } else {
+            self.code.http_status()
         }
     }
 

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::store::Message;
@@ -23,6 +24,8 @@ pub struct Hub {
 struct Shared {
     online: Mutex<HashMap<Arc<str>, Vec<Subscriber>>>,
     next_id: AtomicU64,
+    /// Signalled when a user comes online or goes offline.
+    presence: Notify,
 }
 
 struct Subscriber {
@@ -85,7 +88,13 @@ impl Hub {
             tx,
             kick: kick.clone(),
         };
-        self.lock().entry(user.clone()).or_default().push(subscriber);
+        let mut online = self.lock();
+        let sessions = online.entry(user.clone()).or_default();
+        sessions.push(subscriber);
+        if sessions.len() == 1 {
+            self.shared.presence.notify_one();
+        }
+        drop(online);
         Subscription {
             hub: self.clone(),
             user,
@@ -101,6 +110,7 @@ impl Hub {
             list.retain(|s| s.id != id);
             if list.is_empty() {
                 online.remove(user);
+                self.shared.presence.notify_one();
             }
         }
     }
@@ -127,6 +137,7 @@ impl Hub {
         });
         if list.is_empty() {
             online.remove(&*message.recipient);
+            self.shared.presence.notify_one();
         }
         queued
     }
@@ -136,6 +147,11 @@ impl Hub {
         let mut users: Vec<Arc<str>> = self.lock().keys().cloned().collect();
         users.sort_unstable();
         users
+    }
+
+    /// Resolves after a user came online or went offline (at least once since the last call).
+    pub async fn presence_changed(&self) {
+        self.shared.presence.notified().await
     }
 
     pub fn is_online(&self, user: &str) -> bool {

@@ -4,6 +4,7 @@
 //! shutdown token is cancelled. The binary and the tests both go through here.
 
 pub mod chat;
+pub mod cluster;
 pub mod config;
 pub mod echo;
 pub mod error;
@@ -29,7 +30,7 @@ use tokio_util::task::TaskTracker;
 use crate::chat::{AuthLimits, Chat, ChatOptions};
 pub use crate::config::Config;
 use crate::line::session::SessionSettings;
-use crate::store::Store;
+use crate::store::{Store, StoreOptions};
 
 /// File descriptors kept back from the connection limit for the store, listeners and logs.
 const RESERVED_FDS: u64 = 64;
@@ -39,6 +40,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// A bound, ready server.
 pub struct Server {
     config: Config,
+    node_id: String,
     ip: IpAddr,
     line: TcpListener,
     http: Option<TcpListener>,
@@ -82,7 +84,22 @@ impl Server {
             ),
             None => None,
         };
-        let store = Store::open(&config.db)
+        let node_id = config
+            .node_id
+            .clone()
+            .unwrap_or_else(|| {
+                format!(
+                    "{}:{}",
+                    net::hostname(),
+                    line.local_addr().map_or(0, |a| a.port())
+                )
+            })
+            .replace(char::is_whitespace, "_");
+        let store_options = StoreOptions {
+            pool_size: config.db_pool,
+            node_id: node_id.clone(),
+        };
+        let store = Store::open(&config.db, &store_options)
             .await
             .with_context(|| format!("cannot open the store {}", config.db))?;
         let (chat, writer) = Chat::start(
@@ -101,6 +118,7 @@ impl Server {
             .unwrap_or_else(|| open_files.saturating_sub(RESERVED_FDS).max(1) as usize);
         Ok(Server {
             config,
+            node_id,
             ip,
             line,
             http,
@@ -150,8 +168,10 @@ impl Server {
         }
         let _ = write!(
             out,
-            "Store: {}; at most {} connections. Stop with Ctrl-C.",
-            self.config.db, self.max_connections
+            "Store: {}; node {}; at most {} connections. Stop with Ctrl-C.",
+            redact(&self.config.db),
+            self.node_id,
+            self.max_connections
         );
         out
     }
@@ -166,6 +186,7 @@ impl Server {
         });
         let Server {
             config,
+            node_id,
             line,
             http,
             echo,
@@ -224,6 +245,7 @@ impl Server {
         if let Some(http) = http {
             let state = Arc::new(http::AppState {
                 chat: chat.clone(),
+                node_id: node_id.clone(),
                 started: std::time::Instant::now(),
                 listeners,
                 shutdown: shutdown.clone(),
@@ -235,6 +257,14 @@ impl Server {
                 }
             }));
         }
+        // Several nodes on PostgreSQL: relay each other's messages and share presence.
+        let cluster = match store.postgres() {
+            Some(pg) => {
+                tracing::info!(node = %node_id, "joining the other nodes on PostgreSQL");
+                cluster::start(pg.clone(), chat.hub().clone(), shutdown.clone())
+            }
+            None => Vec::new(),
+        };
         shutdown.cancelled().await;
         tracing::info!("shutting down: no new connections; finishing the open ones");
         // The accept loops end at once; HTTP waits for its requests in flight.
@@ -257,6 +287,8 @@ impl Server {
         if tokio::time::timeout(SHUTDOWN_GRACE, writer).await.is_err() {
             tracing::warn!("the message writer did not finish in time");
         }
+        // Takes this node out of the cluster's presence.
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, futures::future::join_all(cluster)).await;
         store.close().await;
         tracing::info!("stopped");
         Ok(())
@@ -268,4 +300,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let server = Server::bind(config).await?;
     println!("{}", server.banner());
     server.run(shutdown).await
+}
+
+/// A store URL without its password, for printing.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => match url[scheme + 3..at].split_once(':') {
+            Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+            None => url.to_string(),
+        },
+        _ => url.to_string(),
+    }
 }

@@ -29,6 +29,7 @@ pub const PAGE: &str = include_str!("page.html");
 /// What every handler shares.
 pub struct AppState {
     pub chat: Chat,
+    pub node_id: String,
     pub started: Instant,
     /// The listeners' addresses, as `/info` reports them.
     pub listeners: Value,
@@ -82,8 +83,7 @@ pub fn success(status: StatusCode, fields: Value) -> Response {
 /// An error: `{"status": "<CODE>", "message": "..."}` with the code's HTTP status.
 impl IntoResponse for ChatError {
     fn into_response(self) -> Response {
-        let status =
-            StatusCode::from_u16(self.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status = StatusCode::from_u16(self.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let body = json!({ "status": self.code.as_str(), "message": self.message });
         (status, Json(body)).into_response()
     }

@@ -40,16 +40,18 @@ pub async fn index(headers: HeaderMap) -> Response {
 /// `GET /info`.
 pub async fn info(State(app): State<Arc<AppState>>) -> ChatResult<Response> {
     let counts = app.chat.counts().await?;
+    let online = app.chat.who().await?;
     Ok(success(
         StatusCode::OK,
         json!({
             "name": "chatd",
             "version": env!("CARGO_PKG_VERSION"),
+            "node_id": app.node_id,
             "uptime_secs": app.started.elapsed().as_secs(),
             "users": counts.users,
             "messages": counts.messages,
             "connections": app.chat.connections(),
-            "online": app.chat.who().len(),
+            "online": online.len(),
             "listeners": app.listeners,
         }),
     ))

@@ -163,14 +163,18 @@ impl<'a> Command<'a> {
             }
             .await
             .into(),
-            Command::Who => {
-                let users = cx.chat.who();
-                let count = users.len();
-                Reply::lines(
-                    users.iter().map(|u| format!("USER {u}")).collect(),
-                    count.to_string(),
-                )
-            }
+            Command::Who => cx
+                .chat
+                .who()
+                .await
+                .map(|users| {
+                    let count = users.len();
+                    Reply::lines(
+                        users.iter().map(|u| format!("USER {u}")).collect(),
+                        count.to_string(),
+                    )
+                })
+                .into(),
         }
     }
 }

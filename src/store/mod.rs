@@ -4,12 +4,14 @@
 //! groups every waiting SEND into one transaction (group commit), so one fsync acknowledges
 //! many messages while each ack still means "committed".
 
+pub mod postgres;
 mod sqlite;
 
 use std::sync::Arc;
 
 use crate::error::{ChatError, ChatResult};
 
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 /// A message as stored.
@@ -46,15 +48,39 @@ pub struct Counts {
 #[derive(Clone)]
 pub enum Store {
     Sqlite(SqliteStore),
+    Postgres(PgStore),
+}
+
+/// Settings that only some stores use.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Most connections in the PostgreSQL pool.
+    pub pool_size: u32,
+    /// This node's name, recorded with each message it stores (PostgreSQL).
+    pub node_id: String,
 }
 
 impl Store {
     /// Opens (creating and migrating as needed) the store named by `url`.
-    pub async fn open(url: &str) -> anyhow::Result<Store> {
+    pub async fn open(url: &str, options: &StoreOptions) -> anyhow::Result<Store> {
         if url.starts_with("sqlite:") {
             Ok(Store::Sqlite(SqliteStore::open(url).await?))
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Ok(Store::Postgres(
+                PgStore::open(url, options.pool_size, &options.node_id).await?,
+            ))
         } else {
-            anyhow::bail!("unsupported store URL {url:?}: expected sqlite://PATH or sqlite::memory:")
+            anyhow::bail!(
+                "unsupported store URL {url:?}: expected sqlite://PATH, sqlite::memory: or postgres://..."
+            )
+        }
+    }
+
+    /// The shared PostgreSQL store, when this node is one of several.
+    pub fn postgres(&self) -> Option<&PgStore> {
+        match self {
+            Store::Postgres(pg) => Some(pg),
+            Store::Sqlite(_) => None,
         }
     }
 
@@ -62,6 +88,7 @@ impl Store {
     pub async fn create_user(&self, name: &str, password_hash: &str) -> ChatResult<()> {
         match self {
             Store::Sqlite(s) => s.create_user(name, password_hash).await,
+            Store::Postgres(s) => s.create_user(name, password_hash).await,
         }
     }
 
@@ -69,12 +96,14 @@ impl Store {
     pub async fn password_hash(&self, name: &str) -> ChatResult<Option<String>> {
         match self {
             Store::Sqlite(s) => s.password_hash(name).await,
+            Store::Postgres(s) => s.password_hash(name).await,
         }
     }
 
     pub async fn user_exists(&self, name: &str) -> ChatResult<bool> {
         match self {
             Store::Sqlite(s) => s.user_exists(name).await,
+            Store::Postgres(s) => s.user_exists(name).await,
         }
     }
 
@@ -83,6 +112,7 @@ impl Store {
     pub async fn insert_messages(&self, batch: &[NewMessage]) -> ChatResult<Vec<Message>> {
         match self {
             Store::Sqlite(s) => s.insert_messages(batch).await,
+            Store::Postgres(s) => s.insert_messages(batch).await,
         }
     }
 
@@ -90,6 +120,7 @@ impl Store {
     pub async fn inbox(&self, recipient: &str, after_id: i64, limit: u32) -> ChatResult<Vec<Message>> {
         match self {
             Store::Sqlite(s) => s.inbox(recipient, after_id, limit).await,
+            Store::Postgres(s) => s.inbox(recipient, after_id, limit).await,
         }
     }
 
@@ -97,6 +128,7 @@ impl Store {
     pub async fn create_token(&self, token_sha256: &str, user: &str, expires_at_us: i64) -> ChatResult<()> {
         match self {
             Store::Sqlite(s) => s.create_token(token_sha256, user, expires_at_us).await,
+            Store::Postgres(s) => s.create_token(token_sha256, user, expires_at_us).await,
         }
     }
 
@@ -104,22 +136,46 @@ impl Store {
     pub async fn token_user(&self, token_sha256: &str) -> ChatResult<Option<(String, i64)>> {
         match self {
             Store::Sqlite(s) => s.token_user(token_sha256).await,
+            Store::Postgres(s) => s.token_user(token_sha256).await,
         }
     }
 
     pub async fn counts(&self) -> ChatResult<Counts> {
         match self {
             Store::Sqlite(s) => s.counts().await,
+            Store::Postgres(s) => s.counts().await,
         }
     }
 
     pub async fn close(&self) {
         match self {
             Store::Sqlite(s) => s.close().await,
+            Store::Postgres(s) => s.close().await,
         }
     }
 }
 
+/// Maps a database error to what the client sees: a lost or refused connection makes the store
+/// unavailable (retry later); anything else is an internal failure.
 pub(crate) fn store_error(context: &str, err: sqlx::Error) -> ChatError {
-    ChatError::internal(context, err)
+    let unreachable = match &err {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        // PostgreSQL: connection exceptions (08), insufficient resources (53), operator
+        // intervention such as an administrator's shutdown or terminate (57), and a database
+        // not accepting connections (55000).
+        sqlx::Error::Database(db) => db.code().is_some_and(|c| {
+            c.starts_with("08") || c.starts_with("53") || c.starts_with("57") || c == "55000"
+        }),
+        _ => false,
+    };
+    if unreachable {
+        ChatError::unavailable(context, err)
+    } else {
+        ChatError::internal(context, err)
+    }
 }
