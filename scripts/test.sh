@@ -4,7 +4,38 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Tests run the release-independent debug build; nextest runs each test in its own process.
+# The browser test (tests/browser.rs) drives Debian's Chromium through chromedriver.
+have_browser() { [[ -x /usr/bin/chromium && -x /usr/bin/chromedriver ]]; }
+if ! have_browser && [[ $EUID -eq 0 ]] && command -v apt-get >/dev/null; then
+    echo "Installing chromium and chromium-driver for the browser test..." >&2
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -qq --no-install-recommends chromium chromium-driver; } >/dev/null ||
+        echo "!!! WARNING: could not install chromium/chromium-driver; the browser test will SKIP !!!" >&2
+fi
+if have_browser; then
+    export CHATD_REQUIRE_BROWSER=1 # present, so the browser test must run, not skip
+else
+    echo "!!! WARNING: no /usr/bin/chromium or /usr/bin/chromedriver; the browser test will SKIP !!!" >&2
+fi
+
+# PostgreSQL for the tests that run on both stores and the multi-node tests. Use the URL given
+# in CHATD_TEST_DATABASE_URL; else the local server (started first if installed but stopped).
+pg_up() { pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; }
+if [[ -z "${CHATD_TEST_DATABASE_URL:-}" ]] && command -v pg_isready >/dev/null; then
+    if ! pg_up && command -v pg_ctlcluster >/dev/null && [[ -d /etc/postgresql ]]; then
+        echo "Starting the local PostgreSQL for the tests..." >&2
+        for version in /etc/postgresql/*/; do
+            pg_ctlcluster --skip-systemctl-redirect "$(basename "$version")" main start >&2 || true
+        done
+        for _ in $(seq 40); do pg_up && break; sleep 0.5; done
+    fi
+    pg_up && export CHATD_TEST_DATABASE_URL=postgres://postgres@127.0.0.1:5432/test
+fi
+if [[ -z "${CHATD_TEST_DATABASE_URL:-}" ]]; then
+    echo "!!! WARNING: no PostgreSQL; the PostgreSQL tests will SKIP (set CHATD_TEST_DATABASE_URL) !!!" >&2
+fi
+
+# Every test, in the debug build; nextest runs each test in its own process.
 if cargo nextest --version >/dev/null 2>&1; then
     exec cargo nextest run --workspace --all-targets --no-fail-fast "$@"
 else

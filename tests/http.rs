@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{parse_msg, TestServer};
+use common::{parse_msg, Backend, TestServer};
 use futures::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -35,9 +35,8 @@ async fn token(server: &TestServer, http: &reqwest::Client, user: &str) -> Strin
     reply["token"].as_str().unwrap().to_string()
 }
 
-#[tokio::test]
-async fn info_reports_the_server() {
-    let server = TestServer::start().await;
+async fn info_reports_the_server(backend: Backend) {
+    let server = TestServer::on(backend).await;
     let http = reqwest::Client::new();
     let _alice = server.user("alice").await;
     let (status, info) = call(http.get(server.url("/info"))).await;
@@ -54,9 +53,8 @@ async fn info_reports_the_server() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn api_shows_what_get_and_post_carry() {
-    let server = TestServer::start().await;
+async fn api_shows_what_get_and_post_carry(backend: Backend) {
+    let server = TestServer::on(backend).await;
     let http = reqwest::Client::new();
     let (status, got) = call(http.get(server.url("/api?a=1&b=two"))).await;
     assert_eq!(status, StatusCode::OK);
@@ -98,9 +96,8 @@ async fn api_shows_what_get_and_post_carry() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn register_and_auth() {
-    let server = TestServer::start().await;
+async fn register_and_auth(backend: Backend) {
+    let server = TestServer::on(backend).await;
     let http = reqwest::Client::new();
     let alice = json!({"username": "alice", "password": "pw"});
     let (status, reply) = call(http.post(server.url("/register")).json(&alice)).await;
@@ -153,9 +150,8 @@ async fn register_and_auth() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn credentials_by_token_basic_and_password_field() {
-    let server = TestServer::start().await;
+async fn credentials_by_token_basic_and_password_field(backend: Backend) {
+    let server = TestServer::on(backend).await;
     let http = reqwest::Client::new();
     let alice_token = token(&server, &http, "alice").await;
     token(&server, &http, "bob").await;
@@ -215,9 +211,8 @@ async fn credentials_by_token_basic_and_password_field() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn nobody_reads_or_sends_as_someone_else() {
-    let server = TestServer::start().await;
+async fn nobody_reads_or_sends_as_someone_else(backend: Backend) {
+    let server = TestServer::on(backend).await;
     let http = reqwest::Client::new();
     let alice = token(&server, &http, "alice").await;
     let bob = token(&server, &http, "bob").await;
@@ -301,9 +296,8 @@ async fn nobody_reads_or_sends_as_someone_else() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn get_messages_pages_with_after_and_limit() {
-    let server = TestServer::start().await;
+async fn get_messages_pages_with_after_and_limit(backend: Backend) {
+    let server = TestServer::on(backend).await;
     let http = reqwest::Client::new();
     let alice = token(&server, &http, "alice").await;
     for i in 0..5 {
@@ -342,9 +336,8 @@ async fn get_messages_pages_with_after_and_limit() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn an_http_message_pops_up_in_a_telnet_session() {
-    let server = TestServer::start().await;
+async fn an_http_message_pops_up_in_a_telnet_session(backend: Backend) {
+    let server = TestServer::on(backend).await;
     let http = reqwest::Client::new();
     let alice = token(&server, &http, "alice").await;
     let mut bob = server.user("bob").await;
@@ -361,9 +354,8 @@ async fn an_http_message_pops_up_in_a_telnet_session() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn a_telnet_message_shows_up_over_http_and_live_events() {
-    let server = TestServer::start().await;
+async fn a_telnet_message_shows_up_over_http_and_live_events(backend: Backend) {
+    let server = TestServer::on(backend).await;
     let http = reqwest::Client::new();
     let bob = token(&server, &http, "bob").await;
     let mut alice = server.user("alice").await;
@@ -420,9 +412,8 @@ async fn a_telnet_message_shows_up_over_http_and_live_events() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn events_replay_what_a_reconnecting_client_missed() {
-    let server = TestServer::start().await;
+async fn events_replay_what_a_reconnecting_client_missed(backend: Backend) {
+    let server = TestServer::on(backend).await;
     let http = reqwest::Client::new();
     let bob = token(&server, &http, "bob").await;
     let mut ids = Vec::new();
@@ -456,9 +447,8 @@ async fn events_replay_what_a_reconnecting_client_missed() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn bad_requests_get_json_errors_and_the_server_keeps_serving() {
-    let server = TestServer::start().await;
+async fn bad_requests_get_json_errors_and_the_server_keeps_serving(backend: Backend) {
+    let server = TestServer::on(backend).await;
     let http = reqwest::Client::new();
     let malformed = http
         .post(server.url("/register"))
@@ -501,9 +491,8 @@ async fn bad_requests_get_json_errors_and_the_server_keeps_serving() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn failed_logins_over_http_are_rate_limited() {
-    let server = TestServer::start_with(|c| c.auth_failures_per_addr = 3).await;
+async fn failed_logins_over_http_are_rate_limited(backend: Backend) {
+    let server = TestServer::on_with(backend, |c| c.auth_failures_per_addr = 3).await;
     let http = reqwest::Client::new();
     token(&server, &http, "alice").await;
     let wrong = json!({"username": "alice", "password": "wrong"});
@@ -522,9 +511,8 @@ async fn failed_logins_over_http_are_rate_limited() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn the_page_is_served_to_browsers() {
-    let server = TestServer::start().await;
+async fn the_page_is_served_to_browsers(backend: Backend) {
+    let server = TestServer::on(backend).await;
     let http = reqwest::Client::new();
     let page = http
         .get(server.url("/"))
@@ -546,3 +534,18 @@ async fn the_page_is_served_to_browsers() {
     assert_eq!((status, guide["name"].as_str()), (StatusCode::OK, Some("chatd")));
     server.stop().await;
 }
+
+on_both_stores!(
+    info_reports_the_server,
+    api_shows_what_get_and_post_carry,
+    register_and_auth,
+    credentials_by_token_basic_and_password_field,
+    nobody_reads_or_sends_as_someone_else,
+    get_messages_pages_with_after_and_limit,
+    an_http_message_pops_up_in_a_telnet_session,
+    a_telnet_message_shows_up_over_http_and_live_events,
+    events_replay_what_a_reconnecting_client_missed,
+    bad_requests_get_json_errors_and_the_server_keeps_serving,
+    failed_logins_over_http_are_rate_limited,
+    the_page_is_served_to_browsers,
+);

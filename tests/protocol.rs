@@ -4,11 +4,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{parse_msg, Client, TestServer};
+use common::{parse_msg, Backend, Client, TestServer};
 
-#[tokio::test]
-async fn greeting_ping_echo_help_quit() {
-    let server = TestServer::start().await;
+async fn greeting_ping_echo_help_quit(backend: Backend) {
+    let server = TestServer::on(backend).await;
     let mut c = server.client().await;
     assert!(c
         .hello
@@ -32,9 +31,8 @@ async fn greeting_ping_echo_help_quit() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn register_and_auth() {
-    let server = TestServer::start().await;
+async fn register_and_auth(backend: Backend) {
+    let server = TestServer::on(backend).await;
     let mut c = server.client().await;
     c.ok("REGISTER alice s3cret").await;
     assert_eq!(c.err("REGISTER alice other").await, "USER_EXISTS");
@@ -60,9 +58,8 @@ async fn register_and_auth() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn send_and_inbox() {
-    let server = TestServer::start().await;
+async fn send_and_inbox(backend: Backend) {
+    let server = TestServer::on(backend).await;
     let mut alice = server.client().await;
     alice.ok("REGISTER alice pw").await;
     assert_eq!(alice.err("SEND alice hi").await, "AUTH_REQUIRED");
@@ -117,9 +114,8 @@ fn chrono_now_ms() -> i64 {
         .as_millis() as i64
 }
 
-#[tokio::test]
-async fn crlf_and_bare_lf_and_blank_lines() {
-    let server = TestServer::start().await;
+async fn crlf_and_bare_lf_and_blank_lines(backend: Backend) {
+    let server = TestServer::on(backend).await;
     let mut c = server.client().await;
     c.write(b"ECHO crlf\r\n\r\n\nECHO lf\n   \r\nPING\r\n").await;
     assert_eq!(c.reply().await.last, "OK crlf");
@@ -128,9 +124,8 @@ async fn crlf_and_bare_lf_and_blank_lines() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn telnet_negotiation_is_ignored() {
-    let server = TestServer::start().await;
+async fn telnet_negotiation_is_ignored(backend: Backend) {
+    let server = TestServer::on(backend).await;
     let mut c = server.client().await;
     // What a telnet client may send first: WILL NAWS, WILL TERMINAL-TYPE, a window size.
     c.write(b"\xff\xfb\x1f\xff\xfb\x18\xff\xfa\x1f\x00\x50\x00\x18\xff\xf0PING\r\n")
@@ -142,9 +137,8 @@ async fn telnet_negotiation_is_ignored() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn an_overlong_line_is_refused_and_the_connection_goes_on() {
-    let server = TestServer::start_with(|c| c.max_line = 100).await;
+async fn an_overlong_line_is_refused_and_the_connection_goes_on(backend: Backend) {
+    let server = TestServer::on_with(backend, |c| c.max_line = 100).await;
     let mut c = server.client().await;
     c.write(format!("ECHO {}\nPING\n", "x".repeat(200)).as_bytes())
         .await;
@@ -166,9 +160,8 @@ async fn an_overlong_line_is_refused_and_the_connection_goes_on() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn the_default_line_limit_is_4096_bytes() {
-    let server = TestServer::start().await;
+async fn the_default_line_limit_is_4096_bytes(backend: Backend) {
+    let server = TestServer::on(backend).await;
     let mut c = server.client().await;
     c.write(format!("ECHO {}\n", "x".repeat(5000)).as_bytes()).await;
     assert_eq!(c.err_code().await, "LINE_TOO_LONG");
@@ -176,9 +169,8 @@ async fn the_default_line_limit_is_4096_bytes() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn invalid_utf8_is_refused_and_the_connection_goes_on() {
-    let server = TestServer::start().await;
+async fn invalid_utf8_is_refused_and_the_connection_goes_on(backend: Backend) {
+    let server = TestServer::on(backend).await;
     let mut c = server.client().await;
     c.write(b"ECHO \xc3\x28 broken\r\nECHO fine\r\n").await;
     assert_eq!(c.err_code().await, "BAD_ENCODING");
@@ -186,9 +178,8 @@ async fn invalid_utf8_is_refused_and_the_connection_goes_on() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn fifty_pipelined_commands_are_answered_in_order() {
-    let server = TestServer::start().await;
+async fn fifty_pipelined_commands_are_answered_in_order(backend: Backend) {
+    let server = TestServer::on(backend).await;
     let mut c = server.user("alice").await;
     let mut batch = String::new();
     for i in 0..50 {
@@ -219,9 +210,8 @@ async fn fifty_pipelined_commands_are_answered_in_order() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn live_push_reaches_every_session_of_the_recipient() {
-    let server = TestServer::start().await;
+async fn live_push_reaches_every_session_of_the_recipient(backend: Backend) {
+    let server = TestServer::on(backend).await;
     let mut alice = server.user("alice").await;
     let mut bob1 = server.user("bob").await;
     let mut bob2 = server.client().await;
@@ -238,9 +228,8 @@ async fn live_push_reaches_every_session_of_the_recipient() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn pushes_never_split_a_multi_line_reply() {
-    let server = TestServer::start().await;
+async fn pushes_never_split_a_multi_line_reply(backend: Backend) {
+    let server = TestServer::on(backend).await;
     let mut alice = server.user("alice").await;
     let mut bob = server.user("bob").await;
     for i in 0..100 {
@@ -284,9 +273,8 @@ async fn pushes_never_split_a_multi_line_reply() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn inbox_pages_past_100() {
-    let server = TestServer::start().await;
+async fn inbox_pages_past_100(backend: Backend) {
+    let server = TestServer::on(backend).await;
     let mut alice = server.user("alice").await;
     let mut batch = String::new();
     for i in 0..250 {
@@ -320,9 +308,8 @@ async fn inbox_pages_past_100() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn who_lists_users_online_until_they_leave() {
-    let server = TestServer::start().await;
+async fn who_lists_users_online_until_they_leave(backend: Backend) {
+    let server = TestServer::on(backend).await;
     let mut alice = server.user("alice").await;
     let who = alice.cmd("WHO").await;
     assert_eq!(
@@ -357,9 +344,8 @@ async fn who_lists_users_online_until_they_leave() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn logging_in_as_someone_else_moves_the_session() {
-    let server = TestServer::start().await;
+async fn logging_in_as_someone_else_moves_the_session(backend: Backend) {
+    let server = TestServer::on(backend).await;
     let mut c = server.user("alice").await;
     c.ok("REGISTER bob pw").await;
     c.ok("AUTH bob pw").await;
@@ -368,9 +354,8 @@ async fn logging_in_as_someone_else_moves_the_session() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn a_full_server_says_busy_instead_of_hanging() {
-    let server = TestServer::start_with(|c| c.max_connections = Some(2)).await;
+async fn a_full_server_says_busy_instead_of_hanging(backend: Backend) {
+    let server = TestServer::on_with(backend, |c| c.max_connections = Some(2)).await;
     let mut first = server.client().await;
     let _second = server.client().await;
     let mut third = Client::connect_raw(server.addr).await;
@@ -393,9 +378,8 @@ async fn a_full_server_says_busy_instead_of_hanging() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn a_client_that_never_reads_stalls_nobody() {
-    let server = TestServer::start_with(|c| c.push_queue = 256).await;
+async fn a_client_that_never_reads_stalls_nobody(backend: Backend) {
+    let server = TestServer::on_with(backend, |c| c.push_queue = 256).await;
     let mut alice = server.user("alice").await;
     let mut carol = server.user("carol").await;
     // Bob logs in and then never reads another byte.
@@ -451,9 +435,8 @@ async fn a_client_that_never_reads_stalls_nobody() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn failed_logins_are_rate_limited_per_connection() {
-    let server = TestServer::start_with(|c| {
+async fn failed_logins_are_rate_limited_per_connection(backend: Backend) {
+    let server = TestServer::on_with(backend, |c| {
         c.auth_failures_per_conn = 3;
         c.auth_failures_per_addr = 100;
     })
@@ -475,9 +458,8 @@ async fn failed_logins_are_rate_limited_per_connection() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn failed_logins_are_rate_limited_per_address() {
-    let server = TestServer::start_with(|c| {
+async fn failed_logins_are_rate_limited_per_address(backend: Backend) {
+    let server = TestServer::on_with(backend, |c| {
         c.auth_failures_per_conn = 100;
         c.auth_failures_per_addr = 4;
     })
@@ -521,9 +503,8 @@ async fn a_store_failure_is_an_internal_error_and_the_connection_goes_on() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn an_idle_connection_is_closed_with_a_goodbye() {
-    let server = TestServer::start_with(|c| c.idle_timeout = 1).await;
+async fn an_idle_connection_is_closed_with_a_goodbye(backend: Backend) {
+    let server = TestServer::on_with(backend, |c| c.idle_timeout = 1).await;
     let mut busy = server.client().await;
     let mut idle = server.client().await;
     let started = Instant::now();
@@ -539,9 +520,8 @@ async fn an_idle_connection_is_closed_with_a_goodbye() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn shutdown_says_goodbye_to_every_connection() {
-    let server = TestServer::start().await;
+async fn shutdown_says_goodbye_to_every_connection(backend: Backend) {
+    let server = TestServer::on(backend).await;
     let mut a = server.user("alice").await;
     let mut b = server.client().await;
     server.stop().await;
@@ -549,10 +529,9 @@ async fn shutdown_says_goodbye_to_every_connection() {
     assert_eq!(b.closed().await, vec!["BYE server shutting down".to_string()]);
 }
 
-#[tokio::test]
-async fn the_echo_port_returns_every_byte() {
+async fn the_echo_port_returns_every_byte(backend: Backend) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let server = TestServer::start_with(|c| c.echo_port = Some(0)).await;
+    let server = TestServer::on_with(backend, |c| c.echo_port = Some(0)).await;
     let mut stream = tokio::net::TcpStream::connect(server.echo.unwrap())
         .await
         .unwrap();
@@ -576,3 +555,27 @@ async fn the_echo_port_returns_every_byte() {
     assert!(echoed == payload, "echoed bytes differ");
     server.stop().await;
 }
+
+on_both_stores!(
+    greeting_ping_echo_help_quit,
+    register_and_auth,
+    send_and_inbox,
+    crlf_and_bare_lf_and_blank_lines,
+    telnet_negotiation_is_ignored,
+    an_overlong_line_is_refused_and_the_connection_goes_on,
+    the_default_line_limit_is_4096_bytes,
+    invalid_utf8_is_refused_and_the_connection_goes_on,
+    fifty_pipelined_commands_are_answered_in_order,
+    live_push_reaches_every_session_of_the_recipient,
+    pushes_never_split_a_multi_line_reply,
+    inbox_pages_past_100,
+    who_lists_users_online_until_they_leave,
+    logging_in_as_someone_else_moves_the_session,
+    a_full_server_says_busy_instead_of_hanging,
+    a_client_that_never_reads_stalls_nobody,
+    failed_logins_are_rate_limited_per_connection,
+    failed_logins_are_rate_limited_per_address,
+    an_idle_connection_is_closed_with_a_goodbye,
+    shutdown_says_goodbye_to_every_connection,
+    the_echo_port_returns_every_byte,
+);

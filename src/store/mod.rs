@@ -165,11 +165,11 @@ pub(crate) fn store_error(context: &str, err: sqlx::Error) -> ChatError {
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed => true,
-        // PostgreSQL: connection exceptions (08), insufficient resources (53), operator
-        // intervention such as an administrator's shutdown or terminate (57), and a database
-        // not accepting connections (55000).
+        // PostgreSQL: connection exceptions (08), a login refused (28), insufficient resources
+        // (53), operator intervention such as an administrator's shutdown or terminate (57),
+        // and a database not accepting connections (55000).
         sqlx::Error::Database(db) => db.code().is_some_and(|c| {
-            c.starts_with("08") || c.starts_with("53") || c.starts_with("57") || c == "55000"
+            ["08", "28", "53", "57"].iter().any(|class| c.starts_with(class)) || c == "55000"
         }),
         _ => false,
     };

@@ -27,6 +27,8 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
 const IDS_PER_NOTIFY: usize = 300;
 
 type MessageRow = (i64, String, String, String, i64, Option<String>);
+/// A message row with the node that stored it first.
+type NodeMessageRow = (String, i64, String, String, String, i64, Option<String>);
 
 #[derive(Clone)]
 pub struct PgStore {
@@ -246,7 +248,7 @@ impl PgStore {
     ) -> ChatResult<Vec<(String, Message)>> {
         let nodes: Vec<&str> = seen.iter().map(|(n, _)| n.as_str()).collect();
         let ids: Vec<i64> = seen.iter().map(|(_, id)| *id).collect();
-        let rows: Vec<(String, i64, String, String, String, i64, Option<String>)> = bounded(
+        let rows: Vec<NodeMessageRow> = bounded(
             "catching up on messages",
             sqlx::query_as(
                 "SELECT m.node_id, m.id, m.sender, m.recipient, m.body, m.created_at_us, m.client_timestamp \

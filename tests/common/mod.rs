@@ -2,6 +2,8 @@
 //! database, and a line-protocol client over a real socket.
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -15,6 +17,151 @@ use tokio_util::sync::CancellationToken;
 /// How long a test waits for any one line before failing.
 pub const LINE_WAIT: Duration = Duration::from_secs(10);
 
+/// The store a test server runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// The environment variable naming the PostgreSQL server tests may use, e.g.
+/// `postgres://postgres@127.0.0.1:5432/test`. Each test gets a database of its own there.
+pub const PG_ENV: &str = "CHATD_TEST_DATABASE_URL";
+
+impl Backend {
+    /// PostgreSQL, when the tests were given one; otherwise says loudly that the test is skipped.
+    pub fn postgres(test: &str) -> Option<Backend> {
+        match std::env::var(PG_ENV) {
+            Ok(url) if !url.is_empty() => Some(Backend::Postgres),
+            _ => {
+                eprintln!(
+                    "SKIPPED {test} on PostgreSQL: set {PG_ENV}=postgres://USER@HOST:PORT/DB to run it"
+                );
+                None
+            }
+        }
+    }
+}
+
+/// Runs each named `async fn name(backend: Backend)` once per store: as `sqlite::name` and
+/// `postgres::name` (skipped, loudly, without a PostgreSQL server to use).
+#[macro_export]
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::common::Backend::Sqlite).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    if let Some(backend) = super::common::Backend::postgres(stringify!($name)) {
+                        super::$name(backend).await
+                    }
+                }
+            )*
+        }
+    };
+}
+
+/// A fresh, empty database for one test: a SQLite file in a temporary directory, or a
+/// PostgreSQL database created for the test and dropped after it.
+pub struct TestDb {
+    pub url: String,
+    postgres: Option<(String, String)>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestDb {
+    pub async fn create(backend: Backend) -> TestDb {
+        match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().unwrap();
+                TestDb {
+                    url: format!("sqlite://{}", dir.path().join("chatd.db").display()),
+                    postgres: None,
+                    _dir: Some(dir),
+                }
+            }
+            Backend::Postgres => {
+                use sqlx::Connection;
+                static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+                let admin = std::env::var(PG_ENV).expect("a PostgreSQL URL");
+                let name = format!(
+                    "chatd_test_{}_{}_{}",
+                    std::process::id(),
+                    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap()
+                        .as_micros()
+                        % 1_000_000
+                );
+                let mut conn = sqlx::PgConnection::connect(&admin)
+                    .await
+                    .expect("connect to the test PostgreSQL");
+                sqlx::query(&format!("CREATE DATABASE {name}"))
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+                conn.close().await.ok();
+                TestDb {
+                    url: with_database(&admin, &name),
+                    postgres: Some((admin, name)),
+                    _dir: None,
+                }
+            }
+        }
+    }
+
+    /// The PostgreSQL database's name, if this is one.
+    pub fn pg_name(&self) -> Option<&str> {
+        self.postgres.as_ref().map(|(_, name)| name.as_str())
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Some((admin, name)) = self.postgres.take() {
+            // Drop runs outside any runtime's async context: use a small one of its own.
+            let _ = std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                runtime.block_on(async {
+                    use sqlx::Connection;
+                    if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
+                        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                            .execute(&mut conn)
+                            .await;
+                    }
+                });
+            })
+            .join();
+        }
+    }
+}
+
+/// `url` with its database name replaced by `name`.
+pub fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
+    let after_scheme = base.find("://").map_or(0, |i| i + 3);
+    let base = match base[after_scheme..].find('/') {
+        Some(slash) => &base[..after_scheme + slash],
+        None => base,
+    };
+    match query {
+        Some(q) => format!("{base}/{name}?{q}"),
+        None => format!("{base}/{name}"),
+    }
+}
+
 pub struct TestServer {
     pub addr: SocketAddr,
     /// The HTTP facade's address.
@@ -23,18 +170,33 @@ pub struct TestServer {
     pub db_url: String,
     shutdown: CancellationToken,
     task: JoinHandle<anyhow::Result<()>>,
-    _dir: tempfile::TempDir,
+    pub db: std::sync::Arc<TestDb>,
 }
 
 impl TestServer {
+    /// A server on a fresh SQLite database.
     pub async fn start() -> TestServer {
-        TestServer::start_with(|_| {}).await
+        TestServer::on(Backend::Sqlite).await
     }
 
-    /// Starts a server on 127.0.0.1 with a fresh SQLite database, after `adjust` had its say.
     pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> TestServer {
-        let dir = tempfile::tempdir().unwrap();
-        let db_url = format!("sqlite://{}", dir.path().join("chatd.db").display());
+        TestServer::on_with(Backend::Sqlite, adjust).await
+    }
+
+    /// A server on a fresh database of the given store.
+    pub async fn on(backend: Backend) -> TestServer {
+        TestServer::on_with(backend, |_| {}).await
+    }
+
+    /// Starts a server on 127.0.0.1 with a fresh database, after `adjust` had its say.
+    pub async fn on_with(backend: Backend, adjust: impl FnOnce(&mut Config)) -> TestServer {
+        let db = TestDb::create(backend).await;
+        TestServer::on_db(std::sync::Arc::new(db), adjust).await
+    }
+
+    /// Starts a server on an existing test database (e.g. a second node on the same one).
+    pub async fn on_db(db: std::sync::Arc<TestDb>, adjust: impl FnOnce(&mut Config)) -> TestServer {
+        let db_url = db.url.clone();
         let mut config = Config::for_tests(db_url.clone());
         adjust(&mut config);
         let server = Server::bind(config).await.expect("the server starts");
@@ -50,7 +212,7 @@ impl TestServer {
             db_url,
             shutdown,
             task,
-            _dir: dir,
+            db,
         }
     }
 

@@ -1,0 +1,356 @@
+//! A real headless Chromium drives the chat page served at `GET /`: two browsers, two users,
+//! a message that arrives live (Server-Sent Events) without any reload, rendered as text.
+//!
+//! Needs /usr/bin/chromium and /usr/bin/chromedriver (Debian `chromium`, `chromium-driver`;
+//! `scripts/test.sh` installs them). Without them the test prints `SKIPPED: ...` and passes,
+//! unless `CHATD_REQUIRE_BROWSER=1` is set.
+
+mod common;
+
+use std::net::{Ipv4Addr, TcpListener};
+use std::os::unix::process::CommandExt as _;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fantoccini::key::Key;
+use fantoccini::wd::TimeoutConfiguration;
+use fantoccini::{Client, ClientBuilder, Locator};
+use hyper_util::client::legacy::connect::HttpConnector;
+use serde_json::{json, Value};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+/// The longest any one wait may take: for chromedriver, a browser, or something in a page.
+const WAIT: Duration = Duration::from_secs(10);
+/// The whole test, browsers included.
+const WHOLE_TEST: Duration = Duration::from_secs(180);
+/// Markup and an entity: the page must show these characters, not interpret them.
+const TRICKY: &str = "<b>hi</b> & bye";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_browsers_chat_live() {
+    if let Some(reason) = browser_missing() {
+        if std::env::var("CHATD_REQUIRE_BROWSER").is_ok_and(|v| v == "1") {
+            panic!("CHATD_REQUIRE_BROWSER=1, but {reason}");
+        }
+        eprintln!("SKIPPED: browser test: {reason}");
+        return;
+    }
+    tokio::time::timeout(WHOLE_TEST, chat_in_two_browsers())
+        .await
+        .expect("the browser test finishes in time");
+}
+
+fn browser_missing() -> Option<String> {
+    [CHROMIUM, CHROMEDRIVER]
+        .into_iter()
+        .find(|path| !Path::new(path).exists())
+        .map(|path| format!("{path} is missing (Debian packages: chromium chromium-driver)"))
+}
+
+async fn chat_in_two_browsers() {
+    let server = common::TestServer::start().await;
+    let page = format!("http://{}/", server.http);
+    let mut driver = Chromedriver::start().await;
+    let alice = driver.browser(1100, 760).await; // a laptop
+    let bob = driver.browser(412, 860).await; // a phone
+
+    // Alice registers (which logs her in), logs out, fails to take her own name again, logs
+    // in with Enter, and stays logged in across a reload.
+    alice.goto(&page).await.expect("alice opens the page");
+    assert_eq!(alice.title().await.unwrap(), "chatd");
+    register(&alice, "alice", "pw-alice").await;
+    click(&alice, "logout").await;
+    wait_for(&alice, "the login form", "#username", |_| true).await;
+    assert_eq!(
+        find(&alice, "#whoami").await.text().await.unwrap(),
+        "",
+        "logged out"
+    );
+    fill(&alice, "username", "alice").await;
+    fill(&alice, "password", "pw-alice").await;
+    click(&alice, "register").await;
+    let status = wait_for(&alice, "the USER_EXISTS error", "#status", |t| {
+        t.contains("USER_EXISTS")
+    })
+    .await;
+    let class = find(&alice, "#status").await.attr("class").await.unwrap();
+    assert_eq!(class.as_deref(), Some("error"), "{status:?} is shown as an error");
+    fill(&alice, "password", &format!("pw-alice{}", Key::Enter)).await;
+    wait_for(&alice, "alice logged in", "#whoami", |t| t == "alice").await;
+    alice.refresh().await.expect("alice reloads");
+    wait_for(&alice, "alice still logged in", "#whoami", |t| t == "alice").await;
+
+    // Bob registers in the other browser; from here on his page must never reload.
+    bob.goto(&page).await.expect("bob opens the page");
+    register(&bob, "bob", "pw-bob").await;
+    let bob_url = bob.current_url().await.unwrap();
+    bob.execute("window.chatdMarker = 'no reload'; return true;", vec![])
+        .await
+        .unwrap();
+
+    // Alice writes to bob, submitting with Enter.
+    fill(&alice, "recipient", "bob").await;
+    fill(&alice, "message", &format!("{TRICKY}{}", Key::Enter)).await;
+    wait_for(&alice, "the send confirmation", "#status", |t| {
+        t.contains("Sent to bob")
+    })
+    .await;
+
+    // Bob sees it live, as text, once.
+    wait_for(&bob, "alice's message", "#messages .msg", |t| t.contains(TRICKY)).await;
+    assert_eq!(
+        find(&bob, "#messages .msg .text").await.text().await.unwrap(),
+        TRICKY
+    );
+    assert_eq!(
+        find(&bob, "#messages .msg .sender").await.text().await.unwrap(),
+        "alice"
+    );
+    assert!(
+        bob.find_all(Locator::Css("#messages b"))
+            .await
+            .unwrap()
+            .is_empty(),
+        "the message text became markup"
+    );
+    let id = find(&bob, "#messages .msg").await.attr("data-id").await.unwrap();
+    assert!(
+        id.is_some_and(|id| id.parse::<u64>().is_ok()),
+        "data-id is a message id"
+    );
+    assert_eq!(
+        message_ids(&bob).await.len(),
+        1,
+        "the message is shown exactly once"
+    );
+    let marker = bob
+        .execute("return window.chatdMarker || null;", vec![])
+        .await
+        .unwrap();
+    assert_eq!(marker, json!("no reload"), "bob's page was reloaded");
+    assert_eq!(bob.current_url().await.unwrap(), bob_url);
+
+    // Bob answers by clicking the sender's name, which addresses the reply; alice sees it live.
+    click_css(&bob, "#messages .msg .sender").await;
+    let to = find(&bob, "#recipient").await.prop("value").await.unwrap();
+    assert_eq!(
+        to.as_deref(),
+        Some("alice"),
+        "clicking the sender addresses the reply"
+    );
+    fill(&bob, "message", "hello alice").await;
+    click(&bob, "send").await;
+    wait_for(&alice, "bob's reply", "#messages .msg", |t| {
+        t.contains("hello alice")
+    })
+    .await;
+    assert_eq!(
+        find(&alice, "#messages .msg .sender").await.text().await.unwrap(),
+        "bob"
+    );
+    assert_eq!(find(&alice, "#whoami").await.text().await.unwrap(), "alice");
+    assert_eq!(message_ids(&alice).await.len(), 1);
+
+    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
+    std::fs::create_dir_all(&target).unwrap();
+    for (client, name) in [(&alice, "alice"), (&bob, "bob")] {
+        let png = client.screenshot().await.expect("screenshot");
+        let path = target.join(format!("browser-chat-{name}.png"));
+        std::fs::write(&path, png).unwrap();
+        eprintln!("screenshot: {}", path.display());
+    }
+
+    for client in [alice, bob] {
+        client.close().await.expect("the browser session ends");
+    }
+    drop(driver);
+    server.stop().await;
+}
+
+/// Registers on the page (which logs in too) and waits until the page says who we are.
+async fn register(client: &Client, user: &str, password: &str) {
+    wait_for(client, "the login form", "#username", |_| true).await;
+    fill(client, "username", user).await;
+    fill(client, "password", password).await;
+    click(client, "register").await;
+    wait_for(client, &format!("{user} logged in"), "#whoami", |t| t == user).await;
+}
+
+async fn find(client: &Client, css: &str) -> fantoccini::elements::Element {
+    client
+        .find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+}
+
+/// Replaces the text of input `#id` (typed, key by key).
+async fn fill(client: &Client, id: &str, text: &str) {
+    let input = find(client, &format!("#{id}")).await;
+    input.clear().await.unwrap();
+    input.send_keys(text).await.unwrap();
+}
+
+async fn click(client: &Client, id: &str) {
+    click_css(client, &format!("#{id}")).await;
+}
+
+async fn click_css(client: &Client, css: &str) {
+    find(client, css)
+        .await
+        .click()
+        .await
+        .unwrap_or_else(|e| panic!("click {css}: {e}"));
+}
+
+/// Polls until a visible element matching `css` has text that satisfies `ok`; returns it.
+async fn wait_for(client: &Client, what: &str, css: &str, ok: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut seen = Vec::new();
+        for element in client.find_all(Locator::Css(css)).await.unwrap_or_default() {
+            if !element.is_displayed().await.unwrap_or(false) {
+                continue;
+            }
+            if let Ok(text) = element.text().await {
+                if ok(&text) {
+                    return text;
+                }
+                seen.push(text);
+            }
+        }
+        if Instant::now() > deadline {
+            let status = match client.find(Locator::Id("status")).await {
+                Ok(status) => status.text().await.unwrap_or_default(),
+                Err(_) => String::new(),
+            };
+            panic!("no {what} within {WAIT:?}: {css} shows {seen:?}; #status says {status:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The `data-id`s of the messages on the page, in page order.
+async fn message_ids(client: &Client) -> Vec<String> {
+    let script = "return [...document.querySelectorAll('#messages .msg')].map(m => m.dataset.id);";
+    let ids: Vec<String> = serde_json::from_value(client.execute(script, vec![]).await.unwrap()).unwrap();
+    let mut unique = ids.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), ids.len(), "a message is shown twice: {ids:?}");
+    ids
+}
+
+/// A chromedriver child process, and the browser profiles it uses. Dropping it (on success or
+/// while unwinding a failure) kills chromedriver and every browser it started.
+struct Chromedriver {
+    child: Child,
+    /// Set once the child was waited for: its pid (and group id) may then belong to others.
+    reaped: bool,
+    url: String,
+    profiles: Vec<tempfile::TempDir>,
+}
+
+impl Chromedriver {
+    async fn start() -> Chromedriver {
+        // Chromium outlives a killed chromedriver, but stays in its process group: a group of
+        // its own lets Drop end exactly the processes this test started.
+        let port = free_port();
+        let child = Command::new(CHROMEDRIVER)
+            .arg(format!("--port={port}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .expect("chromedriver starts");
+        let mut driver = Chromedriver {
+            child,
+            reaped: false,
+            url: format!("http://127.0.0.1:{port}"),
+            profiles: Vec::new(),
+        };
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(1))
+            .build()
+            .unwrap();
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = driver.child.try_wait().unwrap() {
+                driver.reaped = true;
+                panic!("chromedriver exited at once: {status}");
+            }
+            if let Ok(reply) = http.get(format!("{}/status", driver.url)).send().await {
+                if reply.status().is_success() {
+                    return driver;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "chromedriver does not answer on port {port}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A new headless browser session with a fresh profile and the given window size.
+    async fn browser(&mut self, width: u32, height: u32) -> Client {
+        let profile = tempfile::tempdir().unwrap();
+        let Value::Object(capabilities) = json!({
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": CHROMIUM,
+                "args": [
+                    "--headless=new",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-dev-shm-usage",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--disable-sync",
+                    "--no-first-run",
+                    "--disable-quic",
+                    format!("--user-data-dir={}", profile.path().display()),
+                ],
+            },
+        }) else {
+            unreachable!()
+        };
+        self.profiles.push(profile);
+        let client = tokio::time::timeout(
+            3 * WAIT,
+            ClientBuilder::new(HttpConnector::new())
+                .capabilities(capabilities)
+                .connect(&self.url),
+        )
+        .await
+        .expect("chromium starts in time")
+        .expect("chromium starts");
+        let timeouts = TimeoutConfiguration::new(Some(WAIT), Some(WAIT), Some(Duration::ZERO));
+        client.update_timeouts(timeouts).await.unwrap();
+        client.set_window_size(width, height).await.unwrap();
+        client
+    }
+}
+
+impl Drop for Chromedriver {
+    fn drop(&mut self) {
+        if self.reaped {
+            return;
+        }
+        // Not waited for yet, so the pid (and the group id) still names our chromedriver.
+        let group = -(self.child.id() as libc::pid_t);
+        // SAFETY: kill(2) with a negative pid signals that process group; no memory involved.
+        unsafe {
+            libc::kill(group, libc::SIGKILL);
+        }
+        let _ = self.child.wait();
+        // The profiles are removed after this, once no browser uses them.
+    }
+}
+
+/// A TCP port that was free a moment ago.
+fn free_port() -> u16 {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    listener.local_addr().unwrap().port()
+}
