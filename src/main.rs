@@ -25,6 +25,8 @@ enum Command {
     Serve(Config),
     /// List this machine's network interfaces and addresses (for `serve --interface`).
     Interfaces,
+    /// Load a server (chatd, or Redis for `ping`) and report throughput, latency and failures.
+    Load(chatd::load::LoadArgs),
 }
 
 fn main() -> ExitCode {
@@ -38,6 +40,10 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Interfaces => interfaces(),
         Command::Serve(config) => serve(config),
+        Command::Load(args) => match chatd::load::main(args) {
+            Ok(code) => return code,
+            Err(e) => Err(e),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,438 @@
+//! Connections and the connect phase every scenario shares: open N connections at bounded
+//! concurrency, read the greeting, back off on `SERVER_BUSY`, optionally register and log in
+//! each as its own user, and count what failed by cause.
+
+use std::io::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand_core::{OsRng, RngCore};
+use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio::time::{timeout_at, Instant};
+
+use super::net::{self, Failure, Failures};
+use super::stats::{secs, Latency, Live, Series};
+
+/// A read buffer grows up to this size for one large reply (an HTTP body, say).
+const MAX_BUF: usize = 16 << 20;
+
+/// A read buffer that hands out complete lines or frames as slices of itself: replies are
+/// parsed where they were read, with no allocation per reply.
+pub struct ReadBuf {
+    data: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl ReadBuf {
+    pub fn new(capacity: usize) -> ReadBuf {
+        ReadBuf {
+            data: vec![0; capacity.max(64)],
+            start: 0,
+            end: 0,
+        }
+    }
+
+    /// The bytes read but not consumed yet.
+    pub fn pending(&self) -> &[u8] {
+        &self.data[self.start..self.end]
+    }
+
+    pub fn consume(&mut self, n: usize) {
+        debug_assert!(self.start + n <= self.end);
+        self.start += n;
+    }
+
+    /// The range of the next complete line (without CR LF) in `bytes()`, consuming it.
+    pub fn line_range(&mut self) -> Option<Range<usize>> {
+        let i = memchr::memchr(b'\n', self.pending())?;
+        let from = self.start;
+        let mut to = from + i;
+        self.start = to + 1;
+        if to > from && self.data[to - 1] == b'\r' {
+            to -= 1;
+        }
+        Some(from..to)
+    }
+
+    /// The next complete line without its line end, consuming it.
+    pub fn next_line(&mut self) -> Option<&[u8]> {
+        let range = self.line_range()?;
+        Some(&self.data[range])
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.data
+    }
+
+    /// Reads more bytes from `reader`, making room first. Returns 0 at end of stream.
+    /// Cancel-safe: a dropped read loses nothing.
+    pub async fn fill<R: AsyncRead + Unpin>(&mut self, reader: &mut R) -> std::io::Result<usize> {
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        } else if self.end == self.data.len() {
+            if self.start > 0 {
+                self.data.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            } else if self.data.len() < MAX_BUF {
+                self.data.resize(self.data.len() * 2, 0);
+            } else {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "a reply longer than the largest read buffer",
+                ));
+            }
+        }
+        let n = reader.read(&mut self.data[self.end..]).await?;
+        self.end += n;
+        Ok(n)
+    }
+}
+
+/// One open connection: which one it is (its user, if any), the socket and its read buffer.
+pub struct Conn {
+    pub index: usize,
+    pub stream: TcpStream,
+    pub rbuf: ReadBuf,
+}
+
+impl Conn {
+    /// The next line, reading until `deadline`; `Ok(None)` if the server closed the connection.
+    pub async fn line_before(&mut self, deadline: Instant) -> Result<Option<&[u8]>, Failure> {
+        loop {
+            if let Some(range) = self.rbuf.line_range() {
+                return Ok(Some(&self.rbuf.bytes()[range]));
+            }
+            match timeout_at(deadline, self.rbuf.fill(&mut self.stream)).await {
+                Err(_) => return Err(Failure::Timeout),
+                Ok(Err(e)) => return Err(e.into()),
+                Ok(Ok(0)) => return Ok(None),
+                Ok(Ok(_)) => {}
+            }
+        }
+    }
+
+    /// Writes `request` (with its line end) and reads one reply line before `deadline`.
+    pub async fn command(&mut self, request: &[u8], deadline: Instant) -> Result<&[u8], Failure> {
+        self.stream.write_all(request).await?;
+        match self.line_before(deadline).await? {
+            Some(line) => Ok(line),
+            None => Err(Failure::Other("the server closed the connection".into())),
+        }
+    }
+}
+
+/// The user names of one run: a prefix unique to the run, then the connection's index, so runs
+/// never collide with each other's (or anyone's) users.
+pub struct Users {
+    prefix: String,
+    pub password: String,
+}
+
+impl Users {
+    pub fn for_this_run() -> Users {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos() as u64;
+        let mixed = (nanos ^ (u64::from(std::process::id()) << 40) ^ OsRng.next_u64()) as u32;
+        Users {
+            prefix: format!("l{mixed:08x}"),
+            password: "load-pw".into(),
+        }
+    }
+
+    /// Appends user `i`'s name to `out` (no allocation once `out` has room).
+    pub fn write_name(&self, out: &mut Vec<u8>, i: usize) {
+        let _ = write!(out, "{}_{i}", self.prefix);
+    }
+
+    pub fn name(&self, i: usize) -> String {
+        format!("{}_{i}", self.prefix)
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+}
+
+/// Registering and logging in each connection as its own user.
+pub struct Auth {
+    pub users: Arc<Users>,
+    /// Registrations in flight at once: each costs the server an argon2 hash or two.
+    pub concurrency: usize,
+    /// How long one REGISTER or AUTH may take (they queue for the server's hashing threads).
+    pub timeout: Duration,
+}
+
+/// A request each new connection must answer before it counts as open (e.g. PING to a server
+/// that sends no greeting, to know it really serves the connection).
+pub struct Probe {
+    pub line: Vec<u8>,
+    pub expect: Vec<u8>,
+}
+
+/// How to open the connections of a run.
+pub struct Setup {
+    pub target: SocketAddr,
+    pub conns: usize,
+    pub concurrency: usize,
+    /// Connect, greeting and probe together.
+    pub timeout: Duration,
+    /// Tries after `SERVER_BUSY` before a connection counts as failed.
+    pub busy_retries: u32,
+    pub greeting: bool,
+    pub probe: Option<Probe>,
+    pub auth: Option<Auth>,
+    /// Read buffer per connection.
+    pub buf_size: usize,
+    pub sources: Option<Vec<IpAddr>>,
+}
+
+/// What the connect phase did.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConnectReport {
+    pub attempted: u64,
+    pub opened: u64,
+    pub failures: Failures,
+    /// Connections that were told `SERVER_BUSY` and tried again after a pause.
+    pub busy_retries: u64,
+    pub secs: f64,
+    /// Connections opened per second over the phase (users per second with `--auth`).
+    pub per_sec: f64,
+    /// From starting to connect until the greeting (and probe reply) was read.
+    pub latency: Latency,
+    /// Whether each connection registered and logged in as its own user.
+    pub auth: bool,
+}
+
+/// Opens `setup.conns` connections at most `setup.concurrency` at a time; returns the open ones
+/// (in no particular order; `Conn::index` says which is which), the report, and the series of
+/// connect latencies.
+pub async fn open_all(setup: Arc<Setup>, live: Arc<Live>) -> (Vec<Conn>, ConnectReport, Series) {
+    let started = Instant::now();
+    let series = Arc::new(Series::new(started.into_std()));
+    let gate = Arc::new(Semaphore::new(setup.concurrency.max(1)));
+    let auth_gate = Arc::new(Semaphore::new(
+        setup.auth.as_ref().map_or(1, |a| a.concurrency.max(1)),
+    ));
+    let mut conns = Vec::with_capacity(setup.conns);
+    let mut failures = Failures::default();
+    let mut busy_retries = 0u64;
+    let mut tasks = JoinSet::new();
+    let mut collect = |done: (Result<Conn, Failure>, u32)| {
+        busy_retries += u64::from(done.1);
+        match done.0 {
+            Ok(conn) => conns.push(conn),
+            Err(failure) => failures.add(failure),
+        }
+    };
+    for i in 0..setup.conns {
+        let permit = gate.clone().acquire_owned().await.expect("never closed");
+        while let Some(done) = tasks.try_join_next() {
+            collect(done.expect("connect tasks do not panic"));
+        }
+        let (setup, series, live, auth_gate) =
+            (setup.clone(), series.clone(), live.clone(), auth_gate.clone());
+        tasks.spawn(async move {
+            let done = open_one(i, &setup, &series, &live, &auth_gate).await;
+            drop(permit);
+            done
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        collect(done.expect("connect tasks do not panic"));
+    }
+    let elapsed = started.elapsed();
+    let series = Arc::into_inner(series).expect("every connect task has finished");
+    let report = ConnectReport {
+        attempted: setup.conns as u64,
+        opened: conns.len() as u64,
+        failures,
+        busy_retries,
+        secs: secs(elapsed),
+        per_sec: conns.len() as f64 / secs(elapsed).max(1e-9),
+        latency: series.latency(),
+        auth: setup.auth.is_some(),
+    };
+    (conns, report, series)
+}
+
+/// Opens connection `i`, retrying with backoff while the server is busy. Returns the
+/// connection or why it failed, and how many retries it took.
+async fn open_one(
+    i: usize,
+    setup: &Setup,
+    series: &Series,
+    live: &Live,
+    auth_gate: &Semaphore,
+) -> (Result<Conn, Failure>, u32) {
+    let mut retries = 0;
+    loop {
+        let began = Instant::now();
+        match try_open(i, setup, auth_gate, began).await {
+            Ok((conn, ready)) => {
+                series.record(std::time::Instant::now(), &[ready.as_nanos() as u64], 0);
+                live.opened();
+                return (Ok(conn), retries);
+            }
+            Err(Failure::ServerBusy) if retries < setup.busy_retries => {
+                tokio::time::sleep(backoff(retries)).await;
+                retries += 1;
+            }
+            Err(failure) => {
+                series.record(std::time::Instant::now(), &[], 1);
+                live.add(0, 1);
+                return (Err(failure), retries);
+            }
+        }
+    }
+}
+
+/// The pause before retry `attempt` (0-based) after `SERVER_BUSY`: exponential from 50 ms up
+/// to 5 s, with "equal jitter" (half fixed, half random) so refused clients spread out instead
+/// of coming back in a storm.
+pub fn backoff(attempt: u32) -> Duration {
+    let ceiling_ms = (50u64 << attempt.min(10)).min(5_000);
+    let half = ceiling_ms / 2;
+    Duration::from_millis(half + OsRng.next_u64() % (half + 1))
+}
+
+/// One attempt: connect, greeting, probe, then REGISTER and AUTH if asked. Returns the open
+/// connection and how long it took to be ready (before logging in).
+async fn try_open(
+    i: usize,
+    setup: &Setup,
+    auth_gate: &Semaphore,
+    began: Instant,
+) -> Result<(Conn, Duration), Failure> {
+    let deadline = began + setup.timeout;
+    let source = setup.sources.as_ref().map(|s| s[i % s.len()]);
+    let stream = match timeout_at(deadline, net::connect(setup.target, source)).await {
+        Err(_) => return Err(Failure::Timeout),
+        Ok(stream) => stream?,
+    };
+    let mut conn = Conn {
+        index: i,
+        stream,
+        rbuf: ReadBuf::new(setup.buf_size),
+    };
+    if setup.greeting {
+        match conn.line_before(deadline).await? {
+            Some(line) if line.starts_with(b"HELLO") => {}
+            Some(line) => return Err(refusal(line)),
+            None => return Err(Failure::Other("closed before the greeting".into())),
+        }
+    }
+    if let Some(probe) = &setup.probe {
+        let reply = conn.command(&probe.line, deadline).await?;
+        if !reply.starts_with(&probe.expect) {
+            return Err(refusal(reply));
+        }
+    }
+    let ready = began.elapsed();
+    if let Some(auth) = &setup.auth {
+        let _hashing = auth_gate.acquire().await.expect("never closed");
+        let mut line = Vec::with_capacity(96);
+        for verb in [&b"REGISTER "[..], b"AUTH "] {
+            line.clear();
+            line.extend_from_slice(verb);
+            auth.users.write_name(&mut line, i);
+            let _ = write!(line, " {}\r\n", auth.users.password);
+            let reply = conn.command(&line, Instant::now() + auth.timeout).await?;
+            if !reply.starts_with(b"OK") {
+                return Err(refusal(reply));
+            }
+        }
+    }
+    Ok((conn, ready))
+}
+
+/// What an unexpected line says: the server is full (chatd's `SERVER_BUSY`, Redis's "max
+/// number of clients"), or something else.
+fn refusal(line: &[u8]) -> Failure {
+    let text = String::from_utf8_lossy(line);
+    if text.contains("SERVER_BUSY") || text.contains("max number of clients") {
+        Failure::ServerBusy
+    } else {
+        Failure::Other(format!(
+            "unexpected reply {:?}",
+            text.chars().take(120).collect::<String>()
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_come_out_without_line_ends() {
+        let mut buf = ReadBuf::new(64);
+        buf.data[..16].copy_from_slice(b"OK PONG\r\nOK\nOK P");
+        buf.end = 16;
+        assert_eq!(buf.next_line(), Some(&b"OK PONG"[..]));
+        assert_eq!(buf.next_line(), Some(&b"OK"[..]));
+        assert_eq!(buf.next_line(), None);
+        assert_eq!(buf.pending(), b"OK P");
+    }
+
+    #[tokio::test]
+    async fn fill_compacts_then_grows() {
+        let mut buf = ReadBuf::new(64);
+        let mut input: &[u8] = &[b'x'; 200];
+        while buf.end < 64 {
+            buf.fill(&mut input).await.unwrap();
+        }
+        buf.consume(60);
+        buf.fill(&mut input).await.unwrap();
+        assert_eq!(buf.start, 0, "compacted");
+        while buf.end < buf.data.len() {
+            buf.fill(&mut input).await.unwrap();
+        }
+        buf.fill(&mut input).await.unwrap();
+        assert_eq!(buf.data.len(), 128, "grown when full");
+    }
+
+    #[test]
+    fn backoff_grows_with_jitter_and_a_ceiling() {
+        for attempt in 0..20 {
+            let d = backoff(attempt).as_millis() as u64;
+            let ceiling = (50u64 << attempt.min(10)).min(5_000);
+            assert!(d >= ceiling / 2 && d <= ceiling, "{attempt}: {d}");
+        }
+    }
+
+    #[test]
+    fn busy_lines_are_told_apart() {
+        assert_eq!(
+            refusal(b"ERR SERVER_BUSY too many connections; try again later"),
+            Failure::ServerBusy
+        );
+        assert_eq!(
+            refusal(b"-ERR max number of clients reached"),
+            Failure::ServerBusy
+        );
+        assert!(matches!(refusal(b"ERR INTERNAL"), Failure::Other(_)));
+    }
+
+    #[test]
+    fn user_names_are_valid_and_unique_per_run() {
+        let (a, b) = (Users::for_this_run(), Users::for_this_run());
+        assert_ne!(a.prefix(), b.prefix());
+        let name = a.name(1_000_000);
+        assert!(name.len() <= 32);
+        assert!(name.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_'));
+        let mut out = Vec::new();
+        a.write_name(&mut out, 7);
+        assert_eq!(out, a.name(7).into_bytes());
+    }
+}

@@ -1,0 +1,160 @@
+//! `connections`: open many connections (optionally each logged in as its own user), hold them,
+//! and measure how fast they opened, what failed, and what they cost the server in memory.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use serde::Serialize;
+use tokio::time::Instant;
+
+use super::conn::{open_all, Auth, Conn, Probe, Setup, Users};
+use super::net::{self, rss_kib};
+use super::report::{Plot, Report};
+use super::stats::Live;
+use super::Common;
+
+#[derive(Debug, Clone, Args, Serialize)]
+pub struct ConnectionsArgs {
+    #[command(flatten)]
+    #[serde(skip)]
+    pub common: Common,
+    /// Connections to open.
+    #[arg(long, default_value_t = 100)]
+    pub conns: usize,
+    /// REGISTER and AUTH each connection as its own user (costs the server two argon2 hashes).
+    #[arg(long)]
+    pub auth: bool,
+    /// Seconds to hold the connections open once they are all opened.
+    #[arg(long, default_value_t = 5.0)]
+    pub hold: f64,
+    /// The server's process id, to read its RSS before and while holding (Linux /proc).
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// The server sends no greeting (e.g. Redis): a connection is open once connected.
+    #[arg(long)]
+    pub no_greeting: bool,
+    /// A line each connection sends once open, e.g. PING; its reply must start with --expect.
+    #[arg(long)]
+    pub probe: Option<String>,
+    /// What the reply to --probe starts with.
+    #[arg(long, default_value = "OK PONG", requires = "probe")]
+    pub expect: String,
+    /// REGISTER/AUTH pairs in flight at once with --auth.
+    #[arg(long, default_value_t = 8)]
+    pub auth_concurrency: usize,
+}
+
+/// The server's memory before and while holding the connections.
+#[derive(Debug, Clone, Serialize)]
+pub struct Memory {
+    pub server_pid: u32,
+    pub before_kib: u64,
+    /// The largest RSS seen while holding.
+    pub holding_kib: u64,
+    pub per_conn_kib: f64,
+}
+
+/// How often the server's RSS is read while holding.
+const RSS_EVERY: Duration = Duration::from_millis(250);
+
+pub async fn run(
+    args: ConnectionsArgs,
+    target: std::net::SocketAddr,
+    live: Arc<Live>,
+) -> anyhow::Result<Report> {
+    let limit = net::raise_open_files_limit();
+    if args.conns as u64 + 32 > limit {
+        tracing::warn!(
+            limit,
+            conns = args.conns,
+            "the open-files limit is below the connections asked for; expect 'other' failures"
+        );
+    }
+    let setup = Setup {
+        target,
+        conns: args.conns,
+        concurrency: args.common.connect_concurrency,
+        timeout: args.common.connect_timeout(),
+        busy_retries: args.common.busy_retries,
+        greeting: !args.no_greeting,
+        probe: args.probe.as_ref().map(|p| Probe {
+            line: format!("{p}\r\n").into_bytes(),
+            expect: args.expect.clone().into_bytes(),
+        }),
+        auth: args.auth.then(|| Auth {
+            users: Arc::new(Users::for_this_run()),
+            concurrency: args.auth_concurrency,
+            timeout: Duration::from_secs(120),
+        }),
+        // Idle connections read a line or two: keep the generator's own memory small.
+        buf_size: 256,
+        sources: net::source_addrs(target, args.conns),
+    };
+    let before = args.server_pid.map(rss_kib).transpose()?;
+    live.set_phase(if args.auth { "registering" } else { "connecting" });
+    let (mut conns, connect, series) = open_all(Arc::new(setup), live.clone()).await;
+
+    live.set_phase("holding");
+    let hold_end = Instant::now() + Duration::from_secs_f64(args.hold);
+    let mut holding = 0;
+    loop {
+        if let Some(pid) = args.server_pid {
+            holding = holding.max(rss_kib(pid)?);
+        }
+        let now = Instant::now();
+        if now >= hold_end {
+            break;
+        }
+        tokio::time::sleep(RSS_EVERY.min(hold_end - now)).await;
+    }
+    let dropped = conns.iter().filter(|c| !still_open(c)).count() as u64;
+    let memory = match (args.server_pid, before) {
+        (Some(pid), Some(before)) => Some(Memory {
+            server_pid: pid,
+            before_kib: before,
+            holding_kib: holding,
+            per_conn_kib: holding.saturating_sub(before) as f64 / connect.opened.max(1) as f64,
+        }),
+        _ => None,
+    };
+    live.set_phase("closing");
+    for _ in conns.drain(..) {
+        live.closed();
+    }
+
+    let mut problems = Vec::new();
+    if dropped > 0 {
+        problems.push(format!(
+            "{dropped} connections were closed by the server while held"
+        ));
+    }
+    let params = serde_json::to_value(&args)?;
+    Ok(Report {
+        scenario: "connections",
+        target: target.to_string(),
+        params,
+        passed: problems.is_empty(),
+        problems,
+        plot: Plot {
+            throughput_label: "connections opened / s",
+            throughput: series.per_second(),
+            latencies: vec![("connect", series.per_second())],
+            distributions: vec![("connect", series.distribution())],
+        },
+        connect,
+        run: None,
+        delivery: None,
+        memory,
+        held: Some(super::report::Held {
+            secs: args.hold,
+            dropped,
+        }),
+    })
+}
+
+/// Whether the server still keeps `conn` open (it has not closed it, nor said anything).
+fn still_open(conn: &Conn) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(conn.stream.try_read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+}

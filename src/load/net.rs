@@ -1,0 +1,166 @@
+//! The generator's side of the host: connecting (spread over source addresses when there are
+//! many connections), why a connection failed, the open-files limit, and a server's RSS.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::fd::AsRawFd;
+
+use serde::Serialize;
+use tokio::net::{TcpSocket, TcpStream};
+
+/// Above this many connections to a loopback address, source addresses are spread over
+/// 127.0.0.2-127.0.0.250: one source address has only ~28k ephemeral ports, and sockets of
+/// earlier runs linger in TIME_WAIT on them.
+pub const SPREAD_ABOVE: usize = 5_000;
+
+/// The source addresses to use for `conns` connections to `target`, if they should be spread.
+pub fn source_addrs(target: SocketAddr, conns: usize) -> Option<Vec<IpAddr>> {
+    match target.ip() {
+        IpAddr::V4(ip) if ip.is_loopback() && conns > SPREAD_ABOVE => Some(
+            (2..=250)
+                .map(|d| IpAddr::V4(Ipv4Addr::new(127, 0, 0, d)))
+                .collect(),
+        ),
+        _ => None,
+    }
+}
+
+/// Connects to `target`, from `source` (with a port the kernel picks) if given.
+pub async fn connect(target: SocketAddr, source: Option<IpAddr>) -> io::Result<TcpStream> {
+    let socket = match target {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    if let Some(ip) = source {
+        // Let connect(2) pick the port, so the port only has to be unique per destination and
+        // not per source address (IP_BIND_ADDRESS_NO_PORT, Linux 4.2+; ignored if refused).
+        let one: libc::c_int = 1;
+        // SAFETY: setsockopt reads `one` (an int of the size passed) and touches nothing else.
+        unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_BIND_ADDRESS_NO_PORT,
+                &one as *const libc::c_int as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+        socket.bind(SocketAddr::new(ip, 0))?;
+    }
+    let stream = socket.connect(target).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// Why a connection could not be opened (and used).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// Nothing listens there (ECONNREFUSED).
+    Refused,
+    /// The server said `ERR SERVER_BUSY` instead of its greeting (after every retry).
+    ServerBusy,
+    /// Connecting, or a reply during setup, took longer than allowed.
+    Timeout,
+    /// Anything else, with what happened.
+    Other(String),
+}
+
+impl From<io::Error> for Failure {
+    fn from(e: io::Error) -> Failure {
+        match e.kind() {
+            io::ErrorKind::ConnectionRefused => Failure::Refused,
+            io::ErrorKind::TimedOut => Failure::Timeout,
+            _ => Failure::Other(e.to_string()),
+        }
+    }
+}
+
+/// Failed connections counted by cause.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Failures {
+    pub refused: u64,
+    pub server_busy: u64,
+    pub timeout: u64,
+    pub other: u64,
+    /// The first "other" failure, to tell what it was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub other_example: Option<String>,
+}
+
+impl Failures {
+    pub fn add(&mut self, failure: Failure) {
+        match failure {
+            Failure::Refused => self.refused += 1,
+            Failure::ServerBusy => self.server_busy += 1,
+            Failure::Timeout => self.timeout += 1,
+            Failure::Other(what) => {
+                self.other += 1;
+                self.other_example.get_or_insert(what);
+            }
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.refused + self.server_busy + self.timeout + self.other
+    }
+}
+
+/// Raises this process's open-files soft limit to the hard limit; returns the limit in force.
+pub fn raise_open_files_limit() -> u64 {
+    crate::net::raise_open_files_limit().unwrap_or(1024)
+}
+
+/// The resident set size of process `pid` in KiB (VmRSS in /proc/PID/status).
+pub fn rss_kib(pid: u32) -> io::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("no VmRSS for pid {pid}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spreads_only_many_loopback_connections() {
+        let lo: SocketAddr = "127.0.0.1:8000".parse().unwrap();
+        assert!(source_addrs(lo, SPREAD_ABOVE).is_none());
+        let spread = source_addrs(lo, SPREAD_ABOVE + 1).unwrap();
+        assert_eq!(spread.len(), 249);
+        assert_eq!(spread[0], IpAddr::from([127, 0, 0, 2]));
+        assert_eq!(*spread.last().unwrap(), IpAddr::from([127, 0, 0, 250]));
+        let remote: SocketAddr = "[::1]:8000".parse().unwrap();
+        assert!(source_addrs(remote, 100_000).is_none());
+    }
+
+    #[test]
+    fn reads_our_own_rss() {
+        let kib = rss_kib(std::process::id()).unwrap();
+        assert!(kib > 100, "{kib}");
+    }
+
+    #[tokio::test]
+    async fn connects_from_a_spread_source_address() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target = listener.local_addr().unwrap();
+        let source = IpAddr::from([127, 0, 0, 9]);
+        let (client, accepted) = tokio::join!(connect(target, Some(source)), listener.accept());
+        assert_eq!(client.unwrap().local_addr().unwrap().ip(), source);
+        assert_eq!(accepted.unwrap().1.ip(), source);
+    }
+
+    #[test]
+    fn counts_failures_by_cause() {
+        let mut f = Failures::default();
+        f.add(Failure::ServerBusy);
+        f.add(io::Error::from(io::ErrorKind::ConnectionRefused).into());
+        f.add(Failure::Other("reset".into()));
+        f.add(Failure::Other("later".into()));
+        assert_eq!((f.refused, f.server_busy, f.timeout, f.other), (1, 1, 0, 2));
+        assert_eq!(f.other_example.as_deref(), Some("reset"));
+        assert_eq!(f.total(), 4);
+    }
+}

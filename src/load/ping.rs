@@ -1,0 +1,95 @@
+//! `ping`: a closed loop of one-line requests (chatd's `PING`, or Redis's inline `PING`) with
+//! `--pipeline` in flight per connection: replies per second and their latency.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use serde::Serialize;
+
+use super::conn::{open_all, Setup};
+use super::driver::{run_all, LineReply};
+use super::net;
+use super::report::{Plot, Report};
+use super::stats::Live;
+use super::Common;
+
+#[derive(Debug, Clone, Args, Serialize)]
+pub struct PingArgs {
+    #[command(flatten)]
+    #[serde(skip)]
+    pub common: Common,
+    /// Connections.
+    #[arg(long, default_value_t = 1)]
+    pub conns: usize,
+    /// Requests in flight per connection.
+    #[arg(long, default_value_t = 1)]
+    pub pipeline: usize,
+    /// Seconds to run.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// The request line (sent with CR LF).
+    #[arg(long, default_value = "PING")]
+    pub line: String,
+    /// What a successful reply line starts with (`+PONG` for Redis).
+    #[arg(long, default_value = "OK PONG")]
+    pub expect: String,
+    /// The server sends no greeting (Redis).
+    #[arg(long)]
+    pub no_greeting: bool,
+}
+
+pub async fn run(args: PingArgs, target: SocketAddr, live: Arc<Live>) -> anyhow::Result<Report> {
+    net::raise_open_files_limit();
+    let setup = Setup {
+        target,
+        conns: args.conns,
+        concurrency: args.common.connect_concurrency,
+        timeout: args.common.connect_timeout(),
+        busy_retries: args.common.busy_retries,
+        greeting: !args.no_greeting,
+        probe: None,
+        auth: None,
+        buf_size: (args.pipeline * 64).clamp(4096, 64 * 1024),
+        sources: net::source_addrs(target, args.conns),
+    };
+    live.set_phase("connecting");
+    let (conns, connect, _) = open_all(Arc::new(setup), live.clone()).await;
+    live.set_phase("running");
+    let expect = args.expect.clone().into_bytes();
+    let (run, series) = run_all(
+        conns,
+        || LineReply {
+            expect: expect.clone(),
+        },
+        format!("{}\r\n", args.line).into_bytes(),
+        args.pipeline,
+        Duration::from_secs_f64(args.duration),
+        "replies",
+        live,
+    )
+    .await;
+    let mut problems = Vec::new();
+    if connect.opened == 0 {
+        problems.push("no connection could be opened".into());
+    }
+    Ok(Report {
+        scenario: "ping",
+        target: target.to_string(),
+        params: serde_json::to_value(&args)?,
+        passed: problems.is_empty(),
+        problems,
+        plot: Plot {
+            throughput_label: "replies / s",
+            throughput: series.per_second(),
+            latencies: vec![("reply", series.per_second())],
+            distributions: vec![("reply", series.distribution())],
+        },
+        connect,
+        run: Some(run),
+        delivery: None,
+        memory: None,
+        held: None,
+    })
+}
