@@ -218,52 +218,96 @@ pub struct ConnectReport {
 /// (in no particular order; `Conn::index` says which is which), the report, and the series of
 /// connect latencies.
 pub async fn open_all(setup: Arc<Setup>, live: Arc<Live>) -> (Vec<Conn>, ConnectReport, Series) {
-    let started = Instant::now();
-    let series = Arc::new(Series::new(started.into_std()));
-    let gate = Arc::new(Semaphore::new(setup.concurrency.max(1)));
-    let auth_gate = Arc::new(Semaphore::new(
-        setup.auth.as_ref().map_or(1, |a| a.concurrency.max(1)),
-    ));
-    let mut conns = Vec::with_capacity(setup.conns);
-    let mut failures = Failures::default();
-    let mut busy_retries = 0u64;
-    let mut tasks = JoinSet::new();
-    let mut collect = |done: (Result<Conn, Failure>, u32)| {
-        busy_retries += u64::from(done.1);
-        match done.0 {
-            Ok(conn) => conns.push(conn),
-            Err(failure) => failures.add(failure),
+    let mut opener = Opener::new(setup.clone(), live);
+    opener.open(0..setup.conns).await;
+    opener.finish()
+}
+
+/// The connect phase in steps: [`Opener::open`] opens a range of connections and returns once
+/// each is open or has failed, so that a caller can look at the server in between.
+pub struct Opener {
+    setup: Arc<Setup>,
+    live: Arc<Live>,
+    started: Instant,
+    series: Arc<Series>,
+    auth_gate: Arc<Semaphore>,
+    conns: Vec<Conn>,
+    failures: Failures,
+    busy_retries: u64,
+}
+
+impl Opener {
+    pub fn new(setup: Arc<Setup>, live: Arc<Live>) -> Opener {
+        let started = Instant::now();
+        Opener {
+            auth_gate: Arc::new(Semaphore::new(
+                setup.auth.as_ref().map_or(1, |a| a.concurrency.max(1)),
+            )),
+            conns: Vec::with_capacity(setup.conns),
+            setup,
+            live,
+            started,
+            series: Arc::new(Series::new(started.into_std())),
+            failures: Failures::default(),
+            busy_retries: 0,
         }
-    };
-    for i in 0..setup.conns {
-        let permit = gate.clone().acquire_owned().await.expect("never closed");
-        while let Some(done) = tasks.try_join_next() {
-            collect(done.expect("connect tasks do not panic"));
+    }
+
+    /// Opens the connections with these indices, at most `setup.concurrency` at a time.
+    pub async fn open(&mut self, indices: Range<usize>) {
+        let gate = Arc::new(Semaphore::new(self.setup.concurrency.max(1)));
+        let mut tasks = JoinSet::new();
+        for i in indices {
+            let permit = gate.clone().acquire_owned().await.expect("never closed");
+            while let Some(done) = tasks.try_join_next() {
+                self.collect(done.expect("connect tasks do not panic"));
+            }
+            let (setup, series, live, auth_gate) = (
+                self.setup.clone(),
+                self.series.clone(),
+                self.live.clone(),
+                self.auth_gate.clone(),
+            );
+            tasks.spawn(async move {
+                let done = open_one(i, &setup, &series, &live, &auth_gate).await;
+                drop(permit);
+                done
+            });
         }
-        let (setup, series, live, auth_gate) =
-            (setup.clone(), series.clone(), live.clone(), auth_gate.clone());
-        tasks.spawn(async move {
-            let done = open_one(i, &setup, &series, &live, &auth_gate).await;
-            drop(permit);
-            done
-        });
+        while let Some(done) = tasks.join_next().await {
+            self.collect(done.expect("connect tasks do not panic"));
+        }
     }
-    while let Some(done) = tasks.join_next().await {
-        collect(done.expect("connect tasks do not panic"));
+
+    fn collect(&mut self, (result, retries): (Result<Conn, Failure>, u32)) {
+        self.busy_retries += u64::from(retries);
+        match result {
+            Ok(conn) => self.conns.push(conn),
+            Err(failure) => self.failures.add(failure),
+        }
     }
-    let elapsed = started.elapsed();
-    let series = Arc::into_inner(series).expect("every connect task has finished");
-    let report = ConnectReport {
-        attempted: setup.conns as u64,
-        opened: conns.len() as u64,
-        failures,
-        busy_retries,
-        secs: secs(elapsed),
-        per_sec: conns.len() as f64 / secs(elapsed).max(1e-9),
-        latency: series.latency(),
-        auth: setup.auth.is_some(),
-    };
-    (conns, report, series)
+
+    /// How many connections are open so far.
+    pub fn opened(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// The open connections, the report and the series of connect latencies.
+    pub fn finish(self) -> (Vec<Conn>, ConnectReport, Series) {
+        let elapsed = self.started.elapsed();
+        let series = Arc::into_inner(self.series).expect("every connect task has finished");
+        let report = ConnectReport {
+            attempted: self.setup.conns as u64,
+            opened: self.conns.len() as u64,
+            failures: self.failures,
+            busy_retries: self.busy_retries,
+            secs: secs(elapsed),
+            per_sec: self.conns.len() as f64 / secs(elapsed).max(1e-9),
+            latency: series.latency(),
+            auth: self.setup.auth.is_some(),
+        };
+        (self.conns, report, series)
+    }
 }
 
 /// Opens connection `i`, retrying with backoff while the server is busy. Returns the

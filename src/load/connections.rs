@@ -8,7 +8,7 @@ use clap::Args;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use super::conn::{open_all, Auth, Conn, Probe, Setup, Users};
+use super::conn::{Auth, Conn, Opener, Probe, Setup, Users};
 use super::net::{self, rss_kib};
 use super::report::{Plot, Report};
 use super::stats::Live;
@@ -43,15 +43,24 @@ pub struct ConnectionsArgs {
     /// REGISTER/AUTH pairs in flight at once with --auth.
     #[arg(long, default_value_t = 8)]
     pub auth_concurrency: usize,
+    /// Read the server's "before" RSS once this many connections are open, and count KiB per
+    /// connection over the rest only: leaves out what the first ones warm up once (e.g. the
+    /// memory argon2 hashing keeps with --auth).
+    #[arg(long, default_value_t = 0)]
+    pub baseline_after: usize,
 }
 
 /// The server's memory before and while holding the connections.
 #[derive(Debug, Clone, Serialize)]
 pub struct Memory {
     pub server_pid: u32,
+    /// RSS before connecting, or once `baseline_after` connections were open.
     pub before_kib: u64,
+    /// Open connections when `before_kib` was read.
+    pub before_conns: u64,
     /// The largest RSS seen while holding.
     pub holding_kib: u64,
+    /// (holding - before) / (open connections - before_conns).
     pub per_conn_kib: f64,
 }
 
@@ -91,9 +100,14 @@ pub async fn run(
         buf_size: 256,
         sources: net::source_addrs(target, args.conns),
     };
-    let before = args.server_pid.map(rss_kib).transpose()?;
     live.set_phase(if args.auth { "registering" } else { "connecting" });
-    let (mut conns, connect, series) = open_all(Arc::new(setup), live.clone()).await;
+    let first = args.baseline_after.min(args.conns);
+    let mut opener = Opener::new(Arc::new(setup), live.clone());
+    opener.open(0..first).await;
+    let before_conns = opener.opened() as u64;
+    let before = args.server_pid.map(rss_kib).transpose()?;
+    opener.open(first..args.conns).await;
+    let (mut conns, connect, series) = opener.finish();
 
     live.set_phase("holding");
     let hold_end = Instant::now() + Duration::from_secs_f64(args.hold);
@@ -113,8 +127,10 @@ pub async fn run(
         (Some(pid), Some(before)) => Some(Memory {
             server_pid: pid,
             before_kib: before,
+            before_conns,
             holding_kib: holding,
-            per_conn_kib: holding.saturating_sub(before) as f64 / connect.opened.max(1) as f64,
+            per_conn_kib: holding.saturating_sub(before) as f64
+                / connect.opened.saturating_sub(before_conns).max(1) as f64,
         }),
         _ => None,
     };

@@ -179,8 +179,13 @@ impl Report {
             rows.push((
                 "server memory",
                 format!(
-                    "RSS {:.1} MiB before, {:.1} MiB holding: {:.2} KiB per connection (pid {})",
+                    "RSS {:.1} MiB before{}, {:.1} MiB holding: {:.2} KiB per connection (pid {})",
                     m.before_kib as f64 / 1024.0,
+                    if m.before_conns > 0 {
+                        format!(" (at {} connections)", m.before_conns)
+                    } else {
+                        String::new()
+                    },
                     m.holding_kib as f64 / 1024.0,
                     m.per_conn_kib,
                     m.server_pid
