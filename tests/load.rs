@@ -156,11 +156,16 @@ async fn connections_log_in_as_users_of_their_own() {
         "--auth",
         "--hold",
         "0.5",
+        "--server-pid",
+        &server.pid().to_string(),
+        "--baseline-after",
+        "2",
     ])
     .await;
     assert!(passed, "{r:#}");
     assert_eq!(r["connect"]["auth"], true);
     assert_eq!(u(&r["connect"]["opened"]), 6, "{r:#}");
+    assert_eq!(u(&r["memory"]["before_conns"]), 2, "{r:#}");
     // A second run picks other user names, so REGISTER does not collide.
     let (passed, r) = load(&[
         "connections",
