@@ -57,6 +57,11 @@ impl Subscription {
         }
     }
 
+    /// Polls for the next pushed message; `None` once the hub dropped this session.
+    pub fn poll_recv(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Arc<Message>>> {
+        self.rx.poll_recv(cx)
+    }
+
     /// A message that is already queued, without waiting.
     pub fn try_recv(&mut self) -> Option<Arc<Message>> {
         self.rx.try_recv().ok()

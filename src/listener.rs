@@ -56,7 +56,7 @@ pub async fn accept_loop<F, Fut>(
         let _ = stream.set_nodelay(true);
         match limit.clone().try_acquire_owned() {
             Ok(permit) => {
-                let span = tracing::info_span!("conn", listener = name, %peer);
+                let span = tracing::debug_span!("conn", listener = name, %peer);
                 tracker.spawn(handle(stream, peer, permit).instrument(span));
             }
             Err(_) => {

@@ -1,7 +1,7 @@
 //! The verbs of the line protocol: [`Command::parse`] turns a line into a command (borrowing
 //! from the line, no allocation), [`Command::apply`] runs it against the chat domain.
 
-use std::net::SocketAddr;
+use std::net::IpAddr;
 
 use tokio_util::sync::CancellationToken;
 
@@ -27,21 +27,23 @@ pub enum Command<'a> {
 /// What a connection knows about its client.
 pub struct Context {
     pub chat: Chat,
-    pub peer: SocketAddr,
+    /// The client's address, for the limit on failed logins.
+    pub peer: IpAddr,
     pub user: Option<Username>,
     /// The live feed of `user`, present while authenticated.
     pub feed: Option<Subscription>,
     pub auth: ConnAuthState,
     /// Set by QUIT: close after this reply.
     pub quit: bool,
-    /// Cancelled on shutdown, or when the session falls too far behind its live messages.
-    pub abort: CancellationToken,
+    /// Cancelled by the hub when the session falls too far behind its live messages; made at
+    /// the first successful AUTH (a session that cannot receive cannot fall behind).
+    pub kick: Option<CancellationToken>,
 }
 
 impl Context {
-    pub fn new(chat: Chat, peer: SocketAddr, abort: CancellationToken) -> Context {
+    pub fn new(chat: Chat, peer: IpAddr) -> Context {
         Context {
-            abort,
+            kick: None,
             chat,
             peer,
             user: None,
@@ -111,7 +113,9 @@ impl<'a> Command<'a> {
         }
     }
 
-    /// Runs the command for one connection.
+    /// Runs the command for one connection. Verbs that wait on the store or a hasher run in a
+    /// boxed future of their own, so an idle connection's task stays small; PING and ECHO
+    /// allocate nothing beyond their reply.
     pub async fn apply(self, cx: &mut Context) -> Reply {
         match self {
             Command::Ping => Reply::ok("PONG"),
@@ -121,62 +125,61 @@ impl<'a> Command<'a> {
                 cx.quit = true;
                 Reply::ok("bye")
             }
-            Command::Register { user, password } => cx
-                .chat
-                .register(user, password)
-                .await
-                .map(|user| Reply::ok(format!("registered {user}; now AUTH {user} <password>")))
-                .into(),
-            Command::Auth { user, password } => {
-                let result = cx
-                    .chat
-                    .authenticate(user, password, cx.peer.ip(), Some(&mut cx.auth))
-                    .await;
-                result
-                    .map(|user| {
-                        if cx.user.as_ref() != Some(&user) {
-                            // Leave the old user's presence before joining as the new one.
-                            drop(cx.feed.take());
-                            cx.feed = Some(cx.chat.go_online(&user, cx.abort.clone()));
-                        }
-                        let reply = Reply::ok(format!("logged in as {user}"));
-                        cx.user = Some(user);
-                        reply
-                    })
-                    .into()
-            }
-            Command::Send { to, text } => async {
-                let from = logged_in(cx)?;
-                let message = cx.chat.send(from, to, text, None).await?;
-                Ok(Reply::ok(message.id.to_string()))
-            }
-            .await
-            .into(),
-            Command::Inbox { after_id } => async {
-                let user = logged_in(cx)?;
-                let messages = cx.chat.inbox(user, after_id, INBOX_PAGE).await?;
-                let count = messages.len();
-                Ok(Reply::lines(
-                    messages.iter().map(msg_line).collect(),
-                    count.to_string(),
-                ))
-            }
-            .await
-            .into(),
-            Command::Who => cx
-                .chat
-                .who()
-                .await
-                .map(|users| {
-                    let count = users.len();
-                    Reply::lines(
-                        users.iter().map(|u| format!("USER {u}")).collect(),
-                        count.to_string(),
-                    )
-                })
-                .into(),
+            Command::Register { user, password } => Box::pin(register(cx, user, password)).await.into(),
+            Command::Auth { user, password } => Box::pin(auth(cx, user, password)).await.into(),
+            Command::Send { to, text } => Box::pin(send(cx, to, text)).await.into(),
+            Command::Inbox { after_id } => Box::pin(inbox(cx, after_id)).await.into(),
+            Command::Who => Box::pin(who(cx)).await.into(),
         }
     }
+}
+
+async fn register(cx: &mut Context, user: &str, password: &str) -> ChatResult<Reply> {
+    let user = cx.chat.register(user, password).await?;
+    Ok(Reply::ok(format!(
+        "registered {user}; now AUTH {user} <password>"
+    )))
+}
+
+async fn auth(cx: &mut Context, user: &str, password: &str) -> ChatResult<Reply> {
+    let user = cx
+        .chat
+        .authenticate(user, password, cx.peer, Some(&mut cx.auth))
+        .await?;
+    if cx.user.as_ref() != Some(&user) {
+        // Leave the old user's presence before joining as the new one.
+        drop(cx.feed.take());
+        let kick = cx.kick.get_or_insert_with(CancellationToken::new).clone();
+        cx.feed = Some(cx.chat.go_online(&user, kick));
+    }
+    let reply = Reply::ok(format!("logged in as {user}"));
+    cx.user = Some(user);
+    Ok(reply)
+}
+
+async fn send(cx: &mut Context, to: &str, text: &str) -> ChatResult<Reply> {
+    let from = logged_in(cx)?;
+    let message = cx.chat.send(from, to, text, None).await?;
+    Ok(Reply::ok(message.id.to_string()))
+}
+
+async fn inbox(cx: &mut Context, after_id: i64) -> ChatResult<Reply> {
+    let user = logged_in(cx)?;
+    let messages = cx.chat.inbox(user, after_id, INBOX_PAGE).await?;
+    let count = messages.len();
+    Ok(Reply::lines(
+        messages.iter().map(msg_line).collect(),
+        count.to_string(),
+    ))
+}
+
+async fn who(cx: &mut Context) -> ChatResult<Reply> {
+    let users = cx.chat.who().await?;
+    let count = users.len();
+    Ok(Reply::lines(
+        users.iter().map(|u| format!("USER {u}")).collect(),
+        count.to_string(),
+    ))
 }
 
 fn logged_in(cx: &Context) -> ChatResult<&Username> {

@@ -7,7 +7,7 @@
 use std::io;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
@@ -47,10 +47,18 @@ impl Connection {
     /// Cancel-safe: if the future is dropped, no byte is lost.
     pub async fn read_more(&mut self) -> io::Result<usize> {
         loop {
-            self.stream.readable().await?;
-            self.rbuf.reserve(READ_CHUNK);
-            match self.stream.try_read_buf(&mut self.rbuf) {
-                Ok(n) => return Ok(n),
+            // Waits for readiness without a waiter of its own inside this future (the socket
+            // keeps the one waker), which keeps an idle connection's task small.
+            std::future::poll_fn(|cx| self.stream.poll_read_ready(cx)).await?;
+            // Read into the stack, not the heap: readiness can be spurious, and a buffer
+            // reserved for a read that would block stays allocated while the connection idles.
+            // Only the bytes that arrived are kept.
+            let mut chunk = [0u8; READ_CHUNK];
+            match self.stream.try_read(&mut chunk) {
+                Ok(n) => {
+                    self.rbuf.extend_from_slice(&chunk[..n]);
+                    return Ok(n);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Err(e),
             }
@@ -62,22 +70,59 @@ impl Connection {
         &mut self.wbuf
     }
 
+    /// Whether lines wait to be answered or bytes to be written.
+    pub fn has_work(&self) -> bool {
+        !self.rbuf.is_empty() || !self.wbuf.is_empty()
+    }
+
     pub fn wants_flush(&self) -> bool {
         self.wbuf.len() >= FLUSH_AT
     }
 
-    /// Writes out everything gathered. Gives up when `abort` fires (shutdown, or the session
-    /// was kicked for falling behind) or when the client accepts nothing for a long time.
-    pub async fn flush(&mut self, abort: &CancellationToken) -> io::Result<()> {
-        if self.wbuf.is_empty() {
-            return Ok(());
+    /// Writes out everything gathered. Gives up on shutdown, when `kick` fires (the session
+    /// fell too far behind its live messages), or when the client accepts nothing for a while.
+    pub async fn flush(
+        &mut self,
+        shutdown: &CancellationToken,
+        kick: Option<&CancellationToken>,
+    ) -> io::Result<()> {
+        // Usually the socket takes everything at once: no timer, no waiting.
+        while !self.wbuf.is_empty() {
+            match self.stream.try_write(&self.wbuf) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => self.wbuf.advance(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // A client that reads slowly: the rare path gets a future of its own, so
+                    // its timer does not make every connection's task bigger.
+                    return Box::pin(self.flush_slowly(shutdown, kick)).await;
+                }
+                Err(e) => return Err(e),
+            }
         }
+        self.wbuf.clear();
+        Ok(())
+    }
+
+    async fn flush_slowly(
+        &mut self,
+        shutdown: &CancellationToken,
+        kick: Option<&CancellationToken>,
+    ) -> io::Result<()> {
+        let kicked = async {
+            match kick {
+                Some(kick) => kick.cancelled().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             result = tokio::time::timeout(WRITE_STALL, self.stream.write_all(&self.wbuf)) => {
                 result.map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the client stopped reading"))??;
             }
-            _ = abort.cancelled() => {
-                return Err(io::Error::new(io::ErrorKind::ConnectionAborted, "aborted while writing"));
+            _ = shutdown.cancelled() => {
+                return Err(io::Error::new(io::ErrorKind::ConnectionAborted, "shutting down while writing"));
+            }
+            _ = kicked => {
+                return Err(io::Error::new(io::ErrorKind::ConnectionAborted, "too far behind"));
             }
         }
         self.wbuf.clear();
@@ -101,7 +146,7 @@ impl Connection {
             self.stream.write_all(&self.wbuf).await?;
             self.stream.shutdown().await
         };
-        let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
+        let _ = Box::pin(tokio::time::timeout(Duration::from_secs(1), write)).await;
         self.wbuf.clear();
     }
 }

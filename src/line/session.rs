@@ -1,6 +1,7 @@
 //! One line-protocol connection from HELLO to close: reads lines, answers each with one
 //! [`Reply`], and writes live `MSG` pushes between replies.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use super::connection::Connection;
 use super::reply::{msg_line, put_line, Reply};
 use crate::chat::Chat;
 use crate::error::{ChatError, Code};
+use crate::hub::Subscription;
 
 /// Pushes written in one go before the session looks at its socket again.
 const PUSH_BATCH: usize = 256;
@@ -42,25 +44,33 @@ impl SessionSettings {
 
 /// Serves one accepted connection until the client leaves, QUITs, idles out, falls behind,
 /// or the server shuts down.
-pub async fn serve(
+pub fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     chat: Chat,
     settings: Arc<SessionSettings>,
     shutdown: CancellationToken,
-) {
-    let _open = chat.connection_opened();
-    let abort = shutdown.child_token();
+) -> impl Future<Output = ()> + Send {
+    // Built here, not inside the future, so the task does not keep both the arguments and
+    // what was made of them.
+    let open = chat.connection_opened();
     let mut conn = Connection::new(stream, settings.max_line);
-    let mut cx = Context::new(chat, peer, abort.clone());
-    match run(&mut conn, &mut cx, &settings, &shutdown).await {
-        Ok(End::Quit | End::Eof) => tracing::debug!("connection closed"),
-        Ok(End::Shutdown) => conn.close_with(b"BYE server shutting down\r\n").await,
-        Ok(End::Idle) => conn.close_with(b"BYE idle timeout\r\n").await,
-        Ok(End::TooSlow) => tracing::info!(user = ?cx.user, "disconnected: too slow to read its messages"),
-        Err(e) => tracing::debug!(error = %e, "connection ended"),
+    let mut cx = Context::new(chat, peer.ip());
+    // An `async move` block, not an `async fn`: its captures are used in place, whereas an
+    // async fn's arguments are copied into locals and the task would hold both.
+    async move {
+        let _open = &open;
+        match run(&mut conn, &mut cx, &settings, &shutdown).await {
+            Ok(End::Quit | End::Eof) => tracing::debug!("connection closed"),
+            Ok(End::Shutdown) => conn.close_with(b"BYE server shutting down\r\n").await,
+            Ok(End::Idle) => conn.close_with(b"BYE idle timeout\r\n").await,
+            Ok(End::TooSlow) => {
+                tracing::info!(user = ?cx.user, peer = %cx.peer, "disconnected: too slow to read its messages")
+            }
+            Err(e) => tracing::debug!(error = %e, "connection ended"),
+        }
+        // Dropping `cx` takes the user's session offline.
     }
-    // Dropping `cx` takes the user's session offline.
 }
 
 enum End {
@@ -71,6 +81,10 @@ enum End {
     TooSlow,
 }
 
+/// The connection's life. While it waits, its task holds only the socket, the context and
+/// the few small futures below — answering commands happens in a future of its own
+/// ([`answer_buffered`]), allocated only while there is work, so tens of thousands of idle
+/// connections cost little memory.
 async fn run(
     conn: &mut Connection,
     cx: &mut Context,
@@ -78,45 +92,22 @@ async fn run(
     shutdown: &CancellationToken,
 ) -> io::Result<End> {
     put_line(conn.out(), &settings.greeting);
-    let idle_after = settings.idle_timeout.unwrap_or(Duration::from_secs(86400 * 365));
-    let idle = tokio::time::sleep(idle_after);
-    tokio::pin!(idle);
+    // A timer only where there is an idle timeout: each one costs memory per connection.
+    let mut idle = settings
+        .idle_timeout
+        .map(|after| Box::pin(tokio::time::sleep(after)));
     loop {
-        // Answer every complete line already buffered, then write the answers in one go.
-        while let Some(line) = conn.buffered_line() {
-            let reply = match line {
-                Line::Text(ref bytes) => {
-                    let text = std::str::from_utf8(bytes).expect("the codec yields UTF-8 only");
-                    match Command::parse(text) {
-                        Ok(command) => command.apply(cx).await,
-                        Err(e) => Reply::err(e),
-                    }
-                }
-                Line::TooLong => Reply::err(ChatError::new(
-                    Code::LineTooLong,
-                    format!(
-                        "lines are at most {} bytes; that one was discarded",
-                        settings.max_line
-                    ),
-                )),
-                Line::BadEncoding => Reply::err(ChatError::new(Code::BadEncoding, "lines must be UTF-8")),
-            };
-            reply.write_to(conn.out());
-            if cx.quit {
-                conn.flush(&cx.abort).await?;
-                return Ok(End::Quit);
-            }
-            if conn.wants_flush() {
-                flush(conn, cx, shutdown).await?;
+        if conn.has_work() {
+            if let Some(end) = Box::pin(answer_buffered(conn, cx, settings, shutdown)).await? {
+                return Ok(end);
             }
         }
-        flush(conn, cx, shutdown).await?;
         conn.release_idle_buffers();
-
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => return Ok(End::Shutdown),
-            pushed = next_push(cx) => {
+            pushed = next_push(&mut cx.feed) => {
+                // `None`: the hub dropped this session because it fell too far behind.
                 let Some(first) = pushed else { return Ok(End::TooSlow) };
                 put_line(conn.out(), &msg_line(&first));
                 if let Some(feed) = cx.feed.as_mut() {
@@ -129,26 +120,73 @@ async fn run(
                 if read? == 0 {
                     return Ok(End::Eof);
                 }
-                if let Some(timeout) = settings.idle_timeout {
-                    idle.as_mut().reset(Instant::now() + timeout);
+                if let (Some(idle), Some(after)) = (idle.as_mut(), settings.idle_timeout) {
+                    idle.as_mut().reset(Instant::now() + after);
                 }
             }
-            _ = &mut idle, if settings.idle_timeout.is_some() => return Ok(End::Idle),
+            _ = idle_expired(&mut idle) => return Ok(End::Idle),
         }
     }
 }
 
-/// The next live message for this session; `None` if it was kicked for falling behind.
+/// Answers every complete line already buffered, in order, and writes the answers in one go
+/// (and pending pushes with them). `Some(End::Quit)` once QUIT was answered.
+async fn answer_buffered(
+    conn: &mut Connection,
+    cx: &mut Context,
+    settings: &SessionSettings,
+    shutdown: &CancellationToken,
+) -> io::Result<Option<End>> {
+    while let Some(line) = conn.buffered_line() {
+        let reply = match line {
+            Line::Text(ref bytes) => {
+                let text = std::str::from_utf8(bytes).expect("the codec yields UTF-8 only");
+                match Command::parse(text) {
+                    Ok(command) => command.apply(cx).await,
+                    Err(e) => Reply::err(e),
+                }
+            }
+            Line::TooLong => Reply::err(ChatError::new(
+                Code::LineTooLong,
+                format!(
+                    "lines are at most {} bytes; that one was discarded",
+                    settings.max_line
+                ),
+            )),
+            Line::BadEncoding => Reply::err(ChatError::new(Code::BadEncoding, "lines must be UTF-8")),
+        };
+        reply.write_to(conn.out());
+        if cx.quit {
+            flush(conn, cx, shutdown).await?;
+            return Ok(Some(End::Quit));
+        }
+        if conn.wants_flush() {
+            flush(conn, cx, shutdown).await?;
+        }
+    }
+    flush(conn, cx, shutdown).await?;
+    Ok(None)
+}
+
+/// Resolves when the idle timer (if any) runs out.
+async fn idle_expired(idle: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>) {
+    match idle {
+        Some(sleep) => sleep.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The next live message for this session; `None` if the hub dropped it for falling behind.
 /// Never resolves while the session is not logged in.
-async fn next_push(cx: &mut Context) -> Option<Arc<crate::store::Message>> {
-    match cx.feed.as_mut() {
-        Some(feed) => feed.next().await,
+async fn next_push(feed: &mut Option<Subscription>) -> Option<Arc<crate::store::Message>> {
+    match feed.as_mut() {
+        Some(feed) => std::future::poll_fn(|cx| feed.poll_recv(cx)).await,
         None => std::future::pending().await,
     }
 }
 
 async fn flush(conn: &mut Connection, cx: &Context, shutdown: &CancellationToken) -> io::Result<()> {
-    match conn.flush(&cx.abort).await {
+    match conn.flush(shutdown, cx.kick.as_ref()).await {
         // Aborted by shutdown: the main loop says goodbye; by a kick: the session ends.
         Err(e) if e.kind() == io::ErrorKind::ConnectionAborted && shutdown.is_cancelled() => Ok(()),
         other => other,
