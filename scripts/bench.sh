@@ -69,11 +69,12 @@ stop() {
 }
 
 # start_redis: a Redis of our own on a spare port, room for $CONNS clients, no persistence;
-# sets OWN_REDIS_PID and OWN_REDIS_ADDR.
+# sets OWN_REDIS_PID and OWN_REDIS_ADDR. Protected mode would refuse the clients that come
+# from 127.0.0.2-250 (the spread source addresses); it only listens on 127.0.0.1 anyway.
 start_redis() {
     local port
     port=$(free_port)
-    redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --daemonize no \
+    redis-server --port "$port" --bind 127.0.0.1 --protected-mode no --save '' --appendonly no --daemonize no \
         --maxclients $((CONNS + 500)) --loglevel warning >"$TMP/redis-$port.log" 2>&1 &
     OWN_REDIS_PID=$!
     PIDS+=("$OWN_REDIS_PID")
