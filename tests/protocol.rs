@@ -579,3 +579,14 @@ on_both_stores!(
     shutdown_says_goodbye_to_every_connection,
     the_echo_port_returns_every_byte,
 );
+
+#[tokio::test]
+async fn binding_the_ipv6_wildcard_serves_ipv4_and_ipv6() {
+    let server = TestServer::start_with(|c| c.bind = "::".parse().unwrap()).await;
+    let port = server.addr.port();
+    for addr in ["[::1]", "127.0.0.1"] {
+        let mut c = Client::connect(format!("{addr}:{port}").parse().unwrap()).await;
+        assert_eq!(c.cmd("PING").await.last, "OK PONG", "over {addr}");
+    }
+    server.stop().await;
+}

@@ -113,14 +113,6 @@ pub async fn send(
     payload: Payload,
 ) -> ChatResult<Response> {
     let user = authenticated(&app, &headers, &payload, "sender", peer).await?;
-    if let Some(sender) = payload.text("sender") {
-        if sender != user.as_str() {
-            return Err(ChatError::new(
-                Code::BadCredentials,
-                format!("these credentials are {user}'s; they cannot send as {sender:?}"),
-            ));
-        }
-    }
     let recipient = payload.require("recipient")?;
     let text = payload.require("message")?;
     let timestamp = match payload.0.get("timestamp") {
@@ -142,14 +134,6 @@ pub async fn get_messages(
     payload: Payload,
 ) -> ChatResult<Response> {
     let user = authenticated(&app, &headers, &payload, "username", peer).await?;
-    if let Some(asked) = payload.text("username") {
-        if asked != user.as_str() {
-            return Err(ChatError::new(
-                Code::BadCredentials,
-                format!("these credentials are {user}'s; they cannot read {asked:?}'s messages"),
-            ));
-        }
-    }
     let after = payload.count("after")?.unwrap_or(0).min(i64::MAX as u64) as i64;
     let limit = payload
         .count("limit")?
@@ -184,7 +168,9 @@ pub fn message_json(message: &Message) -> Value {
     Value::Object(object)
 }
 
-/// The user the request's credentials prove; `AUTH_REQUIRED` without any.
+/// The user the request's credentials prove; `AUTH_REQUIRED` without any. The request acts
+/// for the user named in `user_field` (`sender`, `username`), which, when given, must be that
+/// same user: nobody reads or sends as someone else.
 pub async fn authenticated(
     app: &AppState,
     headers: &HeaderMap,
@@ -192,15 +178,22 @@ pub async fn authenticated(
     user_field: &str,
     peer: SocketAddr,
 ) -> ChatResult<Username> {
-    match Credentials::of(headers, payload, user_field) {
-        Credentials::Token(token) => app.chat.token_user(&token).await,
+    let user = match Credentials::of(headers, payload, user_field) {
+        Credentials::Token(token) => app.chat.token_user(&token).await?,
         Credentials::Password { user, password } => {
-            app.chat.authenticate(&user, &password, peer.ip(), None).await
+            app.chat.authenticate(&user, &password, peer.ip(), None).await?
         }
-        Credentials::None => Err(ChatError::new(
+        Credentials::None => return Err(ChatError::new(
             Code::AuthRequired,
             "credentials needed: Authorization: Bearer <token from /auth>, HTTP Basic, or a password field",
         )),
+    };
+    match payload.text(user_field) {
+        Some(named) if named != user.as_str() => Err(ChatError::new(
+            Code::BadCredentials,
+            format!("these credentials are {user}'s; they cannot act as {named:?} ({user_field})"),
+        )),
+        _ => Ok(user),
     }
 }
 
