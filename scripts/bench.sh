@@ -93,7 +93,7 @@ load() {
     shift 3
     local plot=()
     [[ "$run" == "$RUNS" ]] && plot=(--plot "$OUT/plots/$row-$target.svg")
-    log "$row $target run $run: chatd load $*"
+    log "$row $target run $run (load $(cut -d' ' -f1 /proc/loadavg)): chatd load $*"
     "$BIN" load "$@" --json "${plot[@]}" >"$OUT/json/$row.$target.$run.json" ||
         log "  (the run reported a failed check; see $OUT/json/$row.$target.$run.json)"
 }
