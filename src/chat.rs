@@ -517,7 +517,10 @@ async fn write_messages(store: Store, hub: Hub, mut queue: mpsc::Receiver<Pendin
                 p.reply
             })
             .collect();
-        match store.insert_messages(&batch).await {
+        let started = std::time::Instant::now();
+        let stored = store.insert_messages(&batch).await;
+        tracing::debug!(messages = batch.len(), took = ?started.elapsed(), "committed a batch");
+        match stored {
             Ok(stored) => {
                 for (message, reply) in stored.into_iter().zip(replies) {
                     let message = Arc::new(message);

@@ -6,13 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Executor, QueryBuilder, Sqlite, SqlitePool};
+use sqlx::SqlitePool;
 
 use super::{store_error, Counts, Message, NewMessage};
 use crate::error::{ChatError, ChatResult, Code};
-
-/// Rows per INSERT statement: 4 bound values each stays far below SQLite's variable limit.
-const ROWS_PER_INSERT: usize = 500;
 
 type MessageRow = (i64, String, String, String, i64, Option<String>);
 
@@ -37,6 +34,8 @@ impl SqliteStore {
             .foreign_keys(true);
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
+            // The writer's one connection is local and always there: no ping before each use.
+            .test_before_acquire(false)
             .min_connections(1)
             .idle_timeout(None)
             .max_lifetime(None)
@@ -91,51 +90,35 @@ impl SqliteStore {
 
     pub async fn insert_messages(&self, batch: &[NewMessage]) -> ChatResult<Vec<Message>> {
         let now = chrono::Utc::now().timestamp_micros();
-        let mut conn = self
-            .writer
-            .acquire()
-            .await
-            .map_err(|e| store_error("storing the message", e))?;
-        // BEGIN IMMEDIATE takes the write lock up front: no upgrade that could fail half-way.
-        conn.execute("BEGIN IMMEDIATE")
-            .await
-            .map_err(|e| store_error("storing the message", e))?;
-        let mut ids = Vec::with_capacity(batch.len());
-        let mut failed = None;
-        for chunk in batch.chunks(ROWS_PER_INSERT) {
-            let mut insert: QueryBuilder<Sqlite> = QueryBuilder::new(
-                "INSERT INTO messages (sender, recipient, body, created_at_us, client_timestamp) ",
-            );
-            insert.push_values(chunk, |mut row, m| {
-                row.push_bind(&*m.sender)
-                    .push_bind(&*m.recipient)
-                    .push_bind(&m.body)
-                    .push_bind(now)
-                    .push_bind(m.client_timestamp.as_deref());
-            });
-            insert.push(" RETURNING id");
-            match insert.build_query_scalar::<i64>().fetch_all(&mut *conn).await {
-                Ok(mut chunk_ids) => {
-                    // Rows of one INSERT get increasing ids in VALUES order; RETURNING's
-                    // order is unspecified, so sort to pair them up again.
-                    chunk_ids.sort_unstable();
-                    ids.extend(chunk_ids);
-                }
-                Err(e) => {
-                    failed = Some(e);
-                    break;
-                }
-            }
-        }
-        let outcome = match failed {
-            None => conn.execute("COMMIT").await.map(|_| ()),
-            Some(e) => Err(e),
-        };
-        if let Err(e) = outcome {
-            // The transaction may still be open; roll back so the connection stays usable.
-            let _ = conn.execute("ROLLBACK").await;
-            return Err(store_error("storing the message", e));
-        }
+        // The whole batch is one bound JSON array and one statement: prepared once and cached
+        // whatever the batch size, no limit on bound variables, and, being one statement, its
+        // own transaction: all rows commit together (with the fsync of synchronous=FULL)
+        // before the statement reports success, in one round trip to SQLite's thread.
+        let rows: Vec<(&str, &str, &str, Option<&str>)> = batch
+            .iter()
+            .map(|m| {
+                (
+                    &*m.sender,
+                    &*m.recipient,
+                    m.body.as_str(),
+                    m.client_timestamp.as_deref(),
+                )
+            })
+            .collect();
+        let rows = serde_json::to_string(&rows).expect("strings serialise");
+        let mut ids = sqlx::query_scalar::<_, i64>(
+            "INSERT INTO messages (sender, recipient, body, created_at_us, client_timestamp) \
+             SELECT value ->> 0, value ->> 1, value ->> 2, ?1, value ->> 3 FROM json_each(?2) ORDER BY key \
+             RETURNING id",
+        )
+        .bind(now)
+        .bind(&rows)
+        .fetch_all(&self.writer)
+        .await
+        .map_err(|e| store_error("storing the message", e))?;
+        // Rows get increasing ids in `key` order; RETURNING's order is unspecified, so sort to
+        // pair them up again.
+        ids.sort_unstable();
         Ok(batch
             .iter()
             .zip(ids)
