@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::cache::InboxCache;
 use crate::error::{ChatError, ChatResult, Code};
 use crate::hub::{Hub, Subscription};
 use crate::store::{Counts, Message, NewMessage, Store};
@@ -112,6 +113,8 @@ struct Inner {
     failed_auth: Mutex<HashMap<IpAddr, Failures>>,
     /// Verified against when the user does not exist, so timing does not reveal who exists.
     dummy_hash: String,
+    /// The newest messages of users who read their inbox (single node only).
+    cache: Option<Arc<InboxCache>>,
     /// Tokens seen valid recently: SHA-256 of the token -> user and expiry (µs since epoch).
     tokens: Mutex<HashMap<[u8; 32], (Username, i64)>>,
     connections: AtomicUsize,
@@ -157,7 +160,9 @@ impl Chat {
             .hash_password(b"not a password", &SaltString::generate(&mut OsRng))
             .expect("argon2 with default parameters hashes")
             .to_string();
-        let writer_task = tokio::spawn(write_messages(store.clone(), hub.clone(), queue));
+        // Only a single node sees every commit, which the cache needs to stay exact.
+        let cache = store.postgres().is_none().then(|| Arc::new(InboxCache::new()));
+        let writer_task = tokio::spawn(write_messages(store.clone(), hub.clone(), cache.clone(), queue));
         let chat = Chat {
             inner: Arc::new(Inner {
                 store,
@@ -168,6 +173,7 @@ impl Chat {
                 known_users: Mutex::new(HashSet::new()),
                 failed_auth: Mutex::new(HashMap::new()),
                 dummy_hash,
+                cache,
                 tokens: Mutex::new(HashMap::new()),
                 connections: AtomicUsize::new(0),
             }),
@@ -294,11 +300,29 @@ impl Chat {
     }
 
     /// Messages to `user` with id > `after_id`, oldest first, at most `limit` (capped at 1000).
-    pub async fn inbox(&self, user: &Username, after_id: i64, limit: u32) -> ChatResult<Vec<Message>> {
-        self.inner
+    pub async fn inbox(&self, user: &Username, after_id: i64, limit: u32) -> ChatResult<Vec<Arc<Message>>> {
+        let (after, limit) = (after_id.max(0), limit.clamp(1, 1000));
+        let Some(cache) = &self.inner.cache else {
+            let page = self.inner.store.inbox(user.as_str(), after, limit).await?;
+            return Ok(page.into_iter().map(Arc::new).collect());
+        };
+        if let Some(hit) = cache.get(user.as_str(), after, limit as usize) {
+            return Ok(hit);
+        }
+        let fence = cache.fence();
+        let page: Vec<Arc<Message>> = self
+            .inner
             .store
-            .inbox(user.as_str(), after_id.max(0), limit.clamp(1, 1000))
-            .await
+            .inbox(user.as_str(), after, limit)
+            .await?
+            .into_iter()
+            .map(Arc::new)
+            .collect();
+        if page.len() < limit as usize {
+            // Not a full page: these are all of the user's messages after `after`.
+            cache.fill(user.as_arc(), after, &page, fence);
+        }
+        Ok(page)
     }
 
     /// Users with at least one live session on any node, sorted.
@@ -506,7 +530,12 @@ fn rate_limited(wait: Duration) -> ChatError {
 
 /// The group-commit writer: takes every SEND waiting, commits them in one transaction, then
 /// pushes each to its recipient's live sessions and acknowledges it, in id order.
-async fn write_messages(store: Store, hub: Hub, mut queue: mpsc::Receiver<PendingSend>) {
+async fn write_messages(
+    store: Store,
+    hub: Hub,
+    cache: Option<Arc<InboxCache>>,
+    mut queue: mpsc::Receiver<PendingSend>,
+) {
     let mut pending = Vec::with_capacity(64);
     let mut batch = Vec::with_capacity(64);
     while queue.recv_many(&mut pending, MAX_BATCH).await > 0 {
@@ -524,6 +553,9 @@ async fn write_messages(store: Store, hub: Hub, mut queue: mpsc::Receiver<Pendin
             Ok(stored) => {
                 for (message, reply) in stored.into_iter().zip(replies) {
                     let message = Arc::new(message);
+                    if let Some(cache) = &cache {
+                        cache.committed(&message);
+                    }
                     hub.deliver(&message);
                     let _ = reply.send(Ok(message));
                 }

@@ -15,7 +15,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::Stream;
 
 use super::extract::Payload;
-use super::routes::{authenticated, message_json};
+use super::routes::{authenticated, MessageView};
 use super::AppState;
 use crate::chat::{ConnectionGuard, Username, INBOX_PAGE};
 use crate::error::ChatResult;
@@ -28,7 +28,7 @@ struct Feed {
     app: Arc<AppState>,
     user: Username,
     live: Subscription,
-    replay: VecDeque<Message>,
+    replay: VecDeque<Arc<Message>>,
     /// Replay the inbox after this id before going live; `None` once caught up.
     catch_up_after: Option<i64>,
     /// The newest id sent; live messages at or below it were already replayed.
@@ -67,7 +67,8 @@ pub async fn events(
         let event = Event::default()
             .event("message")
             .id(message.id.to_string())
-            .data(message_json(&message).to_string());
+            .json_data(MessageView::of(&message))
+            .expect("a message serialises");
         Some((Ok(event), feed))
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
@@ -75,7 +76,7 @@ pub async fn events(
 
 impl Feed {
     /// The next message to send; `None` ends the stream (shutdown, or too far behind).
-    async fn next(&mut self) -> Option<Message> {
+    async fn next(&mut self) -> Option<Arc<Message>> {
         loop {
             if let Some(message) = self.replay.pop_front() {
                 self.last_sent = message.id;
@@ -96,7 +97,7 @@ impl Feed {
             let message = self.live.next().await?;
             if message.id > self.last_sent {
                 self.last_sent = message.id;
-                return Some(Message::clone(&message));
+                return Some(message);
             }
         }
     }

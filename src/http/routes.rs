@@ -6,7 +6,10 @@ use std::sync::Arc;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::response::{Html, IntoResponse, Response};
-use serde_json::{json, Map, Value};
+use axum::Json;
+use serde::Serialize;
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
 
 use super::extract::{Credentials, Payload};
 use super::{success, AppState, PAGE};
@@ -140,32 +143,58 @@ pub async fn get_messages(
         .unwrap_or(INBOX_PAGE as u64)
         .clamp(1, 1000) as u32;
     let messages = app.chat.inbox(&user, after, limit).await?;
-    Ok(success(
-        StatusCode::OK,
-        json!({
-            "count": messages.len(),
-            "messages": messages.iter().map(message_json).collect::<Vec<_>>(),
-        }),
-    ))
+    let reply = MessagesReply {
+        status: "SUCCESS",
+        count: messages.len(),
+        messages: messages.iter().map(|m| MessageView::of(m)).collect(),
+    };
+    Ok(Json(reply).into_response())
 }
 
 /// A message as the HTTP facade shows it. `timestamp` is the client's, as it was given (the
 /// server's time when there was none); `server_time` is authoritative for ordering.
-pub fn message_json(message: &Message) -> Value {
-    let server_time = rfc3339(message.created_at_us);
-    let timestamp = message
-        .client_timestamp
-        .as_deref()
-        .and_then(|raw| serde_json::from_str(raw).ok())
-        .unwrap_or_else(|| Value::String(server_time.clone()));
-    let mut object = Map::new();
-    object.insert("id".into(), message.id.into());
-    object.insert("sender".into(), (*message.sender).into());
-    object.insert("recipient".into(), (*message.recipient).into());
-    object.insert("message".into(), message.body.clone().into());
-    object.insert("timestamp".into(), timestamp);
-    object.insert("server_time".into(), server_time.into());
-    Value::Object(object)
+/// Serialised straight from the stored message: no intermediate JSON tree per message.
+#[derive(Serialize)]
+pub struct MessageView<'a> {
+    id: i64,
+    sender: &'a str,
+    recipient: &'a str,
+    message: &'a str,
+    timestamp: Timestamp<'a>,
+    server_time: String,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Timestamp<'a> {
+    /// The JSON value the client sent, verbatim.
+    Client(&'a RawValue),
+    Server(String),
+}
+
+impl<'a> MessageView<'a> {
+    pub fn of(message: &'a Message) -> MessageView<'a> {
+        let server_time = rfc3339(message.created_at_us);
+        let client = message
+            .client_timestamp
+            .as_deref()
+            .and_then(|raw| serde_json::from_str::<&RawValue>(raw).ok());
+        MessageView {
+            id: message.id,
+            sender: &message.sender,
+            recipient: &message.recipient,
+            message: &message.body,
+            timestamp: client.map_or_else(|| Timestamp::Server(server_time.clone()), Timestamp::Client),
+            server_time,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct MessagesReply<'a> {
+    status: &'static str,
+    count: usize,
+    messages: Vec<MessageView<'a>>,
 }
 
 /// The user the request's credentials prove; `AUTH_REQUIRED` without any. The request acts

@@ -168,7 +168,7 @@ async fn inbox(cx: &mut Context, after_id: i64) -> ChatResult<Reply> {
     let messages = cx.chat.inbox(user, after_id, INBOX_PAGE).await?;
     let count = messages.len();
     Ok(Reply::lines(
-        messages.iter().map(msg_line).collect(),
+        messages.iter().map(|m| msg_line(m)).collect(),
         count.to_string(),
     ))
 }
