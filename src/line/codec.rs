@@ -2,7 +2,7 @@
 //! and turns overlong or non-UTF-8 lines into items (not errors) so the session can answer
 //! them and go on.
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BytesMut};
 
 /// Telnet "interpret as command".
 const IAC: u8 = 255;
@@ -13,24 +13,14 @@ const DONT: u8 = 254;
 
 /// One framed line.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Line {
-    /// A line of valid UTF-8, without its line ending; never blank.
-    Text(Bytes),
+pub enum Line<'a> {
+    /// A line of valid UTF-8, without its line ending; never blank. It lives in the scratch
+    /// buffer the caller lent to [`LineCodec::decode`].
+    Text(&'a str),
     /// A line longer than the limit; its bytes are discarded.
     TooLong,
     /// A line that is not valid UTF-8.
     BadEncoding,
-}
-
-impl Line {
-    /// The text of a [`Line::Text`].
-    pub fn as_str(&self) -> Option<&str> {
-        match self {
-            // Checked when the line was framed.
-            Line::Text(bytes) => std::str::from_utf8(bytes).ok(),
-            _ => None,
-        }
-    }
 }
 
 /// The line decoder. Keeps only a few words of state; the bytes live in the caller's buffer.
@@ -52,8 +42,10 @@ impl LineCodec {
         }
     }
 
-    /// Takes the next line out of `buf`, or `None` if no complete line is buffered yet.
-    pub fn decode(&mut self, buf: &mut BytesMut) -> Option<Line> {
+    /// Takes the next line out of `buf`, or `None` if no complete line is buffered yet. A
+    /// line's text is copied into `scratch` (a copy of a short line costs less than sharing
+    /// the buffer), so the caller may go on using `buf` while it holds the line.
+    pub fn decode<'s>(&mut self, buf: &mut BytesMut, scratch: &'s mut Vec<u8>) -> Option<Line<'s>> {
         loop {
             let found = buf[self.scanned..]
                 .iter()
@@ -90,30 +82,37 @@ impl LineCodec {
                     }
                 }
             }
-            let mut line = buf.split_to(pos + 1);
             self.scanned = 0;
             if self.discarding {
                 self.discarding = false;
+                buf.advance(pos + 1);
                 continue;
             }
-            line.truncate(pos);
-            if line.last() == Some(&b'\r') {
-                line.truncate(pos - 1);
-            }
+            let end = if pos > 0 && buf[pos - 1] == b'\r' {
+                pos - 1
+            } else {
+                pos
+            };
+            let line = &buf[..end];
             if line.len() > self.max {
+                buf.advance(pos + 1);
                 return Some(Line::TooLong);
             }
             if line.iter().all(u8::is_ascii_whitespace) {
+                buf.advance(pos + 1);
                 continue;
             }
-            return Some(match std::str::from_utf8(&line) {
-                Ok(_) => Line::Text(line.freeze()),
+            scratch.clear();
+            scratch.extend_from_slice(line);
+            buf.advance(pos + 1);
+            return Some(match std::str::from_utf8(scratch) {
+                Ok(text) => Line::Text(text),
                 Err(_) => Line::BadEncoding,
             });
         }
     }
 
-    fn start_discarding(&mut self, buf: &mut BytesMut) -> Line {
+    fn start_discarding(&mut self, buf: &mut BytesMut) -> Line<'static> {
         buf.clear();
         self.scanned = 0;
         self.discarding = true;
@@ -151,12 +150,29 @@ fn remove(buf: &mut BytesMut, at: usize, len: usize) {
 mod tests {
     use super::*;
 
-    fn lines(codec: &mut LineCodec, buf: &mut BytesMut) -> Vec<Line> {
-        std::iter::from_fn(|| codec.decode(buf)).collect()
+    /// A decoded line, owned, to compare.
+    #[derive(Debug, PartialEq, Eq)]
+    enum Got {
+        Text(String),
+        TooLong,
+        BadEncoding,
     }
 
-    fn text(s: &str) -> Line {
-        Line::Text(Bytes::copy_from_slice(s.as_bytes()))
+    fn lines(codec: &mut LineCodec, buf: &mut BytesMut) -> Vec<Got> {
+        let mut scratch = Vec::new();
+        let mut got = Vec::new();
+        while let Some(line) = codec.decode(buf, &mut scratch) {
+            got.push(match line {
+                Line::Text(text) => Got::Text(text.to_string()),
+                Line::TooLong => Got::TooLong,
+                Line::BadEncoding => Got::BadEncoding,
+            });
+        }
+        got
+    }
+
+    fn text(s: &str) -> Got {
+        Got::Text(s.to_string())
     }
 
     #[test]
@@ -229,7 +245,7 @@ mod tests {
         let mut buf = BytesMut::from(&b"123456789\nPING\n12345678\r\n"[..]);
         assert_eq!(
             lines(&mut codec, &mut buf),
-            vec![Line::TooLong, text("PING"), text("12345678")]
+            vec![Got::TooLong, text("PING"), text("12345678")]
         );
     }
 
@@ -237,7 +253,7 @@ mod tests {
     fn overlong_line_across_reads_is_discarded_to_its_end() {
         let mut codec = LineCodec::new(8);
         let mut buf = BytesMut::from(&b"0123456789"[..]);
-        assert_eq!(lines(&mut codec, &mut buf), vec![Line::TooLong]);
+        assert_eq!(lines(&mut codec, &mut buf), vec![Got::TooLong]);
         assert!(buf.is_empty(), "the overlong bytes are not kept");
         buf.extend_from_slice(b"more and more");
         assert!(lines(&mut codec, &mut buf).is_empty());
@@ -250,7 +266,7 @@ mod tests {
         let mut codec = LineCodec::new(8);
         let mut buf = BytesMut::from(&b"\xff\xfa"[..]);
         buf.extend_from_slice(&[b'x'; 100]);
-        assert_eq!(lines(&mut codec, &mut buf), vec![Line::TooLong]);
+        assert_eq!(lines(&mut codec, &mut buf), vec![Got::TooLong]);
         buf.extend_from_slice(b"\nPING\n");
         assert_eq!(lines(&mut codec, &mut buf), vec![text("PING")]);
     }
@@ -259,7 +275,7 @@ mod tests {
     fn invalid_utf8_is_an_item_and_the_stream_goes_on() {
         let mut codec = LineCodec::new(100);
         let mut buf = BytesMut::from(&b"ECHO \xc3\x28\nPING\n"[..]);
-        assert_eq!(lines(&mut codec, &mut buf), vec![Line::BadEncoding, text("PING")]);
+        assert_eq!(lines(&mut codec, &mut buf), vec![Got::BadEncoding, text("PING")]);
     }
 
     #[test]

@@ -38,9 +38,10 @@ impl Connection {
         }
     }
 
-    /// The next complete line already buffered, without reading.
-    pub fn buffered_line(&mut self) -> Option<Line> {
-        self.codec.decode(&mut self.rbuf)
+    /// The next complete line already buffered, without reading; its text is copied into
+    /// `scratch`.
+    pub fn buffered_line<'s>(&mut self, scratch: &'s mut Vec<u8>) -> Option<Line<'s>> {
+        self.codec.decode(&mut self.rbuf, scratch)
     }
 
     /// Waits for bytes from the client and buffers them. Returns 0 at end of stream.
@@ -67,6 +68,10 @@ impl Connection {
 
     /// The buffer replies are written into; [`Connection::flush`] sends it.
     pub fn out(&mut self) -> &mut BytesMut {
+        if self.wbuf.capacity() == 0 {
+            // Room for a batch of small replies in one allocation.
+            self.wbuf.reserve(READ_CHUNK);
+        }
         &mut self.wbuf
     }
 

@@ -137,15 +137,13 @@ async fn answer_buffered(
     settings: &SessionSettings,
     shutdown: &CancellationToken,
 ) -> io::Result<Option<End>> {
-    while let Some(line) = conn.buffered_line() {
+    let mut scratch = Vec::new();
+    while let Some(line) = conn.buffered_line(&mut scratch) {
         let reply = match line {
-            Line::Text(ref bytes) => {
-                let text = std::str::from_utf8(bytes).expect("the codec yields UTF-8 only");
-                match Command::parse(text) {
-                    Ok(command) => command.apply(cx).await,
-                    Err(e) => Reply::err(e),
-                }
-            }
+            Line::Text(text) => match Command::parse(text) {
+                Ok(command) => command.apply(cx).await,
+                Err(e) => Reply::err(e),
+            },
             Line::TooLong => Reply::err(ChatError::new(
                 Code::LineTooLong,
                 format!(
