@@ -13,6 +13,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use super::codec::{Line, LineCodec};
+use super::pool;
 
 /// Bytes read per syscall at most.
 const READ_CHUNK: usize = 4096;
@@ -57,6 +58,9 @@ impl Connection {
             let mut chunk = [0u8; READ_CHUNK];
             match self.stream.try_read(&mut chunk) {
                 Ok(n) => {
+                    if self.rbuf.capacity() == 0 {
+                        self.rbuf = pool::take();
+                    }
                     self.rbuf.extend_from_slice(&chunk[..n]);
                     return Ok(n);
                 }
@@ -69,8 +73,7 @@ impl Connection {
     /// The buffer replies are written into; [`Connection::flush`] sends it.
     pub fn out(&mut self) -> &mut BytesMut {
         if self.wbuf.capacity() == 0 {
-            // Room for a batch of small replies in one allocation.
-            self.wbuf.reserve(READ_CHUNK);
+            self.wbuf = pool::take();
         }
         &mut self.wbuf
     }
@@ -134,13 +137,13 @@ impl Connection {
         Ok(())
     }
 
-    /// Drops buffer memory that holds nothing, before the connection waits.
+    /// Gives back buffers that hold nothing, before the connection waits.
     pub fn release_idle_buffers(&mut self) {
         if self.rbuf.is_empty() && self.rbuf.capacity() > 0 {
-            self.rbuf = BytesMut::new();
+            pool::give(std::mem::take(&mut self.rbuf));
         }
         if self.wbuf.is_empty() && self.wbuf.capacity() > 0 {
-            self.wbuf = BytesMut::new();
+            pool::give(std::mem::take(&mut self.wbuf));
         }
     }
 
