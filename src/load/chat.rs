@@ -459,10 +459,10 @@ pub async fn run(args: ChatArgs, target: SocketAddr, live: Arc<Live>) -> anyhow:
         problems,
         plot: Plot {
             throughput_label: "acked SENDs / s",
-            throughput: shared.acks.per_second(),
+            throughput: shared.acks.intervals(),
             latencies: vec![
-                ("ack", shared.acks.per_second()),
-                ("delivery", shared.deliveries.per_second()),
+                ("ack", shared.acks.intervals()),
+                ("delivery", shared.deliveries.intervals()),
             ],
             distributions: vec![
                 ("ack", shared.acks.distribution()),

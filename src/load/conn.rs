@@ -21,6 +21,8 @@ use super::stats::{secs, Latency, Live, Series};
 
 /// A read buffer grows up to this size for one large reply (an HTTP body, say).
 const MAX_BUF: usize = 16 << 20;
+/// The bucket width of the connect phase's series.
+const CONNECT_INTERVAL: Duration = Duration::from_millis(100);
 
 /// A read buffer that hands out complete lines or frames as slices of itself: replies are
 /// parsed where they were read, with no allocation per reply.
@@ -247,7 +249,8 @@ impl Opener {
             setup,
             live,
             started,
-            series: Arc::new(Series::new(started.into_std())),
+            // Connect phases often last a second or less: a finer series shows their shape.
+            series: Arc::new(Series::with_interval(started.into_std(), CONNECT_INTERVAL)),
             failures: Failures::default(),
             busy_retries: 0,
         }

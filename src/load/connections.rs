@@ -154,8 +154,8 @@ pub async fn run(
         problems,
         plot: Plot {
             throughput_label: "connections opened / s",
-            throughput: series.per_second(),
-            latencies: vec![("connect", series.per_second())],
+            throughput: series.intervals(),
+            latencies: vec![("connect", series.intervals())],
             distributions: vec![("connect", series.distribution())],
         },
         connect,

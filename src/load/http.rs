@@ -88,8 +88,8 @@ pub async fn run(args: HttpArgs, target: SocketAddr, live: Arc<Live>) -> anyhow:
         problems,
         plot: Plot {
             throughput_label: "responses / s",
-            throughput: series.per_second(),
-            latencies: vec![("response", series.per_second())],
+            throughput: series.intervals(),
+            latencies: vec![("response", series.intervals())],
             distributions: vec![("response", series.distribution())],
         },
         connect,

@@ -82,8 +82,8 @@ pub async fn run(args: PingArgs, target: SocketAddr, live: Arc<Live>) -> anyhow:
         problems,
         plot: Plot {
             throughput_label: "replies / s",
-            throughput: series.per_second(),
-            latencies: vec![("reply", series.per_second())],
+            throughput: series.intervals(),
+            latencies: vec![("reply", series.intervals())],
             distributions: vec![("reply", series.distribution())],
         },
         connect,

@@ -1,4 +1,5 @@
-//! `--plot FILE.svg`: throughput and p50/p99 latency per second, and the latency distribution.
+//! `--plot FILE.svg`: throughput and p50/p99 latency over time (per second, or per tenth of a
+//! second for a connect phase), and the latency distribution.
 
 use std::path::Path;
 
@@ -6,6 +7,7 @@ use anyhow::anyhow;
 use plotters::prelude::*;
 
 use super::report::{fmt_count, fmt_us, Plot, Report};
+use super::stats::IntervalStats;
 
 const COLOURS: [RGBColor; 4] = [
     RGBColor(31, 119, 180),
@@ -26,9 +28,10 @@ fn draw_plot(plot: &Plot, title: &str, path: &Path) -> Result<(), Box<dyn std::e
     let root = root.titled(title, ("sans-serif", 22))?;
     let panels = root.split_evenly((3, 1));
 
-    // 1. Throughput per second.
-    let last = plot.throughput.len().max(1) as f64;
-    let top = plot.throughput.iter().map(|s| s.ok).max().unwrap_or(1).max(1) as f64 * 1.1;
+    // 1. Throughput over time.
+    let end = |rows: &[IntervalStats]| rows.last().map_or(1.0, |r| r.t + r.secs);
+    let last = end(&plot.throughput);
+    let top = plot.throughput.iter().map(|s| s.per_sec).fold(1.0, f64::max) * 1.1;
     let mut chart = ChartBuilder::on(&panels[0])
         .caption(plot.throughput_label, ("sans-serif", 16))
         .margin(12)
@@ -40,27 +43,27 @@ fn draw_plot(plot: &Plot, title: &str, path: &Path) -> Result<(), Box<dyn std::e
         .x_desc("seconds")
         .y_label_formatter(&|v| fmt_count(*v))
         .draw()?;
+    let points: Vec<(f64, f64)> = plot
+        .throughput
+        .iter()
+        .map(|s| (s.t + s.secs / 2.0, s.per_sec))
+        .collect();
     chart.draw_series(LineSeries::new(
-        plot.throughput.iter().map(|s| (s.t as f64 + 0.5, s.ok as f64)),
+        points.iter().copied(),
         COLOURS[0].stroke_width(2),
     ))?;
+    chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, COLOURS[0].filled())))?;
 
-    // 2. p50 and p99 latency per second, for each kind of latency.
+    // 2. p50 and p99 latency over time, for each kind of latency.
     let max_us = plot
         .latencies
         .iter()
         .flat_map(|(_, rows)| rows.iter().map(|r| r.p99_us))
         .fold(1.0f64, f64::max)
         * 1.5;
-    let last = plot
-        .latencies
-        .iter()
-        .map(|(_, r)| r.len())
-        .max()
-        .unwrap_or(1)
-        .max(1) as f64;
+    let last = plot.latencies.iter().map(|(_, r)| end(r)).fold(last, f64::max);
     let mut chart = ChartBuilder::on(&panels[1])
-        .caption("latency per second: p50 and p99 (log scale)", ("sans-serif", 16))
+        .caption("latency over time: p50 and p99 (log scale)", ("sans-serif", 16))
         .margin(12)
         .x_label_area_size(36)
         .y_label_area_size(80)
@@ -79,11 +82,13 @@ fn draw_plot(plot: &Plot, title: &str, path: &Path) -> Result<(), Box<dyn std::e
                 .filter(|r| r.ok > 0)
                 .map(|r| {
                     (
-                        r.t as f64 + 0.5,
+                        r.t + r.secs / 2.0,
                         if pick == 0 { r.p50_us } else { r.p99_us }.max(1.0),
                     )
                 })
                 .collect();
+            let marker = COLOURS[colour % COLOURS.len()].filled();
+            chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, marker)))?;
             chart
                 .draw_series(LineSeries::new(points, style))?
                 .label(format!("{name} {label}"))

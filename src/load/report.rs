@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use super::conn::ConnectReport;
 use super::connections::Memory;
-use super::stats::{Latency, SecondStats};
+use super::stats::{IntervalStats, Latency};
 
 /// Everything a run found out. Sections a scenario does not have are left out of the JSON.
 #[derive(Debug, Serialize)]
@@ -27,7 +27,8 @@ pub struct Report {
     pub memory: Option<Memory>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub held: Option<Held>,
-    /// Per-second figures and distributions, for `--plot` and in the JSON.
+    /// Figures per second (per tenth of a second for a connect phase) and distributions, for
+    /// `--plot` and in the JSON.
     pub plot: Plot,
 }
 
@@ -81,9 +82,9 @@ pub struct Held {
 #[derive(Debug, Serialize)]
 pub struct Plot {
     pub throughput_label: &'static str,
-    pub throughput: Vec<SecondStats>,
-    /// p50/p99 per second of each named latency.
-    pub latencies: Vec<(&'static str, Vec<SecondStats>)>,
+    pub throughput: Vec<IntervalStats>,
+    /// p50/p99 per interval of each named latency.
+    pub latencies: Vec<(&'static str, Vec<IntervalStats>)>,
     /// (quantile, µs) points of each named latency's distribution.
     #[serde(skip)]
     pub distributions: Vec<(&'static str, Vec<(f64, f64)>)>,

@@ -19,9 +19,10 @@ fn histogram(significant_digits: u8) -> Histogram<u64> {
 }
 
 /// Events of one kind (replies, acks, deliveries, connections opened) with their latencies,
-/// overall and in one-second buckets counted from `start`.
+/// overall and in buckets of `interval` (one second unless asked) counted from `start`.
 pub struct Series {
     start: Instant,
+    interval: Duration,
     inner: Mutex<SeriesInner>,
 }
 
@@ -35,14 +36,21 @@ struct SeriesInner {
 struct Bucket {
     ok: u64,
     errors: u64,
-    /// Two significant digits are plenty for a per-second p50/p99 and keep a bucket ~20 KiB.
+    /// Two significant digits are plenty for a per-interval p50/p99 and keep a bucket ~20 KiB.
     latency: Histogram<u64>,
 }
 
 impl Series {
+    /// A series in one-second buckets.
     pub fn new(start: Instant) -> Series {
+        Series::with_interval(start, Duration::from_secs(1))
+    }
+
+    /// A series in buckets of `interval` (for phases that last about a second or less).
+    pub fn with_interval(start: Instant, interval: Duration) -> Series {
         Series {
             start,
+            interval: interval.max(Duration::from_millis(1)),
             inner: Mutex::new(SeriesInner {
                 all: histogram(3),
                 ok: 0,
@@ -61,7 +69,8 @@ impl Series {
         if latencies_ns.is_empty() && errors == 0 {
             return;
         }
-        let second = now.saturating_duration_since(self.start).as_secs() as usize;
+        let second =
+            (now.saturating_duration_since(self.start).as_nanos() / self.interval.as_nanos()) as usize;
         let mut inner = self.inner.lock().expect("no panics while recording");
         let inner = &mut *inner;
         while inner.seconds.len() <= second {
@@ -93,17 +102,20 @@ impl Series {
         Latency::of(&self.inner.lock().expect("no panics while recording").all)
     }
 
-    /// One row per second from `start`, for the JSON report and the plot.
-    pub fn per_second(&self) -> Vec<SecondStats> {
+    /// One row per interval from `start`, for the JSON report and the plot.
+    pub fn intervals(&self) -> Vec<IntervalStats> {
         let inner = self.inner.lock().expect("no panics while recording");
+        let width = self.interval.as_secs_f64();
         inner
             .seconds
             .iter()
             .enumerate()
-            .map(|(t, b)| SecondStats {
-                t: t as u64,
+            .map(|(i, b)| IntervalStats {
+                t: i as f64 * width,
+                secs: width,
                 ok: b.ok,
                 errors: b.errors,
+                per_sec: b.ok as f64 / width,
                 p50_us: us(b.latency.value_at_quantile(0.5)),
                 p99_us: us(b.latency.value_at_quantile(0.99)),
             })
@@ -162,13 +174,17 @@ impl Latency {
     }
 }
 
-/// One second of a series.
+/// One interval (usually a second) of a series.
 #[derive(Debug, Clone, Serialize)]
-pub struct SecondStats {
-    /// Seconds since the phase started.
-    pub t: u64,
+pub struct IntervalStats {
+    /// When the interval starts, in seconds since the phase started.
+    pub t: f64,
+    /// How long it is.
+    pub secs: f64,
     pub ok: u64,
     pub errors: u64,
+    /// `ok` per second.
+    pub per_sec: f64,
     pub p50_us: f64,
     pub p99_us: f64,
 }
@@ -240,16 +256,28 @@ mod tests {
         let s = Series::new(start);
         s.record(start + Duration::from_millis(10), &[1_000, 2_000], 0);
         s.record(start + Duration::from_millis(2_500), &[3_000], 1);
-        let rows = s.per_second();
+        let rows = s.intervals();
         assert_eq!(rows.len(), 3);
         assert_eq!((rows[0].ok, rows[0].errors), (2, 0));
         assert_eq!((rows[1].ok, rows[1].errors), (0, 0));
         assert_eq!((rows[2].ok, rows[2].errors), (1, 1));
         assert_eq!(s.counts(), (3, 1));
+        assert_eq!((rows[2].t, rows[2].per_sec), (2.0, 1.0));
         let l = s.latency();
         assert_eq!(l.count, 3);
         assert!((l.p50_us - 2.0).abs() < 0.01, "{l:?}");
         assert!((l.max_us - 3.0).abs() < 0.01, "{l:?}");
+    }
+
+    #[test]
+    fn short_intervals_count_per_second() {
+        let start = Instant::now();
+        let s = Series::with_interval(start, Duration::from_millis(100));
+        s.record(start + Duration::from_millis(150), &[1_000; 5], 0);
+        let rows = s.intervals();
+        assert_eq!(rows.len(), 2);
+        assert!((rows[1].t - 0.1).abs() < 1e-9 && rows[1].ok == 5);
+        assert!((rows[1].per_sec - 50.0).abs() < 1e-9);
     }
 
     #[test]
