@@ -56,8 +56,14 @@ pub async fn accept_loop<F, Fut>(
         let _ = stream.set_nodelay(true);
         match limit.clone().try_acquire_owned() {
             Ok(permit) => {
+                // A span per connection when debug logging is on; otherwise not even its
+                // (empty) handle is kept in every connection's task.
                 let span = tracing::debug_span!("conn", listener = name, %peer);
-                tracker.spawn(handle(stream, peer, permit).instrument(span));
+                if span.is_disabled() {
+                    tracker.spawn(handle(stream, peer, permit));
+                } else {
+                    tracker.spawn(handle(stream, peer, permit).instrument(span));
+                }
             }
             Err(_) => {
                 tracing::debug!(listener = name, %peer, "refused: server busy");

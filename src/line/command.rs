@@ -29,28 +29,34 @@ pub struct Context {
     pub chat: Chat,
     /// The client's address, for the limit on failed logins.
     pub peer: IpAddr,
-    pub user: Option<Username>,
-    /// The live feed of `user`, present while authenticated.
-    pub feed: Option<Subscription>,
+    /// Present once logged in. Boxed: most of an idle connection's memory is this struct.
+    pub session: Option<Box<LoggedIn>>,
     pub auth: ConnAuthState,
     /// Set by QUIT: close after this reply.
     pub quit: bool,
-    /// Cancelled by the hub when the session falls too far behind its live messages; made at
-    /// the first successful AUTH (a session that cannot receive cannot fall behind).
-    pub kick: Option<CancellationToken>,
+}
+
+/// A logged-in connection: who it is, and its live feed.
+pub struct LoggedIn {
+    pub user: Username,
+    pub feed: Subscription,
+    /// Cancelled by the hub when the session falls too far behind its live messages.
+    pub kick: CancellationToken,
 }
 
 impl Context {
     pub fn new(chat: Chat, peer: IpAddr) -> Context {
         Context {
-            kick: None,
             chat,
             peer,
-            user: None,
-            feed: None,
+            session: None,
             auth: ConnAuthState::default(),
             quit: false,
         }
+    }
+
+    pub fn user(&self) -> Option<&Username> {
+        self.session.as_ref().map(|s| &s.user)
     }
 }
 
@@ -146,14 +152,14 @@ async fn auth(cx: &mut Context, user: &str, password: &str) -> ChatResult<Reply>
         .chat
         .authenticate(user, password, cx.peer, Some(&mut cx.auth))
         .await?;
-    if cx.user.as_ref() != Some(&user) {
-        // Leave the old user's presence before joining as the new one.
-        drop(cx.feed.take());
-        let kick = cx.kick.get_or_insert_with(CancellationToken::new).clone();
-        cx.feed = Some(cx.chat.go_online(&user, kick));
-    }
     let reply = Reply::ok(format!("logged in as {user}"));
-    cx.user = Some(user);
+    if cx.user() != Some(&user) {
+        // Leave the old user's presence before joining as the new one.
+        drop(cx.session.take());
+        let kick = CancellationToken::new();
+        let feed = cx.chat.go_online(&user, kick.clone());
+        cx.session = Some(Box::new(LoggedIn { user, feed, kick }));
+    }
     Ok(reply)
 }
 
@@ -183,8 +189,7 @@ async fn who(cx: &mut Context) -> ChatResult<Reply> {
 }
 
 fn logged_in(cx: &Context) -> ChatResult<&Username> {
-    cx.user
-        .as_ref()
+    cx.user()
         .ok_or_else(|| ChatError::new(Code::AuthRequired, "log in first: AUTH <user> <password>"))
 }
 

@@ -12,12 +12,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::codec::Line;
-use super::command::{Command, Context};
+use super::command::{Command, Context, LoggedIn};
 use super::connection::Connection;
 use super::reply::{msg_line, put_line, Reply};
 use crate::chat::Chat;
 use crate::error::{ChatError, Code};
-use crate::hub::Subscription;
 
 /// Pushes written in one go before the session looks at its socket again.
 const PUSH_BATCH: usize = 256;
@@ -65,7 +64,7 @@ pub fn serve(
             Ok(End::Shutdown) => conn.close_with(b"BYE server shutting down\r\n").await,
             Ok(End::Idle) => conn.close_with(b"BYE idle timeout\r\n").await,
             Ok(End::TooSlow) => {
-                tracing::info!(user = ?cx.user, peer = %cx.peer, "disconnected: too slow to read its messages")
+                tracing::info!(user = ?cx.user(), peer = %cx.peer, "disconnected: too slow to read its messages")
             }
             Err(e) => tracing::debug!(error = %e, "connection ended"),
         }
@@ -106,12 +105,12 @@ async fn run(
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => return Ok(End::Shutdown),
-            pushed = next_push(&mut cx.feed) => {
+            pushed = next_push(&mut cx.session) => {
                 // `None`: the hub dropped this session because it fell too far behind.
                 let Some(first) = pushed else { return Ok(End::TooSlow) };
                 put_line(conn.out(), &msg_line(&first));
-                if let Some(feed) = cx.feed.as_mut() {
-                    for message in std::iter::from_fn(|| feed.try_recv()).take(PUSH_BATCH) {
+                if let Some(session) = cx.session.as_mut() {
+                    for message in std::iter::from_fn(|| session.feed.try_recv()).take(PUSH_BATCH) {
                         put_line(conn.out(), &msg_line(&message));
                     }
                 }
@@ -176,15 +175,15 @@ async fn idle_expired(idle: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>)
 
 /// The next live message for this session; `None` if the hub dropped it for falling behind.
 /// Never resolves while the session is not logged in.
-async fn next_push(feed: &mut Option<Subscription>) -> Option<Arc<crate::store::Message>> {
-    match feed.as_mut() {
-        Some(feed) => std::future::poll_fn(|cx| feed.poll_recv(cx)).await,
+async fn next_push(session: &mut Option<Box<LoggedIn>>) -> Option<Arc<crate::store::Message>> {
+    match session.as_mut() {
+        Some(session) => std::future::poll_fn(|cx| session.feed.poll_recv(cx)).await,
         None => std::future::pending().await,
     }
 }
 
 async fn flush(conn: &mut Connection, cx: &Context, shutdown: &CancellationToken) -> io::Result<()> {
-    match conn.flush(shutdown, cx.kick.as_ref()).await {
+    match conn.flush(shutdown, cx.session.as_ref().map(|s| &s.kick)).await {
         // Aborted by shutdown: the main loop says goodbye; by a kick: the session ends.
         Err(e) if e.kind() == io::ErrorKind::ConnectionAborted && shutdown.is_cancelled() => Ok(()),
         other => other,
