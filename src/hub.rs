@@ -1,15 +1,19 @@
 //! Presence and live delivery: which users are online, and a bounded queue per session into
 //! which committed messages are pushed.
 //!
-//! The lock is a plain `std::sync::Mutex` held only for map operations and `try_send`s — never
+//! The locks are plain `std::sync::Mutex`es held only for map and queue operations — never
 //! across an `.await` — so a slow client can never slow a sender: when a session's queue is
 //! full, that session is kicked (it disconnects; its messages stay in its inbox).
+//!
+//! A session's queue is a `VecDeque` behind a mutex with the waker of the session waiting on
+//! it: it allocates only when messages arrive and shrinks back once drained, so a logged-in
+//! connection that receives nothing costs ~100 bytes for it (a tokio channel costs ~800).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 
-use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -30,8 +34,63 @@ struct Shared {
 
 struct Subscriber {
     id: u64,
-    tx: mpsc::Sender<Arc<Message>>,
+    queue: Arc<PushQueue>,
     kick: CancellationToken,
+}
+
+/// One session's bounded queue of live messages.
+struct PushQueue {
+    state: Mutex<QueueState>,
+    capacity: usize,
+}
+
+#[derive(Default)]
+struct QueueState {
+    messages: VecDeque<Arc<Message>>,
+    /// The session waiting for a message, if it is waiting.
+    waker: Option<Waker>,
+    /// The session was dropped for falling behind: it gets no more messages.
+    closed: bool,
+}
+
+enum Pushed {
+    Queued,
+    Full,
+}
+
+impl PushQueue {
+    fn push(&self, message: &Arc<Message>) -> Pushed {
+        let mut state = self.lock();
+        if state.closed || state.messages.len() >= self.capacity {
+            state.closed = true;
+            let waker = state.waker.take();
+            drop(state);
+            if let Some(waker) = waker {
+                waker.wake();
+            }
+            return Pushed::Full;
+        }
+        state.messages.push_back(message.clone());
+        let waker = state.waker.take();
+        drop(state);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        Pushed::Queued
+    }
+
+    fn pop(&self, state: &mut QueueState) -> Option<Arc<Message>> {
+        let message = state.messages.pop_front();
+        if state.messages.is_empty() && state.messages.capacity() > 8 {
+            // Drained after a burst: give the memory back.
+            state.messages = VecDeque::new();
+        }
+        message
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// One session's live feed. Dropping it takes the session offline.
@@ -39,7 +98,7 @@ pub struct Subscription {
     hub: Hub,
     user: Arc<str>,
     id: u64,
-    rx: mpsc::Receiver<Arc<Message>>,
+    queue: Arc<PushQueue>,
     kick: CancellationToken,
 }
 
@@ -48,23 +107,40 @@ impl Subscription {
         &self.user
     }
 
-    /// The next pushed message; `None` once this session was kicked for falling behind.
+    /// The next pushed message; `None` once this session was kicked for falling behind (or
+    /// its kick token was cancelled, e.g. by a shutdown it descends from).
     pub async fn next(&mut self) -> Option<Arc<Message>> {
         tokio::select! {
             biased;
             _ = self.kick.cancelled() => None,
-            message = self.rx.recv() => message,
+            message = std::future::poll_fn(|cx| self.poll_recv(cx)) => message,
         }
     }
 
-    /// Polls for the next pushed message; `None` once the hub dropped this session.
-    pub fn poll_recv(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Arc<Message>>> {
-        self.rx.poll_recv(cx)
+    /// Polls for the next pushed message; `None` once the hub dropped this session for
+    /// falling behind.
+    pub fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Option<Arc<Message>>> {
+        let mut state = self.queue.lock();
+        if state.closed {
+            return Poll::Ready(None);
+        }
+        if let Some(message) = self.queue.pop(&mut state) {
+            return Poll::Ready(Some(message));
+        }
+        match &mut state.waker {
+            Some(waker) if waker.will_wake(cx.waker()) => {}
+            waker => *waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
     }
 
     /// A message that is already queued, without waiting.
-    pub fn try_recv(&mut self) -> Option<Arc<Message>> {
-        self.rx.try_recv().ok()
+    pub fn try_recv(&self) -> Option<Arc<Message>> {
+        let mut state = self.queue.lock();
+        if state.closed {
+            return None;
+        }
+        self.queue.pop(&mut state)
     }
 
     pub fn is_kicked(&self) -> bool {
@@ -86,11 +162,14 @@ impl Hub {
     /// Puts a session of `user` online with a push queue of `capacity` messages. `kick` is
     /// cancelled if the session falls so far behind that its queue overflows.
     pub fn subscribe(&self, user: Arc<str>, capacity: usize, kick: CancellationToken) -> Subscription {
-        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let queue = Arc::new(PushQueue {
+            state: Mutex::new(QueueState::default()),
+            capacity: capacity.max(1),
+        });
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let subscriber = Subscriber {
             id,
-            tx,
+            queue: queue.clone(),
             kick: kick.clone(),
         };
         let mut online = self.lock();
@@ -104,7 +183,7 @@ impl Hub {
             hub: self.clone(),
             user,
             id,
-            rx,
+            queue,
             kick,
         }
     }
@@ -128,17 +207,16 @@ impl Hub {
             return 0;
         };
         let mut queued = 0;
-        list.retain(|s| match s.tx.try_send(message.clone()) {
-            Ok(()) => {
+        list.retain(|s| match s.queue.push(message) {
+            Pushed::Queued => {
                 queued += 1;
                 true
             }
-            Err(TrySendError::Full(_)) => {
+            Pushed::Full => {
                 tracing::warn!(user = %message.recipient, "session too slow to read its messages; disconnecting it");
                 s.kick.cancel();
                 false
             }
-            Err(TrySendError::Closed(_)) => false,
         });
         if list.is_empty() {
             online.remove(&*message.recipient);
