@@ -215,7 +215,7 @@ async fn nothing_listening_is_refused() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
     };
-    let (_, r) = load(&[
+    let (passed, r) = load(&[
         "connections",
         "--addr",
         &addr.to_string(),
@@ -225,6 +225,7 @@ async fn nothing_listening_is_refused() {
         "0",
     ])
     .await;
+    assert!(!passed, "a run that opened nothing fails: {r:#}");
     assert_eq!(u(&r["connect"]["opened"]), 0);
     assert_eq!(u(&r["connect"]["failures"]["refused"]), 5, "{r:#}");
 }

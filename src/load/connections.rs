@@ -140,6 +140,9 @@ pub async fn run(
     }
 
     let mut problems = Vec::new();
+    if connect.opened == 0 && args.conns > 0 {
+        problems.push("no connection could be opened".to_string());
+    }
     if dropped > 0 {
         problems.push(format!(
             "{dropped} connections were closed by the server while held"
