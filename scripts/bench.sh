@@ -14,6 +14,9 @@ cd "$(dirname "$0")/.."
 if [[ -n "${QUICK:-}" ]]; then
     RUNS=${RUNS:-1} DURATION=${DURATION:-2} CONNS=${CONNS:-2000} AUTH_CONNS=${AUTH_CONNS:-100}
 fi
+# chatd's worker threads: one, like Redis, since the generator takes the other core here.
+# CHATD_THREADS=2 scripts/bench.sh measures the default (one per core).
+export CHATD_THREADS=${CHATD_THREADS:-1}
 RUNS=${RUNS:-3}
 DURATION=${DURATION:-10}
 CONNS=${CONNS:-19000}

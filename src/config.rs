@@ -62,6 +62,11 @@ pub struct Config {
     #[arg(long, env = "CHATD_IDLE_TIMEOUT", default_value_t = 0)]
     pub idle_timeout: u64,
 
+    /// Worker threads serving connections (default: one per core). On a machine shared with
+    /// a load generator, fewer threads than cores avoids threads waking each other.
+    #[arg(long, env = "CHATD_THREADS")]
+    pub threads: Option<usize>,
+
     /// Longest accepted line in bytes; longer ones get `ERR LINE_TOO_LONG`.
     #[arg(long, env = "CHATD_MAX_LINE", default_value_t = 4096)]
     pub max_line: usize,
@@ -99,6 +104,7 @@ impl Config {
             node_id: None,
             max_connections: None,
             idle_timeout: 0,
+            threads: None,
             max_line: 4096,
             push_queue: 1024,
             auth_failures_per_conn: 5,
