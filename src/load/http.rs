@@ -12,7 +12,7 @@ use serde::Serialize;
 use super::conn::{open_all, Setup};
 use super::driver::{run_all, HttpReply};
 use super::net;
-use super::report::{Plot, Report};
+use super::report::Report;
 use super::stats::Live;
 use super::Common;
 
@@ -76,26 +76,12 @@ pub async fn run(args: HttpArgs, target: SocketAddr, live: Arc<Live>) -> anyhow:
         live,
     )
     .await;
-    let mut problems = Vec::new();
-    if connect.opened == 0 {
-        problems.push("no connection could be opened".into());
-    }
-    Ok(Report {
-        scenario: "http",
-        target: target.to_string(),
-        params: serde_json::to_value(&args)?,
-        passed: problems.is_empty(),
-        problems,
-        plot: Plot {
-            throughput_label: "responses / s",
-            throughput: series.intervals(),
-            latencies: vec![("response", series.intervals())],
-            distributions: vec![("response", series.distribution())],
-        },
+    Ok(Report::requests(
+        "http",
+        target.to_string(),
+        serde_json::to_value(&args)?,
         connect,
-        run: Some(run),
-        delivery: None,
-        memory: None,
-        held: None,
-    })
+        (run, &series),
+        ("response", "responses / s"),
+    ))
 }

@@ -11,7 +11,7 @@ use serde::Serialize;
 use super::conn::{open_all, Setup};
 use super::driver::{run_all, LineReply};
 use super::net;
-use super::report::{Plot, Report};
+use super::report::Report;
 use super::stats::Live;
 use super::Common;
 
@@ -70,26 +70,12 @@ pub async fn run(args: PingArgs, target: SocketAddr, live: Arc<Live>) -> anyhow:
         live,
     )
     .await;
-    let mut problems = Vec::new();
-    if connect.opened == 0 {
-        problems.push("no connection could be opened".into());
-    }
-    Ok(Report {
-        scenario: "ping",
-        target: target.to_string(),
-        params: serde_json::to_value(&args)?,
-        passed: problems.is_empty(),
-        problems,
-        plot: Plot {
-            throughput_label: "replies / s",
-            throughput: series.intervals(),
-            latencies: vec![("reply", series.intervals())],
-            distributions: vec![("reply", series.distribution())],
-        },
+    Ok(Report::requests(
+        "ping",
+        target.to_string(),
+        serde_json::to_value(&args)?,
         connect,
-        run: Some(run),
-        delivery: None,
-        memory: None,
-        held: None,
-    })
+        (run, &series),
+        ("reply", "replies / s"),
+    ))
 }

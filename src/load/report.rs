@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use super::conn::ConnectReport;
 use super::connections::Memory;
-use super::stats::{IntervalStats, Latency};
+use super::stats::{IntervalStats, Latency, Series};
 
 /// Everything a run found out. Sections a scenario does not have are left out of the JSON.
 #[derive(Debug, Serialize)]
@@ -88,6 +88,43 @@ pub struct Plot {
     /// (quantile, µs) points of each named latency's distribution.
     #[serde(skip)]
     pub distributions: Vec<(&'static str, Vec<(f64, f64)>)>,
+}
+
+impl Report {
+    /// The report of a request/response scenario (`ping`, `http`): throughput and one latency.
+    /// `names` is what one answer is called and its throughput's label, e.g.
+    /// `("reply", "replies / s")`.
+    pub fn requests(
+        scenario: &'static str,
+        target: String,
+        params: serde_json::Value,
+        connect: ConnectReport,
+        (run, series): (RunReport, &Series),
+        (what, throughput_label): (&'static str, &'static str),
+    ) -> Report {
+        let mut problems = Vec::new();
+        if connect.opened == 0 {
+            problems.push("no connection could be opened".into());
+        }
+        Report {
+            scenario,
+            target,
+            params,
+            passed: problems.is_empty(),
+            problems,
+            plot: Plot {
+                throughput_label,
+                throughput: series.intervals(),
+                latencies: vec![(what, series.intervals())],
+                distributions: vec![(what, series.distribution())],
+            },
+            connect,
+            run: Some(run),
+            delivery: None,
+            memory: None,
+            held: None,
+        }
+    }
 }
 
 /// A latency in the unit that reads best.
