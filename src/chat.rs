@@ -186,10 +186,6 @@ impl Chat {
         &self.inner.hub
     }
 
-    pub fn store(&self) -> &Store {
-        &self.inner.store
-    }
-
     pub async fn register(&self, user: &str, password: &str) -> ChatResult<Username> {
         let user = Username::parse(user)?;
         let password = Password::parse(password)?;

@@ -21,20 +21,6 @@ pub enum Code {
 }
 
 impl Code {
-    pub const ALL: [Code; 11] = [
-        Code::UnknownCommand,
-        Code::BadArgs,
-        Code::UserExists,
-        Code::BadCredentials,
-        Code::AuthRequired,
-        Code::NoSuchUser,
-        Code::LineTooLong,
-        Code::BadEncoding,
-        Code::RateLimited,
-        Code::ServerBusy,
-        Code::Internal,
-    ];
-
     pub fn as_str(self) -> &'static str {
         match self {
             Code::UnknownCommand => "UNKNOWN_COMMAND",

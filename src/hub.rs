@@ -103,10 +103,6 @@ pub struct Subscription {
 }
 
 impl Subscription {
-    pub fn user(&self) -> &Arc<str> {
-        &self.user
-    }
-
     /// The next pushed message; `None` once this session was kicked for falling behind (or
     /// its kick token was cancelled, e.g. by a shutdown it descends from).
     pub async fn next(&mut self) -> Option<Arc<Message>> {

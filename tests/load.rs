@@ -2,21 +2,22 @@
 //! on loopback, with small sizes, its `--json` report parsed and checked. No timing
 //! thresholds here: figures belong in BENCHMARKS.md.
 
+mod common;
+
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
-const CHATD: &str = env!("CARGO_BIN_EXE_chatd");
+use common::process::{Process, CHATD};
 
 /// A `chatd serve` process on ephemeral loopback ports with a fresh database; killed on drop.
 struct Served {
     line: SocketAddr,
     http: SocketAddr,
-    child: Child,
+    process: Process,
     _dir: tempfile::TempDir,
 }
 
@@ -24,60 +25,17 @@ impl Served {
     async fn start(extra: &[&str]) -> Served {
         let dir = tempfile::tempdir().unwrap();
         let db = format!("sqlite://{}", dir.path().join("c.db").display());
-        let mut child = Command::new(CHATD)
-            .args([
-                "serve",
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                "0",
-                "--http-port",
-                "0",
-                "--db",
-                &db,
-            ])
-            .args(extra)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("chatd starts");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let (mut line, mut http) = (None, None);
-        let banner = async {
-            while line.is_none() || http.is_none() {
-                let l = lines
-                    .next_line()
-                    .await
-                    .unwrap()
-                    .expect("the banner names both ports");
-                if let Some(port) = l.trim().strip_prefix("telnet 127.0.0.1 ") {
-                    line = Some(format!("127.0.0.1:{port}").parse().unwrap());
-                } else if let Some(rest) = l.trim().strip_prefix("http://127.0.0.1:") {
-                    http = Some(
-                        format!("127.0.0.1:{}", rest.trim_end_matches('/'))
-                            .parse()
-                            .unwrap(),
-                    );
-                }
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(30), banner)
-            .await
-            .expect("the banner in time");
-        // Keep reading, so that the server never writes into a closed pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let process = Process::start_with(&db, extra, None);
         Served {
-            line: line.unwrap(),
-            http: http.unwrap(),
-            child,
+            line: process.addr,
+            http: process.http.expect("HTTP is on"),
+            process,
             _dir: dir,
         }
     }
 
     fn pid(&self) -> u32 {
-        self.child.id().unwrap()
+        self.process.child.id()
     }
 }
 

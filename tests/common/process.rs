@@ -11,6 +11,8 @@ pub const CHATD: &str = env!("CARGO_BIN_EXE_chatd");
 pub struct Process {
     pub child: Child,
     pub addr: SocketAddr,
+    /// The HTTP facade's address, unless it is off.
+    pub http: Option<SocketAddr>,
     pub banner: Vec<String>,
 }
 
@@ -57,18 +59,29 @@ impl Process {
         }
         let mut child = command.spawn().expect("chatd starts");
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut banner = Vec::new();
-        let addr = loop {
+        // The banner: telnet lines, then (with HTTP) http:// lines, then the store line.
+        let (mut banner, mut addr, mut http) = (Vec::new(), None, None);
+        loop {
             let line = lines.next().expect("the banner names the address").unwrap();
             banner.push(line.clone());
-            if let Some(rest) = line.trim().strip_prefix("telnet ") {
+            let line = line.trim();
+            if let Some(rest) = line.strip_prefix("telnet ") {
                 let (ip, port) = rest.split_once(' ').unwrap();
-                break SocketAddr::new(ip.parse().unwrap(), port.parse().unwrap());
+                addr.get_or_insert(SocketAddr::new(ip.parse().unwrap(), port.parse().unwrap()));
+            } else if let Some(rest) = line.strip_prefix("http://") {
+                http.get_or_insert(rest.trim_end_matches('/').parse().unwrap());
+            } else if line.starts_with("Store:") {
+                break;
             }
-        };
-        // Keep reading the banner's remaining lines so the pipe never fills.
+        }
+        // Keep reading, so that the server never writes into a full pipe.
         std::thread::spawn(move || lines.for_each(drop));
-        Process { child, addr, banner }
+        Process {
+            child,
+            addr: addr.expect("a telnet line"),
+            http,
+            banner,
+        }
     }
 
     pub fn signal(&self, signal: libc::c_int) {
