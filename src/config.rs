@@ -75,6 +75,15 @@ pub struct Config {
     #[arg(long, env = "CHATD_PUSH_QUEUE", default_value_t = 1024)]
     pub push_queue: usize,
 
+    /// Bytes of live messages queued for one session before it counts as too slow.
+    #[arg(long, env = "CHATD_PUSH_QUEUE_BYTES", default_value_t = 1024 * 1024)]
+    pub push_queue_bytes: usize,
+
+    /// Live sessions (line connections logged in and `/events` streams) one user may have on
+    /// this node; further ones get `SERVER_BUSY`.
+    #[arg(long, env = "CHATD_MAX_SESSIONS_PER_USER", default_value_t = 64)]
+    pub max_sessions_per_user: usize,
+
     /// Failed AUTHs on one connection before it gets `ERR RATE_LIMITED`.
     #[arg(long, env = "CHATD_AUTH_FAILURES_PER_CONN", default_value_t = 5)]
     pub auth_failures_per_conn: u32,
@@ -107,6 +116,8 @@ impl Config {
             threads: None,
             max_line: 4096,
             push_queue: 1024,
+            push_queue_bytes: 1024 * 1024,
+            max_sessions_per_user: 64,
             auth_failures_per_conn: 5,
             auth_failures_per_addr: 20,
             auth_lockout: 60,

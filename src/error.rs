@@ -3,6 +3,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::sync::Arc;
 
 /// The protocol's error codes, exactly as they appear on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -60,7 +61,9 @@ impl fmt::Display for Code {
     }
 }
 
-/// An error a client sees: a code and a human-readable explanation.
+/// An error a client sees: a code and a human-readable explanation. What the client must not
+/// see (a database's own message) travels in `detail`, for the edge that answers to log.
+/// Building an error never logs: the facades log it once, when they answer with it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{code} {message}")]
 pub struct ChatError {
@@ -68,6 +71,8 @@ pub struct ChatError {
     pub message: Cow<'static, str>,
     /// The server could not reach its store: the request may succeed if retried (HTTP 503).
     pub unavailable: bool,
+    /// What went wrong inside the server, for the log only.
+    pub detail: Option<Arc<str>>,
 }
 
 impl ChatError {
@@ -76,26 +81,20 @@ impl ChatError {
             code,
             message: message.into(),
             unavailable: false,
+            detail: None,
         }
     }
 
-    /// The store could not be reached (down, restarting, connections cut). Clients get
-    /// `INTERNAL` with a message that says so; HTTP answers 503.
-    pub fn unavailable(context: &str, err: impl fmt::Display) -> ChatError {
-        tracing::warn!(error = %err, "{context}: the store is unavailable");
+    /// The store could not be reached (down, restarting, connections cut, no answer in time).
+    /// Clients get `INTERNAL` with a message that says so; HTTP answers 503. Whether the
+    /// command took effect is said by `outcome`, since a write may have committed just before
+    /// the connection to the store was lost.
+    pub fn unavailable(context: &str, outcome: Outcome, detail: impl fmt::Display) -> ChatError {
         ChatError {
             code: Code::Internal,
-            message: format!("the store is unavailable ({context}); nothing was changed, try again").into(),
+            message: format!("the store is unavailable ({context}); {}", outcome.advice()).into(),
             unavailable: true,
-        }
-    }
-
-    /// The HTTP status for this error.
-    pub fn http_status(&self) -> u16 {
-        if self.unavailable {
-            503
-        } else {
-            self.code.http_status()
+            detail: Some(Arc::from(detail.to_string())),
         }
     }
 
@@ -103,11 +102,44 @@ impl ChatError {
         ChatError::new(Code::BadArgs, message)
     }
 
-    /// A failure of the server itself (the store, a task). The detail goes to the log; the
-    /// client is told only that the server failed, so nothing internal leaks.
-    pub fn internal(context: &str, err: impl fmt::Display) -> ChatError {
-        tracing::error!(error = %err, "{context}");
-        ChatError::new(Code::Internal, format!("{context} failed; try again"))
+    /// A failure of the server itself (the store, a task). The client is told only that the
+    /// server failed, so nothing internal leaks; `detail` is for the log.
+    pub fn internal(context: &str, detail: impl fmt::Display) -> ChatError {
+        ChatError {
+            code: Code::Internal,
+            message: format!("{context} failed; try again").into(),
+            unavailable: false,
+            detail: Some(Arc::from(detail.to_string())),
+        }
+    }
+
+    /// Logs a failure of the server (not of the client's request), once, where it is answered.
+    pub fn log(&self) {
+        if let Some(detail) = &self.detail {
+            if self.unavailable {
+                tracing::warn!(error = %detail, "{}", self.message);
+            } else {
+                tracing::error!(error = %detail, "{}", self.message);
+            }
+        }
+    }
+}
+
+/// Whether a command that failed for want of the store took effect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Nothing was changed: the store was not reached, or the change was rolled back.
+    Unchanged,
+    /// The change was sent and the answer lost: it may have been stored.
+    Unknown,
+}
+
+impl Outcome {
+    fn advice(self) -> &'static str {
+        match self {
+            Outcome::Unchanged => "nothing was changed, try again",
+            Outcome::Unknown => "it may or may not have been stored; check before trying again",
+        }
     }
 }
 

@@ -1,21 +1,22 @@
 //! chatd: an async TCP echo and line-protocol chat server.
 //!
 //! [`Server::bind`] opens the listeners and the store; [`Server::run`] serves until the
-//! shutdown token is cancelled. The binary and the tests both go through here.
+//! shutdown token is cancelled. The binary and the tests both go through here, and this is
+//! all they see: the modules behind it are the server's own.
 
-pub mod cache;
-pub mod chat;
-pub mod cluster;
-pub mod config;
-pub mod echo;
-pub mod error;
-pub mod http;
-pub mod hub;
-pub mod line;
-pub mod listener;
+mod cache;
+mod chat;
+mod config;
+mod echo;
+mod error;
+mod http;
+mod hub;
+mod line;
+mod listener;
 pub mod load;
-pub mod net;
-pub mod store;
+mod net;
+mod store;
+mod topology;
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
@@ -25,19 +26,26 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tokio::task::JoinHandle;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::chat::{AuthLimits, Chat, ChatOptions};
 pub use crate::config::Config;
+pub use crate::http::MAX_BODY as MAX_HTTP_BODY;
+use crate::hub::HubLimits;
 use crate::line::session::SessionSettings;
+pub use crate::net::{interfaces, InterfaceAddr};
 use crate::store::{Store, StoreOptions};
 
 /// File descriptors kept back from the connection limit for the store, listeners and logs.
 const RESERVED_FDS: u64 = 64;
-/// How long connections get to finish and say goodbye on shutdown.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// On shutdown, how long connections and requests in flight get to finish and say goodbye:
+/// one deadline for all of them. Whatever is still open then is cut.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
+/// After the connections, the writer commits what is queued: bounded by the store's own
+/// operation timeouts, so this is only a last resort against a hung store.
+const WRITER_GRACE: Duration = Duration::from_secs(15);
 
 /// A bound, ready server.
 pub struct Server {
@@ -49,7 +57,6 @@ pub struct Server {
     echo: Option<TcpListener>,
     store: Store,
     chat: Chat,
-    writer: JoinHandle<()>,
     max_connections: usize,
 }
 
@@ -104,7 +111,7 @@ impl Server {
         let store = Store::open(&config.db, &store_options)
             .await
             .with_context(|| format!("cannot open the store {}", config.db))?;
-        let (chat, writer) = Chat::start(
+        let chat = Chat::start(
             store.clone(),
             ChatOptions {
                 auth: AuthLimits {
@@ -112,7 +119,12 @@ impl Server {
                     failures_per_addr: config.auth_failures_per_addr.max(1),
                     lockout: config.auth_lockout(),
                 },
-                push_queue: config.push_queue,
+                hub: HubLimits {
+                    queue_messages: config.push_queue.max(1),
+                    queue_bytes: config.push_queue_bytes.max(1),
+                    sessions_per_user: config.max_sessions_per_user.max(1),
+                },
+                node_id: node_id.clone(),
             },
         );
         let max_connections = config
@@ -127,7 +139,6 @@ impl Server {
             echo,
             store,
             chat,
-            writer,
             max_connections,
         })
     }
@@ -146,10 +157,6 @@ impl Server {
         self.echo
             .as_ref()
             .map(|l| l.local_addr().expect("a bound listener has an address"))
-    }
-
-    pub fn chat(&self) -> &Chat {
-        &self.chat
     }
 
     /// What a person can type to reach this server, one address per line.
@@ -179,7 +186,9 @@ impl Server {
     }
 
     /// Serves until `shutdown` is cancelled, then stops accepting, lets connections finish
-    /// their commands and say goodbye, and commits every queued message before returning.
+    /// their commands and say goodbye (until one deadline, [`SHUTDOWN_GRACE`] away), and
+    /// commits every queued message before returning. The server's tasks are supervised: if
+    /// one of them fails, the server shuts down the same way and returns its error.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let listeners = serde_json::json!({
             "line": self.line_addr().to_string(),
@@ -194,22 +203,23 @@ impl Server {
             echo,
             store,
             chat,
-            writer,
             max_connections,
             ..
         } = self;
+        // Cancelled by the caller, or by a task that failed.
+        let stop = shutdown.child_token();
         let tracker = TaskTracker::new();
         let limit = Arc::new(Semaphore::new(max_connections));
         let settings = Arc::new(SessionSettings::new(config.max_line, config.idle_timeout()));
-        let mut loops = Vec::new();
+        let mut tasks: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
         {
-            let (chat, shutdown_for_sessions) = (chat.clone(), shutdown.clone());
-            loops.push(tokio::spawn(listener::accept_loop(
+            let (chat, stop_sessions) = (chat.clone(), stop.clone());
+            let accept = listener::accept_loop(
                 "line",
                 line,
                 limit.clone(),
                 Some(b"ERR SERVER_BUSY too many connections; try again later\r\n"),
-                shutdown.clone(),
+                stop.clone(),
                 tracker.clone(),
                 move |stream, peer, permit| {
                     let session = line::session::serve(
@@ -217,32 +227,40 @@ impl Server {
                         peer,
                         chat.clone(),
                         settings.clone(),
-                        shutdown_for_sessions.clone(),
+                        stop_sessions.clone(),
                     );
                     async move {
                         session.await;
                         drop(permit);
                     }
                 },
-            )));
+            );
+            tasks.spawn(async move {
+                accept.await;
+                ("the line listener", Ok(()))
+            });
         }
         if let Some(echo) = echo {
-            let (idle, shutdown_for_echo) = (config.idle_timeout(), shutdown.clone());
-            loops.push(tokio::spawn(listener::accept_loop(
+            let (idle, stop_echo) = (config.idle_timeout(), stop.clone());
+            let accept = listener::accept_loop(
                 "echo",
                 echo,
                 limit.clone(),
                 None,
-                shutdown.clone(),
+                stop.clone(),
                 tracker.clone(),
                 move |stream, _peer, permit| {
-                    let serve = echo::serve(stream, idle, shutdown_for_echo.clone());
+                    let serve = echo::serve(stream, idle, stop_echo.clone());
                     async move {
                         serve.await;
                         drop(permit);
                     }
                 },
-            )));
+            );
+            tasks.spawn(async move {
+                accept.await;
+                ("the echo listener", Ok(()))
+            });
         }
         if let Some(http) = http {
             let state = Arc::new(http::AppState {
@@ -250,50 +268,61 @@ impl Server {
                 node_id: node_id.clone(),
                 started: std::time::Instant::now(),
                 listeners,
-                shutdown: shutdown.clone(),
+                shutdown: stop.clone(),
             });
-            let shutdown = shutdown.clone();
-            loops.push(tokio::spawn(async move {
-                if let Err(e) = http::serve(http, state, shutdown).await {
-                    tracing::error!(error = %e, "the HTTP listener failed");
-                }
-            }));
+            let stop = stop.clone();
+            tasks.spawn(async move {
+                let served = http::serve(http, state, stop).await;
+                ("the HTTP listener", served.map_err(anyhow::Error::from))
+            });
         }
-        // Several nodes on PostgreSQL: relay each other's messages and share presence.
-        let cluster = match store.postgres() {
-            Some(pg) => {
-                tracing::info!(node = %node_id, "joining the other nodes on PostgreSQL");
-                cluster::start(pg.clone(), chat.hub().clone(), shutdown.clone())
+        // Until shutdown, a task that ends is a task that failed.
+        let mut failure = None;
+        tokio::select! {
+            _ = stop.cancelled() => {}
+            Some(ended) = tasks.join_next() => {
+                let error = match ended {
+                    Ok((task, Ok(()))) => anyhow::anyhow!("{task} stopped unexpectedly"),
+                    Ok((task, Err(e))) => e.context(format!("{task} failed")),
+                    Err(e) => anyhow::anyhow!("a server task panicked: {e}"),
+                };
+                tracing::error!(error = %format!("{error:#}"), "shutting down");
+                failure = Some(error);
             }
-            None => Vec::new(),
-        };
-        shutdown.cancelled().await;
+        }
+        stop.cancel();
         tracing::info!("shutting down: no new connections; finishing the open ones");
-        // The accept loops end at once; HTTP waits for its requests in flight.
-        let stopped = futures::future::join_all(loops);
-        if tokio::time::timeout(SHUTDOWN_GRACE, stopped).await.is_err() {
-            tracing::warn!("HTTP requests still open after the grace period");
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+        // The accept loops end at once; HTTP waits for its requests in flight, until the
+        // deadline.
+        let listeners_done = tokio::time::timeout_at(deadline, async {
+            while let Some(ended) = tasks.join_next().await {
+                if let Ok((task, Err(e))) = ended {
+                    tracing::warn!(error = %format!("{e:#}"), "{task} failed while stopping");
+                }
+            }
+        });
+        if listeners_done.await.is_err() {
+            tracing::warn!("HTTP requests still open at the shutdown deadline; cutting them");
+            tasks.abort_all();
         }
         tracker.close();
-        if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout_at(deadline, tracker.wait()).await.is_err() {
             tracing::warn!(
                 left = tracker.len(),
-                "connections still open after the grace period"
+                "connections still open at the shutdown deadline"
             );
         }
-        // The writer ends once every handle is gone and the queued messages are committed.
-        drop(chat);
-        if tokio::time::timeout(SHUTDOWN_GRACE, writer).await.is_err() {
-            tracing::warn!("the message writer did not finish in time");
+        // Every SEND that was accepted is committed (and delivered) before the store closes.
+        if !chat.close(tokio::time::Instant::now() + WRITER_GRACE).await {
+            tracing::error!("queued messages were not all committed before the store closed");
         }
-        // Takes this node out of the cluster's presence.
-        let _ = tokio::time::timeout(SHUTDOWN_GRACE, futures::future::join_all(cluster)).await;
         store.close().await;
         tracing::info!("stopped");
-        Ok(())
+        match failure {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
     }
 }
 

@@ -55,7 +55,7 @@ fn main() -> ExitCode {
 }
 
 fn interfaces() -> anyhow::Result<()> {
-    let list = chatd::net::interfaces()?;
+    let list = chatd::interfaces()?;
     let width = list.iter().map(|i| i.name.len()).max().unwrap_or(0).max(9);
     println!("{:width$}  ADDRESS", "INTERFACE");
     for i in list {

@@ -472,7 +472,7 @@ async fn bad_requests_get_json_errors_and_the_server_keeps_serving(backend: Back
         .header("content-type", "application/json")
         .body(format!(
             "{{\"username\": \"{}\"}}",
-            "x".repeat(chatd::http::MAX_BODY + 1)
+            "x".repeat(chatd::MAX_HTTP_BODY + 1)
         ));
     let (status, reply) = call(huge).await;
     assert_eq!(

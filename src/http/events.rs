@@ -52,7 +52,7 @@ pub async fn events(
         None => payload.count("after")?,
     };
     // Go live before reading the inbox, so nothing committed in between is missed.
-    let live = app.chat.go_online(&user, app.shutdown.child_token());
+    let live = app.chat.go_online(&user, app.shutdown.child_token())?;
     let feed = Feed {
         _open: app.chat.connection_opened(),
         app,

@@ -83,7 +83,13 @@ pub fn success(status: StatusCode, fields: Value) -> Response {
 /// An error: `{"status": "<CODE>", "message": "..."}` with the code's HTTP status.
 impl IntoResponse for ChatError {
     fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        self.log();
+        let code = if self.unavailable {
+            503
+        } else {
+            self.code.http_status()
+        };
+        let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let body = json!({ "status": self.code.as_str(), "message": self.message });
         (status, Json(body)).into_response()
     }

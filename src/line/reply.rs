@@ -25,6 +25,7 @@ impl Reply {
     }
 
     pub fn err(error: ChatError) -> Reply {
+        error.log();
         Reply {
             data: Vec::new(),
             last: Err(error),

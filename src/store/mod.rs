@@ -4,13 +4,13 @@
 //! groups every waiting SEND into one transaction (group commit), so one fsync acknowledges
 //! many messages while each ack still means "committed".
 
+mod error;
 pub mod postgres;
 mod sqlite;
 
 use std::sync::Arc;
 
-use crate::error::{ChatError, ChatResult};
-
+pub use error::{StoreError, StoreErrorKind, StoreResult};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
@@ -76,16 +76,8 @@ impl Store {
         }
     }
 
-    /// The shared PostgreSQL store, when this node is one of several.
-    pub fn postgres(&self) -> Option<&PgStore> {
-        match self {
-            Store::Postgres(pg) => Some(pg),
-            Store::Sqlite(_) => None,
-        }
-    }
-
     /// Creates a user; `USER_EXISTS` if the name is taken.
-    pub async fn create_user(&self, name: &str, password_hash: &str) -> ChatResult<()> {
+    pub async fn create_user(&self, name: &str, password_hash: &str) -> StoreResult<()> {
         match self {
             Store::Sqlite(s) => s.create_user(name, password_hash).await,
             Store::Postgres(s) => s.create_user(name, password_hash).await,
@@ -93,31 +85,37 @@ impl Store {
     }
 
     /// The stored password hash of a user, if the user exists.
-    pub async fn password_hash(&self, name: &str) -> ChatResult<Option<String>> {
+    pub async fn password_hash(&self, name: &str) -> StoreResult<Option<String>> {
         match self {
             Store::Sqlite(s) => s.password_hash(name).await,
             Store::Postgres(s) => s.password_hash(name).await,
         }
     }
 
-    pub async fn user_exists(&self, name: &str) -> ChatResult<bool> {
+    pub async fn user_exists(&self, name: &str) -> StoreResult<bool> {
         match self {
             Store::Sqlite(s) => s.user_exists(name).await,
             Store::Postgres(s) => s.user_exists(name).await,
         }
     }
 
-    /// Stores all of `batch` in one transaction and returns them in the same order with their ids.
-    /// Either all are committed or none is.
-    pub async fn insert_messages(&self, batch: &[NewMessage]) -> ChatResult<Vec<Message>> {
+    /// Stores all of `batch` in one transaction and returns them in the same order with their
+    /// ids. Either all are committed or none is. For each recipient, messages become visible in
+    /// id order, whichever process stores them. `notify` (PostgreSQL only) is sent inside
+    /// the transaction, so it reaches listeners only if, and once, the batch commits.
+    pub async fn insert_messages(
+        &self,
+        batch: &[NewMessage],
+        notify: Option<&Notify<'_>>,
+    ) -> StoreResult<Vec<Message>> {
         match self {
             Store::Sqlite(s) => s.insert_messages(batch).await,
-            Store::Postgres(s) => s.insert_messages(batch).await,
+            Store::Postgres(s) => s.insert_messages(batch, notify).await,
         }
     }
 
     /// Messages to `recipient` with id > `after_id`, oldest first, at most `limit`.
-    pub async fn inbox(&self, recipient: &str, after_id: i64, limit: u32) -> ChatResult<Vec<Message>> {
+    pub async fn inbox(&self, recipient: &str, after_id: i64, limit: u32) -> StoreResult<Vec<Message>> {
         match self {
             Store::Sqlite(s) => s.inbox(recipient, after_id, limit).await,
             Store::Postgres(s) => s.inbox(recipient, after_id, limit).await,
@@ -125,7 +123,7 @@ impl Store {
     }
 
     /// Records a login token by its SHA-256 (hex), valid until `expires_at_us`.
-    pub async fn create_token(&self, token_sha256: &str, user: &str, expires_at_us: i64) -> ChatResult<()> {
+    pub async fn create_token(&self, token_sha256: &str, user: &str, expires_at_us: i64) -> StoreResult<()> {
         match self {
             Store::Sqlite(s) => s.create_token(token_sha256, user, expires_at_us).await,
             Store::Postgres(s) => s.create_token(token_sha256, user, expires_at_us).await,
@@ -133,14 +131,14 @@ impl Store {
     }
 
     /// The user a token was issued to and when it expires, if it exists and has not expired.
-    pub async fn token_user(&self, token_sha256: &str) -> ChatResult<Option<(String, i64)>> {
+    pub async fn token_user(&self, token_sha256: &str) -> StoreResult<Option<(String, i64)>> {
         match self {
             Store::Sqlite(s) => s.token_user(token_sha256).await,
             Store::Postgres(s) => s.token_user(token_sha256).await,
         }
     }
 
-    pub async fn counts(&self) -> ChatResult<Counts> {
+    pub async fn counts(&self) -> StoreResult<Counts> {
         match self {
             Store::Sqlite(s) => s.counts().await,
             Store::Postgres(s) => s.counts().await,
@@ -155,27 +153,12 @@ impl Store {
     }
 }
 
-/// Maps a database error to what the client sees: a lost or refused connection makes the store
-/// unavailable (retry later); anything else is an internal failure.
-pub(crate) fn store_error(context: &str, err: sqlx::Error) -> ChatError {
-    let unreachable = match &err {
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::Protocol(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed => true,
-        // PostgreSQL: connection exceptions (08), a login refused (28), insufficient resources
-        // (53), operator intervention such as an administrator's shutdown or terminate (57),
-        // and a database not accepting connections (55000).
-        sqlx::Error::Database(db) => db.code().is_some_and(|c| {
-            ["08", "28", "53", "57"].iter().any(|class| c.starts_with(class)) || c == "55000"
-        }),
-        _ => false,
-    };
-    if unreachable {
-        ChatError::unavailable(context, err)
-    } else {
-        ChatError::internal(context, err)
-    }
+/// An announcement sent with a batch of messages: `payloads` turns the batch's ids (ascending)
+/// into the NOTIFY payloads for `channel`. Its format belongs to whoever listens.
+pub struct Notify<'a> {
+    pub channel: &'a str,
+    pub payloads: &'a Payloads,
 }
+
+/// Turns a committed batch's ids into announcement payloads.
+pub type Payloads = dyn Fn(&[i64]) -> Vec<String> + Send + Sync;

@@ -14,17 +14,12 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 
-use super::{store_error, Counts, Message, NewMessage};
-use crate::error::{ChatError, ChatResult, Code};
+use super::{Counts, Message, NewMessage, Notify, StoreError, StoreResult};
 
-/// The channel committed message ids are announced on.
-pub const CHANNEL: &str = "chatd_messages";
 /// The longest any one store operation may take before the caller is told the store is unavailable.
-const OP_TIMEOUT: Duration = Duration::from_secs(5);
+pub const OP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Waiting for a pooled connection: short, so an outage is reported quickly.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
-/// Ids per NOTIFY payload: ~20 bytes each stays well under PostgreSQL's 8000-byte limit.
-const IDS_PER_NOTIFY: usize = 300;
 
 type MessageRow = (i64, String, String, String, i64, Option<String>);
 /// A message row with the node that stored it first.
@@ -38,7 +33,10 @@ pub struct PgStore {
 
 impl PgStore {
     pub async fn open(url: &str, pool_size: u32, node_id: &str) -> anyhow::Result<PgStore> {
-        let options = PgConnectOptions::from_str(url)?;
+        // The server cancels a statement that outlives the operation bound, so a stuck one
+        // does not hold its connection (and locks) after the client was answered.
+        let options = PgConnectOptions::from_str(url)?
+            .options([("statement_timeout", format!("{}", OP_TIMEOUT.as_millis()))]);
         let pool = PgPoolOptions::new()
             .max_connections(pool_size.max(2))
             .acquire_timeout(ACQUIRE_TIMEOUT)
@@ -59,27 +57,24 @@ impl PgStore {
         &self.node_id
     }
 
-    pub async fn create_user(&self, name: &str, password_hash: &str) -> ChatResult<()> {
-        let insert =
+    pub async fn create_user(&self, name: &str, password_hash: &str) -> StoreResult<()> {
+        bounded(
+            "registering the user",
+            true,
             sqlx::query("INSERT INTO users (name, password_hash, created_at_us) VALUES ($1, $2, $3)")
                 .bind(name)
                 .bind(password_hash)
                 .bind(chrono::Utc::now().timestamp_micros())
-                .execute(&self.pool);
-        match tokio::time::timeout(OP_TIMEOUT, insert).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(sqlx::Error::Database(e))) if e.is_unique_violation() => Err(ChatError::new(
-                Code::UserExists,
-                format!("{name} is already registered"),
-            )),
-            Ok(Err(e)) => Err(store_error("registering the user", e)),
-            Err(_) => Err(timed_out("registering the user")),
-        }
+                .execute(&self.pool),
+        )
+        .await?;
+        Ok(())
     }
 
-    pub async fn password_hash(&self, name: &str) -> ChatResult<Option<String>> {
+    pub async fn password_hash(&self, name: &str) -> StoreResult<Option<String>> {
         bounded(
             "looking up the user",
+            false,
             sqlx::query_scalar("SELECT password_hash FROM users WHERE name = $1")
                 .bind(name)
                 .fetch_optional(&self.pool),
@@ -87,9 +82,10 @@ impl PgStore {
         .await
     }
 
-    pub async fn user_exists(&self, name: &str) -> ChatResult<bool> {
+    pub async fn user_exists(&self, name: &str) -> StoreResult<bool> {
         let found: Option<i32> = bounded(
             "looking up the user",
+            false,
             sqlx::query_scalar("SELECT 1 FROM users WHERE name = $1")
                 .bind(name)
                 .fetch_optional(&self.pool),
@@ -98,18 +94,47 @@ impl PgStore {
         Ok(found.is_some())
     }
 
-    /// Stores the batch in one transaction that also announces the new ids on [`CHANNEL`];
-    /// PostgreSQL delivers the announcement only if, and once, the transaction commits.
-    pub async fn insert_messages(&self, batch: &[NewMessage]) -> ChatResult<Vec<Message>> {
-        bounded("storing the message", self.insert_messages_unbounded(batch)).await
+    /// Stores the batch in one transaction that also sends `notify`; PostgreSQL delivers the
+    /// notification only if, and once, the transaction commits, and delivers the notifications
+    /// of different transactions in the order they committed.
+    ///
+    /// Several nodes write at once, and ids come from one sequence, so on their own the rows
+    /// of two nodes could commit out of id order: a reader resuming from "the last id I saw"
+    /// would then skip the lower one for good. So each batch first takes a transaction lock
+    /// per recipient (sorted, so two batches cannot deadlock) and only then draws its ids: two
+    /// batches for one recipient commit one after the other, in id order.
+    pub async fn insert_messages(
+        &self,
+        batch: &[NewMessage],
+        notify: Option<&Notify<'_>>,
+    ) -> StoreResult<Vec<Message>> {
+        bounded(
+            "storing the message",
+            true,
+            self.insert_messages_unbounded(batch, notify),
+        )
+        .await
     }
 
-    async fn insert_messages_unbounded(&self, batch: &[NewMessage]) -> sqlx::Result<Vec<Message>> {
+    async fn insert_messages_unbounded(
+        &self,
+        batch: &[NewMessage],
+        notify: Option<&Notify<'_>>,
+    ) -> sqlx::Result<Vec<Message>> {
         let senders: Vec<&str> = batch.iter().map(|m| &*m.sender).collect();
         let recipients: Vec<&str> = batch.iter().map(|m| &*m.recipient).collect();
         let bodies: Vec<&str> = batch.iter().map(|m| m.body.as_str()).collect();
         let stamps: Vec<Option<&str>> = batch.iter().map(|m| m.client_timestamp.as_deref()).collect();
         let mut tx = self.pool.begin().await?;
+        // PostgreSQL evaluates a volatile function of the select list after ORDER BY, so the
+        // locks are taken in key order.
+        sqlx::query(
+            "SELECT pg_advisory_xact_lock(k) FROM \
+             (SELECT DISTINCT hashtextextended(r, 0) AS k FROM UNNEST($1::text[]) AS r) AS keys ORDER BY k",
+        )
+        .bind(&recipients)
+        .execute(&mut *tx)
+        .await?;
         // WITH ORDINALITY ... ORDER BY keeps VALUES order, so ids ascend in batch order.
         let mut rows: Vec<(i64, i64)> = sqlx::query_as(
             "INSERT INTO messages (sender, recipient, body, client_timestamp, node_id) \
@@ -125,18 +150,15 @@ impl PgStore {
         .fetch_all(&mut *tx)
         .await?;
         rows.sort_unstable();
-        for ids in rows.chunks(IDS_PER_NOTIFY) {
-            let mut payload = String::with_capacity(self.node_id.len() + ids.len() * 12);
-            payload.push_str(&self.node_id);
-            for (id, _) in ids {
-                payload.push(' ');
-                payload.push_str(&id.to_string());
+        if let Some(notify) = notify {
+            let ids: Vec<i64> = rows.iter().map(|(id, _)| *id).collect();
+            for payload in (notify.payloads)(&ids) {
+                sqlx::query("SELECT pg_notify($1, $2)")
+                    .bind(notify.channel)
+                    .bind(&payload)
+                    .execute(&mut *tx)
+                    .await?;
             }
-            sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(CHANNEL)
-                .bind(&payload)
-                .execute(&mut *tx)
-                .await?;
         }
         tx.commit().await?;
         Ok(batch
@@ -153,9 +175,10 @@ impl PgStore {
             .collect())
     }
 
-    pub async fn inbox(&self, recipient: &str, after_id: i64, limit: u32) -> ChatResult<Vec<Message>> {
+    pub async fn inbox(&self, recipient: &str, after_id: i64, limit: u32) -> StoreResult<Vec<Message>> {
         let rows: Vec<MessageRow> = bounded(
             "reading the inbox",
+            false,
             sqlx::query_as(
                 "SELECT id, sender, recipient, body, created_at_us, client_timestamp FROM messages \
                  WHERE recipient = $1 AND id > $2 ORDER BY id LIMIT $3",
@@ -169,9 +192,9 @@ impl PgStore {
         Ok(rows.into_iter().map(message).collect())
     }
 
-    pub async fn create_token(&self, token_sha256: &str, user: &str, expires_at_us: i64) -> ChatResult<()> {
+    pub async fn create_token(&self, token_sha256: &str, user: &str, expires_at_us: i64) -> StoreResult<()> {
         let now = chrono::Utc::now().timestamp_micros();
-        bounded("issuing a token", async {
+        bounded("issuing a token", true, async {
             sqlx::query("DELETE FROM tokens WHERE expires_at_us <= $1")
                 .bind(now)
                 .execute(&self.pool)
@@ -190,9 +213,10 @@ impl PgStore {
         Ok(())
     }
 
-    pub async fn token_user(&self, token_sha256: &str) -> ChatResult<Option<(String, i64)>> {
+    pub async fn token_user(&self, token_sha256: &str) -> StoreResult<Option<(String, i64)>> {
         bounded(
             "checking the token",
+            false,
             sqlx::query_as(
                 "SELECT user_name, expires_at_us FROM tokens WHERE token_sha256 = $1 AND expires_at_us > $2",
             )
@@ -203,9 +227,10 @@ impl PgStore {
         .await
     }
 
-    pub async fn counts(&self) -> ChatResult<Counts> {
+    pub async fn counts(&self) -> StoreResult<Counts> {
         let (users, messages): (i64, i64) = bounded(
             "counting",
+            false,
             sqlx::query_as(
                 "SELECT (SELECT COUNT(*) FROM users), (SELECT COALESCE(MAX(id), 0) FROM messages)",
             )
@@ -222,9 +247,10 @@ impl PgStore {
     // --- what the nodes share ------------------------------------------------------------
 
     /// Messages by id, in id order, with the node that stored each.
-    pub async fn messages_by_id(&self, ids: &[i64]) -> ChatResult<Vec<Message>> {
+    pub async fn messages_by_id(&self, ids: &[i64]) -> StoreResult<Vec<Message>> {
         let rows: Vec<MessageRow> = bounded(
             "reading announced messages",
+            false,
             sqlx::query_as(
                 "SELECT id, sender, recipient, body, created_at_us, client_timestamp FROM messages \
                  WHERE id = ANY($1) ORDER BY id",
@@ -236,7 +262,7 @@ impl PgStore {
         Ok(rows.into_iter().map(message).collect())
     }
 
-    /// Messages stored by other nodes that this node has not seen: for each node in `seen`,
+    /// Messages stored by any node (this one too) that this node has not seen: for each node in `seen`,
     /// those above its last seen id; for any other node, those above `baseline`. Oldest first,
     /// at most `limit`. One node's messages commit in id order (one writer per node), so this
     /// is exactly what a lost LISTEN connection missed.
@@ -245,11 +271,12 @@ impl PgStore {
         seen: &[(String, i64)],
         baseline: i64,
         limit: i64,
-    ) -> ChatResult<Vec<(String, Message)>> {
+    ) -> StoreResult<Vec<(String, Message)>> {
         let nodes: Vec<&str> = seen.iter().map(|(n, _)| n.as_str()).collect();
         let ids: Vec<i64> = seen.iter().map(|(_, id)| *id).collect();
         let rows: Vec<NodeMessageRow> = bounded(
             "catching up on messages",
+            false,
             sqlx::query_as(
                 "SELECT m.node_id, m.id, m.sender, m.recipient, m.body, m.created_at_us, m.client_timestamp \
                  FROM (SELECT node_id FROM nodes UNION SELECT UNNEST($1::text[])) AS n(node) \
@@ -257,14 +284,12 @@ impl PgStore {
                  CROSS JOIN LATERAL ( \
                      SELECT * FROM messages WHERE node_id = n.node AND id > COALESCE(s.seen, $3) \
                      ORDER BY id LIMIT $4) AS m \
-                 WHERE n.node <> $5 \
                  ORDER BY m.id LIMIT $4",
             )
             .bind(&nodes)
             .bind(&ids)
             .bind(baseline)
             .bind(limit)
-            .bind(&*self.node_id)
             .fetch_all(&self.pool),
         )
         .await?;
@@ -274,9 +299,10 @@ impl PgStore {
             .collect())
     }
 
-    pub async fn max_message_id(&self) -> ChatResult<i64> {
+    pub async fn max_message_id(&self) -> StoreResult<i64> {
         bounded(
             "reading the newest message id",
+            false,
             sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM messages").fetch_one(&self.pool),
         )
         .await
@@ -284,8 +310,8 @@ impl PgStore {
 
     /// Announces this node (alive now) and forgets what it had said about its users before,
     /// e.g. before it crashed and restarted.
-    pub async fn join_cluster(&self) -> ChatResult<()> {
-        bounded("joining the cluster", async {
+    pub async fn join_cluster(&self) -> StoreResult<()> {
+        bounded("joining the cluster", true, async {
             let mut tx = self.pool.begin().await?;
             sqlx::query(
                 "INSERT INTO nodes (node_id, heartbeat_us, started_us) VALUES ($1, db_now_us(), db_now_us()) \
@@ -304,8 +330,8 @@ impl PgStore {
     }
 
     /// Records this node's heartbeat and the changes to who is online on it.
-    pub async fn sync_presence(&self, online: &[String], offline: &[String]) -> ChatResult<()> {
-        bounded("updating presence", async {
+    pub async fn sync_presence(&self, online: &[String], offline: &[String]) -> StoreResult<()> {
+        bounded("updating presence", true, async {
             let mut tx = self.pool.begin().await?;
             sqlx::query(
                 "INSERT INTO nodes (node_id, heartbeat_us, started_us) VALUES ($1, db_now_us(), db_now_us()) \
@@ -337,9 +363,10 @@ impl PgStore {
     }
 
     /// Users online on other nodes whose heartbeat is newer than `ttl`.
-    pub async fn online_elsewhere(&self, ttl: Duration) -> ChatResult<Vec<String>> {
+    pub async fn online_elsewhere(&self, ttl: Duration) -> StoreResult<Vec<String>> {
         bounded(
             "reading who is online",
+            false,
             sqlx::query_scalar(
                 "SELECT DISTINCT p.user_name FROM presence p JOIN nodes n ON n.node_id = p.node_id \
                  WHERE n.node_id <> $1 AND n.heartbeat_us > db_now_us() - $2",
@@ -352,9 +379,10 @@ impl PgStore {
     }
 
     /// Removes this node and its presence (on a clean shutdown), and nodes long dead.
-    pub async fn leave_cluster(&self, forget_after: Duration) -> ChatResult<()> {
+    pub async fn leave_cluster(&self, forget_after: Duration) -> StoreResult<()> {
         bounded(
             "leaving the cluster",
+            true,
             sqlx::query("DELETE FROM nodes WHERE node_id = $1 OR heartbeat_us < db_now_us() - $2")
                 .bind(&*self.node_id)
                 .bind(forget_after.as_micros() as i64)
@@ -377,14 +405,14 @@ fn message((id, sender, recipient, body, created_at_us, client_timestamp): Messa
 }
 
 /// Runs a store operation with the [`OP_TIMEOUT`] bound.
-async fn bounded<T>(context: &str, op: impl Future<Output = sqlx::Result<T>>) -> ChatResult<T> {
+async fn bounded<T>(
+    context: &'static str,
+    write: bool,
+    op: impl Future<Output = sqlx::Result<T>>,
+) -> StoreResult<T> {
     match tokio::time::timeout(OP_TIMEOUT, op).await {
         Ok(Ok(value)) => Ok(value),
-        Ok(Err(e)) => Err(store_error(context, e)),
-        Err(_) => Err(timed_out(context)),
+        Ok(Err(e)) => Err(StoreError::from_sqlx(context, write, e)),
+        Err(_) => Err(StoreError::timed_out(context, write, OP_TIMEOUT)),
     }
-}
-
-fn timed_out(context: &str) -> ChatError {
-    ChatError::unavailable(context, format!("no answer within {OP_TIMEOUT:?}"))
 }

@@ -8,8 +8,7 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::SqlitePool;
 
-use super::{store_error, Counts, Message, NewMessage};
-use crate::error::{ChatError, ChatResult, Code};
+use super::{Counts, Message, NewMessage, StoreError, StoreResult};
 
 type MessageRow = (i64, String, String, String, i64, Option<String>);
 
@@ -54,41 +53,36 @@ impl SqliteStore {
         Ok(SqliteStore { writer, readers })
     }
 
-    pub async fn create_user(&self, name: &str, password_hash: &str) -> ChatResult<()> {
+    pub async fn create_user(&self, name: &str, password_hash: &str) -> StoreResult<()> {
         let result = sqlx::query("INSERT INTO users (name, password_hash, created_at_us) VALUES (?, ?, ?)")
             .bind(name)
             .bind(password_hash)
             .bind(chrono::Utc::now().timestamp_micros())
             .execute(&self.writer)
             .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(ChatError::new(
-                Code::UserExists,
-                format!("{name} is already registered"),
-            )),
-            Err(e) => Err(store_error("registering the user", e)),
-        }
+        result
+            .map(|_| ())
+            .map_err(|e| StoreError::from_sqlx("registering the user", true, e))
     }
 
-    pub async fn password_hash(&self, name: &str) -> ChatResult<Option<String>> {
+    pub async fn password_hash(&self, name: &str) -> StoreResult<Option<String>> {
         sqlx::query_scalar("SELECT password_hash FROM users WHERE name = ?")
             .bind(name)
             .fetch_optional(&self.readers)
             .await
-            .map_err(|e| store_error("looking up the user", e))
+            .map_err(|e| StoreError::from_sqlx("looking up the user", false, e))
     }
 
-    pub async fn user_exists(&self, name: &str) -> ChatResult<bool> {
+    pub async fn user_exists(&self, name: &str) -> StoreResult<bool> {
         let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM users WHERE name = ?")
             .bind(name)
             .fetch_optional(&self.readers)
             .await
-            .map_err(|e| store_error("looking up the user", e))?;
+            .map_err(|e| StoreError::from_sqlx("looking up the user", false, e))?;
         Ok(found.is_some())
     }
 
-    pub async fn insert_messages(&self, batch: &[NewMessage]) -> ChatResult<Vec<Message>> {
+    pub async fn insert_messages(&self, batch: &[NewMessage]) -> StoreResult<Vec<Message>> {
         let now = chrono::Utc::now().timestamp_micros();
         // The whole batch is one bound JSON array and one statement: prepared once and cached
         // whatever the batch size, no limit on bound variables, and, being one statement, its
@@ -115,7 +109,7 @@ impl SqliteStore {
         .bind(&rows)
         .fetch_all(&self.writer)
         .await
-        .map_err(|e| store_error("storing the message", e))?;
+        .map_err(|e| StoreError::from_sqlx("storing the message", true, e))?;
         // Rows get increasing ids in `key` order; RETURNING's order is unspecified, so sort to
         // pair them up again.
         ids.sort_unstable();
@@ -133,7 +127,7 @@ impl SqliteStore {
             .collect())
     }
 
-    pub async fn inbox(&self, recipient: &str, after_id: i64, limit: u32) -> ChatResult<Vec<Message>> {
+    pub async fn inbox(&self, recipient: &str, after_id: i64, limit: u32) -> StoreResult<Vec<Message>> {
         let rows: Vec<MessageRow> = sqlx::query_as(
             "SELECT id, sender, recipient, body, created_at_us, client_timestamp FROM messages \
              WHERE recipient = ? AND id > ? ORDER BY id LIMIT ?",
@@ -143,7 +137,7 @@ impl SqliteStore {
         .bind(limit)
         .fetch_all(&self.readers)
         .await
-        .map_err(|e| store_error("reading the inbox", e))?;
+        .map_err(|e| StoreError::from_sqlx("reading the inbox", false, e))?;
         let recipient: Arc<str> = Arc::from(recipient);
         Ok(rows
             .into_iter()
@@ -159,13 +153,13 @@ impl SqliteStore {
     }
 
     /// Records a token (by its hash) for `user`, and forgets expired ones.
-    pub async fn create_token(&self, token_sha256: &str, user: &str, expires_at_us: i64) -> ChatResult<()> {
+    pub async fn create_token(&self, token_sha256: &str, user: &str, expires_at_us: i64) -> StoreResult<()> {
         let now = chrono::Utc::now().timestamp_micros();
         sqlx::query("DELETE FROM tokens WHERE expires_at_us <= ?")
             .bind(now)
             .execute(&self.writer)
             .await
-            .map_err(|e| store_error("issuing a token", e))?;
+            .map_err(|e| StoreError::from_sqlx("issuing a token", true, e))?;
         sqlx::query(
             "INSERT INTO tokens (token_sha256, user_name, created_at_us, expires_at_us) VALUES (?, ?, ?, ?)",
         )
@@ -175,12 +169,12 @@ impl SqliteStore {
         .bind(expires_at_us)
         .execute(&self.writer)
         .await
-        .map_err(|e| store_error("issuing a token", e))?;
+        .map_err(|e| StoreError::from_sqlx("issuing a token", true, e))?;
         Ok(())
     }
 
     /// The user and expiry of an unexpired token.
-    pub async fn token_user(&self, token_sha256: &str) -> ChatResult<Option<(String, i64)>> {
+    pub async fn token_user(&self, token_sha256: &str) -> StoreResult<Option<(String, i64)>> {
         sqlx::query_as(
             "SELECT user_name, expires_at_us FROM tokens WHERE token_sha256 = ? AND expires_at_us > ?",
         )
@@ -188,16 +182,16 @@ impl SqliteStore {
         .bind(chrono::Utc::now().timestamp_micros())
         .fetch_optional(&self.readers)
         .await
-        .map_err(|e| store_error("checking the token", e))
+        .map_err(|e| StoreError::from_sqlx("checking the token", false, e))
     }
 
-    pub async fn counts(&self) -> ChatResult<Counts> {
+    pub async fn counts(&self) -> StoreResult<Counts> {
         let (users, messages): (i64, i64) = sqlx::query_as(
             "SELECT (SELECT COUNT(*) FROM users), (SELECT COALESCE(MAX(id), 0) FROM messages)",
         )
         .fetch_one(&self.readers)
         .await
-        .map_err(|e| store_error("counting", e))?;
+        .map_err(|e| StoreError::from_sqlx("counting", false, e))?;
         Ok(Counts { users, messages })
     }
 

@@ -1,0 +1,250 @@
+//! The chat domain: register, authenticate, send, inbox, who. Both facades (the line protocol
+//! and HTTP) call this one place. [`Chat`] is a thin facade over parts with one job each:
+//!
+//! - [`names`]: what a valid name, password and message text are;
+//! - [`auth`]: password hashing and the limits on failed logins;
+//! - [`tokens`]: the bearer tokens of the HTTP facade;
+//! - [`users`]: which users exist;
+//! - [`writer`]: the group-commit writer that stores SENDs;
+//! - the [`Topology`]: delivery after a commit, the inbox cache and presence.
+
+mod auth;
+mod names;
+mod tokens;
+mod users;
+mod writer;
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{ChatError, ChatResult, Code};
+use crate::hub::{Hub, HubLimits, Subscription};
+use crate::store::{Counts, Message, NewMessage, Store, StoreErrorKind};
+use crate::topology::Topology;
+use auth::Auth;
+pub use auth::{AuthLimits, ConnAuthState};
+pub use names::{check_client_timestamp, Password, Username};
+use tokens::Tokens;
+use users::{no_such_user, Users};
+use writer::Writer;
+
+/// Most messages one INBOX reply carries.
+pub const INBOX_PAGE: u32 = 100;
+/// Every command that waits on the store is answered within this long of its start.
+pub const COMMAND_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Settings of the domain layer.
+#[derive(Debug, Clone)]
+pub struct ChatOptions {
+    pub auth: AuthLimits,
+    pub hub: HubLimits,
+    /// This node's name (in a cluster, what its announcements carry).
+    pub node_id: String,
+}
+
+/// The cheap, cloneable handle every connection holds.
+#[derive(Clone)]
+pub struct Chat {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    topology: Arc<Topology>,
+    writer: Writer,
+    auth: Auth,
+    tokens: Tokens,
+    users: Users,
+    connections: AtomicUsize,
+}
+
+/// Counts a connection as open for as long as it lives.
+pub struct ConnectionGuard(Chat);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.inner.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Chat {
+    /// Builds the domain over `store`: the topology's tasks and the group-commit writer start
+    /// here and run until [`Chat::close`].
+    pub fn start(store: Store, options: ChatOptions) -> Chat {
+        let topology = Topology::start(&store, &options.node_id, Hub::new(options.hub));
+        let writer = Writer::start(store.clone(), topology.clone());
+        Chat {
+            inner: Arc::new(Inner {
+                store,
+                topology,
+                writer,
+                auth: Auth::new(options.auth),
+                tokens: Tokens::default(),
+                users: Users::default(),
+                connections: AtomicUsize::new(0),
+            }),
+        }
+    }
+
+    /// Stops taking SENDs, commits and delivers the queued ones, and stops the topology's
+    /// tasks, by `deadline`. Returns false if something did not finish in time.
+    pub async fn close(&self, deadline: tokio::time::Instant) -> bool {
+        let written = self.inner.writer.close(deadline).await;
+        if !written {
+            tracing::warn!("the message writer did not finish in time");
+        }
+        let stopped = self.inner.topology.close(deadline).await;
+        written && stopped
+    }
+
+    pub async fn register(&self, user: &str, password: &str) -> ChatResult<Username> {
+        let user = Username::parse(user)?;
+        let password = Password::parse(password)?;
+        let hash = self.inner.auth.hash_password(&password).await?;
+        match self.inner.store.create_user(user.as_str(), &hash).await {
+            Ok(()) => {}
+            Err(e) if e.kind == StoreErrorKind::Duplicate => {
+                return Err(ChatError::new(
+                    Code::UserExists,
+                    format!("{user} is already registered"),
+                ))
+            }
+            Err(e) => return Err(e.into()),
+        }
+        self.inner.users.remember(user.as_arc());
+        tracing::debug!(%user, "registered");
+        Ok(user)
+    }
+
+    /// Checks credentials, honouring the per-address limit and the caller's per-connection
+    /// state (`None` for facades without connections).
+    pub async fn authenticate(
+        &self,
+        user: &str,
+        password: &str,
+        peer: IpAddr,
+        mut conn: Option<&mut ConnAuthState>,
+    ) -> ChatResult<Username> {
+        let auth = &self.inner.auth;
+        auth.check(peer, conn.as_deref_mut(), Instant::now())?;
+        let name = Username::parse(user);
+        let verified = match (&name, Password::parse(password)) {
+            (Ok(name), Ok(password)) => {
+                let stored = self.inner.store.password_hash(name.as_str()).await?;
+                auth.verify(&password, stored).await?
+            }
+            _ => false,
+        };
+        match name {
+            Ok(name) if verified => {
+                auth.succeeded(conn);
+                self.inner.users.remember(name.as_arc());
+                Ok(name)
+            }
+            _ => {
+                auth.failed(peer, conn, Instant::now());
+                Err(auth::bad_credentials())
+            }
+        }
+    }
+
+    /// Stores a message and returns it once it is committed; the topology then pushes it to
+    /// the recipient's live sessions. Answered within [`COMMAND_DEADLINE`].
+    pub async fn send(
+        &self,
+        from: &Username,
+        to: &str,
+        body: &str,
+        client_timestamp: Option<String>,
+    ) -> ChatResult<Arc<Message>> {
+        let deadline = tokio::time::Instant::now() + COMMAND_DEADLINE;
+        let to = Username::parse(to).map_err(|_| no_such_user(to))?;
+        names::check_message_text(body)?;
+        if let Some(stamp) = &client_timestamp {
+            check_client_timestamp(stamp)?;
+        }
+        let recipient = tokio::time::timeout_at(
+            deadline,
+            self.inner.users.existing(&self.inner.store, to.as_str()),
+        )
+        .await
+        .map_err(|_| timed_out("looking up the recipient"))??;
+        let message = NewMessage {
+            sender: from.as_arc().clone(),
+            recipient,
+            body: body.to_owned(),
+            client_timestamp,
+        };
+        self.inner.writer.submit(message, deadline).await
+    }
+
+    /// Messages to `user` with id > `after_id`, oldest first, at most `limit` (capped at 1000).
+    pub async fn inbox(&self, user: &Username, after_id: i64, limit: u32) -> ChatResult<Vec<Arc<Message>>> {
+        let (after, limit) = (after_id.max(0), limit.clamp(1, 1000));
+        self.inner
+            .topology
+            .inbox(&self.inner.store, user.as_arc(), after, limit)
+            .await
+    }
+
+    /// Users with at least one live session on any node, sorted.
+    pub async fn who(&self) -> ChatResult<Vec<Arc<str>>> {
+        self.inner.topology.who().await
+    }
+
+    /// Puts an authenticated session online and returns its live feed; `kick` is cancelled
+    /// if the session falls too far behind. `SERVER_BUSY` when the user already has as many
+    /// live sessions as allowed.
+    pub fn go_online(&self, user: &Username, kick: CancellationToken) -> ChatResult<Subscription> {
+        self.inner
+            .topology
+            .hub()
+            .subscribe(user.as_arc().clone(), kick)
+            .map_err(|too_many| {
+                ChatError::new(
+                    Code::ServerBusy,
+                    format!(
+                        "{user} already has {} live sessions, the most allowed; close one first",
+                        too_many.0
+                    ),
+                )
+            })
+    }
+
+    pub async fn counts(&self) -> ChatResult<Counts> {
+        Ok(self.inner.store.counts().await?)
+    }
+
+    /// Marks a connection open until the guard is dropped.
+    pub fn connection_opened(&self) -> ConnectionGuard {
+        self.inner.connections.fetch_add(1, Ordering::Relaxed);
+        ConnectionGuard(self.clone())
+    }
+
+    /// Connections open now (line protocol and live event streams).
+    pub fn connections(&self) -> usize {
+        self.inner.connections.load(Ordering::Relaxed)
+    }
+
+    /// Issues a bearer token for an authenticated user; returns it and its lifetime.
+    pub async fn issue_token(&self, user: &Username) -> ChatResult<(String, Duration)> {
+        self.inner.tokens.issue(&self.inner.store, user).await
+    }
+
+    /// The user a bearer token belongs to; `BAD_CREDENTIALS` if it is unknown or expired.
+    pub async fn token_user(&self, token: &str) -> ChatResult<Username> {
+        self.inner.tokens.user(&self.inner.store, token).await
+    }
+}
+
+fn timed_out(context: &str) -> ChatError {
+    ChatError::unavailable(
+        context,
+        crate::error::Outcome::Unchanged,
+        format!("no answer within {COMMAND_DEADLINE:?}"),
+    )
+}

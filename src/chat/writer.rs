@@ -1,0 +1,188 @@
+//! The group-commit writer: one task takes every SEND waiting, commits them in one
+//! transaction, hands them to the topology for delivery, then acknowledges each.
+//!
+//! - **A bad message fails alone.** Text is checked before it is queued, but if a batch is
+//!   still refused for its content, it is split in halves and each is tried again, until the
+//!   one message at fault gets the error and every other one is stored.
+//! - **One deadline per SEND.** A SEND is answered by its deadline, whatever the queue ahead of
+//!   it does. One that is still queued then is withdrawn (never stored, "nothing was changed");
+//!   one already in a transaction may have been stored, and is told so.
+//! - **A store known to be down fails the queue at once**: when a batch fails because the store
+//!   is unavailable, every SEND waiting behind it gets the same answer straight away instead of
+//!   waiting for its own timeout.
+//! - **Closed explicitly.** [`Writer::close`] stops new SENDs, commits what is queued and waits
+//!   for the task, so no acknowledged message depends on when the last handle is dropped.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::error::{ChatError, ChatResult, Code, Outcome};
+use crate::store::{Message, NewMessage, Store, StoreError};
+use crate::topology::Topology;
+
+/// Most SENDs committed in one transaction.
+const MAX_BATCH: usize = 4096;
+/// SENDs waiting for the writer before senders wait for room.
+const QUEUE: usize = 16 * 1024;
+
+const QUEUED: u8 = 0;
+const TAKEN: u8 = 1;
+const WITHDRAWN: u8 = 2;
+
+struct Pending {
+    message: NewMessage,
+    reply: oneshot::Sender<ChatResult<Arc<Message>>>,
+    /// QUEUED until the writer takes it into a batch or the sender withdraws it.
+    state: Arc<AtomicU8>,
+}
+
+pub(crate) struct Writer {
+    queue: Mutex<Option<mpsc::Sender<Pending>>>,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Writer {
+    pub fn start(store: Store, topology: Arc<Topology>) -> Writer {
+        let (queue, rx) = mpsc::channel(QUEUE);
+        Writer {
+            queue: Mutex::new(Some(queue)),
+            task: Mutex::new(Some(tokio::spawn(run(store, topology, rx)))),
+        }
+    }
+
+    /// Stores `message` and returns it as committed, or an error by `deadline`.
+    pub async fn submit(&self, message: NewMessage, deadline: Instant) -> ChatResult<Arc<Message>> {
+        let queue = self
+            .queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or_else(shutting_down)?;
+        let state = Arc::new(AtomicU8::new(QUEUED));
+        let (reply, ack) = oneshot::channel();
+        let pending = Pending {
+            message,
+            reply,
+            state: state.clone(),
+        };
+        match tokio::time::timeout_at(deadline, queue.send(pending)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(shutting_down()),
+            Err(_) => return Err(no_answer(Outcome::Unchanged)),
+        }
+        drop(queue);
+        match tokio::time::timeout_at(deadline, ack).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(shutting_down()),
+            Err(_) => {
+                let withdrawn = state
+                    .compare_exchange(QUEUED, WITHDRAWN, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok();
+                Err(no_answer(if withdrawn {
+                    Outcome::Unchanged
+                } else {
+                    Outcome::Unknown
+                }))
+            }
+        }
+    }
+
+    /// Refuses new SENDs, commits the queued ones and waits (at most until `deadline`) for the
+    /// writer to finish. Returns false if it did not finish in time.
+    pub async fn close(&self, deadline: Instant) -> bool {
+        drop(self.queue.lock().unwrap_or_else(|e| e.into_inner()).take());
+        let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).take();
+        match task {
+            Some(task) => tokio::time::timeout_at(deadline, task).await.is_ok(),
+            None => true,
+        }
+    }
+}
+
+fn shutting_down() -> ChatError {
+    ChatError::new(
+        Code::Internal,
+        "the server is shutting down; the message was not stored",
+    )
+}
+
+fn no_answer(outcome: Outcome) -> ChatError {
+    ChatError::unavailable(
+        "storing the message",
+        outcome,
+        format!("no commit within {:?}", crate::chat::COMMAND_DEADLINE),
+    )
+}
+
+async fn run(store: Store, topology: Arc<Topology>, mut queue: mpsc::Receiver<Pending>) {
+    let mut pending = Vec::with_capacity(64);
+    while queue.recv_many(&mut pending, MAX_BATCH).await > 0 {
+        // A SEND whose sender gave up waiting is not stored: it was told nothing changed.
+        pending.retain(|p| {
+            p.state
+                .compare_exchange(QUEUED, TAKEN, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        });
+        if pending.is_empty() {
+            continue;
+        }
+        let batch = std::mem::take(&mut pending);
+        if let Err(down) = commit(&store, &topology, batch).await {
+            // The store is unavailable: everything queued behind this batch would wait for the
+            // same outage. Answer it now; nothing of it was sent to the store.
+            let error = ChatError::from(StoreError {
+                kind: crate::store::StoreErrorKind::Unavailable(Outcome::Unchanged),
+                ..down
+            });
+            while let Ok(p) = queue.try_recv() {
+                let _ = p.reply.send(Err(error.clone()));
+            }
+        }
+    }
+}
+
+/// Commits `batch`, splitting it when the store refuses its content so that only the message
+/// at fault fails. Returns the error if the store was unavailable (the batch has its answer).
+async fn commit(store: &Store, topology: &Topology, batch: Vec<Pending>) -> Result<(), StoreError> {
+    let mut work = vec![batch];
+    while let Some(batch) = work.pop() {
+        let messages: Vec<NewMessage> = batch.iter().map(|p| p.message.clone()).collect();
+        let started = std::time::Instant::now();
+        let stored = store.insert_messages(&messages, topology.notify().as_ref()).await;
+        tracing::debug!(messages = batch.len(), took = ?started.elapsed(), "committed a batch");
+        match stored {
+            Ok(stored) => {
+                let stored: Vec<Arc<Message>> = stored.into_iter().map(Arc::new).collect();
+                topology.committed(&stored).await;
+                for (message, pending) in stored.into_iter().zip(batch) {
+                    let _ = pending.reply.send(Ok(message));
+                }
+            }
+            Err(e) if e.is_unavailable() => {
+                let error = ChatError::from(e.clone());
+                for pending in batch.into_iter().chain(work.into_iter().flatten()) {
+                    let _ = pending.reply.send(Err(error.clone()));
+                }
+                return Err(e);
+            }
+            Err(e) if batch.len() > 1 => {
+                tracing::warn!(error = %e, messages = batch.len(), "a batch was refused; retrying it in halves");
+                let mut first = batch;
+                let second = first.split_off(first.len() / 2);
+                // A stack: the first half is committed first, so ids keep submission order.
+                work.push(second);
+                work.push(first);
+            }
+            Err(e) => {
+                for pending in batch {
+                    let _ = pending.reply.send(Err(ChatError::from(e.clone())));
+                }
+            }
+        }
+    }
+    Ok(())
+}

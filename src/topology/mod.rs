@@ -1,0 +1,239 @@
+//! Alone or in a cluster: the one place that knows whether this node is the only one on its
+//! store, and so owns what depends on it:
+//!
+//! - **delivery after a commit**, through one path per mode. Alone (SQLite), the writer is the
+//!   only one committing, so a batch is delivered straight from it, in commit order. In a
+//!   cluster (PostgreSQL), every node — this one too — delivers from the store's announcement
+//!   stream, which PostgreSQL hands out in commit order; together with the store's
+//!   per-recipient commit order (see `PgStore::insert_messages`) each session receives its
+//!   messages in increasing id order, whichever nodes stored them;
+//! - **the inbox cache**, kept only alone, where it learns of every commit before the SEND is
+//!   acknowledged and so is exact by construction;
+//! - **presence**: who is online here, and, in a cluster, on the other nodes;
+//! - **the announcement format** ([`announcement`]).
+//!
+//! Delivery runs off the commit path: the writer hands a batch over and goes on; a task of
+//! the topology pushes it into the sessions' queues.
+
+mod announcement;
+mod presence;
+mod relay;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::cache::InboxCache;
+use crate::error::ChatResult;
+use crate::hub::Hub;
+use crate::store::{Message, Notify, Payloads, PgStore, Store};
+use announcement::{Announcement, CHANNEL};
+
+/// Batches handed from the writer to the delivery task before the writer waits.
+const DELIVERY_QUEUE: usize = 256;
+/// This node's own committed messages kept for its relay, which would otherwise read them back.
+const OWN_KEPT: usize = 16 * 1024;
+
+pub(crate) use presence::PRESENCE_TTL;
+
+pub(crate) struct Topology {
+    hub: Hub,
+    mode: Mode,
+    stop: CancellationToken,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+enum Mode {
+    Alone {
+        cache: InboxCache,
+        deliveries: mpsc::Sender<Vec<Arc<Message>>>,
+    },
+    Cluster {
+        store: PgStore,
+        own: Arc<OwnMessages>,
+        encode: Box<Payloads>,
+    },
+}
+
+/// What this node committed, waiting for its own announcement to come back.
+#[derive(Default)]
+pub(crate) struct OwnMessages(Mutex<HashMap<i64, Arc<Message>>>);
+
+impl OwnMessages {
+    fn keep(&self, messages: &[Arc<Message>]) {
+        let mut own = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if own.len() + messages.len() > OWN_KEPT {
+            // The announcements are not coming back (the LISTEN connection is down): the
+            // relay reads these from the store when it catches up.
+            own.clear();
+        }
+        own.extend(messages.iter().map(|m| (m.id, m.clone())));
+    }
+
+    pub fn take(&self, id: i64) -> Option<Arc<Message>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(&id)
+    }
+
+    pub fn clear(&self) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+}
+
+impl Topology {
+    /// The topology of a node on `store`, with its background tasks running.
+    pub fn start(store: &Store, node_id: &str, hub: Hub) -> Arc<Topology> {
+        let stop = CancellationToken::new();
+        let mut tasks = Vec::new();
+        let mode = match store {
+            Store::Sqlite(_) => {
+                let (deliveries, queue) = mpsc::channel(DELIVERY_QUEUE);
+                tasks.push(tokio::spawn(deliver_batches(hub.clone(), queue, stop.clone())));
+                Mode::Alone {
+                    cache: InboxCache::new(),
+                    deliveries,
+                }
+            }
+            Store::Postgres(pg) => {
+                tracing::info!(node = %node_id, "joining the other nodes on PostgreSQL");
+                let own = Arc::new(OwnMessages::default());
+                tasks.push(tokio::spawn(relay::relay(
+                    pg.clone(),
+                    hub.clone(),
+                    own.clone(),
+                    stop.clone(),
+                )));
+                tasks.push(tokio::spawn(presence::presence(
+                    pg.clone(),
+                    hub.clone(),
+                    stop.clone(),
+                )));
+                let node: Arc<str> = Arc::from(node_id);
+                Mode::Cluster {
+                    store: pg.clone(),
+                    own,
+                    encode: Box::new(move |ids| Announcement::encode(&node, ids)),
+                }
+            }
+        };
+        Arc::new(Topology {
+            hub,
+            mode,
+            stop,
+            tasks: Mutex::new(tasks),
+        })
+    }
+
+    pub fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    /// What the store sends with each batch, if anyone listens.
+    pub fn notify(&self) -> Option<Notify<'_>> {
+        match &self.mode {
+            Mode::Alone { .. } => None,
+            Mode::Cluster { encode, .. } => Some(Notify {
+                channel: CHANNEL,
+                payloads: encode.as_ref(),
+            }),
+        }
+    }
+
+    /// Told by the writer of every batch it committed, in commit order, before it acknowledges
+    /// them.
+    pub async fn committed(&self, messages: &[Arc<Message>]) {
+        match &self.mode {
+            Mode::Alone { cache, deliveries } => {
+                for message in messages {
+                    cache.committed(message);
+                }
+                // Waits only if delivery is a whole queue of batches behind.
+                let _ = deliveries.send(messages.to_vec()).await;
+            }
+            Mode::Cluster { own, .. } => own.keep(messages),
+        }
+    }
+
+    /// Messages to `user` with id > `after`, oldest first, at most `limit`.
+    pub async fn inbox(
+        &self,
+        store: &Store,
+        user: &Arc<str>,
+        after: i64,
+        limit: u32,
+    ) -> ChatResult<Vec<Arc<Message>>> {
+        let Mode::Alone { cache, .. } = &self.mode else {
+            let page = store.inbox(user, after, limit).await?;
+            return Ok(page.into_iter().map(Arc::new).collect());
+        };
+        if let Some(hit) = cache.get(user, after, limit as usize) {
+            return Ok(hit);
+        }
+        let fence = cache.fence();
+        let page: Vec<Arc<Message>> = store
+            .inbox(user, after, limit)
+            .await?
+            .into_iter()
+            .map(Arc::new)
+            .collect();
+        if page.len() < limit as usize {
+            // Not a full page: these are all of the user's messages after `after`.
+            cache.fill(user, after, &page, fence);
+        }
+        Ok(page)
+    }
+
+    /// Users with at least one live session on any node, sorted.
+    pub async fn who(&self) -> ChatResult<Vec<Arc<str>>> {
+        let mut users = self.hub.online_users();
+        if let Mode::Cluster { store, .. } = &self.mode {
+            let elsewhere = store.online_elsewhere(PRESENCE_TTL).await?;
+            users.extend(elsewhere.into_iter().map(Arc::from));
+            users.sort_unstable();
+            users.dedup();
+        }
+        Ok(users)
+    }
+
+    /// Stops the background tasks (in a cluster, this node leaves the presence table), waiting
+    /// for them until `deadline`. Call after the writer is closed.
+    pub async fn close(&self, deadline: Instant) -> bool {
+        self.stop.cancel();
+        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        if let Mode::Cluster { own, .. } = &self.mode {
+            own.clear();
+        }
+        tokio::time::timeout_at(deadline, futures::future::join_all(tasks))
+            .await
+            .is_ok()
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        // The background tasks live no longer than the topology they serve.
+        self.stop.cancel();
+    }
+}
+
+/// Alone: pushes each committed batch into the recipients' sessions, in commit order. On
+/// `stop` it delivers what was handed over and ends.
+async fn deliver_batches(hub: Hub, mut queue: mpsc::Receiver<Vec<Arc<Message>>>, stop: CancellationToken) {
+    loop {
+        let batch = tokio::select! {
+            biased;
+            batch = queue.recv() => batch,
+            _ = stop.cancelled() => {
+                queue.close();
+                queue.recv().await
+            }
+        };
+        let Some(batch) = batch else { return };
+        for message in &batch {
+            hub.deliver(message);
+        }
+    }
+}
