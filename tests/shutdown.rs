@@ -41,7 +41,11 @@ async fn sigterm_with_a_stalled_http_body_exits_0_within_6_s_and_commits_every_a
     }
     let status = p.wait_exit(Duration::from_secs(6));
     assert!(status.success(), "{status:?}");
-    eprintln!("exited {:?} after SIGTERM; {} SENDs acknowledged", started.elapsed(), acked.len());
+    eprintln!(
+        "exited {:?} after SIGTERM; {} SENDs acknowledged",
+        started.elapsed(),
+        acked.len()
+    );
     assert!(!acked.is_empty());
     drop(stalled);
     drop(p);
