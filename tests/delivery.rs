@@ -420,3 +420,80 @@ async fn every_send_is_answered_within_its_deadline_while_the_store_hangs() {
     }
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_streams_for_one_user_are_capped_and_slow_nobody() {
+    let server = TestServer::start_with(|c| c.max_sessions_per_user = 64).await;
+    let mut alice = server.user("alice").await;
+    server.client().await.ok("REGISTER bob pw").await;
+    let mut carol = server.user("carol").await;
+    let bob_token = token(&server, "bob").await;
+    let before = send_p99(&mut carol, &mut alice, None).await;
+    // 5,000 event streams for bob, opened 100 at a time.
+    let mut open = Vec::new();
+    let (mut accepted, mut refused) = (0, 0);
+    for _ in 0..50 {
+        let attempts: Vec<_> = (0..100)
+            .map(|_| {
+                let (addr, token) = (server.http, bob_token.clone());
+                tokio::spawn(async move {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+                    let request =
+                        format!("GET /events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n");
+                    stream.write_all(request.as_bytes()).await.unwrap();
+                    let mut head = [0u8; 12];
+                    stream.read_exact(&mut head).await.unwrap();
+                    (String::from_utf8_lossy(&head[9..12]).to_string(), stream)
+                })
+            })
+            .collect();
+        for attempt in attempts {
+            let (status, stream) = attempt.await.unwrap();
+            match status.as_str() {
+                "200" => {
+                    accepted += 1;
+                    open.push(stream);
+                }
+                "503" => refused += 1,
+                other => panic!("/events answered {other}"),
+            }
+        }
+    }
+    assert_eq!((accepted, refused), (64, 4936));
+    // Another user's SENDs are as fast as before, while bob's streams get messages too.
+    let after = send_p99(&mut carol, &mut alice, Some(&mut alice_to_bob(&server).await)).await;
+    eprintln!("carol's SEND p99: {before:?} before, {after:?} with {accepted} streams for bob");
+    // 20 ms on a quiet machine; on a busy one, no worse than twice what it was without them.
+    assert!(
+        after < Duration::from_millis(20) || after < before * 2 + Duration::from_millis(5),
+        "p99 {after:?}, was {before:?}"
+    );
+    drop(open);
+    server.stop().await;
+}
+
+async fn alice_to_bob(server: &TestServer) -> Client {
+    let mut client = server.client().await;
+    client.ok("AUTH alice pw").await;
+    client
+}
+
+/// The p99 of 200 SENDs from `from` to alice (who reads each push); every tenth round,
+/// `fan_out` also sends one to bob.
+async fn send_p99(from: &mut Client, alice: &mut Client, mut fan_out: Option<&mut Client>) -> Duration {
+    let mut took = Vec::new();
+    for i in 0..200 {
+        let started = Instant::now();
+        from.ok(&format!("SEND alice quick {i}")).await;
+        took.push(started.elapsed());
+        alice.line().await;
+        if let Some(sender) = fan_out.as_deref_mut() {
+            if i % 10 == 0 {
+                sender.ok(&format!("SEND bob to every stream {i}")).await;
+            }
+        }
+    }
+    took.sort();
+    took[took.len() * 99 / 100]
+}
