@@ -200,7 +200,7 @@ impl Server {
         } = self;
         let tracker = TaskTracker::new();
         let limit = Arc::new(Semaphore::new(max_connections));
-        let settings = Arc::new(SessionSettings::new(config.max_line, config.idle_timeout()));
+        let settings = Arc::new(SessionSettings::from_config(&config));
         let mut loops = Vec::new();
         {
             let (chat, shutdown_for_sessions) = (chat.clone(), shutdown.clone());
@@ -227,7 +227,10 @@ impl Server {
             )));
         }
         if let Some(echo) = echo {
-            let (idle, shutdown_for_echo) = (config.idle_timeout(), shutdown.clone());
+            let (settings, shutdown_for_echo) = (
+                Arc::new(echo::EchoSettings::from_config(&config)),
+                shutdown.clone(),
+            );
             loops.push(tokio::spawn(listener::accept_loop(
                 "echo",
                 echo,
@@ -236,7 +239,7 @@ impl Server {
                 shutdown.clone(),
                 tracker.clone(),
                 move |stream, _peer, permit| {
-                    let serve = echo::serve(stream, idle, shutdown_for_echo.clone());
+                    let serve = echo::serve(stream, settings.clone(), shutdown_for_echo.clone());
                     async move {
                         serve.await;
                         drop(permit);

@@ -17,8 +17,8 @@ use super::pool;
 
 /// Bytes read per syscall at most.
 const READ_CHUNK: usize = 4096;
-/// A client that accepts none of our bytes for this long is gone.
-const WRITE_STALL: Duration = Duration::from_secs(30);
+/// A client that accepts none of our bytes for this long is gone (`--write-stall`).
+pub const WRITE_STALL: Duration = Duration::from_secs(30);
 /// Write out what is gathered once it reaches this size, even mid-batch.
 pub const FLUSH_AT: usize = 64 * 1024;
 
@@ -27,22 +27,41 @@ pub struct Connection {
     codec: LineCodec,
     rbuf: BytesMut,
     wbuf: BytesMut,
+    write_stall: Duration,
 }
 
 impl Connection {
-    pub fn new(stream: TcpStream, max_line: usize) -> Connection {
+    pub fn new(stream: TcpStream, max_line: usize, write_stall: Duration) -> Connection {
         Connection {
             stream,
             codec: LineCodec::new(max_line),
             rbuf: BytesMut::new(),
             wbuf: BytesMut::new(),
+            write_stall,
         }
     }
 
     /// The next complete line already buffered, without reading; its text is copied into
-    /// `scratch`.
+    /// `scratch`. Answers to the client's telnet commands go into the write buffer.
     pub fn buffered_line<'s>(&mut self, scratch: &'s mut Vec<u8>) -> Option<Line<'s>> {
-        self.codec.decode(&mut self.rbuf, scratch)
+        self.codec.decode(&mut self.rbuf, scratch, &mut self.wbuf)
+    }
+
+    /// Whether the client has spoken telnet: a person at a telnet client.
+    pub fn is_telnet(&self) -> bool {
+        self.codec.is_telnet()
+    }
+
+    /// Whether the client sends each key as it is typed, so the server knows the line being
+    /// typed ([`Connection::partial_line`]).
+    pub fn char_mode(&self) -> bool {
+        self.codec.char_mode()
+    }
+
+    /// What the client has typed of its next line so far (after editing), once every
+    /// complete line was taken.
+    pub fn partial_line(&self) -> &[u8] {
+        self.codec.partial(&self.rbuf)
     }
 
     /// Waits for bytes from the client and buffers them. Returns 0 at end of stream.
@@ -122,15 +141,25 @@ impl Connection {
                 None => std::future::pending().await,
             }
         };
-        tokio::select! {
-            result = tokio::time::timeout(WRITE_STALL, self.stream.write_all(&self.wbuf)) => {
-                result.map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the client stopped reading"))??;
-            }
-            _ = shutdown.cancelled() => {
-                return Err(io::Error::new(io::ErrorKind::ConnectionAborted, "shutting down while writing"));
-            }
-            _ = kicked => {
-                return Err(io::Error::new(io::ErrorKind::ConnectionAborted, "too far behind"));
+        tokio::pin!(kicked);
+        // The stall timer bounds the time without progress, not the whole write: a client
+        // that takes bytes, however slowly, is served to the end.
+        while !self.wbuf.is_empty() {
+            tokio::select! {
+                result = tokio::time::timeout(self.write_stall, self.stream.write(&self.wbuf)) => {
+                    let written = result
+                        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the client stopped reading"))??;
+                    if written == 0 {
+                        return Err(io::ErrorKind::WriteZero.into());
+                    }
+                    self.wbuf.advance(written);
+                }
+                _ = shutdown.cancelled() => {
+                    return Err(io::Error::new(io::ErrorKind::ConnectionAborted, "shutting down while writing"));
+                }
+                _ = &mut kicked => {
+                    return Err(io::Error::new(io::ErrorKind::ConnectionAborted, "too far behind"));
+                }
             }
         }
         self.wbuf.clear();
