@@ -32,9 +32,7 @@ const WILL: u8 = 251;
 const WONT: u8 = 252;
 const DO: u8 = 253;
 const DONT: u8 = 254;
-/// Options (RFC 857, 858, 860).
-const ECHO: u8 = 1;
-const SGA: u8 = 3;
+/// The one option chatd agrees to (RFC 860).
 const TIMING_MARK: u8 = 6;
 
 const BS: u8 = 0x08;
@@ -93,9 +91,6 @@ pub struct LineCodec {
     malformed: bool,
     /// The client sent a telnet command: a person at a telnet client.
     is_telnet: bool,
-    /// The client asked for character-at-a-time mode (`DO SGA`, `DO ECHO`, `WILL SGA`): the
-    /// server sees each key as it is typed.
-    char_mode: bool,
 }
 
 impl LineCodec {
@@ -110,18 +105,12 @@ impl LineCodec {
             discarding: false,
             malformed: false,
             is_telnet: false,
-            char_mode: false,
         }
     }
 
     /// Whether the client has spoken telnet (sent any telnet command).
     pub fn is_telnet(&self) -> bool {
         self.is_telnet
-    }
-
-    /// Whether the client sends each key as it is typed (it asked for character mode).
-    pub fn char_mode(&self) -> bool {
-        self.char_mode
     }
 
     /// The part of a line received so far (after editing), once `decode` returned `None`.
@@ -359,17 +348,9 @@ impl LineCodec {
     }
 
     /// Answers `IAC <verb> <option>` by refusing everything but the timing mark.
-    fn negotiate(&mut self, verb: u8, option: u8, answers: &mut BytesMut) {
+    fn negotiate(&self, verb: u8, option: u8, answers: &mut BytesMut) {
         let answer = match (verb, option) {
             (DO, TIMING_MARK) => WILL,
-            (DO, SGA | ECHO) | (WILL, SGA) => {
-                self.char_mode = true;
-                if verb == DO {
-                    WONT
-                } else {
-                    DONT
-                }
-            }
             (DO, _) => WONT,
             (WILL, _) => DONT,
             // WONT and DONT are answers, or say what is already so: never answered.
@@ -489,7 +470,6 @@ mod tests {
         assert_eq!(got, vec![text("PING")]);
         assert_eq!(answers, b"\xff\xfe\x1f\xff\xfc\x01");
         assert!(codec.is_telnet());
-        assert!(codec.char_mode());
     }
 
     #[test]

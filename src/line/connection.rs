@@ -52,12 +52,6 @@ impl Connection {
         self.codec.is_telnet()
     }
 
-    /// Whether the client sends each key as it is typed, so the server knows the line being
-    /// typed ([`Connection::partial_line`]).
-    pub fn char_mode(&self) -> bool {
-        self.codec.char_mode()
-    }
-
     /// What the client has typed of its next line so far (after editing), once every
     /// complete line was taken.
     pub fn partial_line(&self) -> &[u8] {

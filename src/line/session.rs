@@ -201,20 +201,23 @@ async fn next_push(session: &mut Option<Box<LoggedIn>>) -> Option<Arc<crate::sto
 }
 
 /// Writes live messages: `first` and whatever else is queued, up to a batch (in messages and
-/// in bytes). For a person at a telnet client the push must not garble the line being typed:
-/// it starts on a fresh line, and in character mode (where the server sees each key) the
-/// typed text is written again after it, so typing goes on where it was. Other clients get
-/// exactly the `MSG` lines.
+/// in bytes). For a person at a telnet client a push must not garble the line being typed:
+/// it starts on a fresh line (in telnet's line mode the text being typed is on the screen but
+/// not yet sent, so the server cannot know it is there), and where the server has received
+/// part of a line (a client sending each key as it is typed) that text is written again
+/// after the push, so typing goes on where it was. Other clients get exactly the `MSG` lines.
 fn write_pushes(conn: &mut Connection, session: &mut LoggedIn, first: &crate::store::Message) {
-    let typed = match conn.is_telnet() {
-        true => Some(String::from_utf8_lossy(conn.partial_line()).into_owned()),
-        false => None,
-    };
-    if let Some(typed) = &typed {
-        // In line mode the client's terminal holds what is being typed, unseen by the server.
-        if !typed.is_empty() || !conn.char_mode() {
-            conn.out().put_slice(b"\r\n");
-        }
+    let typed = conn.is_telnet().then(|| {
+        let partial = conn.partial_line();
+        // A character cut in two by the packets is left for the terminal to finish.
+        let valid = match std::str::from_utf8(partial) {
+            Ok(text) => text,
+            Err(e) => std::str::from_utf8(&partial[..e.valid_up_to()]).unwrap_or_default(),
+        };
+        escape(valid).into_owned()
+    });
+    if typed.is_some() {
+        conn.out().put_slice(b"\r\n");
     }
     put_msg(conn.out(), first);
     let mut batch = 1;
@@ -225,8 +228,8 @@ fn write_pushes(conn: &mut Connection, session: &mut LoggedIn, first: &crate::st
         put_msg(conn.out(), &message);
         batch += 1;
     }
-    if let Some(typed) = typed.filter(|t| !t.is_empty()) {
-        conn.out().put_slice(escape(&typed).as_bytes());
+    if let Some(typed) = typed {
+        conn.out().put_slice(typed.as_bytes());
     }
 }
 
