@@ -137,16 +137,32 @@ impl Connection {
         };
         tokio::pin!(kicked);
         // The stall timer bounds the time without progress, not the whole write: a client
-        // that takes bytes, however slowly, is served to the end.
+        // that takes bytes, however slowly, is served to the end. Progress is the client
+        // taking bytes from the socket, not our writes succeeding: the kernel says a socket
+        // with a large send buffer is writable again only once much of it has drained.
+        let mut queued = self.unsent();
+        let stall = tokio::time::sleep(self.write_stall);
+        tokio::pin!(stall);
         while !self.wbuf.is_empty() {
             tokio::select! {
-                result = tokio::time::timeout(self.write_stall, self.stream.write(&self.wbuf)) => {
-                    let written = result
-                        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the client stopped reading"))??;
+                written = self.stream.write(&self.wbuf) => {
+                    let written = written?;
                     if written == 0 {
                         return Err(io::ErrorKind::WriteZero.into());
                     }
                     self.wbuf.advance(written);
+                    queued = self.unsent();
+                    stall.as_mut().reset(tokio::time::Instant::now() + self.write_stall);
+                }
+                _ = &mut stall => {
+                    let now = self.unsent();
+                    match (now, queued) {
+                        (Some(now), Some(before)) if now < before => {
+                            queued = Some(now);
+                            stall.as_mut().reset(tokio::time::Instant::now() + self.write_stall);
+                        }
+                        _ => return Err(io::Error::new(io::ErrorKind::TimedOut, "the client stopped reading")),
+                    }
                 }
                 _ = shutdown.cancelled() => {
                     return Err(io::Error::new(io::ErrorKind::ConnectionAborted, "shutting down while writing"));
@@ -158,6 +174,23 @@ impl Connection {
         }
         self.wbuf.clear();
         Ok(())
+    }
+
+    /// Bytes written to the socket that the client has not acknowledged yet, where the
+    /// system tells (Linux); `None` elsewhere, where only our own writes count as progress.
+    fn unsent(&self) -> Option<usize> {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd;
+            let mut queued: libc::c_int = 0;
+            // SAFETY: TIOCOUTQ (SIOCOUTQ) writes one int for a socket this connection owns.
+            let ok = unsafe { libc::ioctl(self.stream.as_raw_fd(), libc::TIOCOUTQ, &mut queued) } == 0;
+            ok.then_some(queued.max(0) as usize)
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            None
+        }
     }
 
     /// Gives back buffers that hold nothing, before the connection waits.
