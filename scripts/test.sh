@@ -18,6 +18,20 @@ else
     echo "!!! WARNING: no /usr/bin/chromium or /usr/bin/chromedriver; the browser test will SKIP !!!" >&2
 fi
 
+# The terminal tests (tests/telnet.rs) drive the real telnet binary; tests/framing.rs runs nc.
+have_telnet() { [[ -x /usr/bin/telnet ]] && command -v nc >/dev/null; }
+if ! have_telnet && [[ $EUID -eq 0 ]] && command -v apt-get >/dev/null; then
+    echo "Installing telnet and netcat-openbsd for the terminal tests..." >&2
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -qq --no-install-recommends telnet netcat-openbsd; } >/dev/null ||
+        echo "!!! WARNING: could not install telnet/netcat-openbsd; the terminal tests will SKIP !!!" >&2
+fi
+if have_telnet; then
+    export CHATD_REQUIRE_TELNET=1 # present, so the terminal tests must run, not skip
+else
+    echo "!!! WARNING: no /usr/bin/telnet or nc; the terminal tests will SKIP !!!" >&2
+fi
+
 # PostgreSQL for the tests that run on both stores and the multi-node tests. Use the URL given
 # in CHATD_TEST_DATABASE_URL; else the local server (started first if installed but stopped).
 pg_up() { pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; }

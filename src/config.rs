@@ -37,6 +37,14 @@ pub struct Config {
     #[arg(long, env = "CHATD_ECHO_PORT")]
     pub echo_port: Option<u16>,
 
+    /// With `--echo-port`: a line sent to each echo client when it connects.
+    #[arg(long, env = "CHATD_ECHO_GREETING", requires = "echo_port")]
+    pub echo_greeting: Option<String>,
+
+    /// With `--echo-port`: echo the first line (up to its line end), then close.
+    #[arg(long, env = "CHATD_ECHO_ONCE", requires = "echo_port")]
+    pub echo_once: bool,
+
     /// Length of the kernel's pending-connection queue, passed to listen(2).
     #[arg(long, env = "CHATD_BACKLOG", default_value_t = 1024)]
     pub backlog: u32,
@@ -70,6 +78,11 @@ pub struct Config {
     /// Longest accepted line in bytes; longer ones get `ERR LINE_TOO_LONG`.
     #[arg(long, env = "CHATD_MAX_LINE", default_value_t = 4096)]
     pub max_line: usize,
+
+    /// Disconnect a line client that accepts none of the server's bytes for this many seconds
+    /// while a reply or a push is being written (one that reads slowly is never cut off).
+    #[arg(long, env = "CHATD_WRITE_STALL", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub write_stall: u64,
 
     /// Live messages queued for one session before it counts as too slow and is disconnected.
     #[arg(long, env = "CHATD_PUSH_QUEUE", default_value_t = 1024)]
@@ -107,6 +120,8 @@ impl Config {
             http_port: 0,
             no_http: false,
             echo_port: None,
+            echo_greeting: None,
+            echo_once: false,
             backlog: 1024,
             db: db.into(),
             db_pool: 8,
@@ -115,6 +130,7 @@ impl Config {
             idle_timeout: 0,
             threads: None,
             max_line: 4096,
+            write_stall: 30,
             push_queue: 1024,
             push_queue_bytes: 1024 * 1024,
             max_sessions_per_user: 64,
@@ -126,6 +142,10 @@ impl Config {
 
     pub fn idle_timeout(&self) -> Option<Duration> {
         (self.idle_timeout > 0).then(|| Duration::from_secs(self.idle_timeout))
+    }
+
+    pub fn write_stall(&self) -> Duration {
+        Duration::from_secs(self.write_stall.max(1))
     }
 
     pub fn auth_lockout(&self) -> Duration {

@@ -210,7 +210,7 @@ impl Server {
         let stop = shutdown.child_token();
         let tracker = TaskTracker::new();
         let limit = Arc::new(Semaphore::new(max_connections));
-        let settings = Arc::new(SessionSettings::new(config.max_line, config.idle_timeout()));
+        let settings = Arc::new(SessionSettings::from_config(&config));
         let mut tasks: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
         {
             let (chat, stop_sessions) = (chat.clone(), stop.clone());
@@ -241,7 +241,7 @@ impl Server {
             });
         }
         if let Some(echo) = echo {
-            let (idle, stop_echo) = (config.idle_timeout(), stop.clone());
+            let (settings, stop_echo) = (Arc::new(echo::EchoSettings::from_config(&config)), stop.clone());
             let accept = listener::accept_loop(
                 "echo",
                 echo,
@@ -250,7 +250,7 @@ impl Server {
                 stop.clone(),
                 tracker.clone(),
                 move |stream, _peer, permit| {
-                    let serve = echo::serve(stream, idle, stop_echo.clone());
+                    let serve = echo::serve(stream, settings.clone(), stop_echo.clone());
                     async move {
                         serve.await;
                         drop(permit);

@@ -124,15 +124,19 @@ async fn crlf_and_bare_lf_and_blank_lines(backend: Backend) {
     server.stop().await;
 }
 
-async fn telnet_negotiation_is_ignored(backend: Backend) {
+async fn telnet_negotiation_is_refused_and_stripped(backend: Backend) {
     let server = TestServer::on(backend).await;
     let mut c = server.client().await;
     // What a telnet client may send first: WILL NAWS, WILL TERMINAL-TYPE, a window size.
     c.write(b"\xff\xfb\x1f\xff\xfb\x18\xff\xfa\x1f\x00\x50\x00\x18\xff\xf0PING\r\n")
         .await;
+    // DONT NAWS, DONT TERMINAL-TYPE, then the reply.
+    assert_eq!(c.bytes(6).await, b"\xff\xfe\x1f\xff\xfe\x18");
     assert_eq!(c.reply().await.last, "OK PONG");
     c.write(b"EC\xff\xf1HO split\xff\xfd").await;
     c.write(b"\x01 across writes\r\n").await;
+    // WONT ECHO.
+    assert_eq!(c.bytes(3).await, b"\xff\xfc\x01");
     assert_eq!(c.reply().await.last, "OK split across writes");
     server.stop().await;
 }
@@ -561,7 +565,7 @@ on_both_stores!(
     register_and_auth,
     send_and_inbox,
     crlf_and_bare_lf_and_blank_lines,
-    telnet_negotiation_is_ignored,
+    telnet_negotiation_is_refused_and_stripped,
     an_overlong_line_is_refused_and_the_connection_goes_on,
     the_default_line_limit_is_4096_bytes,
     invalid_utf8_is_refused_and_the_connection_goes_on,

@@ -1,15 +1,50 @@
-//! Framing of the line protocol: splits the byte stream into lines, strips telnet negotiation,
-//! and turns overlong or non-UTF-8 lines into items (not errors) so the session can answer
-//! them and go on.
+//! Framing of the line protocol: splits the byte stream into lines, applies a terminal's line
+//! editing (backspace, cancel), answers telnet negotiation, and turns overlong or non-UTF-8
+//! lines into items (not errors) so the session can answer them and go on.
+//!
+//! The decoder edits the read buffer in place: the current line's bytes, after editing, sit at
+//! the front of the buffer (`buf[..cooked]`); raw bytes not looked at yet follow from `raw` on.
+//! Editing never makes a line longer than its raw bytes, so the line fits where they were.
+//!
+//! - A line ends at LF, CR LF, CR NUL or a bare CR; a CR followed by LF or NUL is one line end.
+//! - BS (0x08) and DEL (0x7F) delete the previous character of the line.
+//! - `IAC x` is a telnet command only when `x` is one (240..=255); otherwise 0xFF is data, so
+//!   the line is not UTF-8 and the next byte is read as usual (an LF still ends the line).
+//! - Negotiation is answered by refusing: `DO x` gets `WONT x` (but `DO TIMING-MARK` gets
+//!   `WILL TIMING-MARK`), `WILL x` gets `DONT x`; `WONT`/`DONT` are answers and get none.
+//! - `IAC IP`, `IAC AO` and `IAC EL` cancel the line being typed; `IAC EC` deletes a character;
+//!   `IAC AYT` gets a visible line.
+//! - `IAC SB` runs to `IAC SE`, but no further than the line end or [`MAX_SUBNEGOTIATION`]
+//!   bytes: then the line it is on is answered as `BAD_ENCODING`.
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, BufMut, BytesMut};
 
-/// Telnet "interpret as command".
-const IAC: u8 = 255;
+/// Telnet "interpret as command" and the commands that follow it (RFC 854).
+pub const IAC: u8 = 255;
 const SE: u8 = 240;
+const AO: u8 = 245;
+const IP: u8 = 244;
+const AYT: u8 = 246;
+const EC: u8 = 247;
+const EL: u8 = 248;
 const SB: u8 = 250;
 const WILL: u8 = 251;
+const WONT: u8 = 252;
+const DO: u8 = 253;
 const DONT: u8 = 254;
+/// The one option chatd agrees to (RFC 860).
+const TIMING_MARK: u8 = 6;
+
+const BS: u8 = 0x08;
+const DEL: u8 = 0x7f;
+const VT: u8 = 0x0b;
+const FF: u8 = 0x0c;
+
+/// Longest subnegotiation (`IAC SB ... IAC SE`) waited for, in bytes.
+pub const MAX_SUBNEGOTIATION: u16 = 256;
+
+/// What `IAC AYT` is answered with.
+pub const AYT_ANSWER: &[u8] = b"[chatd is here]\r\n";
 
 /// One framed line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,131 +54,321 @@ pub enum Line<'a> {
     Text(&'a str),
     /// A line longer than the limit; its bytes are discarded.
     TooLong,
-    /// A line that is not valid UTF-8.
+    /// A line that is not valid UTF-8 (or held a malformed telnet command).
     BadEncoding,
+}
+
+/// Where the telnet parser is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Telnet {
+    Data,
+    /// After IAC.
+    Iac,
+    /// After `IAC WILL/WONT/DO/DONT`: the option byte comes next.
+    Option(u8),
+    /// Inside `IAC SB`.
+    Sub,
+    /// Inside `IAC SB`, after an IAC.
+    SubIac,
 }
 
 /// The line decoder. Keeps only a few words of state; the bytes live in the caller's buffer.
 #[derive(Debug)]
 pub struct LineCodec {
     max: usize,
-    /// Bytes of the buffer already known to hold neither LF nor IAC.
-    scanned: usize,
-    /// Inside an overlong line: drop bytes up to the next LF.
+    /// `buf[..cooked]`: the current line, edited.
+    cooked: usize,
+    /// `buf[raw..]`: bytes not looked at yet; `buf[cooked..raw]` is consumed input.
+    raw: usize,
+    telnet: Telnet,
+    /// Bytes of the subnegotiation so far.
+    sub_len: u16,
+    /// The last byte ended a line with CR: an LF or NUL right after it belongs to that end.
+    after_cr: bool,
+    /// Inside an overlong line: drop bytes up to the line end.
     discarding: bool,
+    /// The line held a malformed telnet command: it is answered as `BAD_ENCODING`.
+    malformed: bool,
+    /// The client sent a telnet command: a person at a telnet client.
+    is_telnet: bool,
 }
 
 impl LineCodec {
     pub fn new(max_line: usize) -> LineCodec {
         LineCodec {
             max: max_line.max(1),
-            scanned: 0,
+            cooked: 0,
+            raw: 0,
+            telnet: Telnet::Data,
+            sub_len: 0,
+            after_cr: false,
             discarding: false,
+            malformed: false,
+            is_telnet: false,
+        }
+    }
+
+    /// Whether the client has spoken telnet (sent any telnet command).
+    pub fn is_telnet(&self) -> bool {
+        self.is_telnet
+    }
+
+    /// The part of a line received so far (after editing), once `decode` returned `None`.
+    pub fn partial<'b>(&self, buf: &'b BytesMut) -> &'b [u8] {
+        if self.discarding {
+            &[]
+        } else {
+            &buf[..self.cooked.min(buf.len())]
         }
     }
 
     /// Takes the next line out of `buf`, or `None` if no complete line is buffered yet. A
     /// line's text is copied into `scratch` (a copy of a short line costs less than sharing
-    /// the buffer), so the caller may go on using `buf` while it holds the line.
-    pub fn decode<'s>(&mut self, buf: &mut BytesMut, scratch: &'s mut Vec<u8>) -> Option<Line<'s>> {
+    /// the buffer), so the caller may go on using `buf` while it holds the line. Answers to
+    /// telnet commands are appended to `answers`.
+    pub fn decode<'s>(
+        &mut self,
+        buf: &mut BytesMut,
+        scratch: &'s mut Vec<u8>,
+        answers: &mut BytesMut,
+    ) -> Option<Line<'s>> {
         loop {
-            let found = buf[self.scanned..]
-                .iter()
-                .position(|&b| b == b'\n' || b == IAC)
-                .map(|i| self.scanned + i);
-            let Some(pos) = found else {
-                self.scanned = buf.len();
-                // A CR may still be followed by LF, so allow one byte over the limit.
-                if self.discarding {
-                    buf.clear();
-                    self.scanned = 0;
-                } else if buf.len() > self.max + 1 {
-                    return Some(self.start_discarding(buf));
-                }
-                return None;
-            };
-            if buf[pos] == IAC {
-                match telnet_command_len(&buf[pos..]) {
-                    Some(len) => {
-                        remove(buf, pos, len);
-                        self.scanned = pos;
+            match self.next_event(buf, answers)? {
+                Event::TooLong => return Some(Line::TooLong),
+                Event::LineEnd => {
+                    let line = &buf[..self.cooked];
+                    let malformed = std::mem::take(&mut self.malformed);
+                    let discarded = std::mem::take(&mut self.discarding);
+                    let blank = line.iter().all(|&b| matches!(b, b' ' | b'\t' | VT | FF));
+                    if discarded || (blank && !malformed) {
+                        self.consume(buf);
                         continue;
                     }
-                    None => {
-                        // An incomplete telnet command: wait for the rest, within the limit.
-                        self.scanned = pos;
-                        if self.discarding {
-                            buf.clear();
-                            self.scanned = 0;
-                        } else if buf.len() > self.max + 64 {
-                            return Some(self.start_discarding(buf));
-                        }
-                        return None;
+                    if malformed {
+                        self.consume(buf);
+                        return Some(Line::BadEncoding);
+                    }
+                    scratch.clear();
+                    scratch.extend_from_slice(line);
+                    self.consume(buf);
+                    return Some(match std::str::from_utf8(scratch) {
+                        Ok(text) => Line::Text(text),
+                        Err(_) => Line::BadEncoding,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Drops the line just ended (and the raw bytes it came from) from the buffer.
+    fn consume(&mut self, buf: &mut BytesMut) {
+        buf.advance(self.raw);
+        self.cooked = 0;
+        self.raw = 0;
+    }
+
+    /// Runs the byte stream until a line ends or a line becomes too long; `None` once every
+    /// buffered byte was looked at (the buffer then holds only the partial line).
+    fn next_event(&mut self, buf: &mut BytesMut, answers: &mut BytesMut) -> Option<Event> {
+        while self.raw < buf.len() {
+            if self.telnet == Telnet::Data && !self.after_cr {
+                // The common case: copy ordinary bytes up to the next one that means something.
+                let rest = &buf[self.raw..];
+                let run = rest
+                    .iter()
+                    .position(|&b| matches!(b, b'\n' | b'\r' | IAC | BS | DEL))
+                    .unwrap_or(rest.len());
+                if run > 0 {
+                    if let Some(event) = self.push_run(buf, run) {
+                        return Some(event);
+                    }
+                    continue;
+                }
+            }
+            let byte = buf[self.raw];
+            self.raw += 1;
+            if let Some(event) = self.step(buf, byte, answers) {
+                return Some(event);
+            }
+        }
+        // Everything was looked at: close the gap, so the buffer holds only the partial line.
+        if self.raw > self.cooked {
+            buf.truncate(self.cooked);
+            self.raw = self.cooked;
+        }
+        if self.discarding {
+            buf.clear();
+            self.cooked = 0;
+            self.raw = 0;
+        }
+        None
+    }
+
+    /// Appends `run` ordinary bytes from `buf[raw..]` to the line.
+    fn push_run(&mut self, buf: &mut BytesMut, run: usize) -> Option<Event> {
+        let start = self.raw;
+        self.raw += run;
+        if self.discarding {
+            return None;
+        }
+        if self.cooked + run > self.max {
+            return Some(self.start_discarding());
+        }
+        if self.cooked != start {
+            buf.copy_within(start..start + run, self.cooked);
+        }
+        self.cooked += run;
+        None
+    }
+
+    /// Handles one byte that is not a plain data byte in the data state.
+    fn step(&mut self, buf: &mut BytesMut, byte: u8, answers: &mut BytesMut) -> Option<Event> {
+        match self.telnet {
+            Telnet::Data => {
+                if std::mem::take(&mut self.after_cr) && matches!(byte, b'\n' | 0) {
+                    return None;
+                }
+                match byte {
+                    b'\n' => Some(Event::LineEnd),
+                    b'\r' => {
+                        self.after_cr = true;
+                        Some(Event::LineEnd)
+                    }
+                    IAC => {
+                        self.telnet = Telnet::Iac;
+                        None
+                    }
+                    BS | DEL => {
+                        self.erase_char(buf);
+                        None
+                    }
+                    _ => self.push_byte(buf, byte),
+                }
+            }
+            Telnet::Iac => {
+                self.telnet = Telnet::Data;
+                match byte {
+                    // IAC IAC is an escaped 0xFF data byte; IAC and anything that is not a
+                    // command is 0xFF followed by that byte. Either way the 0xFF is data (and
+                    // never valid UTF-8); the byte after a lone IAC is read as usual.
+                    IAC => self.push_byte(buf, IAC),
+                    0..=239 => {
+                        self.raw -= 1;
+                        self.push_byte(buf, IAC)
+                    }
+                    WILL..=DONT => {
+                        self.telnet = Telnet::Option(byte);
+                        None
+                    }
+                    SB => {
+                        self.telnet = Telnet::Sub;
+                        self.sub_len = 0;
+                        None
+                    }
+                    _ => {
+                        self.is_telnet = true;
+                        self.command(buf, byte, answers);
+                        None
                     }
                 }
             }
-            self.scanned = 0;
-            if self.discarding {
+            Telnet::Option(verb) => {
+                self.telnet = Telnet::Data;
+                if matches!(byte, b'\r' | b'\n') {
+                    // Not an option a client would negotiate: a stray IAC, then a line end.
+                    self.raw -= 1;
+                    self.malformed = true;
+                    return None;
+                }
+                self.is_telnet = true;
+                self.negotiate(verb, byte, answers);
+                None
+            }
+            Telnet::Sub | Telnet::SubIac => {
+                if self.telnet == Telnet::SubIac && byte == SE {
+                    self.telnet = Telnet::Data;
+                    self.is_telnet = true;
+                    return None;
+                }
+                self.telnet = if byte == IAC && self.telnet == Telnet::Sub {
+                    Telnet::SubIac
+                } else {
+                    Telnet::Sub
+                };
+                self.sub_len += 1;
+                if matches!(byte, b'\r' | b'\n') || self.sub_len > MAX_SUBNEGOTIATION {
+                    // Never closed: it costs the line it is on, and no more.
+                    self.telnet = Telnet::Data;
+                    self.malformed = true;
+                    if matches!(byte, b'\r' | b'\n') {
+                        self.raw -= 1;
+                    }
+                }
+                None
+            }
+        }
+    }
+
+    /// Appends one byte to the line.
+    fn push_byte(&mut self, buf: &mut BytesMut, byte: u8) -> Option<Event> {
+        if self.discarding {
+            return None;
+        }
+        if self.cooked + 1 > self.max {
+            return Some(self.start_discarding());
+        }
+        buf[self.cooked] = byte;
+        self.cooked += 1;
+        None
+    }
+
+    /// Deletes the last character (not byte) of the line.
+    fn erase_char(&mut self, buf: &BytesMut) {
+        while self.cooked > 0 {
+            self.cooked -= 1;
+            if buf[self.cooked] & 0xC0 != 0x80 {
+                break;
+            }
+        }
+    }
+
+    /// A two-byte telnet command.
+    fn command(&mut self, buf: &BytesMut, command: u8, answers: &mut BytesMut) {
+        match command {
+            IP | AO | EL => {
+                self.cooked = 0;
                 self.discarding = false;
-                buf.advance(pos + 1);
-                continue;
+                self.malformed = false;
             }
-            let end = if pos > 0 && buf[pos - 1] == b'\r' {
-                pos - 1
-            } else {
-                pos
-            };
-            let line = &buf[..end];
-            if line.len() > self.max {
-                buf.advance(pos + 1);
-                return Some(Line::TooLong);
-            }
-            if line.iter().all(u8::is_ascii_whitespace) {
-                buf.advance(pos + 1);
-                continue;
-            }
-            scratch.clear();
-            scratch.extend_from_slice(line);
-            buf.advance(pos + 1);
-            return Some(match std::str::from_utf8(scratch) {
-                Ok(text) => Line::Text(text),
-                Err(_) => Line::BadEncoding,
-            });
+            EC => self.erase_char(buf),
+            AYT => answers.put_slice(AYT_ANSWER),
+            // NOP, data mark, break, go ahead, and SE out of place: nothing to do.
+            _ => {}
         }
     }
 
-    fn start_discarding(&mut self, buf: &mut BytesMut) -> Line<'static> {
-        buf.clear();
-        self.scanned = 0;
+    /// Answers `IAC <verb> <option>` by refusing everything but the timing mark.
+    fn negotiate(&self, verb: u8, option: u8, answers: &mut BytesMut) {
+        let answer = match (verb, option) {
+            (DO, TIMING_MARK) => WILL,
+            (DO, _) => WONT,
+            (WILL, _) => DONT,
+            // WONT and DONT are answers, or say what is already so: never answered.
+            _ => return,
+        };
+        answers.put_slice(&[IAC, answer, option]);
+    }
+
+    fn start_discarding(&mut self) -> Event {
+        self.cooked = 0;
         self.discarding = true;
-        Line::TooLong
+        Event::TooLong
     }
 }
 
-/// Length of the telnet command at the start of `bytes` (which starts with IAC), or `None`
-/// if it is not complete yet.
-fn telnet_command_len(bytes: &[u8]) -> Option<usize> {
-    match *bytes.get(1)? {
-        // IAC IAC is an escaped 0xFF data byte; 0xFF is never valid UTF-8, so drop it too.
-        IAC => Some(2),
-        WILL..=DONT => bytes.get(2).map(|_| 3),
-        SB => {
-            // Subnegotiation runs to IAC SE.
-            let end = bytes[2..].windows(2).position(|w| w == [IAC, SE])?;
-            Some(2 + end + 2)
-        }
-        _ => Some(2),
-    }
-}
-
-fn remove(buf: &mut BytesMut, at: usize, len: usize) {
-    if at == 0 {
-        buf.advance(len);
-    } else {
-        let end = buf.len();
-        buf.copy_within(at + len..end, at);
-        buf.truncate(end - len);
-    }
+enum Event {
+    LineEnd,
+    TooLong,
 }
 
 #[cfg(test)]
@@ -151,7 +376,7 @@ mod tests {
     use super::*;
 
     /// A decoded line, owned, to compare.
-    #[derive(Debug, PartialEq, Eq)]
+    #[derive(Debug, Clone, PartialEq, Eq)]
     enum Got {
         Text(String),
         TooLong,
@@ -159,48 +384,148 @@ mod tests {
     }
 
     fn lines(codec: &mut LineCodec, buf: &mut BytesMut) -> Vec<Got> {
+        lines_and_answers(codec, buf).0
+    }
+
+    fn lines_and_answers(codec: &mut LineCodec, buf: &mut BytesMut) -> (Vec<Got>, Vec<u8>) {
         let mut scratch = Vec::new();
+        let mut answers = BytesMut::new();
         let mut got = Vec::new();
-        while let Some(line) = codec.decode(buf, &mut scratch) {
+        while let Some(line) = codec.decode(buf, &mut scratch, &mut answers) {
             got.push(match line {
                 Line::Text(text) => Got::Text(text.to_string()),
                 Line::TooLong => Got::TooLong,
                 Line::BadEncoding => Got::BadEncoding,
             });
         }
-        got
+        (got, answers.to_vec())
     }
 
     fn text(s: &str) -> Got {
         Got::Text(s.to_string())
     }
 
+    fn all(input: &[u8]) -> Vec<Got> {
+        lines(&mut LineCodec::new(100), &mut BytesMut::from(input))
+    }
+
     #[test]
-    fn splits_on_lf_and_drops_cr_before_it() {
+    fn every_line_end_ends_exactly_one_line() {
+        assert_eq!(
+            all(b"A\nB\r\nC\r\0D\rE\n"),
+            vec![text("A"), text("B"), text("C"), text("D"), text("E")]
+        );
+        assert_eq!(all(b"A\r\r\nB\n"), vec![text("A"), text("B")]);
+        assert_eq!(all(b"ECHO a\rb\n"), vec![text("ECHO a"), text("b")]);
+    }
+
+    #[test]
+    fn a_cr_at_the_end_of_a_read_and_its_lf_in_the_next_are_one_line_end() {
         let mut codec = LineCodec::new(100);
-        let mut buf = BytesMut::from(&b"PING\r\nECHO a\rb\nWHO"[..]);
-        assert_eq!(lines(&mut codec, &mut buf), vec![text("PING"), text("ECHO a\rb")]);
-        assert_eq!(&buf[..], b"WHO");
-        buf.extend_from_slice(b"\r\n");
+        let mut buf = BytesMut::from(&b"PING\r"[..]);
+        assert_eq!(lines(&mut codec, &mut buf), vec![text("PING")]);
+        for next in [&b"\n"[..], b"\0"] {
+            buf.extend_from_slice(next);
+            assert!(lines(&mut codec, &mut buf).is_empty());
+            buf.extend_from_slice(b"WHO\r");
+            assert_eq!(lines(&mut codec, &mut buf), vec![text("WHO")]);
+        }
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn partial_lines_wait_for_their_end() {
+        let mut codec = LineCodec::new(100);
+        let mut buf = BytesMut::from(&b"PING\r\nWH"[..]);
+        assert_eq!(lines(&mut codec, &mut buf), vec![text("PING")]);
+        assert_eq!(codec.partial(&buf), b"WH");
+        buf.extend_from_slice(b"O\r\n");
         assert_eq!(lines(&mut codec, &mut buf), vec![text("WHO")]);
         assert!(buf.is_empty());
     }
 
     #[test]
     fn skips_blank_lines() {
-        let mut codec = LineCodec::new(100);
-        let mut buf = BytesMut::from(&b"\r\n\n  \t\r\nPING\n"[..]);
-        assert_eq!(lines(&mut codec, &mut buf), vec![text("PING")]);
+        assert_eq!(all(b"\r\n\n  \t\r\n\x0c\n\x0b\r\0PING\n"), vec![text("PING")]);
     }
 
     #[test]
-    fn strips_telnet_negotiation() {
+    fn backspace_and_delete_edit_the_line() {
+        assert_eq!(all(b"PNIG\x08\x08\x08ING\r\0"), vec![text("PING")]);
+        assert_eq!(all(b"PINGG\x7f\r\n"), vec![text("PING")]);
+        // A whole character, not a byte; more backspaces than characters do no harm.
+        assert_eq!(all(b"ECHO caf\xc3\xa9\x7fe\n"), vec![text("ECHO cafe")]);
+        assert_eq!(all(b"ab\x08\x08\x08\x08PING\n"), vec![text("PING")]);
+        assert_eq!(all(b"x\x7f\nPING\n"), vec![text("PING")]);
+    }
+
+    #[test]
+    fn strips_and_refuses_telnet_negotiation() {
         let mut codec = LineCodec::new(100);
-        // WILL/DO options, a NOP, a subnegotiation (terminal type) and an escaped 0xFF.
+        // WILL NAWS, DO ECHO, a NOP, a subnegotiation (terminal type), a WONT.
         let mut buf = BytesMut::from(
-            &b"\xff\xfb\x1f\xff\xfd\x01\xff\xf1PI\xff\xfa\x18\x00xterm\xff\xf0NG\xff\xff\r\n"[..],
+            &b"\xff\xfb\x1f\xff\xfd\x01\xff\xf1PI\xff\xfa\x18\x00xterm\xff\xf0NG\xff\xfc\x05\r\n"[..],
         );
-        assert_eq!(lines(&mut codec, &mut buf), vec![text("PING")]);
+        let (got, answers) = lines_and_answers(&mut codec, &mut buf);
+        assert_eq!(got, vec![text("PING")]);
+        assert_eq!(answers, b"\xff\xfe\x1f\xff\xfc\x01");
+        assert!(codec.is_telnet());
+    }
+
+    #[test]
+    fn answers_the_timing_mark_and_are_you_there() {
+        let mut codec = LineCodec::new(100);
+        let mut buf = BytesMut::from(&b"\xff\xfd\x06\xff\xf6"[..]);
+        let (got, answers) = lines_and_answers(&mut codec, &mut buf);
+        assert!(got.is_empty());
+        assert_eq!(answers, [&b"\xff\xfb\x06"[..], AYT_ANSWER].concat());
+    }
+
+    #[test]
+    fn answers_are_never_answered() {
+        let mut codec = LineCodec::new(100);
+        let mut buf = BytesMut::from(&b"\xff\xfc\x01\xff\xfe\x03PING\n"[..]);
+        let (got, answers) = lines_and_answers(&mut codec, &mut buf);
+        assert_eq!(got, vec![text("PING")]);
+        assert!(answers.is_empty());
+    }
+
+    #[test]
+    fn interrupt_and_abort_output_cancel_the_line() {
+        assert_eq!(
+            all(b"SEND bob oops\xff\xf4\xff\xfd\x06PING\r\n"),
+            vec![text("PING")]
+        );
+        assert_eq!(all(b"SEND bob oops\xff\xf5WHO\n"), vec![text("WHO")]);
+    }
+
+    #[test]
+    fn a_stray_0xff_is_data_and_never_eats_the_line_end() {
+        assert_eq!(
+            all(b"SEND bob caf\xff\nSEND carol x\n"),
+            vec![Got::BadEncoding, text("SEND carol x")]
+        );
+        assert_eq!(all(b"A\xff\rPING\n"), vec![Got::BadEncoding, text("PING")]);
+        assert_eq!(all(b"A\xffBC\nPING\n"), vec![Got::BadEncoding, text("PING")]);
+        assert_eq!(all(b"A\xff\xff\nPING\n"), vec![Got::BadEncoding, text("PING")]);
+        assert_eq!(all(b"A\xff\xfb\nPING\n"), vec![Got::BadEncoding, text("PING")]);
+    }
+
+    #[test]
+    fn an_unterminated_subnegotiation_costs_only_its_line() {
+        let mut input = b"\xff\xfa".to_vec();
+        for _ in 0..10 {
+            input.extend_from_slice(b"PING\n");
+        }
+        let got = all(&input);
+        assert_eq!(got[0], Got::BadEncoding);
+        assert_eq!(got[1..], vec![text("PING"); 9]);
+        // Without a line end, a bound.
+        let mut codec = LineCodec::new(4096);
+        let mut buf = BytesMut::from(&b"\xff\xfa"[..]);
+        buf.extend_from_slice(&[b'x'; 1000]);
+        buf.extend_from_slice(b"\nPING\n");
+        assert_eq!(lines(&mut codec, &mut buf), vec![Got::BadEncoding, text("PING")]);
     }
 
     #[test]
@@ -219,12 +544,13 @@ mod tests {
         ] {
             buf.extend_from_slice(chunk);
             let got = lines(&mut codec, &mut buf);
-            if chunk == b"\n" {
+            if chunk == b"\xf0\r" {
                 assert_eq!(got, vec![text("PING")]);
             } else {
                 assert!(got.is_empty(), "{chunk:?} gave {got:?}");
             }
         }
+        assert!(buf.is_empty());
     }
 
     #[test]
@@ -232,11 +558,11 @@ mod tests {
         let mut codec = LineCodec::new(100);
         let mut buf = BytesMut::new();
         let mut got = Vec::new();
-        for &b in b"SEND bob h\xc3\xa9llo\r\nPING\n" {
+        for &b in b"SEND bob h\xc3\xa9llo\r\nPIN\x7fNG\r\0WHO\r" {
             buf.extend_from_slice(&[b]);
             got.extend(lines(&mut codec, &mut buf));
         }
-        assert_eq!(got, vec![text("SEND bob héllo"), text("PING")]);
+        assert_eq!(got, vec![text("SEND bob héllo"), text("PING"), text("WHO")]);
     }
 
     #[test]
@@ -257,33 +583,28 @@ mod tests {
         assert!(buf.is_empty(), "the overlong bytes are not kept");
         buf.extend_from_slice(b"more and more");
         assert!(lines(&mut codec, &mut buf).is_empty());
+        assert!(buf.is_empty());
         buf.extend_from_slice(b" end\nPING\n");
         assert_eq!(lines(&mut codec, &mut buf), vec![text("PING")]);
     }
 
     #[test]
-    fn endless_subnegotiation_is_bounded() {
-        let mut codec = LineCodec::new(8);
-        let mut buf = BytesMut::from(&b"\xff\xfa"[..]);
-        buf.extend_from_slice(&[b'x'; 100]);
-        assert_eq!(lines(&mut codec, &mut buf), vec![Got::TooLong]);
-        buf.extend_from_slice(b"\nPING\n");
-        assert_eq!(lines(&mut codec, &mut buf), vec![text("PING")]);
-    }
-
-    #[test]
     fn invalid_utf8_is_an_item_and_the_stream_goes_on() {
-        let mut codec = LineCodec::new(100);
-        let mut buf = BytesMut::from(&b"ECHO \xc3\x28\nPING\n"[..]);
-        assert_eq!(lines(&mut codec, &mut buf), vec![Got::BadEncoding, text("PING")]);
+        assert_eq!(
+            all(b"ECHO \xc3\x28\nPING\n"),
+            vec![Got::BadEncoding, text("PING")]
+        );
     }
 
     #[test]
     fn a_line_of_exactly_the_limit_passes() {
         let mut codec = LineCodec::new(4);
-        let mut buf = BytesMut::from(&b"ABCD\r"[..]);
+        let mut buf = BytesMut::from(&b"ABCD"[..]);
         assert!(lines(&mut codec, &mut buf).is_empty());
-        buf.extend_from_slice(b"\n");
+        buf.extend_from_slice(b"\r\n");
         assert_eq!(lines(&mut codec, &mut buf), vec![text("ABCD")]);
+        // Backspaces make room again.
+        let mut buf = BytesMut::from(&b"ABCD\x7f\x7fEF\n"[..]);
+        assert_eq!(lines(&mut codec, &mut buf), vec![text("ABEF")]);
     }
 }

@@ -1,26 +1,46 @@
 //! The verbs of the line protocol: [`Command::parse`] turns a line into a command (borrowing
 //! from the line, no allocation), [`Command::apply`] runs it against the chat domain.
 
+use std::io;
 use std::net::IpAddr;
 
 use tokio_util::sync::CancellationToken;
 
+use super::connection::Connection;
+use super::reply::{put_msg, Reply};
+use super::session::flush;
 use crate::chat::{Chat, ConnAuthState, Username, INBOX_PAGE};
 use crate::error::{ChatError, ChatResult, Code};
 use crate::hub::Subscription;
-use crate::line::reply::{msg_line, Reply};
+
+/// Messages an INBOX reply reads from the store first; later reads are sized so that about
+/// [`INBOX_READ_BYTES`] of messages are held at once, however large the messages are.
+const INBOX_FIRST_READ: u32 = 8;
+const INBOX_READ_BYTES: usize = 256 * 1024;
 
 /// A parsed command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command<'a> {
     Ping,
     Echo(&'a str),
-    Help,
+    /// `HELP` or `HELP <verb>`.
+    Help(Option<&'a str>),
     Quit,
-    Register { user: &'a str, password: &'a str },
-    Auth { user: &'a str, password: &'a str },
-    Send { to: &'a str, text: &'a str },
-    Inbox { after_id: i64 },
+    Register {
+        user: &'a str,
+        password: &'a str,
+    },
+    Auth {
+        user: &'a str,
+        password: &'a str,
+    },
+    Send {
+        to: &'a str,
+        text: &'a str,
+    },
+    Inbox {
+        after_id: i64,
+    },
     Who,
 }
 
@@ -61,7 +81,7 @@ impl Context {
 }
 
 pub const HELP: &[&str] = &[
-    "Commands (verbs in any case; replies end with OK or ERR <CODE>):",
+    "Commands (verbs in any case; every reply ends with a line OK ... or ERR <CODE> ...):",
     "  REGISTER <user> <password>   create an account",
     "  AUTH <user> <password>       log in; new messages then arrive as MSG lines",
     "  SEND <user> <text>           send a message (after AUTH); replies OK <id>",
@@ -69,8 +89,84 @@ pub const HELP: &[&str] = &[
     "  WHO                          the users online now",
     "  PING                         replies OK PONG",
     "  ECHO <text>                  replies OK <text>",
-    "  HELP                         this text",
+    "  HELP [command]               this text, or more about one command",
     "  QUIT                         close the connection",
+    "A first session (you type the lines after >):",
+    "  > REGISTER alice wonderland",
+    "  < OK registered alice; now AUTH alice <password>",
+    "  > AUTH alice wonderland",
+    "  < OK logged in as alice",
+    "  > SEND bob hello bob",
+    "  < OK 1",
+    "  < MSG 2 bob 2026-11-24T17:05:12.481Z hi alice      (a message arriving)",
+    "Passwords travel in clear text: use one you use nowhere else.",
+    "To leave: QUIT. If telnet hangs, press Ctrl-] and type quit at the telnet> prompt.",
+];
+
+/// `HELP <verb>`: usage, what it does, an example.
+const VERB_HELP: &[(&str, &[&str])] = &[
+    (
+        "REGISTER",
+        &[
+            "REGISTER <user> <password>: create an account.",
+            "  user: 1-32 of A-Z a-z 0-9 _ . - (case matters); password: 1-128 bytes, no spaces.",
+            "  The password travels in clear text: use one you use nowhere else.",
+            "  example: REGISTER alice wonderland",
+        ],
+    ),
+    (
+        "AUTH",
+        &[
+            "AUTH <user> <password>: log in. From then on messages to you arrive as MSG lines.",
+            "  After 5 wrong passwords AUTH is refused (RATE_LIMITED) for a while.",
+            "  example: AUTH alice wonderland",
+        ],
+    ),
+    (
+        "SEND",
+        &[
+            "SEND <user> <text>: send <text> (the rest of the line, kept exactly) to <user>.",
+            "  Needs AUTH first; replies OK <id> once the message is stored.",
+            "  example: SEND bob hello bob, are you there?",
+        ],
+    ),
+    (
+        "INBOX",
+        &[
+            "INBOX [after_id]: your messages with id > after_id (default 0), oldest first,",
+            "  at most 100, one MSG <id> <from> <time> <text> line each, then OK <count>.",
+            "  To read more, repeat with the last id you saw until OK 0.",
+            "  example: INBOX 41",
+        ],
+    ),
+    (
+        "WHO",
+        &["WHO: the users logged in now, one USER <name> line each, then OK <count>."],
+    ),
+    ("PING", &["PING: replies OK PONG; shows the server is there."]),
+    (
+        "ECHO",
+        &[
+            "ECHO <text>: replies OK <text>, exactly as sent.",
+            "  example: ECHO hello",
+        ],
+    ),
+    (
+        "HELP",
+        &["HELP [command]: the list of commands, or more about one of them."],
+    ),
+    (
+        "QUIT",
+        &[
+            "QUIT: replies OK bye and closes the connection.",
+            "  In telnet you can also press Ctrl-] and type quit.",
+        ],
+    ),
+];
+
+/// Every verb, for "did you mean".
+const VERBS: &[&str] = &[
+    "REGISTER", "AUTH", "SEND", "INBOX", "WHO", "PING", "ECHO", "HELP", "QUIT",
 ];
 
 impl<'a> Command<'a> {
@@ -108,25 +204,38 @@ impl<'a> Command<'a> {
             two_args(rest, "REGISTER <user> <password>")
                 .map(|(user, password)| Command::Register { user, password })
         } else if is("HELP") {
-            Ok(Command::Help)
+            match rest.trim() {
+                "" => Ok(Command::Help(None)),
+                verb => Ok(Command::Help(Some(verb))),
+            }
         } else if is("QUIT") {
             Ok(Command::Quit)
         } else {
+            let hint = match did_you_mean(verb) {
+                Some(near) => format!("did you mean {near}? HELP lists the commands"),
+                None => "try HELP".to_string(),
+            };
             Err(ChatError::new(
                 Code::UnknownCommand,
-                format!("unknown command {:?}; try HELP", truncate(verb, 32)),
+                format!("unknown command {:?}; {hint}", truncate(verb, 32)),
             ))
         }
     }
 
-    /// Runs the command for one connection. Verbs that wait on the store or a hasher run in a
-    /// boxed future of their own, so an idle connection's task stays small; PING and ECHO
-    /// allocate nothing beyond their reply.
-    pub async fn apply(self, cx: &mut Context) -> Reply {
-        match self {
+    /// Runs the command for one connection and writes its reply into the connection. Verbs
+    /// that wait on the store or a hasher run in a boxed future of their own, so an idle
+    /// connection's task stays small; PING and ECHO allocate nothing beyond their reply. INBOX
+    /// writes its messages as the client takes them, flushing as it goes.
+    pub async fn apply(
+        self,
+        cx: &mut Context,
+        conn: &mut Connection,
+        shutdown: &CancellationToken,
+    ) -> io::Result<()> {
+        let reply = match self {
             Command::Ping => Reply::ok("PONG"),
             Command::Echo(text) => Reply::ok(text.to_owned()),
-            Command::Help => Reply::lines(HELP.iter().map(|l| l.to_string()).collect(), ""),
+            Command::Help(verb) => help(verb),
             Command::Quit => {
                 cx.quit = true;
                 Reply::ok("bye")
@@ -134,10 +243,72 @@ impl<'a> Command<'a> {
             Command::Register { user, password } => Box::pin(register(cx, user, password)).await.into(),
             Command::Auth { user, password } => Box::pin(auth(cx, user, password)).await.into(),
             Command::Send { to, text } => Box::pin(send(cx, to, text)).await.into(),
-            Command::Inbox { after_id } => Box::pin(inbox(cx, after_id)).await.into(),
+            Command::Inbox { after_id } => return Box::pin(inbox(cx, conn, shutdown, after_id)).await,
             Command::Who => Box::pin(who(cx)).await.into(),
+        };
+        reply.write_to(conn.out());
+        Ok(())
+    }
+}
+
+fn help(verb: Option<&str>) -> Reply {
+    let Some(verb) = verb else {
+        return Reply::lines(HELP.iter().map(|l| l.to_string()).collect(), "");
+    };
+    match VERB_HELP.iter().find(|(name, _)| name.eq_ignore_ascii_case(verb)) {
+        Some((_, lines)) => Reply::lines(lines.iter().map(|l| l.to_string()).collect(), ""),
+        None => {
+            let hint = match did_you_mean(verb) {
+                Some(near) => format!("did you mean HELP {near}? "),
+                None => String::new(),
+            };
+            Reply::err(ChatError::bad_args(format!(
+                "there is no command {:?}; {hint}the commands are {}",
+                truncate(verb, 32),
+                VERBS.join(" ")
+            )))
         }
     }
+}
+
+/// The verb `typed` is most likely a typo of: one edit (a letter added, dropped, changed, or
+/// two swapped) away, or two for longer verbs.
+fn did_you_mean(typed: &str) -> Option<&'static str> {
+    if typed.len() > 16 || typed.is_empty() {
+        return None;
+    }
+    let typed = typed.to_ascii_uppercase();
+    VERBS
+        .iter()
+        .map(|verb| (edit_distance(typed.as_bytes(), verb.as_bytes()), *verb))
+        .filter(|(distance, verb)| *distance <= if verb.len() >= 5 { 2 } else { 1 })
+        .min_by_key(|(distance, _)| *distance)
+        .map(|(_, verb)| verb)
+}
+
+/// Optimal string alignment distance: insertions, deletions, substitutions and swaps of two
+/// neighbours each cost one.
+fn edit_distance(a: &[u8], b: &[u8]) -> usize {
+    let mut rows = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in rows.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in rows[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (rows[i - 1][j] + 1)
+                .min(rows[i][j - 1] + 1)
+                .min(rows[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(rows[i - 2][j - 2] + 1);
+            }
+            rows[i][j] = best;
+        }
+    }
+    rows[a.len()][b.len()]
 }
 
 async fn register(cx: &mut Context, user: &str, password: &str) -> ChatResult<Reply> {
@@ -169,14 +340,53 @@ async fn send(cx: &mut Context, to: &str, text: &str) -> ChatResult<Reply> {
     Ok(Reply::ok(message.id.to_string()))
 }
 
-async fn inbox(cx: &mut Context, after_id: i64) -> ChatResult<Reply> {
-    let user = logged_in(cx)?;
-    let messages = cx.chat.inbox(user, after_id, INBOX_PAGE).await?;
-    let count = messages.len();
-    Ok(Reply::lines(
-        messages.iter().map(|m| msg_line(m)).collect(),
-        count.to_string(),
-    ))
+/// Writes up to [`INBOX_PAGE`] messages, reading them from the store a few at a time and
+/// writing them as the client takes them, so a reply of large messages to a client that reads
+/// slowly (or not at all) holds a bounded number of bytes, not the whole reply.
+async fn inbox(
+    cx: &mut Context,
+    conn: &mut Connection,
+    shutdown: &CancellationToken,
+    after_id: i64,
+) -> io::Result<()> {
+    let user = match logged_in(cx) {
+        Ok(user) => user.clone(),
+        Err(e) => {
+            Reply::err(e).write_to(conn.out());
+            return Ok(());
+        }
+    };
+    let (mut after, mut sent, mut read) = (after_id, 0u32, INBOX_FIRST_READ);
+    while sent < INBOX_PAGE {
+        let limit = read.min(INBOX_PAGE - sent);
+        let page = match cx.chat.inbox(&user, after, limit).await {
+            Ok(page) => page,
+            Err(e) => {
+                // Lines already written stay; the final line says the rest failed.
+                Reply::err(e).write_to(conn.out());
+                return Ok(());
+            }
+        };
+        let bytes: usize = page.iter().map(|m| m.body.len()).sum();
+        for message in &page {
+            put_msg(conn.out(), message);
+            sent += 1;
+            after = message.id;
+            if conn.wants_flush() {
+                flush(conn, cx, shutdown).await?;
+                if shutdown.is_cancelled() {
+                    return Ok(());
+                }
+            }
+        }
+        if (page.len() as u32) < limit {
+            break;
+        }
+        let average = (bytes / page.len().max(1)).max(1);
+        read = (INBOX_READ_BYTES / average).clamp(1, INBOX_PAGE as usize) as u32;
+    }
+    Reply::ok(sent.to_string()).write_to(conn.out());
+    Ok(())
 }
 
 async fn who(cx: &mut Context) -> ChatResult<Reply> {
@@ -229,7 +439,8 @@ mod tests {
         assert_eq!(Command::parse("ping"), Ok(Command::Ping));
         assert_eq!(Command::parse("PiNg"), Ok(Command::Ping));
         assert_eq!(Command::parse("who"), Ok(Command::Who));
-        assert_eq!(Command::parse("Help"), Ok(Command::Help));
+        assert_eq!(Command::parse("Help"), Ok(Command::Help(None)));
+        assert_eq!(Command::parse("help send"), Ok(Command::Help(Some("send"))));
         assert_eq!(Command::parse("quit"), Ok(Command::Quit));
     }
 
@@ -304,6 +515,40 @@ mod tests {
 
     #[test]
     fn help_lines_never_look_final() {
-        assert!(HELP.iter().all(|l| !crate::line::reply::is_final_line(l)));
+        let verb_lines = VERB_HELP.iter().flat_map(|(_, lines)| lines.iter());
+        assert!(HELP
+            .iter()
+            .chain(verb_lines)
+            .all(|l| !crate::line::reply::is_final_line(l)));
+        assert!(VERBS.iter().all(|v| VERB_HELP.iter().any(|(name, _)| name == v)));
+    }
+
+    #[test]
+    fn typos_get_a_suggestion() {
+        let message = |line: &str| Command::parse(line).unwrap_err().message;
+        assert!(
+            message("PNIG").contains("did you mean PING?"),
+            "{}",
+            message("PNIG")
+        );
+        assert!(message("sned bob hi").contains("did you mean SEND?"));
+        assert!(message("REGSITER a b").contains("did you mean REGISTER?"));
+        assert!(message("inbx").contains("did you mean INBOX?"));
+        assert!(!message("FROB").contains("did you mean"));
+        assert!(!message("XYZZY").contains("did you mean"));
+    }
+
+    #[test]
+    fn help_for_one_verb() {
+        let mut out = bytes::BytesMut::new();
+        help(Some("send")).write_to(&mut out);
+        assert!(out.starts_with(b"SEND <user> <text>"), "{out:?}");
+        out.clear();
+        help(Some("sedn")).write_to(&mut out);
+        let text = String::from_utf8(out.to_vec()).unwrap();
+        assert!(
+            text.starts_with("ERR BAD_ARGS") && text.contains("did you mean HELP SEND?"),
+            "{text}"
+        );
     }
 }

@@ -17,8 +17,8 @@ use super::pool;
 
 /// Bytes read per syscall at most.
 const READ_CHUNK: usize = 4096;
-/// A client that accepts none of our bytes for this long is gone.
-const WRITE_STALL: Duration = Duration::from_secs(30);
+/// A client that accepts none of our bytes for this long is gone (`--write-stall`).
+pub const WRITE_STALL: Duration = Duration::from_secs(30);
 /// Write out what is gathered once it reaches this size, even mid-batch.
 pub const FLUSH_AT: usize = 64 * 1024;
 
@@ -27,22 +27,35 @@ pub struct Connection {
     codec: LineCodec,
     rbuf: BytesMut,
     wbuf: BytesMut,
+    write_stall: Duration,
 }
 
 impl Connection {
-    pub fn new(stream: TcpStream, max_line: usize) -> Connection {
+    pub fn new(stream: TcpStream, max_line: usize, write_stall: Duration) -> Connection {
         Connection {
             stream,
             codec: LineCodec::new(max_line),
             rbuf: BytesMut::new(),
             wbuf: BytesMut::new(),
+            write_stall,
         }
     }
 
     /// The next complete line already buffered, without reading; its text is copied into
-    /// `scratch`.
+    /// `scratch`. Answers to the client's telnet commands go into the write buffer.
     pub fn buffered_line<'s>(&mut self, scratch: &'s mut Vec<u8>) -> Option<Line<'s>> {
-        self.codec.decode(&mut self.rbuf, scratch)
+        self.codec.decode(&mut self.rbuf, scratch, &mut self.wbuf)
+    }
+
+    /// Whether the client has spoken telnet: a person at a telnet client.
+    pub fn is_telnet(&self) -> bool {
+        self.codec.is_telnet()
+    }
+
+    /// What the client has typed of its next line so far (after editing), once every
+    /// complete line was taken.
+    pub fn partial_line(&self) -> &[u8] {
+        self.codec.partial(&self.rbuf)
     }
 
     /// Waits for bytes from the client and buffers them. Returns 0 at end of stream.
@@ -122,19 +135,62 @@ impl Connection {
                 None => std::future::pending().await,
             }
         };
-        tokio::select! {
-            result = tokio::time::timeout(WRITE_STALL, self.stream.write_all(&self.wbuf)) => {
-                result.map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the client stopped reading"))??;
-            }
-            _ = shutdown.cancelled() => {
-                return Err(io::Error::new(io::ErrorKind::ConnectionAborted, "shutting down while writing"));
-            }
-            _ = kicked => {
-                return Err(io::Error::new(io::ErrorKind::ConnectionAborted, "too far behind"));
+        tokio::pin!(kicked);
+        // The stall timer bounds the time without progress, not the whole write: a client
+        // that takes bytes, however slowly, is served to the end. Progress is the client
+        // taking bytes from the socket, not our writes succeeding: the kernel says a socket
+        // with a large send buffer is writable again only once much of it has drained.
+        let mut queued = self.unsent();
+        let stall = tokio::time::sleep(self.write_stall);
+        tokio::pin!(stall);
+        while !self.wbuf.is_empty() {
+            tokio::select! {
+                written = self.stream.write(&self.wbuf) => {
+                    let written = written?;
+                    if written == 0 {
+                        return Err(io::ErrorKind::WriteZero.into());
+                    }
+                    self.wbuf.advance(written);
+                    queued = self.unsent();
+                    stall.as_mut().reset(tokio::time::Instant::now() + self.write_stall);
+                }
+                _ = &mut stall => {
+                    let now = self.unsent();
+                    match (now, queued) {
+                        (Some(now), Some(before)) if now < before => {
+                            queued = Some(now);
+                            stall.as_mut().reset(tokio::time::Instant::now() + self.write_stall);
+                        }
+                        _ => return Err(io::Error::new(io::ErrorKind::TimedOut, "the client stopped reading")),
+                    }
+                }
+                _ = shutdown.cancelled() => {
+                    return Err(io::Error::new(io::ErrorKind::ConnectionAborted, "shutting down while writing"));
+                }
+                _ = &mut kicked => {
+                    return Err(io::Error::new(io::ErrorKind::ConnectionAborted, "too far behind"));
+                }
             }
         }
         self.wbuf.clear();
         Ok(())
+    }
+
+    /// Bytes written to the socket that the client has not acknowledged yet, where the
+    /// system tells (Linux); `None` elsewhere, where only our own writes count as progress.
+    fn unsent(&self) -> Option<usize> {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd;
+            let mut queued: libc::c_int = 0;
+            // SAFETY: TIOCOUTQ (SIOCOUTQ) writes one int for a socket this connection owns.
+            let ok = unsafe { libc::ioctl(self.stream.as_raw_fd(), libc::TIOCOUTQ, &mut queued) } == 0;
+            ok.then_some(queued.max(0) as usize)
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            None
+        }
     }
 
     /// Gives back buffers that hold nothing, before the connection waits.

@@ -80,18 +80,64 @@ pub fn error_line(out: &mut BytesMut, error: &ChatError) {
     out.put_slice(b"\r\n");
 }
 
-/// `MSG <id> <from> <rfc3339-utc> <text>`: an INBOX data line and a live push alike.
+/// `MSG <id> <from> <rfc3339-utc> <text>`: an INBOX data line and a live push alike. The
+/// text is written with its control characters escaped ([`escape`]).
 pub fn msg_line(message: &Message) -> String {
     let mut line = String::with_capacity(48 + message.sender.len() + message.body.len());
     let _ = write!(
         line,
-        "MSG {} {} {} {}",
+        "MSG {} {} {} ",
         message.id,
         message.sender,
         rfc3339(message.created_at_us),
-        message.body
     );
+    escape_into(&mut line, &message.body);
     line
+}
+
+/// Writes a message's `MSG` line, with its line end, straight into `out`.
+pub fn put_msg(out: &mut BytesMut, message: &Message) {
+    put_line(out, &msg_line(message));
+}
+
+/// Whether a character is written escaped: C0 controls but TAB, DEL, C1 controls, and the
+/// line and paragraph separators. None of them may reach a terminal raw: they could move the
+/// cursor, erase or forge lines, or change the terminal's settings.
+pub fn needs_escape(c: char) -> bool {
+    matches!(c, '\0'..='\x08' | '\x0a'..='\x1f' | '\x7f' | '\u{80}'..='\u{9f}' | '\u{2028}' | '\u{2029}')
+}
+
+/// Appends `text` to `out` with what [`needs_escape`] escaped: a C0 control as caret notation
+/// (`^@` for NUL, `^[` for ESC, `^M` for CR), DEL as `^?`, and the others as `<U+XXXX>`.
+pub fn escape_into(out: &mut String, text: &str) {
+    if !text.chars().any(needs_escape) {
+        out.push_str(text);
+        return;
+    }
+    for c in text.chars() {
+        match c {
+            '\x7f' => out.push_str("^?"),
+            c if c < ' ' && c != '\t' => {
+                out.push('^');
+                out.push(char::from(c as u8 ^ 0x40));
+            }
+            c if needs_escape(c) => {
+                let _ = write!(out, "<U+{:04X}>", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+}
+
+/// `text` escaped as [`escape_into`] does.
+pub fn escape(text: &str) -> Cow<'_, str> {
+    if text.chars().any(needs_escape) {
+        let mut out = String::with_capacity(text.len() + 8);
+        escape_into(&mut out, text);
+        Cow::Owned(out)
+    } else {
+        Cow::Borrowed(text)
+    }
 }
 
 /// A server time (microseconds since the epoch) as RFC 3339 UTC with milliseconds.
@@ -143,5 +189,28 @@ mod tests {
             client_timestamp: None,
         };
         assert_eq!(msg_line(&m), "MSG 7 alice 2023-11-14T22:13:20.123Z hi  there ");
+    }
+
+    #[test]
+    fn control_characters_are_written_escaped() {
+        assert_eq!(
+            escape("plain\ttab, émoji 🙂, עברית"),
+            "plain\ttab, émoji 🙂, עברית"
+        );
+        assert_eq!(escape("\x1b[2K\x1b[1GMSG 7 admin"), "^[[2K^[[1GMSG 7 admin");
+        assert_eq!(escape("\0\x07\x08\r\n\x7f"), "^@^G^H^M^J^?");
+        assert_eq!(escape("a\u{9b}b\u{2028}c\u{2029}"), "a<U+009B>b<U+2028>c<U+2029>");
+        let m = Message {
+            id: 8,
+            sender: "mallory".into(),
+            recipient: "bob".into(),
+            body: "\x1b]52;c;aGk=\x07".into(),
+            created_at_us: 1_700_000_000_123_456,
+            client_timestamp: None,
+        };
+        assert_eq!(
+            msg_line(&m),
+            "MSG 8 mallory 2023-11-14T22:13:20.123Z ^[]52;c;aGk=^G"
+        );
     }
 }

@@ -11,11 +11,14 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use bytes::BufMut;
+
 use super::codec::Line;
 use super::command::{Command, Context, LoggedIn};
-use super::connection::Connection;
-use super::reply::{msg_line, put_line, Reply};
+use super::connection::{Connection, FLUSH_AT};
+use super::reply::{escape, put_line, put_msg, Reply};
 use crate::chat::Chat;
+use crate::config::Config;
 use crate::error::{ChatError, Code};
 
 /// Pushes written in one go before the session looks at its socket again.
@@ -25,6 +28,8 @@ const PUSH_BATCH: usize = 256;
 pub struct SessionSettings {
     pub max_line: usize,
     pub idle_timeout: Option<Duration>,
+    /// A client that accepts none of our bytes for this long is disconnected.
+    pub write_stall: Duration,
     pub greeting: String,
 }
 
@@ -33,10 +38,18 @@ impl SessionSettings {
         SessionSettings {
             max_line,
             idle_timeout,
+            write_stall: super::connection::WRITE_STALL,
             greeting: format!(
                 "HELLO chatd/{} ready; type HELP for the commands",
                 env!("CARGO_PKG_VERSION")
             ),
+        }
+    }
+
+    pub fn from_config(config: &Config) -> SessionSettings {
+        SessionSettings {
+            write_stall: config.write_stall(),
+            ..SessionSettings::new(config.max_line, config.idle_timeout())
         }
     }
 }
@@ -53,7 +66,7 @@ pub fn serve(
     // Built here, not inside the future, so the task does not keep both the arguments and
     // what was made of them.
     let open = chat.connection_opened();
-    let mut conn = Connection::new(stream, settings.max_line);
+    let mut conn = Connection::new(stream, settings.max_line, settings.write_stall);
     let mut cx = Context::new(chat, peer.ip());
     // An `async move` block, not an `async fn`: its captures are used in place, whereas an
     // async fn's arguments are copied into locals and the task would hold both.
@@ -108,11 +121,8 @@ async fn run(
             pushed = next_push(&mut cx.session) => {
                 // `None`: the hub dropped this session because it fell too far behind.
                 let Some(first) = pushed else { return Ok(End::TooSlow) };
-                put_line(conn.out(), &msg_line(&first));
                 if let Some(session) = cx.session.as_mut() {
-                    for message in std::iter::from_fn(|| session.feed.try_recv()).take(PUSH_BATCH) {
-                        put_line(conn.out(), &msg_line(&message));
-                    }
+                    write_pushes(conn, session, &first);
                 }
             }
             read = conn.read_more() => {
@@ -140,19 +150,27 @@ async fn answer_buffered(
     while let Some(line) = conn.buffered_line(&mut scratch) {
         let reply = match line {
             Line::Text(text) => match Command::parse(text) {
-                Ok(command) => command.apply(cx).await,
-                Err(e) => Reply::err(e),
+                Ok(command) => {
+                    command.apply(cx, conn, shutdown).await?;
+                    None
+                }
+                Err(e) => Some(Reply::err(e)),
             },
-            Line::TooLong => Reply::err(ChatError::new(
+            Line::TooLong => Some(Reply::err(ChatError::new(
                 Code::LineTooLong,
                 format!(
                     "lines are at most {} bytes; that one was discarded",
                     settings.max_line
                 ),
-            )),
-            Line::BadEncoding => Reply::err(ChatError::new(Code::BadEncoding, "lines must be UTF-8")),
+            ))),
+            Line::BadEncoding => Some(Reply::err(ChatError::new(
+                Code::BadEncoding,
+                "lines must be UTF-8",
+            ))),
         };
-        reply.write_to(conn.out());
+        if let Some(reply) = reply {
+            reply.write_to(conn.out());
+        }
         if cx.quit {
             flush(conn, cx, shutdown).await?;
             return Ok(Some(End::Quit));
@@ -182,7 +200,44 @@ async fn next_push(session: &mut Option<Box<LoggedIn>>) -> Option<Arc<crate::sto
     }
 }
 
-async fn flush(conn: &mut Connection, cx: &Context, shutdown: &CancellationToken) -> io::Result<()> {
+/// Writes live messages: `first` and whatever else is queued, up to a batch (in messages and
+/// in bytes). For a person at a telnet client a push must not garble the line being typed:
+/// it starts on a fresh line (in telnet's line mode the text being typed is on the screen but
+/// not yet sent, so the server cannot know it is there), and where the server has received
+/// part of a line (a client sending each key as it is typed) that text is written again
+/// after the push, so typing goes on where it was. Other clients get exactly the `MSG` lines.
+fn write_pushes(conn: &mut Connection, session: &mut LoggedIn, first: &crate::store::Message) {
+    let typed = conn.is_telnet().then(|| {
+        let partial = conn.partial_line();
+        // A character cut in two by the packets is left for the terminal to finish.
+        let valid = match std::str::from_utf8(partial) {
+            Ok(text) => text,
+            Err(e) => std::str::from_utf8(&partial[..e.valid_up_to()]).unwrap_or_default(),
+        };
+        escape(valid).into_owned()
+    });
+    if typed.is_some() {
+        conn.out().put_slice(b"\r\n");
+    }
+    put_msg(conn.out(), first);
+    let mut batch = 1;
+    while batch < PUSH_BATCH && conn.out().len() < FLUSH_AT {
+        let Some(message) = session.feed.try_recv() else {
+            break;
+        };
+        put_msg(conn.out(), &message);
+        batch += 1;
+    }
+    if let Some(typed) = typed {
+        conn.out().put_slice(typed.as_bytes());
+    }
+}
+
+pub(super) async fn flush(
+    conn: &mut Connection,
+    cx: &Context,
+    shutdown: &CancellationToken,
+) -> io::Result<()> {
     match conn.flush(shutdown, cx.session.as_ref().map(|s| &s.kick)).await {
         // Aborted by shutdown: the main loop says goodbye; by a kick: the session ends.
         Err(e) if e.kind() == io::ErrorKind::ConnectionAborted && shutdown.is_cancelled() => Ok(()),

@@ -356,6 +356,17 @@ impl Client {
         reply.last[3..].to_string()
     }
 
+    /// Reads exactly `n` raw bytes.
+    pub async fn bytes(&mut self, n: usize) -> Vec<u8> {
+        use tokio::io::AsyncReadExt;
+        let mut got = vec![0; n];
+        tokio::time::timeout(LINE_WAIT, self.reader.read_exact(&mut got))
+            .await
+            .expect("no bytes from the server in time")
+            .expect("read");
+        got
+    }
+
     /// Reads raw bytes until the server closes the connection.
     pub async fn read_to_close(&mut self) -> Vec<u8> {
         use tokio::io::AsyncReadExt;
