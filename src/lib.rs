@@ -101,9 +101,8 @@ impl Server {
             pool_size: config.db_pool,
             node_id: node_id.clone(),
         };
-        let store = Store::open(&config.db, &store_options)
-            .await
-            .with_context(|| format!("cannot open the store {}", config.db))?;
+        // Its errors name the file or server and say what to do.
+        let store = Store::open(&config.db, &store_options).await?;
         let (chat, writer) = Chat::start(
             store.clone(),
             ChatOptions {
