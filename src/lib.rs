@@ -14,6 +14,7 @@ pub mod hub;
 pub mod line;
 pub mod listener;
 pub mod load;
+pub mod logging;
 pub mod net;
 pub mod store;
 
@@ -167,12 +168,28 @@ impl Server {
         if let Some(echo) = self.echo_addr() {
             let _ = writeln!(out, "Echo (RFC 862) on port {}", echo.port());
         }
+        if let Some(name) = &self.config.interface {
+            let _ = writeln!(
+                out,
+                "Listening only on {} (--interface {name}); this machine's other addresses do not answer.",
+                self.ip
+            );
+        }
+        if self.ip.is_loopback() {
+            let _ = writeln!(
+                out,
+                "{} is loopback: only programs on this machine can connect, not other machines.",
+                self.ip
+            );
+        }
+        let store = match self.store.sqlite_path() {
+            Some(path) => format!("SQLite file {}", path.display()),
+            None => redact(&self.config.db),
+        };
         let _ = write!(
             out,
-            "Store: {}; node {}; at most {} connections. Stop with Ctrl-C.",
-            redact(&self.config.db),
-            self.node_id,
-            self.max_connections
+            "Store: {store}; node {}; at most {} connections. Stop with Ctrl-C.",
+            self.node_id, self.max_connections
         );
         out
     }
@@ -299,7 +316,7 @@ impl Server {
 /// Binds, prints the banner and serves until `shutdown`.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let server = Server::bind(config).await?;
-    println!("{}", server.banner());
+    logging::print_line(&server.banner());
     server.run(shutdown).await
 }
 
