@@ -200,7 +200,7 @@ impl Chat {
             .await?;
         self.inner.store.create_user(user.as_str(), &hash).await?;
         self.remember(user.as_arc());
-        tracing::info!(%user, "registered");
+        tracing::debug!(%user, "registered");
         Ok(user)
     }
 

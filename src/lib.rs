@@ -3,6 +3,7 @@
 //! [`Server::bind`] opens the listeners and the store; [`Server::run`] serves until the
 //! shutdown token is cancelled. The binary and the tests both go through here.
 
+pub(crate) mod activity;
 pub mod cache;
 pub mod chat;
 pub mod cluster;

@@ -115,7 +115,8 @@ fn flag_conflicts(serve: &ArgMatches) -> anyhow::Result<()> {
 #[cfg(unix)]
 async fn stop_on_signal(shutdown: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
-    let listen = |kind: SignalKind| signal(kind).map_err(|e| tracing::error!(error = %e, "cannot handle signals"));
+    let listen =
+        |kind: SignalKind| signal(kind).map_err(|e| tracing::error!(error = %e, "cannot handle signals"));
     let (Ok(mut int), Ok(mut term), Ok(mut hup), Ok(mut usr1), Ok(mut usr2)) = (
         listen(SignalKind::interrupt()),
         listen(SignalKind::terminate()),

@@ -425,7 +425,12 @@ impl Server {
 
     /// A connection error in words, with what to do about it.
     fn explain(&self, e: &Failure) -> anyhow::Error {
-        let Server { host, port, user, database } = self;
+        let Server {
+            host,
+            port,
+            user,
+            database,
+        } = self;
         let at = format!("PostgreSQL at {host} port {port}");
         match e {
             Failure::TimedOut => anyhow::anyhow!(
@@ -493,7 +498,12 @@ async fn connect_once(options: &PgConnectOptions) -> Result<(), Failure> {
 /// Creates the missing database named in `options`, connected to the `postgres` maintenance
 /// database as the same user; if that user may not, says who can and how.
 async fn create_database(options: &PgConnectOptions, server: &Server) -> anyhow::Result<()> {
-    let Server { host, port, user, database } = server;
+    let Server {
+        host,
+        port,
+        user,
+        database,
+    } = server;
     let maintenance = options.clone().database("postgres");
     let created = async {
         let mut conn = tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&maintenance))

@@ -31,7 +31,10 @@ impl StoreUrl {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             return Ok(StoreUrl::Postgres(url.to_string()));
         }
-        if let Some(rest) = url.strip_prefix("postgres:").or_else(|| url.strip_prefix("postgresql:")) {
+        if let Some(rest) = url
+            .strip_prefix("postgres:")
+            .or_else(|| url.strip_prefix("postgresql:"))
+        {
             anyhow::bail!(
                 "the store URL {url:?} is not a PostgreSQL URL: write postgres://{}",
                 rest.trim_start_matches('/')
@@ -158,7 +161,10 @@ mod tests {
     #[test]
     fn other_schemes_are_refused() {
         assert!(parse("mysql://x").is_err());
-        assert!(parse("postgres:x").unwrap_err().to_string().contains("postgres://x"));
+        assert!(parse("postgres:x")
+            .unwrap_err()
+            .to_string()
+            .contains("postgres://x"));
         assert!(parse("sqlite://").is_err());
         assert!(parse("sqlite://chatd.db?mode=ro").is_err());
         assert_eq!(
