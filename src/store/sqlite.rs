@@ -260,6 +260,9 @@ impl SqliteStore {
     pub async fn close(&self) {
         self.readers.close().await;
         self.writer.close().await;
+        if let Some(file) = &self.file {
+            file.release();
+        }
     }
 }
 

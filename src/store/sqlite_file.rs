@@ -22,8 +22,8 @@ const WATCH_EVERY: Duration = Duration::from_secs(2);
 #[derive(Debug)]
 pub struct DbFile {
     path: PathBuf,
-    /// Held for the life of the process; the OS releases the lock when it exits.
-    _lock: File,
+    /// Held until the store is closed; the OS releases the lock if the process dies.
+    lock: File,
     identity: std::sync::OnceLock<Identity>,
     /// Set once the loss has been logged, so the log says it once.
     reported: AtomicBool,
@@ -123,7 +123,7 @@ impl DbFile {
         lock.flush()?;
         Ok(DbFile {
             path: path.to_path_buf(),
-            _lock: lock,
+            lock,
             identity: std::sync::OnceLock::new(),
             reported: AtomicBool::new(false),
         })
@@ -131,6 +131,12 @@ impl DbFile {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Lets another process (or a new store in this one) have the file, once the store's
+    /// connections are closed.
+    pub fn release(&self) {
+        let _ = self.lock.unlock();
     }
 
     /// Records the identity of the database file as it is now (once it has been opened).
