@@ -437,3 +437,33 @@ async fn a_crowd_arriving_at_once_is_summarised_not_listed() {
         "every arrival is counted once:\n{text}"
     );
 }
+
+#[tokio::test]
+async fn debug_logging_shows_http_requests_but_not_the_sql() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("chatd.log");
+    let mut command = serve_command(&sqlite_url(&dir.path().join("chatd.db")));
+    command
+        .env("RUST_LOG", "debug")
+        .stderr(std::fs::File::create(&log).unwrap());
+    let p = Process::start_command(command);
+    let http = p.http.expect("HTTP is on");
+    let mut alice = Client::connect(p.addr).await;
+    alice.ok("REGISTER alice pw").await;
+    alice.ok("AUTH alice pw").await;
+    alice.ok("SEND alice hello").await;
+    let status = reqwest::get(format!("http://{http}/info?secret=x"))
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 200);
+    let text = log_shows(&log, "GET /info 200").await;
+    assert!(
+        !text.contains("secret=x"),
+        "the query string is not logged:\n{text}"
+    );
+    assert!(
+        !text.contains("sqlx::query") && !text.contains("INSERT INTO"),
+        "no SQL at debug unless asked:\n{text}"
+    );
+}
