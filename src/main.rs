@@ -145,7 +145,7 @@ async fn stop_on_signal(shutdown: CancellationToken) {
     }
 }
 
-/// Cancels `shutdown` on Ctrl-C (Ctrl-Break and closing the console too, on Windows); a
+/// Cancels `shutdown` on Ctrl-C (the only signal there is off Unix); a
 /// second one exits at once.
 #[cfg(not(unix))]
 async fn stop_on_signal(shutdown: CancellationToken) {
