@@ -117,6 +117,8 @@ async fn stop_on_signal(shutdown: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
     let listen =
         |kind: SignalKind| signal(kind).map_err(|e| tracing::error!(error = %e, "cannot handle signals"));
+    // Started with SIGHUP ignored (`nohup chatd serve &`): it is meant to outlive the terminal.
+    let hangup_ignored = ignored_at_start(libc::SIGHUP);
     let (Ok(mut int), Ok(mut term), Ok(mut hup), Ok(mut usr1), Ok(mut usr2)) = (
         listen(SignalKind::interrupt()),
         listen(SignalKind::terminate()),
@@ -131,7 +133,13 @@ async fn stop_on_signal(shutdown: CancellationToken) {
         let name = tokio::select! {
             _ = int.recv() => "SIGINT",
             _ = term.recv() => "SIGTERM",
-            _ = hup.recv() => "SIGHUP",
+            _ = hup.recv() => {
+                if hangup_ignored {
+                    tracing::info!("SIGHUP received and ignored (chatd was started with it ignored, as by nohup)");
+                    continue;
+                }
+                "SIGHUP"
+            }
             _ = usr1.recv() => { tracing::info!("SIGUSR1 received and ignored"); continue }
             _ = usr2.recv() => { tracing::info!("SIGUSR2 received and ignored"); continue }
         };
@@ -142,6 +150,16 @@ async fn stop_on_signal(shutdown: CancellationToken) {
         stopping = true;
         tracing::info!("{name} received");
         shutdown.cancel();
+    }
+}
+
+/// Whether `signal` was set to be ignored by whoever started chatd.
+#[cfg(unix)]
+fn ignored_at_start(signal: libc::c_int) -> bool {
+    // SAFETY: sigaction with a null new action only reads the current one into `old`.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(signal, std::ptr::null(), &mut old) == 0 && old.sa_sigaction == libc::SIG_IGN
     }
 }
 

@@ -208,3 +208,25 @@ async fn sighup_says_bye_to_every_client_and_exits_0_and_sigusr1_is_ignored() {
     let status = p.wait_exit(Duration::from_secs(5));
     assert!(status.success(), "{status:?}");
 }
+
+#[tokio::test]
+async fn started_under_nohup_it_outlives_the_terminal() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut command =
+        common::process::serve_command(&format!("sqlite://{}", dir.path().join("c.db").display()));
+    // What nohup(1) does before it runs the command.
+    // SAFETY: signal(2) is async-signal-safe and only changes the child about to exec.
+    unsafe {
+        command.pre_exec(|| {
+            libc::signal(libc::SIGHUP, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    let mut p = Process::start_command(command);
+    let mut client = Client::connect(p.addr).await;
+    p.signal(libc::SIGHUP);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(client.cmd("PING").await.last, "OK PONG");
+    assert!(p.child.try_wait().unwrap().is_none(), "still running");
+}
