@@ -132,23 +132,25 @@ fn an_unwritable_directory_is_named_with_the_cause() {
     std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o555)).unwrap();
     let db = locked.join("chatd.db");
     let url = sqlite_url(&db);
-    let mut command = Command::new(CHATD);
-    command
-        .args([
-            "serve",
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--http-port",
-            "0",
-            "--db",
-            &url,
-        ])
-        .env("RUST_LOG", "warn");
-    // Root may write anywhere: run as nobody then.
+    // Root may write anywhere: run as nobody then, from a copy of the binary that nobody can
+    // reach whatever the permissions of the checkout.
     // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
+    let as_root = unsafe { libc::geteuid() } == 0;
+    let binary = if as_root {
+        let copy = dir.path().join("chatd");
+        std::fs::copy(CHATD, &copy).unwrap();
+        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+        copy
+    } else {
+        CHATD.into()
+    };
+    let mut command = Command::new(binary);
+    command
+        .args(["serve", "--bind", "127.0.0.1", "--port", "0", "--http-port", "0"])
+        .args(["--db", &url])
+        .current_dir(dir.path())
+        .env("RUST_LOG", "warn");
+    if as_root {
         use std::os::unix::process::CommandExt;
         command.uid(65534).gid(65534);
     }
