@@ -9,15 +9,11 @@ use clap::Args;
 #[derive(Debug, Clone, Args)]
 pub struct Config {
     /// Address to bind (`0.0.0.0` for every IPv4 interface, `::` for IPv6 as well).
-    #[arg(
-        long,
-        env = "CHATD_BIND",
-        default_value = "0.0.0.0",
-        conflicts_with = "interface"
-    )]
+    #[arg(long, env = "CHATD_BIND", default_value = "0.0.0.0")]
     pub bind: IpAddr,
 
-    /// Bind the IPv4 address of this network interface (see `chatd interfaces`).
+    /// Bind the IPv4 address of this network interface, by name (`lo`, `eth0`; see `chatd
+    /// interfaces`) or by one of its addresses; only that address then answers.
     #[arg(long, env = "CHATD_INTERFACE")]
     pub interface: Option<String>,
 

@@ -4,6 +4,7 @@
 //! shutdown token is cancelled. The binary and the tests both go through here, and this is
 //! all they see: the modules behind it are the server's own.
 
+mod activity;
 mod cache;
 mod chat;
 mod config;
@@ -14,6 +15,7 @@ mod hub;
 mod line;
 mod listener;
 pub mod load;
+pub mod logging;
 mod net;
 mod store;
 mod topology;
@@ -108,9 +110,8 @@ impl Server {
             pool_size: config.db_pool,
             node_id: node_id.clone(),
         };
-        let store = Store::open(&config.db, &store_options)
-            .await
-            .with_context(|| format!("cannot open the store {}", config.db))?;
+        // Its errors name the file or server and say what to do.
+        let store = Store::open(&config.db, &store_options).await?;
         let chat = Chat::start(
             store.clone(),
             ChatOptions {
@@ -175,12 +176,28 @@ impl Server {
         if let Some(echo) = self.echo_addr() {
             let _ = writeln!(out, "Echo (RFC 862) on port {}", echo.port());
         }
+        if let Some(name) = &self.config.interface {
+            let _ = writeln!(
+                out,
+                "Listening only on {} (--interface {name}); this machine's other addresses do not answer.",
+                self.ip
+            );
+        }
+        if self.ip.is_loopback() {
+            let _ = writeln!(
+                out,
+                "{} is loopback: only programs on this machine can connect, not other machines.",
+                self.ip
+            );
+        }
+        let store = match self.store.sqlite_path() {
+            Some(path) => format!("SQLite file {}", path.display()),
+            None => redact(&self.config.db),
+        };
         let _ = write!(
             out,
-            "Store: {}; node {}; at most {} connections. Stop with Ctrl-C.",
-            redact(&self.config.db),
-            self.node_id,
-            self.max_connections
+            "Store: {store}; node {}; at most {} connections. Stop with Ctrl-C.",
+            self.node_id, self.max_connections
         );
         out
     }
@@ -329,7 +346,7 @@ impl Server {
 /// Binds, prints the banner and serves until `shutdown`.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let server = Server::bind(config).await?;
-    println!("{}", server.banner());
+    logging::print_line(&server.banner());
     server.run(shutdown).await
 }
 

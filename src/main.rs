@@ -2,10 +2,11 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
 
+use chatd::logging::{eprint_line, print_line};
 use chatd::Config;
 
 #[derive(Parser)]
@@ -30,16 +31,15 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    chatd::logging::init();
     let result = match cli.command {
         Command::Interfaces => interfaces(),
-        Command::Serve(config) => serve(config),
+        Command::Serve(config) => match matches.subcommand_matches("serve").map(flag_conflicts) {
+            Some(Err(e)) => Err(e),
+            _ => serve(config),
+        },
         Command::Load(args) => match chatd::load::main(args) {
             Ok(code) => return code,
             Err(e) => Err(e),
@@ -48,7 +48,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("chatd: {e:#}");
+            eprint_line(&format!("chatd: {e:#}"));
             ExitCode::FAILURE
         }
     }
@@ -57,9 +57,9 @@ fn main() -> ExitCode {
 fn interfaces() -> anyhow::Result<()> {
     let list = chatd::interfaces()?;
     let width = list.iter().map(|i| i.name.len()).max().unwrap_or(0).max(9);
-    println!("{:width$}  ADDRESS", "INTERFACE");
+    print_line(&format!("{:width$}  ADDRESS", "INTERFACE"));
     for i in list {
-        println!("{:width$}  {}", i.name, i.ip);
+        print_line(&format!("{:width$}  {}", i.name, i.ip));
     }
     Ok(())
 }
@@ -77,17 +77,108 @@ fn serve(config: Config) -> anyhow::Result<()> {
     })
 }
 
-/// Cancels `shutdown` on SIGINT or SIGTERM.
+/// `--bind` and `--interface` both choose the address; say where each came from, so that a
+/// `CHATD_BIND` left in the environment is not reported as a flag the user never typed.
+fn flag_conflicts(serve: &ArgMatches) -> anyhow::Result<()> {
+    let source = |id: &str| serve.value_source(id);
+    let (Some(bind), Some(interface)) = (source("bind"), source("interface")) else {
+        return Ok(());
+    };
+    if bind == ValueSource::DefaultValue {
+        return Ok(());
+    }
+    let said = |id: &str, env: &str, source: ValueSource| {
+        let value = serve
+            .get_raw(id)
+            .and_then(|mut v| v.next())
+            .map(|v| v.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if source == ValueSource::EnvVariable {
+            format!("{env}={value} (from the environment)")
+        } else {
+            format!("--{id} {value}")
+        }
+    };
+    let bind_said = said("bind", "CHATD_BIND", bind);
+    let interface_said = said("interface", "CHATD_INTERFACE", interface);
+    let fix = match (bind, interface) {
+        (ValueSource::EnvVariable, _) => "unset CHATD_BIND, or leave out --interface",
+        (_, ValueSource::EnvVariable) => "unset CHATD_INTERFACE, or leave out --bind",
+        _ => "give one of them",
+    };
+    anyhow::bail!("{bind_said} and {interface_said} both choose the address to listen on: {fix}")
+}
+
+/// Cancels `shutdown` on SIGINT, SIGTERM or SIGHUP (closing the terminal chatd runs in); a
+/// second one while shutting down exits at once. SIGUSR1 and SIGUSR2 are logged and ignored
+/// rather than killing the server.
+#[cfg(unix)]
 async fn stop_on_signal(shutdown: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
-    else {
-        tracing::error!("cannot listen for SIGINT/SIGTERM");
+    let listen =
+        |kind: SignalKind| signal(kind).map_err(|e| tracing::error!(error = %e, "cannot handle signals"));
+    // Started with SIGHUP ignored (`nohup chatd serve &`): it is meant to outlive the terminal.
+    let hangup_ignored = ignored_at_start(libc::SIGHUP);
+    let (Ok(mut int), Ok(mut term), Ok(mut hup), Ok(mut usr1), Ok(mut usr2)) = (
+        listen(SignalKind::interrupt()),
+        listen(SignalKind::terminate()),
+        listen(SignalKind::hangup()),
+        listen(SignalKind::user_defined1()),
+        listen(SignalKind::user_defined2()),
+    ) else {
         return;
     };
-    tokio::select! {
-        _ = int.recv() => tracing::info!("SIGINT received"),
-        _ = term.recv() => tracing::info!("SIGTERM received"),
+    let mut stopping = false;
+    loop {
+        let name = tokio::select! {
+            _ = int.recv() => "SIGINT",
+            _ = term.recv() => "SIGTERM",
+            _ = hup.recv() => {
+                if hangup_ignored {
+                    tracing::info!("SIGHUP received and ignored (chatd was started with it ignored, as by nohup)");
+                    continue;
+                }
+                "SIGHUP"
+            }
+            _ = usr1.recv() => { tracing::info!("SIGUSR1 received and ignored"); continue }
+            _ = usr2.recv() => { tracing::info!("SIGUSR2 received and ignored"); continue }
+        };
+        if stopping {
+            tracing::warn!("{name} received again: exiting now");
+            std::process::exit(130);
+        }
+        stopping = true;
+        tracing::info!("{name} received");
+        shutdown.cancel();
     }
-    shutdown.cancel();
+}
+
+/// Whether `signal` was set to be ignored by whoever started chatd.
+#[cfg(unix)]
+fn ignored_at_start(signal: libc::c_int) -> bool {
+    // SAFETY: sigaction with a null new action only reads the current one into `old`.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(signal, std::ptr::null(), &mut old) == 0 && old.sa_sigaction == libc::SIG_IGN
+    }
+}
+
+/// Cancels `shutdown` on Ctrl-C (the only signal there is off Unix); a
+/// second one exits at once.
+#[cfg(not(unix))]
+async fn stop_on_signal(shutdown: CancellationToken) {
+    let mut stopping = false;
+    loop {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot handle Ctrl-C");
+            return;
+        }
+        if stopping {
+            tracing::warn!("Ctrl-C received again: exiting now");
+            std::process::exit(130);
+        }
+        stopping = true;
+        tracing::info!("Ctrl-C received");
+        shutdown.cancel();
+    }
 }

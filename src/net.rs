@@ -26,12 +26,18 @@ pub fn interfaces() -> io::Result<Vec<InterfaceAddr>> {
     Ok(list)
 }
 
-/// The IPv4 address of interface `name`, or an error that names it and lists the interfaces
-/// that do exist.
+/// The IPv4 address of interface `name` (or `name` itself, when it is one of this host's
+/// addresses), or an error that names it and lists the interfaces that do exist.
 pub fn interface_ipv4(name: &str) -> anyhow::Result<IpAddr> {
     let all = interfaces()?;
     if let Some(found) = all.iter().find(|i| i.name == name && i.ip.is_ipv4()) {
         return Ok(found.ip);
+    }
+    if let Ok(ip) = name.parse::<IpAddr>() {
+        if all.iter().any(|i| i.ip == ip) {
+            return Ok(ip);
+        }
+        anyhow::bail!("{ip} is not an address of this machine; see `chatd interfaces`")
     }
     // "lo (127.0.0.1, ::1), eth0 (192.0.2.2)": each interface once, in the kernel's order.
     let mut names: Vec<&str> = Vec::new();
@@ -94,6 +100,7 @@ pub fn bind(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
 }
 
 /// This machine's host name.
+#[cfg(unix)]
 pub fn hostname() -> String {
     let mut buf = [0u8; 256];
     // SAFETY: gethostname writes at most buf.len() bytes into buf.
@@ -105,29 +112,37 @@ pub fn hostname() -> String {
     }
 }
 
-/// Raises the soft open-files limit to the hard limit and returns the limit now in force.
+/// This machine's host name.
+#[cfg(not(unix))]
+pub fn hostname() -> String {
+    std::env::var("COMPUTERNAME")
+        .ok()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "chatd".to_string())
+}
+
+/// Most connections assumed where there is no open-files limit to read (Windows), and the
+/// ceiling where the limit is "unlimited".
+const NO_LIMIT: u64 = 1 << 20;
+#[cfg(not(unix))]
+const WINDOWS_SOCKETS: u64 = 16_384;
+
+/// Raises the soft open-files limit as far as the system allows (the hard limit; on macOS also
+/// `kern.maxfilesperproc`, as setting more fails there) and returns the limit now in force.
+#[cfg(unix)]
 pub fn raise_open_files_limit() -> io::Result<u64> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
+    let limit = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => limit,
+        // Could not raise it: the current soft limit is what there is.
+        Err(_) => rlimit::Resource::NOFILE.get()?.0,
     };
-    // SAFETY: getrlimit/setrlimit only read and write the struct passed to them.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        if limit.rlim_cur < limit.rlim_max {
-            let raised = libc::rlimit {
-                rlim_cur: limit.rlim_max,
-                rlim_max: limit.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) != 0 {
-                return Ok(limit.rlim_cur);
-            }
-            limit = raised;
-        }
-    }
-    Ok(limit.rlim_cur)
+    Ok(limit.min(NO_LIMIT))
+}
+
+/// Windows has no open-files limit for sockets.
+#[cfg(not(unix))]
+pub fn raise_open_files_limit() -> io::Result<u64> {
+    Ok(WINDOWS_SOCKETS.min(NO_LIMIT))
 }
 
 #[cfg(test)]
@@ -148,6 +163,13 @@ mod tests {
         let err = interface_ipv4("nosuchif0").unwrap_err().to_string();
         assert!(err.contains("\"nosuchif0\""), "{err}");
         assert!(err.contains("127.0.0.1"), "{err}");
+    }
+
+    #[test]
+    fn an_interface_can_be_named_by_its_address() {
+        assert_eq!(interface_ipv4("127.0.0.1").unwrap(), IpAddr::from([127, 0, 0, 1]));
+        let err = interface_ipv4("192.0.2.77").unwrap_err().to_string();
+        assert!(err.contains("not an address of this machine"), "{err}");
     }
 
     #[test]

@@ -152,3 +152,81 @@ async fn running_out_of_file_descriptors_does_not_stop_the_server() {
         assert_eq!(c.cmd("PING").await.last, "OK PONG");
     }
 }
+
+/// chatd logging at info into a pipe whose reader is gone, as after `chatd serve 2>&1 | tee
+/// log` when Ctrl-C has killed `tee`.
+fn with_stderr_closed(dir: &std::path::Path) -> Process {
+    let mut command = common::process::serve_command(&format!("sqlite://{}", dir.join("c.db").display()));
+    command
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped());
+    let mut p = Process::start_command(command);
+    drop(p.child.stderr.take());
+    p
+}
+
+#[tokio::test]
+async fn sigint_and_sigterm_stop_it_even_when_its_stderr_is_gone() {
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = with_stderr_closed(dir.path());
+        let mut client = Client::connect(p.addr).await;
+        // Something to log into the dead pipe first.
+        client.ok("REGISTER alice pw").await;
+        client.ok("AUTH alice pw").await;
+        let started = Instant::now();
+        p.signal(signal);
+        assert_eq!(
+            client.closed().await,
+            vec!["BYE server shutting down".to_string()]
+        );
+        let status = p.wait_exit(Duration::from_secs(5));
+        assert!(status.success(), "signal {signal}: {status:?}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+}
+
+#[tokio::test]
+async fn sighup_says_bye_to_every_client_and_exits_0_and_sigusr1_is_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = Process::start(&format!("sqlite://{}", dir.path().join("c.db").display()));
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        clients.push(Client::connect(p.addr).await);
+    }
+    p.signal(libc::SIGUSR1);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(p.child.try_wait().unwrap().is_none(), "SIGUSR1 does not kill it");
+    assert_eq!(clients[0].cmd("PING").await.last, "OK PONG");
+    p.signal(libc::SIGHUP);
+    for client in &mut clients {
+        assert_eq!(
+            client.closed().await,
+            vec!["BYE server shutting down".to_string()]
+        );
+    }
+    let status = p.wait_exit(Duration::from_secs(5));
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test]
+async fn started_under_nohup_it_outlives_the_terminal() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut command =
+        common::process::serve_command(&format!("sqlite://{}", dir.path().join("c.db").display()));
+    // What nohup(1) does before it runs the command.
+    // SAFETY: signal(2) is async-signal-safe and only changes the child about to exec.
+    unsafe {
+        command.pre_exec(|| {
+            libc::signal(libc::SIGHUP, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    let mut p = Process::start_command(command);
+    let mut client = Client::connect(p.addr).await;
+    p.signal(libc::SIGHUP);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(client.cmd("PING").await.last, "OK PONG");
+    assert!(p.child.try_wait().unwrap().is_none(), "still running");
+}

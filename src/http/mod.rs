@@ -1,6 +1,7 @@
 //! The HTTP facade: the lab's JSON routes, live events and the chat page, over the very same
 //! chat domain as the line protocol. Handlers are thin; [`ChatError`] maps to statuses here.
 
+mod access_log;
 mod events;
 mod extract;
 mod routes;
@@ -51,6 +52,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/events", get(events::events))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
+        .layer(axum::middleware::from_fn(access_log::log))
         .with_state(state)
 }
 

@@ -323,6 +323,7 @@ async fn auth(cx: &mut Context, user: &str, password: &str) -> ChatResult<Reply>
         .chat
         .authenticate(user, password, cx.peer, Some(&mut cx.auth))
         .await?;
+    crate::activity::logged_in(user.as_str(), cx.peer);
     let reply = Reply::ok(format!("logged in as {user}"));
     if cx.user() != Some(&user) {
         // Leave the old user's presence before joining as the new one.

@@ -66,6 +66,7 @@ pub fn serve(
     // Built here, not inside the future, so the task does not keep both the arguments and
     // what was made of them.
     let open = chat.connection_opened();
+    let visit = crate::activity::Visit::start(peer);
     let mut conn = Connection::new(stream, settings.max_line, settings.write_stall);
     let mut cx = Context::new(chat, peer.ip());
     // An `async move` block, not an `async fn`: its captures are used in place, whereas an
@@ -81,6 +82,7 @@ pub fn serve(
             }
             Err(e) => tracing::debug!(error = %e, "connection ended"),
         }
+        visit.end(cx.user().map(|u| u.as_str()));
         // Dropping `cx` takes the user's session offline.
     }
 }

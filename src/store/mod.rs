@@ -7,12 +7,15 @@
 mod error;
 pub mod postgres;
 mod sqlite;
+mod sqlite_file;
+pub mod url;
 
 use std::sync::Arc;
 
 pub use error::{StoreError, StoreErrorKind, StoreResult};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
+pub use url::StoreUrl;
 
 /// A message as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,18 +64,22 @@ pub struct StoreOptions {
 }
 
 impl Store {
-    /// Opens (creating and migrating as needed) the store named by `url`.
+    /// Opens (creating and migrating as needed) the store named by `url`. The errors name the
+    /// file or server and say what to do.
     pub async fn open(url: &str, options: &StoreOptions) -> anyhow::Result<Store> {
-        if url.starts_with("sqlite:") {
-            Ok(Store::Sqlite(SqliteStore::open(url).await?))
-        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-            Ok(Store::Postgres(
-                PgStore::open(url, options.pool_size, &options.node_id).await?,
-            ))
-        } else {
-            anyhow::bail!(
-                "unsupported store URL {url:?}: expected sqlite://PATH, sqlite::memory: or postgres://..."
-            )
+        match StoreUrl::parse(url)? {
+            StoreUrl::Postgres(url) => Ok(Store::Postgres(
+                PgStore::open(&url, options.pool_size, &options.node_id).await?,
+            )),
+            sqlite => Ok(Store::Sqlite(SqliteStore::open(&sqlite).await?)),
+        }
+    }
+
+    /// The absolute path of the SQLite database file, if the store is one.
+    pub fn sqlite_path(&self) -> Option<&std::path::Path> {
+        match self {
+            Store::Sqlite(s) => s.path(),
+            Store::Postgres(_) => None,
         }
     }
 

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::PgPool;
+use sqlx::{Connection as _, PgConnection, PgPool};
 
 use super::{Counts, Message, NewMessage, Notify, StoreError, StoreResult};
 
@@ -32,17 +32,32 @@ pub struct PgStore {
 }
 
 impl PgStore {
+    /// Connects (creating the database if it is missing and the URL's user may), migrates,
+    /// and opens the pool. Errors say what to do: start PostgreSQL, fix the login, `createdb`.
     pub async fn open(url: &str, pool_size: u32, node_id: &str) -> anyhow::Result<PgStore> {
         // The server cancels a statement that outlives the operation bound, so a stuck one
         // does not hold its connection (and locks) after the client was answered.
-        let options = PgConnectOptions::from_str(url)?
+        let options = PgConnectOptions::from_str(url)
+            .map_err(|e| anyhow::anyhow!("the store URL {} is not a PostgreSQL URL: {e}", redact(url)))?
             .options([("statement_timeout", format!("{}", OP_TIMEOUT.as_millis()))]);
+        let server = Server::of(&options);
+        // One connection first, so that the error is the real one: the pool only reports
+        // "timed out" after retrying whatever went wrong.
+        match connect_once(&options).await {
+            Ok(()) => {}
+            Err(e) if e.code().as_deref() == Some("3D000") => create_database(&options, &server).await?,
+            Err(e) => return Err(server.explain(&e)),
+        }
         let pool = PgPoolOptions::new()
             .max_connections(pool_size.max(2))
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(options)
-            .await?;
-        sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+            .await
+            .map_err(|e| server.explain(&Failure::Sqlx(e)))?;
+        sqlx::migrate!("./migrations/postgres")
+            .run(&pool)
+            .await
+            .map_err(|e| anyhow::anyhow!("migrating the database {} failed: {e}", server.database))?;
         Ok(PgStore {
             pool,
             node_id: Arc::from(node_id),
@@ -414,5 +429,157 @@ async fn bounded<T>(
         Ok(Ok(value)) => Ok(value),
         Ok(Err(e)) => Err(StoreError::from_sqlx(context, write, e)),
         Err(_) => Err(StoreError::timed_out(context, write, OP_TIMEOUT)),
+    }
+}
+
+
+/// Where a PostgreSQL URL points, for messages.
+struct Server {
+    host: String,
+    port: u16,
+    user: String,
+    database: String,
+}
+
+impl Server {
+    fn of(options: &PgConnectOptions) -> Server {
+        let user = options.get_username().to_string();
+        Server {
+            host: options.get_host().to_string(),
+            port: options.get_port(),
+            database: options.get_database().unwrap_or(&user).to_string(),
+            user,
+        }
+    }
+
+    /// A connection error in words, with what to do about it.
+    fn explain(&self, e: &Failure) -> anyhow::Error {
+        let Server {
+            host,
+            port,
+            user,
+            database,
+        } = self;
+        let at = format!("PostgreSQL at {host} port {port}");
+        match e {
+            Failure::TimedOut => anyhow::anyhow!(
+                "{at} did not answer within {}s: check the host and port, and that no firewall drops the connection",
+                CONNECT_TIMEOUT.as_secs()
+            ),
+            Failure::Sqlx(sqlx::Error::Io(io)) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
+                anyhow::anyhow!(
+                    "{at} refused the connection: is PostgreSQL running and listening there? \
+                     (check with `pg_isready -h {host} -p {port}`)"
+                )
+            }
+            Failure::Sqlx(sqlx::Error::Io(io)) => anyhow::anyhow!("cannot reach {at}: {io}"),
+            Failure::Sqlx(sqlx::Error::Database(db)) => match db.code().as_deref() {
+                Some(c) if c.starts_with("28") => anyhow::anyhow!(
+                    "{at} refused the login of user {user:?}: {} (check the user and password in \
+                     the URL, and pg_hba.conf)",
+                    db.message()
+                ),
+                Some("3D000") => anyhow::anyhow!(
+                    "the database {database:?} does not exist on {at}; create it with \
+                     `createdb -h {host} -p {port} {database}`"
+                ),
+                _ => anyhow::anyhow!("{at} refused the connection to {database:?}: {}", db.message()),
+            },
+            Failure::Sqlx(other) => anyhow::anyhow!("cannot connect to {at}: {other}"),
+        }
+    }
+}
+
+/// How long the first connection may take before the server is reported unreachable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+enum Failure {
+    TimedOut,
+    Sqlx(sqlx::Error),
+}
+
+impl Failure {
+    fn code(&self) -> Option<String> {
+        match self {
+            Failure::Sqlx(sqlx::Error::Database(db)) => db.code().map(|c| c.to_string()),
+            _ => None,
+        }
+    }
+}
+
+impl From<sqlx::Error> for Failure {
+    fn from(e: sqlx::Error) -> Failure {
+        Failure::Sqlx(e)
+    }
+}
+
+async fn connect_once(options: &PgConnectOptions) -> Result<(), Failure> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(options)).await {
+        Ok(Ok(conn)) => {
+            let _ = conn.close().await;
+            Ok(())
+        }
+        Ok(Err(e)) => Err(Failure::Sqlx(e)),
+        Err(_) => Err(Failure::TimedOut),
+    }
+}
+
+/// Creates the missing database named in `options`, connected to the `postgres` maintenance
+/// database as the same user; if that user may not, says who can and how.
+async fn create_database(options: &PgConnectOptions, server: &Server) -> anyhow::Result<()> {
+    let Server {
+        host,
+        port,
+        user,
+        database,
+    } = server;
+    let maintenance = options.clone().database("postgres");
+    let created = async {
+        let mut conn = tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&maintenance))
+            .await
+            .map_err(|_| Failure::TimedOut)??;
+        let quoted = format!("\"{}\"", database.replace('"', "\"\""));
+        let result = sqlx::query(&format!("CREATE DATABASE {quoted}"))
+            .execute(&mut conn)
+            .await;
+        let _ = conn.close().await;
+        match result {
+            Ok(_) => Ok(()),
+            // Another node created it at the same moment.
+            Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42P04") => Ok(()),
+            Err(e) => Err(Failure::Sqlx(e)),
+        }
+    };
+    match created.await {
+        Ok(()) => {
+            tracing::info!("created the PostgreSQL database {database:?} on {host} port {port}");
+            Ok(())
+        }
+        Err(e) => {
+            let why = match &e {
+                Failure::Sqlx(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42501") => {
+                    format!("user {user:?} may not create databases")
+                }
+                Failure::Sqlx(sqlx::Error::Database(db)) => db.message().to_string(),
+                Failure::Sqlx(other) => other.to_string(),
+                Failure::TimedOut => "the server did not answer".to_string(),
+            };
+            anyhow::bail!(
+                "the database {database:?} does not exist on PostgreSQL at {host} port {port}, and \
+                 chatd could not create it ({why}); create it as a user who may, e.g. \
+                 `createdb -h {host} -p {port} -O {user} {database}`, then start chatd again"
+            )
+        }
+    }
+}
+
+/// A URL without its password.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => match url[scheme + 3..at].split_once(':') {
+            Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+            None => url.to_string(),
+        },
+        _ => url.to_string(),
     }
 }

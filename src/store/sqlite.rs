@@ -1,6 +1,7 @@
 //! The embedded SQLite store: WAL journal, `synchronous=FULL`, one writer connection (so writes
 //! never meet "database is locked") and a small pool of readers.
 
+use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,6 +9,8 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::SqlitePool;
 
+use super::sqlite_file::DbFile;
+use super::url::StoreUrl;
 use super::{Counts, Message, NewMessage, StoreError, StoreResult};
 
 type MessageRow = (i64, String, String, String, i64, Option<String>);
@@ -16,12 +19,25 @@ type MessageRow = (i64, String, String, String, i64, Option<String>);
 pub struct SqliteStore {
     writer: SqlitePool,
     readers: SqlitePool,
+    /// The locked database file; `None` in memory.
+    file: Option<Arc<DbFile>>,
 }
 
 impl SqliteStore {
-    pub async fn open(url: &str) -> anyhow::Result<SqliteStore> {
-        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
-        let options = SqliteConnectOptions::from_str(url)?
+    /// Opens the store at `location` (a file, locked for this process, or memory), creating
+    /// and migrating it as needed.
+    pub async fn open(location: &StoreUrl) -> anyhow::Result<SqliteStore> {
+        let (options, file) = match location {
+            StoreUrl::SqliteMemory => (SqliteConnectOptions::from_str("sqlite::memory:")?, None),
+            StoreUrl::SqliteFile(path) => {
+                let file = DbFile::lock(path)?;
+                (SqliteConnectOptions::new().filename(path), Some(Arc::new(file)))
+            }
+            StoreUrl::Postgres(_) => anyhow::bail!("not a SQLite URL"),
+        };
+        let in_memory = file.is_none();
+        let created = file.as_ref().is_some_and(|f| !f.path().exists());
+        let options = options
             .create_if_missing(true)
             .journal_mode(if in_memory {
                 SqliteJournalMode::Memory
@@ -31,6 +47,10 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(5))
             .foreign_keys(true);
+        let failed = |doing: &str, e: &dyn std::fmt::Display| match &file {
+            Some(f) => open_error(f.path(), doing, e),
+            None => anyhow::anyhow!("{doing} the in-memory database failed: {e}"),
+        };
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             // The writer's one connection is local and always there: no ping before each use.
@@ -39,8 +59,12 @@ impl SqliteStore {
             .idle_timeout(None)
             .max_lifetime(None)
             .connect_with(options.clone())
-            .await?;
-        sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
+            .await
+            .map_err(|e| failed("opening", &sqlite_cause(&e)))?;
+        sqlx::migrate!("./migrations/sqlite")
+            .run(&writer)
+            .await
+            .map_err(|e| failed("migrating", &e))?;
         // An in-memory database lives in its one connection, so it must also serve reads.
         let readers = if in_memory {
             writer.clone()
@@ -48,21 +72,48 @@ impl SqliteStore {
             SqlitePoolOptions::new()
                 .max_connections(4)
                 .connect_with(options.read_only(true))
-                .await?
+                .await
+                .map_err(|e| failed("opening", &sqlite_cause(&e)))?
         };
-        Ok(SqliteStore { writer, readers })
+        if let Some(file) = &file {
+            file.remember()
+                .map_err(|e| failed("looking at", &super::sqlite_file::describe(&e)))?;
+            DbFile::watch(file);
+            if created {
+                tracing::info!("created a new database at {}", file.path().display());
+            }
+        }
+        Ok(SqliteStore {
+            writer,
+            readers,
+            file,
+        })
+    }
+
+    /// The database file's absolute path; `None` in memory.
+    pub fn path(&self) -> Option<&Path> {
+        self.file.as_deref().map(DbFile::path)
+    }
+
+    /// Fails if the database file was deleted or replaced since it was opened, so that no
+    /// write is acknowledged into a file that is gone. One stat(2); nothing in memory.
+    pub fn check_file(&self) -> StoreResult<()> {
+        match &self.file {
+            Some(file) => file.check(),
+            None => Ok(()),
+        }
     }
 
     pub async fn create_user(&self, name: &str, password_hash: &str) -> StoreResult<()> {
+        self.check_file()?;
         let result = sqlx::query("INSERT INTO users (name, password_hash, created_at_us) VALUES (?, ?, ?)")
             .bind(name)
             .bind(password_hash)
             .bind(chrono::Utc::now().timestamp_micros())
             .execute(&self.writer)
             .await;
-        result
-            .map(|_| ())
-            .map_err(|e| StoreError::from_sqlx("registering the user", true, e))
+        result.map_err(|e| StoreError::from_sqlx("registering the user", true, e))?;
+        self.check_file()
     }
 
     pub async fn password_hash(&self, name: &str) -> StoreResult<Option<String>> {
@@ -83,6 +134,7 @@ impl SqliteStore {
     }
 
     pub async fn insert_messages(&self, batch: &[NewMessage]) -> StoreResult<Vec<Message>> {
+        self.check_file()?;
         let now = chrono::Utc::now().timestamp_micros();
         // The whole batch is one bound JSON array and one statement: prepared once and cached
         // whatever the batch size, no limit on bound variables, and, being one statement, its
@@ -110,6 +162,9 @@ impl SqliteStore {
         .fetch_all(&self.writer)
         .await
         .map_err(|e| StoreError::from_sqlx("storing the message", true, e))?;
+        // Committed, but into the file that was opened: if that is no longer the database's
+        // path, nobody will read these rows again, so they must not be acknowledged.
+        self.check_file()?;
         // Rows get increasing ids in `key` order; RETURNING's order is unspecified, so sort to
         // pair them up again.
         ids.sort_unstable();
@@ -198,5 +253,27 @@ impl SqliteStore {
     pub async fn close(&self) {
         self.readers.close().await;
         self.writer.close().await;
+        if let Some(file) = &self.file {
+            file.release();
+        }
     }
+}
+
+/// The cause of a failed SQLite open, once: sqlx's text repeats SQLite's message.
+fn sqlite_cause(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Database(db) => db.message().to_string(),
+        sqlx::Error::Io(io) => super::sqlite_file::describe(io),
+        other => other.to_string(),
+    }
+}
+
+/// An error opening the database at `path` that says why, looking at the file itself when
+/// SQLite only says "unable to open database file".
+fn open_error(path: &Path, doing: &str, cause: &dyn std::fmt::Display) -> anyhow::Error {
+    let why = match std::fs::OpenOptions::new().read(true).write(true).open(path) {
+        Err(e) if path.exists() => super::sqlite_file::describe(&e),
+        _ => cause.to_string(),
+    };
+    anyhow::anyhow!("{doing} the database {} failed: {why}", path.display())
 }

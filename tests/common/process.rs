@@ -23,23 +23,8 @@ impl Process {
 
     /// Starts chatd with extra flags and, if given, an open-files limit it cannot raise.
     pub fn start_with(db: &str, flags: &[&str], open_files: Option<u64>) -> Process {
-        let mut command = Command::new(CHATD);
-        command
-            .args([
-                "serve",
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                "0",
-                "--http-port",
-                "0",
-                "--db",
-                db,
-            ])
-            .args(flags)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+        let mut command = serve_command(db);
+        command.args(flags).stderr(Stdio::inherit());
         if let Some(limit) = open_files {
             use std::os::unix::process::CommandExt;
             let rlimit = libc::rlimit {
@@ -57,6 +42,13 @@ impl Process {
                 });
             }
         }
+        Process::start_command(command)
+    }
+
+    /// Starts a `chatd serve` command prepared by the caller (flags, environment, stderr);
+    /// returns once its banner names the addresses.
+    pub fn start_command(mut command: Command) -> Process {
+        command.stdout(Stdio::piped());
         let mut child = command.spawn().expect("chatd starts");
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         // The banner: telnet lines, then (with HTTP) http:// lines, then the store line.
@@ -106,4 +98,50 @@ impl Drop for Process {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `chatd serve` on 127.0.0.1, ephemeral ports, `db`, logging at warn; add to it at will.
+pub fn serve_command(db: &str) -> Command {
+    let mut command = Command::new(CHATD);
+    command
+        .args([
+            "serve",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--http-port",
+            "0",
+            "--db",
+            db,
+        ])
+        .env("RUST_LOG", "warn")
+        .env_remove("CHATD_BIND")
+        .env_remove("CHATD_INTERFACE")
+        .env_remove("CHATD_DB");
+    command
+}
+
+/// Runs a chatd command that is expected to exit by itself within `within` (an error at
+/// start-up); fails the test, after killing it, if it is still running.
+pub fn run_to_exit(command: &mut Command, within: Duration) -> std::process::Output {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("chatd starts");
+    let deadline = Instant::now() + within;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "chatd was still running after {within:?}; stderr: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
 }
