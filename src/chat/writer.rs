@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::error::{ChatError, ChatResult, Code, Outcome};
-use crate::store::{Message, NewMessage, Store, StoreError};
+use crate::store::{Message, NewMessage, Store, StoreError, StoreErrorKind};
 use crate::topology::Topology;
 
 /// Most SENDs committed in one transaction.
@@ -134,10 +134,11 @@ async fn run(store: Store, topology: Arc<Topology>, mut queue: mpsc::Receiver<Pe
         if let Err(down) = commit(&store, &topology, batch).await {
             // The store is unavailable: everything queued behind this batch would wait for the
             // same outage. Answer it now; nothing of it was sent to the store.
-            let error = ChatError::from(StoreError {
-                kind: crate::store::StoreErrorKind::Unavailable(Outcome::Unchanged),
-                ..down
-            });
+            let kind = match down.kind {
+                StoreErrorKind::Unavailable(_) => StoreErrorKind::Unavailable(Outcome::Unchanged),
+                other => other,
+            };
+            let error = ChatError::from(StoreError { kind, ..down });
             while let Ok(p) = queue.try_recv() {
                 let _ = p.reply.send(Err(error.clone()));
             }

@@ -26,6 +26,9 @@ pub enum StoreErrorKind {
     /// The store refused this data (a constraint, a character it cannot hold): the content's
     /// fault, so the same data fails again and other data is not affected.
     Refused,
+    /// The database is no longer where it was opened (an SQLite file deleted or replaced):
+    /// nothing can be stored until the operator restarts the server.
+    Gone,
     /// Anything else.
     Failed,
 }
@@ -39,8 +42,9 @@ impl StoreError {
         }
     }
 
+    /// The store cannot take anything now: every write would fail the same way.
     pub fn is_unavailable(&self) -> bool {
-        matches!(self.kind, StoreErrorKind::Unavailable(_))
+        matches!(self.kind, StoreErrorKind::Unavailable(_) | StoreErrorKind::Gone)
     }
 
     /// Classifies a database error. `write` says whether the operation changes data: a
@@ -120,6 +124,15 @@ impl From<StoreError> for ChatError {
             StoreErrorKind::Unavailable(outcome) => ChatError::unavailable(e.context, outcome, &e.detail),
             StoreErrorKind::Refused => {
                 let mut error = ChatError::bad_args(format!("the store refused this ({})", e.context));
+                error.detail = Some(e.detail.into());
+                error
+            }
+            StoreErrorKind::Gone => {
+                let mut error = ChatError::new(
+                    crate::error::Code::Internal,
+                    "the server's database file is gone; nothing was stored (the operator must restart the server)",
+                );
+                error.unavailable = true;
                 error.detail = Some(e.detail.into());
                 error
             }

@@ -432,7 +432,6 @@ async fn bounded<T>(
     }
 }
 
-
 /// Where a PostgreSQL URL points, for messages.
 struct Server {
     host: String,

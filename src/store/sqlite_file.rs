@@ -14,7 +14,6 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use super::{StoreError, StoreErrorKind, StoreResult};
-use crate::error::Outcome;
 
 /// How often a serving process looks at its database file, besides before and after writes.
 const WATCH_EVERY: Duration = Duration::from_secs(2);
@@ -167,8 +166,8 @@ impl DbFile {
             );
         }
         Err(StoreError::new(
-            StoreErrorKind::Unavailable(Outcome::Unchanged),
-            "the database file is gone; the operator must restart the server",
+            StoreErrorKind::Gone,
+            "storing",
             format!("{} {problem}", self.path.display()),
         ))
     }
