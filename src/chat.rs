@@ -322,6 +322,25 @@ impl Chat {
         Ok(page)
     }
 
+    /// Messages between `user` and `peer` in both directions with id > `after_id`, oldest
+    /// first, at most `limit` (capped at 1000); `NO_SUCH_USER` for an unknown peer.
+    pub async fn conversation(
+        &self,
+        user: &Username,
+        peer: &str,
+        after_id: i64,
+        limit: u32,
+    ) -> ChatResult<Vec<Arc<Message>>> {
+        let peer = Username::parse(peer).map_err(|_| no_such_user(peer))?;
+        let peer = self.known_user(peer.as_str()).await?;
+        let page = self
+            .inner
+            .store
+            .conversation(user.as_str(), &peer, after_id.max(0), limit.clamp(1, 1000))
+            .await?;
+        Ok(page.into_iter().map(Arc::new).collect())
+    }
+
     /// Users with at least one live session on any node, sorted.
     pub async fn who(&self) -> ChatResult<Vec<Arc<str>>> {
         let mut users = self.inner.hub.online_users();

@@ -11,6 +11,7 @@ pub mod echo;
 pub mod error;
 pub mod http;
 pub mod hub;
+pub mod limits;
 pub mod line;
 pub mod listener;
 pub mod load;
@@ -24,18 +25,16 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::chat::{AuthLimits, Chat, ChatOptions};
 pub use crate::config::Config;
+use crate::limits::{Budget, Door, PerAddr, Refusal};
 use crate::line::session::SessionSettings;
 use crate::store::{Store, StoreOptions};
 
-/// File descriptors kept back from the connection limit for the store, listeners and logs.
-const RESERVED_FDS: u64 = 64;
 /// How long connections get to finish and say goodbye on shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -50,7 +49,7 @@ pub struct Server {
     store: Store,
     chat: Chat,
     writer: JoinHandle<()>,
-    max_connections: usize,
+    budget: Budget,
 }
 
 impl Server {
@@ -86,6 +85,12 @@ impl Server {
             ),
             None => None,
         };
+        if config.lab && config.db.starts_with("postgres") && !config.lab_on_postgres {
+            anyhow::bail!(
+                "--lab lets anyone send as and read any user without a password; it is refused on \
+                 PostgreSQL, which several nodes may share. Add --lab-on-postgres if that is really meant"
+            );
+        }
         let node_id = config
             .node_id
             .clone()
@@ -115,9 +120,19 @@ impl Server {
                 push_queue: config.push_queue,
             },
         );
-        let max_connections = config
-            .max_connections
-            .unwrap_or_else(|| open_files.saturating_sub(RESERVED_FDS).max(1) as usize);
+        // SQLite: a writer and four readers; PostgreSQL: the pool and the LISTEN connection.
+        let store_connections = if store.postgres().is_some() {
+            u64::from(config.db_pool) + 1
+        } else {
+            5
+        };
+        let budget = Budget::derive(
+            open_files,
+            store_connections,
+            config.max_connections,
+            config.echo_port.is_some(),
+        );
+        tracing::debug!(?budget, "connection budget");
         Ok(Server {
             config,
             node_id,
@@ -128,7 +143,7 @@ impl Server {
             store,
             chat,
             writer,
-            max_connections,
+            budget,
         })
     }
 
@@ -168,12 +183,19 @@ impl Server {
         if let Some(echo) = self.echo_addr() {
             let _ = writeln!(out, "Echo (RFC 862) on port {}", echo.port());
         }
+        if self.config.lab && self.http_addr().is_some() {
+            let _ = writeln!(
+                out,
+                "!!! LAB MODE: POST / and GET /get_messages need no password: anyone who can reach \
+                 this server can send as, and read the messages of, any user !!!"
+            );
+        }
         let _ = write!(
             out,
             "Store: {}; node {}; at most {} connections. Stop with Ctrl-C.",
             redact(&self.config.db),
             self.node_id,
-            self.max_connections
+            self.budget.chat + self.budget.echo
         );
         out
     }
@@ -195,11 +217,14 @@ impl Server {
             store,
             chat,
             writer,
-            max_connections,
+            budget,
             ..
         } = self;
         let tracker = TaskTracker::new();
-        let limit = Arc::new(Semaphore::new(max_connections));
+        // Line and HTTP share one pool of places; echo has a small one of its own.
+        let per_addr = config.max_connections_per_ip.map(PerAddr::new);
+        let chat_door = Door::new(budget.chat, per_addr.clone());
+        let echo_door = Door::new(budget.echo, per_addr);
         let settings = Arc::new(SessionSettings::new(config.max_line, config.idle_timeout()));
         let mut loops = Vec::new();
         {
@@ -207,8 +232,8 @@ impl Server {
             loops.push(tokio::spawn(listener::accept_loop(
                 "line",
                 line,
-                limit.clone(),
-                Some(b"ERR SERVER_BUSY too many connections; try again later\r\n"),
+                chat_door.clone(),
+                |refusal: Refusal| Some(format!("ERR SERVER_BUSY {}\r\n", refusal.reason()).into_bytes()),
                 shutdown.clone(),
                 tracker.clone(),
                 move |stream, peer, permit| {
@@ -231,8 +256,8 @@ impl Server {
             loops.push(tokio::spawn(listener::accept_loop(
                 "echo",
                 echo,
-                limit.clone(),
-                None,
+                echo_door,
+                |_| None,
                 shutdown.clone(),
                 tracker.clone(),
                 move |stream, _peer, permit| {
@@ -245,19 +270,30 @@ impl Server {
             )));
         }
         if let Some(http) = http {
-            let state = Arc::new(http::AppState {
-                chat: chat.clone(),
-                node_id: node_id.clone(),
-                started: std::time::Instant::now(),
+            let state = Arc::new(http::AppState::new(
+                chat.clone(),
+                store.clone(),
+                node_id.clone(),
                 listeners,
-                shutdown: shutdown.clone(),
-            });
-            let shutdown = shutdown.clone();
-            loops.push(tokio::spawn(async move {
-                if let Err(e) = http::serve(http, state, shutdown).await {
-                    tracing::error!(error = %e, "the HTTP listener failed");
-                }
-            }));
+                shutdown.clone(),
+                config.lab,
+            ));
+            let (app, shutdown_for_http) = (http::router(state), shutdown.clone());
+            loops.push(tokio::spawn(listener::accept_loop(
+                "http",
+                http,
+                chat_door,
+                http::busy_answer,
+                shutdown.clone(),
+                tracker.clone(),
+                move |stream, peer, permit| {
+                    let serve = http::serve_connection(stream, peer, app.clone(), shutdown_for_http.clone());
+                    async move {
+                        serve.await;
+                        drop(permit);
+                    }
+                },
+            )));
         }
         // Several nodes on PostgreSQL: relay each other's messages and share presence.
         let cluster = match store.postgres() {
@@ -269,10 +305,10 @@ impl Server {
         };
         shutdown.cancelled().await;
         tracing::info!("shutting down: no new connections; finishing the open ones");
-        // The accept loops end at once; HTTP waits for its requests in flight.
+        // The accept loops end at once; connections (HTTP ones too) finish in the tracker.
         let stopped = futures::future::join_all(loops);
         if tokio::time::timeout(SHUTDOWN_GRACE, stopped).await.is_err() {
-            tracing::warn!("HTTP requests still open after the grace period");
+            tracing::warn!("an accept loop did not stop in time");
         }
         tracker.close();
         if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())

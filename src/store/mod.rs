@@ -140,6 +140,23 @@ impl Store {
         }
     }
 
+    /// Ends a login token (by its SHA-256, hex); a token that does not exist is not an error.
+    pub async fn revoke_token(&self, token_sha256: &str) -> ChatResult<()> {
+        match self {
+            Store::Sqlite(s) => s.revoke_token(token_sha256).await,
+            Store::Postgres(s) => s.revoke_token(token_sha256).await,
+        }
+    }
+
+    /// Messages between `user` and `peer`, both ways, with id > `after_id`, oldest first, at
+    /// most `limit`.
+    pub async fn conversation(&self, user: &str, peer: &str, after_id: i64, limit: u32) -> ChatResult<Vec<Message>> {
+        match self {
+            Store::Sqlite(s) => s.conversation(user, peer, after_id, limit).await,
+            Store::Postgres(s) => s.conversation(user, peer, after_id, limit).await,
+        }
+    }
+
     pub async fn counts(&self) -> ChatResult<Counts> {
         match self {
             Store::Sqlite(s) => s.counts().await,
