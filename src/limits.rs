@@ -99,7 +99,11 @@ impl Door {
             Some(per_addr) => Some(per_addr.try_take(peer).ok_or(Refusal::PerAddress)?),
             None => None,
         };
-        let slot = self.slots.clone().try_acquire_owned().map_err(|_| Refusal::Full)?;
+        let slot = self
+            .slots
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Refusal::Full)?;
         Ok(Admission {
             _slot: slot,
             _addr: addr,
@@ -188,7 +192,10 @@ mod tests {
         let asked = Budget::derive(1024, 5, Some(100), false);
         assert_eq!((asked.chat, asked.echo), (100, 0));
         let too_many = Budget::derive(1024, 5, Some(1_000_000), false);
-        assert_eq!(too_many.chat, total, "--max-connections cannot exceed the descriptors");
+        assert_eq!(
+            too_many.chat, total,
+            "--max-connections cannot exceed the descriptors"
+        );
     }
 
     #[test]

@@ -36,7 +36,13 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, app: Router, shutdown: C
     let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
         request.extensions_mut().insert(ConnectInfo(peer));
         let app = app.clone();
-        async move { Ok::<_, Infallible>(app.oneshot(request.map(Body::new)).await.unwrap_or_else(|e| match e {})) }
+        async move {
+            Ok::<_, Infallible>(
+                app.oneshot(request.map(Body::new))
+                    .await
+                    .unwrap_or_else(|e| match e {}),
+            )
+        }
     });
     let mut builder = http1::Builder::new();
     builder

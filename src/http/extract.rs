@@ -222,7 +222,10 @@ fn percent_decode(raw: &[u8]) -> ChatResult<String> {
     while i < raw.len() {
         match raw[i] {
             b'+' => out.push(b' '),
-            b'%' if i + 2 < raw.len() && hex_digit(raw[i + 1]).is_some() && hex_digit(raw[i + 2]).is_some() => {
+            b'%' if i + 2 < raw.len()
+                && hex_digit(raw[i + 1]).is_some()
+                && hex_digit(raw[i + 2]).is_some() =>
+            {
                 out.push(hex_digit(raw[i + 1]).unwrap() * 16 + hex_digit(raw[i + 2]).unwrap());
                 i += 2;
             }
@@ -230,12 +233,8 @@ fn percent_decode(raw: &[u8]) -> ChatResult<String> {
         }
         i += 1;
     }
-    String::from_utf8(out).map_err(|_| {
-        ChatError::new(
-            Code::BadEncoding,
-            "a form field is not valid UTF-8 once decoded",
-        )
-    })
+    String::from_utf8(out)
+        .map_err(|_| ChatError::new(Code::BadEncoding, "a form field is not valid UTF-8 once decoded"))
 }
 
 fn hex_digit(b: u8) -> Option<u8> {
@@ -333,23 +332,42 @@ mod tests {
             }
         );
         headers.insert(header::AUTHORIZATION, "Bearer abc".parse().unwrap());
-        assert_eq!(HeaderCredentials::of(&headers), HeaderCredentials::Token("abc".into()));
+        assert_eq!(
+            HeaderCredentials::of(&headers),
+            HeaderCredentials::Token("abc".into())
+        );
         headers.insert(header::AUTHORIZATION, "Basic !!!".parse().unwrap());
-        assert_eq!(HeaderCredentials::of(&headers), HeaderCredentials::Token(String::new()));
+        assert_eq!(
+            HeaderCredentials::of(&headers),
+            HeaderCredentials::Token(String::new())
+        );
     }
 
     #[test]
     fn json_only_with_a_json_type_or_without_an_origin() {
         let body = br#"{"username": "mallory"}"#;
         let mut headers = HeaderMap::new();
-        headers.insert(header::CONTENT_TYPE, "application/x-www-form-urlencoded".parse().unwrap());
-        assert_eq!(body_fields(&headers, body).unwrap()["username"], "mallory", "curl -d");
+        headers.insert(
+            header::CONTENT_TYPE,
+            "application/x-www-form-urlencoded".parse().unwrap(),
+        );
+        assert_eq!(
+            body_fields(&headers, body).unwrap()["username"],
+            "mallory",
+            "curl -d"
+        );
         headers.insert(header::ORIGIN, "http://evil.example".parse().unwrap());
         let fields = body_fields(&headers, body).unwrap();
-        assert!(fields.get("username").is_none(), "a page's form is a form: {fields:?}");
+        assert!(
+            fields.get("username").is_none(),
+            "a page's form is a form: {fields:?}"
+        );
         headers.insert(header::CONTENT_TYPE, "text/plain".parse().unwrap());
         assert!(body_fields(&headers, body).is_err());
-        headers.insert(header::CONTENT_TYPE, "application/json; charset=utf-8".parse().unwrap());
+        headers.insert(
+            header::CONTENT_TYPE,
+            "application/json; charset=utf-8".parse().unwrap(),
+        );
         assert_eq!(body_fields(&headers, body).unwrap()["username"], "mallory");
     }
 }

@@ -21,7 +21,10 @@ pub async fn guard(request: Request, next: Next) -> Response {
     };
     let headers = response.headers_mut();
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
     headers.insert(header::CONTENT_SECURITY_POLICY, csp().clone());
     response
@@ -36,7 +39,10 @@ fn foreign_site(method: &Method, path: &str, headers: &HeaderMap) -> Option<Stri
     if is_navigation_to_page {
         return None;
     }
-    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
     if let Some(origin) = headers.get(header::ORIGIN) {
         let origin = origin.to_str().unwrap_or("");
         let own = origin
@@ -105,7 +111,10 @@ mod tests {
         assert!(foreign_site(&Method::POST, "/register", &other).is_some());
         let image = headers(&[("host", "127.0.0.1:5000"), ("sec-fetch-site", "cross-site")]);
         assert!(foreign_site(&Method::GET, "/auth", &image).is_some());
-        assert!(foreign_site(&Method::GET, "/", &image).is_none(), "a link to the page");
+        assert!(
+            foreign_site(&Method::GET, "/", &image).is_none(),
+            "a link to the page"
+        );
     }
 
     #[test]

@@ -30,6 +30,9 @@ pub use conn::{busy_answer, serve as serve_connection, HEADER_TIMEOUT, MAX_HEAD,
 pub use extract::{BODIES_AT_ONCE, BODY_STALL, BODY_TIME, MAX_BODY};
 pub use routes::MAX_REPLY_BYTES;
 
+/// `/get_messages` and `/conversation` replies being built at once.
+const REPLY_BUILDERS: usize = 2;
+
 /// The chat page, embedded in the binary.
 pub const PAGE: &str = include_str!("page.html");
 
@@ -49,10 +52,19 @@ pub struct AppState {
     pub lab: bool,
     /// Room for request bodies being received at once.
     pub bodies: Semaphore,
+    /// Large replies being built at once.
+    pub reply_builders: Semaphore,
 }
 
 impl AppState {
-    pub fn new(chat: Chat, store: Store, node_id: String, listeners: Value, shutdown: CancellationToken, lab: bool) -> AppState {
+    pub fn new(
+        chat: Chat,
+        store: Store,
+        node_id: String,
+        listeners: Value,
+        shutdown: CancellationToken,
+        lab: bool,
+    ) -> AppState {
         AppState {
             chat,
             tokens: tokens::Tokens::new(store.clone()),
@@ -63,6 +75,7 @@ impl AppState {
             shutdown,
             lab,
             bodies: Semaphore::new(BODIES_AT_ONCE),
+            reply_builders: Semaphore::new(REPLY_BUILDERS),
         }
     }
 }

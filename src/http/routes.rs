@@ -65,7 +65,11 @@ pub async fn register_with_get() -> HttpError {
 }
 
 fn wrong_method(hint: &'static str) -> HttpError {
-    HttpError::new(StatusCode::METHOD_NOT_ALLOWED, Code::UnknownCommand.as_str(), hint)
+    HttpError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        Code::UnknownCommand.as_str(),
+        hint,
+    )
 }
 
 /// `GET /info`.
@@ -93,7 +97,10 @@ pub async fn info(State(app): State<Arc<AppState>>) -> HttpResult<Response> {
 pub async fn who(State(app): State<Arc<AppState>>) -> HttpResult<Response> {
     let users = app.chat.who().await?;
     let users: Vec<&str> = users.iter().map(|u| &**u).collect();
-    Ok(success(StatusCode::OK, json!({ "count": users.len(), "users": users })))
+    Ok(success(
+        StatusCode::OK,
+        json!({ "count": users.len(), "users": users }),
+    ))
 }
 
 /// `GET|POST /api`: the fields the request carried, as a JSON object.
@@ -116,7 +123,11 @@ pub async fn register(State(app): State<Arc<AppState>>, payload: Payload) -> Htt
 }
 
 /// `GET|POST /auth {"username", "password"}`: a bearer token.
-pub async fn auth(State(app): State<Arc<AppState>>, ConnectInfo(peer): Peer, payload: Payload) -> HttpResult<Response> {
+pub async fn auth(
+    State(app): State<Arc<AppState>>,
+    ConnectInfo(peer): Peer,
+    payload: Payload,
+) -> HttpResult<Response> {
     let user = app
         .chat
         .authenticate(
@@ -213,34 +224,45 @@ pub async fn conversation(
 /// A page of messages after `after`, at most `limit` of them and about [`MAX_REPLY_BYTES`]:
 /// `{"status", "count", "more", "messages"}`. Messages are serialised as they are read, a few
 /// at a time, so a reply never holds more than its bytes and one small batch.
-async fn messages_reply(app: &AppState, user: &Username, with: Option<&str>, payload: &Payload) -> HttpResult<Response> {
+async fn messages_reply(
+    app: &AppState,
+    user: &Username,
+    with: Option<&str>,
+    payload: &Payload,
+) -> HttpResult<Response> {
     let mut after = payload.count("after")?.unwrap_or(0).min(i64::MAX as u64) as i64;
     let limit = payload
         .count("limit")?
         .unwrap_or(INBOX_PAGE as u64)
         .clamp(1, MAX_LIMIT) as usize;
+    // Serialising a megabyte is real work: a few replies at a time, off the threads that serve
+    // connections, so that a crowd of large replies cannot slow anyone's PING.
+    let _builder = app
+        .reply_builders
+        .acquire()
+        .await
+        .map_err(|e| ChatError::internal("waiting to build a reply", e))?;
     let mut messages = Vec::with_capacity(1024);
     let (mut count, mut more) = (0usize, false);
-    'fill: while count < limit {
+    while count < limit {
         let want = (limit - count).min(FETCH as usize) as u32;
         let batch = match with {
             None => app.chat.inbox(user, after, want).await?,
             Some(peer) => app.chat.conversation(user, peer, after, want).await?,
         };
         let full = batch.len() == want as usize;
-        for message in &batch {
-            let start = messages.len();
-            if count > 0 {
-                messages.push(b',');
-            }
-            serde_json::to_writer(&mut messages, &MessageView::of(message)).expect("a message serialises");
-            if count > 0 && messages.len() > MAX_REPLY_BYTES {
-                messages.truncate(start);
-                more = true;
-                break 'fill;
-            }
-            count += 1;
-            after = message.id;
+        let Some(last) = batch.last().map(|m| m.id) else {
+            break;
+        };
+        let (buffer, added) = tokio::task::spawn_blocking(move || append_messages(messages, count, &batch))
+            .await
+            .map_err(|e| ChatError::internal("building a reply", e))?;
+        messages = buffer;
+        count += added.count;
+        after = added.last_id.unwrap_or(last);
+        if added.cut {
+            more = true;
+            break;
         }
         if !full {
             break;
@@ -248,11 +270,45 @@ async fn messages_reply(app: &AppState, user: &Username, with: Option<&str>, pay
         more = count == limit;
     }
     let mut body = Vec::with_capacity(messages.len() + 64);
-    body.extend_from_slice(format!("{{\"status\":\"SUCCESS\",\"count\":{count},\"more\":{more},\"messages\":[").as_bytes());
+    body.extend_from_slice(
+        format!("{{\"status\":\"SUCCESS\",\"count\":{count},\"more\":{more},\"messages\":[").as_bytes(),
+    );
     body.extend_from_slice(&messages);
     body.extend_from_slice(b"]}");
     drop(messages);
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+struct Appended {
+    count: usize,
+    last_id: Option<i64>,
+    /// The reply reached [`MAX_REPLY_BYTES`] before the batch was all in.
+    cut: bool,
+}
+
+/// Appends `batch` to the JSON array being built in `out` (which holds `before` messages), as
+/// long as the reply stays within [`MAX_REPLY_BYTES`] (the first message always goes in).
+fn append_messages(mut out: Vec<u8>, before: usize, batch: &[Arc<Message>]) -> (Vec<u8>, Appended) {
+    let mut added = Appended {
+        count: 0,
+        last_id: None,
+        cut: false,
+    };
+    for message in batch {
+        let start = out.len();
+        if before + added.count > 0 {
+            out.push(b',');
+        }
+        serde_json::to_writer(&mut out, &MessageView::of(message)).expect("a message serialises");
+        if before + added.count > 0 && out.len() > MAX_REPLY_BYTES {
+            out.truncate(start);
+            added.cut = true;
+            break;
+        }
+        added.count += 1;
+        added.last_id = Some(message.id);
+    }
+    (out, added)
 }
 
 /// A message as the HTTP facade shows it. `timestamp` is the client's, as it was given (the
@@ -308,17 +364,22 @@ pub async fn acting_user(
     lab: bool,
 ) -> ChatResult<Username> {
     let named = payload.text(user_field);
-    let user = match (header_user, payload.text("token"), &named, payload.text("password")) {
+    let user = match (
+        header_user,
+        payload.text("token"),
+        &named,
+        payload.text("password"),
+    ) {
         (Some(user), ..) => user,
         (None, Some(token), ..) => app.tokens.user(&token).await?,
-        (None, None, Some(name), Some(password)) => app.chat.authenticate(name, &password, peer.ip(), None).await?,
-        (None, None, Some(name), None) if lab => return lab_user(app, name).await,
-        _ => {
-            return Err(ChatError::new(
-                Code::AuthRequired,
-                "credentials needed: Authorization: Bearer <token from /auth>, HTTP Basic, or a password field",
-            ))
+        (None, None, Some(name), Some(password)) => {
+            app.chat.authenticate(name, &password, peer.ip(), None).await?
         }
+        (None, None, Some(name), None) if lab => return lab_user(app, name).await,
+        _ => return Err(ChatError::new(
+            Code::AuthRequired,
+            "credentials needed: Authorization: Bearer <token from /auth>, HTTP Basic, or a password field",
+        )),
     };
     match named {
         Some(named) if named != user.as_str() => Err(ChatError::new(
@@ -331,7 +392,12 @@ pub async fn acting_user(
 
 /// Classroom mode: the named user, who must exist.
 async fn lab_user(app: &AppState, name: &str) -> ChatResult<Username> {
-    let unknown = || ChatError::new(Code::NoSuchUser, format!("there is no user {name:?}; register first"));
+    let unknown = || {
+        ChatError::new(
+            Code::NoSuchUser,
+            format!("there is no user {name:?}; register first"),
+        )
+    };
     let user = Username::parse(name).map_err(|_| unknown())?;
     if app.store.user_exists(user.as_str()).await? {
         Ok(user)

@@ -150,7 +150,13 @@ impl Store {
 
     /// Messages between `user` and `peer`, both ways, with id > `after_id`, oldest first, at
     /// most `limit`.
-    pub async fn conversation(&self, user: &str, peer: &str, after_id: i64, limit: u32) -> ChatResult<Vec<Message>> {
+    pub async fn conversation(
+        &self,
+        user: &str,
+        peer: &str,
+        after_id: i64,
+        limit: u32,
+    ) -> ChatResult<Vec<Message>> {
         match self {
             Store::Sqlite(s) => s.conversation(user, peer, after_id, limit).await,
             Store::Postgres(s) => s.conversation(user, peer, after_id, limit).await,

@@ -214,7 +214,13 @@ impl PgStore {
         Ok(())
     }
 
-    pub async fn conversation(&self, user: &str, peer: &str, after_id: i64, limit: u32) -> ChatResult<Vec<Message>> {
+    pub async fn conversation(
+        &self,
+        user: &str,
+        peer: &str,
+        after_id: i64,
+        limit: u32,
+    ) -> ChatResult<Vec<Message>> {
         let rows: Vec<MessageRow> = bounded(
             "reading the conversation",
             sqlx::query_as(

@@ -200,7 +200,13 @@ impl SqliteStore {
         Ok(())
     }
 
-    pub async fn conversation(&self, user: &str, peer: &str, after_id: i64, limit: u32) -> ChatResult<Vec<Message>> {
+    pub async fn conversation(
+        &self,
+        user: &str,
+        peer: &str,
+        after_id: i64,
+        limit: u32,
+    ) -> ChatResult<Vec<Message>> {
         let rows: Vec<MessageRow> = sqlx::query_as(
             "SELECT id, sender, recipient, body, created_at_us, client_timestamp FROM messages \
              WHERE ((recipient = ?1 AND sender = ?2) OR (recipient = ?2 AND sender = ?1)) AND id > ?3 \
@@ -215,14 +221,16 @@ impl SqliteStore {
         .map_err(|e| store_error("reading the conversation", e))?;
         Ok(rows
             .into_iter()
-            .map(|(id, sender, recipient, body, created_at_us, client_timestamp)| Message {
-                id,
-                sender: Arc::from(sender),
-                recipient: Arc::from(recipient),
-                body,
-                created_at_us,
-                client_timestamp,
-            })
+            .map(
+                |(id, sender, recipient, body, created_at_us, client_timestamp)| Message {
+                    id,
+                    sender: Arc::from(sender),
+                    recipient: Arc::from(recipient),
+                    body,
+                    created_at_us,
+                    client_timestamp,
+                },
+            )
             .collect())
     }
 
