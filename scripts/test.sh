@@ -18,6 +18,14 @@ else
     echo "!!! WARNING: no /usr/bin/chromium or /usr/bin/chromedriver; the browser test will SKIP !!!" >&2
 fi
 
+# The lab-mode test (tests/http_lab.rs) runs the lab's own client: Python with requests.
+if ! python3 -c 'import requests' 2>/dev/null && [[ $EUID -eq 0 ]] && command -v apt-get >/dev/null; then
+    echo "Installing python3-requests for the lab client test..." >&2
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -qq --no-install-recommends python3-requests; } >/dev/null ||
+        echo "!!! WARNING: could not install python3-requests; the lab client test will SKIP !!!" >&2
+fi
+
 # PostgreSQL for the tests that run on both stores and the multi-node tests. Use the URL given
 # in CHATD_TEST_DATABASE_URL; else the local server (started first if installed but stopped).
 pg_up() { pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; }
