@@ -67,7 +67,76 @@ async fn logout_ends_the_token(backend: Backend) {
     server.stop().await;
 }
 
-on_both_stores!(logout_ends_the_token);
+async fn a_conversation_shows_both_sides_and_who_is_online(backend: Backend) {
+    let server = TestServer::on(backend).await;
+    let http = reqwest::Client::new();
+    let alice = login(&server, &http, "alice").await;
+    let bob = login(&server, &http, "bob").await;
+    login(&server, &http, "carol").await;
+    let send = |token: &str, to: &str, text: &str| {
+        http.post(server.url("/"))
+            .bearer_auth(token)
+            .json(&json!({"recipient": to, "message": text}))
+    };
+    for (token, to, text) in [
+        (&alice, "bob", "hi bob"),
+        (&bob, "alice", "hi alice"),
+        (&alice, "carol", "hi carol"),
+        (&alice, "bob", "again"),
+    ] {
+        assert_eq!(call(send(token, to, text)).await.0, 201);
+    }
+    let (status, reply) = call(http.get(server.url("/conversation?with=bob")).bearer_auth(&alice)).await;
+    assert_eq!(status, 200, "{reply}");
+    let texts: Vec<&str> = reply["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["message"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        texts,
+        ["hi bob", "hi alice", "again"],
+        "both sides, in order, nobody else's"
+    );
+    assert_eq!(
+        (reply["count"].as_u64(), reply["more"].as_bool()),
+        (Some(3), Some(false))
+    );
+    let first = reply["messages"][0]["id"].as_i64().unwrap();
+    let (_, page) = call(
+        http.get(server.url(&format!("/conversation?with=bob&after={first}&limit=1")))
+            .bearer_auth(&alice),
+    )
+    .await;
+    assert_eq!(
+        (page["count"].as_u64(), page["more"].as_bool()),
+        (Some(1), Some(true))
+    );
+    assert_eq!(page["messages"][0]["message"], "hi alice");
+    let (status, reply) = call(
+        http.get(server.url("/conversation?with=nobody"))
+            .bearer_auth(&alice),
+    )
+    .await;
+    assert_eq!((status, reply["status"].as_str()), (404, Some("NO_SUCH_USER")));
+    assert_eq!(call(http.get(server.url("/conversation?with=bob"))).await.0, 401);
+
+    let (_, who) = call(http.get(server.url("/who"))).await;
+    assert_eq!(who["users"], json!([]));
+    let _dave = server.user("dave").await;
+    let (_, who) = call(http.get(server.url("/who"))).await;
+    assert_eq!(
+        (who["users"].clone(), who["count"].as_u64()),
+        (json!(["dave"]), Some(1))
+    );
+    server.stop().await;
+}
+
+on_both_stores!(
+    logout_ends_the_token,
+    a_conversation_shows_both_sides_and_who_is_online
+);
 
 #[tokio::test]
 async fn logout_on_one_node_ends_the_token_on_every_node() {
