@@ -88,11 +88,17 @@ async fn one_budget_for_line_and_http_connections() {
     for _ in 0..budget - 2000 - 1 {
         line.push(Client::connect(p.addr).await);
     }
+    // Opened all at once: the checks below must run before the header timeout closes them.
+    let opened = Instant::now();
     let mut idle_http = Vec::new();
-    for _ in 0..2000 {
-        idle_http.push(TcpStream::connect(http).await.unwrap());
+    for _ in 0..20 {
+        let batch = (0..100).map(|_| TcpStream::connect(http));
+        for stream in futures::future::join_all(batch).await {
+            idle_http.push(stream.unwrap());
+        }
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
+    eprintln!("2,000 idle HTTP connections opened in {:?}", opened.elapsed());
 
     // Full: a new line client hears SERVER_BUSY at once; HTTP gets a 503 JSON answer.
     let started = Instant::now();
@@ -109,6 +115,10 @@ async fn one_budget_for_line_and_http_connections() {
     // The store still has its descriptors: logged-in sessions keep working.
     let inbox = alice.cmd("INBOX").await;
     assert_eq!(inbox.last, "OK 1", "{inbox:?}");
+    assert!(
+        opened.elapsed() < chatd::http::HEADER_TIMEOUT,
+        "the checks ran while the idle connections were all open"
+    );
 
     // Idle HTTP connections are closed after the header timeout, which frees their places.
     tokio::time::sleep(chatd::http::HEADER_TIMEOUT + Duration::from_secs(2)).await;
