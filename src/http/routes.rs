@@ -235,7 +235,7 @@ async fn messages_reply(
         .count("limit")?
         .unwrap_or(INBOX_PAGE as u64)
         .clamp(1, MAX_LIMIT) as usize;
-    // Serialising a megabyte is real work: a few replies at a time, off the threads that serve
+    // Serialising a megabyte is real work: one reply at a time, off the threads that serve
     // connections, so that a crowd of large replies cannot slow anyone's PING.
     let _builder = app
         .reply_builders
