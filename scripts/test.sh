@@ -32,6 +32,18 @@ else
     echo "!!! WARNING: no /usr/bin/telnet or nc; the terminal tests will SKIP !!!" >&2
 fi
 
+# The lab-mode test (tests/http_lab.rs) runs the lab's own client: the first python3 on PATH,
+# with requests (from PyPI with that python's pip, else Debian's python3-requests).
+if ! python3 -c 'import requests' 2>/dev/null; then
+    echo "Installing requests for the lab client test..." >&2
+    python3 -m pip install -q requests >/dev/null 2>&1 ||
+        { [[ $EUID -eq 0 ]] && command -v apt-get >/dev/null && apt-get update -qq &&
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-requests >/dev/null; } ||
+        true
+    python3 -c 'import requests' 2>/dev/null ||
+        echo "!!! WARNING: python3 has no requests; the lab client test will SKIP !!!" >&2
+fi
+
 # PostgreSQL for the tests that run on both stores and the multi-node tests. Use the URL given
 # in CHATD_TEST_DATABASE_URL; else the local server (started first if installed but stopped).
 pg_up() { pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; }

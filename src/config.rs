@@ -57,10 +57,25 @@ pub struct Config {
     #[arg(long, env = "CHATD_NODE_ID")]
     pub node_id: Option<String>,
 
-    /// Most connections served at once (line and echo together); further ones get
-    /// `ERR SERVER_BUSY`. Default: what the open-files limit allows.
+    /// Most connections served at once (line, HTTP and echo together); further ones get
+    /// `ERR SERVER_BUSY` (HTTP: 503). Default, and most: what the open-files limit allows.
     #[arg(long, env = "CHATD_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
+
+    /// Most connections from one client address (an IPv6 /64) across every door; off unless
+    /// given, so that a load test from one machine keeps working.
+    #[arg(long, env = "CHATD_MAX_CONNECTIONS_PER_IP")]
+    pub max_connections_per_ip: Option<usize>,
+
+    /// Classroom mode: `POST /` takes the `sender` and `GET /get_messages` the `username` of
+    /// the request without any credentials, as the lab's client sends them. Anyone can then
+    /// send as, and read the messages of, any user. Only for a class on a trusted network.
+    #[arg(long, env = "CHATD_LAB")]
+    pub lab: bool,
+
+    /// Allow `--lab` on a PostgreSQL store (shared by several nodes), which it refuses otherwise.
+    #[arg(long, env = "CHATD_LAB_ON_POSTGRES", requires = "lab")]
+    pub lab_on_postgres: bool,
 
     /// Close a connection that sent nothing for this many seconds (0 = never).
     #[arg(long, env = "CHATD_IDLE_TIMEOUT", default_value_t = 0)]
@@ -123,6 +138,9 @@ impl Config {
             db_pool: 8,
             node_id: None,
             max_connections: None,
+            max_connections_per_ip: None,
+            lab: false,
+            lab_on_postgres: false,
             idle_timeout: 0,
             threads: None,
             max_line: 4096,

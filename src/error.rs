@@ -39,22 +39,6 @@ impl Code {
     }
 }
 
-impl Code {
-    /// The HTTP status the facade answers with for this code.
-    pub fn http_status(self) -> u16 {
-        match self {
-            Code::BadArgs | Code::BadEncoding => 400,
-            Code::BadCredentials | Code::AuthRequired => 401,
-            Code::UnknownCommand | Code::NoSuchUser => 404,
-            Code::UserExists => 409,
-            Code::LineTooLong => 413,
-            Code::RateLimited => 429,
-            Code::Internal => 500,
-            Code::ServerBusy => 503,
-        }
-    }
-}
-
 impl fmt::Display for Code {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())

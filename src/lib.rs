@@ -12,6 +12,7 @@ mod echo;
 mod error;
 mod http;
 mod hub;
+mod limits;
 mod line;
 mod listener;
 pub mod load;
@@ -27,7 +28,6 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -36,12 +36,12 @@ use crate::chat::{AuthLimits, Chat, ChatOptions};
 pub use crate::config::Config;
 pub use crate::http::MAX_BODY as MAX_HTTP_BODY;
 use crate::hub::HubLimits;
+use crate::limits::{Budget, Door, PerAddr, Refusal};
 use crate::line::session::SessionSettings;
+pub use crate::net::raise_open_files_limit;
 pub use crate::net::{interfaces, InterfaceAddr};
 use crate::store::{Store, StoreOptions};
 
-/// File descriptors kept back from the connection limit for the store, listeners and logs.
-const RESERVED_FDS: u64 = 64;
 /// On shutdown, how long connections and requests in flight get to finish and say goodbye:
 /// one deadline for all of them. Whatever is still open then is cut.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
@@ -59,7 +59,7 @@ pub struct Server {
     echo: Option<TcpListener>,
     store: Store,
     chat: Chat,
-    max_connections: usize,
+    budget: Budget,
 }
 
 impl Server {
@@ -95,6 +95,12 @@ impl Server {
             ),
             None => None,
         };
+        if config.lab && config.db.starts_with("postgres") && !config.lab_on_postgres {
+            anyhow::bail!(
+                "--lab lets anyone send as and read any user without a password; it is refused on \
+                 PostgreSQL, which several nodes may share. Add --lab-on-postgres if that is really meant"
+            );
+        }
         let node_id = config
             .node_id
             .clone()
@@ -128,9 +134,15 @@ impl Server {
                 node_id: node_id.clone(),
             },
         );
-        let max_connections = config
-            .max_connections
-            .unwrap_or_else(|| open_files.saturating_sub(RESERVED_FDS).max(1) as usize);
+        // SQLite: a writer and four readers; PostgreSQL: the pool and the LISTEN connection.
+        let store_connections = store.descriptors();
+        let budget = Budget::derive(
+            open_files,
+            store_connections,
+            config.max_connections,
+            config.echo_port.is_some(),
+        );
+        tracing::debug!(?budget, "connection budget");
         Ok(Server {
             config,
             node_id,
@@ -140,7 +152,7 @@ impl Server {
             echo,
             store,
             chat,
-            max_connections,
+            budget,
         })
     }
 
@@ -194,10 +206,18 @@ impl Server {
             Some(path) => format!("SQLite file {}", path.display()),
             None => redact(&self.config.db),
         };
+        if self.config.lab && self.http_addr().is_some() {
+            let _ = writeln!(
+                out,
+                "!!! LAB MODE: POST / and GET /get_messages need no password: anyone who can reach \
+                 this server can send as, and read the messages of, any user !!!"
+            );
+        }
         let _ = write!(
             out,
             "Store: {store}; node {}; at most {} connections. Stop with Ctrl-C.",
-            self.node_id, self.max_connections
+            self.node_id,
+            self.budget.chat + self.budget.echo
         );
         out
     }
@@ -220,13 +240,16 @@ impl Server {
             echo,
             store,
             chat,
-            max_connections,
+            budget,
             ..
         } = self;
         // Cancelled by the caller, or by a task that failed.
         let stop = shutdown.child_token();
         let tracker = TaskTracker::new();
-        let limit = Arc::new(Semaphore::new(max_connections));
+        // Line and HTTP share one pool of places; echo has a small one of its own.
+        let per_addr = config.max_connections_per_ip.map(PerAddr::new);
+        let chat_door = Door::new(budget.chat, per_addr.clone());
+        let echo_door = Door::new(budget.echo, per_addr);
         let settings = Arc::new(SessionSettings::from_config(&config));
         let mut tasks: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
         {
@@ -234,8 +257,8 @@ impl Server {
             let accept = listener::accept_loop(
                 "line",
                 line,
-                limit.clone(),
-                Some(b"ERR SERVER_BUSY too many connections; try again later\r\n"),
+                chat_door.clone(),
+                |refusal: Refusal| Some(format!("ERR SERVER_BUSY {}\r\n", refusal.reason()).into_bytes()),
                 stop.clone(),
                 tracker.clone(),
                 move |stream, peer, permit| {
@@ -262,8 +285,8 @@ impl Server {
             let accept = listener::accept_loop(
                 "echo",
                 echo,
-                limit.clone(),
-                None,
+                echo_door,
+                |_| None,
                 stop.clone(),
                 tracker.clone(),
                 move |stream, _peer, permit| {
@@ -280,17 +303,33 @@ impl Server {
             });
         }
         if let Some(http) = http {
-            let state = Arc::new(http::AppState {
-                chat: chat.clone(),
-                node_id: node_id.clone(),
-                started: std::time::Instant::now(),
+            let state = Arc::new(http::AppState::new(
+                chat.clone(),
+                store.clone(),
+                node_id.clone(),
                 listeners,
-                shutdown: stop.clone(),
-            });
-            let stop = stop.clone();
+                stop.clone(),
+                config.lab,
+            ));
+            let (app, stop_http) = (http::router(state), stop.clone());
+            let accept = listener::accept_loop(
+                "http",
+                http,
+                chat_door,
+                http::busy_answer,
+                stop.clone(),
+                tracker.clone(),
+                move |stream, peer, permit| {
+                    let serve = http::serve_connection(stream, peer, app.clone(), stop_http.clone());
+                    async move {
+                        serve.await;
+                        drop(permit);
+                    }
+                },
+            );
             tasks.spawn(async move {
-                let served = http::serve(http, state, stop).await;
-                ("the HTTP listener", served.map_err(anyhow::Error::from))
+                accept.await;
+                ("the HTTP listener", Ok(()))
             });
         }
         // Until shutdown, a task that ends is a task that failed.
@@ -310,8 +349,8 @@ impl Server {
         stop.cancel();
         tracing::info!("shutting down: no new connections; finishing the open ones");
         let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
-        // The accept loops end at once; HTTP waits for its requests in flight, until the
-        // deadline.
+        // The accept loops end at once; connections (HTTP ones too) finish in the tracker,
+        // until the deadline.
         let listeners_done = tokio::time::timeout_at(deadline, async {
             while let Some(ended) = tasks.join_next().await {
                 if let Ok((task, Err(e))) = ended {
@@ -320,7 +359,7 @@ impl Server {
             }
         });
         if listeners_done.await.is_err() {
-            tracing::warn!("HTTP requests still open at the shutdown deadline; cutting them");
+            tracing::warn!("an accept loop did not stop in time");
             tasks.abort_all();
         }
         tracker.close();
@@ -341,6 +380,16 @@ impl Server {
             None => Ok(()),
         }
     }
+}
+
+/// The limits and timeouts protocol.md documents, for clients and tests that depend on them.
+pub mod bounds {
+    pub use crate::chat::MAX_MESSAGE_BYTES;
+    pub use crate::http::tokens::RECHECK as TOKEN_RECHECK;
+    pub use crate::http::{
+        BODIES_AT_ONCE, BODY_STALL, BODY_TIME, HEADER_TIMEOUT, MAX_BODY as MAX_HTTP_BODY, MAX_HEAD,
+        MAX_REPLY_BYTES, WRITE_STALL,
+    };
 }
 
 /// Binds, prints the banner and serves until `shutdown`.

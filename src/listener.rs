@@ -1,6 +1,6 @@
-//! The accept loop shared by every TCP listener: bounds connections, refuses the ones over the
-//! bound with a word instead of leaving them hanging, survives accept errors, and stops on
-//! shutdown.
+//! The accept loop shared by every TCP listener: admits connections through its [`Door`],
+//! refuses the ones over the limit with a word instead of leaving them hanging, survives accept
+//! errors, and stops on shutdown.
 
 use std::future::Future;
 use std::io;
@@ -8,27 +8,36 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use crate::limits::{Admission, Door, Refusal, MAX_REFUSING};
+
+/// What a refused connection is told before it is closed (nothing, for echo).
+pub type BusyAnswer = fn(Refusal) -> Option<Vec<u8>>;
+
+/// How long a refused connection may take to hear why.
+const REFUSAL_TIME: Duration = Duration::from_secs(1);
+
 /// Accepts connections on `listener` until `shutdown`, running `handle` for each one inside
-/// `tracker`. Connections over `limit` get `busy_line` (if any) and are closed.
+/// `tracker`. Connections the `door` does not admit get `busy` (if any) and are closed.
 pub async fn accept_loop<F, Fut>(
     name: &'static str,
     listener: TcpListener,
-    limit: Arc<Semaphore>,
-    busy_line: Option<&'static [u8]>,
+    door: Door,
+    busy: BusyAnswer,
     shutdown: CancellationToken,
     tracker: TaskTracker,
     handle: F,
 ) where
-    F: Fn(TcpStream, SocketAddr, OwnedSemaphorePermit) -> Fut,
+    F: Fn(TcpStream, SocketAddr, Admission) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
     let mut backoff = Duration::from_millis(5);
     loop {
         let accepted = tokio::select! {
@@ -54,7 +63,7 @@ pub async fn accept_loop<F, Fut>(
             }
         };
         let _ = stream.set_nodelay(true);
-        match limit.clone().try_acquire_owned() {
+        match door.try_admit(peer.ip()) {
             Ok(permit) => {
                 // A span per connection when debug logging is on; otherwise not even its
                 // (empty) handle is kept in every connection's task.
@@ -65,23 +74,34 @@ pub async fn accept_loop<F, Fut>(
                     tracker.spawn(handle(stream, peer, permit).instrument(span));
                 }
             }
-            Err(_) => {
-                tracing::debug!(listener = name, %peer, "refused: server busy");
-                tokio::spawn(refuse(stream, busy_line));
+            Err(refusal) => {
+                tracing::debug!(listener = name, %peer, ?refusal, "refused: server busy");
+                // Refusals are bounded too: beyond that many at once, a connection is just closed.
+                if let Ok(slot) = refusing.clone().try_acquire_owned() {
+                    tokio::spawn(async move {
+                        refuse(stream, busy(refusal)).await;
+                        drop(slot);
+                    });
+                }
             }
         }
     }
 }
 
-/// Tells a connection over the limit why it is being closed, then closes it.
-async fn refuse(mut stream: TcpStream, line: Option<&'static [u8]>) {
+/// Tells a connection over the limit why it is being closed, then closes it. What the client
+/// already sent is read and dropped for a moment, so that closing does not reset the
+/// connection before the client has read the answer.
+async fn refuse(mut stream: TcpStream, answer: Option<Vec<u8>>) {
     let goodbye = async {
-        if let Some(line) = line {
-            stream.write_all(line).await?;
+        if let Some(answer) = answer {
+            stream.write_all(&answer).await?;
         }
-        stream.shutdown().await
+        stream.shutdown().await?;
+        let mut sink = [0u8; 1024];
+        while stream.read(&mut sink).await? > 0 {}
+        Ok::<_, io::Error>(())
     };
-    let _ = tokio::time::timeout(Duration::from_secs(1), goodbye).await;
+    let _ = tokio::time::timeout(REFUSAL_TIME, goodbye).await;
 }
 
 /// Errors that concern one connection only (it was reset before we accepted it, say).

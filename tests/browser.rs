@@ -1,5 +1,7 @@
 //! A real headless Chromium drives the chat page served at `GET /`: two browsers, two users,
-//! a message that arrives live (Server-Sent Events) without any reload, rendered as text.
+//! a message that arrives live (Server-Sent Events) without any reload, rendered as text; the
+//! people list with who is online and unread counts; a conversation showing both sides; a
+//! malformed stored message that cannot stop the rest rendering; the length counter.
 //!
 //! Needs /usr/bin/chromium and /usr/bin/chromedriver (Debian `chromium`, `chromium-driver`;
 //! `scripts/test.sh` installs them). Without them the test prints `SKIPPED: ...` and passes,
@@ -82,6 +84,10 @@ async fn chat_in_two_browsers() {
     alice.refresh().await.expect("alice reloads");
     wait_for(&alice, "alice still logged in", "#whoami", |t| t == "alice").await;
 
+    // A message stored with a malformed timestamp (as an older server let through) waits for
+    // bob: it must not stop anything else from rendering.
+    plant_malformed_message(&server.db_url, "carol", "bob", "from carol").await;
+
     // Bob registers in the other browser; from here on his page must never reload.
     bob.goto(&page).await.expect("bob opens the page");
     register(&bob, "bob", "pw-bob").await;
@@ -89,8 +95,16 @@ async fn chat_in_two_browsers() {
     bob.execute("window.chatdMarker = 'no reload'; return true;", vec![])
         .await
         .unwrap();
+    wait_for(&bob, "carol's malformed message", "#messages .msg", |t| {
+        t.contains("from carol")
+    })
+    .await;
 
-    // Alice writes to bob, submitting with Enter.
+    // Alice sees bob online, and writes to him, submitting with Enter.
+    wait_for(&alice, "bob online", "#people .person.online", |t| {
+        t.contains("bob")
+    })
+    .await;
     fill(&alice, "recipient", "bob").await;
     fill(&alice, "message", &format!("{TRICKY}{}", Key::Enter)).await;
     wait_for(&alice, "the send confirmation", "#status", |t| {
@@ -98,16 +112,12 @@ async fn chat_in_two_browsers() {
     })
     .await;
 
-    // Bob sees it live, as text, once.
+    // Bob sees it live, as text, once, after carol's.
     wait_for(&bob, "alice's message", "#messages .msg", |t| t.contains(TRICKY)).await;
-    assert_eq!(
-        find(&bob, "#messages .msg .text").await.text().await.unwrap(),
-        TRICKY
-    );
-    assert_eq!(
-        find(&bob, "#messages .msg .sender").await.text().await.unwrap(),
-        "alice"
-    );
+    let shown = texts(&bob, "#messages .msg .text").await;
+    assert_eq!(shown, ["from carol", TRICKY], "every message renders, in order");
+    let senders = texts(&bob, "#messages .msg .sender").await;
+    assert_eq!(senders, ["carol", "alice"]);
     assert!(
         bob.find_all(Locator::Css("#messages b"))
             .await
@@ -122,44 +132,147 @@ async fn chat_in_two_browsers() {
     );
     assert_eq!(
         message_ids(&bob).await.len(),
-        1,
-        "the message is shown exactly once"
+        2,
+        "each message is shown exactly once"
     );
+
+    // A second message: bob's people list counts two unread from alice, one from carol.
+    fill(&alice, "message", &format!("are you there?{}", Key::Enter)).await;
+    wait_for(
+        &bob,
+        "two unread from alice",
+        "#people .person[data-name='alice'] .badge",
+        |t| t == "2",
+    )
+    .await;
+    wait_for(
+        &bob,
+        "one unread from carol",
+        "#people .person[data-name='carol'] .badge",
+        |t| t == "1",
+    )
+    .await;
     let marker = bob
         .execute("return window.chatdMarker || null;", vec![])
         .await
         .unwrap();
     assert_eq!(marker, json!("no reload"), "bob's page was reloaded");
     assert_eq!(bob.current_url().await.unwrap(), bob_url);
+    screenshot(&bob, "bob-unread").await;
 
-    // Bob answers by clicking the sender's name, which addresses the reply; alice sees it live.
-    click_css(&bob, "#messages .msg .sender").await;
+    // Bob opens the conversation with alice: her two messages, the unread count gone, and the
+    // reply addressed to her.
+    click_css(&bob, "#people .person[data-name='alice']").await;
+    wait_for(&bob, "the conversation", "#inbox-title", |t| t.contains("alice")).await;
+    wait_for(&bob, "alice's second message", "#messages .msg", |t| {
+        t.contains("are you there?")
+    })
+    .await;
+    assert_eq!(
+        texts(&bob, "#messages .msg .text").await,
+        [TRICKY, "are you there?"]
+    );
+    assert!(
+        bob.find_all(Locator::Css("#people .person[data-name='alice'] .badge"))
+            .await
+            .unwrap()
+            .is_empty(),
+        "reading the conversation clears its unread count"
+    );
     let to = find(&bob, "#recipient").await.prop("value").await.unwrap();
     assert_eq!(
         to.as_deref(),
         Some("alice"),
-        "clicking the sender addresses the reply"
+        "the conversation addresses the reply"
     );
     fill(&bob, "message", "hello alice").await;
     click(&bob, "send").await;
+    wait_for(
+        &bob,
+        "bob's own reply in the conversation",
+        "#messages .msg.mine",
+        |t| t.contains("hello alice"),
+    )
+    .await;
+
+    // Alice's conversation with bob shows both sides: her two messages and his reply, live.
     wait_for(&alice, "bob's reply", "#messages .msg", |t| {
         t.contains("hello alice")
     })
     .await;
     assert_eq!(
-        find(&alice, "#messages .msg .sender").await.text().await.unwrap(),
-        "bob"
+        find(&alice, "#inbox-title").await.text().await.unwrap(),
+        "Conversation with bob"
+    );
+    assert_eq!(
+        texts(&alice, "#messages .msg .text").await,
+        [TRICKY, "are you there?", "hello alice"]
+    );
+    assert_eq!(
+        texts(&alice, "#messages .msg.mine .text").await.len(),
+        2,
+        "her own, marked as hers"
     );
     assert_eq!(find(&alice, "#whoami").await.text().await.unwrap(), "alice");
-    assert_eq!(message_ids(&alice).await.len(), 1);
+    assert_eq!(message_ids(&alice).await.len(), 3);
 
-    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
-    std::fs::create_dir_all(&target).unwrap();
-    for (client, name) in [(&alice, "alice"), (&bob, "bob")] {
-        let png = client.screenshot().await.expect("screenshot");
-        let path = target.join(format!("browser-chat-{name}.png"));
-        std::fs::write(&path, png).unwrap();
-        eprintln!("screenshot: {}", path.display());
+    // The length counter warns before Send: a message over 64 KiB cannot be sent.
+    alice
+        .execute(
+            "const m = document.getElementById('message'); m.value = 'é'.repeat(40000); \
+             m.dispatchEvent(new Event('input')); return true;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let length = wait_for(&alice, "the length warning", "#length", |t| {
+        t.contains("Too long")
+    })
+    .await;
+    assert!(length.contains("80000"), "{length}");
+    assert_eq!(
+        find(&alice, "#send")
+            .await
+            .prop("disabled")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("true")
+    );
+    screenshot(&alice, "alice-too-long").await;
+    fill(&alice, "message", "short").await;
+    let length = find(&alice, "#length").await.text().await.unwrap();
+    assert_eq!(length, "5 / 65536 bytes");
+
+    screenshot(&alice, "alice").await;
+    screenshot(&bob, "bob").await;
+
+    // Log out ends the token on the server, not only in the page.
+    let token = alice
+        .execute(
+            "return JSON.parse(sessionStorage.getItem('chatd.session')).token;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    click(&alice, "logout").await;
+    wait_for(&alice, "the login form", "#username", |_| true).await;
+    let token = token.as_str().unwrap().to_string();
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let status = http
+            .get(server.url("/get_messages"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        if status == 401 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the logged-out token still works");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
     for client in [alice, bob] {
@@ -167,6 +280,50 @@ async fn chat_in_two_browsers() {
     }
     drop(driver);
     server.stop().await;
+}
+
+/// Saves a screenshot under target/.
+async fn screenshot(client: &Client, name: &str) {
+    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
+    std::fs::create_dir_all(&target).unwrap();
+    let png = client.screenshot().await.expect("screenshot");
+    let path = target.join(format!("browser-chat-{name}.png"));
+    std::fs::write(&path, png).unwrap();
+    eprintln!("screenshot: {}", path.display());
+}
+
+/// Stores a message whose client timestamp is a JSON object, straight into the database.
+async fn plant_malformed_message(db_url: &str, from: &str, to: &str, text: &str) {
+    use sqlx::Connection;
+    let mut conn = sqlx::SqliteConnection::connect(db_url).await.unwrap();
+    sqlx::query(
+        "INSERT INTO messages (sender, recipient, body, created_at_us, client_timestamp) VALUES (?, ?, ?, ?, ?)",
+    )
+    .bind(from)
+    .bind(to)
+    .bind(text)
+    .bind(chrono_now_us())
+    .bind(r#"{"toString":1}"#)
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    conn.close().await.unwrap();
+}
+
+fn chrono_now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as i64
+}
+
+/// The texts of the elements matching `css`, in page order.
+async fn texts(client: &Client, css: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for element in client.find_all(Locator::Css(css)).await.unwrap() {
+        out.push(element.text().await.unwrap());
+    }
+    out
 }
 
 /// Registers on the page (which logs in too) and waits until the page says who we are.

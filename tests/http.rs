@@ -423,7 +423,8 @@ async fn events_replay_what_a_reconnecting_client_missed(backend: Backend) {
         ids.push(sent["id"].as_i64().unwrap());
     }
     let response = http
-        .get(server.url(&format!("/events?token={bob}")))
+        .get(server.url("/events"))
+        .bearer_auth(&bob)
         .header("Last-Event-ID", ids[0].to_string())
         .send()
         .await
@@ -444,6 +445,16 @@ async fn events_replay_what_a_reconnecting_client_missed(backend: Backend) {
     );
     let (status, _) = call(http.get(server.url("/events"))).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // Tokens never travel in URLs, where logs and browser history keep them.
+    let (status, reply) = call(http.get(server.url(&format!("/events?token={bob}")))).await;
+    assert_eq!(
+        (status, reply["status"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("BAD_ARGS"))
+    );
+    assert!(
+        reply["message"].as_str().unwrap().contains("Authorization"),
+        "{reply}"
+    );
     server.stop().await;
 }
 

@@ -3,14 +3,12 @@
 //!
 //! - [`names`]: what a valid name, password and message text are;
 //! - [`auth`]: password hashing and the limits on failed logins;
-//! - [`tokens`]: the bearer tokens of the HTTP facade;
 //! - [`users`]: which users exist;
 //! - [`writer`]: the group-commit writer that stores SENDs;
 //! - the [`Topology`]: delivery after a commit, the inbox cache and presence.
 
 mod auth;
 mod names;
-mod tokens;
 mod users;
 mod writer;
 
@@ -27,8 +25,7 @@ use crate::store::{Counts, Message, NewMessage, Store, StoreErrorKind};
 use crate::topology::Topology;
 use auth::Auth;
 pub use auth::{AuthLimits, ConnAuthState};
-pub use names::{check_client_timestamp, Password, Username};
-use tokens::Tokens;
+pub use names::{check_client_timestamp, Password, Username, MAX_MESSAGE_BYTES};
 use users::{no_such_user, Users};
 use writer::Writer;
 
@@ -57,7 +54,6 @@ struct Inner {
     topology: Arc<Topology>,
     writer: Writer,
     auth: Auth,
-    tokens: Tokens,
     users: Users,
     connections: AtomicUsize,
 }
@@ -83,7 +79,6 @@ impl Chat {
                 topology,
                 writer,
                 auth: Auth::new(options.auth),
-                tokens: Tokens::default(),
                 users: Users::default(),
                 connections: AtomicUsize::new(0),
             }),
@@ -191,6 +186,29 @@ impl Chat {
             .await
     }
 
+    /// Messages between `user` and `peer` in both directions with id > `after_id`, oldest
+    /// first, at most `limit` (capped at 1000); `NO_SUCH_USER` for an unknown peer.
+    pub async fn conversation(
+        &self,
+        user: &Username,
+        peer: &str,
+        after_id: i64,
+        limit: u32,
+    ) -> ChatResult<Vec<Arc<Message>>> {
+        let peer = Username::parse(peer).map_err(|_| no_such_user(peer))?;
+        let peer = self
+            .inner
+            .users
+            .existing(&self.inner.store, peer.as_str())
+            .await?;
+        let page = self
+            .inner
+            .store
+            .conversation(user.as_str(), &peer, after_id.max(0), limit.clamp(1, 1000))
+            .await?;
+        Ok(page.into_iter().map(Arc::new).collect())
+    }
+
     /// Users with at least one live session on any node, sorted.
     pub async fn who(&self) -> ChatResult<Vec<Arc<str>>> {
         self.inner.topology.who().await
@@ -228,16 +246,6 @@ impl Chat {
     /// Connections open now (line protocol and live event streams).
     pub fn connections(&self) -> usize {
         self.inner.connections.load(Ordering::Relaxed)
-    }
-
-    /// Issues a bearer token for an authenticated user; returns it and its lifetime.
-    pub async fn issue_token(&self, user: &Username) -> ChatResult<(String, Duration)> {
-        self.inner.tokens.issue(&self.inner.store, user).await
-    }
-
-    /// The user a bearer token belongs to; `BAD_CREDENTIALS` if it is unknown or expired.
-    pub async fn token_user(&self, token: &str) -> ChatResult<Username> {
-        self.inner.tokens.user(&self.inner.store, token).await
     }
 }
 

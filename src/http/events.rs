@@ -1,7 +1,7 @@
 //! `GET /events`: a Server-Sent Events stream of the authenticated user's new messages, with
 //! the same ids as the line protocol. With `Last-Event-ID` (sent by browsers on reconnect) or
 //! `?after=ID`, the messages after that id are replayed first, so a reconnecting client misses
-//! nothing.
+//! nothing. The stream holds its connection's place in the connection budget while it lives.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -14,11 +14,11 @@ use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::Stream;
 
-use super::extract::Payload;
-use super::routes::{authenticated, MessageView};
+use super::extract::{HeaderAuth, Payload};
+use super::routes::{acting_user, MessageView};
+use super::status::HttpResult;
 use super::AppState;
 use crate::chat::{ConnectionGuard, Username, INBOX_PAGE};
-use crate::error::ChatResult;
 use crate::hub::Subscription;
 use crate::store::Message;
 
@@ -40,9 +40,10 @@ pub async fn events(
     State(app): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
+    HeaderAuth(header_user): HeaderAuth,
     payload: Payload,
-) -> ChatResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
-    let user = authenticated(&app, &headers, &payload, "username", peer).await?;
+) -> HttpResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
+    let user = acting_user(&app, header_user, &payload, "username", peer, false).await?;
     let last_event_id = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())

@@ -1,28 +1,39 @@
 //! The HTTP facade: the lab's JSON routes, live events and the chat page, over the very same
-//! chat domain as the line protocol. Handlers are thin; [`ChatError`] maps to statuses here.
+//! chat domain as the line protocol. Handlers are thin; errors get their statuses in
+//! [`status`]; the connection's limits and timeouts live in [`conn`], the bounds on request
+//! bodies in [`extract`].
 
 mod access_log;
+mod conn;
 mod events;
 mod extract;
+mod guard;
 mod routes;
+mod stall;
+pub mod status;
+pub mod tokens;
 
-use std::io;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde_json::{json, Value};
-use tokio::net::TcpListener;
+use serde_json::Value;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::chat::Chat;
-use crate::error::ChatError;
+use crate::store::Store;
 
-pub use extract::MAX_BODY;
+pub use conn::{busy_answer, serve as serve_connection, HEADER_TIMEOUT, MAX_HEAD, WRITE_STALL};
+pub use extract::{BODIES_AT_ONCE, BODY_STALL, BODY_TIME, MAX_BODY};
+pub use routes::MAX_REPLY_BYTES;
+
+/// `/get_messages` and `/conversation` replies being built at once: one, so that a crowd of
+/// large replies keeps at most one core busy.
+const REPLY_BUILDERS: usize = 1;
 
 /// The chat page, embedded in the binary.
 pub const PAGE: &str = include_str!("page.html");
@@ -30,12 +41,45 @@ pub const PAGE: &str = include_str!("page.html");
 /// What every handler shares.
 pub struct AppState {
     pub chat: Chat,
+    pub store: Store,
+    pub tokens: tokens::Tokens,
     pub node_id: String,
     pub started: Instant,
     /// The listeners' addresses, as `/info` reports them.
     pub listeners: Value,
     /// Ends live event streams on shutdown.
     pub shutdown: CancellationToken,
+    /// Classroom mode: `POST /` and `/get_messages` take the user named in the payload without
+    /// credentials, as the lab's client sends them.
+    pub lab: bool,
+    /// Room for request bodies being received at once.
+    pub bodies: Semaphore,
+    /// Large replies being built at once.
+    pub reply_builders: Semaphore,
+}
+
+impl AppState {
+    pub fn new(
+        chat: Chat,
+        store: Store,
+        node_id: String,
+        listeners: Value,
+        shutdown: CancellationToken,
+        lab: bool,
+    ) -> AppState {
+        AppState {
+            chat,
+            tokens: tokens::Tokens::new(store.clone()),
+            store,
+            node_id,
+            started: Instant::now(),
+            listeners,
+            shutdown,
+            lab,
+            bodies: Semaphore::new(BODIES_AT_ONCE),
+            reply_builders: Semaphore::new(REPLY_BUILDERS),
+        }
+    }
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -43,29 +87,21 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/", get(routes::index).post(routes::send))
         .route("/info", get(routes::info))
         .route("/api", get(routes::api).post(routes::api))
-        .route("/register", axum::routing::post(routes::register))
+        .route("/register", post(routes::register).get(routes::register_with_get))
         .route("/auth", get(routes::auth).post(routes::auth))
+        .route("/logout", post(routes::logout))
         .route(
             "/get_messages",
             get(routes::get_messages).post(routes::get_messages),
         )
+        .route("/conversation", get(routes::conversation))
+        .route("/who", get(routes::who))
         .route("/events", get(events::events))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
+        .layer(axum::middleware::from_fn(guard::guard))
         .layer(axum::middleware::from_fn(access_log::log))
         .with_state(state)
-}
-
-/// Serves HTTP on `listener` until `shutdown`, then lets requests in flight finish.
-pub async fn serve(
-    listener: TcpListener,
-    state: Arc<AppState>,
-    shutdown: CancellationToken,
-) -> io::Result<()> {
-    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
 }
 
 /// A success: `{"status": "SUCCESS", ...fields}`.
@@ -80,19 +116,4 @@ pub fn success(status: StatusCode, fields: Value) -> Response {
     };
     body.insert("status".into(), "SUCCESS".into());
     (status, Json(Value::Object(body))).into_response()
-}
-
-/// An error: `{"status": "<CODE>", "message": "..."}` with the code's HTTP status.
-impl IntoResponse for ChatError {
-    fn into_response(self) -> Response {
-        self.log();
-        let code = if self.unavailable {
-            503
-        } else {
-            self.code.http_status()
-        };
-        let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let body = json!({ "status": self.code.as_str(), "message": self.message });
-        (status, Json(body)).into_response()
-    }
 }

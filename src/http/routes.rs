@@ -6,12 +6,12 @@ use std::sync::Arc;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::response::{Html, IntoResponse, Response};
-use axum::Json;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
-use super::extract::{Credentials, Payload};
+use super::extract::{HeaderAuth, HeaderCredentials, Payload};
+use super::status::{HttpError, HttpResult};
 use super::{success, AppState, PAGE};
 use crate::chat::{Username, INBOX_PAGE};
 use crate::error::{ChatError, ChatResult, Code};
@@ -20,28 +20,60 @@ use crate::store::Message;
 
 type Peer = ConnectInfo<SocketAddr>;
 
-/// `GET /`: the chat page for browsers, a short JSON guide for programs.
-pub async fn index(headers: HeaderMap) -> Response {
+/// Most bytes of messages one `/get_messages` or `/conversation` reply carries (at least one
+/// message, whatever its size); the reply then says `"more": true` and the client asks again
+/// with `after` set to the last id.
+pub const MAX_REPLY_BYTES: usize = 1024 * 1024;
+/// Most messages a reply may be asked for (`limit`).
+const MAX_LIMIT: u64 = 1000;
+/// Messages read from the chat domain at once while a reply is built: what one reply holds in
+/// memory beyond its own bytes.
+const FETCH: u32 = 32;
+/// Longest client `timestamp` of `POST /`, as JSON text.
+pub const MAX_TIMESTAMP_BYTES: usize = 64;
+
+/// `GET /`: the chat page for browsers, a short JSON guide for programs. A GET that carries a
+/// message is a mistake for `POST /`, and is told so.
+pub async fn index(headers: HeaderMap, payload: Payload) -> HttpResult<Response> {
+    if !payload.is_empty() {
+        return Err(wrong_method(
+            "GET / does not send anything; send the message with POST / \
+             (requests.post(url, json={...}))",
+        ));
+    }
     let wants_html = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|accept| accept.contains("text/html"));
     if wants_html {
-        return Html(PAGE).into_response();
+        return Ok(Html(PAGE).into_response());
     }
-    success(
+    Ok(success(
         StatusCode::OK,
         json!({
             "name": "chatd",
             "version": env!("CARGO_PKG_VERSION"),
-            "routes": ["GET /info", "GET|POST /api", "POST /register", "GET|POST /auth", "POST /",
-                       "GET|POST /get_messages", "GET /events"],
+            "routes": ["GET /info", "GET|POST /api", "POST /register", "GET|POST /auth", "POST /logout",
+                       "POST /", "GET|POST /get_messages", "GET /conversation", "GET /who", "GET /events"],
         }),
+    ))
+}
+
+/// `GET /register`: registering needs POST.
+pub async fn register_with_get() -> HttpError {
+    wrong_method("register with POST /register (requests.post(url, json={...}))")
+}
+
+fn wrong_method(hint: &'static str) -> HttpError {
+    HttpError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        Code::UnknownCommand.as_str(),
+        hint,
     )
 }
 
 /// `GET /info`.
-pub async fn info(State(app): State<Arc<AppState>>) -> ChatResult<Response> {
+pub async fn info(State(app): State<Arc<AppState>>) -> HttpResult<Response> {
     let counts = app.chat.counts().await?;
     let online = app.chat.who().await?;
     Ok(success(
@@ -56,16 +88,25 @@ pub async fn info(State(app): State<Arc<AppState>>) -> ChatResult<Response> {
             "connections": app.chat.connections(),
             "online": online.len(),
             "listeners": app.listeners,
+            "lab": app.lab,
         }),
     ))
 }
 
+/// `GET /who`: the users online on any node, as WHO lists them.
+pub async fn who(State(app): State<Arc<AppState>>) -> HttpResult<Response> {
+    let users = app.chat.who().await?;
+    let users: Vec<&str> = users.iter().map(|u| &**u).collect();
+    Ok(success(
+        StatusCode::OK,
+        json!({ "count": users.len(), "users": users }),
+    ))
+}
+
 /// `GET|POST /api`: the fields the request carried, as a JSON object.
-pub async fn api(method: Method, payload: Payload) -> ChatResult<Response> {
+pub async fn api(method: Method, payload: Payload) -> HttpResult<Response> {
     if payload.0.contains_key("status") {
-        return Err(ChatError::bad_args(
-            "\"status\" is reserved in replies; use another field name",
-        ));
+        return Err(ChatError::bad_args("\"status\" is reserved in replies; use another field name").into());
     }
     let mut fields = payload.0;
     fields.insert("method".into(), method.as_str().into());
@@ -73,7 +114,7 @@ pub async fn api(method: Method, payload: Payload) -> ChatResult<Response> {
 }
 
 /// `POST /register {"username", "password"}`.
-pub async fn register(State(app): State<Arc<AppState>>, payload: Payload) -> ChatResult<Response> {
+pub async fn register(State(app): State<Arc<AppState>>, payload: Payload) -> HttpResult<Response> {
     let user = app
         .chat
         .register(&payload.require("username")?, &payload.require("password")?)
@@ -86,7 +127,7 @@ pub async fn auth(
     State(app): State<Arc<AppState>>,
     ConnectInfo(peer): Peer,
     payload: Payload,
-) -> ChatResult<Response> {
+) -> HttpResult<Response> {
     let user = app
         .chat
         .authenticate(
@@ -96,7 +137,7 @@ pub async fn auth(
             None,
         )
         .await?;
-    let (token, lifetime) = app.chat.issue_token(&user).await?;
+    let (token, lifetime) = app.tokens.issue(&user).await?;
     Ok(success(
         StatusCode::OK,
         json!({
@@ -108,20 +149,30 @@ pub async fn auth(
     ))
 }
 
+/// `POST /logout` with `Authorization: Bearer <token>`: the token ends, on every node.
+pub async fn logout(State(app): State<Arc<AppState>>, headers: HeaderMap) -> HttpResult<Response> {
+    let HeaderCredentials::Token(token) = HeaderCredentials::of(&headers) else {
+        return Err(ChatError::new(
+            Code::AuthRequired,
+            "log out with the token to end: Authorization: Bearer <token>",
+        )
+        .into());
+    };
+    let user = app.tokens.revoke(&token).await?;
+    Ok(success(StatusCode::OK, json!({ "username": user.as_str() })))
+}
+
 /// `POST / {"sender", "recipient", "message", "timestamp"}`.
 pub async fn send(
     State(app): State<Arc<AppState>>,
     ConnectInfo(peer): Peer,
-    headers: HeaderMap,
+    HeaderAuth(header_user): HeaderAuth,
     payload: Payload,
-) -> ChatResult<Response> {
-    let user = authenticated(&app, &headers, &payload, "sender", peer).await?;
+) -> HttpResult<Response> {
+    let user = acting_user(&app, header_user, &payload, "sender", peer, app.lab).await?;
     let recipient = payload.require("recipient")?;
     let text = payload.require("message")?;
-    let timestamp = match payload.0.get("timestamp") {
-        None | Some(Value::Null) => None,
-        Some(value) => Some(value.to_string()),
-    };
+    let timestamp = client_timestamp(&payload)?;
     let message = app.chat.send(&user, &recipient, &text, timestamp).await?;
     Ok(success(
         StatusCode::CREATED,
@@ -129,26 +180,135 @@ pub async fn send(
     ))
 }
 
+/// The client's `timestamp`, kept as the JSON text it was: a string or a number of at most
+/// [`MAX_TIMESTAMP_BYTES`].
+fn client_timestamp(payload: &Payload) -> ChatResult<Option<String>> {
+    let value = match payload.0.get("timestamp") {
+        None | Some(Value::Null) => return Ok(None),
+        Some(value @ (Value::String(_) | Value::Number(_))) => value,
+        Some(_) => return Err(ChatError::bad_args("the timestamp must be a string or a number")),
+    };
+    let text = value.to_string();
+    if text.len() > MAX_TIMESTAMP_BYTES {
+        return Err(ChatError::bad_args(format!(
+            "the timestamp is over {MAX_TIMESTAMP_BYTES} bytes"
+        )));
+    }
+    Ok(Some(text))
+}
+
 /// `GET|POST /get_messages {"username", "after"?, "limit"?}`.
 pub async fn get_messages(
     State(app): State<Arc<AppState>>,
     ConnectInfo(peer): Peer,
-    headers: HeaderMap,
+    HeaderAuth(header_user): HeaderAuth,
     payload: Payload,
-) -> ChatResult<Response> {
-    let user = authenticated(&app, &headers, &payload, "username", peer).await?;
-    let after = payload.count("after")?.unwrap_or(0).min(i64::MAX as u64) as i64;
+) -> HttpResult<Response> {
+    let user = acting_user(&app, header_user, &payload, "username", peer, app.lab).await?;
+    messages_reply(&app, &user, None, &payload).await
+}
+
+/// `GET /conversation?with=<user>`: both sides of the logged-in user's conversation with one
+/// person, oldest first, paged as `/get_messages` is.
+pub async fn conversation(
+    State(app): State<Arc<AppState>>,
+    ConnectInfo(peer): Peer,
+    HeaderAuth(header_user): HeaderAuth,
+    payload: Payload,
+) -> HttpResult<Response> {
+    let user = acting_user(&app, header_user, &payload, "username", peer, false).await?;
+    let with = payload.require("with")?;
+    messages_reply(&app, &user, Some(&with), &payload).await
+}
+
+/// A page of messages after `after`, at most `limit` of them and about [`MAX_REPLY_BYTES`]:
+/// `{"status", "count", "more", "messages"}`. Messages are serialised as they are read, a few
+/// at a time, so a reply never holds more than its bytes and one small batch.
+async fn messages_reply(
+    app: &AppState,
+    user: &Username,
+    with: Option<&str>,
+    payload: &Payload,
+) -> HttpResult<Response> {
+    let mut after = payload.count("after")?.unwrap_or(0).min(i64::MAX as u64) as i64;
     let limit = payload
         .count("limit")?
         .unwrap_or(INBOX_PAGE as u64)
-        .clamp(1, 1000) as u32;
-    let messages = app.chat.inbox(&user, after, limit).await?;
-    let reply = MessagesReply {
-        status: "SUCCESS",
-        count: messages.len(),
-        messages: messages.iter().map(|m| MessageView::of(m)).collect(),
+        .clamp(1, MAX_LIMIT) as usize;
+    // Serialising a megabyte is real work: one reply at a time, off the threads that serve
+    // connections, so that a crowd of large replies cannot slow anyone's PING.
+    let _builder = app
+        .reply_builders
+        .acquire()
+        .await
+        .map_err(|e| ChatError::internal("waiting to build a reply", e))?;
+    let mut messages = Vec::with_capacity(1024);
+    let (mut count, mut more) = (0usize, false);
+    while count < limit {
+        let want = (limit - count).min(FETCH as usize) as u32;
+        let batch = match with {
+            None => app.chat.inbox(user, after, want).await?,
+            Some(peer) => app.chat.conversation(user, peer, after, want).await?,
+        };
+        let full = batch.len() == want as usize;
+        let Some(last) = batch.last().map(|m| m.id) else {
+            break;
+        };
+        let (buffer, added) = tokio::task::spawn_blocking(move || append_messages(messages, count, &batch))
+            .await
+            .map_err(|e| ChatError::internal("building a reply", e))?;
+        messages = buffer;
+        count += added.count;
+        after = added.last_id.unwrap_or(last);
+        if added.cut {
+            more = true;
+            break;
+        }
+        if !full {
+            break;
+        }
+        more = count == limit;
+    }
+    let mut body = Vec::with_capacity(messages.len() + 64);
+    body.extend_from_slice(
+        format!("{{\"status\":\"SUCCESS\",\"count\":{count},\"more\":{more},\"messages\":[").as_bytes(),
+    );
+    body.extend_from_slice(&messages);
+    body.extend_from_slice(b"]}");
+    drop(messages);
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+struct Appended {
+    count: usize,
+    last_id: Option<i64>,
+    /// The reply reached [`MAX_REPLY_BYTES`] before the batch was all in.
+    cut: bool,
+}
+
+/// Appends `batch` to the JSON array being built in `out` (which holds `before` messages), as
+/// long as the reply stays within [`MAX_REPLY_BYTES`] (the first message always goes in).
+fn append_messages(mut out: Vec<u8>, before: usize, batch: &[Arc<Message>]) -> (Vec<u8>, Appended) {
+    let mut added = Appended {
+        count: 0,
+        last_id: None,
+        cut: false,
     };
-    Ok(Json(reply).into_response())
+    for message in batch {
+        let start = out.len();
+        if before + added.count > 0 {
+            out.push(b',');
+        }
+        serde_json::to_writer(&mut out, &MessageView::of(message)).expect("a message serialises");
+        if before + added.count > 0 && out.len() > MAX_REPLY_BYTES {
+            out.truncate(start);
+            added.cut = true;
+            break;
+        }
+        added.count += 1;
+        added.last_id = Some(message.id);
+    }
+    (out, added)
 }
 
 /// A message as the HTTP facade shows it. `timestamp` is the client's, as it was given (the
@@ -190,39 +350,59 @@ impl<'a> MessageView<'a> {
     }
 }
 
-#[derive(Serialize)]
-struct MessagesReply<'a> {
-    status: &'static str,
-    count: usize,
-    messages: Vec<MessageView<'a>>,
-}
-
-/// The user the request's credentials prove; `AUTH_REQUIRED` without any. The request acts
-/// for the user named in `user_field` (`sender`, `username`), which, when given, must be that
-/// same user: nobody reads or sends as someone else.
-pub async fn authenticated(
+/// The user a request acts as. The `Authorization` header (already checked) wins; else a
+/// `token` field in the body, or a `password` field for the user named in `user_field`. With
+/// `lab` (classroom mode), the user named in `user_field` without any credentials. Whoever the
+/// credentials prove, the user named in `user_field`, when given, must be that same user:
+/// nobody reads or sends as someone else.
+pub async fn acting_user(
     app: &AppState,
-    headers: &HeaderMap,
+    header_user: Option<Username>,
     payload: &Payload,
     user_field: &str,
     peer: SocketAddr,
+    lab: bool,
 ) -> ChatResult<Username> {
-    let user = match Credentials::of(headers, payload, user_field) {
-        Credentials::Token(token) => app.chat.token_user(&token).await?,
-        Credentials::Password { user, password } => {
-            app.chat.authenticate(&user, &password, peer.ip(), None).await?
+    let named = payload.text(user_field);
+    let user = match (
+        header_user,
+        payload.text("token"),
+        &named,
+        payload.text("password"),
+    ) {
+        (Some(user), ..) => user,
+        (None, Some(token), ..) => app.tokens.user(&token).await?,
+        (None, None, Some(name), Some(password)) => {
+            app.chat.authenticate(name, &password, peer.ip(), None).await?
         }
-        Credentials::None => return Err(ChatError::new(
+        (None, None, Some(name), None) if lab => return lab_user(app, name).await,
+        _ => return Err(ChatError::new(
             Code::AuthRequired,
             "credentials needed: Authorization: Bearer <token from /auth>, HTTP Basic, or a password field",
         )),
     };
-    match payload.text(user_field) {
+    match named {
         Some(named) if named != user.as_str() => Err(ChatError::new(
             Code::BadCredentials,
             format!("these credentials are {user}'s; they cannot act as {named:?} ({user_field})"),
         )),
         _ => Ok(user),
+    }
+}
+
+/// Classroom mode: the named user, who must exist.
+async fn lab_user(app: &AppState, name: &str) -> ChatResult<Username> {
+    let unknown = || {
+        ChatError::new(
+            Code::NoSuchUser,
+            format!("there is no user {name:?}; register first"),
+        )
+    };
+    let user = Username::parse(name).map_err(|_| unknown())?;
+    if app.store.user_exists(user.as_str()).await? {
+        Ok(user)
+    } else {
+        Err(unknown())
     }
 }
 
@@ -232,12 +412,10 @@ pub async fn not_found(uri: Uri) -> ChatError {
 }
 
 /// A route that exists, with a method it does not take.
-pub async fn method_not_allowed(method: Method, uri: Uri) -> Response {
-    let error = ChatError::new(
-        Code::UnknownCommand,
+pub async fn method_not_allowed(method: Method, uri: Uri) -> HttpError {
+    HttpError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        Code::UnknownCommand.as_str(),
         format!("{} does not take {method}", uri.path()),
-    );
-    let mut response = error.into_response();
-    *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
-    response
+    )
 }

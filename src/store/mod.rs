@@ -145,10 +145,43 @@ impl Store {
         }
     }
 
+    /// Ends a login token (by its SHA-256, hex); a token that does not exist is not an error.
+    pub async fn revoke_token(&self, token_sha256: &str) -> StoreResult<()> {
+        match self {
+            Store::Sqlite(s) => s.revoke_token(token_sha256).await,
+            Store::Postgres(s) => s.revoke_token(token_sha256).await,
+        }
+    }
+
+    /// Messages between `user` and `peer`, both ways, with id > `after_id`, oldest first, at
+    /// most `limit`.
+    pub async fn conversation(
+        &self,
+        user: &str,
+        peer: &str,
+        after_id: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<Message>> {
+        match self {
+            Store::Sqlite(s) => s.conversation(user, peer, after_id, limit).await,
+            Store::Postgres(s) => s.conversation(user, peer, after_id, limit).await,
+        }
+    }
+
     pub async fn counts(&self) -> StoreResult<Counts> {
         match self {
             Store::Sqlite(s) => s.counts().await,
             Store::Postgres(s) => s.counts().await,
+        }
+    }
+
+    /// File descriptors the store holds at most: its connections (SQLite: a writer and four
+    /// readers, each with the database, its WAL and shared memory, and the lock file;
+    /// PostgreSQL: the pool and the LISTEN connection).
+    pub fn descriptors(&self) -> u64 {
+        match self {
+            Store::Sqlite(_) => 5 * 3 + 1,
+            Store::Postgres(s) => u64::from(s.pool().options().get_max_connections()) + 1,
         }
     }
 

@@ -242,6 +242,43 @@ impl PgStore {
         .await
     }
 
+    pub async fn revoke_token(&self, token_sha256: &str) -> StoreResult<()> {
+        bounded(
+            "revoking the token",
+            true,
+            sqlx::query("DELETE FROM tokens WHERE token_sha256 = $1")
+                .bind(token_sha256)
+                .execute(&self.pool),
+        )
+        .await?;
+        Ok(())
+    }
+
+    pub async fn conversation(
+        &self,
+        user: &str,
+        peer: &str,
+        after_id: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<Message>> {
+        let rows: Vec<MessageRow> = bounded(
+            "reading the conversation",
+            false,
+            sqlx::query_as(
+                "SELECT id, sender, recipient, body, created_at_us, client_timestamp FROM messages \
+                 WHERE ((recipient = $1 AND sender = $2) OR (recipient = $2 AND sender = $1)) AND id > $3 \
+                 ORDER BY id LIMIT $4",
+            )
+            .bind(user)
+            .bind(peer)
+            .bind(after_id)
+            .bind(limit as i64)
+            .fetch_all(&self.pool),
+        )
+        .await?;
+        Ok(rows.into_iter().map(message).collect())
+    }
+
     pub async fn counts(&self) -> StoreResult<Counts> {
         let (users, messages): (i64, i64) = bounded(
             "counting",

@@ -240,6 +240,49 @@ impl SqliteStore {
         .map_err(|e| StoreError::from_sqlx("checking the token", false, e))
     }
 
+    pub async fn revoke_token(&self, token_sha256: &str) -> StoreResult<()> {
+        sqlx::query("DELETE FROM tokens WHERE token_sha256 = ?")
+            .bind(token_sha256)
+            .execute(&self.writer)
+            .await
+            .map_err(|e| StoreError::from_sqlx("revoking the token", true, e))?;
+        Ok(())
+    }
+
+    pub async fn conversation(
+        &self,
+        user: &str,
+        peer: &str,
+        after_id: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<Message>> {
+        let rows: Vec<MessageRow> = sqlx::query_as(
+            "SELECT id, sender, recipient, body, created_at_us, client_timestamp FROM messages \
+             WHERE ((recipient = ?1 AND sender = ?2) OR (recipient = ?2 AND sender = ?1)) AND id > ?3 \
+             ORDER BY id LIMIT ?4",
+        )
+        .bind(user)
+        .bind(peer)
+        .bind(after_id)
+        .bind(limit)
+        .fetch_all(&self.readers)
+        .await
+        .map_err(|e| StoreError::from_sqlx("reading the conversation", false, e))?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(id, sender, recipient, body, created_at_us, client_timestamp)| Message {
+                    id,
+                    sender: Arc::from(sender),
+                    recipient: Arc::from(recipient),
+                    body,
+                    created_at_us,
+                    client_timestamp,
+                },
+            )
+            .collect())
+    }
+
     pub async fn counts(&self) -> StoreResult<Counts> {
         let (users, messages): (i64, i64) = sqlx::query_as(
             "SELECT (SELECT COUNT(*) FROM users), (SELECT COALESCE(MAX(id), 0) FROM messages)",

@@ -1,0 +1,79 @@
+//! One HTTP connection, served by hyper with chatd's limits: the request head must arrive
+//! within [`HEADER_TIMEOUT`] (which also ends an idle keep-alive connection), a response that
+//! makes no progress for [`WRITE_STALL`] is abandoned, and shutdown lets the request in flight
+//! finish. Request bodies are bounded where they are read (`extract.rs`).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::Router;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt as _;
+
+use super::stall::StallGuard;
+use crate::limits::Refusal;
+
+/// Time for a request head, from the moment the server waits for it: for the first request,
+/// and between requests on a keep-alive connection (so it is also the keep-alive idle time).
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// A response the client accepts no byte of for this long is abandoned (connection closed).
+pub const WRITE_STALL: Duration = Duration::from_secs(30);
+/// Largest request head (request line and headers).
+pub const MAX_HEAD: usize = 16 * 1024;
+/// hyper's read buffer, at most (a body is read through it in pieces of this size).
+const READ_BUFFER: usize = 64 * 1024;
+
+/// Serves HTTP/1.1 on `stream` until the client leaves, a limit ends it, or `shutdown`.
+pub async fn serve(stream: TcpStream, peer: SocketAddr, app: Router, shutdown: CancellationToken) {
+    let io = TokioIo::new(StallGuard::new(stream, WRITE_STALL));
+    let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+        request.extensions_mut().insert(ConnectInfo(peer));
+        let app = app.clone();
+        async move {
+            Ok::<_, Infallible>(
+                app.oneshot(request.map(Body::new))
+                    .await
+                    .unwrap_or_else(|e| match e {}),
+            )
+        }
+    });
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .max_header_size(MAX_HEAD)
+        .max_buf_size(READ_BUFFER);
+    let connection = builder.serve_connection(io, service);
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        _ = shutdown.cancelled() => {
+            // Finish the request in flight (live event streams end on the same signal), then close.
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "HTTP connection ended");
+    }
+}
+
+/// What a connection over the limit gets: `503 SERVER_BUSY` as JSON, then the connection closes.
+pub fn busy_answer(refusal: Refusal) -> Option<Vec<u8>> {
+    let body = serde_json::json!({ "status": "SERVER_BUSY", "message": refusal.reason() }).to_string();
+    Some(
+        format!(
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+             retry-after: 1\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes(),
+    )
+}
