@@ -141,7 +141,7 @@ impl<'a> Command<'a> {
 }
 
 async fn register(cx: &mut Context, user: &str, password: &str) -> ChatResult<Reply> {
-    let user = cx.chat.register(user, password).await?;
+    let user = cx.chat.register(user, password, cx.peer).await?;
     Ok(Reply::ok(format!(
         "registered {user}; now AUTH {user} <password>"
     )))
