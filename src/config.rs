@@ -111,9 +111,10 @@ pub struct Config {
     pub auth_concurrent_per_addr: usize,
 
     /// Password hashes one address may have queued or running at once; its further requests
-    /// wait their turn (up to 10 s). Never more than `--auth-failures-per-addr`.
-    #[arg(long, env = "CHATD_HASH_SHARE", default_value_t = 4)]
-    pub hash_share: usize,
+    /// wait their turn (up to 120 s). Default: one per core. Never more than
+    /// `--auth-failures-per-addr`.
+    #[arg(long, env = "CHATD_HASH_SHARE")]
+    pub hash_share: Option<usize>,
 
     /// Password hashes queued or running at once, all addresses together; when full, AUTH and
     /// REGISTER get `ERR SERVER_BUSY` (HTTP 503) at once.
@@ -152,7 +153,7 @@ impl Config {
             auth_failures_per_account: 10,
             auth_concurrent_per_account: 8,
             auth_concurrent_per_addr: 256,
-            hash_share: 4,
+            hash_share: None,
             hash_queue: 64,
             registrations_per_addr: 2000,
         }

@@ -123,7 +123,7 @@ impl Server {
                     registrations_per_addr: config.registrations_per_addr.max(1),
                 },
                 hashing: HashLimits {
-                    share: config.hash_share.max(1),
+                    share: config.hash_share.map(|n| n.max(1)),
                     per_addr: config.auth_concurrent_per_addr.max(1),
                     queue: config.hash_queue.max(1),
                 },

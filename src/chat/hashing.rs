@@ -20,13 +20,14 @@ use super::limits::AddrKey;
 use crate::error::{ChatError, ChatResult, Code};
 
 /// Longest a request waits for its address's turn before `SERVER_BUSY`.
-pub const HASH_WAIT: Duration = Duration::from_secs(10);
+pub const HASH_WAIT: Duration = Duration::from_secs(120);
 
 /// Sizes of the hash queue.
 #[derive(Debug, Clone)]
 pub struct HashLimits {
-    /// Tickets one address may hold at once.
-    pub share: usize,
+    /// Tickets one address may hold at once (default: one per hashing thread, so one address
+    /// alone can keep every hasher busy, but never queues ahead of a newcomer by more than that).
+    pub share: Option<usize>,
     /// Requests of one address waiting or holding a ticket at once.
     pub per_addr: usize,
     /// Tickets of all addresses together.
@@ -38,6 +39,7 @@ pub(crate) struct Hasher {
     /// Argon2 runs on blocking threads, at most this many at once (each needs ~19 MiB).
     running: Semaphore,
     tickets: AtomicUsize,
+    share: usize,
     /// Each busy address's turnstile and how many requests use it.
     addrs: Mutex<HashMap<AddrKey, (Arc<Semaphore>, usize)>>,
 }
@@ -78,11 +80,12 @@ impl Hasher {
         let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
         Hasher {
             limits: HashLimits {
-                share: limits.share.max(1),
+                share: limits.share,
                 per_addr: limits.per_addr.max(1),
                 queue: limits.queue.max(1),
             },
             running: Semaphore::new(threads),
+            share: limits.share.unwrap_or(threads).max(1),
             tickets: AtomicUsize::new(0),
             addrs: Mutex::new(HashMap::new()),
         }
@@ -99,7 +102,7 @@ impl Hasher {
             let mut addrs = self.addrs();
             let (turnstile, users) = addrs
                 .entry(addr)
-                .or_insert_with(|| (Arc::new(Semaphore::new(share.clamp(1, self.limits.share))), 0));
+                .or_insert_with(|| (Arc::new(Semaphore::new(share.clamp(1, self.share))), 0));
             if *users >= self.limits.per_addr {
                 return Err(ChatError::new(
                     Code::RateLimited,
