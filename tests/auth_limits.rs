@@ -32,7 +32,9 @@ struct Line {
 impl Line {
     async fn connect_from(server: SocketAddr, source: IpAddr) -> Line {
         let socket = TcpSocket::new_v4().unwrap();
-        socket.bind(SocketAddr::new(source, 0)).expect("bind the source address");
+        socket
+            .bind(SocketAddr::new(source, 0))
+            .expect("bind the source address");
         let stream = socket.connect(server).await.expect("connect");
         let mut line = Line {
             reader: BufReader::new(stream),
@@ -112,8 +114,15 @@ async fn concurrent_wrong_logins_from_one_address_are_counted_before_hashing() {
     let codes = at_once(server.addr, jobs).await;
     let checked = count(&codes, "BAD_CREDENTIALS");
     let limited = count(&codes, "RATE_LIMITED");
-    assert_eq!(checked + limited, 200, "every AUTH is answered one way or the other: {codes:?}");
-    assert!((1..=20).contains(&checked), "{checked} passwords were checked; at most 20 may be");
+    assert_eq!(
+        checked + limited,
+        200,
+        "every AUTH is answered one way or the other: {codes:?}"
+    );
+    assert!(
+        (1..=20).contains(&checked),
+        "{checked} passwords were checked; at most 20 may be"
+    );
     // The address is now locked out, even for a correct password.
     let mut c = Line::connect_from(server.addr, loopback(1)).await;
     c.cmd("REGISTER alice pw").await;
@@ -126,7 +135,10 @@ async fn guesses_at_one_account_from_ten_addresses_are_limited() {
     // Defaults: 10 failures per account, 20 per address.
     let server = TestServer::start().await;
     let mut alice = Line::connect_from(server.addr, loopback(1)).await;
-    assert_eq!(alice.cmd("REGISTER alice pw").await, "OK registered alice; now AUTH alice <password>");
+    assert_eq!(
+        alice.cmd("REGISTER alice pw").await,
+        "OK registered alice; now AUTH alice <password>"
+    );
     let jobs = (0..200)
         .map(|i| (loopback(2 + (i % 10) as u8), "AUTH alice wrong".to_string()))
         .collect();
@@ -134,7 +146,10 @@ async fn guesses_at_one_account_from_ten_addresses_are_limited() {
     let checked = count(&codes, "BAD_CREDENTIALS");
     assert_eq!(checked + count(&codes, "RATE_LIMITED"), 200, "{codes:?}");
     // 10 for the account, then at most one more from each address that had not failed yet.
-    assert!((1..=20).contains(&checked), "{checked} guesses at alice were checked");
+    assert!(
+        (1..=20).contains(&checked),
+        "{checked} guesses at alice were checked"
+    );
     // The guessers are refused at once; alice, from elsewhere, still logs in.
     let mut guesser = Line::connect_from(server.addr, loopback(2)).await;
     assert_eq!(code(&guesser.cmd("AUTH alice pw").await), "RATE_LIMITED");
@@ -181,7 +196,9 @@ async fn a_flood_of_correct_logins_does_not_delay_another_address() {
     let flood: Vec<_> = flood
         .into_iter()
         .enumerate()
-        .map(|(i, mut c)| tokio::spawn(async move { code(&c.cmd(&format!("AUTH flood{i} pw")).await).to_string() }))
+        .map(|(i, mut c)| {
+            tokio::spawn(async move { code(&c.cmd(&format!("AUTH flood{i} pw")).await).to_string() })
+        })
         .collect();
     tokio::time::sleep(Duration::from_millis(100)).await;
     let mut victim = Line::connect_from(server.addr, loopback(2)).await;
@@ -192,7 +209,10 @@ async fn a_flood_of_correct_logins_does_not_delay_another_address() {
     for task in flood {
         codes.push(task.await.unwrap());
     }
-    assert!(took < Duration::from_secs(1), "the victim's login took {took:?} during the flood");
+    assert!(
+        took < Duration::from_secs(1),
+        "the victim's login took {took:?} during the flood"
+    );
     // The flood itself was a legitimate burst: it waited its turn and succeeded.
     assert_eq!(count(&codes, "OK"), flooders, "{codes:?}");
     server.stop().await;
@@ -222,7 +242,12 @@ async fn a_thousand_registrations_and_logins_with_100_in_flight_all_succeed() {
             failures.push((i, registered, logged_in));
         }
     }
-    assert!(failures.is_empty(), "{} of 1000 failed, e.g. {:?}", failures.len(), &failures[..failures.len().min(5)]);
+    assert!(
+        failures.is_empty(),
+        "{} of 1000 failed, e.g. {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
     server.stop().await;
 }
 
@@ -242,7 +267,10 @@ async fn polling_with_basic_auth_does_not_hash_every_request() {
     let began = Instant::now();
     for i in 0..5 {
         let body = json!({"username": format!("u{i}"), "password": "pw"});
-        assert_eq!(call(http.post(server.url("/register")).json(&body)).await.0, StatusCode::CREATED);
+        assert_eq!(
+            call(http.post(server.url("/register")).json(&body)).await.0,
+            StatusCode::CREATED
+        );
     }
     let per_hash = began.elapsed() / 5;
 
@@ -259,7 +287,11 @@ async fn polling_with_basic_auth_does_not_hash_every_request() {
     );
     // Only that same password matches: a wrong one, or another user's, is still refused.
     for (user, password) in [("u0", "pW"), ("u0", "pw "), ("u1", "wrong"), ("u1x", "pw")] {
-        let (status, body) = call(http.get(server.url("/get_messages")).basic_auth(user, Some(password))).await;
+        let (status, body) = call(
+            http.get(server.url("/get_messages"))
+                .basic_auth(user, Some(password)),
+        )
+        .await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{user}:{password} -> {body}");
     }
     server.stop().await;
@@ -278,7 +310,10 @@ async fn a_full_hash_queue_answers_503_at_once() {
             let barrier = barrier.clone();
             let url = server.url("/register");
             tokio::spawn(async move {
-                let http = reqwest::Client::builder().local_address(loopback(2 + i)).build().unwrap();
+                let http = reqwest::Client::builder()
+                    .local_address(loopback(2 + i))
+                    .build()
+                    .unwrap();
                 let body = json!({"username": format!("busy{i}"), "password": "pw"});
                 barrier.wait().await;
                 let began = Instant::now();
@@ -300,7 +335,10 @@ async fn a_full_hash_queue_answers_503_at_once() {
             other => panic!("{other}: {reply}"),
         }
     }
-    assert!(busy > 0, "30 registrations at once from 30 addresses fit in a queue of 2");
+    assert!(
+        busy > 0,
+        "30 registrations at once from 30 addresses fit in a queue of 2"
+    );
     server.stop().await;
 }
 
@@ -317,6 +355,9 @@ async fn registrations_per_address_are_limited() {
     assert_eq!(code(&refused), "RATE_LIMITED", "{refused}");
     assert!(refused.contains("try again in"), "{refused}");
     let mut other = Line::connect_from(server.addr, loopback(2)).await;
-    assert!(other.cmd("REGISTER r3 pw").await.starts_with("OK"), "another address may");
+    assert!(
+        other.cmd("REGISTER r3 pw").await.starts_with("OK"),
+        "another address may"
+    );
     server.stop().await;
 }
