@@ -119,6 +119,35 @@ pub struct Config {
     /// How long (seconds) a rate-limited connection or address waits before AUTH is tried again.
     #[arg(long, env = "CHATD_AUTH_LOCKOUT", default_value_t = 60)]
     pub auth_lockout: u64,
+
+    /// Failed AUTHs for one account, from anywhere, within the lockout window before the
+    /// account backs off from the addresses that failed on it (others may still try).
+    #[arg(long, env = "CHATD_AUTH_FAILURES_PER_ACCOUNT", default_value_t = 10)]
+    pub auth_failures_per_account: u32,
+
+    /// AUTHs for one account being checked at once; further ones get `ERR RATE_LIMITED`.
+    #[arg(long, env = "CHATD_AUTH_CONCURRENT_PER_ACCOUNT", default_value_t = 8)]
+    pub auth_concurrent_per_account: u32,
+
+    /// AUTHs and REGISTERs from one address (an IPv6 /64) waiting or being hashed at once;
+    /// further ones get `ERR RATE_LIMITED`.
+    #[arg(long, env = "CHATD_AUTH_CONCURRENT_PER_ADDR", default_value_t = 256)]
+    pub auth_concurrent_per_addr: usize,
+
+    /// Password hashes one address may have queued or running at once; its further requests
+    /// wait their turn (up to 120 s). Default: one per core. Never more than
+    /// `--auth-failures-per-addr`.
+    #[arg(long, env = "CHATD_HASH_SHARE")]
+    pub hash_share: Option<usize>,
+
+    /// Password hashes queued or running at once, all addresses together; when full, AUTH and
+    /// REGISTER get `ERR SERVER_BUSY` (HTTP 503) at once.
+    #[arg(long, env = "CHATD_HASH_QUEUE", default_value_t = 64)]
+    pub hash_queue: usize,
+
+    /// REGISTERs one address (an IPv6 /64) may make per hour (a bucket that refills steadily).
+    #[arg(long, env = "CHATD_REGISTRATIONS_PER_ADDR", default_value_t = 2000)]
+    pub registrations_per_addr: u32,
 }
 
 impl Config {
@@ -151,6 +180,12 @@ impl Config {
             auth_failures_per_conn: 5,
             auth_failures_per_addr: 20,
             auth_lockout: 60,
+            auth_failures_per_account: 10,
+            auth_concurrent_per_account: 8,
+            auth_concurrent_per_addr: 256,
+            hash_share: None,
+            hash_queue: 64,
+            registrations_per_addr: 2000,
         }
     }
 

@@ -32,7 +32,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::chat::{AuthLimits, Chat, ChatOptions};
+use crate::chat::{AuthLimits, Chat, ChatOptions, HashLimits};
 pub use crate::config::Config;
 pub use crate::http::MAX_BODY as MAX_HTTP_BODY;
 use crate::hub::HubLimits;
@@ -124,7 +124,15 @@ impl Server {
                 auth: AuthLimits {
                     failures_per_conn: config.auth_failures_per_conn.max(1),
                     failures_per_addr: config.auth_failures_per_addr.max(1),
+                    failures_per_account: config.auth_failures_per_account.max(1),
+                    concurrent_per_account: config.auth_concurrent_per_account.max(1),
                     lockout: config.auth_lockout(),
+                    registrations_per_addr: config.registrations_per_addr.max(1),
+                },
+                hashing: HashLimits {
+                    share: config.hash_share.map(|n| n.max(1)),
+                    per_addr: config.auth_concurrent_per_addr.max(1),
+                    queue: config.hash_queue.max(1),
                 },
                 hub: HubLimits {
                     queue_messages: config.push_queue.max(1),

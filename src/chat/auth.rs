@@ -1,25 +1,25 @@
-//! Passwords: hashing them (argon2 on the blocking pool, a bounded number at once) and the
-//! limits on failed logins, per connection and per address.
+//! Passwords: checking them under the limits of [`limits`](super::limits), hashing them on
+//! the fair queue of [`hashing`](super::hashing), and remembering recent successes briefly so
+//! that a client sending its password with every request does not cost a hash each time.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
-use std::sync::Mutex;
-use tokio::sync::Semaphore;
+use rand_core::RngCore;
+use sha2::{Digest, Sha256};
 
-use super::names::Password;
+use super::hashing::{HashLimits, Hasher};
+use super::limits::{rate_limited, AddrKey, Attempt, AuthLimits, Limits};
+use super::names::{Password, Username};
 use crate::error::{ChatError, ChatResult, Code};
 
-/// Limits on failed logins.
-#[derive(Debug, Clone)]
-pub struct AuthLimits {
-    pub failures_per_conn: u32,
-    pub failures_per_addr: u32,
-    pub lockout: Duration,
-}
+/// How long a successful password is remembered.
+pub const REMEMBER_FOR: Duration = Duration::from_secs(60);
+/// Most passwords remembered at once.
+pub const REMEMBER_MAX: usize = 4096;
 
 /// Counts failed AUTHs of one connection; the line session keeps one.
 #[derive(Debug, Default)]
@@ -28,68 +28,61 @@ pub struct ConnAuthState {
     locked_until: Option<Instant>,
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Failures {
-    count: u32,
-    first: Instant,
-    locked_until: Option<Instant>,
-}
-
 pub(crate) struct Auth {
-    limits: AuthLimits,
-    /// Argon2 runs on blocking threads, at most this many at once (each needs ~19 MiB).
-    hashers: Semaphore,
+    limits: Limits,
+    hasher: Hasher,
     /// Verified against when the user does not exist, so timing does not reveal who exists.
     dummy_hash: String,
-    failed: Mutex<HashMap<IpAddr, Failures>>,
+    remembered: Remembered,
 }
 
 impl Auth {
-    pub fn new(limits: AuthLimits) -> Auth {
+    pub fn new(limits: AuthLimits, hashing: HashLimits) -> Auth {
         return_large_allocations();
-        let hashers = std::thread::available_parallelism().map_or(2, |n| n.get());
         let dummy_hash = Argon2::default()
             .hash_password(b"not a password", &SaltString::generate(&mut OsRng))
             .expect("argon2 with default parameters hashes")
             .to_string();
         Auth {
-            limits,
-            hashers: Semaphore::new(hashers),
+            limits: Limits::new(limits),
+            hasher: Hasher::new(hashing),
             dummy_hash,
-            failed: Mutex::new(HashMap::new()),
+            remembered: Remembered::new(),
         }
     }
 
-    /// The argon2 hash of a new password, in PHC string form.
-    pub async fn hash_password(&self, password: &Password<'_>) -> ChatResult<String> {
-        let owned = password.as_str().to_owned();
-        self.hash(move |argon| {
-            argon
-                .hash_password(owned.as_bytes(), &SaltString::generate(&mut OsRng))
-                .map(|h| h.to_string())
-                .map_err(|e| ChatError::internal("hashing the password", e))
-        })
-        .await
+    /// The share of the hash queue one address gets: never more than its failure budget, so
+    /// that correct passwords in flight cannot by themselves use up that budget.
+    fn share(&self) -> usize {
+        self.limits.limits().failures_per_addr as usize
     }
 
-    /// Whether `password` matches `stored` (the user's hash, or `None` if there is no such
-    /// user: then a dummy hash is checked, so both cost the same).
-    pub async fn verify(&self, password: &Password<'_>, stored: Option<String>) -> ChatResult<bool> {
-        let exists = stored.is_some();
-        let hash = stored.unwrap_or_else(|| self.dummy_hash.clone());
+    /// Takes one of `addr`'s registrations, or refuses.
+    pub fn begin_registration(&self, addr: AddrKey) -> ChatResult<()> {
+        self.limits.register(addr, Instant::now())
+    }
+
+    /// Gives back a registration that needed no hash.
+    pub fn refund_registration(&self, addr: AddrKey) {
+        self.limits.refund_registration(addr)
+    }
+
+    /// The argon2 hash of a new password, in PHC string form, in `addr`'s turn.
+    pub async fn hash_password(&self, addr: AddrKey, password: &Password<'_>) -> ChatResult<String> {
+        let ticket = self.hasher.ticket(addr, self.share()).await?;
         let owned = password.as_str().to_owned();
-        let ok = self
-            .hash(move |argon| {
-                let parsed = PasswordHash::new(&hash)
-                    .map_err(|e| ChatError::internal("reading the stored password hash", e))?;
-                Ok(argon.verify_password(owned.as_bytes(), &parsed).is_ok())
+        self.hasher
+            .run(ticket, move |argon| {
+                argon
+                    .hash_password(owned.as_bytes(), &SaltString::generate(&mut OsRng))
+                    .map(|h| h.to_string())
+                    .map_err(|e| ChatError::internal("hashing the password", e))
             })
-            .await?;
-        Ok(ok && exists)
+            .await
     }
 
-    /// Refuses at once if this connection or address is locked out.
-    pub fn check(&self, peer: IpAddr, conn: Option<&mut ConnAuthState>, now: Instant) -> ChatResult<()> {
+    /// Refuses at once if this connection is locked out.
+    pub fn check_conn(&self, conn: Option<&mut ConnAuthState>, now: Instant) -> ChatResult<()> {
         if let Some(state) = conn {
             if let Some(until) = state.locked_until {
                 if until > now {
@@ -98,10 +91,53 @@ impl Auth {
                 *state = ConnAuthState::default();
             }
         }
-        let failures = self.failed.lock().unwrap_or_else(|e| e.into_inner());
-        match failures.get(&peer).and_then(|f| f.locked_until) {
-            Some(until) if until > now => Err(rate_limited(until - now)),
-            _ => Ok(()),
+        Ok(())
+    }
+
+    /// Refuses at once if `addr` may not try `user` now (no hashing, no waiting).
+    pub fn check(&self, addr: AddrKey, user: &Username, now: Instant) -> ChatResult<()> {
+        self.limits.check(addr, user.as_str(), now)
+    }
+
+    /// Whether `user` logged in with this very password within [`REMEMBER_FOR`].
+    pub fn remembered(&self, user: &Username, password: &Password<'_>) -> bool {
+        self.remembered.contains(user, password, Instant::now())
+    }
+
+    /// Checks `password` against `stored` (the user's hash, or `None` if there is no such
+    /// user: then a dummy hash is checked, so both cost the same). `lookup` fetches the hash
+    /// once the attempt holds its slots.
+    pub async fn verify<F>(
+        &self,
+        addr: AddrKey,
+        user: &Username,
+        password: &Password<'_>,
+        lookup: F,
+    ) -> ChatResult<bool>
+    where
+        F: std::future::Future<Output = ChatResult<Option<String>>>,
+    {
+        let ticket = self.hasher.ticket(addr, self.share()).await?;
+        let attempt: Attempt<'_> = self.limits.begin(addr, user.as_arc(), Instant::now())?;
+        let stored = lookup.await?;
+        let exists = stored.is_some();
+        let hash = stored.unwrap_or_else(|| self.dummy_hash.clone());
+        let owned = password.as_str().to_owned();
+        let ok = self
+            .hasher
+            .run(ticket, move |argon| {
+                let parsed = PasswordHash::new(&hash)
+                    .map_err(|e| ChatError::internal("reading the stored password hash", e))?;
+                Ok(argon.verify_password(owned.as_bytes(), &parsed).is_ok())
+            })
+            .await?;
+        if ok && exists {
+            attempt.succeeded();
+            self.remembered.insert(user, password, Instant::now());
+            Ok(true)
+        } else {
+            attempt.failed();
+            Ok(false)
         }
     }
 
@@ -111,66 +147,77 @@ impl Auth {
         }
     }
 
-    pub fn failed(&self, peer: IpAddr, conn: Option<&mut ConnAuthState>, now: Instant) {
-        let limits = &self.limits;
+    /// Counts a failure against the connection (the address and account count theirs when
+    /// a hash was checked).
+    pub fn conn_failed(&self, conn: Option<&mut ConnAuthState>, now: Instant) {
         if let Some(state) = conn {
             state.failures += 1;
-            if state.failures >= limits.failures_per_conn {
-                state.locked_until = Some(now + limits.lockout);
+            if state.failures >= self.limits.limits().failures_per_conn {
+                state.locked_until = Some(now + self.limits.limits().lockout);
             }
         }
-        let mut failures = self.failed.lock().unwrap_or_else(|e| e.into_inner());
-        if failures.len() > 10_000 {
-            failures.retain(|_, f| {
-                now.duration_since(f.first) < limits.lockout || f.locked_until.is_some_and(|u| u > now)
-            });
-        }
-        let entry = failures.entry(peer).or_insert(Failures {
-            count: 0,
-            first: now,
-            locked_until: None,
-        });
-        let expired = entry
-            .locked_until
-            .map_or(now.duration_since(entry.first) >= limits.lockout, |u| u <= now);
-        if expired {
-            *entry = Failures {
-                count: 0,
-                first: now,
-                locked_until: None,
-            };
-        }
-        entry.count += 1;
-        if entry.count >= limits.failures_per_addr {
-            entry.locked_until = Some(now + limits.lockout);
-            tracing::warn!(%peer, "too many failed logins from this address; locking it out");
+    }
+}
+
+/// Recent successful logins, as keyed digests of user and password: the key is random per
+/// process and the digest covers both, so only that same user with that same password matches,
+/// and the passwords themselves are not kept.
+struct Remembered {
+    key: [u8; 32],
+    entries: Mutex<HashMap<[u8; 32], Instant>>,
+}
+
+impl Remembered {
+    fn new() -> Remembered {
+        let mut key = [0u8; 32];
+        OsRng.fill_bytes(&mut key);
+        Remembered {
+            key,
+            entries: Mutex::new(HashMap::new()),
         }
     }
 
-    async fn hash<T: Send + 'static>(
-        &self,
-        work: impl FnOnce(&Argon2<'static>) -> ChatResult<T> + Send + 'static,
-    ) -> ChatResult<T> {
-        let _permit = self
-            .hashers
-            .acquire()
-            .await
-            .map_err(|e| ChatError::internal("waiting for a password hasher", e))?;
-        tokio::task::spawn_blocking(move || work(&Argon2::default()))
-            .await
-            .map_err(|e| ChatError::internal("hashing the password", e))?
+    fn digest(&self, user: &Username, password: &Password<'_>) -> [u8; 32] {
+        let mut hasher = Sha256::new();
+        hasher.update(self.key);
+        hasher.update((user.as_str().len() as u64).to_le_bytes());
+        hasher.update(user.as_str());
+        hasher.update(password.as_str());
+        hasher.finalize().into()
+    }
+
+    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Instant>> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn contains(&self, user: &Username, password: &Password<'_>, now: Instant) -> bool {
+        let digest = self.digest(user, password);
+        let mut entries = self.entries();
+        match entries.get(&digest) {
+            Some(&expires) if expires > now => true,
+            Some(_) => {
+                entries.remove(&digest);
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn insert(&self, user: &Username, password: &Password<'_>, now: Instant) {
+        let digest = self.digest(user, password);
+        let mut entries = self.entries();
+        if entries.len() >= REMEMBER_MAX && !entries.contains_key(&digest) {
+            entries.retain(|_, expires| *expires > now);
+            if entries.len() >= REMEMBER_MAX {
+                return;
+            }
+        }
+        entries.insert(digest, now + REMEMBER_FOR);
     }
 }
 
 pub fn bad_credentials() -> ChatError {
     ChatError::new(Code::BadCredentials, "wrong user name or password")
-}
-
-fn rate_limited(wait: Duration) -> ChatError {
-    ChatError::new(
-        Code::RateLimited,
-        format!("too many failed logins; try again in {} s", wait.as_secs().max(1)),
-    )
 }
 
 /// Each argon2 hash allocates ~19 MiB on a blocking thread. glibc raises its mmap threshold

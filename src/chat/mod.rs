@@ -2,12 +2,15 @@
 //! and HTTP) call this one place. [`Chat`] is a thin facade over parts with one job each:
 //!
 //! - [`names`]: what a valid name, password and message text are;
-//! - [`auth`]: password hashing and the limits on failed logins;
+//! - [`auth`]: checking passwords, over [`limits`] (the failed-login table) and [`hashing`]
+//!   (the fair hash queue);
 //! - [`users`]: which users exist;
 //! - [`writer`]: the group-commit writer that stores SENDs;
 //! - the [`Topology`]: delivery after a commit, the inbox cache and presence.
 
 mod auth;
+mod hashing;
+mod limits;
 mod names;
 mod users;
 mod writer;
@@ -24,7 +27,10 @@ use crate::hub::{Hub, HubLimits, Subscription};
 use crate::store::{Counts, Message, NewMessage, Store, StoreErrorKind};
 use crate::topology::Topology;
 use auth::Auth;
-pub use auth::{AuthLimits, ConnAuthState};
+pub use auth::ConnAuthState;
+pub use hashing::HashLimits;
+use limits::AddrKey;
+pub use limits::AuthLimits;
 pub use names::{check_client_timestamp, Password, Username, MAX_MESSAGE_BYTES};
 use users::{no_such_user, Users};
 use writer::Writer;
@@ -38,6 +44,7 @@ pub const COMMAND_DEADLINE: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone)]
 pub struct ChatOptions {
     pub auth: AuthLimits,
+    pub hashing: HashLimits,
     pub hub: HubLimits,
     /// This node's name (in a cluster, what its announcements carry).
     pub node_id: String,
@@ -78,7 +85,7 @@ impl Chat {
                 store,
                 topology,
                 writer,
-                auth: Auth::new(options.auth),
+                auth: Auth::new(options.auth, options.hashing),
                 users: Users::default(),
                 connections: AtomicUsize::new(0),
             }),
@@ -96,18 +103,29 @@ impl Chat {
         written && stopped
     }
 
-    pub async fn register(&self, user: &str, password: &str) -> ChatResult<Username> {
+    /// Creates an account. Each address has a bucket of registrations (refused with
+    /// `RATE_LIMITED` when empty), and the hash waits its address's turn (`SERVER_BUSY` when the
+    /// queue is full). A name already taken costs no hash and no registration.
+    pub async fn register(&self, user: &str, password: &str, peer: IpAddr) -> ChatResult<Username> {
         let user = Username::parse(user)?;
         let password = Password::parse(password)?;
-        let hash = self.inner.auth.hash_password(&password).await?;
+        let addr = AddrKey::of(peer);
+        let auth = &self.inner.auth;
+        let taken = || ChatError::new(Code::UserExists, format!("{user} is already registered"));
+        if self.inner.store.password_hash(user.as_str()).await?.is_some() {
+            return Err(taken());
+        }
+        auth.begin_registration(addr)?;
+        let hash = match auth.hash_password(addr, &password).await {
+            Ok(hash) => hash,
+            Err(e) => {
+                auth.refund_registration(addr);
+                return Err(e);
+            }
+        };
         match self.inner.store.create_user(user.as_str(), &hash).await {
             Ok(()) => {}
-            Err(e) if e.kind == StoreErrorKind::Duplicate => {
-                return Err(ChatError::new(
-                    Code::UserExists,
-                    format!("{user} is already registered"),
-                ))
-            }
+            Err(e) if e.kind == StoreErrorKind::Duplicate => return Err(taken()),
             Err(e) => return Err(e.into()),
         }
         self.inner.users.remember(user.as_arc());
@@ -115,8 +133,10 @@ impl Chat {
         Ok(user)
     }
 
-    /// Checks credentials, honouring the per-address limit and the caller's per-connection
-    /// state (`None` for facades without connections).
+    /// Checks credentials under the limits of [`limits`]: the attempt takes its slots from the
+    /// address and the account before it is hashed, and the caller's per-connection state
+    /// (`None` for facades without connections) counts its failures. A malformed name or
+    /// password needs no hash and counts only against the connection.
     pub async fn authenticate(
         &self,
         user: &str,
@@ -125,25 +145,27 @@ impl Chat {
         mut conn: Option<&mut ConnAuthState>,
     ) -> ChatResult<Username> {
         let auth = &self.inner.auth;
-        auth.check(peer, conn.as_deref_mut(), Instant::now())?;
-        let name = Username::parse(user);
-        let verified = match (&name, Password::parse(password)) {
-            (Ok(name), Ok(password)) => {
-                let stored = self.inner.store.password_hash(name.as_str()).await?;
-                auth.verify(&password, stored).await?
-            }
-            _ => false,
+        let now = Instant::now();
+        auth.check_conn(conn.as_deref_mut(), now)?;
+        let (Ok(name), Ok(password)) = (Username::parse(user), Password::parse(password)) else {
+            auth.conn_failed(conn, now);
+            return Err(auth::bad_credentials());
         };
-        match name {
-            Ok(name) if verified => {
-                auth.succeeded(conn);
-                self.inner.users.remember(name.as_arc());
-                Ok(name)
-            }
-            _ => {
-                auth.failed(peer, conn, Instant::now());
-                Err(auth::bad_credentials())
-            }
+        let addr = AddrKey::of(peer);
+        auth.check(addr, &name, now)?;
+        let verified = auth.remembered(&name, &password)
+            || auth
+                .verify(addr, &name, &password, async {
+                    Ok(self.inner.store.password_hash(name.as_str()).await?)
+                })
+                .await?;
+        if verified {
+            auth.succeeded(conn);
+            self.inner.users.remember(name.as_arc());
+            Ok(name)
+        } else {
+            auth.conn_failed(conn, Instant::now());
+            Err(auth::bad_credentials())
         }
     }
 

@@ -114,10 +114,18 @@ pub async fn api(method: Method, payload: Payload) -> HttpResult<Response> {
 }
 
 /// `POST /register {"username", "password"}`.
-pub async fn register(State(app): State<Arc<AppState>>, payload: Payload) -> HttpResult<Response> {
+pub async fn register(
+    State(app): State<Arc<AppState>>,
+    ConnectInfo(peer): Peer,
+    payload: Payload,
+) -> HttpResult<Response> {
     let user = app
         .chat
-        .register(&payload.require("username")?, &payload.require("password")?)
+        .register(
+            &payload.require("username")?,
+            &payload.require("password")?,
+            peer.ip(),
+        )
         .await?;
     Ok(success(StatusCode::CREATED, json!({ "username": user.as_str() })))
 }

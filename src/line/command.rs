@@ -312,7 +312,7 @@ fn edit_distance(a: &[u8], b: &[u8]) -> usize {
 }
 
 async fn register(cx: &mut Context, user: &str, password: &str) -> ChatResult<Reply> {
-    let user = cx.chat.register(user, password).await?;
+    let user = cx.chat.register(user, password, cx.peer).await?;
     Ok(Reply::ok(format!(
         "registered {user}; now AUTH {user} <password>"
     )))

@@ -1,0 +1,378 @@
+//! Login limits under concurrency, fair password hashing and remembered credentials, against a
+//! real server over real sockets. Clients bind source addresses 127.0.0.2 and up to stand for
+//! different machines.
+
+mod common;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::TestServer;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::Barrier;
+
+/// How long a client waits for a reply: a burst's last requests wait for the hashes of all
+/// those before them, which on a busy test machine takes a while.
+const REPLY_WAIT: Duration = Duration::from_secs(120);
+
+/// `127.0.0.n`.
+fn loopback(n: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, 0, n))
+}
+
+/// A line-protocol client whose socket is bound to a chosen source address.
+struct Line {
+    reader: BufReader<TcpStream>,
+}
+
+impl Line {
+    async fn connect_from(server: SocketAddr, source: IpAddr) -> Line {
+        let socket = TcpSocket::new_v4().unwrap();
+        socket
+            .bind(SocketAddr::new(source, 0))
+            .expect("bind the source address");
+        let stream = socket.connect(server).await.expect("connect");
+        let mut line = Line {
+            reader: BufReader::new(stream),
+        };
+        let hello = line.line().await;
+        assert!(hello.starts_with("HELLO chatd/"), "{hello:?}");
+        line
+    }
+
+    async fn line(&mut self) -> String {
+        let mut raw = String::new();
+        let n = tokio::time::timeout(REPLY_WAIT, self.reader.read_line(&mut raw))
+            .await
+            .expect("a line in time")
+            .expect("read");
+        assert!(n > 0, "the server closed the connection");
+        raw.trim_end().to_string()
+    }
+
+    /// Sends a command and returns its final line.
+    async fn cmd(&mut self, command: &str) -> String {
+        self.reader
+            .get_mut()
+            .write_all(format!("{command}\r\n").as_bytes())
+            .await
+            .unwrap();
+        loop {
+            let line = self.line().await;
+            if line.starts_with("OK") || line.starts_with("ERR ") {
+                return line;
+            }
+        }
+    }
+}
+
+/// The code of a final line: `OK`, or the word after `ERR`.
+fn code(reply: &str) -> &str {
+    match reply.strip_prefix("ERR ") {
+        Some(rest) => rest.split(' ').next().unwrap(),
+        None => "OK",
+    }
+}
+
+/// Opens one connection per source in `sources`, then sends each its command at the same
+/// moment; returns the codes the server answered, in order.
+async fn at_once(server: SocketAddr, jobs: Vec<(IpAddr, String)>) -> Vec<String> {
+    let barrier = Arc::new(Barrier::new(jobs.len()));
+    let tasks: Vec<_> = jobs
+        .into_iter()
+        .map(|(source, command)| {
+            let barrier = barrier.clone();
+            tokio::spawn(async move {
+                let mut line = Line::connect_from(server, source).await;
+                barrier.wait().await;
+                code(&line.cmd(&command).await).to_string()
+            })
+        })
+        .collect();
+    let mut codes = Vec::new();
+    for task in tasks {
+        codes.push(task.await.unwrap());
+    }
+    codes
+}
+
+fn count(codes: &[String], code: &str) -> usize {
+    codes.iter().filter(|c| *c == code).count()
+}
+
+#[tokio::test]
+async fn concurrent_wrong_logins_from_one_address_are_counted_before_hashing() {
+    // Defaults: 20 failures per address.
+    let server = TestServer::start().await;
+    let jobs = (0..200)
+        .map(|i| (loopback(1), format!("AUTH guess{i} wrong")))
+        .collect();
+    let codes = at_once(server.addr, jobs).await;
+    let checked = count(&codes, "BAD_CREDENTIALS");
+    let limited = count(&codes, "RATE_LIMITED");
+    assert_eq!(
+        checked + limited,
+        200,
+        "every AUTH is answered one way or the other: {codes:?}"
+    );
+    assert!(
+        (1..=20).contains(&checked),
+        "{checked} passwords were checked; at most 20 may be"
+    );
+    // The address is now locked out, even for a correct password.
+    let mut c = Line::connect_from(server.addr, loopback(1)).await;
+    c.cmd("REGISTER alice pw").await;
+    assert_eq!(code(&c.cmd("AUTH alice pw").await), "RATE_LIMITED");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn guesses_at_one_account_from_ten_addresses_are_limited() {
+    // Defaults: 10 failures per account, 20 per address.
+    let server = TestServer::start().await;
+    let mut alice = Line::connect_from(server.addr, loopback(1)).await;
+    assert_eq!(
+        alice.cmd("REGISTER alice pw").await,
+        "OK registered alice; now AUTH alice <password>"
+    );
+    let jobs = (0..200)
+        .map(|i| (loopback(2 + (i % 10) as u8), "AUTH alice wrong".to_string()))
+        .collect();
+    let codes = at_once(server.addr, jobs).await;
+    let checked = count(&codes, "BAD_CREDENTIALS");
+    assert_eq!(checked + count(&codes, "RATE_LIMITED"), 200, "{codes:?}");
+    // 10 for the account, then at most one more from each address that had not failed yet.
+    assert!(
+        (1..=20).contains(&checked),
+        "{checked} guesses at alice were checked"
+    );
+    // The guessers are refused at once; alice, from elsewhere, still logs in.
+    let mut guesser = Line::connect_from(server.addr, loopback(2)).await;
+    assert_eq!(code(&guesser.cmd("AUTH alice pw").await), "RATE_LIMITED");
+    let mut elsewhere = Line::connect_from(server.addr, loopback(50)).await;
+    assert_eq!(elsewhere.cmd("AUTH alice pw").await, "OK logged in as alice");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_names_do_not_lock_out_an_address() {
+    let server = TestServer::start().await;
+    let mut alice = Line::connect_from(server.addr, loopback(1)).await;
+    alice.cmd("REGISTER alice pw").await;
+    // 40 AUTHs with names no account can have, 4 per connection (under its own limit of 5).
+    for _ in 0..10 {
+        let mut c = Line::connect_from(server.addr, loopback(1)).await;
+        for name in ["bad/name", "x".repeat(40).as_str(), "émile", "a:b"] {
+            assert_eq!(code(&c.cmd(&format!("AUTH {name} pw")).await), "BAD_CREDENTIALS");
+        }
+    }
+    let mut c = Line::connect_from(server.addr, loopback(1)).await;
+    assert_eq!(c.cmd("AUTH alice pw").await, "OK logged in as alice");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_flood_of_correct_logins_does_not_delay_another_address() {
+    let server = TestServer::start().await;
+    let flooders = 200;
+    // The flood's accounts, registered from the flooding address, and the victim's.
+    let registrations: Vec<_> = (0..flooders)
+        .map(|i| (loopback(1), format!("REGISTER flood{i} pw")))
+        .collect();
+    let codes = at_once(server.addr, registrations).await;
+    assert_eq!(count(&codes, "OK"), flooders, "{codes:?}");
+    let mut victim = Line::connect_from(server.addr, loopback(2)).await;
+    victim.cmd("REGISTER victim pw").await;
+    // What a login costs on this machine now, without a flood: the slowest of three.
+    let mut calm = Duration::ZERO;
+    for i in 0..3 {
+        let mut c = Line::connect_from(server.addr, loopback(3)).await;
+        c.cmd(&format!("REGISTER calm{i} pw")).await;
+        let began = Instant::now();
+        assert_eq!(
+            c.cmd(&format!("AUTH calm{i} pw")).await,
+            format!("OK logged in as calm{i}")
+        );
+        calm = calm.max(began.elapsed());
+    }
+
+    let mut flood = Vec::new();
+    for i in 0..flooders {
+        flood.push(Line::connect_from(server.addr, loopback(1)).await);
+        let _ = i;
+    }
+    let flood: Vec<_> = flood
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut c)| {
+            tokio::spawn(async move { code(&c.cmd(&format!("AUTH flood{i} pw")).await).to_string() })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut victim = Line::connect_from(server.addr, loopback(2)).await;
+    let began = Instant::now();
+    assert_eq!(victim.cmd("AUTH victim pw").await, "OK logged in as victim");
+    let took = began.elapsed();
+    let mut codes = Vec::new();
+    for task in flood {
+        codes.push(task.await.unwrap());
+    }
+    // Within 1 s; on a machine so busy that one login alone takes over 200 ms, within a few
+    // logins' time (a flood served first come, first served costs a hundred).
+    let bound = Duration::from_secs(1).max(calm * 5);
+    assert!(
+        took < bound,
+        "the victim's login took {took:?} during the flood ({calm:?} without one)"
+    );
+    // The flood itself was a legitimate burst: it waited its turn and succeeded.
+    assert_eq!(count(&codes, "OK"), flooders, "{codes:?}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_thousand_registrations_and_logins_with_100_in_flight_all_succeed() {
+    let server = TestServer::start().await;
+    let gate = Arc::new(tokio::sync::Semaphore::new(100));
+    let tasks: Vec<_> = (0..1000)
+        .map(|i| {
+            let gate = gate.clone();
+            let addr = server.addr;
+            tokio::spawn(async move {
+                let _turn = gate.acquire_owned().await.unwrap();
+                let mut c = Line::connect_from(addr, loopback(1)).await;
+                let registered = c.cmd(&format!("REGISTER user{i} pw{i}")).await;
+                let logged_in = c.cmd(&format!("AUTH user{i} pw{i}")).await;
+                (registered, logged_in)
+            })
+        })
+        .collect();
+    let mut failures = Vec::new();
+    for (i, task) in tasks.into_iter().enumerate() {
+        let (registered, logged_in) = task.await.unwrap();
+        if !registered.starts_with("OK") || logged_in != format!("OK logged in as user{i}") {
+            failures.push((i, registered, logged_in));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of 1000 failed, e.g. {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    server.stop().await;
+}
+
+/// The status and JSON body of a request.
+async fn call(request: reqwest::RequestBuilder) -> (StatusCode, Value) {
+    let response = request.send().await.expect("the request is answered");
+    let status = response.status();
+    let body = response.text().await.unwrap();
+    (status, serde_json::from_str(&body).unwrap_or(Value::String(body)))
+}
+
+#[tokio::test]
+async fn polling_with_basic_auth_does_not_hash_every_request() {
+    let server = TestServer::start().await;
+    let http = reqwest::Client::new();
+    // What one hash costs here: a registration is one hash and a quick insert.
+    let began = Instant::now();
+    for i in 0..5 {
+        let body = json!({"username": format!("u{i}"), "password": "pw"});
+        assert_eq!(
+            call(http.post(server.url("/register")).json(&body)).await.0,
+            StatusCode::CREATED
+        );
+    }
+    let per_hash = began.elapsed() / 5;
+
+    let polls = 200;
+    let began = Instant::now();
+    for _ in 0..polls {
+        let (status, body) = call(http.get(server.url("/get_messages")).basic_auth("u0", Some("pw"))).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let took = began.elapsed();
+    assert!(
+        took < per_hash * polls / 4,
+        "{polls} polls took {took:?}; one hash takes {per_hash:?}"
+    );
+    // Only that same password matches: a wrong one, or another user's, is still refused.
+    for (user, password) in [("u0", "pW"), ("u0", "pw "), ("u1", "wrong"), ("u1x", "pw")] {
+        let (status, body) = call(
+            http.get(server.url("/get_messages"))
+                .basic_auth(user, Some(password)),
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{user}:{password} -> {body}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_full_hash_queue_answers_503_at_once() {
+    let server = TestServer::start_with(|c| {
+        c.hash_queue = 2;
+        c.hash_share = Some(1);
+    })
+    .await;
+    let barrier = Arc::new(Barrier::new(30));
+    let tasks: Vec<_> = (0..30u8)
+        .map(|i| {
+            let barrier = barrier.clone();
+            let url = server.url("/register");
+            tokio::spawn(async move {
+                let http = reqwest::Client::builder()
+                    .local_address(loopback(2 + i))
+                    .build()
+                    .unwrap();
+                let body = json!({"username": format!("busy{i}"), "password": "pw"});
+                barrier.wait().await;
+                let began = Instant::now();
+                let (status, reply) = call(http.post(url).json(&body)).await;
+                (status, reply, began.elapsed())
+            })
+        })
+        .collect();
+    let mut busy = 0;
+    for task in tasks {
+        let (status, reply, took) = task.await.unwrap();
+        match status {
+            StatusCode::CREATED => {}
+            StatusCode::SERVICE_UNAVAILABLE => {
+                assert_eq!(reply["status"], "SERVER_BUSY", "{reply}");
+                assert!(took < Duration::from_secs(1), "refused after {took:?}");
+                busy += 1;
+            }
+            other => panic!("{other}: {reply}"),
+        }
+    }
+    assert!(
+        busy > 0,
+        "30 registrations at once from 30 addresses fit in a queue of 2"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn registrations_per_address_are_limited() {
+    let server = TestServer::start_with(|c| c.registrations_per_addr = 3).await;
+    let mut c = Line::connect_from(server.addr, loopback(1)).await;
+    for i in 0..3 {
+        assert!(c.cmd(&format!("REGISTER r{i} pw")).await.starts_with("OK"));
+    }
+    // A taken name costs nothing.
+    assert_eq!(code(&c.cmd("REGISTER r0 pw").await), "USER_EXISTS");
+    let refused = c.cmd("REGISTER r3 pw").await;
+    assert_eq!(code(&refused), "RATE_LIMITED", "{refused}");
+    assert!(refused.contains("try again in"), "{refused}");
+    let mut other = Line::connect_from(server.addr, loopback(2)).await;
+    assert!(
+        other.cmd("REGISTER r3 pw").await.starts_with("OK"),
+        "another address may"
+    );
+    server.stop().await;
+}
