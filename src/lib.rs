@@ -343,15 +343,20 @@ impl Server {
         // Until shutdown, a task that ends is a task that failed.
         let mut failure = None;
         tokio::select! {
+            biased;
             _ = stop.cancelled() => {}
             Some(ended) = tasks.join_next() => {
                 let error = match ended {
-                    Ok((task, Ok(()))) => anyhow::anyhow!("{task} stopped unexpectedly"),
-                    Ok((task, Err(e))) => e.context(format!("{task} failed")),
-                    Err(e) => anyhow::anyhow!("a server task panicked: {e}"),
+                    // An accept loop also ends when it sees the shutdown first.
+                    Ok((_, Ok(()))) if stop.is_cancelled() => None,
+                    Ok((task, Ok(()))) => Some(anyhow::anyhow!("{task} stopped unexpectedly")),
+                    Ok((task, Err(e))) => Some(e.context(format!("{task} failed"))),
+                    Err(e) => Some(anyhow::anyhow!("a server task panicked: {e}")),
                 };
-                tracing::error!(error = %format!("{error:#}"), "shutting down");
-                failure = Some(error);
+                if let Some(error) = &error {
+                    tracing::error!(error = %format!("{error:#}"), "shutting down");
+                }
+                failure = error;
             }
         }
         stop.cancel();
