@@ -13,7 +13,6 @@ pub mod http;
 pub mod hub;
 pub mod line;
 pub mod listener;
-pub mod load;
 pub mod net;
 pub mod store;
 

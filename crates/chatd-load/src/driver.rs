@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use memchr::memmem;
 use tokio::io::AsyncWriteExt;
 
-use super::conn::Conn;
-use super::report::RunReport;
-use super::stats::{secs, Live, Series};
+use crate::conn::Conn;
+use crate::report::RunReport;
+use crate::stats::{secs, Live, Series};
 
 /// How long after the deadline replies still in flight are waited for.
 const DRAIN: Duration = Duration::from_secs(2);

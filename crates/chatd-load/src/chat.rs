@@ -21,11 +21,11 @@ use serde::Serialize;
 use tokio::io::AsyncWriteExt;
 use tokio::time::{Interval, MissedTickBehavior};
 
-use super::conn::{open_all, Auth, Conn, Setup, Users};
-use super::net;
-use super::report::{DeliveryReport, Plot, Report, RunReport};
-use super::stats::{secs, Live, Series};
-use super::Common;
+use crate::conn::{open_all, Auth, Conn, Setup, Users};
+use crate::net;
+use crate::report::{DeliveryReport, Plot, Report, RunReport};
+use crate::stats::{secs, Live, Series};
+use crate::Common;
 
 #[derive(Debug, Clone, Args, Serialize)]
 pub struct ChatArgs {

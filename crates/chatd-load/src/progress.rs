@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::task::JoinHandle;
 
-use super::report::fmt_count;
-use super::stats::Live;
+use crate::report::fmt_count;
+use crate::stats::Live;
 
 const EVERY: Duration = Duration::from_millis(250);
 

@@ -6,8 +6,8 @@ use std::path::Path;
 use anyhow::anyhow;
 use plotters::prelude::*;
 
-use super::report::{fmt_count, fmt_us, Plot, Report};
-use super::stats::IntervalStats;
+use crate::report::{fmt_count, fmt_us, Plot, Report};
+use crate::stats::IntervalStats;
 
 const COLOURS: [RGBColor; 4] = [
     RGBColor(31, 119, 180),

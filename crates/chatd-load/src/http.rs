@@ -9,12 +9,12 @@ use std::time::Duration;
 use clap::Args;
 use serde::Serialize;
 
-use super::conn::{open_all, Setup};
-use super::driver::{run_all, HttpReply};
-use super::net;
-use super::report::Report;
-use super::stats::Live;
-use super::Common;
+use crate::conn::{open_all, Setup};
+use crate::driver::{run_all, HttpReply};
+use crate::net;
+use crate::report::Report;
+use crate::stats::Live;
+use crate::Common;
 
 #[derive(Debug, Clone, Args, Serialize)]
 pub struct HttpArgs {

@@ -4,9 +4,9 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use super::conn::ConnectReport;
-use super::connections::Memory;
-use super::stats::{IntervalStats, Latency, Series};
+use crate::conn::ConnectReport;
+use crate::connections::Memory;
+use crate::stats::{IntervalStats, Latency, Series};
 
 /// Everything a run found out. Sections a scenario does not have are left out of the JSON.
 #[derive(Debug, Serialize)]

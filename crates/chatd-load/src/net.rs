@@ -107,7 +107,26 @@ impl Failures {
 
 /// Raises this process's open-files soft limit to the hard limit; returns the limit in force.
 pub fn raise_open_files_limit() -> u64 {
-    crate::net::raise_open_files_limit().unwrap_or(1024)
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed to them.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 1024;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+    }
+    limit.rlim_cur as u64
 }
 
 /// The resident set size of process `pid` in KiB (VmRSS in /proc/PID/status).

@@ -8,11 +8,11 @@ use clap::Args;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use super::conn::{Auth, Conn, Opener, Probe, Setup, Users};
-use super::net::{self, rss_kib};
-use super::report::{Plot, Report};
-use super::stats::Live;
-use super::Common;
+use crate::conn::{Auth, Conn, Opener, Probe, Setup, Users};
+use crate::net::{self, rss_kib};
+use crate::report::{Plot, Report};
+use crate::stats::Live;
+use crate::Common;
 
 #[derive(Debug, Clone, Args, Serialize)]
 pub struct ConnectionsArgs {
@@ -165,7 +165,7 @@ pub async fn run(
         run: None,
         delivery: None,
         memory,
-        held: Some(super::report::Held {
+        held: Some(crate::report::Held {
             secs: args.hold,
             dropped,
         }),

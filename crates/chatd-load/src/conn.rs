@@ -16,8 +16,8 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::{timeout_at, Instant};
 
-use super::net::{self, Failure, Failures};
-use super::stats::{secs, Latency, Live, Series};
+use crate::net::{self, Failure, Failures};
+use crate::stats::{secs, Latency, Live, Series};
 
 /// A read buffer grows up to this size for one large reply (an HTTP body, say).
 const MAX_BUF: usize = 16 << 20;
