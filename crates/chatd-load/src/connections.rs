@@ -1,5 +1,6 @@
 //! `connections`: open many connections (optionally each logged in as its own user), hold them,
-//! and measure how fast they opened, what failed, and what they cost the server in memory.
+//! and measure how fast they opened, what failed, and (with `--server-pid`) what they cost the
+//! server in memory.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,11 +9,9 @@ use clap::Args;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::conn::{Auth, Conn, Opener, Probe, Setup, Users};
-use crate::net::{self, rss_kib};
-use crate::report::{Plot, Report};
-use crate::stats::Live;
-use crate::Common;
+use crate::conn::{Auth, Conn, Opener, Probe, Users};
+use crate::report::{Held, Measured};
+use crate::{Common, Ctx};
 
 #[derive(Debug, Clone, Args, Serialize)]
 pub struct ConnectionsArgs {
@@ -22,15 +21,16 @@ pub struct ConnectionsArgs {
     /// Connections to open.
     #[arg(long, default_value_t = 100)]
     pub conns: usize,
-    /// REGISTER and AUTH each connection as its own user (costs the server two argon2 hashes).
+    /// Log each connection in as its own user (REGISTER if missing, then AUTH: argon2 hashes).
     #[arg(long)]
     pub auth: bool,
+    /// With --auth: name the users PREFIX_0, PREFIX_1, ... and reuse them in later runs
+    /// (register if missing); without it every run registers users of its own.
+    #[arg(long, value_name = "PREFIX")]
+    pub user_prefix: Option<String>,
     /// Seconds to hold the connections open once they are all opened.
     #[arg(long, default_value_t = 5.0)]
     pub hold: f64,
-    /// The server's process id, to read its RSS before and while holding (Linux /proc).
-    #[arg(long)]
-    pub server_pid: Option<u32>,
     /// The server sends no greeting (e.g. Redis): a connection is open once connected.
     #[arg(long)]
     pub no_greeting: bool,
@@ -50,126 +50,56 @@ pub struct ConnectionsArgs {
     pub baseline_after: usize,
 }
 
-/// The server's memory before and while holding the connections.
-#[derive(Debug, Clone, Serialize)]
-pub struct Memory {
-    pub server_pid: u32,
-    /// RSS before connecting, or once `baseline_after` connections were open.
-    pub before_kib: u64,
-    /// Open connections when `before_kib` was read.
-    pub before_conns: u64,
-    /// The largest RSS seen while holding.
-    pub holding_kib: u64,
-    /// (holding - before) / (open connections - before_conns).
-    pub per_conn_kib: f64,
-}
-
-/// How often the server's RSS is read while holding.
-const RSS_EVERY: Duration = Duration::from_millis(250);
-
-pub async fn run(
-    args: ConnectionsArgs,
-    target: std::net::SocketAddr,
-    live: Arc<Live>,
-) -> anyhow::Result<Report> {
-    let limit = net::raise_open_files_limit();
-    if args.conns as u64 + 32 > limit {
-        tracing::warn!(
-            limit,
-            conns = args.conns,
-            "the open-files limit is below the connections asked for; expect 'other' failures"
-        );
-    }
-    let setup = Setup {
-        target,
-        conns: args.conns,
-        concurrency: args.common.connect_concurrency,
-        timeout: args.common.connect_timeout(),
-        busy_retries: args.common.busy_retries,
-        greeting: !args.no_greeting,
-        probe: args.probe.as_ref().map(|p| Probe {
-            line: format!("{p}\r\n").into_bytes(),
-            expect: args.expect.clone().into_bytes(),
-        }),
-        auth: args.auth.then(|| Auth {
-            users: Arc::new(Users::for_this_run()),
+pub async fn run(args: &ConnectionsArgs, ctx: &Ctx) -> anyhow::Result<Measured> {
+    let mine = ctx.share(args.conns);
+    let mut m = Measured::default();
+    ctx.check_open_files(mine.len(), &mut m.warnings);
+    let mut setup = ctx.setup(mine.clone(), args.conns);
+    setup.greeting = !args.no_greeting;
+    setup.probe = args.probe.as_ref().map(|p| Probe {
+        line: format!("{p}\r\n").into_bytes(),
+        expect: args.expect.clone().into_bytes(),
+    });
+    if args.auth {
+        setup.auth = Some(Auth {
+            users: Arc::new(Users::of_run(args.user_prefix.as_deref(), &ctx.run_id)?),
             concurrency: args.auth_concurrency,
             timeout: Duration::from_secs(120),
-        }),
-        // Idle connections read a line or two: keep the generator's own memory small.
-        buf_size: 256,
-        sources: net::source_addrs(target, args.conns),
-    };
-    live.set_phase(if args.auth { "registering" } else { "connecting" });
-    let first = args.baseline_after.min(args.conns);
-    let mut opener = Opener::new(Arc::new(setup), live.clone());
-    opener.open(0..first).await;
-    let before_conns = opener.opened() as u64;
-    let before = args.server_pid.map(rss_kib).transpose()?;
-    opener.open(first..args.conns).await;
-    let (mut conns, connect, series) = opener.finish();
-
-    live.set_phase("holding");
-    let hold_end = Instant::now() + Duration::from_secs_f64(args.hold);
-    let mut holding = 0;
-    loop {
-        if let Some(pid) = args.server_pid {
-            holding = holding.max(rss_kib(pid)?);
-        }
-        let now = Instant::now();
-        if now >= hold_end {
-            break;
-        }
-        tokio::time::sleep(RSS_EVERY.min(hold_end - now)).await;
+        });
     }
+    // Idle connections read a line or two: keep the generator's own memory small.
+    setup.buf_size = 256;
+    let first = mine.start + args.baseline_after.min(mine.len());
+    let mut opener = Opener::new(Arc::new(setup), ctx.live.clone(), ctx.epoch);
+    if args.baseline_after > 0 {
+        opener.open(mine.start..first).await;
+        if let Some(rss) = &ctx.rss {
+            rss.baseline(opener.opened());
+        }
+    }
+    opener.open(first..mine.end).await;
+    let (mut conns, connect) = opener.finish();
+    m.connect = connect;
+
+    let hold = Duration::from_secs_f64(args.hold.max(0.0));
+    ctx.live.set_phase("holding", 0, Some(std::time::Instant::now() + hold));
+    tokio::select! {
+        _ = tokio::time::sleep_until(Instant::now() + hold) => {}
+        _ = ctx.stop.cancelled() => {}
+    }
+    let held_for = ctx.now() - m.connect.ended;
     let dropped = conns.iter().filter(|c| !still_open(c)).count() as u64;
-    let memory = match (args.server_pid, before) {
-        (Some(pid), Some(before)) => Some(Memory {
-            server_pid: pid,
-            before_kib: before,
-            before_conns,
-            holding_kib: holding,
-            per_conn_kib: holding.saturating_sub(before) as f64
-                / connect.opened.saturating_sub(before_conns).max(1) as f64,
-        }),
-        _ => None,
-    };
-    live.set_phase("closing");
-    for _ in conns.drain(..) {
-        live.closed();
+    m.held = Some(Held {
+        secs: held_for.max(0.0),
+        dropped,
+    });
+    ctx.live.set_phase("closing", conns.len() as u64, None);
+    for conn in conns.drain(..) {
+        drop(conn);
+        ctx.live.closed();
+        ctx.live.done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
-
-    let mut problems = Vec::new();
-    if connect.opened == 0 && args.conns > 0 {
-        problems.push("no connection could be opened".to_string());
-    }
-    if dropped > 0 {
-        problems.push(format!(
-            "{dropped} connections were closed by the server while held"
-        ));
-    }
-    let params = serde_json::to_value(&args)?;
-    Ok(Report {
-        scenario: "connections",
-        target: target.to_string(),
-        params,
-        passed: problems.is_empty(),
-        problems,
-        plot: Plot {
-            throughput_label: "connections opened / s",
-            throughput: series.intervals(),
-            latencies: vec![("connect", series.intervals())],
-            distributions: vec![("connect", series.distribution())],
-        },
-        connect,
-        run: None,
-        delivery: None,
-        memory,
-        held: Some(crate::report::Held {
-            secs: args.hold,
-            dropped,
-        }),
-    })
+    Ok(m)
 }
 
 /// Whether the server still keeps `conn` open (it has not closed it, nor said anything).

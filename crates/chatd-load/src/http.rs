@@ -1,20 +1,20 @@
-//! `http`: HTTP/1.1 keep-alive GETs in a closed loop, over a minimal client of our own (one
-//! request written per reply read, responses framed in place): responses per second and
-//! their latency.
+//! `http`: HTTP/1.1 keep-alive requests over a minimal client of our own (requests written in
+//! batches, responses framed in place), like wrk or vegeta: any method, a body (with a value
+//! unique to each request where a route needs one, see [`crate::request`]), extra headers; a
+//! closed loop or an open loop at `--rate`. Reports responses per second, latency, the
+//! status-code breakdown and bytes per second.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
-
+use anyhow::Context as _;
 use clap::Args;
 use serde::Serialize;
 
-use crate::conn::{open_all, Setup};
-use crate::driver::{run_all, HttpReply};
-use crate::net;
-use crate::report::Report;
-use crate::stats::Live;
-use crate::Common;
+use crate::conn::open_all;
+use crate::driver::run_all;
+use crate::framer::HttpReply;
+use crate::ping::Timing;
+use crate::report::Measured;
+use crate::request::Request;
+use crate::{Common, Ctx};
 
 #[derive(Debug, Clone, Args, Serialize)]
 pub struct HttpArgs {
@@ -24,64 +24,65 @@ pub struct HttpArgs {
     /// Connections (each keeps one request in flight unless --pipeline says more).
     #[arg(long, default_value_t = 10)]
     pub conns: usize,
-    /// Seconds to run.
-    #[arg(long, default_value_t = 10.0)]
-    pub duration: f64,
-    /// The path (and query) to GET.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub timing: Timing,
+    /// The method.
+    #[arg(long, default_value = "GET")]
+    pub method: String,
+    /// The path (and query).
     #[arg(long, default_value = "/info")]
     pub path: String,
+    /// The request body (JSON unless a --header says otherwise); `{{unique}}`, `{{n}}` and
+    /// `{{conn}}` are replaced per request (see docs/load.md).
+    #[arg(long, conflicts_with = "body_file")]
+    pub body: Option<String>,
+    /// Read the body (a template like --body) from this file.
+    #[arg(long, value_name = "FILE")]
+    pub body_file: Option<std::path::PathBuf>,
+    /// An extra header, `Name: value`; repeat for more.
+    #[arg(long = "header", value_name = "NAME: VALUE")]
+    #[serde(skip)]
+    pub headers: Vec<String>,
     /// Send `Authorization: Bearer TOKEN`.
     #[arg(long)]
     #[serde(skip)]
     pub bearer: Option<String>,
-    /// Requests in flight per connection (HTTP/1.1 pipelining).
+    /// Requests in flight per connection (HTTP/1.1 pipelining, closed loop).
     #[arg(long, default_value_t = 1)]
     pub pipeline: usize,
 }
 
-/// The request, written once and sent as is for every GET.
-pub fn request(host: &str, path: &str, bearer: Option<&str>) -> Vec<u8> {
-    let mut r = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: chatd-load\r\nAccept: */*\r\n");
-    if let Some(token) = bearer {
-        r.push_str(&format!("Authorization: Bearer {token}\r\n"));
+impl HttpArgs {
+    /// The request, checked before any connection is opened.
+    pub fn request(&self, host: &str, run_id: &str) -> anyhow::Result<Request> {
+        let body = match (&self.body, &self.body_file) {
+            (Some(b), _) => Some(b.clone()),
+            (None, Some(path)) => Some(
+                std::fs::read_to_string(path).with_context(|| format!("cannot read --body-file {}", path.display()))?,
+            ),
+            (None, None) => None,
+        };
+        let mut headers = self.headers.clone();
+        if let Some(token) = &self.bearer {
+            headers.push(format!("Authorization: Bearer {token}"));
+        }
+        let method = self.method.to_ascii_uppercase();
+        Request::http(&method, host, &self.path, &headers, body.as_deref(), run_id).map_err(anyhow::Error::msg)
     }
-    r.push_str("\r\n");
-    r.into_bytes()
 }
 
-pub async fn run(args: HttpArgs, target: SocketAddr, live: Arc<Live>) -> anyhow::Result<Report> {
-    net::raise_open_files_limit();
-    let setup = Setup {
-        target,
-        conns: args.conns,
-        concurrency: args.common.connect_concurrency,
-        timeout: args.common.connect_timeout(),
-        busy_retries: args.common.busy_retries,
-        greeting: false,
-        probe: None,
-        auth: None,
-        buf_size: 64 * 1024,
-        sources: net::source_addrs(target, args.conns),
-    };
-    live.set_phase("connecting");
-    let (conns, connect, _) = open_all(Arc::new(setup), live.clone()).await;
-    live.set_phase("running");
-    let (run, series) = run_all(
-        conns,
-        HttpReply::new,
-        request(&args.common.addr, &args.path, args.bearer.as_deref()),
-        args.pipeline,
-        Duration::from_secs_f64(args.duration),
-        "responses",
-        live,
-    )
-    .await;
-    Ok(Report::requests(
-        "http",
-        target.to_string(),
-        serde_json::to_value(&args)?,
-        connect,
-        (run, &series),
-        ("response", "responses / s"),
-    ))
+pub async fn run(args: &HttpArgs, ctx: &Ctx) -> anyhow::Result<Measured> {
+    let request = args.request(&ctx.common.addr[0], &ctx.run_id)?;
+    let mine = ctx.share(args.conns);
+    let mut m = Measured::default();
+    ctx.check_open_files(mine.len(), &mut m.warnings);
+    let mut setup = ctx.setup(mine, args.conns);
+    setup.greeting = false;
+    setup.buf_size = 64 * 1024;
+    let (conns, connect) = open_all(setup, ctx.live.clone(), ctx.epoch).await;
+    m.connect = connect;
+    let load = args.timing.load(ctx, args.conns, request, args.pipeline);
+    m.run = Some(run_all(conns, HttpReply::new, load, ctx.epoch, "responses").await);
+    Ok(m)
 }
