@@ -26,7 +26,7 @@ enum Command {
     /// List this machine's network interfaces and addresses (for `serve --interface`).
     Interfaces,
     /// Load a server (chatd, or Redis for `ping`) and report throughput, latency and failures.
-    Load(chatd_load::LoadArgs),
+    Load(Box<chatd_load::LoadArgs>),
 }
 
 fn main() -> ExitCode {
@@ -40,7 +40,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Interfaces => interfaces(),
         Command::Serve(config) => serve(config),
-        Command::Load(args) => match chatd_load::main(args) {
+        Command::Load(args) => match chatd_load::main(*args) {
             Ok(code) => return code,
             Err(e) => Err(e),
         },

@@ -258,7 +258,8 @@ impl User {
                 if let Some(id) = line.strip_prefix(b"OK ").and_then(parse_u64) {
                     self.out.acks.push((seq, id));
                     acked += 1;
-                    self.ack_ns.push(now.saturating_duration_since(from).as_nanos() as u64);
+                    self.ack_ns
+                        .push(now.saturating_duration_since(from).as_nanos() as u64);
                 } else {
                     errors += 1;
                     self.out

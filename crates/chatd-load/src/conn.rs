@@ -274,7 +274,11 @@ pub struct Opener {
 impl Opener {
     pub fn new(setup: Arc<Setup>, live: Arc<Live>, epoch: std::time::Instant) -> Opener {
         live.set_phase(
-            if setup.auth.is_some() { "logging in" } else { "connecting" },
+            if setup.auth.is_some() {
+                "logging in"
+            } else {
+                "connecting"
+            },
             setup.indices.len() as u64,
             None,
         );

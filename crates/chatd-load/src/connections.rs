@@ -82,7 +82,8 @@ pub async fn run(args: &ConnectionsArgs, ctx: &Ctx) -> anyhow::Result<Measured> 
     m.connect = connect;
 
     let hold = Duration::from_secs_f64(args.hold.max(0.0));
-    ctx.live.set_phase("holding", 0, Some(std::time::Instant::now() + hold));
+    ctx.live
+        .set_phase("holding", 0, Some(std::time::Instant::now() + hold));
     tokio::select! {
         _ = tokio::time::sleep_until(Instant::now() + hold) => {}
         _ = ctx.stop.cancelled() => {}

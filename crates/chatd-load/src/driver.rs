@@ -166,7 +166,9 @@ impl<F: Framer> ConnRun<F> {
             .rate
             .filter(|r| *r > 0.0)
             .map(|r| Duration::from_secs_f64(m as f64 / r));
-        let quota = load.requests.map(|n| n / m as u64 + u64::from((self.pos as u64) < n % m as u64));
+        let quota = load
+            .requests
+            .map(|n| n / m as u64 + u64::from((self.pos as u64) < n % m as u64));
         let mut next_due = period.map(|p| load.start + p.mul_f64(self.pos as f64 / m as f64));
         let mut scheduled = 0u64;
         let mut give_up = load.deadline + load.drain;

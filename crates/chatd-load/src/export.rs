@@ -23,7 +23,11 @@ fn latencies(report: &Report) -> Vec<(String, &Data)> {
         out.push((r.what.replace(' ', "-"), &r.series));
     }
     if let Some(d) = &m.delivery {
-        for (name, x) in [("delivery", &d.all), ("delivery-same-node", &d.same_node), ("delivery-cross-node", &d.cross_node)] {
+        for (name, x) in [
+            ("delivery", &d.all),
+            ("delivery-same-node", &d.same_node),
+            ("delivery-cross-node", &d.cross_node),
+        ] {
             if let Some(x) = x.as_ref().filter(|x| x.ok > 0) {
                 out.push((name.to_string(), x));
             }

@@ -55,9 +55,11 @@ impl Default for HttpReply {
 impl Framer for HttpReply {
     fn frame(&mut self, buf: &[u8]) -> Result<Option<(usize, Answer)>, String> {
         if buf.starts_with(b"HELLO ") || buf.starts_with(b"ERR SERVER_BUSY") {
-            return Err("a chatd line port answered, not HTTP: point `load http` at the HTTP \
+            return Err(
+                "a chatd line port answered, not HTTP: point `load http` at the HTTP \
                         port (--http-port, 5000 by default)"
-                .into());
+                    .into(),
+            );
         }
         let Some(end) = self.header_end.find(buf) else {
             return if buf.len() > 64 * 1024 {

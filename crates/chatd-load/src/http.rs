@@ -59,7 +59,8 @@ impl HttpArgs {
         let body = match (&self.body, &self.body_file) {
             (Some(b), _) => Some(b.clone()),
             (None, Some(path)) => Some(
-                std::fs::read_to_string(path).with_context(|| format!("cannot read --body-file {}", path.display()))?,
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read --body-file {}", path.display()))?,
             ),
             (None, None) => None,
         };
@@ -68,7 +69,8 @@ impl HttpArgs {
             headers.push(format!("Authorization: Bearer {token}"));
         }
         let method = self.method.to_ascii_uppercase();
-        Request::http(&method, host, &self.path, &headers, body.as_deref(), run_id).map_err(anyhow::Error::msg)
+        Request::http(&method, host, &self.path, &headers, body.as_deref(), run_id)
+            .map_err(anyhow::Error::msg)
     }
 }
 

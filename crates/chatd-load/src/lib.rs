@@ -371,7 +371,10 @@ pub fn main(args: LoadArgs) -> anyhow::Result<ExitCode> {
         let progress = if part_mode {
             Progress::lines(ctx.live.clone())
         } else {
-            Progress::start(ctx.live.clone(), format!("{} {}", args.scenario.name(), common.addr.join(",")))
+            Progress::start(
+                ctx.live.clone(),
+                format!("{} {}", args.scenario.name(), common.addr.join(",")),
+            )
         };
         let measured = run_here(&args.scenario, &ctx).await;
         progress.finish();
@@ -390,8 +393,7 @@ pub fn main(args: LoadArgs) -> anyhow::Result<ExitCode> {
             args.scenario.name(),
             common.addr.clone(),
             args.scenario.params(),
-            memory,
-            rss,
+            (memory, rss),
             &common.limits(),
         );
         output(&report, &common)
@@ -411,7 +413,9 @@ async fn run_here(scenario: &Scenario, ctx: &Ctx) -> anyhow::Result<Measured> {
             loop {
                 every.tick().await;
                 let open = live.open.load(std::sync::atomic::Ordering::Relaxed);
-                track.points.push((epoch.elapsed().as_secs_f64(), open.max(0) as f64));
+                track
+                    .points
+                    .push((epoch.elapsed().as_secs_f64(), open.max(0) as f64));
                 if track.points.len() > 200_000 {
                     return track;
                 }
@@ -430,7 +434,10 @@ async fn run_here(scenario: &Scenario, ctx: &Ctx) -> anyhow::Result<Measured> {
     ctx.live.set_phase("done", 0, None);
     let mut m = result?;
     m.open = sampler.await.unwrap_or_default();
-    m.open.points.push((ctx.now(), ctx.live.open.load(std::sync::atomic::Ordering::Relaxed).max(0) as f64));
+    m.open.points.push((
+        ctx.now(),
+        ctx.live.open.load(std::sync::atomic::Ordering::Relaxed).max(0) as f64,
+    ));
     m.epoch_unix_ns = ctx.epoch_unix_ns;
     m.interrupted |= ctx.stop.is_cancelled();
     Ok(m)

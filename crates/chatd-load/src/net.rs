@@ -37,14 +37,19 @@ pub fn source_addrs(target: SocketAddr, conns: usize, (part, parts): (usize, usi
 pub async fn resolve(addrs: &[String]) -> anyhow::Result<Vec<SocketAddr>> {
     let mut out = Vec::new();
     for addr in addrs {
-        if let Some(rest) = addr.strip_prefix("http://").or_else(|| addr.strip_prefix("https://")) {
+        if let Some(rest) = addr
+            .strip_prefix("http://")
+            .or_else(|| addr.strip_prefix("https://"))
+        {
             let hostport = rest.split('/').next().unwrap_or(rest);
             anyhow::bail!(
                 "--addr takes HOST:PORT, not a URL: try --addr {hostport} (and --path for the path)"
             );
         }
         if !addr.contains(':') {
-            anyhow::bail!("--addr takes HOST:PORT: {addr:?} has no port (chatd's line port is 8000, HTTP 5000)");
+            anyhow::bail!(
+                "--addr takes HOST:PORT: {addr:?} has no port (chatd's line port is 8000, HTTP 5000)"
+            );
         }
         let target = tokio::net::lookup_host(addr)
             .await
@@ -157,7 +162,8 @@ impl Failures {
             if let Some(e) = &self.other_example {
                 if e.contains("Too many open files") {
                     self.hint = Some(
-                        "the generator ran out of file descriptors: raise `ulimit -n` or use --procs N".into(),
+                        "the generator ran out of file descriptors: raise `ulimit -n` or use --procs N"
+                            .into(),
                     );
                 }
             }
@@ -204,7 +210,7 @@ pub fn raise_open_files_limit() -> u64 {
             }
         }
     }
-    limit.rlim_cur as u64
+    limit.rlim_cur
 }
 
 #[cfg(not(unix))]
@@ -246,7 +252,9 @@ mod tests {
     #[test]
     fn processes_take_ranges_of_their_own() {
         let lo: SocketAddr = "127.0.0.1:8000".parse().unwrap();
-        let parts: Vec<Vec<IpAddr>> = (0..6).map(|p| source_addrs(lo, 20_000, (p, 6)).unwrap()).collect();
+        let parts: Vec<Vec<IpAddr>> = (0..6)
+            .map(|p| source_addrs(lo, 20_000, (p, 6)).unwrap())
+            .collect();
         assert_eq!(parts.iter().map(Vec::len).sum::<usize>(), 249);
         for (i, a) in parts.iter().enumerate() {
             for b in &parts[i + 1..] {
@@ -263,11 +271,16 @@ mod tests {
 
     #[tokio::test]
     async fn urls_and_missing_ports_get_hints() {
-        let e = resolve(&["http://127.0.0.1:5000/info".into()]).await.unwrap_err().to_string();
+        let e = resolve(&["http://127.0.0.1:5000/info".into()])
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("try --addr 127.0.0.1:5000"), "{e}");
         let e = resolve(&["localhost".into()]).await.unwrap_err().to_string();
         assert!(e.contains("no port"), "{e}");
-        let two = resolve(&["127.0.0.1:1".into(), "127.0.0.2:2".into()]).await.unwrap();
+        let two = resolve(&["127.0.0.1:1".into(), "127.0.0.2:2".into()])
+            .await
+            .unwrap();
         assert_eq!(two.len(), 2);
     }
 

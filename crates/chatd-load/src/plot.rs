@@ -50,10 +50,20 @@ pub fn title(report: &Report) -> String {
         if (key == "pipeline" || key == "procs") && n <= 1.0 {
             continue;
         }
-        parts.push(format!("{} {label}", if n.fract() == 0.0 { fmt_count(n) } else { format!("{n}") }));
+        parts.push(format!(
+            "{} {label}",
+            if n.fract() == 0.0 {
+                fmt_count(n)
+            } else {
+                format!("{n}")
+            }
+        ));
     }
     if let Some(m) = p.get("method").and_then(|v| v.as_str()) {
-        parts.push(format!("{m} {}", p.get("path").and_then(|v| v.as_str()).unwrap_or("")));
+        parts.push(format!(
+            "{m} {}",
+            p.get("path").and_then(|v| v.as_str()).unwrap_or("")
+        ));
     }
     if p.get("auth").and_then(|v| v.as_bool()) == Some(true) {
         parts.push("logged in".into());
@@ -81,7 +91,12 @@ fn draw_svg(report: &Report, path: &Path) -> Result<()> {
             end = end.max(r.t + r.secs);
         }
     }
-    for (t, _) in tl.open.points.iter().chain(tl.rss.iter().flat_map(|(_, t)| t.points.iter())) {
+    for (t, _) in tl
+        .open
+        .points
+        .iter()
+        .chain(tl.rss.iter().flat_map(|(_, t)| t.points.iter()))
+    {
         end = end.max(*t);
     }
     let end = end * 1.02;
@@ -119,7 +134,10 @@ fn draw_svg(report: &Report, path: &Path) -> Result<()> {
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2)));
         if rows.iter().any(|r| r.errors > 0) {
             any_errors = true;
-            let pts: Vec<(f64, f64)> = rows.iter().map(|r| (r.t + r.secs / 2.0, r.errors_per_sec)).collect();
+            let pts: Vec<(f64, f64)> = rows
+                .iter()
+                .map(|r| (r.t + r.secs / 2.0, r.errors_per_sec))
+                .collect();
             chart.draw_series(pts.iter().map(|&p| Cross::new(p, 3, ERROR.stroke_width(1))))?;
             chart
                 .draw_series(LineSeries::new(pts, ERROR.stroke_width(2)))?
@@ -183,7 +201,10 @@ fn draw_svg(report: &Report, path: &Path) -> Result<()> {
     }
     let open = COLOURS[0];
     chart
-        .draw_series(LineSeries::new(tl.open.points.iter().copied(), open.stroke_width(2)))?
+        .draw_series(LineSeries::new(
+            tl.open.points.iter().copied(),
+            open.stroke_width(2),
+        ))?
         .label("connections open")
         .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], open.stroke_width(2)));
     for (i, (pid, track)) in tl.rss.iter().enumerate() {
@@ -212,7 +233,10 @@ fn draw_svg(report: &Report, path: &Path) -> Result<()> {
     }
     let rows_in_legend = 2 * tl.series.len();
     let mut chart = ChartBuilder::on(&panels[2])
-        .caption("latency per interval: p50 (line) and p99 (line with triangles), log scale", ("sans-serif", 16))
+        .caption(
+            "latency per interval: p50 (line) and p99 (line with triangles), log scale",
+            ("sans-serif", 16),
+        )
         .margin(10)
         .x_label_area_size(34)
         .y_label_area_size(80)
@@ -261,7 +285,11 @@ fn draw_svg(report: &Report, path: &Path) -> Result<()> {
         dists.push((r.what.clone(), r.series.distribution()));
     }
     if let Some(d) = &m.delivery {
-        for (name, x) in [("delivery", &d.all), ("delivery same node", &d.same_node), ("delivery cross node", &d.cross_node)] {
+        for (name, x) in [
+            ("delivery", &d.all),
+            ("delivery same node", &d.same_node),
+            ("delivery cross node", &d.cross_node),
+        ] {
             if let Some(x) = x.as_ref().filter(|x| x.ok > 0) {
                 if name == "delivery" || d.cross_node.as_ref().is_some_and(|c| c.ok > 0) {
                     dists.push((name.into(), x.distribution()));
@@ -283,7 +311,10 @@ fn draw_svg(report: &Report, path: &Path) -> Result<()> {
         .margin(10)
         .x_label_area_size(34)
         .y_label_area_size(80)
-        .build_cartesian_2d(0f64..nines, (1f64..max_us * 10f64.powf(0.5 + 0.3 * dists.len() as f64)).log_scale())?;
+        .build_cartesian_2d(
+            0f64..nines,
+            (1f64..max_us * 10f64.powf(0.5 + 0.3 * dists.len() as f64)).log_scale(),
+        )?;
     chart
         .configure_mesh()
         .x_desc("percentile")
@@ -295,7 +326,9 @@ fn draw_svg(report: &Report, path: &Path) -> Result<()> {
         let colour = COLOURS[i % COLOURS.len()];
         chart
             .draw_series(LineSeries::new(
-                points.iter().map(|(q, us)| (-(1.0 - q).max(1e-9).log10(), us.max(1.0))),
+                points
+                    .iter()
+                    .map(|(q, us)| (-(1.0 - q).max(1e-9).log10(), us.max(1.0))),
                 colour.stroke_width(2),
             ))?
             .label(name.clone())
@@ -324,7 +357,11 @@ where
 
 /// Thin vertical lines where the phases began, labelled.
 fn phase_marks<'a, DB: DrawingBackend + 'a>(
-    chart: &mut ChartContext<'a, DB, Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>>,
+    chart: &mut ChartContext<
+        'a,
+        DB,
+        Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+    >,
     report: &Report,
     top: f64,
 ) -> Result<()>
@@ -333,7 +370,10 @@ where
 {
     for (name, t) in &report.timeline.phases {
         let grey = RGBColor(170, 170, 170);
-        chart.draw_series(std::iter::once(PathElement::new(vec![(*t, 0.0), (*t, top)], grey.stroke_width(1))))?;
+        chart.draw_series(std::iter::once(PathElement::new(
+            vec![(*t, 0.0), (*t, top)],
+            grey.stroke_width(1),
+        )))?;
         chart.draw_series(std::iter::once(Text::new(
             name.clone(),
             (*t, top * 0.97),

@@ -39,7 +39,9 @@ pub fn child_args(args: &[OsString]) -> Vec<OsString> {
         let flag = text.split('=').next().unwrap_or_default();
         match PARENT_ONLY.iter().find(|(f, _)| *f == flag) {
             Some((_, takes)) if !text.contains('=') => {
-                let next_is_value = args.get(i + 1).is_some_and(|a| !a.to_string_lossy().starts_with('-'));
+                let next_is_value = args
+                    .get(i + 1)
+                    .is_some_and(|a| !a.to_string_lossy().starts_with('-'));
                 i += match takes {
                     Some(true) => 2,
                     None if next_is_value => 2,
@@ -91,7 +93,9 @@ pub fn parent(scenario: &Scenario) -> anyhow::Result<ExitCode> {
             anyhow::bail!("--baseline-after needs one generator process: leave out --procs");
         }
     }
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let code = runtime.block_on(async {
         let open_files = net::raise_open_files_limit();
         let targets = net::resolve(&common.addr).await?;
@@ -108,7 +112,10 @@ pub fn parent(scenario: &Scenario) -> anyhow::Result<ExitCode> {
         if let Some(m) = &rss {
             m.baseline(vec![0; targets.len()]);
         }
-        let run_id = common.run_id.clone().unwrap_or_else(crate::conn::Users::fresh_prefix);
+        let run_id = common
+            .run_id
+            .clone()
+            .unwrap_or_else(crate::conn::Users::fresh_prefix);
         let exe = std::env::current_exe().context("cannot find this program to run it again")?;
         let args: Vec<OsString> = std::env::args_os().skip(1).collect();
         let base = child_args(&args);
@@ -150,21 +157,29 @@ pub fn parent(scenario: &Scenario) -> anyhow::Result<ExitCode> {
         let pids: Vec<u32> = children.iter().filter_map(|c| c.id()).collect();
         let forward = tokio::spawn(async move {
             crate::signal().await;
-            eprintln!("chatd load: stopping {} generator processes; the report covers the run so far", pids.len());
+            eprintln!(
+                "chatd load: stopping {} generator processes; the report covers the run so far",
+                pids.len()
+            );
             for pid in &pids {
                 stop_child(*pid);
             }
             crate::signal().await;
             std::process::exit(i32::from(crate::EXIT_INTERRUPTED));
         });
-        let progress = show_progress(snapshots.clone(), format!("{} {} x{n}", scenario.name(), common.addr.join(",")));
+        let progress = show_progress(
+            snapshots.clone(),
+            format!("{} {} x{n}", scenario.name(), common.addr.join(",")),
+        );
         let mut parts: Vec<Option<Measured>> = vec![None; n];
         let mut problems = Vec::new();
         while let Some(done) = readers.join_next().await {
             let (i, part) = done.expect("readers do not panic");
             match part {
                 Some(Ok(m)) => parts[i] = Some(m),
-                Some(Err(e)) => problems.push(format!("generator process {i} sent an unreadable report: {e}")),
+                Some(Err(e)) => {
+                    problems.push(format!("generator process {i} sent an unreadable report: {e}"))
+                }
                 None => problems.push(format!("generator process {i} ended without a report")),
             }
         }
@@ -195,9 +210,10 @@ pub fn parent(scenario: &Scenario) -> anyhow::Result<ExitCode> {
         if !problems.is_empty() {
             // A missing process's connections are missing from the totals: never a pass.
             merged.interrupted |= parts.iter().any(|p| p.interrupted);
-            merged.connect.attempted = merged.connect.attempted.max(
-                crate::Ctx::total_of(scenario).unwrap_or(merged.connect.attempted),
-            );
+            merged.connect.attempted = merged
+                .connect
+                .attempted
+                .max(crate::Ctx::total_of(scenario).unwrap_or(merged.connect.attempted));
         }
         let (memory, rss_tracks) = match &rss {
             Some(m) => m.finish(&merged.connect.per_node),
@@ -210,8 +226,7 @@ pub fn parent(scenario: &Scenario) -> anyhow::Result<ExitCode> {
             scenario.name(),
             common.addr.clone(),
             scenario.params(),
-            memory,
-            rss_tracks,
+            (memory, rss_tracks),
             &common.limits(),
         );
         report.parts = summaries;
@@ -277,13 +292,30 @@ mod tests {
     #[test]
     fn children_leave_out_what_the_parent_does() {
         let args: Vec<OsString> = [
-            "load", "ping", "--addr", "127.0.0.1:1", "--procs", "2", "--json", "--conns", "4", "--plot",
-            "p.svg", "--server-pid=5", "--json", "out.json", "--hdr-out", "d",
+            "load",
+            "ping",
+            "--addr",
+            "127.0.0.1:1",
+            "--procs",
+            "2",
+            "--json",
+            "--conns",
+            "4",
+            "--plot",
+            "p.svg",
+            "--server-pid=5",
+            "--json",
+            "out.json",
+            "--hdr-out",
+            "d",
         ]
         .iter()
         .map(OsString::from)
         .collect();
-        let kept: Vec<String> = child_args(&args).iter().map(|a| a.to_string_lossy().into_owned()).collect();
+        let kept: Vec<String> = child_args(&args)
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
         assert_eq!(kept, ["load", "ping", "--addr", "127.0.0.1:1", "--conns", "4"]);
     }
 }

@@ -81,7 +81,11 @@ impl Rate {
         let now = Instant::now();
         if let Some((at, phase, done)) = &self.last {
             let dt = now.duration_since(*at).as_secs_f64().max(1e-3);
-            let delta = if *phase == s.phase { s.done.saturating_sub(*done) } else { s.done };
+            let delta = if *phase == s.phase {
+                s.done.saturating_sub(*done)
+            } else {
+                s.done
+            };
             // Smooth a little, so the ETA does not jump about.
             self.rate = 0.5 * self.rate + 0.5 * delta as f64 / dt;
         }

@@ -333,15 +333,15 @@ pub struct Timeline {
 }
 
 impl Report {
-    /// The figures of `m`, with the verdict of `limits`.
+    /// The figures of `m` (and of the servers' memory and RSS over time), with the verdict of
+    /// `limits`.
     pub fn build(
         m: Measured,
         meta: Meta,
         scenario: &str,
         targets: Vec<String>,
         params: serde_json::Value,
-        memory: Vec<NodeMemory>,
-        rss: Vec<(u32, Track)>,
+        (memory, rss): (Vec<NodeMemory>, Vec<(u32, Track)>),
         limits: &crate::verdict::Limits,
     ) -> Report {
         let c = &m.connect;
@@ -400,7 +400,10 @@ impl Report {
                 timeline.series.push(("delivery".into(), all.intervals()));
             }
             if d.cross_node.as_ref().is_some_and(|x| x.ok > 0) {
-                for (name, x) in [("delivery same node", &d.same_node), ("delivery cross node", &d.cross_node)] {
+                for (name, x) in [
+                    ("delivery same node", &d.same_node),
+                    ("delivery cross node", &d.cross_node),
+                ] {
                     if let Some(x) = x {
                         timeline.series.push((name.into(), x.intervals()));
                     }
@@ -523,7 +526,10 @@ impl Report {
         ));
         rows.push(("parameters", self.params.to_string()));
         if self.interrupted {
-            rows.push(("INTERRUPTED", "stopped by a signal: the figures cover the run so far".into()));
+            rows.push((
+                "INTERRUPTED",
+                "stopped by a signal: the figures cover the run so far".into(),
+            ));
         }
         let c = &self.connect;
         rows.push((

@@ -43,7 +43,8 @@ impl Request {
         body: Option<&str>,
         run_id: &str,
     ) -> Result<Request, String> {
-        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: chatd-load\r\nAccept: */*\r\n");
+        let mut head =
+            format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: chatd-load\r\nAccept: */*\r\n");
         for h in headers {
             let (name, value) = h
                 .split_once(':')
@@ -105,7 +106,7 @@ fn parse_template(body: &str) -> Result<Vec<Piece>, String> {
     let mut rest = body;
     while let Some(open) = rest.find("{{") {
         if open > 0 {
-            pieces.push(Piece::Text(rest[..open].as_bytes().to_vec()));
+            pieces.push(Piece::Text(rest.as_bytes()[..open].to_vec()));
         }
         let after = &rest[open + 2..];
         let close = after
@@ -117,8 +118,8 @@ fn parse_template(body: &str) -> Result<Vec<Piece>, String> {
             "conn" => Piece::Conn,
             other => {
                 return Err(format!(
-                    "unknown template {{{{{other}}}}} in the body: use {{{{unique}}}}, {{{{n}}}} or {{{{conn}}}}"
-                ))
+                "unknown template {{{{{other}}}}} in the body: use {{{{unique}}}}, {{{{n}}}} or {{{{conn}}}}"
+            ))
             }
         });
         rest = &after[close + 2..];
@@ -155,7 +156,10 @@ mod tests {
         let one = text(&r, 3, 7);
         let (head, body) = one.split_once("\r\n\r\n").unwrap();
         assert_eq!(body, r#"{"recipient": "bob", "message": "m run1-3-7 #7 c3"}"#);
-        assert!(head.contains(&format!("Content-Length: {}", body.len())), "{head}");
+        assert!(
+            head.contains(&format!("Content-Length: {}", body.len())),
+            "{head}"
+        );
         assert!(head.contains("Content-Type: application/json"), "{head}");
         assert_ne!(text(&r, 3, 8), one);
     }

@@ -146,7 +146,11 @@ impl RssMonitor {
                 Some(b) => (
                     b.at,
                     b.kib[k],
-                    if self.pids.len() == 1 { b.conns.iter().sum() } else { b.conns.get(k).copied().unwrap_or(0) },
+                    if self.pids.len() == 1 {
+                        b.conns.iter().sum()
+                    } else {
+                        b.conns.get(k).copied().unwrap_or(0)
+                    },
                     b.warnings[k].clone(),
                     b.hwm[k],
                 ),
@@ -168,7 +172,8 @@ impl RssMonitor {
                 before_conns,
                 holding_kib: holding,
                 conns,
-                per_conn_kib: holding.saturating_sub(before) as f64 / conns.saturating_sub(before_conns).max(1) as f64,
+                per_conn_kib: holding.saturating_sub(before) as f64
+                    / conns.saturating_sub(before_conns).max(1) as f64,
                 peak_before_kib: hwm,
                 warning,
             });

@@ -68,13 +68,22 @@ pub fn judge(
     rules.push(Rule {
         rule: "interrupted",
         passed: !m.interrupted,
-        actual: if m.interrupted { "stopped by a signal" } else { "ran to the end" }.into(),
+        actual: if m.interrupted {
+            "stopped by a signal"
+        } else {
+            "ran to the end"
+        }
+        .into(),
         limit: "run to the end".into(),
         by: None,
     });
     let short = connect.attempted.saturating_sub(connect.opened);
     rules.push(Rule {
-        rule: if connect.auth { "users set up" } else { "connections opened" },
+        rule: if connect.auth {
+            "users set up"
+        } else {
+            "connections opened"
+        },
         passed: short == 0,
         actual: format!("{} of {}", n(connect.opened), n(connect.attempted)),
         limit: format!("all {}", n(connect.attempted)),
