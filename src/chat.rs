@@ -428,7 +428,7 @@ impl Chat {
             .acquire()
             .await
             .map_err(|e| ChatError::internal("waiting for a password hasher", e))?;
-        tokio::task::spawn_blocking(move || work(&Argon2::default()))
+        tokio::task::spawn_blocking(move || work(&crate::config::password_hasher()))
             .await
             .map_err(|e| ChatError::internal("hashing the password", e))?
     }

@@ -1,6 +1,7 @@
 //! Server configuration: every `chatd serve` flag, each also read from `CHATD_<FLAG>`.
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use clap::Args;
@@ -86,6 +87,11 @@ pub struct Config {
     /// How long (seconds) a rate-limited connection or address waits before AUTH is tried again.
     #[arg(long, env = "CHATD_AUTH_LOCKOUT", default_value_t = 60)]
     pub auth_lockout: u64,
+    /// FOR LOAD TESTS ONLY, never in production: hash passwords with a cheap argon2 cost
+    /// (64 KiB, one pass) so that tens of thousands of test users log in quickly. Stored
+    /// hashes are much easier to crack; the server says so loudly at start-up.
+    #[arg(long, env = "CHATD_LOAD_TEST_HASHING")]
+    pub load_test_hashing: bool,
 }
 
 impl Config {
@@ -110,6 +116,7 @@ impl Config {
             auth_failures_per_conn: 5,
             auth_failures_per_addr: 20,
             auth_lockout: 60,
+            load_test_hashing: false,
         }
     }
 
@@ -119,5 +126,24 @@ impl Config {
 
     pub fn auth_lockout(&self) -> Duration {
         Duration::from_secs(self.auth_lockout)
+    }
+}
+
+/// Whether `--load-test-hashing` is in force (set once at start-up).
+static LOAD_TEST_HASHING: AtomicBool = AtomicBool::new(false);
+
+/// Turns the cheap load-test password hashing on for this process.
+pub fn set_load_test_hashing(on: bool) {
+    LOAD_TEST_HASHING.store(on, Ordering::Relaxed);
+}
+
+/// The argon2 hasher for new password hashes: argon2's defaults (19 MiB, 2 passes), or with
+/// `--load-test-hashing` 64 KiB and one pass. Verifying reads the cost from the stored hash.
+pub fn password_hasher() -> argon2::Argon2<'static> {
+    if LOAD_TEST_HASHING.load(Ordering::Relaxed) {
+        let cheap = argon2::Params::new(64, 1, 1, None).expect("valid argon2 parameters");
+        argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, cheap)
+    } else {
+        argon2::Argon2::default()
     }
 }

@@ -64,6 +64,12 @@ impl Server {
         } else {
             tracing::info!(open_files, "open-files limit");
         }
+        config::set_load_test_hashing(config.load_test_hashing);
+        if config.load_test_hashing {
+            tracing::warn!(
+                "--load-test-hashing: passwords are hashed at a cheap argon2 cost, FOR LOAD TESTS ONLY"
+            );
+        }
         let ip = match &config.interface {
             Some(name) => net::interface_ipv4(name)?,
             None => config.bind,
@@ -166,6 +172,12 @@ impl Server {
         }
         if let Some(echo) = self.echo_addr() {
             let _ = writeln!(out, "Echo (RFC 862) on port {}", echo.port());
+        }
+        if self.config.load_test_hashing {
+            let _ = writeln!(
+                out,
+                "WARNING: --load-test-hashing: cheap password hashes, for load tests only; never use it in production"
+            );
         }
         let _ = write!(
             out,

@@ -127,7 +127,17 @@ async fn connections_smoke() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_log_in_as_users_of_their_own() {
-    let server = Served::start(&[]).await;
+    // The cheap hashing of a load-test deployment, which says so loudly.
+    let server = Served::start(&["--load-test-hashing"]).await;
+    assert!(
+        server
+            .process
+            .banner
+            .iter()
+            .any(|l| l.starts_with("WARNING: --load-test-hashing")),
+        "{:?}",
+        server.process.banner
+    );
     let (passed, r) = load(&[
         "connections",
         "--addr",
@@ -161,6 +171,35 @@ async fn connections_log_in_as_users_of_their_own() {
     .await;
     assert!(passed, "{r:#}");
     assert_eq!(u(&r["connect"]["opened"]), 6, "{r:#}");
+    // With --user-prefix the users are registered once and reused: twice the same six log in.
+    for _ in 0..2 {
+        let (passed, r) = load(&[
+            "connections",
+            "--addr",
+            &server.line.to_string(),
+            "--conns",
+            "6",
+            "--auth",
+            "--user-prefix",
+            "reuse",
+            "--hold",
+            "0",
+        ])
+        .await;
+        assert!(passed, "{r:#}");
+        assert_eq!(u(&r["connect"]["opened"]), 6, "{r:#}");
+    }
+    let info: Value = reqwest::get(format!("http://{}/info", server.http))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        info["users"],
+        6 + 6 + 6,
+        "two fresh runs and one reused prefix: {info}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

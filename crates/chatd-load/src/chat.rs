@@ -121,6 +121,8 @@ struct Outcome {
     bytes_in: u64,
     bytes_out: u64,
     last_ack: Option<Instant>,
+    /// When this user stopped issuing SENDs.
+    issued_until: Option<Instant>,
     broken: Option<String>,
 }
 
@@ -161,6 +163,9 @@ impl User {
             let now = Instant::now();
             if self.sending && (stopped || now >= shared.deadline) {
                 self.sending = false;
+            }
+            if !self.sending {
+                self.out.issued_until.get_or_insert(now.min(shared.deadline));
             }
             match (shared.period, next_due.as_mut()) {
                 (Some(p), Some(due)) => {
@@ -415,10 +420,10 @@ pub async fn run(args: &ChatArgs, ctx: &Ctx) -> anyhow::Result<Measured> {
         },
         pipeline: args.pipeline,
         payload: args.payload,
-        acks: Series::new(ctx.epoch),
-        deliveries: Series::new(ctx.epoch),
-        same_node: Series::new(ctx.epoch),
-        cross_node: Series::new(ctx.epoch),
+        acks: Series::new(ctx.epoch, start),
+        deliveries: Series::new(ctx.epoch, start),
+        same_node: Series::new(ctx.epoch, start),
+        cross_node: Series::new(ctx.epoch, start),
         live: ctx.live.clone(),
         stop: ctx.stop.clone(),
         acked: AtomicU64::new(0),
@@ -468,12 +473,17 @@ pub async fn run(args: &ChatArgs, ctx: &Ctx) -> anyhow::Result<Measured> {
 
     let acks = shared.acks.snapshot();
     let last = outcomes.iter().filter_map(|o| o.last_ack).max().unwrap_or(start);
+    let issued_until = outcomes
+        .iter()
+        .map(|o| o.issued_until.unwrap_or(shared.deadline))
+        .max()
+        .unwrap_or(start);
     let since = |t: Instant| t.saturating_duration_since(ctx.epoch).as_secs_f64();
     let mut run = RunRaw {
         what: "acked SENDs".into(),
         started: since(start),
-        ended: since(shared.deadline.min(last.max(start))),
-        drained: since(last.max(start)).max(since(shared.deadline.min(last.max(start)))),
+        ended: since(issued_until),
+        drained: since(last.max(issued_until)),
         requested_rate: rate,
         ok: acks.ok,
         errors: acks.errors,

@@ -292,7 +292,11 @@ impl Opener {
             epoch,
             started: epoch.elapsed().as_secs_f64(),
             // Connect phases often last a second or less: a finer series shows their shape.
-            series: Arc::new(Series::with_interval(epoch, CONNECT_INTERVAL)),
+            series: Arc::new(Series::with_interval(
+                epoch,
+                std::time::Instant::now(),
+                CONNECT_INTERVAL,
+            )),
             wrong_protocol: CancellationToken::new(),
             failures: Failures::default(),
             busy_retries: 0,

@@ -72,7 +72,7 @@ pub async fn run_all<F: Framer>(
             (None, Some(n)) => Some(AtomicU64::new(n)),
             _ => None,
         },
-        series: Series::new(epoch),
+        series: Series::new(epoch, load.start),
         conns: m,
         load,
     });
@@ -102,6 +102,7 @@ pub async fn run_all<F: Framer>(
         ..RunRaw::default()
     };
     let mut last = shared.load.start;
+    let mut issued_until = shared.load.start;
     while let Some(done) = tasks.join_next().await {
         let o = done.expect("driver tasks do not panic");
         raw.sent += o.sent;
@@ -117,14 +118,14 @@ pub async fn run_all<F: Framer>(
             raw.broken_example.get_or_insert(why);
         }
         last = last.max(o.last_reply.unwrap_or(last));
+        issued_until = issued_until.max(o.issued_until.unwrap_or(shared.load.deadline));
     }
     let shared = Arc::into_inner(shared).expect("every connection task has finished");
     let data: Data = shared.series.snapshot();
     raw.ok = data.ok;
     raw.errors = data.errors;
     raw.series = data;
-    let deadline = shared.load.deadline.min(last.max(shared.load.start));
-    raw.ended = deadline.saturating_duration_since(epoch).as_secs_f64();
+    raw.ended = issued_until.saturating_duration_since(epoch).as_secs_f64();
     raw.drained = last.saturating_duration_since(epoch).as_secs_f64().max(raw.ended);
     raw
 }
@@ -141,6 +142,8 @@ struct ConnOut {
     statuses: BTreeMap<String, u64>,
     broken: Option<String>,
     last_reply: Option<Instant>,
+    /// When this connection stopped issuing requests.
+    issued_until: Option<Instant>,
 }
 
 struct ConnRun<F> {
@@ -172,13 +175,16 @@ impl<F: Framer> ConnRun<F> {
         let mut next_due = period.map(|p| load.start + p.mul_f64(self.pos as f64 / m as f64));
         let mut scheduled = 0u64;
         let mut give_up = load.deadline + load.drain;
-        let mut stopped = false;
+        let mut stopped = load.stop.is_cancelled();
         let mut latencies: Vec<u64> = Vec::with_capacity(64);
         let mut sending = true;
         loop {
             let now = Instant::now();
             if sending && (stopped || now >= load.deadline) {
                 sending = false;
+            }
+            if !sending {
+                self.out.issued_until.get_or_insert(now.min(load.deadline));
             }
             if let (Some(p), Some(due)) = (period, next_due.as_mut()) {
                 while sending

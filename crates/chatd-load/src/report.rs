@@ -101,6 +101,7 @@ fn merge_data(into: &mut Option<Data>, other: &Option<Data>, shift: f64) {
         (Some(a), Some(b)) => a.merge(b, shift),
         (None, Some(b)) => {
             let mut fresh = Data::new(std::time::Duration::from_secs_f64(b.interval_secs));
+            fresh.offset_secs = b.offset_secs + shift;
             fresh.merge(b, shift);
             *into = Some(fresh);
         }
@@ -170,6 +171,7 @@ impl Measured {
                 b.ended += shift;
                 b.drained += shift;
                 let mut series = Data::new(std::time::Duration::from_secs_f64(b.series.interval_secs));
+                series.offset_secs = b.series.offset_secs + shift;
                 series.merge(&b.series, shift);
                 b.series = series;
                 self.run = Some(b);
@@ -324,6 +326,8 @@ pub struct Timeline {
     /// Named series: "connect", "replies", "acks", "delivery", ...
     pub series: Vec<(String, Vec<IntervalStats>)>,
     pub open: Track,
+    /// The most connections open at once (summed over the processes with --procs).
+    pub peak_open: u64,
     /// Each server's RSS in KiB (with --server-pid).
     pub rss: Vec<(u32, Track)>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -360,6 +364,7 @@ impl Report {
         };
         let mut timeline = Timeline {
             open: m.open.clone(),
+            peak_open: m.open.points.iter().map(|p| p.1 as u64).max().unwrap_or(0),
             rss,
             ..Timeline::default()
         };
@@ -583,7 +588,12 @@ impl Report {
         if let Some(h) = &self.held {
             rows.push((
                 "held",
-                format!("{:.1} s; closed by the server meanwhile: {}", h.secs, h.dropped),
+                format!(
+                    "{:.1} s, {} open at the peak; closed by the server meanwhile: {}",
+                    h.secs,
+                    fmt_count(self.timeline.peak_open as f64),
+                    h.dropped
+                ),
             ));
         }
         for m in &self.memory {

@@ -91,11 +91,14 @@ impl Bucket {
 }
 
 /// Events of one kind (replies, acks, deliveries, connections opened) with their latencies,
-/// overall and in buckets of `interval_secs`, counted from the run's epoch: bucket `i` covers
-/// `[i * interval, (i + 1) * interval)` seconds into the run.
+/// overall and in buckets of `interval_secs` from the series' start: bucket `i` covers
+/// `[offset + i * interval, offset + (i + 1) * interval)` seconds into the run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Data {
     pub interval_secs: f64,
+    /// When bucket 0 starts, in seconds since the run's epoch.
+    #[serde(default)]
+    pub offset_secs: f64,
     pub ok: u64,
     pub errors: u64,
     pub all: Hdr,
@@ -112,6 +115,7 @@ impl Data {
     pub fn new(interval: Duration) -> Data {
         Data {
             interval_secs: interval.as_secs_f64().max(0.001),
+            offset_secs: 0.0,
             ok: 0,
             errors: 0,
             all: Hdr::new(3),
@@ -135,8 +139,8 @@ impl Data {
             if b.ok == 0 && b.errors == 0 {
                 continue;
             }
-            let t = i as f64 * other.interval_secs + shift_secs;
-            let at = (t / self.interval_secs).round().max(0.0) as usize;
+            let t = other.offset_secs + i as f64 * other.interval_secs + shift_secs;
+            let at = ((t - self.offset_secs) / self.interval_secs).round().max(0.0) as usize;
             let mine = self.bucket(at);
             mine.ok += b.ok;
             mine.errors += b.errors;
@@ -157,7 +161,7 @@ impl Data {
             .map(|(i, b)| {
                 let h = &b.latency.0;
                 IntervalStats {
-                    t: i as f64 * width,
+                    t: self.offset_secs + i as f64 * width,
                     secs: width,
                     ok: b.ok,
                     errors: b.errors,
@@ -191,21 +195,25 @@ impl Data {
 
 /// A [`Data`] that connection tasks record into.
 pub struct Series {
-    epoch: Instant,
+    /// Where bucket 0 starts.
+    start: Instant,
     data: Mutex<Data>,
 }
 
 impl Series {
-    /// A series in one-second buckets from `epoch`, the start of the run.
-    pub fn new(epoch: Instant) -> Series {
-        Series::with_interval(epoch, Duration::from_secs(1))
+    /// A series in one-second buckets from `start`, on the time axis of a run that began at
+    /// `epoch`.
+    pub fn new(epoch: Instant, start: Instant) -> Series {
+        Series::with_interval(epoch, start, Duration::from_secs(1))
     }
 
     /// A series in buckets of `interval` (for phases that last about a second or less).
-    pub fn with_interval(epoch: Instant, interval: Duration) -> Series {
+    pub fn with_interval(epoch: Instant, start: Instant, interval: Duration) -> Series {
+        let mut data = Data::new(interval);
+        data.offset_secs = start.saturating_duration_since(epoch).as_secs_f64();
         Series {
-            epoch,
-            data: Mutex::new(Data::new(interval)),
+            start,
+            data: Mutex::new(data),
         }
     }
 
@@ -215,7 +223,7 @@ impl Series {
             return;
         }
         let mut data = self.data.lock().expect("no panics while recording");
-        let at = (now.saturating_duration_since(self.epoch).as_secs_f64() / data.interval_secs) as usize;
+        let at = (now.saturating_duration_since(self.start).as_secs_f64() / data.interval_secs) as usize;
         let data = &mut *data;
         let bucket = data.bucket(at);
         for &ns in latencies_ns {
@@ -402,7 +410,7 @@ mod tests {
     #[test]
     fn records_into_the_right_second() {
         let start = Instant::now();
-        let s = Series::new(start);
+        let s = Series::new(start, start);
         s.record(start + Duration::from_millis(10), &[1_000, 2_000], 0);
         s.record(start + Duration::from_millis(2_500), &[3_000], 1);
         let d = s.snapshot();
@@ -424,7 +432,7 @@ mod tests {
     #[test]
     fn short_intervals_count_per_second() {
         let start = Instant::now();
-        let s = Series::with_interval(start, Duration::from_millis(100));
+        let s = Series::with_interval(start, start, Duration::from_millis(100));
         s.record(start + Duration::from_millis(150), &[1_000; 5], 0);
         let rows = s.snapshot().intervals();
         assert_eq!(rows.len(), 2);
@@ -435,11 +443,11 @@ mod tests {
     #[test]
     fn merges_histograms_through_json_exactly() {
         let start = Instant::now();
-        let (a, b) = (Series::new(start), Series::new(start));
+        let (a, b) = (Series::new(start, start), Series::new(start, start));
         let values: Vec<u64> = (1..=1000).map(|i| i * 1000).collect();
         a.record(start, &values[..500], 2);
         b.record(start + Duration::from_millis(1500), &values[500..], 0);
-        let whole = Series::new(start);
+        let whole = Series::new(start, start);
         whole.record(start, &values, 2);
         let mut merged = a.snapshot();
         let b: Data = serde_json::from_str(&serde_json::to_string(&b.snapshot()).unwrap()).unwrap();
@@ -466,7 +474,7 @@ mod tests {
     #[test]
     fn distribution_climbs_to_the_maximum() {
         let start = Instant::now();
-        let s = Series::new(start);
+        let s = Series::new(start, start);
         let values: Vec<u64> = (1..=10_000).map(|i| i * 1000).collect();
         s.record(start, &values, 0);
         let d = s.snapshot().distribution();
