@@ -124,14 +124,19 @@ fn draw_svg(report: &Report, path: &Path) -> Result<()> {
         .y_label_formatter(&|v| fmt_count(*v))
         .draw()?;
     let mut any_errors = false;
-    for (i, (name, rows)) in tl.series.iter().enumerate() {
+    // Deliveries first and wider, so that acks (often the same counts) show on top of them.
+    let mut order: Vec<usize> = (0..tl.series.len()).collect();
+    order.sort_by_key(|&i| !tl.series[i].0.starts_with("delivery"));
+    for i in order {
+        let (name, rows) = &tl.series[i];
         let colour = COLOURS[i % COLOURS.len()];
+        let width = if name.starts_with("delivery") { 5 } else { 2 };
         let pts: Vec<(f64, f64)> = rows.iter().map(|r| (r.t + r.secs / 2.0, r.per_sec)).collect();
         chart.draw_series(pts.iter().map(|&p| Circle::new(p, 2, colour.filled())))?;
         chart
-            .draw_series(LineSeries::new(pts, colour.stroke_width(2)))?
+            .draw_series(LineSeries::new(pts, colour.stroke_width(width)))?
             .label(format!("{name} / s"))
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2)));
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(width)));
         if rows.iter().any(|r| r.errors > 0) {
             any_errors = true;
             let pts: Vec<(f64, f64)> = rows
