@@ -205,7 +205,7 @@ def runs(row, target):
 
 def get(report, path):
     for key in path.split("."):
-        report = report[key]
+        report = report[int(key)] if isinstance(report, list) else report[key]
     return float(report)
 
 def fmt(v, unit):
@@ -230,8 +230,8 @@ ROWS = [
     ("PING 50x1 replies/s", "ping-50x1", "run.per_sec", "/s", ("ratio", 1.0)),
     ("PING 50x16 replies/s", "ping-50x16", "run.per_sec", "/s", ("ratio", 2.0)),
     ("PING 500x1 replies/s", "ping-500x1", "run.per_sec", "/s", ("ratio", 1.0)),
-    ("idle connections held: KiB/conn", "idle", "memory.per_conn_kib", "KiB", ("ratio_max", 1.0)),
-    ("authenticated connections: KiB/conn", "auth", "memory.per_conn_kib", "KiB", ("max", 2.0)),
+    ("idle connections held: KiB/conn", "idle", "memory.0.per_conn_kib", "KiB", ("ratio_max", 1.0)),
+    ("authenticated connections: KiB/conn", "auth", "memory.0.per_conn_kib", "KiB", ("max", 2.0)),
     ("accept rate (conn/s, to first reply)", "accept", "connect.per_sec", "/s", ("ratio", 1.0)),
     ("durable SEND, 500 senders: acked/s", "send", "run.per_sec", "/s", ("min", 100_000)),
     ("delivery p99 at 10k msgs/s", "delivery", "delivery.latency.p99_us", "µs", ("max", 3000)),

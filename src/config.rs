@@ -148,6 +148,11 @@ pub struct Config {
     /// REGISTERs one address (an IPv6 /64) may make per hour (a bucket that refills steadily).
     #[arg(long, env = "CHATD_REGISTRATIONS_PER_ADDR", default_value_t = 2000)]
     pub registrations_per_addr: u32,
+    /// FOR LOAD TESTS ONLY, never in production: hash passwords with a cheap argon2 cost
+    /// (64 KiB, one pass) so that tens of thousands of test users log in quickly. Stored
+    /// hashes are much easier to crack; the server says so loudly at start-up.
+    #[arg(long, env = "CHATD_LOAD_TEST_HASHING")]
+    pub load_test_hashing: bool,
 }
 
 impl Config {
@@ -186,6 +191,7 @@ impl Config {
             hash_share: None,
             hash_queue: 64,
             registrations_per_addr: 2000,
+            load_test_hashing: false,
         }
     }
 

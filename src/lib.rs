@@ -15,7 +15,6 @@ mod hub;
 mod limits;
 mod line;
 mod listener;
-pub mod load;
 pub mod logging;
 mod net;
 mod store;
@@ -73,6 +72,11 @@ impl Server {
             );
         } else {
             tracing::info!(open_files, "open-files limit");
+        }
+        if config.load_test_hashing {
+            tracing::warn!(
+                "--load-test-hashing: passwords are hashed at a cheap argon2 cost, FOR LOAD TESTS ONLY"
+            );
         }
         let ip = match &config.interface {
             Some(name) => net::interface_ipv4(name)?,
@@ -133,6 +137,7 @@ impl Server {
                     share: config.hash_share.map(|n| n.max(1)),
                     per_addr: config.auth_concurrent_per_addr.max(1),
                     queue: config.hash_queue.max(1),
+                    cheap: config.load_test_hashing,
                 },
                 hub: HubLimits {
                     queue_messages: config.push_queue.max(1),
@@ -219,6 +224,12 @@ impl Server {
                 out,
                 "!!! LAB MODE: POST / and GET /get_messages need no password: anyone who can reach \
                  this server can send as, and read the messages of, any user !!!"
+            );
+        }
+        if self.config.load_test_hashing {
+            let _ = writeln!(
+                out,
+                "WARNING: --load-test-hashing: cheap password hashes, for load tests only; never use it in production"
             );
         }
         let _ = write!(

@@ -27,7 +27,7 @@ enum Command {
     /// List this machine's network interfaces and addresses (for `serve --interface`).
     Interfaces,
     /// Load a server (chatd, or Redis for `ping`) and report throughput, latency and failures.
-    Load(chatd::load::LoadArgs),
+    Load(Box<chatd_load::LoadArgs>),
 }
 
 fn main() -> ExitCode {
@@ -40,7 +40,7 @@ fn main() -> ExitCode {
             Some(Err(e)) => Err(e),
             _ => serve(config),
         },
-        Command::Load(args) => match chatd::load::main(args) {
+        Command::Load(args) => match chatd_load::main(*args) {
             Ok(code) => return code,
             Err(e) => Err(e),
         },

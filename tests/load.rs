@@ -1,6 +1,7 @@
 //! `chatd load` end to end: each scenario run as the real binary against a real `chatd serve`
-//! on loopback, with small sizes, its `--json` report parsed and checked. No timing
-//! thresholds here: figures belong in BENCHMARKS.md.
+//! on loopback, with small sizes, its `--json` report parsed and checked, and its exit status
+//! (0 pass, 1 a rule failed, 130 stopped by a signal). No timing thresholds here: figures
+//! belong in BENCHMARKS.md.
 
 mod common;
 
@@ -12,6 +13,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 
 use common::process::{Process, CHATD};
+use common::{Backend, TestDb};
 
 /// A `chatd serve` process on ephemeral loopback ports with a fresh database; killed on drop.
 struct Served {
@@ -41,6 +43,12 @@ impl Served {
 
 /// Runs `chatd load <args> --json`; returns the exit success and the parsed report.
 async fn load(args: &[&str]) -> (bool, Value) {
+    let (code, report) = load_code(args).await;
+    (code == Some(0), report)
+}
+
+/// Runs `chatd load <args> --json`; returns the exit code and the parsed report.
+async fn load_code(args: &[&str]) -> (Option<i32>, Value) {
     let out = tokio::time::timeout(
         Duration::from_secs(120),
         Command::new(CHATD).arg("load").args(args).arg("--json").output(),
@@ -55,7 +63,21 @@ async fn load(args: &[&str]) -> (bool, Value) {
             String::from_utf8_lossy(&out.stderr)
         )
     });
-    (out.status.success(), report)
+    (out.status.code(), report)
+}
+
+/// The rule of that name in the report's verdict.
+fn rule<'a>(r: &'a Value, name: &str) -> &'a Value {
+    r["verdict"]["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["rule"] == name)
+        .unwrap_or_else(|| panic!("no rule {name:?}: {r:#}"))
+}
+
+fn failed(r: &Value, name: &str) -> bool {
+    rule(r, name)["passed"] == false
 }
 
 fn u(v: &Value) -> u64 {
@@ -90,13 +112,14 @@ async fn connections_smoke() {
     assert_eq!(u(&c["failures"]["timeout"]) + u(&c["failures"]["other"]), 0);
     assert!(c["per_sec"].as_f64().unwrap() > 0.0);
     assert_eq!(u(&r["held"]["dropped"]), 0);
-    let m = &r["memory"];
+    let m = &r["memory"][0];
     assert_eq!(u(&m["server_pid"]), u64::from(server.pid()));
+    assert_eq!(u(&m["conns"]), 200, "{m}");
     assert!(u(&m["before_kib"]) > 0 && u(&m["holding_kib"]) > 0, "{m}");
     assert!(m["per_conn_kib"].as_f64().is_some());
     let svg = std::fs::read_to_string(&plot).expect("the plot was written");
     assert!(
-        svg.contains("<svg") && svg.contains("connections opened"),
+        svg.contains("<svg") && svg.contains("connections open") && svg.contains("RSS of server"),
         "{}",
         &svg[..200.min(svg.len())]
     );
@@ -104,7 +127,17 @@ async fn connections_smoke() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_log_in_as_users_of_their_own() {
-    let server = Served::start(&[]).await;
+    // The cheap hashing of a load-test deployment, which says so loudly.
+    let server = Served::start(&["--load-test-hashing"]).await;
+    assert!(
+        server
+            .process
+            .banner
+            .iter()
+            .any(|l| l.starts_with("WARNING: --load-test-hashing")),
+        "{:?}",
+        server.process.banner
+    );
     let (passed, r) = load(&[
         "connections",
         "--addr",
@@ -123,7 +156,7 @@ async fn connections_log_in_as_users_of_their_own() {
     assert!(passed, "{r:#}");
     assert_eq!(r["connect"]["auth"], true);
     assert_eq!(u(&r["connect"]["opened"]), 6, "{r:#}");
-    assert_eq!(u(&r["memory"]["before_conns"]), 2, "{r:#}");
+    assert_eq!(u(&r["memory"][0]["before_conns"]), 2, "{r:#}");
     // A second run picks other user names, so REGISTER does not collide.
     let (passed, r) = load(&[
         "connections",
@@ -138,6 +171,35 @@ async fn connections_log_in_as_users_of_their_own() {
     .await;
     assert!(passed, "{r:#}");
     assert_eq!(u(&r["connect"]["opened"]), 6, "{r:#}");
+    // With --user-prefix the users are registered once and reused: twice the same six log in.
+    for _ in 0..2 {
+        let (passed, r) = load(&[
+            "connections",
+            "--addr",
+            &server.line.to_string(),
+            "--conns",
+            "6",
+            "--auth",
+            "--user-prefix",
+            "reuse",
+            "--hold",
+            "0",
+        ])
+        .await;
+        assert!(passed, "{r:#}");
+        assert_eq!(u(&r["connect"]["opened"]), 6, "{r:#}");
+    }
+    let info: Value = reqwest::get(format!("http://{}/info", server.http))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        info["users"],
+        6 + 6 + 6,
+        "two fresh runs and one reused prefix: {info}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -155,7 +217,9 @@ async fn a_full_server_is_reported_as_server_busy() {
         "2",
     ])
     .await;
-    assert!(passed, "the run itself went fine: {r:#}");
+    assert!(!passed, "fewer connections than asked fail the run: {r:#}");
+    assert!(failed(&r, "connections opened"), "{r:#}");
+    assert_eq!(rule(&r, "connections opened")["by"], "30 short", "{r:#}");
     let c = &r["connect"];
     assert_eq!(u(&c["opened"]), 20, "{r:#}");
     assert_eq!(u(&c["failures"]["server_busy"]), 30, "{r:#}");
@@ -210,7 +274,38 @@ async fn ping_pipelined() {
     assert_eq!(u(&run["broken"]), 0, "{r:#}");
     assert_eq!(u(&run["latency"]["count"]), u(&run["ok"]));
     assert!(run["latency"]["p99_us"].as_f64().unwrap() >= run["latency"]["p50_us"].as_f64().unwrap());
-    assert!(!r["plot"]["throughput"].as_array().unwrap().is_empty());
+    assert!(r["verdict"]["passed"].as_bool().unwrap(), "{r:#}");
+    let series = r["timeline"]["series"].as_array().unwrap();
+    assert!(
+        series
+            .iter()
+            .any(|s| s[0] == "replies" && !s[1].as_array().unwrap().is_empty()),
+        "{r:#}"
+    );
+    assert_eq!(r["schema_version"], 2);
+    assert!(
+        r["tool_version"].is_string() && r["started_at"].is_string(),
+        "{r:#}"
+    );
+    assert!(
+        u(&r["host"]["cores"]) >= 1 && u(&r["host"]["open_files_limit"]) > 0,
+        "{r:#}"
+    );
+    assert_eq!(r["params"]["pipeline"], 8, "the parameters are all there: {r:#}");
+    let l = &run["latency"];
+    for field in [
+        "min_us",
+        "p50_us",
+        "p90_us",
+        "p99_us",
+        "p999_us",
+        "max_us",
+        "mean_us",
+        "stddev_us",
+    ] {
+        assert!(l[field].as_f64().is_some(), "{field}: {l}");
+    }
+    assert!(l["min_us"].as_f64() <= l["p90_us"].as_f64() && l["p90_us"].as_f64() <= l["p99_us"].as_f64());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -228,6 +323,11 @@ async fn ping_counts_replies_it_did_not_expect_as_errors() {
     .await;
     assert_eq!(u(&r["run"]["ok"]), 0, "{r:#}");
     assert!(u(&r["run"]["errors"]) > 0, "{r:#}");
+    assert_eq!(
+        u(&r["run"]["statuses"]["unexpected"]),
+        u(&r["run"]["errors"]),
+        "{r:#}"
+    );
 }
 
 /// `--no-greeting --expect +PONG` drives a Redis-like server: here a tiny one in the test.
@@ -373,8 +473,9 @@ async fn chat_fails_when_acked_messages_are_lost() {
     assert!(!passed, "{r:#}");
     assert!(u(&r["delivery"]["lost"]) > 0, "{r:#}");
     assert_eq!(u(&r["delivery"]["lost"]), u(&r["delivery"]["acked"]));
+    assert!(failed(&r, "exactly once"), "{r:#}");
     assert!(
-        r["problems"][0].as_str().unwrap().contains("never delivered"),
+        r["problems"][0].as_str().unwrap().starts_with("exactly once"),
         "{r:#}"
     );
 }
@@ -440,8 +541,8 @@ async fn http_gets_with_and_without_a_bearer_token() {
         "the token is not echoed: {r:#}"
     );
 
-    // A wrong token: every response is a 401, counted as an error.
-    let (_, r) = load(&[
+    // A wrong token: every response is a 401, counted as an error, and the run fails.
+    let (code, r) = load_code(&[
         "http",
         "--addr",
         &http,
@@ -453,8 +554,28 @@ async fn http_gets_with_and_without_a_bearer_token() {
         "nope",
     ])
     .await;
+    assert_eq!(code, Some(1), "{r:#}");
     assert_eq!(u(&r["run"]["ok"]), 0, "{r:#}");
     assert!(u(&r["run"]["errors"]) > 0, "{r:#}");
+    assert_eq!(u(&r["run"]["statuses"]["401"]), u(&r["run"]["errors"]), "{r:#}");
+    assert!(failed(&r, "errors"), "{r:#}");
+    // ... unless the run allows that many.
+    let (passed, r) = load(&[
+        "http",
+        "--addr",
+        &http,
+        "--requests",
+        "20",
+        "--path",
+        "/get_messages",
+        "--bearer",
+        "nope",
+        "--max-error-rate",
+        "1",
+    ])
+    .await;
+    assert!(passed, "{r:#}");
+    assert_eq!(u(&r["run"]["statuses"]["401"]), 20, "{r:#}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -474,7 +595,7 @@ async fn the_table_is_for_people() {
         .unwrap();
     assert!(out.status.success());
     let table = String::from_utf8(out.stdout).unwrap();
-    for row in ["scenario", "connections", "replies", "latency", "result"] {
+    for row in ["scenario", "connections", "replies", "latency", "rule", "result"] {
         assert!(
             table.lines().any(|l| l.trim_start().starts_with(row)),
             "{row}: {table}"
@@ -483,4 +604,379 @@ async fn the_table_is_for_people() {
     assert!(table.contains("PASS"), "{table}");
     // Standard error is not a terminal here: no progress bar.
     assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_port_fails_with_a_hint() {
+    let server = Served::start(&[]).await;
+    // The HTTP port where the line protocol was expected: a hint, not a 10 s wait each.
+    let (code, r) = load_code(&[
+        "ping",
+        "--addr",
+        &server.http.to_string(),
+        "--conns",
+        "3",
+        "--duration",
+        "0.5",
+    ])
+    .await;
+    assert_eq!(code, Some(1), "{r:#}");
+    assert!(failed(&r, "connections opened"), "{r:#}");
+    let hint = r["connect"]["failures"]["hint"].as_str().unwrap();
+    assert!(hint.contains("HTTP port"), "{r:#}");
+    assert!(r["connect"]["secs"].as_f64().unwrap() < 8.0, "{r:#}");
+    // And the line port where HTTP was expected.
+    let (code, r) = load_code(&["http", "--addr", &server.line.to_string(), "--duration", "0.5"]).await;
+    assert_eq!(code, Some(1), "{r:#}");
+    assert!(u(&r["run"]["broken"]) > 0, "{r:#}");
+    assert!(
+        r["run"]["broken_example"].as_str().unwrap().contains("line port"),
+        "{r:#}"
+    );
+    // A URL as --addr: a hint, before anything is sent.
+    let out = Command::new(CHATD)
+        .args(["load", "http", "--addr", &format!("http://{}/info", server.http)])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("try --addr {}", server.http)), "{err}");
+}
+
+/// An open loop the server cannot keep up with: every acked SEND, the many acked after the
+/// timed phase included, is in the ack histogram (its count equals the acked SENDs), with its
+/// latency counted from when it was due.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overloaded_open_loop_counts_every_ack() {
+    let server = Served::start(&[]).await;
+    let (_, r) = load_code(&[
+        "chat",
+        "--addr",
+        &server.line.to_string(),
+        "--users",
+        "2",
+        "--rate",
+        "20000",
+        "--duration",
+        "0.25",
+        "--drain",
+        "60",
+    ])
+    .await;
+    let run = &r["run"];
+    assert_eq!(run["requested_rate"].as_f64(), Some(20_000.0));
+    rule(&r, "rate");
+    let acked = u(&r["delivery"]["acked"]);
+    assert!(acked > 0, "{r:#}");
+    assert_eq!(u(&run["latency"]["count"]), acked, "{r:#}");
+    assert_eq!(u(&run["ok"]), acked, "{r:#}");
+    // Acks that came after the 0.25 s of sending are in it, and the drain says how long.
+    assert!(run["latency"]["max_us"].as_f64().unwrap() > 250_000.0, "{r:#}");
+    assert!(run["drain_secs"].as_f64().unwrap() > 0.0, "{r:#}");
+    let d = &r["delivery"];
+    assert_eq!(
+        u(&d["lost"]) + u(&d["duplicates"]) + u(&d["misrouted"]),
+        0,
+        "{r:#}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ping_at_a_rate_it_cannot_reach_fails() {
+    let server = Served::start(&[]).await;
+    let (code, r) = load_code(&[
+        "ping",
+        "--addr",
+        &server.line.to_string(),
+        "--rate",
+        "50000000",
+        "--duration",
+        "1",
+    ])
+    .await;
+    assert_eq!(code, Some(1), "{r:#}");
+    assert!(failed(&r, "rate"), "{r:#}");
+    assert!(
+        rule(&r, "rate")["by"].as_str().unwrap().contains("points short"),
+        "{r:#}"
+    );
+    // A rate it can reach passes, and counts exactly --requests.
+    let (passed, r) = load(&[
+        "ping",
+        "--addr",
+        &server.line.to_string(),
+        "--conns",
+        "2",
+        "--rate",
+        "500",
+        "--requests",
+        "300",
+    ])
+    .await;
+    assert!(passed, "{r:#}");
+    assert_eq!(u(&r["run"]["sent"]), 300, "{r:#}");
+    assert_eq!(u(&r["run"]["latency"]["count"]), 300, "{r:#}");
+}
+
+/// A server stopped (SIGSTOP) mid-run answers and delivers nothing more: the run fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_lost_to_a_stopped_server_fail_the_run() {
+    let server = Served::start(&[]).await;
+    let addr = server.line.to_string();
+    let run = tokio::spawn(async move {
+        load_code(&[
+            "chat",
+            "--addr",
+            &addr,
+            "--users",
+            "4",
+            "--rate",
+            "400",
+            "--duration",
+            "3",
+            "--drain",
+            "1",
+        ])
+        .await
+    });
+    // Setting up four users takes a moment (argon2); then stop the server mid-run.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    server.process.signal(libc::SIGSTOP);
+    let (code, r) = run.await.unwrap();
+    server.process.signal(libc::SIGCONT);
+    assert_eq!(code, Some(1), "{r:#}");
+    let d = &r["delivery"];
+    assert!(u(&d["unanswered"]) + u(&d["lost"]) > 0, "{r:#}");
+    assert!(failed(&r, "errors") || failed(&r, "exactly once"), "{r:#}");
+}
+
+/// SIGINT stops the run: the table is printed, --json written, marked interrupted, exit 130.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_prints_and_writes_the_report_so_far() {
+    let server = Served::start(&[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("r.json");
+    let child = Command::new(CHATD)
+        .args([
+            "load",
+            "ping",
+            "--addr",
+            &server.line.to_string(),
+            "--conns",
+            "2",
+            "--duration",
+            "60",
+            "--json",
+        ])
+        .arg(&json)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // SAFETY: kill(2) on the pid of the child just started.
+    assert_eq!(
+        unsafe { libc::kill(child.id().unwrap() as libc::pid_t, libc::SIGINT) },
+        0
+    );
+    let out = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
+        .await
+        .expect("it stops soon after SIGINT")
+        .unwrap();
+    assert_eq!(out.status.code(), Some(130));
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        table.contains("INTERRUPTED") && table.contains("replies"),
+        "{table}"
+    );
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(r["interrupted"], true, "{r:#}");
+    assert!(failed(&r, "interrupted"), "{r:#}");
+    assert!(u(&r["run"]["ok"]) > 0, "{r:#}");
+    assert!(r["run"]["secs"].as_f64().unwrap() < 30.0, "{r:#}");
+}
+
+/// `--procs 2`: two generator processes; the merged totals are the sums of what each reported,
+/// and the merged histogram has every sample (its maximum is the larger maximum).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn procs_merge_to_the_sum_of_the_processes() {
+    let server = Served::start(&[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (passed, r) = load(&[
+        "ping",
+        "--addr",
+        &server.line.to_string(),
+        "--conns",
+        "6",
+        "--pipeline",
+        "2",
+        "--duration",
+        "1",
+        "--procs",
+        "2",
+        "--hdr-out",
+        dir.path().to_str().unwrap(),
+        "--timeline-csv",
+        dir.path().join("t.csv").to_str().unwrap(),
+    ])
+    .await;
+    assert!(passed, "{r:#}");
+    let parts = r["parts"].as_array().unwrap();
+    assert_eq!(parts.len(), 2, "{r:#}");
+    let sum = |k: &str| parts.iter().map(|p| u(&p[k])).sum::<u64>();
+    assert_eq!(sum("opened"), 6);
+    assert_eq!(u(&r["connect"]["opened"]), 6);
+    assert_eq!(u(&r["run"]["ok"]), sum("ok"), "{r:#}");
+    assert_eq!(u(&r["run"]["sent"]), sum("sent"), "{r:#}");
+    assert_eq!(u(&r["run"]["latency"]["count"]), sum("latency_count"), "{r:#}");
+    let max = parts
+        .iter()
+        .map(|p| p["latency_max_us"].as_f64().unwrap())
+        .fold(0.0, f64::max);
+    assert_eq!(r["run"]["latency"]["max_us"].as_f64().unwrap(), max, "{r:#}");
+    assert_eq!(r["procs"], 2);
+    let log = std::fs::read_to_string(dir.path().join("ping-replies.hlog")).unwrap();
+    assert!(log.contains("Tag=total"), "{log}");
+    let csv = std::fs::read_to_string(dir.path().join("t.csv")).unwrap();
+    assert!(csv.starts_with("t_s,series,") && csv.contains(",replies,") && csv.contains("open_connections"));
+}
+
+/// Two nodes on one PostgreSQL: users are dealt out over both, and chat reports same-node and
+/// cross-node delivery, exactly once over all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_over_two_nodes_reports_cross_node_delivery() {
+    let Some(backend) = Backend::postgres("chat_over_two_nodes_reports_cross_node_delivery") else {
+        return;
+    };
+    let db = TestDb::create(backend).await;
+    let a = Process::start_with(&db.url, &["--node-id", "node-a"], None);
+    let b = Process::start_with(&db.url, &["--node-id", "node-b"], None);
+    let (passed, r) = load(&[
+        "chat",
+        "--addr",
+        &a.addr.to_string(),
+        "--addr",
+        &b.addr.to_string(),
+        "--users",
+        "6",
+        "--rate",
+        "200",
+        "--duration",
+        "1.5",
+        "--user-prefix",
+        "pair",
+    ])
+    .await;
+    assert!(passed, "{r:#}");
+    assert_eq!(r["connect"]["per_node"], serde_json::json!([3, 3]), "{r:#}");
+    let d = &r["delivery"];
+    assert_eq!(u(&d["delivered"]), u(&d["acked"]), "{r:#}");
+    assert!(
+        u(&d["cross_node"]["count"]) > 0 && u(&d["same_node"]["count"]) > 0,
+        "{r:#}"
+    );
+    assert_eq!(
+        u(&d["cross_node"]["count"]) + u(&d["same_node"]["count"]),
+        u(&d["latency"]["count"])
+    );
+    // The same users again: registered already, they just log in.
+    let (passed, r) = load(&[
+        "chat",
+        "--addr",
+        &b.addr.to_string(),
+        "--users",
+        "6",
+        "--requests",
+        "30",
+        "--user-prefix",
+        "pair",
+    ])
+    .await;
+    assert!(passed, "{r:#}");
+    assert_eq!(u(&r["delivery"]["acked"]), 30, "{r:#}");
+}
+
+/// `http --method POST` loads the send route with a unique message per request; the status
+/// breakdown counts each 201, and the recipient has every message, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_post_sends_unique_messages() {
+    let server = Served::start(&[]).await;
+    let http = server.http.to_string();
+    let base = format!("http://{http}");
+    let client = reqwest::Client::new();
+    let user = serde_json::json!({"username": "poster", "password": "pw"});
+    client
+        .post(format!("{base}/register"))
+        .json(&user)
+        .send()
+        .await
+        .unwrap();
+    let auth: Value = client
+        .post(format!("{base}/auth"))
+        .json(&user)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = auth["token"].as_str().unwrap();
+    let (passed, r) = load(&[
+        "http",
+        "--addr",
+        &http,
+        "--conns",
+        "3",
+        "--method",
+        "POST",
+        "--path",
+        "/",
+        "--bearer",
+        token,
+        "--header",
+        "X-Load: yes",
+        "--body",
+        r#"{"recipient": "poster", "message": "load {{unique}}"}"#,
+        "--requests",
+        "60",
+    ])
+    .await;
+    assert!(passed, "{r:#}");
+    assert_eq!(r["run"]["statuses"], serde_json::json!({"201": 60}), "{r:#}");
+    assert!(r["run"]["bytes_out_per_sec"].as_f64().unwrap() > 0.0, "{r:#}");
+    let inbox: Value = client
+        .get(format!("{base}/get_messages"))
+        .bearer_auth(token)
+        .json(&serde_json::json!({"username": "poster", "limit": 1000}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let texts: std::collections::HashSet<String> = inbox["messages"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{inbox}"))
+        .iter()
+        .map(|m| m["message"].as_str().unwrap().to_string())
+        .filter(|m| m.starts_with("load "))
+        .collect();
+    assert_eq!(texts.len(), 60, "60 different messages: {inbox}");
+    // Without the token: every reply a 401, and the run fails.
+    let (code, r) = load_code(&[
+        "http",
+        "--addr",
+        &http,
+        "--method",
+        "POST",
+        "--path",
+        "/",
+        "--body",
+        r#"{"recipient": "poster", "message": "x"}"#,
+        "--requests",
+        "10",
+    ])
+    .await;
+    assert_eq!(code, Some(1), "{r:#}");
+    assert_eq!(r["run"]["statuses"], serde_json::json!({"401": 10}), "{r:#}");
 }

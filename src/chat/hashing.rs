@@ -32,6 +32,19 @@ pub struct HashLimits {
     pub per_addr: usize,
     /// Tickets of all addresses together.
     pub queue: usize,
+    /// `--load-test-hashing`: new hashes at a cheap cost (64 KiB, one pass), for load tests only.
+    pub cheap: bool,
+}
+
+/// The argon2 hasher for new password hashes: argon2's defaults (19 MiB, 2 passes), or, when
+/// `cheap`, 64 KiB and one pass. Verifying reads the cost from the stored hash either way.
+pub fn password_hasher(cheap: bool) -> Argon2<'static> {
+    if cheap {
+        let params = argon2::Params::new(64, 1, 1, None).expect("valid argon2 parameters");
+        Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
+    } else {
+        Argon2::default()
+    }
 }
 
 pub(crate) struct Hasher {
@@ -83,6 +96,7 @@ impl Hasher {
                 share: limits.share,
                 per_addr: limits.per_addr.max(1),
                 queue: limits.queue.max(1),
+                cheap: limits.cheap,
             },
             running: Semaphore::new(threads),
             share: limits.share.unwrap_or(threads).max(1),
@@ -150,7 +164,8 @@ impl Hasher {
             .acquire()
             .await
             .map_err(|e| ChatError::internal("waiting for a password hasher", e))?;
-        tokio::task::spawn_blocking(move || work(&Argon2::default()))
+        let hasher = password_hasher(self.limits.cheap);
+        tokio::task::spawn_blocking(move || work(&hasher))
             .await
             .map_err(|e| ChatError::internal("hashing the password", e))?
     }

@@ -1,17 +1,17 @@
-//! `chat`: N users, each registered and logged in on its own connection, SEND to each other
-//! (closed loop, or at a target total rate). Measures acked SENDs per second, ack latency and
-//! delivery latency (SEND written -> the recipient's `MSG` line read), and checks that every
-//! acked message reached its recipient exactly once.
+//! `chat`: N users, each logged in as its own user on its own connection, SEND to each other
+//! (closed loop, or open loop at a target total `--rate`). Measures acked SENDs per second,
+//! ack latency and delivery latency (SEND due or written -> the recipient's `MSG` line read,
+//! separately for sender and recipient on the same node and on different nodes when `--addr`
+//! is repeated), and checks that every acked message reached its recipient exactly once.
 //!
-//! Every payload carries the run's prefix, the sender, a sequence number and the time it was
-//! written (µs since the run started): `<prefix>.<sender>.<seq>.<t_us>.xxxx`. So a recipient
+//! Every payload carries the run's prefix, the sender, a sequence number and the time it counts
+//! from (µs since the run started): `<prefix>.<sender>.<seq>.<t_us>.xxxx`. So a recipient
 //! needs no shared table to time a delivery, and the check at the end matches deliveries to
-//! acks by message id.
+//! acks by message id. With `--procs`, each process's users SEND among themselves.
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::io::Write as _;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,63 +19,69 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use serde::Serialize;
 use tokio::io::AsyncWriteExt;
-use tokio::time::{Interval, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
 
-use super::conn::{open_all, Auth, Conn, Setup, Users};
-use super::net;
-use super::report::{DeliveryReport, Plot, Report, RunReport};
-use super::stats::{secs, Live, Series};
-use super::Common;
+use crate::conn::{open_all, Auth, Conn, Users};
+use crate::driver::{MAX_IN_FLIGHT, STOP_DRAIN};
+use crate::ping::Timing;
+use crate::report::{DeliveryRaw, Measured, RunRaw};
+use crate::stats::{Live, Series};
+use crate::{Common, Ctx};
 
 #[derive(Debug, Clone, Args, Serialize)]
 pub struct ChatArgs {
     #[command(flatten)]
     #[serde(skip)]
     pub common: Common,
-    /// Users, each registered (with a name unique to the run) and logged in on its own connection.
+    /// Users, each logged in on its own connection (registered first if missing).
     #[arg(long, default_value_t = 10)]
     pub users: usize,
-    /// Seconds of sending, after every user is set up.
-    #[arg(long, default_value_t = 10.0)]
-    pub duration: f64,
-    /// Target SENDs per second over all users (open loop); without it, a closed loop.
-    #[arg(long)]
-    pub rate: Option<f64>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub timing: Timing,
     /// SENDs in flight per user in the closed loop.
     #[arg(long, default_value_t = 1)]
     pub pipeline: usize,
     /// Message text length in bytes (at least what the tag needs).
     #[arg(long, default_value_t = 32)]
     pub payload: usize,
+    /// Name the users PREFIX_0, PREFIX_1, ... and reuse them in later runs (register if
+    /// missing); without it every run registers users of its own.
+    #[arg(long, value_name = "PREFIX")]
+    pub user_prefix: Option<String>,
     /// REGISTER/AUTH pairs in flight at once during setup (the server hashes each password).
     #[arg(long, default_value_t = 8)]
     pub auth_concurrency: usize,
 }
 
-/// How long after the deadline acks and deliveries are still waited for.
-const DRAIN: Duration = Duration::from_secs(30);
 /// How long to go on reading once everything acked was delivered, to catch late duplicates.
 const LINGER: Duration = Duration::from_millis(300);
 /// How often a user that is done checks whether everyone else is.
 const POLL: Duration = Duration::from_millis(10);
-/// SENDs in flight on one connection at most at a target rate; a tick beyond is skipped.
-const MAX_IN_FLIGHT: usize = 10_000;
 
 /// What every user's task shares.
 struct Shared {
     users: Arc<Users>,
     /// The users that are logged in, ascending: only they are sent to.
     targets: Vec<u32>,
+    nodes: usize,
     epoch: Instant,
+    start: Instant,
     deadline: Instant,
-    give_up: Instant,
+    drain: Duration,
     /// Time between one user's SENDs at a target rate.
     period: Option<Duration>,
+    /// SENDs to make over all users with --requests (closed loop: a shared budget).
+    requests: Option<u64>,
+    budget: Option<AtomicU64>,
     pipeline: usize,
     payload: usize,
     acks: Series,
     deliveries: Series,
+    same_node: Series,
+    cross_node: Series,
     live: Arc<Live>,
+    stop: CancellationToken,
     acked: AtomicU64,
     delivered: AtomicU64,
     done_sending: AtomicUsize,
@@ -104,15 +110,19 @@ impl Shared {
 struct Outcome {
     index: u32,
     sent: u64,
+    sent_in_time: u64,
     /// (seq, message id) of each acked SEND.
     acks: Vec<(u32, u64)>,
     /// (sender, seq, message id) of each of this run's messages pushed to this user.
     deliveries: Vec<(u32, u32, u64)>,
-    acked_in_time: u64,
     errors: u64,
     error_example: Option<String>,
     unanswered: u64,
-    skipped: u64,
+    bytes_in: u64,
+    bytes_out: u64,
+    last_ack: Option<Instant>,
+    /// When this user stopped issuing SENDs.
+    issued_until: Option<Instant>,
     broken: Option<String>,
 }
 
@@ -122,94 +132,139 @@ struct User {
     shared: Arc<Shared>,
     out: Outcome,
     wbuf: Vec<u8>,
-    /// When each SEND in flight was written and its seq, oldest first.
+    /// What each SEND in flight counts from (due or written) and its seq, oldest first.
     in_flight: VecDeque<(Instant, u32)>,
     seq: u32,
-    ticker: Option<Interval>,
     sending: bool,
     done_sending: bool,
     ack_ns: Vec<u64>,
     delivery_ns: Vec<u64>,
+    same_ns: Vec<u64>,
+    cross_ns: Vec<u64>,
 }
 
 impl User {
     async fn run(&mut self) -> Result<(), String> {
-        if self.ticker.is_none() {
-            for _ in 0..self.shared.pipeline.max(1) {
-                self.put_send();
-            }
-            self.flush().await?;
-        }
+        let shared = self.shared.clone();
+        let m = shared.targets.len().max(1);
+        // The open loop's schedule: every `period`, from an offset that spreads the users
+        // evenly over one period; at most `quota` SENDs with --requests.
+        let quota = shared
+            .requests
+            .filter(|_| shared.period.is_some())
+            .map(|n| n / m as u64 + u64::from((self.pos as u64) < n % m as u64));
+        let mut next_due = shared
+            .period
+            .map(|p| shared.start + p.mul_f64(self.pos as f64 / m as f64));
+        let mut give_up = shared.deadline + shared.drain;
+        let mut stopped = shared.stop.is_cancelled();
         let mut linger_until = None;
         loop {
             let now = Instant::now();
-            if self.sending && now >= self.shared.deadline {
+            if self.sending && (stopped || now >= shared.deadline) {
                 self.sending = false;
             }
+            if !self.sending {
+                self.out.issued_until.get_or_insert(now.min(shared.deadline));
+            }
+            match (shared.period, next_due.as_mut()) {
+                (Some(p), Some(due)) => {
+                    while self.sending
+                        && *due <= now
+                        && *due < shared.deadline
+                        && quota.is_none_or(|q| u64::from(self.seq) < q)
+                        && self.in_flight.len() < MAX_IN_FLIGHT
+                    {
+                        let at = *due;
+                        self.put_send(at);
+                        *due += p;
+                    }
+                    if *due >= shared.deadline || quota.is_some_and(|q| u64::from(self.seq) >= q) {
+                        self.sending = false;
+                    }
+                }
+                _ => {
+                    while self.sending && self.in_flight.len() < shared.pipeline.max(1) {
+                        if let Some(budget) = &shared.budget {
+                            if budget
+                                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+                                .is_err()
+                            {
+                                self.sending = false;
+                                break;
+                            }
+                        }
+                        self.put_send(now);
+                    }
+                }
+            }
+            self.flush().await?;
             if !self.sending && !self.done_sending && self.in_flight.is_empty() {
                 self.done_sending = true;
-                self.shared.done_sending.fetch_add(1, Ordering::AcqRel);
+                shared.done_sending.fetch_add(1, Ordering::AcqRel);
             }
-            if self.done_sending && linger_until.is_none() && self.shared.all_delivered() {
+            let now = Instant::now();
+            if self.done_sending && linger_until.is_none() && shared.all_delivered() {
                 linger_until = Some(now + LINGER);
             }
-            if linger_until.is_some_and(|t| now >= t) || now >= self.shared.give_up {
+            if linger_until.is_some_and(|t| now >= t) || now >= give_up {
                 break;
             }
-            let wake = if self.sending {
-                self.shared.deadline
-            } else if self.done_sending {
-                now + POLL
-            } else {
-                self.shared.give_up
+            let wake = match next_due {
+                Some(due) if self.sending && self.in_flight.len() < MAX_IN_FLIGHT => due,
+                _ if self.done_sending => now + POLL,
+                _ => give_up,
             };
             tokio::select! {
                 read = self.conn.rbuf.fill(&mut self.conn.stream) => {
                     match read {
                         Ok(0) => return Err("the server closed the connection".into()),
-                        Ok(_) => {}
+                        Ok(n) => self.out.bytes_in += n as u64,
                         Err(e) => return Err(e.to_string()),
                     }
                     self.on_lines()?;
                 }
-                _ = tick(&mut self.ticker), if self.sending => {
-                    if self.in_flight.len() < MAX_IN_FLIGHT {
-                        self.put_send();
-                    } else {
-                        self.out.skipped += 1;
-                    }
+                _ = tokio::time::sleep_until(wake.min(give_up).into()) => {}
+                _ = shared.stop.cancelled(), if !stopped => {
+                    stopped = true;
+                    give_up = give_up.min(Instant::now() + STOP_DRAIN);
                 }
-                _ = tokio::time::sleep_until(wake.into()) => {}
             }
-            self.flush().await?;
         }
         Ok(())
     }
 
     /// Handles every complete line read: pushes, and replies to our SENDs.
     fn on_lines(&mut self) -> Result<(), String> {
+        let shared = self.shared.clone();
         let now = Instant::now();
-        let now_us = now.duration_since(self.shared.epoch).as_micros() as u64;
-        let prefix = self.shared.users.prefix().as_bytes();
+        let now_us = now.duration_since(shared.epoch).as_micros() as u64;
+        let prefix = shared.users.prefix().as_bytes();
         self.ack_ns.clear();
         self.delivery_ns.clear();
-        let (mut acked, mut errors, mut answered) = (0u64, 0u64, 0usize);
+        self.same_ns.clear();
+        self.cross_ns.clear();
+        let (mut acked, mut errors) = (0u64, 0u64);
         while let Some(range) = self.conn.rbuf.line_range() {
             let line = &self.conn.rbuf.bytes()[range];
             if let Some(rest) = line.strip_prefix(b"MSG ") {
                 if let Some(d) = parse_delivery(rest, prefix) {
                     self.out.deliveries.push((d.sender, d.seq, d.id));
-                    self.delivery_ns.push(now_us.saturating_sub(d.t_us) * 1000);
+                    let ns = now_us.saturating_sub(d.t_us) * 1000;
+                    self.delivery_ns.push(ns);
+                    if d.sender as usize % shared.nodes == self.conn.node {
+                        self.same_ns.push(ns);
+                    } else {
+                        self.cross_ns.push(ns);
+                    }
                 }
             } else if line.starts_with(b"OK") || line.starts_with(b"ERR") {
-                let (sent_at, seq) = self.in_flight.pop_front().ok_or("a reply to no SEND")?;
-                answered += 1;
+                let (from, seq) = self.in_flight.pop_front().ok_or("a reply to no SEND")?;
                 if let Some(id) = line.strip_prefix(b"OK ").and_then(parse_u64) {
                     self.out.acks.push((seq, id));
                     acked += 1;
-                    if now < self.shared.deadline {
-                        self.ack_ns.push((now - sent_at).as_nanos() as u64);
-                    }
+                    self.ack_ns
+                        .push(now.saturating_duration_since(from).as_nanos() as u64);
                 } else {
                     errors += 1;
                     self.out
@@ -219,39 +274,36 @@ impl User {
             }
             // Anything else (a BYE) is left to the end of the stream that follows it.
         }
-        if now < self.shared.deadline {
-            self.shared.acks.record(now, &self.ack_ns, errors);
-            self.shared.live.add(self.ack_ns.len() as u64, errors);
-            self.out.acked_in_time += self.ack_ns.len() as u64;
+        if acked + errors > 0 {
+            self.out.last_ack = Some(now);
         }
-        self.shared.deliveries.record(now, &self.delivery_ns, 0);
+        shared.acks.record(now, &self.ack_ns, errors);
+        shared.live.add(self.ack_ns.len() as u64, errors);
+        shared.deliveries.record(now, &self.delivery_ns, 0);
+        shared.same_node.record(now, &self.same_ns, 0);
+        shared.cross_node.record(now, &self.cross_ns, 0);
         self.out.errors += errors;
         if acked > 0 {
-            self.shared.acked.fetch_add(acked, Ordering::AcqRel);
+            shared.acked.fetch_add(acked, Ordering::AcqRel);
         }
         if !self.delivery_ns.is_empty() {
-            self.shared
+            shared
                 .delivered
                 .fetch_add(self.delivery_ns.len() as u64, Ordering::AcqRel);
-        }
-        // In the closed loop every answered SEND makes room for the next.
-        if self.ticker.is_none() && self.sending && now < self.shared.deadline {
-            for _ in 0..answered {
-                self.put_send();
-            }
         }
         Ok(())
     }
 
-    /// Appends the next SEND to the write buffer.
-    fn put_send(&mut self) {
+    /// Appends the next SEND to the write buffer; its latencies count from `from`.
+    fn put_send(&mut self, from: Instant) {
         let shared = &self.shared;
         let target = shared.target(self.pos, self.seq);
+        let before = self.wbuf.len();
         self.wbuf.extend_from_slice(b"SEND ");
         shared.users.write_name(&mut self.wbuf, target as usize);
         self.wbuf.push(b' ');
         let text = self.wbuf.len();
-        let t_us = shared.epoch.elapsed().as_micros() as u64;
+        let t_us = from.saturating_duration_since(shared.epoch).as_micros() as u64;
         let _ = write!(
             self.wbuf,
             "{}.{}.{}.{t_us}.",
@@ -263,9 +315,11 @@ impl User {
             self.wbuf.push(b'x');
         }
         self.wbuf.extend_from_slice(b"\r\n");
-        self.in_flight.push_back((Instant::now(), self.seq));
+        self.out.bytes_out += (self.wbuf.len() - before) as u64;
+        self.in_flight.push_back((from, self.seq));
         self.seq += 1;
         self.out.sent += 1;
+        self.out.sent_in_time += u64::from(from < shared.deadline);
     }
 
     /// Writes out the SENDs gathered, in one write.
@@ -279,16 +333,6 @@ impl User {
             self.wbuf.clear();
         }
         Ok(())
-    }
-}
-
-/// The next tick of `ticker`; never, without one.
-async fn tick(ticker: &mut Option<Interval>) {
-    match ticker {
-        Some(t) => {
-            t.tick().await;
-        }
-        None => std::future::pending().await,
     }
 }
 
@@ -332,61 +376,63 @@ fn parse_u64(digits: &[u8]) -> Option<u64> {
     })
 }
 
-pub async fn run(args: ChatArgs, target: SocketAddr, live: Arc<Live>) -> anyhow::Result<Report> {
-    net::raise_open_files_limit();
-    let users = Arc::new(Users::for_this_run());
-    let setup = Setup {
-        target,
-        conns: args.users,
-        concurrency: args.common.connect_concurrency,
-        timeout: args.common.connect_timeout(),
-        busy_retries: args.common.busy_retries,
-        greeting: true,
-        probe: None,
-        auth: Some(Auth {
-            users: users.clone(),
-            concurrency: args.auth_concurrency,
-            timeout: Duration::from_secs(120),
-        }),
-        buf_size: 16 * 1024,
-        sources: net::source_addrs(target, args.users),
-    };
-    live.set_phase("registering");
-    let (mut conns, connect, _) = open_all(Arc::new(setup), live.clone()).await;
+pub async fn run(args: &ChatArgs, ctx: &Ctx) -> anyhow::Result<Measured> {
+    let users = Arc::new(Users::of_run(args.user_prefix.as_deref(), &ctx.run_id)?);
+    let mine = ctx.share(args.users);
+    let mut m = Measured::default();
+    ctx.check_open_files(mine.len(), &mut m.warnings);
+    let mut setup = ctx.setup(mine, args.users);
+    setup.auth = Some(Auth {
+        users: users.clone(),
+        concurrency: args.auth_concurrency,
+        timeout: Duration::from_secs(120),
+    });
+    setup.buf_size = 16 * 1024;
+    let (mut conns, connect) = open_all(setup, ctx.live.clone(), ctx.epoch).await;
+    m.connect = connect;
     conns.sort_by_key(|c| c.index);
 
-    live.set_phase("sending");
-    let duration = Duration::from_secs_f64(args.duration);
-    let epoch = Instant::now();
+    let share = ctx.share(args.users).len() as f64 / args.users.max(1) as f64;
+    let rate = args.timing.rate.filter(|r| *r > 0.0).map(|r| r * share);
+    let requests = args.timing.requests.map(|n| (n as f64 * share).round() as u64);
+    let duration = args.timing.duration();
+    let start = Instant::now();
+    ctx.live.set_phase(
+        "sending",
+        requests
+            .or(rate.map(|r| (r * duration.as_secs_f64()) as u64))
+            .unwrap_or(0),
+        Some(start + duration),
+    );
     let shared = Arc::new(Shared {
         users,
         targets: conns.iter().map(|c| c.index as u32).collect(),
-        epoch,
-        deadline: epoch + duration,
-        give_up: epoch + duration + DRAIN,
-        period: args
-            .rate
-            .filter(|r| *r > 0.0)
-            .map(|r| Duration::from_secs_f64(conns.len() as f64 / r)),
+        nodes: ctx.targets.len().max(1),
+        epoch: ctx.epoch,
+        start,
+        deadline: start + duration,
+        drain: ctx.drain(),
+        period: rate.map(|r| Duration::from_secs_f64(conns.len().max(1) as f64 / r)),
+        requests,
+        budget: match (rate, requests) {
+            (None, Some(n)) => Some(AtomicU64::new(n)),
+            _ => None,
+        },
         pipeline: args.pipeline,
         payload: args.payload,
-        acks: Series::new(epoch),
-        deliveries: Series::new(epoch),
-        live: live.clone(),
+        acks: Series::new(ctx.epoch, start),
+        deliveries: Series::new(ctx.epoch, start),
+        same_node: Series::new(ctx.epoch, start),
+        cross_node: Series::new(ctx.epoch, start),
+        live: ctx.live.clone(),
+        stop: ctx.stop.clone(),
         acked: AtomicU64::new(0),
         delivered: AtomicU64::new(0),
         done_sending: AtomicUsize::new(0),
     });
-    let m = conns.len();
+    let n = conns.len();
     let mut tasks = tokio::task::JoinSet::new();
     for (pos, conn) in conns.into_iter().enumerate() {
-        // Spread the users' ticks evenly over one period, so the total rate is smooth.
-        let ticker = shared.period.map(|period| {
-            let offset = period.mul_f64(pos as f64 / m as f64);
-            let mut t = tokio::time::interval_at((epoch + offset).into(), period);
-            t.set_missed_tick_behavior(MissedTickBehavior::Burst);
-            t
-        });
         let mut user = User {
             out: Outcome {
                 index: conn.index as u32,
@@ -398,11 +444,12 @@ pub async fn run(args: ChatArgs, target: SocketAddr, live: Arc<Live>) -> anyhow:
             wbuf: Vec::with_capacity(4096),
             in_flight: VecDeque::with_capacity(args.pipeline.max(16)),
             seq: 0,
-            ticker,
             sending: true,
             done_sending: false,
             ack_ns: Vec::with_capacity(64),
             delivery_ns: Vec::with_capacity(64),
+            same_ns: Vec::with_capacity(64),
+            cross_ns: Vec::with_capacity(64),
         };
         tasks.spawn(async move {
             let result = user.run().await;
@@ -416,79 +463,68 @@ pub async fn run(args: ChatArgs, target: SocketAddr, live: Arc<Live>) -> anyhow:
             user.out
         });
     }
-    let mut outcomes = Vec::with_capacity(m);
+    let mut outcomes = Vec::with_capacity(n);
     while let Some(done) = tasks.join_next().await {
         outcomes.push(done.expect("user tasks do not panic"));
     }
-    live.set_phase("checking");
-    let (delivery, mut problems) = check(&shared, &outcomes);
+    ctx.live.set_phase("checking", 0, None);
+    let shared = Arc::into_inner(shared).expect("every user task has finished");
+    m.delivery = Some(check(&shared, &outcomes));
 
-    let acked_in_time: u64 = outcomes.iter().map(|o| o.acked_in_time).sum();
-    let broken: Vec<&String> = outcomes.iter().filter_map(|o| o.broken.as_ref()).collect();
-    let errors: u64 = outcomes.iter().map(|o| o.errors).sum();
-    if let Some(e) = outcomes.iter().find_map(|o| o.error_example.as_ref()) {
-        problems.push(format!("{errors} SENDs failed, e.g. {e:?}"));
-    }
-    let skipped: u64 = outcomes.iter().map(|o| o.skipped).sum();
-    if skipped > 0 {
-        problems.push(format!(
-            "{skipped} SENDs were not made: over {MAX_IN_FLIGHT} in flight on one connection"
-        ));
-    }
-    if connect.opened < args.users as u64 {
-        problems.push(format!(
-            "only {} of {} users were set up",
-            connect.opened, args.users
-        ));
-    }
-    let run = RunReport {
-        what: "acked SENDs",
-        secs: secs(duration),
-        ok: acked_in_time,
-        errors,
-        per_sec: acked_in_time as f64 / secs(duration).max(1e-9),
-        latency: shared.acks.latency(),
-        broken: broken.len() as u64,
-        broken_example: broken.first().map(|s| s.to_string()),
+    let acks = shared.acks.snapshot();
+    let last = outcomes.iter().filter_map(|o| o.last_ack).max().unwrap_or(start);
+    let issued_until = outcomes
+        .iter()
+        .map(|o| o.issued_until.unwrap_or(shared.deadline))
+        .max()
+        .unwrap_or(start);
+    let since = |t: Instant| t.saturating_duration_since(ctx.epoch).as_secs_f64();
+    let mut run = RunRaw {
+        what: "acked SENDs".into(),
+        started: since(start),
+        ended: since(issued_until),
+        drained: since(last.max(issued_until)),
+        requested_rate: rate,
+        ok: acks.ok,
+        errors: acks.errors,
+        ..RunRaw::default()
     };
-    Ok(Report {
-        scenario: "chat",
-        target: target.to_string(),
-        params: serde_json::to_value(&args)?,
-        passed: problems.is_empty(),
-        problems,
-        plot: Plot {
-            throughput_label: "acked SENDs / s",
-            throughput: shared.acks.intervals(),
-            latencies: vec![
-                ("ack", shared.acks.intervals()),
-                ("delivery", shared.deliveries.intervals()),
-            ],
-            distributions: vec![
-                ("ack", shared.acks.distribution()),
-                ("delivery", shared.deliveries.distribution()),
-            ],
-        },
-        connect,
-        run: Some(run),
-        delivery: Some(delivery),
-        memory: None,
-        held: None,
-    })
+    for o in &outcomes {
+        run.sent += o.sent;
+        run.sent_in_time += o.sent_in_time;
+        run.unanswered += o.unanswered;
+        run.bytes_in += o.bytes_in;
+        run.bytes_out += o.bytes_out;
+        if let Some(b) = &o.broken {
+            run.broken += 1;
+            run.broken_example.get_or_insert_with(|| b.clone());
+        }
+        if let Some(e) = &o.error_example {
+            run.error_example.get_or_insert_with(|| e.clone());
+        }
+    }
+    if run.ok > 0 {
+        run.statuses.insert("OK".into(), run.ok);
+    }
+    if run.errors > 0 {
+        run.statuses.insert("ERR".into(), run.errors);
+    }
+    run.series = acks;
+    m.run = Some(run);
+    Ok(m)
 }
 
 /// Matches every delivery to an ack by message id: each acked message must have reached its
 /// recipient exactly once, from its sender.
-fn check(shared: &Shared, outcomes: &[Outcome]) -> (DeliveryReport, Vec<String>) {
+fn check(shared: &Shared, outcomes: &[Outcome]) -> DeliveryRaw {
     struct Expected {
         sender: u32,
         seq: u32,
         recipient: u32,
         times: u32,
     }
-    let mut problems = Vec::new();
     let mut expected: HashMap<u64, Expected> = HashMap::new();
-    let mut report = DeliveryReport::default();
+    let mut report = DeliveryRaw::default();
     for o in outcomes {
         report.sent += o.sent;
         report.unanswered += o.unanswered;
@@ -508,7 +544,7 @@ fn check(shared: &Shared, outcomes: &[Outcome]) -> (DeliveryReport, Vec<String>)
                 Entry::Vacant(v) => {
                     v.insert(wanted);
                 }
-                Entry::Occupied(_) => problems.push(format!("message id {id} was acked twice")),
+                Entry::Occupied(_) => report.duplicates += 1,
             }
         }
     }
@@ -531,20 +567,10 @@ fn check(shared: &Shared, outcomes: &[Outcome]) -> (DeliveryReport, Vec<String>)
             n => report.duplicates += u64::from(n - 1),
         }
     }
-    report.latency = shared.deliveries.latency();
-    if report.lost > 0 {
-        problems.push(format!("{} acked messages were never delivered", report.lost));
-    }
-    if report.duplicates > 0 {
-        problems.push(format!("{} deliveries were duplicates", report.duplicates));
-    }
-    if report.misrouted > 0 {
-        problems.push(format!("{} deliveries went to the wrong user", report.misrouted));
-    }
-    if report.unanswered > 0 {
-        problems.push(format!("{} SENDs were never answered", report.unanswered));
-    }
-    (report, problems)
+    report.all = Some(shared.deliveries.snapshot());
+    report.same_node = Some(shared.same_node.snapshot());
+    report.cross_node = Some(shared.cross_node.snapshot());
+    report
 }
 
 #[cfg(test)]

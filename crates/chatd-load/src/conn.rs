@@ -9,20 +9,24 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rand_core::{OsRng, RngCore};
-use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::{timeout_at, Instant};
+use tokio_util::sync::CancellationToken;
 
-use super::net::{self, Failure, Failures};
-use super::stats::{secs, Latency, Live, Series};
+use crate::net::{self, Failure, Failures};
+use crate::report::ConnectRaw;
+use crate::stats::{Live, Series};
 
 /// A read buffer grows up to this size for one large reply (an HTTP body, say).
 const MAX_BUF: usize = 16 << 20;
 /// The bucket width of the connect phase's series.
 const CONNECT_INTERVAL: Duration = Duration::from_millis(100);
+/// How long the first connection waits for a greeting before it asks whether an HTTP server
+/// answers instead.
+const GREETING_HINT_AFTER: Duration = Duration::from_secs(2);
 
 /// A read buffer that hands out complete lines or frames as slices of itself: replies are
 /// parsed where they were read, with no allocation per reply.
@@ -102,6 +106,8 @@ impl ReadBuf {
 /// One open connection: which one it is (its user, if any), the socket and its read buffer.
 pub struct Conn {
     pub index: usize,
+    /// Which `--addr` it is connected to.
+    pub node: usize,
     pub stream: TcpStream,
     pub rbuf: ReadBuf,
 }
@@ -132,24 +138,52 @@ impl Conn {
     }
 }
 
-/// The user names of one run: a prefix unique to the run, then the connection's index, so runs
-/// never collide with each other's (or anyone's) users.
+/// The user names of a run: a prefix, then the user's index. By default the prefix is unique
+/// to the run, so runs never collide with each other's (or anyone's) users; `--user-prefix`
+/// picks one, so that a later run logs the same users in again instead of registering more.
 pub struct Users {
     prefix: String,
     pub password: String,
 }
 
 impl Users {
-    pub fn for_this_run() -> Users {
+    /// A prefix no other run has.
+    pub fn fresh_prefix() -> String {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
             .as_nanos() as u64;
         let mixed = (nanos ^ (u64::from(std::process::id()) << 40) ^ OsRng.next_u64()) as u32;
+        format!("l{mixed:08x}")
+    }
+
+    pub fn for_this_run() -> Users {
+        Users::with_prefix(Users::fresh_prefix())
+    }
+
+    pub fn with_prefix(prefix: String) -> Users {
         Users {
-            prefix: format!("l{mixed:08x}"),
+            prefix,
             password: "load-pw".into(),
         }
+    }
+
+    /// The users of a run: `--user-prefix` if given, else the run's own prefix.
+    pub fn of_run(user_prefix: Option<&str>, run_id: &str) -> anyhow::Result<Users> {
+        let prefix = user_prefix.unwrap_or(run_id);
+        Users::check_prefix(prefix)?;
+        Ok(Users::with_prefix(prefix.to_string()))
+    }
+
+    /// Checks a `--user-prefix`: letters, digits and `_`, short enough for user names.
+    pub fn check_prefix(prefix: &str) -> anyhow::Result<()> {
+        if prefix.is_empty()
+            || prefix.len() > 20
+            || !prefix.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_')
+        {
+            anyhow::bail!("--user-prefix takes 1-20 letters, digits or _, not {prefix:?}");
+        }
+        Ok(())
     }
 
     /// Appends user `i`'s name to `out` (no allocation once `out` has room).
@@ -166,7 +200,7 @@ impl Users {
     }
 }
 
-/// Registering and logging in each connection as its own user.
+/// Logging each connection in as its own user (registering it first if it does not exist).
 pub struct Auth {
     pub users: Arc<Users>,
     /// Registrations in flight at once: each costs the server an argon2 hash or two.
@@ -182,11 +216,15 @@ pub struct Probe {
     pub expect: Vec<u8>,
 }
 
-/// How to open the connections of a run.
+/// How to open the connections of a run (made by [`crate::Ctx::setup`]).
 pub struct Setup {
-    pub target: SocketAddr,
-    pub conns: usize,
+    /// The servers; connection `i` goes to `targets[i % targets.len()]`.
+    pub targets: Vec<SocketAddr>,
+    /// The run's indices of the connections to open (this process's share).
+    pub indices: Range<usize>,
     pub concurrency: usize,
+    /// Connections started per second at most.
+    pub connect_rate: Option<f64>,
     /// Connect, greeting and probe together.
     pub timeout: Duration,
     /// Tries after `SERVER_BUSY` before a connection counts as failed.
@@ -197,31 +235,22 @@ pub struct Setup {
     /// Read buffer per connection.
     pub buf_size: usize,
     pub sources: Option<Vec<IpAddr>>,
+    /// Stops opening more (a signal).
+    pub stop: CancellationToken,
 }
 
-/// What the connect phase did.
-#[derive(Debug, Clone, Serialize)]
-pub struct ConnectReport {
-    pub attempted: u64,
-    pub opened: u64,
-    pub failures: Failures,
-    /// Connections that were told `SERVER_BUSY` and tried again after a pause.
-    pub busy_retries: u64,
-    pub secs: f64,
-    /// Connections opened per second over the phase (users per second with `--auth`).
-    pub per_sec: f64,
-    /// From starting to connect until the greeting (and probe reply) was read.
-    pub latency: Latency,
-    /// Whether each connection registered and logged in as its own user.
-    pub auth: bool,
+impl Setup {
+    pub fn node(&self, i: usize) -> usize {
+        i % self.targets.len().max(1)
+    }
 }
 
-/// Opens `setup.conns` connections at most `setup.concurrency` at a time; returns the open ones
-/// (in no particular order; `Conn::index` says which is which), the report, and the series of
-/// connect latencies.
-pub async fn open_all(setup: Arc<Setup>, live: Arc<Live>) -> (Vec<Conn>, ConnectReport, Series) {
-    let mut opener = Opener::new(setup.clone(), live);
-    opener.open(0..setup.conns).await;
+/// Opens every connection of `setup`; returns the open ones (in no particular order;
+/// `Conn::index` says which is which) and what the phase did.
+pub async fn open_all(setup: Setup, live: Arc<Live>, epoch: std::time::Instant) -> (Vec<Conn>, ConnectRaw) {
+    let indices = setup.indices.clone();
+    let mut opener = Opener::new(Arc::new(setup), live, epoch);
+    opener.open(indices).await;
     opener.finish()
 }
 
@@ -230,49 +259,88 @@ pub async fn open_all(setup: Arc<Setup>, live: Arc<Live>) -> (Vec<Conn>, Connect
 pub struct Opener {
     setup: Arc<Setup>,
     live: Arc<Live>,
-    started: Instant,
+    epoch: std::time::Instant,
+    started: f64,
     series: Arc<Series>,
     auth_gate: Arc<Semaphore>,
+    /// Cancelled once a connection found that no line protocol answers there.
+    wrong_protocol: CancellationToken,
     conns: Vec<Conn>,
+    per_node: Vec<u64>,
     failures: Failures,
     busy_retries: u64,
 }
 
 impl Opener {
-    pub fn new(setup: Arc<Setup>, live: Arc<Live>) -> Opener {
-        let started = Instant::now();
+    pub fn new(setup: Arc<Setup>, live: Arc<Live>, epoch: std::time::Instant) -> Opener {
+        live.set_phase(
+            if setup.auth.is_some() {
+                "logging in"
+            } else {
+                "connecting"
+            },
+            setup.indices.len() as u64,
+            None,
+        );
         Opener {
             auth_gate: Arc::new(Semaphore::new(
                 setup.auth.as_ref().map_or(1, |a| a.concurrency.max(1)),
             )),
-            conns: Vec::with_capacity(setup.conns),
-            setup,
+            conns: Vec::with_capacity(setup.indices.len()),
+            per_node: vec![0; setup.targets.len()],
             live,
-            started,
+            epoch,
+            started: epoch.elapsed().as_secs_f64(),
             // Connect phases often last a second or less: a finer series shows their shape.
-            series: Arc::new(Series::with_interval(started.into_std(), CONNECT_INTERVAL)),
+            series: Arc::new(Series::with_interval(
+                epoch,
+                std::time::Instant::now(),
+                CONNECT_INTERVAL,
+            )),
+            wrong_protocol: CancellationToken::new(),
             failures: Failures::default(),
             busy_retries: 0,
+            setup,
         }
     }
 
-    /// Opens the connections with these indices, at most `setup.concurrency` at a time.
+    /// Opens the connections with these indices, at most `setup.concurrency` at a time and at
+    /// most `setup.connect_rate` a second.
     pub async fn open(&mut self, indices: Range<usize>) {
         let gate = Arc::new(Semaphore::new(self.setup.concurrency.max(1)));
+        let mut ramp = self.setup.connect_rate.filter(|r| *r > 0.0).map(|r| {
+            let mut t = tokio::time::interval(Duration::from_secs_f64(1.0 / r));
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            t
+        });
         let mut tasks = JoinSet::new();
+        let stop = self.setup.stop.clone();
         for i in indices {
-            let permit = gate.clone().acquire_owned().await.expect("never closed");
+            if stop.is_cancelled() {
+                break;
+            }
+            if let Some(t) = ramp.as_mut() {
+                tokio::select! {
+                    _ = t.tick() => {}
+                    _ = stop.cancelled() => break,
+                }
+            }
+            let permit = tokio::select! {
+                p = gate.clone().acquire_owned() => p.expect("never closed"),
+                _ = stop.cancelled() => break,
+            };
             while let Some(done) = tasks.try_join_next() {
                 self.collect(done.expect("connect tasks do not panic"));
             }
-            let (setup, series, live, auth_gate) = (
+            let (setup, series, live, auth_gate, wrong) = (
                 self.setup.clone(),
                 self.series.clone(),
                 self.live.clone(),
                 self.auth_gate.clone(),
+                self.wrong_protocol.clone(),
             );
             tasks.spawn(async move {
-                let done = open_one(i, &setup, &series, &live, &auth_gate).await;
+                let done = open_one(i, &setup, &series, &live, &auth_gate, &wrong).await;
                 drop(permit);
                 done
             });
@@ -285,31 +353,35 @@ impl Opener {
     fn collect(&mut self, (result, retries): (Result<Conn, Failure>, u32)) {
         self.busy_retries += u64::from(retries);
         match result {
-            Ok(conn) => self.conns.push(conn),
+            Ok(conn) => {
+                self.per_node[conn.node] += 1;
+                self.conns.push(conn);
+            }
             Err(failure) => self.failures.add(failure),
         }
     }
 
-    /// How many connections are open so far.
-    pub fn opened(&self) -> usize {
-        self.conns.len()
+    /// How many connections are open so far, on each node.
+    pub fn opened(&self) -> Vec<u64> {
+        self.per_node.clone()
     }
 
-    /// The open connections, the report and the series of connect latencies.
-    pub fn finish(self) -> (Vec<Conn>, ConnectReport, Series) {
-        let elapsed = self.started.elapsed();
+    /// The open connections and what the phase did.
+    pub fn finish(self) -> (Vec<Conn>, ConnectRaw) {
         let series = Arc::into_inner(self.series).expect("every connect task has finished");
-        let report = ConnectReport {
-            attempted: self.setup.conns as u64,
+        let report = ConnectRaw {
+            attempted: self.setup.indices.len() as u64,
             opened: self.conns.len() as u64,
+            per_node: self.per_node,
             failures: self.failures,
             busy_retries: self.busy_retries,
-            secs: secs(elapsed),
-            per_sec: self.conns.len() as f64 / secs(elapsed).max(1e-9),
-            latency: series.latency(),
+            started: self.started,
+            ended: self.epoch.elapsed().as_secs_f64(),
             auth: self.setup.auth.is_some(),
+            requested_rate: self.setup.connect_rate,
+            series: Some(series.snapshot()),
         };
-        (self.conns, report, series)
+        (self.conns, report)
     }
 }
 
@@ -321,11 +393,19 @@ async fn open_one(
     series: &Series,
     live: &Live,
     auth_gate: &Semaphore,
+    wrong_protocol: &CancellationToken,
 ) -> (Result<Conn, Failure>, u32) {
     let mut retries = 0;
     loop {
         let began = Instant::now();
-        match try_open(i, setup, auth_gate, began).await {
+        let result = tokio::select! {
+            r = try_open(i, setup, auth_gate, began) => r,
+            _ = wrong_protocol.cancelled() => Err(http_hint()),
+        };
+        if matches!(result, Err(Failure::Hinted { .. })) {
+            wrong_protocol.cancel();
+        }
+        match result {
             Ok((conn, ready)) => {
                 series.record(std::time::Instant::now(), &[ready.as_nanos() as u64], 0);
                 live.opened();
@@ -353,8 +433,8 @@ pub fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(half + OsRng.next_u64() % (half + 1))
 }
 
-/// One attempt: connect, greeting, probe, then REGISTER and AUTH if asked. Returns the open
-/// connection and how long it took to be ready (before logging in).
+/// One attempt: connect, greeting, probe, then REGISTER (if missing) and AUTH if asked.
+/// Returns the open connection and how long it took to be ready (before logging in).
 async fn try_open(
     i: usize,
     setup: &Setup,
@@ -363,24 +443,44 @@ async fn try_open(
 ) -> Result<(Conn, Duration), Failure> {
     let deadline = began + setup.timeout;
     let source = setup.sources.as_ref().map(|s| s[i % s.len()]);
-    let stream = match timeout_at(deadline, net::connect(setup.target, source)).await {
+    let node = setup.node(i);
+    let stream = match timeout_at(deadline, net::connect(setup.targets[node], source)).await {
         Err(_) => return Err(Failure::Timeout),
         Ok(stream) => stream?,
     };
     let mut conn = Conn {
         index: i,
+        node,
         stream,
         rbuf: ReadBuf::new(setup.buf_size),
     };
     if setup.greeting {
-        match conn.line_before(deadline).await? {
+        // The first connection that hears no greeting soon asks whether an HTTP server listens
+        // there, rather than have every connection wait out the connect timeout.
+        let line = if i == setup.indices.start {
+            let soon = deadline.min(Instant::now() + GREETING_HINT_AFTER);
+            match conn.line_before(soon).await {
+                Err(Failure::Timeout) if deadline > Instant::now() => {
+                    conn.stream.write_all(b"GET / HTTP/1.0\r\n\r\n").await?;
+                    conn.line_before(deadline).await?.map(<[u8]>::to_vec)
+                }
+                other => other?.map(<[u8]>::to_vec),
+            }
+        } else {
+            conn.line_before(deadline).await?.map(<[u8]>::to_vec)
+        };
+        match line {
             Some(line) if line.starts_with(b"HELLO") => {}
-            Some(line) => return Err(refusal(line)),
+            Some(line) if line.starts_with(b"HTTP/") => return Err(http_hint()),
+            Some(line) => return Err(refusal(&line)),
             None => return Err(Failure::Other("closed before the greeting".into())),
         }
     }
     if let Some(probe) = &setup.probe {
         let reply = conn.command(&probe.line, deadline).await?;
+        if reply.starts_with(b"HTTP/") {
+            return Err(http_hint());
+        }
         if !reply.starts_with(&probe.expect) {
             return Err(refusal(reply));
         }
@@ -395,12 +495,24 @@ async fn try_open(
             auth.users.write_name(&mut line, i);
             let _ = write!(line, " {}\r\n", auth.users.password);
             let reply = conn.command(&line, Instant::now() + auth.timeout).await?;
-            if !reply.starts_with(b"OK") {
+            // Register if missing: a user an earlier run made with this prefix just logs in.
+            let exists = verb == b"REGISTER " && reply.starts_with(b"ERR USER_EXISTS");
+            if !reply.starts_with(b"OK") && !exists {
                 return Err(refusal(reply));
             }
         }
     }
     Ok((conn, ready))
+}
+
+/// An HTTP server answered where a line protocol was expected.
+fn http_hint() -> Failure {
+    Failure::Hinted {
+        what: "an HTTP server answered, not a line protocol".into(),
+        hint: "this is an HTTP port: load it with `chatd load http`, or give chatd's line port \
+               (8000 by default)"
+            .into(),
+    }
 }
 
 /// What an unexpected line says: the server is full (chatd's `SERVER_BUSY`, Redis's "max
@@ -474,6 +586,9 @@ mod tests {
     #[test]
     fn user_names_are_valid_and_unique_per_run() {
         let (a, b) = (Users::for_this_run(), Users::for_this_run());
+        assert!(Users::check_prefix(a.prefix()).is_ok());
+        assert!(Users::check_prefix("bad-prefix").is_err());
+        assert!(Users::check_prefix("").is_err());
         assert_ne!(a.prefix(), b.prefix());
         let name = a.name(1_000_000);
         assert!(name.len() <= 32);

@@ -1,0 +1,321 @@
+//! `--procs N`: the scenario in N generator processes (this same binary, re-executed), each
+//! with its own open-files budget, its own share of the connections and rate, and its own
+//! range of source addresses. Each child writes its progress and, at the end, its raw
+//! measurements as JSON lines on standard output; the parent adds their histograms and counts
+//! ([`Measured::merge`]) and reports the whole as one run. A signal to the parent is passed on.
+
+use std::ffi::OsString;
+use std::process::{ExitCode, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use serde::Serialize;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+use crate::progress::{Progress, Rate, Snapshot};
+use crate::report::{Measured, Report};
+use crate::rss::RssMonitor;
+use crate::stats::Track;
+use crate::{meta, net, output, unix_ns, Scenario};
+
+/// Options only the parent acts on: (flag, whether it takes a value; `None`: an optional one).
+const PARENT_ONLY: [(&str, Option<bool>); 6] = [
+    ("--procs", Some(true)),
+    ("--json", None),
+    ("--plot", Some(true)),
+    ("--hdr-out", Some(true)),
+    ("--timeline-csv", Some(true)),
+    ("--server-pid", Some(true)),
+];
+
+/// The command line for a child: ours without the options only the parent acts on.
+pub fn child_args(args: &[OsString]) -> Vec<OsString> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < args.len() {
+        let text = args[i].to_string_lossy();
+        let flag = text.split('=').next().unwrap_or_default();
+        match PARENT_ONLY.iter().find(|(f, _)| *f == flag) {
+            Some((_, takes)) if !text.contains('=') => {
+                let next_is_value = args
+                    .get(i + 1)
+                    .is_some_and(|a| !a.to_string_lossy().starts_with('-'));
+                i += match takes {
+                    Some(true) => 2,
+                    None if next_is_value => 2,
+                    _ => 1,
+                };
+            }
+            Some(_) => i += 1,
+            None => {
+                out.push(args[i].clone());
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+/// What one process reported of itself, to check the merge against.
+#[derive(Debug, Clone, Serialize)]
+pub struct PartSummary {
+    pub attempted: u64,
+    pub opened: u64,
+    pub sent: u64,
+    pub ok: u64,
+    pub errors: u64,
+    pub latency_count: u64,
+    pub latency_max_us: f64,
+}
+
+impl PartSummary {
+    fn of(m: &Measured) -> PartSummary {
+        let r = m.run.as_ref();
+        let l = r.map(|r| r.series.latency()).unwrap_or_default();
+        PartSummary {
+            attempted: m.connect.attempted,
+            opened: m.connect.opened,
+            sent: r.map_or(0, |r| r.sent),
+            ok: r.map_or(0, |r| r.ok),
+            errors: r.map_or(0, |r| r.errors),
+            latency_count: l.count,
+            latency_max_us: l.max_us,
+        }
+    }
+}
+
+pub fn parent(scenario: &Scenario) -> anyhow::Result<ExitCode> {
+    let common = scenario.common().clone();
+    if let Scenario::Connections(a) = scenario {
+        if a.baseline_after > 0 {
+            anyhow::bail!("--baseline-after needs one generator process: leave out --procs");
+        }
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let code = runtime.block_on(async {
+        let open_files = net::raise_open_files_limit();
+        let targets = net::resolve(&common.addr).await?;
+        let epoch = Instant::now();
+        let epoch_unix_ns = unix_ns();
+        let rss = if common.server_pid.is_empty() {
+            None
+        } else {
+            if common.server_pid.len() != 1 && common.server_pid.len() != targets.len() {
+                anyhow::bail!("give one --server-pid, or one per --addr in the same order");
+            }
+            Some(RssMonitor::start(common.server_pid.clone(), epoch)?)
+        };
+        if let Some(m) = &rss {
+            m.baseline(vec![0; targets.len()]);
+        }
+        let run_id = common
+            .run_id
+            .clone()
+            .unwrap_or_else(crate::conn::Users::fresh_prefix);
+        let exe = std::env::current_exe().context("cannot find this program to run it again")?;
+        let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+        let base = child_args(&args);
+        let n = common.procs;
+        let snapshots = Arc::new(Mutex::new(vec![Snapshot::default(); n]));
+        let mut children = Vec::new();
+        let mut readers = tokio::task::JoinSet::new();
+        for i in 0..n {
+            let mut child = Command::new(&exe)
+                .args(&base)
+                .args(["--part", &format!("{i}/{n}"), "--run-id", &run_id])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .kill_on_drop(true)
+                .spawn()
+                .with_context(|| format!("cannot start generator process {i}"))?;
+            let stdout = child.stdout.take().expect("piped");
+            let snapshots = snapshots.clone();
+            readers.spawn(async move {
+                let mut lines = BufReader::new(stdout).lines();
+                let mut part = None;
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let Ok(value) = serde_json::from_str::<serde_json::Value>(&line) else {
+                        continue;
+                    };
+                    if let Some(p) = value.get("progress") {
+                        if let Ok(s) = serde_json::from_value::<Snapshot>(p.clone()) {
+                            snapshots.lock().expect("no panics")[i] = s;
+                        }
+                    } else if let Some(p) = value.get("part") {
+                        part = Some(serde_json::from_value::<Measured>(p.clone()).map_err(|e| e.to_string()));
+                    }
+                }
+                (i, part)
+            });
+            children.push(child);
+        }
+        let pids: Vec<u32> = children.iter().filter_map(|c| c.id()).collect();
+        let forward = tokio::spawn(async move {
+            crate::signal().await;
+            eprintln!(
+                "chatd load: stopping {} generator processes; the report covers the run so far",
+                pids.len()
+            );
+            for pid in &pids {
+                stop_child(*pid);
+            }
+            crate::signal().await;
+            std::process::exit(i32::from(crate::EXIT_INTERRUPTED));
+        });
+        let progress = show_progress(
+            snapshots.clone(),
+            format!("{} {} x{n}", scenario.name(), common.addr.join(",")),
+        );
+        let mut parts: Vec<Option<Measured>> = vec![None; n];
+        let mut problems = Vec::new();
+        while let Some(done) = readers.join_next().await {
+            let (i, part) = done.expect("readers do not panic");
+            match part {
+                Some(Ok(m)) => parts[i] = Some(m),
+                Some(Err(e)) => {
+                    problems.push(format!("generator process {i} sent an unreadable report: {e}"))
+                }
+                None => problems.push(format!("generator process {i} ended without a report")),
+            }
+        }
+        for (i, child) in children.iter_mut().enumerate() {
+            if let Ok(status) = child.wait().await {
+                if !status.success() && parts[i].is_none() {
+                    problems.push(format!("generator process {i} exited with {status}"));
+                }
+            }
+        }
+        forward.abort();
+        progress.finish();
+        let parts: Vec<Measured> = parts.into_iter().flatten().collect();
+        if parts.is_empty() {
+            anyhow::bail!("no generator process reported: {}", problems.join("; "));
+        }
+        let mut merged = Measured {
+            epoch_unix_ns,
+            ..Measured::default()
+        };
+        let mut tracks = Vec::new();
+        for p in &parts {
+            merged.merge(p);
+            tracks.push(((p.epoch_unix_ns as f64 - epoch_unix_ns as f64) / 1e9, &p.open));
+        }
+        merged.open = Track::sum(&tracks, 0.1);
+        merged.warnings.extend(problems.iter().cloned());
+        if !problems.is_empty() {
+            // A missing process's connections are missing from the totals: never a pass.
+            merged.interrupted |= parts.iter().any(|p| p.interrupted);
+            merged.connect.attempted = merged
+                .connect
+                .attempted
+                .max(crate::Ctx::total_of(scenario).unwrap_or(merged.connect.attempted));
+        }
+        let (memory, rss_tracks) = match &rss {
+            Some(m) => m.finish(&merged.connect.per_node),
+            None => (Vec::new(), Vec::new()),
+        };
+        let summaries: Vec<PartSummary> = parts.iter().map(PartSummary::of).collect();
+        let mut report = Report::build(
+            merged,
+            meta::Meta::now(epoch_unix_ns, n, open_files),
+            scenario.name(),
+            common.addr.clone(),
+            scenario.params(),
+            (memory, rss_tracks),
+            &common.limits(),
+        );
+        report.parts = summaries;
+        output(&report, &common)
+    });
+    runtime.shutdown_background();
+    code
+}
+
+/// Asks a child to stop and report (SIGTERM).
+#[cfg(unix)]
+fn stop_child(pid: u32) {
+    // SAFETY: kill(2) on the pid of a child we started and have not reaped yet.
+    unsafe {
+        libc::kill(pid as libc::pid_t, libc::SIGTERM);
+    }
+}
+
+#[cfg(not(unix))]
+fn stop_child(_pid: u32) {}
+
+/// The parent's progress line: the children's counters added up.
+fn show_progress(snapshots: Arc<Mutex<Vec<Snapshot>>>, title: String) -> Progress {
+    use std::io::IsTerminal as _;
+    if !std::io::stderr().is_terminal() {
+        return Progress::none();
+    }
+    let bar = Progress::bar(title);
+    let shown = bar.clone();
+    let ticker = tokio::spawn(async move {
+        let mut rate = Rate::default();
+        let mut every = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            every.tick().await;
+            let all = snapshots.lock().expect("no panics").clone();
+            let mut sum = Snapshot {
+                // The phase of the process furthest behind.
+                phase: all.iter().map(|s| s.phase.clone()).min().unwrap_or_default(),
+                ..Snapshot::default()
+            };
+            for s in &all {
+                sum.done += s.done;
+                sum.target += s.target;
+                sum.open += s.open;
+                sum.errors += s.errors;
+                sum.left = match (sum.left, s.left) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    (a, b) => a.or(b),
+                };
+            }
+            let r = rate.update(&sum);
+            shown.set_message(sum.line(r));
+            shown.tick();
+        }
+    });
+    Progress::with(bar, ticker)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn children_leave_out_what_the_parent_does() {
+        let args: Vec<OsString> = [
+            "load",
+            "ping",
+            "--addr",
+            "127.0.0.1:1",
+            "--procs",
+            "2",
+            "--json",
+            "--conns",
+            "4",
+            "--plot",
+            "p.svg",
+            "--server-pid=5",
+            "--json",
+            "out.json",
+            "--hdr-out",
+            "d",
+        ]
+        .iter()
+        .map(OsString::from)
+        .collect();
+        let kept: Vec<String> = child_args(&args)
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(kept, ["load", "ping", "--addr", "127.0.0.1:1", "--conns", "4"]);
+    }
+}

@@ -1,0 +1,744 @@
+//! The outcome of a run, in two layers:
+//!
+//! - [`Measured`]: what a generator process counted and recorded, histograms whole; several
+//!   processes' are merged exactly with [`Measured::merge`];
+//! - [`Report`]: the figures computed from it, with the verdict, for `--json` (schema in
+//!   docs/load.md) and the table people read.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+use crate::meta::Meta;
+use crate::net::Failures;
+use crate::rss::NodeMemory;
+use crate::stats::{Data, IntervalStats, Latency, Track};
+use crate::verdict::Verdict;
+
+/// The version of the JSON report's layout; bumped when a field changes meaning or goes away.
+pub const SCHEMA_VERSION: u32 = 2;
+
+/// What one generator process measured. Times are seconds since its epoch, the start of the
+/// run (`epoch_unix_ns` on the wall clock).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Measured {
+    pub epoch_unix_ns: u64,
+    pub connect: ConnectRaw,
+    pub run: Option<RunRaw>,
+    pub delivery: Option<DeliveryRaw>,
+    pub held: Option<Held>,
+    /// Connections open over time.
+    pub open: Track,
+    pub interrupted: bool,
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ConnectRaw {
+    pub attempted: u64,
+    pub opened: u64,
+    /// Connections opened to each `--addr`, in order.
+    pub per_node: Vec<u64>,
+    pub failures: Failures,
+    pub busy_retries: u64,
+    pub started: f64,
+    pub ended: f64,
+    pub auth: bool,
+    pub requested_rate: Option<f64>,
+    /// Connect latencies (greeting and probe included), and failures as errors.
+    pub series: Option<Data>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RunRaw {
+    pub what: String,
+    pub started: f64,
+    /// When issuing stopped (the deadline, or earlier with --requests or a signal).
+    pub ended: f64,
+    /// When the last reply came in.
+    pub drained: f64,
+    pub requested_rate: Option<f64>,
+    pub sent: u64,
+    pub sent_in_time: u64,
+    pub ok: u64,
+    pub errors: u64,
+    pub unanswered: u64,
+    pub broken: u64,
+    pub broken_example: Option<String>,
+    pub statuses: BTreeMap<String, u64>,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub error_example: Option<String>,
+    pub series: Data,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DeliveryRaw {
+    pub sent: u64,
+    pub acked: u64,
+    pub delivered: u64,
+    pub lost: u64,
+    pub duplicates: u64,
+    pub misrouted: u64,
+    pub unacked_delivered: u64,
+    pub unanswered: u64,
+    pub all: Option<Data>,
+    pub same_node: Option<Data>,
+    pub cross_node: Option<Data>,
+}
+
+/// The hold of the `connections` scenario.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Held {
+    pub secs: f64,
+    /// Connections the server closed (or spoke on) while held.
+    pub dropped: u64,
+}
+
+fn merge_data(into: &mut Option<Data>, other: &Option<Data>, shift: f64) {
+    match (into.as_mut(), other) {
+        (Some(a), Some(b)) => a.merge(b, shift),
+        (None, Some(b)) => {
+            let mut fresh = Data::new(std::time::Duration::from_secs_f64(b.interval_secs));
+            fresh.offset_secs = b.offset_secs + shift;
+            fresh.merge(b, shift);
+            *into = Some(fresh);
+        }
+        _ => {}
+    }
+}
+
+impl Measured {
+    /// Adds another process's measurements; its epoch is taken from `epoch_unix_ns`.
+    pub fn merge(&mut self, o: &Measured) {
+        let shift = (o.epoch_unix_ns as f64 - self.epoch_unix_ns as f64) / 1e9;
+        let first = self.connect.series.is_none() && self.connect.attempted == 0;
+        let c = &mut self.connect;
+        if first {
+            c.started = o.connect.started + shift;
+            c.ended = o.connect.ended + shift;
+        }
+        c.attempted += o.connect.attempted;
+        c.opened += o.connect.opened;
+        if c.per_node.len() < o.connect.per_node.len() {
+            c.per_node.resize(o.connect.per_node.len(), 0);
+        }
+        for (a, b) in c.per_node.iter_mut().zip(&o.connect.per_node) {
+            *a += b;
+        }
+        c.failures.merge(&o.connect.failures);
+        c.busy_retries += o.connect.busy_retries;
+        c.started = c.started.min(o.connect.started + shift);
+        c.ended = c.ended.max(o.connect.ended + shift);
+        c.auth |= o.connect.auth;
+        c.requested_rate = match (c.requested_rate, o.connect.requested_rate) {
+            (Some(a), Some(b)) => Some(a + b),
+            (a, b) => a.or(b),
+        };
+        merge_data(&mut c.series, &o.connect.series, shift);
+        match (&mut self.run, &o.run) {
+            (Some(a), Some(b)) => {
+                a.started = a.started.min(b.started + shift);
+                a.ended = a.ended.max(b.ended + shift);
+                a.drained = a.drained.max(b.drained + shift);
+                a.requested_rate = match (a.requested_rate, b.requested_rate) {
+                    (Some(x), Some(y)) => Some(x + y),
+                    (x, y) => x.or(y),
+                };
+                a.sent += b.sent;
+                a.sent_in_time += b.sent_in_time;
+                a.ok += b.ok;
+                a.errors += b.errors;
+                a.unanswered += b.unanswered;
+                a.broken += b.broken;
+                if a.broken_example.is_none() {
+                    a.broken_example = b.broken_example.clone();
+                }
+                if a.error_example.is_none() {
+                    a.error_example = b.error_example.clone();
+                }
+                for (k, v) in &b.statuses {
+                    *a.statuses.entry(k.clone()).or_default() += v;
+                }
+                a.bytes_in += b.bytes_in;
+                a.bytes_out += b.bytes_out;
+                a.series.merge(&b.series, shift);
+            }
+            (None, Some(b)) => {
+                let mut b = b.clone();
+                b.started += shift;
+                b.ended += shift;
+                b.drained += shift;
+                let mut series = Data::new(std::time::Duration::from_secs_f64(b.series.interval_secs));
+                series.offset_secs = b.series.offset_secs + shift;
+                series.merge(&b.series, shift);
+                b.series = series;
+                self.run = Some(b);
+            }
+            _ => {}
+        }
+        if let Some(b) = &o.delivery {
+            let a = self.delivery.get_or_insert_with(DeliveryRaw::default);
+            a.sent += b.sent;
+            a.acked += b.acked;
+            a.delivered += b.delivered;
+            a.lost += b.lost;
+            a.duplicates += b.duplicates;
+            a.misrouted += b.misrouted;
+            a.unacked_delivered += b.unacked_delivered;
+            a.unanswered += b.unanswered;
+            merge_data(&mut a.all, &b.all, shift);
+            merge_data(&mut a.same_node, &b.same_node, shift);
+            merge_data(&mut a.cross_node, &b.cross_node, shift);
+        }
+        if let Some(b) = &o.held {
+            let a = self.held.get_or_insert_with(Held::default);
+            a.secs = a.secs.max(b.secs);
+            a.dropped += b.dropped;
+        }
+        self.interrupted |= o.interrupted;
+        for w in &o.warnings {
+            if !self.warnings.contains(w) {
+                self.warnings.push(w.clone());
+            }
+        }
+    }
+}
+
+/// What the connect phase did.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConnectReport {
+    pub attempted: u64,
+    pub opened: u64,
+    pub per_node: Vec<u64>,
+    pub failures: Failures,
+    /// Connections that were told `SERVER_BUSY` and tried again after a pause.
+    pub busy_retries: u64,
+    pub secs: f64,
+    /// Connections opened per second over the phase (users per second with `--auth`).
+    pub per_sec: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requested_rate: Option<f64>,
+    /// From starting to connect until the greeting (and probe reply) was read.
+    pub latency: Latency,
+    /// Whether each connection registered and logged in as its own user.
+    pub auth: bool,
+}
+
+/// The timed phase: requests answered (PING replies, acked SENDs, HTTP responses).
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    /// What `ok` counts.
+    pub what: String,
+    /// Seconds of issuing requests.
+    pub secs: f64,
+    /// Seconds after that until the last reply came in (bounded by --drain).
+    pub drain_secs: f64,
+    /// Open loop: the rate asked for, and the rate requests were issued at (in time).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requested_rate: Option<f64>,
+    pub achieved_rate: f64,
+    pub sent: u64,
+    pub ok: u64,
+    pub errors: u64,
+    /// Requests still without a reply when the drain ended.
+    pub unanswered: u64,
+    /// `ok` per second of the phase and its drain.
+    pub per_sec: f64,
+    pub latency: Latency,
+    /// Connections that broke off (closed by the server, or an unintelligible reply).
+    pub broken: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub broken_example: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_example: Option<String>,
+    /// Replies by HTTP status code (`http`), or `expected`/`unexpected` (`ping`).
+    pub statuses: BTreeMap<String, u64>,
+    pub bytes_in_per_sec: f64,
+    pub bytes_out_per_sec: f64,
+}
+
+/// Whether what was acknowledged arrived, once, where it was sent, and how fast.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DeliveryReport {
+    pub sent: u64,
+    pub acked: u64,
+    /// Pushed `MSG` lines that carried this run's messages.
+    pub delivered: u64,
+    /// Acked but never pushed to the recipient.
+    pub lost: u64,
+    /// Pushed more than once to the recipient.
+    pub duplicates: u64,
+    /// Pushed to another connection than the recipient's, or with the wrong sender.
+    pub misrouted: u64,
+    /// Pushed but never acked (the ack did not come in time).
+    pub unacked_delivered: u64,
+    /// SENDs still without a reply when the run gave up waiting.
+    pub unanswered: u64,
+    /// From when the SEND was due (open loop) or written (closed loop) to reading the
+    /// recipient's `MSG` line.
+    pub latency: Latency,
+    /// Sender and recipient on the same node / on different nodes (`--addr` repeated).
+    pub same_node: Latency,
+    pub cross_node: Latency,
+}
+
+/// Everything a run found out. Sections a scenario does not have are left out of the JSON.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub schema_version: u32,
+    #[serde(flatten)]
+    pub meta: Meta,
+    pub scenario: String,
+    pub targets: Vec<String>,
+    /// Every option of the run (secrets left out).
+    pub params: serde_json::Value,
+    /// Whether every rule held; `problems` lists the ones that did not.
+    pub passed: bool,
+    pub interrupted: bool,
+    pub problems: Vec<String>,
+    pub verdict: Verdict,
+    pub warnings: Vec<String>,
+    pub connect: ConnectReport,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run: Option<RunReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<DeliveryReport>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub memory: Vec<NodeMemory>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub held: Option<Held>,
+    /// Per-interval figures on the run's one time axis, for `--plot`, `--timeline-csv` and
+    /// scripts.
+    pub timeline: Timeline,
+    /// With --procs: what each process reported of itself (the totals above are their sums).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<crate::procs::PartSummary>,
+    /// The raw measurements behind the figures (histograms for `--hdr-out`).
+    #[serde(skip)]
+    pub measured: Measured,
+}
+
+/// The run over time, every series on the same axis (seconds since the run started).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Timeline {
+    /// Named series: "connect", "replies", "acks", "delivery", ...
+    pub series: Vec<(String, Vec<IntervalStats>)>,
+    pub open: Track,
+    /// The most connections open at once (summed over the processes with --procs).
+    pub peak_open: u64,
+    /// Each server's RSS in KiB (with --server-pid).
+    pub rss: Vec<(u32, Track)>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_rate: Option<f64>,
+    /// When the phases began: (name, seconds).
+    pub phases: Vec<(String, f64)>,
+}
+
+impl Report {
+    /// The figures of `m` (and of the servers' memory and RSS over time), with the verdict of
+    /// `limits`.
+    pub fn build(
+        m: Measured,
+        meta: Meta,
+        scenario: &str,
+        targets: Vec<String>,
+        params: serde_json::Value,
+        (memory, rss): (Vec<NodeMemory>, Vec<(u32, Track)>),
+        limits: &crate::verdict::Limits,
+    ) -> Report {
+        let c = &m.connect;
+        let connect_secs = (c.ended - c.started).max(0.0);
+        let connect = ConnectReport {
+            attempted: c.attempted,
+            opened: c.opened,
+            per_node: c.per_node.clone(),
+            failures: c.failures.clone(),
+            busy_retries: c.busy_retries,
+            secs: connect_secs,
+            per_sec: c.opened as f64 / connect_secs.max(1e-9),
+            requested_rate: c.requested_rate,
+            latency: c.series.as_ref().map(Data::latency).unwrap_or_default(),
+            auth: c.auth,
+        };
+        let mut timeline = Timeline {
+            open: m.open.clone(),
+            peak_open: m.open.points.iter().map(|p| p.1 as u64).max().unwrap_or(0),
+            rss,
+            ..Timeline::default()
+        };
+        if let Some(s) = &c.series {
+            timeline.series.push(("connect".into(), s.intervals()));
+        }
+        timeline.phases.push(("connect".into(), c.started));
+        let run = m.run.as_ref().map(|r| {
+            let secs = (r.ended - r.started).max(1e-9);
+            let total = (r.drained - r.started).max(1e-9);
+            timeline.series.push((r.what.clone(), r.series.intervals()));
+            timeline.phases.push((format!("{} (timed)", r.what), r.started));
+            timeline.phases.push(("drain".into(), r.ended));
+            timeline.target_rate = r.requested_rate;
+            RunReport {
+                what: r.what.clone(),
+                secs,
+                drain_secs: (r.drained - r.ended).max(0.0),
+                requested_rate: r.requested_rate,
+                achieved_rate: r.sent_in_time as f64 / secs,
+                sent: r.sent,
+                ok: r.ok,
+                errors: r.errors,
+                unanswered: r.unanswered,
+                per_sec: r.ok as f64 / total,
+                latency: r.series.latency(),
+                broken: r.broken,
+                broken_example: r.broken_example.clone(),
+                error_example: r.error_example.clone(),
+                statuses: r.statuses.clone(),
+                bytes_in_per_sec: r.bytes_in as f64 / total,
+                bytes_out_per_sec: r.bytes_out as f64 / total,
+            }
+        });
+        let delivery = m.delivery.as_ref().map(|d| {
+            let lat = |x: &Option<Data>| x.as_ref().map(Data::latency).unwrap_or_default();
+            if let Some(all) = &d.all {
+                timeline.series.push(("delivery".into(), all.intervals()));
+            }
+            if d.cross_node.as_ref().is_some_and(|x| x.ok > 0) {
+                for (name, x) in [
+                    ("delivery same node", &d.same_node),
+                    ("delivery cross node", &d.cross_node),
+                ] {
+                    if let Some(x) = x {
+                        timeline.series.push((name.into(), x.intervals()));
+                    }
+                }
+            }
+            DeliveryReport {
+                sent: d.sent,
+                acked: d.acked,
+                delivered: d.delivered,
+                lost: d.lost,
+                duplicates: d.duplicates,
+                misrouted: d.misrouted,
+                unacked_delivered: d.unacked_delivered,
+                unanswered: d.unanswered,
+                latency: lat(&d.all),
+                same_node: lat(&d.same_node),
+                cross_node: lat(&d.cross_node),
+            }
+        });
+        let mut warnings = m.warnings.clone();
+        for n in &memory {
+            if let Some(w) = &n.warning {
+                warnings.push(w.clone());
+            }
+        }
+        let verdict = crate::verdict::judge(limits, &m, &connect, run.as_ref(), delivery.as_ref());
+        Report {
+            schema_version: SCHEMA_VERSION,
+            meta,
+            scenario: scenario.to_string(),
+            targets,
+            params,
+            passed: verdict.passed,
+            interrupted: m.interrupted,
+            problems: verdict.failed(),
+            verdict,
+            warnings,
+            connect,
+            run,
+            delivery,
+            memory,
+            held: m.held.clone(),
+            timeline,
+            parts: Vec::new(),
+            measured: m,
+        }
+    }
+}
+
+/// A latency in the unit that reads best.
+pub fn fmt_us(us: f64) -> String {
+    if us >= 1_000_000.0 {
+        format!("{:.2} s", us / 1_000_000.0)
+    } else if us >= 1_000.0 {
+        format!("{:.2} ms", us / 1_000.0)
+    } else {
+        format!("{us:.0} µs")
+    }
+}
+
+fn fmt_latency(l: &Latency) -> String {
+    if l.count == 0 {
+        return "none measured".into();
+    }
+    format!(
+        "min {}  p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  (mean {}, stddev {}, n={})",
+        fmt_us(l.min_us),
+        fmt_us(l.p50_us),
+        fmt_us(l.p90_us),
+        fmt_us(l.p99_us),
+        fmt_us(l.p999_us),
+        fmt_us(l.max_us),
+        fmt_us(l.mean_us),
+        fmt_us(l.stddev_us),
+        fmt_count(l.count as f64)
+    )
+}
+
+/// Bytes per second in the unit that reads best.
+pub fn fmt_bytes_per_sec(b: f64) -> String {
+    if b >= 1024.0 * 1024.0 {
+        format!("{:.1} MiB/s", b / (1024.0 * 1024.0))
+    } else {
+        format!("{:.1} KiB/s", b / 1024.0)
+    }
+}
+
+/// Thousands separated by commas, for counts and rates.
+pub fn fmt_count(n: f64) -> String {
+    let digits = format!("{:.0}", n.abs());
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if n < 0.0 && digits != "0" {
+        out.insert(0, '-');
+    }
+    out
+}
+
+impl Report {
+    /// The table people read.
+    pub fn table(&self) -> String {
+        let mut rows: Vec<(&str, String)> = Vec::new();
+        rows.push((
+            "scenario",
+            format!(
+                "{} against {}{}",
+                self.scenario,
+                self.targets.join(", "),
+                if self.meta.procs > 1 {
+                    format!(" from {} processes", self.meta.procs)
+                } else {
+                    String::new()
+                }
+            ),
+        ));
+        rows.push(("parameters", self.params.to_string()));
+        if self.interrupted {
+            rows.push((
+                "INTERRUPTED",
+                "stopped by a signal: the figures cover the run so far".into(),
+            ));
+        }
+        let c = &self.connect;
+        rows.push((
+            if c.auth { "users" } else { "connections" },
+            format!(
+                "{} of {} opened{} in {:.2} s: {}/s{}",
+                fmt_count(c.opened as f64),
+                fmt_count(c.attempted as f64),
+                if c.auth { " and logged in" } else { "" },
+                c.secs,
+                fmt_count(c.per_sec),
+                c.requested_rate
+                    .map(|r| format!(" (asked for {}/s)", fmt_count(r)))
+                    .unwrap_or_default()
+            ),
+        ));
+        if c.per_node.len() > 1 {
+            rows.push((
+                "  per node",
+                c.per_node
+                    .iter()
+                    .zip(&self.targets)
+                    .map(|(n, t)| format!("{t} {}", fmt_count(*n as f64)))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ));
+        }
+        rows.push(("  connect time", fmt_latency(&c.latency)));
+        let f = &c.failures;
+        rows.push((
+            "  failures",
+            if f.total() == 0 {
+                "none".into()
+            } else {
+                let mut s = format!(
+                    "refused {}, SERVER_BUSY {}, timeout {}, other {}",
+                    f.refused, f.server_busy, f.timeout, f.other
+                );
+                if let Some(e) = &f.other_example {
+                    let _ = write!(s, " (first other: {e})");
+                }
+                if let Some(h) = &f.hint {
+                    let _ = write!(s, "; hint: {h}");
+                }
+                s
+            },
+        ));
+        if c.busy_retries > 0 {
+            rows.push(("  busy retries", fmt_count(c.busy_retries as f64)));
+        }
+        if let Some(h) = &self.held {
+            rows.push((
+                "held",
+                format!(
+                    "{:.1} s, {} open at the peak; closed by the server meanwhile: {}",
+                    h.secs,
+                    fmt_count(self.timeline.peak_open as f64),
+                    h.dropped
+                ),
+            ));
+        }
+        for m in &self.memory {
+            rows.push((
+                "server memory",
+                format!(
+                    "pid {}: RSS {:.1} MiB before{}, {:.1} MiB peak: {:.2} KiB per connection over {}",
+                    m.server_pid,
+                    m.before_kib as f64 / 1024.0,
+                    if m.before_conns > 0 {
+                        format!(" (at {} connections)", m.before_conns)
+                    } else {
+                        String::new()
+                    },
+                    m.holding_kib as f64 / 1024.0,
+                    m.per_conn_kib,
+                    fmt_count(m.conns as f64),
+                ),
+            ));
+        }
+        if let Some(r) = &self.run {
+            rows.push((
+                &r.what,
+                format!(
+                    "{} in {:.1} s (+{:.2} s drain): {}/s; errors {}, unanswered {}",
+                    fmt_count(r.ok as f64),
+                    r.secs,
+                    r.drain_secs,
+                    fmt_count(r.per_sec),
+                    fmt_count(r.errors as f64),
+                    fmt_count(r.unanswered as f64),
+                ),
+            ));
+            if let Some(req) = r.requested_rate {
+                rows.push((
+                    "  rate",
+                    format!(
+                        "asked {}/s, issued {}/s ({:.1}%)",
+                        fmt_count(req),
+                        fmt_count(r.achieved_rate),
+                        100.0 * r.achieved_rate / req.max(1e-9)
+                    ),
+                ));
+            }
+            rows.push((
+                if r.requested_rate.is_some() {
+                    "  latency (from due time)"
+                } else {
+                    "  latency"
+                },
+                fmt_latency(&r.latency),
+            ));
+            if !r.statuses.is_empty() {
+                rows.push((
+                    "  statuses",
+                    r.statuses
+                        .iter()
+                        .map(|(k, v)| format!("{k}: {}", fmt_count(*v as f64)))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                ));
+            }
+            if r.bytes_in_per_sec > 0.0 {
+                rows.push((
+                    "  throughput",
+                    format!(
+                        "in {}, out {}",
+                        fmt_bytes_per_sec(r.bytes_in_per_sec),
+                        fmt_bytes_per_sec(r.bytes_out_per_sec)
+                    ),
+                ));
+            }
+            if r.broken > 0 {
+                rows.push((
+                    "  broken conns",
+                    format!("{} ({})", r.broken, r.broken_example.as_deref().unwrap_or("")),
+                ));
+            }
+        }
+        if let Some(d) = &self.delivery {
+            rows.push((
+                "delivery",
+                format!(
+                    "sent {}, acked {}, delivered {}; lost {}, duplicates {}, misrouted {}, \
+                     delivered unacked {}, unanswered {}",
+                    d.sent,
+                    d.acked,
+                    d.delivered,
+                    d.lost,
+                    d.duplicates,
+                    d.misrouted,
+                    d.unacked_delivered,
+                    d.unanswered
+                ),
+            ));
+            rows.push(("  latency", fmt_latency(&d.latency)));
+            if d.cross_node.count > 0 {
+                rows.push(("  same node", fmt_latency(&d.same_node)));
+                rows.push(("  cross node", fmt_latency(&d.cross_node)));
+            }
+        }
+        for w in &self.warnings {
+            rows.push(("warning", w.clone()));
+        }
+        for rule in &self.verdict.rules {
+            rows.push((
+                "  rule",
+                format!(
+                    "{} {}: {} (limit {})",
+                    if rule.passed { "ok  " } else { "FAIL" },
+                    rule.rule,
+                    rule.actual,
+                    rule.limit
+                ),
+            ));
+        }
+        rows.push((
+            "result",
+            if self.passed {
+                "PASS".into()
+            } else {
+                format!("FAIL: {}", self.problems.join("; "))
+            },
+        ));
+        let width = rows.iter().map(|(k, _)| k.chars().count()).max().unwrap_or(0);
+        let mut out = String::new();
+        for (k, v) in rows {
+            let _ = writeln!(out, "{k:width$}  {v}");
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats() {
+        assert_eq!(fmt_count(1234567.4), "1,234,567");
+        assert_eq!(fmt_count(999.0), "999");
+        assert_eq!(fmt_count(0.0), "0");
+        assert_eq!(fmt_us(54.2), "54 µs");
+        assert_eq!(fmt_us(1500.0), "1.50 ms");
+        assert_eq!(fmt_us(2_500_000.0), "2.50 s");
+        assert_eq!(fmt_bytes_per_sec(2048.0), "2.0 KiB/s");
+    }
+}
