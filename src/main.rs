@@ -23,7 +23,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the line protocol (and optionally echo) until Ctrl-C or SIGTERM.
-    Serve(Config),
+    Serve(Box<Config>),
     /// List this machine's network interfaces and addresses (for `serve --interface`).
     Interfaces,
     /// Load a server (chatd, or Redis for `ping`) and report throughput, latency and failures.
@@ -38,7 +38,7 @@ fn main() -> ExitCode {
         Command::Interfaces => interfaces(),
         Command::Serve(config) => match matches.subcommand_matches("serve").map(flag_conflicts) {
             Some(Err(e)) => Err(e),
-            _ => serve(config),
+            _ => serve(*config),
         },
         Command::Load(args) => match chatd_load::main(*args) {
             Ok(code) => return code,
