@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::process::{Process, CHATD};
-use common::{parse_msg, Client};
+use common::Client;
 
 #[tokio::test]
 async fn the_banner_says_what_to_type() {
@@ -43,14 +43,7 @@ async fn acked_messages_survive_sigkill() {
     let p = Process::start(&db);
     let mut alice = Client::connect(p.addr).await;
     alice.ok("AUTH alice pw").await;
-    let mut stored = Vec::new();
-    loop {
-        let page = alice.cmd(&format!("INBOX {}", stored.last().unwrap_or(&0))).await;
-        if page.data.is_empty() {
-            break;
-        }
-        stored.extend(page.data.iter().map(|l| parse_msg(l).0));
-    }
+    let stored = alice.inbox_ids().await;
     assert_eq!(stored, acked);
 }
 

@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::process::Process;
-use common::{parse_msg, Client};
+use common::Client;
 use tokio::io::AsyncWriteExt;
 
 #[tokio::test]
@@ -54,14 +54,7 @@ async fn sigterm_with_a_stalled_http_body_exits_0_within_6_s_and_commits_every_a
     let p = Process::start(&db);
     let mut alice = Client::connect(p.addr).await;
     alice.ok("AUTH alice pw").await;
-    let mut stored = Vec::new();
-    loop {
-        let page = alice.cmd(&format!("INBOX {}", stored.last().unwrap_or(&0))).await;
-        if page.data.is_empty() {
-            break;
-        }
-        stored.extend(page.data.iter().map(|l| parse_msg(l).0));
-    }
+    let stored = alice.inbox_ids().await;
     for id in &acked {
         assert!(stored.contains(id), "acknowledged {id} was not stored");
     }

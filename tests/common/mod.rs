@@ -388,6 +388,20 @@ impl Client {
     }
 }
 
+impl Client {
+    /// Every message id in the logged-in user's inbox, oldest first, paging INBOX to the end.
+    pub async fn inbox_ids(&mut self) -> Vec<i64> {
+        let mut ids: Vec<i64> = Vec::new();
+        loop {
+            let page = self.cmd(&format!("INBOX {}", ids.last().unwrap_or(&0))).await;
+            if page.data.is_empty() {
+                return ids;
+            }
+            ids.extend(page.data.iter().map(|l| parse_msg(l).0));
+        }
+    }
+}
+
 /// Splits a `MSG <id> <from> <time> <text>` line.
 pub fn parse_msg(line: &str) -> (i64, String, String, String) {
     let mut parts = line.splitn(5, ' ');
