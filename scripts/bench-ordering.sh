@@ -6,8 +6,9 @@
 # Needs PostgreSQL on 127.0.0.1:5432 (trust auth). Starts and kills only its own processes.
 set -euo pipefail
 OLD=$1 NEW=$2 RUNS=${3:-2}
-# The load generator (the same for both): the new binary's unless LOADER is set.
-LOADER=${LOADER:-$NEW}
+# The load generator (the same for both runs): the old binary's unless LOADER is set, so the
+# report format is the one this script reads.
+LOADER=${LOADER:-$OLD}
 PG=${PG:-postgres://postgres@127.0.0.1:5432}
 OUT=$(mktemp -d)
 PIDS=()

@@ -20,6 +20,10 @@ use crate::store::{Message, PgStore, StoreResult};
 
 /// Catch-up reads this many messages per query.
 const CATCH_UP_PAGE: i64 = 1000;
+/// Announcements relayed together at most.
+const ANNOUNCEMENTS_AT_ONCE: usize = 256;
+/// Messages read by id in one query at most.
+const READ_AT_ONCE: usize = 10_000;
 
 /// Per origin node, the newest message id delivered from it.
 #[derive(Default)]
@@ -90,8 +94,17 @@ pub(super) async fn relay(store: PgStore, hub: Hub, own: Arc<OwnMessages>, shutd
                 received = listener.try_recv() => received,
             };
             let outcome = match received {
-                Ok(Some(notification)) => {
-                    relay_announcement(&store, &hub, &own, seen, notification.payload()).await
+                Ok(Some(first)) => {
+                    // Take every announcement already received along with it, so that under
+                    // load one store read serves many batches instead of one read each.
+                    let mut payloads = vec![first.payload().to_owned()];
+                    while payloads.len() < ANNOUNCEMENTS_AT_ONCE {
+                        match listener.next_buffered() {
+                            Some(more) => payloads.push(more.payload().to_owned()),
+                            None => break,
+                        }
+                    }
+                    relay_announcements(&store, &hub, &own, seen, &payloads).await
                 }
                 Ok(None) => {
                     tracing::warn!("lost the LISTEN connection; reconnecting and catching up");
@@ -119,34 +132,43 @@ async fn listen(store: &PgStore) -> sqlx::Result<PgListener> {
     Ok(listener)
 }
 
-/// Delivers the messages named in one announcement: this node's own from what its writer
-/// kept, the rest (and any of its own it no longer has) read from the store.
-async fn relay_announcement(
+/// Delivers the messages named in announcements received in commit order: this node's own
+/// from what its writer kept, the rest (and any of its own it no longer has) read from the
+/// store in one query. Delivered in id order, which for each recipient is commit order.
+async fn relay_announcements(
     store: &PgStore,
     hub: &Hub,
     own: &OwnMessages,
     seen: &mut Seen,
-    payload: &str,
+    payloads: &[String],
 ) -> StoreResult<()> {
-    let Some(announcement) = Announcement::parse(payload) else {
-        tracing::warn!(payload, "ignoring a malformed announcement");
-        return Ok(());
-    };
-    let node = announcement.node;
-    let mut ready: Vec<Arc<Message>> = Vec::with_capacity(announcement.ids.len());
+    let mut ready: Vec<Arc<Message>> = Vec::new();
     let mut missing = Vec::new();
-    for id in announcement.ids.into_iter().filter(|&id| seen.is_new(node, id)) {
-        match (node == store.node_id()).then(|| own.take(id)).flatten() {
-            Some(message) => ready.push(message),
-            None => missing.push(id),
+    let mut announced: Vec<(&str, i64)> = Vec::new();
+    for payload in payloads {
+        let Some(announcement) = Announcement::parse(payload) else {
+            tracing::warn!(payload, "ignoring a malformed announcement");
+            continue;
+        };
+        let node = announcement.node;
+        let mine = node == store.node_id();
+        for id in announcement.ids.into_iter().filter(|&id| seen.is_new(node, id)) {
+            announced.push((node, id));
+            match mine.then(|| own.take(id)).flatten() {
+                Some(message) => ready.push(message),
+                None => missing.push(id),
+            }
         }
     }
-    if !missing.is_empty() {
-        ready.extend(store.messages_by_id(&missing).await?.into_iter().map(Arc::new));
-        ready.sort_unstable_by_key(|m| m.id);
+    for chunk in missing.chunks(READ_AT_ONCE) {
+        ready.extend(store.messages_by_id(chunk).await?.into_iter().map(Arc::new));
     }
+    // Only once everything is read: if a read fails, the catch-up starts from before these.
+    for (node, id) in announced {
+        seen.record(node, id);
+    }
+    ready.sort_unstable_by_key(|m| m.id);
     for message in ready {
-        seen.record(node, message.id);
         hub.deliver(&message);
     }
     Ok(())
