@@ -11,8 +11,12 @@ OLD=$1 NEW=$2 RUNS=${3:-2}
 LOADER=${LOADER:-$OLD}
 PG=${PG:-postgres://postgres@127.0.0.1:5432}
 OUT=$(mktemp -d)
-PIDS=()
-cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done; }
+# start runs in a command substitution (a subshell), so the pids it starts are kept in a file.
+cleanup() {
+    [[ -f "$OUT/pids" ]] || return 0
+    while read -r pid; do kill "$pid" 2>/dev/null || true; done <"$OUT/pids"
+    : >"$OUT/pids"
+}
 trap cleanup EXIT
 log() { echo "[$(date +%T)] $*" >&2; }
 
@@ -21,14 +25,14 @@ start() {
     local bin=$1 db=$2 name=$3
     "$bin" serve --bind 127.0.0.1 --port 0 --http-port 0 --threads 1 --db "$db" --node-id "$name" \
         >"$OUT/$name.out" 2>"$OUT/$name.err" &
-    PIDS+=($!)
+    echo $! >>"$OUT/pids"
     for _ in $(seq 100); do
         grep -q '^Store:' "$OUT/$name.out" 2>/dev/null && break
         sleep 0.1
     done
     sed -n 's/^ *telnet \([^ ]*\) \([0-9]*\)$/\1:\2/p' "$OUT/$name.out" | head -1
 }
-stop_all() { cleanup; PIDS=(); sleep 0.5; }
+stop_all() { cleanup; sleep 0.5; }
 fresh_pg() { psql -q -h 127.0.0.1 -U postgres -d test -c "DROP DATABASE IF EXISTS $1 WITH (FORCE)" -c "CREATE DATABASE $1" >/dev/null 2>&1; echo "$PG/$1"; }
 
 # chat LABEL ADDR... : one chat run per address at once; prints acked/s (sum) and ack p99 (max).
@@ -55,7 +59,10 @@ print(f"acked/s {acked:.0f} | ack p99 {p99/1000:.2f} ms | delivery p99 {d99/1000
 PY
 }
 
-for ARGS in "--users 500 --duration 10" "--users 100 --rate 10000 --duration 10"; do
+# BENCH_ARGS narrows the runs to one chat command line.
+COMMANDS=("--users 500 --duration 10" "--users 100 --rate 10000 --duration 10")
+[[ -n "${BENCH_ARGS:-}" ]] && COMMANDS=("$BENCH_ARGS")
+for ARGS in "${COMMANDS[@]}"; do
     for run in $(seq "$RUNS"); do
         for which in old new; do
             bin=$OLD; [[ $which == new ]] && bin=$NEW

@@ -93,7 +93,7 @@ async fn page_messages(
         let page = reply["messages"].as_array().expect("messages");
         ids.extend(page.iter().map(|m| m["id"].as_i64().unwrap()));
         if page.is_empty() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
     ids
@@ -144,8 +144,16 @@ async fn two_writing_nodes_deliver_every_message_once_and_in_order() {
     };
     let _ = tracing_subscriber::fmt().with_env_filter("chatd=info").try_init();
     let db = Arc::new(TestDb::create(backend).await);
-    let node1 = TestServer::on_db(db.clone(), |c| c.node_id = Some("node-1".into())).await;
-    let node2 = TestServer::on_db(db.clone(), |c| c.node_id = Some("node-2".into())).await;
+    // A pool large enough for the senders, both streams, the pager and the relay at once, so a
+    // busy machine (the whole suite runs in parallel) does not run a node out of connections.
+    let node = |name: &'static str| {
+        move |c: &mut chatd::Config| {
+            c.node_id = Some(name.into());
+            c.db_pool = 16;
+        }
+    };
+    let node1 = TestServer::on_db(db.clone(), node("node-1")).await;
+    let node2 = TestServer::on_db(db.clone(), node("node-2")).await;
 
     let mut rcpt = node2.user("rcpt").await;
     let mut senders = Vec::new();
