@@ -317,6 +317,56 @@ async fn polling_with_basic_auth_does_not_hash_every_request() {
 }
 
 #[tokio::test]
+async fn a_remembered_password_gives_a_burst_of_guesses_no_extra_answers() {
+    let server = TestServer::start().await;
+    // Alice logs in from her own machine: her password is now remembered.
+    let mut alice = Line::connect_from(server.addr, loopback(5)).await;
+    alice.cmd("REGISTER alice the-right-one").await;
+    assert_eq!(
+        alice.cmd("AUTH alice the-right-one").await,
+        "OK logged in as alice"
+    );
+    // A guesser's burst: 256 wrong passwords (as many as one address may have in progress),
+    // then the right one, before more than a few of the wrong ones can have been checked.
+    let guesses = 256;
+    let mut conns = Vec::new();
+    for _ in 0..=guesses {
+        conns.push(Line::connect_from(server.addr, loopback(1)).await);
+    }
+    for (i, c) in conns.iter_mut().enumerate() {
+        let guess = if i == guesses {
+            "the-right-one".to_string()
+        } else {
+            format!("wrong{i}")
+        };
+        c.reader
+            .get_mut()
+            .write_all(format!("AUTH alice {guess}\r\n").as_bytes())
+            .await
+            .unwrap();
+    }
+    let mut codes = Vec::new();
+    for c in &mut conns {
+        codes.push(code(&c.line().await).to_string());
+    }
+    // The right guess waited its turn like the others, and by then the burst's failures had
+    // locked this address out: remembering it saves a hash, never a check.
+    assert_eq!(codes[guesses], "RATE_LIMITED", "{codes:?}");
+    let answered = count(&codes, "BAD_CREDENTIALS") + count(&codes, "OK");
+    assert!(
+        answered <= 20,
+        "{answered} guesses were answered; at most 20 may be: {codes:?}"
+    );
+    // Alice, from her own address, still logs in.
+    let mut again = Line::connect_from(server.addr, loopback(5)).await;
+    assert_eq!(
+        again.cmd("AUTH alice the-right-one").await,
+        "OK logged in as alice"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn a_full_hash_queue_answers_503_at_once() {
     let server = TestServer::start_with(|c| {
         c.hash_queue = 2;

@@ -99,14 +99,15 @@ impl Auth {
         self.limits.check(addr, user.as_str(), now)
     }
 
-    /// Whether `user` logged in with this very password within [`REMEMBER_FOR`].
-    pub fn remembered(&self, user: &Username, password: &Password<'_>) -> bool {
-        self.remembered.contains(user, password, Instant::now())
-    }
-
     /// Checks `password` against `stored` (the user's hash, or `None` if there is no such
     /// user: then a dummy hash is checked, so both cost the same). `lookup` fetches the hash
     /// once the attempt holds its slots.
+    ///
+    /// A password that logged in as `user` within [`REMEMBER_FOR`] skips the hash, and only
+    /// the hash: it still waits its turn and takes its slots like any check. Otherwise a burst
+    /// of guesses that arrives before its first failures are counted would have every guess
+    /// compared with the remembered one for free, and the right one would log in past the
+    /// limits while the wrong ones were refused unchecked.
     pub async fn verify<F>(
         &self,
         addr: AddrKey,
@@ -119,6 +120,11 @@ impl Auth {
     {
         let ticket = self.hasher.ticket(addr, self.share()).await?;
         let attempt: Attempt<'_> = self.limits.begin(addr, user.as_arc(), Instant::now())?;
+        if self.remembered.contains(user, password, Instant::now()) {
+            drop(ticket);
+            attempt.succeeded();
+            return Ok(true);
+        }
         let stored = lookup.await?;
         let exists = stored.is_some();
         let hash = stored.unwrap_or_else(|| self.dummy_hash.clone());

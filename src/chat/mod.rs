@@ -153,12 +153,11 @@ impl Chat {
         };
         let addr = AddrKey::of(peer);
         auth.check(addr, &name, now)?;
-        let verified = auth.remembered(&name, &password)
-            || auth
-                .verify(addr, &name, &password, async {
-                    Ok(self.inner.store.password_hash(name.as_str()).await?)
-                })
-                .await?;
+        let verified = auth
+            .verify(addr, &name, &password, async {
+                Ok(self.inner.store.password_hash(name.as_str()).await?)
+            })
+            .await?;
         if verified {
             auth.succeeded(conn);
             self.inner.users.remember(name.as_arc());
