@@ -16,6 +16,7 @@ mod limits;
 mod line;
 mod listener;
 pub mod logging;
+mod memory;
 mod net;
 mod store;
 mod topology;
@@ -271,6 +272,8 @@ impl Server {
         let echo_door = Door::new(budget.echo, per_addr);
         let settings = Arc::new(SessionSettings::from_config(&config));
         let mut tasks: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
+        // Not supervised: it only ever ends on `stop`, and nothing depends on it.
+        tokio::spawn(memory::give_back(stop.clone()));
         {
             let (chat, stop_sessions) = (chat.clone(), stop.clone());
             let accept = listener::accept_loop(

@@ -334,6 +334,20 @@ async fn stalled_bodies_and_unread_replies_keep_memory_bounded() {
     );
     drop(readers);
     drop(uploaders);
+    // Once they are gone, the memory they cost goes back to the system within a few seconds.
+    let mut after = rss_mib(pid);
+    for _ in 0..30 {
+        if after < before + 24 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        after = rss_mib(pid);
+    }
+    eprintln!("RSS {after} MiB after the attackers left");
+    assert!(
+        after < before + 24,
+        "RSS {after} MiB after the attackers left, {before} MiB before, {peak} MiB at the peak"
+    );
 }
 
 #[tokio::test]

@@ -38,7 +38,7 @@ pub(crate) struct Auth {
 
 impl Auth {
     pub fn new(limits: AuthLimits, hashing: HashLimits) -> Auth {
-        return_large_allocations();
+        crate::memory::tune();
         let dummy_hash = Argon2::default()
             .hash_password(b"not a password", &SaltString::generate(&mut OsRng))
             .expect("argon2 with default parameters hashes")
@@ -224,19 +224,4 @@ impl Remembered {
 
 pub fn bad_credentials() -> ChatError {
     ChatError::new(Code::BadCredentials, "wrong user name or password")
-}
-
-/// Each argon2 hash allocates ~19 MiB on a blocking thread. glibc raises its mmap threshold
-/// after the first such buffer is freed, so later ones come from per-thread heaps and stay
-/// resident: 2,000 logins left ~600 MiB of RSS. Pinning the threshold keeps large buffers
-/// mmapped, returned to the system as soon as they are freed.
-fn return_large_allocations() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        static ONCE: std::sync::Once = std::sync::Once::new();
-        // SAFETY: mallopt only changes allocator tuning; called once, before heavy use.
-        ONCE.call_once(|| unsafe {
-            libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
-        });
-    }
 }
