@@ -89,6 +89,7 @@ async fn one_budget_for_line_and_http_connections() {
         line.push(Client::connect(p.addr).await);
     }
     // Opened all at once: the checks below must run before the header timeout closes them.
+    let rss_before = rss_mib(p.child.id());
     let opened = Instant::now();
     let mut idle_http = Vec::new();
     for _ in 0..20 {
@@ -99,6 +100,10 @@ async fn one_budget_for_line_and_http_connections() {
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     eprintln!("2,000 idle HTTP connections opened in {:?}", opened.elapsed());
+    // A connection that has sent nothing costs about what an idle line connection does
+    // (~2 KiB), not an HTTP parser and its read buffer (~12 KiB).
+    let grew = rss_mib(p.child.id()).saturating_sub(rss_before);
+    assert!(grew < 10, "2,000 idle HTTP connections took {grew} MiB");
 
     // Full: a new line client hears SERVER_BUSY at once; HTTP gets a 503 JSON answer.
     let started = Instant::now();

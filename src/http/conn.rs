@@ -32,6 +32,26 @@ const READ_BUFFER: usize = 64 * 1024;
 
 /// Serves HTTP/1.1 on `stream` until the client leaves, a limit ends it, or `shutdown`.
 pub async fn serve(stream: TcpStream, peer: SocketAddr, app: Router, shutdown: CancellationToken) {
+    // hyper's connection state and read buffer (~10 KiB) are made once the client has sent
+    // something: thousands of connections that send nothing cost what idle line connections
+    // do. The first byte has the header time to arrive, like any request head.
+    // (`peek`, not `readable`: readiness may be reported before any byte has arrived.)
+    let mut first = [0u8; 1];
+    tokio::select! {
+        peeked = tokio::time::timeout(HEADER_TIMEOUT, stream.peek(&mut first)) => {
+            if !matches!(peeked, Ok(Ok(n)) if n > 0) {
+                tracing::debug!(%peer, "HTTP connection sent nothing in time");
+                return;
+            }
+        }
+        _ = shutdown.cancelled() => return,
+    }
+    // Boxed, so the future of a connection still waiting for its first byte stays small.
+    Box::pin(serve_requests(stream, peer, app, shutdown)).await
+}
+
+/// hyper's half of [`serve`], once the client has sent something.
+async fn serve_requests(stream: TcpStream, peer: SocketAddr, app: Router, shutdown: CancellationToken) {
     let io = TokioIo::new(StallGuard::new(stream, WRITE_STALL));
     let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
         request.extensions_mut().insert(ConnectInfo(peer));
