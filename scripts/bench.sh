@@ -5,8 +5,13 @@
 #
 # Usage: scripts/bench.sh            # the full bench (~12 min on 2 cores)
 #        QUICK=1 scripts/bench.sh    # a short rehearsal (~2 min): 1 run, small sizes
+#        BASELINE=path/to/old/chatd NO_REDIS=1 scripts/bench.sh
+#                                    # this build against an older chatd binary, side by side
+#                                    # (the baseline runs every row too, alternating with this
+#                                    # build; the generator is this build's for both)
 # Environment: RUNS (3), DURATION (seconds per timed run, 10), CONNS (idle connections, 19000),
-#              AUTH_CONNS (2000), OUT (results directory, target/bench), REDIS_PORT (6379).
+#              AUTH_CONNS (2000), OUT (results directory, target/bench), REDIS_PORT (6379),
+#              BASELINE (another chatd binary to compare with), NO_REDIS (skip Redis).
 # Everything goes to 127.0.0.1 only. Servers started here are killed by pid on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -49,11 +54,12 @@ free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
-# start_chatd NAME: a chatd on a fresh database; sets CHATD_PID, CHATD_ADDR, CHATD_HTTP.
+# start_chatd NAME [BINARY]: a chatd (this build's unless BINARY) on a fresh database; sets
+# CHATD_PID, CHATD_ADDR, CHATD_HTTP.
 start_chatd() {
-    local dir="$TMP/$1"
+    local dir="$TMP/$1" bin=${2:-$BIN}
     mkdir -p "$dir"
-    RUST_LOG=warn "$BIN" serve --bind 127.0.0.1 --port 0 --http-port 0 \
+    RUST_LOG=warn "$bin" serve --bind 127.0.0.1 --port 0 --http-port 0 \
         --db "sqlite://$dir/chatd.db" >"$dir/out" 2>"$dir/err" &
     CHATD_PID=$!
     PIDS+=("$CHATD_PID")
@@ -103,7 +109,7 @@ load() {
 
 # Redis as the peer: the one on $REDIS_PORT if it answers, else one of our own.
 REDIS=""
-if command -v redis-server >/dev/null; then
+if [[ -z "${NO_REDIS:-}" ]] && command -v redis-server >/dev/null; then
     if redis-cli -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG; then
         REDIS="127.0.0.1:$REDIS_PORT"
         REDIS_VERSION=$(redis-cli -p "$REDIS_PORT" info server | sed -n 's/^redis_version:\(.*\)\r$/\1/p')
@@ -116,29 +122,54 @@ fi
 log "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), kernel $(uname -r)"
 log "load before: $(cut -d' ' -f1-3 /proc/loadavg); Redis: ${REDIS:-none} ${REDIS_VERSION:-}"
 
-start_chatd main
-log "chatd (pid $CHATD_PID) on $CHATD_ADDR, HTTP on $CHATD_HTTP"
+# chatd's targets: this build ("chatd") and, with BASELINE, the older binary ("base").
+TARGETS=(chatd)
+[[ -n "${BASELINE:-}" ]] && TARGETS+=(base)
+binary_of() { if [[ $1 == base ]]; then echo "$BASELINE"; else echo "$BIN"; fi; }
+# start_target TARGET NAME: start_chatd for that target; its pid and addresses go into
+# PID_<target>, ADDR_<target>, HTTP_<target>.
+start_target() {
+    start_chatd "$2-$1" "$(binary_of "$1")"
+    printf -v "PID_$1" %s "$CHATD_PID"
+    printf -v "ADDR_$1" %s "$CHATD_ADDR"
+    printf -v "HTTP_$1" %s "$CHATD_HTTP"
+}
+pid_of() { local v="PID_$1"; echo "${!v}"; }
+addr_of() { local v="ADDR_$1"; echo "${!v}"; }
+http_of() { local v="HTTP_$1"; echo "${!v}"; }
+stop_targets() { for t in "${TARGETS[@]}"; do stop "$(pid_of "$t")"; done; }
+
+for t in "${TARGETS[@]}"; do
+    start_target "$t" main
+    log "$t: $(binary_of "$t") (pid $(pid_of "$t")) on $(addr_of "$t"), HTTP on $(http_of "$t")"
+done
 
 # 1. PING: connections x requests in flight per connection.
 for shape in 1x1 50x1 50x16 500x1; do
     conns=${shape%x*} pipeline=${shape#*x}
     for run in $(seq "$RUNS"); do
-        load "ping-$shape" chatd "$run" ping --addr "$CHATD_ADDR" --conns "$conns" --pipeline "$pipeline" \
-            --duration "$DURATION"
+        for t in "${TARGETS[@]}"; do
+            load "ping-$shape" "$t" "$run" ping --addr "$(addr_of "$t")" --conns "$conns" --pipeline "$pipeline" \
+                --duration "$DURATION"
+        done
         if [[ -n "$REDIS" ]]; then
             load "ping-$shape" redis "$run" ping --addr "$REDIS" --conns "$conns" --pipeline "$pipeline" \
                 --duration "$DURATION" --no-greeting --expect +PONG
         fi
     done
 done
+stop_targets
 
 # 2. Idle connections held, and the accept rate (each connection answers a PING before it
 #    counts), each run against a freshly started server so its RSS starts from scratch.
 for run in $(seq "$RUNS"); do
-    start_chatd "idle-$run"
-    load idle chatd "$run" connections --addr "$CHATD_ADDR" --conns "$CONNS" --hold 3 --server-pid "$CHATD_PID"
-    load accept chatd "$run" connections --addr "$CHATD_ADDR" --conns "$CONNS" --hold 0 --probe PING
-    stop "$CHATD_PID"
+    for t in "${TARGETS[@]}"; do
+        start_target "$t" "idle-$run"
+        load idle "$t" "$run" connections --addr "$(addr_of "$t")" --conns "$CONNS" --hold 3 \
+            --server-pid "$(pid_of "$t")"
+        load accept "$t" "$run" connections --addr "$(addr_of "$t")" --conns "$CONNS" --hold 0 --probe PING
+        stop "$(pid_of "$t")"
+    done
     if [[ -n "$REDIS" ]]; then
         start_redis
         load idle redis "$run" connections --addr "$OWN_REDIS_ADDR" --conns "$CONNS" --hold 3 --no-greeting \
@@ -152,49 +183,64 @@ done
 # 3. Authenticated connections: each REGISTERs and AUTHs as its own user (two argon2 hashes
 #    each, so fewer of them and one run). The baseline is read after the first 10%, so the
 #    memory argon2 hashing leaves behind is not counted against the connections.
-start_chatd auth
-load auth chatd "$RUNS" connections --addr "$CHATD_ADDR" --conns "$AUTH_CONNS" --auth --hold 3 \
-    --server-pid "$CHATD_PID" --baseline-after $((AUTH_CONNS / 10))
-stop "$CHATD_PID"
+for t in "${TARGETS[@]}"; do
+    start_target "$t" auth
+    load auth "$t" "$RUNS" connections --addr "$(addr_of "$t")" --conns "$AUTH_CONNS" --auth --hold 3 \
+        --server-pid "$(pid_of "$t")" --baseline-after $((AUTH_CONNS / 10))
+    stop "$(pid_of "$t")"
+done
 
 # 4. Durable SENDs: 500 users, each with one SEND in flight, to each other.
-start_chatd chat
+for t in "${TARGETS[@]}"; do start_target "$t" chat; done
 for run in $(seq "$RUNS"); do
-    load send chatd "$run" chat --addr "$CHATD_ADDR" --users 500 --duration "$DURATION"
+    for t in "${TARGETS[@]}"; do
+        load send "$t" "$run" chat --addr "$(addr_of "$t")" --users 500 --duration "$DURATION"
+    done
 done
 
 # 5. Delivery latency at 10,000 messages/s (open loop, 100 users).
 for run in $(seq "$RUNS"); do
-    load delivery chatd "$run" chat --addr "$CHATD_ADDR" --users 100 --rate 10000 --duration "$DURATION"
+    for t in "${TARGETS[@]}"; do
+        load delivery "$t" "$run" chat --addr "$(addr_of "$t")" --users 100 --rate 10000 --duration "$DURATION"
+    done
 done
+stop_targets
 
 # 6. HTTP GET /get_messages with a bearer token, for a user with 20 messages.
 user="bench$(date +%s)"
-curl -fsS -d "{\"username\": \"$user\", \"password\": \"pw\"}" "http://$CHATD_HTTP/register" >/dev/null
-token=$(curl -fsS -d "{\"username\": \"$user\", \"password\": \"pw\"}" "http://$CHATD_HTTP/auth" |
-    python3 -c 'import json, sys; print(json.load(sys.stdin)["token"])')
-for i in $(seq 20); do
-    curl -fsS -H "Authorization: Bearer $token" \
-        -d "{\"recipient\": \"$user\", \"message\": \"message number $i\"}" "http://$CHATD_HTTP/" >/dev/null
+for t in "${TARGETS[@]}"; do
+    start_target "$t" http
+    h=$(http_of "$t")
+    curl -fsS -d "{\"username\": \"$user\", \"password\": \"pw\"}" "http://$h/register" >/dev/null
+    token=$(curl -fsS -d "{\"username\": \"$user\", \"password\": \"pw\"}" "http://$h/auth" |
+        python3 -c 'import json, sys; print(json.load(sys.stdin)["token"])')
+    printf -v "TOKEN_$t" %s "$token"
+    for i in $(seq 20); do
+        curl -fsS -H "Authorization: Bearer $token" \
+            -d "{\"recipient\": \"$user\", \"message\": \"message number $i\"}" "http://$h/" >/dev/null
+    done
 done
 for run in $(seq "$RUNS"); do
-    load http chatd "$run" http --addr "$CHATD_HTTP" --conns 50 --duration "$DURATION" --path /get_messages \
-        --bearer "$token"
+    for t in "${TARGETS[@]}"; do
+        v="TOKEN_$t"
+        load http "$t" "$run" http --addr "$(http_of "$t")" --conns 50 --duration "$DURATION" \
+            --path /get_messages --bearer "${!v}"
+    done
 done
 if command -v wrk >/dev/null; then
-    log "wrk cross-check: wrk -t1 -c50 -d${DURATION}s -H 'Authorization: Bearer ...' http://$CHATD_HTTP/get_messages"
-    wrk -t1 -c50 -d"${DURATION}s" -H "Authorization: Bearer $token" "http://$CHATD_HTTP/get_messages" \
+    log "wrk cross-check: wrk -t1 -c50 -d${DURATION}s -H 'Authorization: Bearer ...' http://$HTTP_chatd/get_messages"
+    wrk -t1 -c50 -d"${DURATION}s" -H "Authorization: Bearer $TOKEN_chatd" "http://$HTTP_chatd/get_messages" \
         >"$OUT/wrk-get_messages.txt" 2>&1 || true
     grep -E 'Requests/sec|Latency' "$OUT/wrk-get_messages.txt" >&2 || true
 fi
-stop "$CHATD_PID"
+stop_targets
 log "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 # The summary: medians (min-max) per figure, chatd/Redis, and whether the target is met.
-python3 - "$OUT/json" "$REDIS_VERSION" >"$OUT/summary.md" <<'EOF'
+python3 - "$OUT/json" "${REDIS_VERSION:-}" "${BASELINE:-}" >"$OUT/summary.md" <<'EOF'
 import glob, json, os, statistics, sys
 
-folder, redis_version = sys.argv[1], sys.argv[2] or "?"
+folder, redis_version, baseline = sys.argv[1], sys.argv[2] or "?", sys.argv[3]
 
 def runs(row, target):
     out = []
@@ -244,8 +290,10 @@ TARGETS = {
     ("max", 2.0): "<= 2 KiB", ("min", 100_000): ">= 100k/s", ("max", 3000): "<= 3 ms", ("min", 50_000): ">= 50k/s",
 }
 
-print(f"| figure | target | Redis {redis_version} | chatd | chatd/Redis | met? |")
-print("|---|---|---|---|---|---|")
+# With a baseline: its column and chatd/baseline beside this build's.
+base_head = " baseline | chatd/baseline |" if baseline else ""
+print(f"| figure | target | Redis {redis_version} | chatd | chatd/Redis | met? |{base_head}")
+print("|---|---|---|---|---|---|" + ("---|---|" if baseline else ""))
 for name, row, metric, unit, target in ROWS:
     chatd_runs, redis_runs = runs(row, "chatd"), runs(row, "redis")
     c = [get(r, metric) for r in chatd_runs]
@@ -270,7 +318,14 @@ for name, row, metric, unit, target in ROWS:
         note = f" ({min(opened):,}–{max(opened):,} opened)" if min(opened) != max(opened) else f" ({opened[0]:,} opened)"
     if problems:
         note += " ⚠ " + "; ".join(sorted(set(problems)))[:200]
-    print(f"| {name}{note} | {TARGETS.get(target, '') if target else ''} | {cell(r, unit)} | {cell(c, unit)} | {ratio} | {met} |")
+    base_cells = ""
+    if baseline:
+        b = [get(x, metric) for x in runs(row, "base")]
+        base_ratio = f"{statistics.median(c) / statistics.median(b):.2f}x" if c and b and statistics.median(b) else "–"
+        base_problems = [p for x in runs(row, "base") for p in x.get("problems", [])]
+        warn = " ⚠ " + "; ".join(sorted(set(base_problems)))[:200] if base_problems else ""
+        base_cells = f" {cell(b, unit)}{warn} | {base_ratio} |"
+    print(f"| {name}{note} | {TARGETS.get(target, '') if target else ''} | {cell(r, unit)} | {cell(c, unit)} | {ratio} | {met} |{base_cells}")
 EOF
 cat "$OUT/summary.md"
 log "results: $OUT/summary.md, reports in $OUT/json, plots in $OUT/plots"
