@@ -31,8 +31,8 @@ pub use conn::{busy_answer, serve as serve_connection, HEADER_TIMEOUT, MAX_HEAD,
 pub use extract::{BODIES_AT_ONCE, BODY_STALL, BODY_TIME, MAX_BODY};
 pub use routes::MAX_REPLY_BYTES;
 
-/// `/get_messages` and `/conversation` replies being built at once: one, so that a crowd of
-/// large replies keeps at most one core busy.
+/// Batches of large messages serialised for `/get_messages` and `/conversation` at once: one,
+/// so that a crowd of large replies keeps at most one core busy.
 const REPLY_BUILDERS: usize = 1;
 
 /// The chat page, embedded in the binary.

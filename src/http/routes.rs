@@ -29,6 +29,9 @@ const MAX_LIMIT: u64 = 1000;
 /// Messages read from the chat domain at once while a reply is built: what one reply holds in
 /// memory beyond its own bytes.
 const FETCH: u32 = 32;
+/// A batch of messages with at most this much text is serialised where it is, at once: the
+/// hand-off to the reply builder would cost more than the work.
+const BUILD_INLINE_BYTES: usize = 64 * 1024;
 /// Longest client `timestamp` of `POST /`, as JSON text.
 pub const MAX_TIMESTAMP_BYTES: usize = 64;
 
@@ -243,13 +246,6 @@ async fn messages_reply(
         .count("limit")?
         .unwrap_or(INBOX_PAGE as u64)
         .clamp(1, MAX_LIMIT) as usize;
-    // Serialising a megabyte is real work: one reply at a time, off the threads that serve
-    // connections, so that a crowd of large replies cannot slow anyone's PING.
-    let _builder = app
-        .reply_builders
-        .acquire()
-        .await
-        .map_err(|e| ChatError::internal("waiting to build a reply", e))?;
     let mut messages = Vec::with_capacity(1024);
     let (mut count, mut more) = (0usize, false);
     while count < limit {
@@ -262,9 +258,22 @@ async fn messages_reply(
         let Some(last) = batch.last().map(|m| m.id) else {
             break;
         };
-        let (buffer, added) = tokio::task::spawn_blocking(move || append_messages(messages, count, &batch))
-            .await
-            .map_err(|e| ChatError::internal("building a reply", e))?;
+        let text: usize = batch.iter().map(|m| m.body.len()).sum();
+        let (buffer, added) = if text <= BUILD_INLINE_BYTES {
+            append_messages(messages, count, &batch)
+        } else {
+            // Serialising large messages is real work: one batch at a time, off the threads
+            // that serve connections, so that a crowd of large replies cannot slow anyone's
+            // PING. (Held for the serialising only, never across a store read.)
+            let _builder = app
+                .reply_builders
+                .acquire()
+                .await
+                .map_err(|e| ChatError::internal("waiting to build a reply", e))?;
+            tokio::task::spawn_blocking(move || append_messages(messages, count, &batch))
+                .await
+                .map_err(|e| ChatError::internal("building a reply", e))?
+        };
         messages = buffer;
         count += added.count;
         after = added.last_id.unwrap_or(last);
