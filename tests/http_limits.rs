@@ -103,6 +103,7 @@ async fn one_budget_for_line_and_http_connections() {
     // A connection that has sent nothing costs about what an idle line connection does
     // (~2 KiB), not an HTTP parser and its read buffer (~12 KiB).
     let grew = rss_mib(p.child.id()).saturating_sub(rss_before);
+    eprintln!("2,000 idle HTTP connections: RSS {rss_before} MiB + {grew} MiB");
     assert!(grew < 10, "2,000 idle HTTP connections took {grew} MiB");
 
     // Full: a new line client hears SERVER_BUSY at once; HTTP gets a 503 JSON answer.
