@@ -209,7 +209,9 @@ step "Laptop A: chatd serve --interface $IF_A --port $PORT --db sqlite://$WORK/c
 ip netns exec "$NS_A" timeout --kill-after=5 "$SERVER_LIFETIME" \
     "$CHATD_BIN" serve --interface "$IF_A" --port "$PORT" --db "sqlite://$WORK/chatd.db" \
     >"$WORK/chatd.out" 2>"$WORK/chatd.err" &
-CHATD_PID=$!     # `ip netns exec` and `timeout` exec in place: this is the process we started
+# `ip netns exec` execs in place; `timeout` runs chatd as its child and passes our signals on
+# (to chatd and to its own process group, so chatd may see a SIGTERM twice at once).
+CHATD_PID=$!
 
 # chatd prints its banner once it is listening; wait for that (at most 15 s).
 for _ in $(seq 150); do

@@ -109,9 +109,20 @@ fn flag_conflicts(serve: &ArgMatches) -> anyhow::Result<()> {
     anyhow::bail!("{bind_said} and {interface_said} both choose the address to listen on: {fix}")
 }
 
+/// A stop signal this soon after the first is the same request delivered twice, not a person
+/// insisting: `timeout` and some supervisors send it to the process and to its group, and a
+/// terminal's Ctrl-C reaches every process of the foreground group.
+const SAME_STOP_REQUEST: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Whether a stop signal arriving now, while stopping since `first` (if at all), means "exit
+/// at once".
+fn insists(first: Option<std::time::Instant>) -> bool {
+    first.is_some_and(|first| first.elapsed() >= SAME_STOP_REQUEST)
+}
+
 /// Cancels `shutdown` on SIGINT, SIGTERM or SIGHUP (closing the terminal chatd runs in); a
-/// second one while shutting down exits at once. SIGUSR1 and SIGUSR2 are logged and ignored
-/// rather than killing the server.
+/// second one while shutting down (at least [`SAME_STOP_REQUEST`] after the first) exits at
+/// once. SIGUSR1 and SIGUSR2 are logged and ignored rather than killing the server.
 #[cfg(unix)]
 async fn stop_on_signal(shutdown: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
@@ -128,7 +139,7 @@ async fn stop_on_signal(shutdown: CancellationToken) {
     ) else {
         return;
     };
-    let mut stopping = false;
+    let mut stopping = None;
     loop {
         let name = tokio::select! {
             _ = int.recv() => "SIGINT",
@@ -143,11 +154,15 @@ async fn stop_on_signal(shutdown: CancellationToken) {
             _ = usr1.recv() => { tracing::info!("SIGUSR1 received and ignored"); continue }
             _ = usr2.recv() => { tracing::info!("SIGUSR2 received and ignored"); continue }
         };
-        if stopping {
+        if insists(stopping) {
             tracing::warn!("{name} received again: exiting now");
             std::process::exit(130);
         }
-        stopping = true;
+        if stopping.is_some() {
+            tracing::info!("{name} received again at once: still stopping (send it again to exit now)");
+            continue;
+        }
+        stopping = Some(std::time::Instant::now());
         tracing::info!("{name} received");
         shutdown.cancel();
     }
@@ -167,17 +182,20 @@ fn ignored_at_start(signal: libc::c_int) -> bool {
 /// second one exits at once.
 #[cfg(not(unix))]
 async fn stop_on_signal(shutdown: CancellationToken) {
-    let mut stopping = false;
+    let mut stopping = None;
     loop {
         if let Err(e) = tokio::signal::ctrl_c().await {
             tracing::error!(error = %e, "cannot handle Ctrl-C");
             return;
         }
-        if stopping {
+        if insists(stopping) {
             tracing::warn!("Ctrl-C received again: exiting now");
             std::process::exit(130);
         }
-        stopping = true;
+        if stopping.is_some() {
+            continue;
+        }
+        stopping = Some(std::time::Instant::now());
         tracing::info!("Ctrl-C received");
         shutdown.cancel();
     }

@@ -174,6 +174,59 @@ async fn sigint_and_sigterm_stop_it_even_when_its_stderr_is_gone() {
     }
 }
 
+/// Starts a request body that never finishes: it holds a shutdown for its grace period.
+async fn stalled_body(p: &Process) -> tokio::net::TcpStream {
+    let mut upload = tokio::net::TcpStream::connect(p.http.unwrap()).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(
+        &mut upload,
+        b"POST /api HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{",
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    upload
+}
+
+#[tokio::test]
+async fn a_stop_signal_sent_twice_at_once_is_one_request() {
+    // `timeout`, wrapping chatd, passes a SIGTERM on to chatd and to its process group: chatd
+    // sees it twice within moments. That is a clean stop, not "exit at once".
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = Process::start(&format!("sqlite://{}", dir.path().join("c.db").display()));
+    let mut client = Client::connect(p.addr).await;
+    client.ok("REGISTER alice pw").await;
+    let _upload = stalled_body(&p).await;
+    p.signal(libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(20));
+    p.signal(libc::SIGTERM);
+    assert_eq!(
+        client.closed().await,
+        vec!["BYE server shutting down".to_string()]
+    );
+    let status = p.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test]
+async fn a_second_stop_signal_later_exits_at_once() {
+    // A shutdown kept waiting (a request body that stalls holds it for the grace period); the
+    // person at the terminal presses Ctrl-C again.
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = Process::start(&format!("sqlite://{}", dir.path().join("c.db").display()));
+    let _upload = stalled_body(&p).await;
+    p.signal(libc::SIGINT);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        p.child.try_wait().unwrap().is_none(),
+        "still stopping: the body holds the shutdown"
+    );
+    let again = Instant::now();
+    p.signal(libc::SIGINT);
+    let status = p.wait_exit(Duration::from_secs(5));
+    assert_eq!(status.code(), Some(130), "{status:?}");
+    assert!(again.elapsed() < Duration::from_secs(1), "{:?}", again.elapsed());
+}
+
 #[tokio::test]
 async fn sighup_says_bye_to_every_client_and_exits_0_and_sigusr1_is_ignored() {
     let dir = tempfile::tempdir().unwrap();
