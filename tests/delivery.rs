@@ -9,25 +9,11 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{parse_msg, Backend, Client, TestDb, TestServer};
+use common::{http_token, parse_msg, Backend, Client, TestDb, TestServer};
 use futures::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tokio::sync::watch;
-
-/// A bearer token for `user` (password "pw") from `server`.
-async fn token(server: &TestServer, user: &str) -> String {
-    let reply: Value = reqwest::Client::new()
-        .post(server.url("/auth"))
-        .json(&json!({"username": user, "password": "pw"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    reply["token"].as_str().expect("a token").to_string()
-}
 
 /// Collects the ids of an `/events` stream (replaying from id 0) until `target` of them
 /// arrived or `within` passed.
@@ -171,7 +157,7 @@ async fn two_writing_nodes_deliver_every_message_once_and_in_order() {
 
     let (target_tx, target) = watch::channel(usize::MAX);
     let within = Duration::from_secs(60);
-    let rcpt_token = token(&node1, "rcpt").await;
+    let rcpt_token = http_token(&node1.url(""), "rcpt").await;
     let streams: Vec<_> = [&node1, &node2]
         .iter()
         .map(|node| {
@@ -435,7 +421,7 @@ async fn thousands_of_streams_for_one_user_are_capped_and_slow_nobody() {
     let mut alice = server.user("alice").await;
     server.client().await.ok("REGISTER bob pw").await;
     let mut carol = server.user("carol").await;
-    let bob_token = token(&server, "bob").await;
+    let bob_token = http_token(&server.url(""), "bob").await;
     let before = send_p99(&mut carol, &mut alice, None).await;
     // 5,000 event streams for bob, opened 100 at a time.
     let mut open = Vec::new();

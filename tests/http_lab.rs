@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Backend, TestDb, TestServer};
+use common::{http_token, Backend, TestDb, TestServer};
 use serde_json::{json, Value};
 
 async fn call(request: reqwest::RequestBuilder) -> (u16, Value) {
@@ -14,18 +14,10 @@ async fn call(request: reqwest::RequestBuilder) -> (u16, Value) {
     (status, response.json().await.expect("a JSON body"))
 }
 
-async fn login(server: &TestServer, http: &reqwest::Client, user: &str) -> String {
-    let creds = json!({"username": user, "password": "pw"});
-    call(http.post(server.url("/register")).json(&creds)).await;
-    let (status, reply) = call(http.post(server.url("/auth")).json(&creds)).await;
-    assert_eq!(status, 200, "{reply}");
-    reply["token"].as_str().unwrap().to_string()
-}
-
 async fn logout_ends_the_token(backend: Backend) {
     let server = TestServer::on(backend).await;
     let http = reqwest::Client::new();
-    let token = login(&server, &http, "alice").await;
+    let token = http_token(&server.url(""), "alice").await;
     let other = {
         let (_, reply) = call(
             http.post(server.url("/auth"))
@@ -70,9 +62,9 @@ async fn logout_ends_the_token(backend: Backend) {
 async fn a_conversation_shows_both_sides_and_who_is_online(backend: Backend) {
     let server = TestServer::on(backend).await;
     let http = reqwest::Client::new();
-    let alice = login(&server, &http, "alice").await;
-    let bob = login(&server, &http, "bob").await;
-    login(&server, &http, "carol").await;
+    let alice = http_token(&server.url(""), "alice").await;
+    let bob = http_token(&server.url(""), "bob").await;
+    http_token(&server.url(""), "carol").await;
     let send = |token: &str, to: &str, text: &str| {
         http.post(server.url("/"))
             .bearer_auth(token)
@@ -147,7 +139,7 @@ async fn logout_on_one_node_ends_the_token_on_every_node() {
     let one = TestServer::on_db(db.clone(), |_| {}).await;
     let two = TestServer::on_db(db.clone(), |_| {}).await;
     let http = reqwest::Client::new();
-    let token = login(&one, &http, "alice").await;
+    let token = http_token(&one.url(""), "alice").await;
     for node in [&one, &two] {
         assert_eq!(
             call(http.get(node.url("/get_messages")).bearer_auth(&token))

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::process::Process;
-use common::{Client, TestServer};
+use common::{http_token, Client, TestServer};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -249,24 +249,7 @@ async fn stalled_bodies_and_unread_replies_keep_memory_bounded() {
     let mut bystander = Client::connect(p.addr).await;
     let http = reqwest::Client::new();
     let base = format!("http://{http_addr}");
-    let creds = json!({"username": "victim", "password": "pw"});
-    http.post(format!("{base}/register"))
-        .json(&creds)
-        .send()
-        .await
-        .unwrap();
-    let token = http
-        .post(format!("{base}/auth"))
-        .json(&creds)
-        .send()
-        .await
-        .unwrap()
-        .json::<Value>()
-        .await
-        .unwrap()["token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let token = http_token(&base, "victim").await;
     // 100 messages of 64 KiB.
     let big = "x".repeat(chatd::bounds::MAX_MESSAGE_BYTES);
     for _ in 0..100 {

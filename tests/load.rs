@@ -13,7 +13,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 
 use common::process::{Process, CHATD};
-use common::{Backend, TestDb};
+use common::{http_token, Backend, TestDb};
 
 /// A `chatd serve` process on ephemeral loopback ports with a fresh database; killed on drop.
 struct Served {
@@ -500,25 +500,7 @@ async fn http_gets_with_and_without_a_bearer_token() {
     assert!(u(&r["run"]["ok"]) > 0, "{r:#}");
     assert_eq!(u(&r["run"]["errors"]) + u(&r["run"]["broken"]), 0, "{r:#}");
 
-    let client = reqwest::Client::new();
-    let base = format!("http://{http}");
-    let user = serde_json::json!({"username": "loadhttp", "password": "pw"});
-    client
-        .post(format!("{base}/register"))
-        .json(&user)
-        .send()
-        .await
-        .unwrap();
-    let auth: Value = client
-        .post(format!("{base}/auth"))
-        .json(&user)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = auth["token"].as_str().unwrap();
+    let token = &http_token(&format!("http://{http}"), "loadhttp").await;
     let (passed, r) = load(&[
         "http",
         "--addr",
@@ -904,23 +886,7 @@ async fn http_post_sends_unique_messages() {
     let http = server.http.to_string();
     let base = format!("http://{http}");
     let client = reqwest::Client::new();
-    let user = serde_json::json!({"username": "poster", "password": "pw"});
-    client
-        .post(format!("{base}/register"))
-        .json(&user)
-        .send()
-        .await
-        .unwrap();
-    let auth: Value = client
-        .post(format!("{base}/auth"))
-        .json(&user)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = auth["token"].as_str().unwrap();
+    let token = &http_token(&base, "poster").await;
     let (passed, r) = load(&[
         "http",
         "--addr",

@@ -402,6 +402,33 @@ impl Client {
     }
 }
 
+/// Registers `user` with password "pw" over HTTP at `base` (`http://host:port`; a name
+/// already taken is fine) and returns a bearer token from `/auth`.
+pub async fn http_token(base: &str, user: &str) -> String {
+    let http = reqwest::Client::new();
+    let creds = serde_json::json!({"username": user, "password": "pw"});
+    let registered = http
+        .post(format!("{base}/register"))
+        .json(&creds)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        matches!(registered.status().as_u16(), 201 | 409),
+        "register {user}: {}",
+        registered.status()
+    );
+    let reply = http
+        .post(format!("{base}/auth"))
+        .json(&creds)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status().as_u16(), 200, "auth {user}");
+    let reply: serde_json::Value = reply.json().await.unwrap();
+    reply["token"].as_str().expect("a token").to_string()
+}
+
 /// Splits a `MSG <id> <from> <time> <text>` line.
 pub fn parse_msg(line: &str) -> (i64, String, String, String) {
     let mut parts = line.splitn(5, ' ');
