@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use serde::Serialize;
-use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::conn::{open_all, Auth, Conn, Users};
@@ -198,7 +197,7 @@ impl User {
                     }
                 }
             }
-            self.flush().await?;
+            self.conn.flush(&mut self.wbuf).await?;
             if !self.sending && !self.done_sending && self.in_flight.is_empty() {
                 self.done_sending = true;
                 shared.done_sending.fetch_add(1, Ordering::AcqRel);
@@ -320,19 +319,6 @@ impl User {
         self.seq += 1;
         self.out.sent += 1;
         self.out.sent_in_time += u64::from(from < shared.deadline);
-    }
-
-    /// Writes out the SENDs gathered, in one write.
-    async fn flush(&mut self) -> Result<(), String> {
-        if !self.wbuf.is_empty() {
-            self.conn
-                .stream
-                .write_all(&self.wbuf)
-                .await
-                .map_err(|e| e.to_string())?;
-            self.wbuf.clear();
-        }
-        Ok(())
     }
 }
 

@@ -128,6 +128,15 @@ impl Conn {
         }
     }
 
+    /// Writes out the requests gathered in `wbuf` in one write, and empties it.
+    pub async fn flush(&mut self, wbuf: &mut Vec<u8>) -> Result<(), String> {
+        if !wbuf.is_empty() {
+            self.stream.write_all(wbuf).await.map_err(|e| e.to_string())?;
+            wbuf.clear();
+        }
+        Ok(())
+    }
+
     /// Writes `request` (with its line end) and reads one reply line before `deadline`.
     pub async fn command(&mut self, request: &[u8], deadline: Instant) -> Result<&[u8], Failure> {
         self.stream.write_all(request).await?;

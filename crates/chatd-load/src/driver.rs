@@ -16,7 +16,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::conn::Conn;
@@ -214,7 +213,7 @@ impl<F: Framer> ConnRun<F> {
                     self.put(now, true);
                 }
             }
-            self.flush().await?;
+            self.conn.flush(&mut self.wbuf).await?;
             if !sending && self.in_flight.is_empty() {
                 return Ok(());
             }
@@ -280,18 +279,5 @@ impl<F: Framer> ConnRun<F> {
         self.in_flight.push_back(from);
         self.out.sent += 1;
         self.out.sent_in_time += u64::from(in_time);
-    }
-
-    /// Writes out the requests gathered, in one write.
-    async fn flush(&mut self) -> Result<(), String> {
-        if !self.wbuf.is_empty() {
-            self.conn
-                .stream
-                .write_all(&self.wbuf)
-                .await
-                .map_err(|e| e.to_string())?;
-            self.wbuf.clear();
-        }
-        Ok(())
     }
 }
