@@ -177,6 +177,18 @@ async fn slow_heads_stalled_bodies_and_idle_keep_alives_are_closed_in_time() {
         let (_, closed) = read_until_closed(&mut s, head_limit + Duration::from_secs(5)).await;
         (closed, started.elapsed())
     });
+    // One that waits before it starts: the head's time runs from the connection, not from
+    // its first byte.
+    let late_start = tokio::spawn(async move {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let started = Instant::now();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        s.write_all(b"GET /info HTTP/1.1\r\nHost: x\r\nX-Slow:")
+            .await
+            .unwrap();
+        let (_, closed) = read_until_closed(&mut s, head_limit + Duration::from_secs(5)).await;
+        (closed, started.elapsed())
+    });
     // A slowloris: one byte every second never completes its head either.
     let slowloris = tokio::spawn(async move {
         let mut s = TcpStream::connect(addr).await.unwrap();
@@ -217,6 +229,7 @@ async fn slow_heads_stalled_bodies_and_idle_keep_alives_are_closed_in_time() {
     });
     for (what, task) in [
         ("half a head", half_head),
+        ("half a head, begun 3 s late", late_start),
         ("an idle keep-alive", idle_keep_alive),
     ] {
         let (closed, took) = task.await.unwrap();

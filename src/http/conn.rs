@@ -5,6 +5,8 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -14,6 +16,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 
@@ -34,11 +37,12 @@ const READ_BUFFER: usize = 64 * 1024;
 pub async fn serve(stream: TcpStream, peer: SocketAddr, app: Router, shutdown: CancellationToken) {
     // hyper's connection state and read buffer (~10 KiB) are made once the client has sent
     // something: thousands of connections that send nothing cost what idle line connections
-    // do. The first byte has the header time to arrive, like any request head.
+    // do. The first request head still has [`HEADER_TIMEOUT`] from now, not from its first byte.
     // (`peek`, not `readable`: readiness may be reported before any byte has arrived.)
+    let first_head_by = Instant::now() + HEADER_TIMEOUT;
     let mut first = [0u8; 1];
     tokio::select! {
-        peeked = tokio::time::timeout(HEADER_TIMEOUT, stream.peek(&mut first)) => {
+        peeked = tokio::time::timeout_at(first_head_by, stream.peek(&mut first)) => {
             if !matches!(peeked, Ok(Ok(n)) if n > 0) {
                 tracing::debug!(%peer, "HTTP connection sent nothing in time");
                 return;
@@ -47,13 +51,23 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, app: Router, shutdown: C
         _ = shutdown.cancelled() => return,
     }
     // Boxed, so the future of a connection still waiting for its first byte stays small.
-    Box::pin(serve_requests(stream, peer, app, shutdown)).await
+    Box::pin(serve_requests(stream, peer, app, shutdown, first_head_by)).await
 }
 
-/// hyper's half of [`serve`], once the client has sent something.
-async fn serve_requests(stream: TcpStream, peer: SocketAddr, app: Router, shutdown: CancellationToken) {
+/// hyper's half of [`serve`], once the client has sent something. hyper times each request
+/// head from when it starts reading it; the first one must also be in by `first_head_by`.
+async fn serve_requests(
+    stream: TcpStream,
+    peer: SocketAddr,
+    app: Router,
+    shutdown: CancellationToken,
+    first_head_by: Instant,
+) {
     let io = TokioIo::new(StallGuard::new(stream, WRITE_STALL));
+    let got_a_head = Arc::new(AtomicBool::new(false));
+    let got = got_a_head.clone();
     let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+        got.store(true, Ordering::Relaxed);
         request.extensions_mut().insert(ConnectInfo(peer));
         let app = app.clone();
         async move {
@@ -74,6 +88,10 @@ async fn serve_requests(stream: TcpStream, peer: SocketAddr, app: Router, shutdo
     tokio::pin!(connection);
     let result = tokio::select! {
         result = connection.as_mut() => result,
+        _ = no_head_by(first_head_by, &got_a_head) => {
+            tracing::debug!(%peer, "HTTP request head not complete in time");
+            return;
+        }
         _ = shutdown.cancelled() => {
             // Finish the request in flight (live event streams end on the same signal), then close.
             connection.as_mut().graceful_shutdown();
@@ -82,6 +100,14 @@ async fn serve_requests(stream: TcpStream, peer: SocketAddr, app: Router, shutdo
     };
     if let Err(e) = result {
         tracing::debug!(%peer, error = %e, "HTTP connection ended");
+    }
+}
+
+/// Ends at `deadline` if no request head has been read by then; otherwise never.
+async fn no_head_by(deadline: Instant, got_a_head: &AtomicBool) {
+    tokio::time::sleep_until(deadline).await;
+    if got_a_head.load(Ordering::Relaxed) {
+        std::future::pending::<()>().await;
     }
 }
 
