@@ -346,17 +346,11 @@ pub fn main(args: LoadArgs) -> anyhow::Result<ExitCode> {
         let epoch = Instant::now();
         let epoch_unix_ns = unix_ns();
         let part_mode = common.part.is_some();
-        let rss = if common.server_pid.is_empty() || part_mode {
+        let rss = if part_mode {
             None
         } else {
-            if common.server_pid.len() != 1 && common.server_pid.len() != targets.len() {
-                anyhow::bail!("give one --server-pid, or one per --addr in the same order");
-            }
-            Some(RssMonitor::start(common.server_pid.clone(), epoch)?)
+            RssMonitor::for_servers(&common.server_pid, targets.len(), epoch)?
         };
-        if let Some(m) = &rss {
-            m.baseline(vec![0; targets.len()]);
-        }
         let ctx = Ctx {
             epoch,
             epoch_unix_ns,

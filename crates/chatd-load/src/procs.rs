@@ -101,17 +101,7 @@ pub fn parent(scenario: &Scenario) -> anyhow::Result<ExitCode> {
         let targets = net::resolve(&common.addr).await?;
         let epoch = Instant::now();
         let epoch_unix_ns = unix_ns();
-        let rss = if common.server_pid.is_empty() {
-            None
-        } else {
-            if common.server_pid.len() != 1 && common.server_pid.len() != targets.len() {
-                anyhow::bail!("give one --server-pid, or one per --addr in the same order");
-            }
-            Some(RssMonitor::start(common.server_pid.clone(), epoch)?)
-        };
-        if let Some(m) = &rss {
-            m.baseline(vec![0; targets.len()]);
-        }
+        let rss = RssMonitor::for_servers(&common.server_pid, targets.len(), epoch)?;
         let run_id = common
             .run_id
             .clone()

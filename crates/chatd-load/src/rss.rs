@@ -76,6 +76,24 @@ pub struct RssMonitor {
 }
 
 impl RssMonitor {
+    /// The `--server-pid`s of a run against `nodes` addresses, sampled from now on, with a
+    /// baseline of zero connections on each node; `None` without any.
+    pub fn for_servers(
+        pids: &[u32],
+        nodes: usize,
+        epoch: Instant,
+    ) -> anyhow::Result<Option<Arc<RssMonitor>>> {
+        if pids.is_empty() {
+            return Ok(None);
+        }
+        if pids.len() != 1 && pids.len() != nodes {
+            anyhow::bail!("give one --server-pid, or one per --addr in the same order");
+        }
+        let monitor = RssMonitor::start(pids.to_vec(), epoch)?;
+        monitor.baseline(vec![0; nodes]);
+        Ok(Some(monitor))
+    }
+
     /// Starts sampling `pids` (each must be readable now).
     pub fn start(pids: Vec<u32>, epoch: Instant) -> anyhow::Result<Arc<RssMonitor>> {
         for &pid in &pids {
