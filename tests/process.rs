@@ -174,19 +174,6 @@ async fn sigint_and_sigterm_stop_it_even_when_its_stderr_is_gone() {
     }
 }
 
-/// Starts a request body that never finishes: it holds a shutdown for its grace period.
-async fn stalled_body(p: &Process) -> tokio::net::TcpStream {
-    let mut upload = tokio::net::TcpStream::connect(p.http.unwrap()).await.unwrap();
-    tokio::io::AsyncWriteExt::write_all(
-        &mut upload,
-        b"POST /api HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{",
-    )
-    .await
-    .unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    upload
-}
-
 #[tokio::test]
 async fn a_stop_signal_sent_twice_at_once_is_one_request() {
     // `timeout`, wrapping chatd, passes a SIGTERM on to chatd and to its process group: chatd
@@ -195,7 +182,7 @@ async fn a_stop_signal_sent_twice_at_once_is_one_request() {
     let mut p = Process::start(&format!("sqlite://{}", dir.path().join("c.db").display()));
     let mut client = Client::connect(p.addr).await;
     client.ok("REGISTER alice pw").await;
-    let _upload = stalled_body(&p).await;
+    let _upload = p.stalled_body().await;
     p.signal(libc::SIGTERM);
     std::thread::sleep(Duration::from_millis(20));
     p.signal(libc::SIGTERM);
@@ -213,7 +200,7 @@ async fn a_second_stop_signal_later_exits_at_once() {
     // person at the terminal presses Ctrl-C again.
     let dir = tempfile::tempdir().unwrap();
     let mut p = Process::start(&format!("sqlite://{}", dir.path().join("c.db").display()));
-    let _upload = stalled_body(&p).await;
+    let _upload = p.stalled_body().await;
     p.signal(libc::SIGINT);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(

@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use common::process::Process;
 use common::Client;
-use tokio::io::AsyncWriteExt;
 
 #[tokio::test]
 async fn sigterm_with_a_stalled_http_body_exits_0_within_6_s_and_commits_every_accepted_send() {
@@ -19,14 +18,7 @@ async fn sigterm_with_a_stalled_http_body_exits_0_within_6_s_and_commits_every_a
     alice.ok("AUTH alice pw").await;
 
     // A request whose body never comes.
-    let mut stalled = tokio::net::TcpStream::connect(p.http.unwrap()).await.unwrap();
-    stalled
-        .write_all(
-            b"POST /register HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
-              Content-Length: 1000\r\n\r\n{\"username\": ",
-        )
-        .await
-        .unwrap();
+    let stalled = p.stalled_body().await;
     // SENDs still in flight when the signal comes.
     let batch: String = (0..300).map(|i| format!("SEND alice in flight {i}\n")).collect();
     alice.write(batch.as_bytes()).await;

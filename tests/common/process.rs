@@ -76,6 +76,21 @@ impl Process {
         }
     }
 
+    /// Starts an HTTP request whose body never comes: it holds a shutdown for its grace period.
+    pub async fn stalled_body(&self) -> tokio::net::TcpStream {
+        use tokio::io::AsyncWriteExt;
+        let mut upload = tokio::net::TcpStream::connect(self.http.unwrap()).await.unwrap();
+        upload
+            .write_all(
+                b"POST /api HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+                  Content-Length: 100\r\n\r\n{",
+            )
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        upload
+    }
+
     pub fn signal(&self, signal: libc::c_int) {
         // SAFETY: kill(2) on the pid of a child this test started and has not reaped.
         assert_eq!(unsafe { libc::kill(self.child.id() as libc::pid_t, signal) }, 0);
