@@ -353,12 +353,17 @@ async fn click(client: &Client, id: &str) {
     click_css(client, &format!("#{id}")).await;
 }
 
+/// Clicks the element matching `css`, as a person would: if the page redrew it between
+/// finding and clicking (the people list updates live), the new one is found and clicked.
 async fn click_css(client: &Client, css: &str) {
-    find(client, css)
-        .await
-        .click()
-        .await
-        .unwrap_or_else(|e| panic!("click {css}: {e}"));
+    for _ in 0..5 {
+        match find(client, css).await.click().await {
+            Ok(_) => return,
+            Err(e) if e.is_stale_element_reference() => continue,
+            Err(e) => panic!("click {css}: {e}"),
+        }
+    }
+    panic!("click {css}: the element was redrawn five times in a row");
 }
 
 /// Polls until a visible element matching `css` has text that satisfies `ok`; returns it.
