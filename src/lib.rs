@@ -152,6 +152,7 @@ impl Server {
                 },
                 node_id: node_id.clone(),
                 tokens_per_user: usize::try_from(config.max_tokens_per_user).unwrap_or(usize::MAX),
+                send_rate: config.max_send_rate,
             },
         );
         // SQLite: a writer and four readers; PostgreSQL: the pool and the LISTEN connection.
@@ -418,7 +419,10 @@ impl Server {
 /// The limits and timeouts protocol.md documents, for clients and tests that depend on them.
 pub mod bounds {
     pub use crate::chat::MAX_MESSAGE_BYTES;
-    pub use crate::chat::{MAX_TOKENS_PER_USER, RECHECK as TOKEN_RECHECK, WHO_PAGE};
+    pub use crate::chat::{
+        MAX_TOKENS_PER_USER, MESSAGE_OVERHEAD as SEND_MESSAGE_OVERHEAD, RECHECK as TOKEN_RECHECK,
+        SEND_BURST_SECS, WHO_PAGE,
+    };
     pub use crate::http::{
         BODIES_AT_ONCE, BODY_STALL, BODY_TIME, HEADER_TIMEOUT, MAX_BODY as MAX_HTTP_BODY, MAX_HEAD,
         MAX_REPLY_BYTES, WRITE_STALL,

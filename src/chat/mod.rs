@@ -6,12 +6,14 @@
 //! - [`auth`]: checking passwords, over [`limits`] (the failed-login table) and [`hashing`]
 //!   (the fair hash queue);
 //! - [`users`]: which users exist;
+//! - [`budget`]: how many bytes a second each user may send;
 //! - [`writer`]: the group-commit writer that stores SENDs;
 //! - [`tokens`]: the HTTP facade's bearer tokens, and [`sessions`]: ending what a token or a
 //!   user opened when it logs out, on every node;
 //! - the [`Topology`]: delivery after a commit, the inbox cache and presence.
 
 mod auth;
+mod budget;
 mod hashing;
 mod limits;
 mod names;
@@ -33,6 +35,8 @@ use crate::store::{Counts, Message, NewMessage, Store, StoreErrorKind};
 use crate::topology::Topology;
 use auth::Auth;
 pub use auth::ConnAuthState;
+use budget::SendBudget;
+pub use budget::{BURST as SEND_BURST_SECS, DEFAULT_RATE as DEFAULT_SEND_RATE, MESSAGE_OVERHEAD};
 pub use hashing::HashLimits;
 use limits::AddrKey;
 pub use limits::AuthLimits;
@@ -58,6 +62,8 @@ pub struct ChatOptions {
     pub node_id: String,
     /// Live tokens one user may have; issuing another ends the oldest.
     pub tokens_per_user: usize,
+    /// Bytes of messages one user may send per second on this node (0: no limit).
+    pub send_rate: u64,
 }
 
 /// One page of who is online.
@@ -91,6 +97,7 @@ struct Inner {
     auth: Auth,
     users: Users,
     tokens: Tokens,
+    budget: SendBudget,
     connections: AtomicUsize,
     /// Stops the task that ends the sessions of ended tokens and logouts.
     stop_sessions: CancellationToken,
@@ -135,6 +142,7 @@ impl Chat {
                 auth: Auth::new(options.auth, options.hashing),
                 users: Users::default(),
                 tokens,
+                budget: SendBudget::new(options.send_rate),
                 connections: AtomicUsize::new(0),
                 stop_sessions,
                 sessions: std::sync::Mutex::new(Some(sessions)),
@@ -229,7 +237,8 @@ impl Chat {
     }
 
     /// Stores a message and returns it once it is committed; the topology then pushes it to
-    /// the recipient's live sessions. Answered within [`COMMAND_DEADLINE`].
+    /// the recipient's live sessions. Answered within [`COMMAND_DEADLINE`]. A message that
+    /// does not fit the sender's send budget is refused (`RATE_LIMITED`) before it is stored.
     pub async fn send(
         &self,
         from: &Username,
@@ -249,13 +258,19 @@ impl Chat {
         )
         .await
         .map_err(|_| timed_out("looking up the recipient"))??;
+        let budget = &self.inner.budget;
+        budget.take(from.as_arc(), body.len(), Instant::now())?;
         let message = NewMessage {
             sender: from.as_arc().clone(),
             recipient,
             body: body.to_owned(),
             client_timestamp,
         };
-        self.inner.writer.submit(message, deadline).await
+        let stored = self.inner.writer.submit(message, deadline).await;
+        if stored.is_err() {
+            budget.give_back(from.as_str(), body.len());
+        }
+        stored
     }
 
     /// Messages to `user` with id > `after_id`, oldest first, at most `limit` (capped at 1000).
