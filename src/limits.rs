@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -95,10 +96,7 @@ impl Door {
 
     /// A place for a connection from `peer`, or why there is none.
     pub fn try_admit(&self, peer: IpAddr) -> Result<Admission, Refusal> {
-        let addr = match &self.per_addr {
-            Some(per_addr) => Some(per_addr.try_take(peer).ok_or(Refusal::PerAddress)?),
-            None => None,
-        };
+        let addr = self.take_addr(peer)?;
         let slot = self
             .slots
             .clone()
@@ -108,6 +106,27 @@ impl Door {
             _slot: slot,
             _addr: addr,
         })
+    }
+
+    /// A place for `peer`, waiting up to `wait` for one to come free in the pool. An address
+    /// that holds its share already is refused at once: it waits for nobody but itself.
+    pub async fn admit_within(&self, peer: IpAddr, wait: Duration) -> Result<Admission, Refusal> {
+        let addr = self.take_addr(peer)?;
+        let slot = match tokio::time::timeout(wait, self.slots.clone().acquire_owned()).await {
+            Ok(Ok(slot)) => slot,
+            _ => return Err(Refusal::Full),
+        };
+        Ok(Admission {
+            _slot: slot,
+            _addr: addr,
+        })
+    }
+
+    fn take_addr(&self, peer: IpAddr) -> Result<Option<AddrSlot>, Refusal> {
+        match &self.per_addr {
+            Some(per_addr) => per_addr.try_take(peer).map(Some).ok_or(Refusal::PerAddress),
+            None => Ok(None),
+        }
     }
 }
 

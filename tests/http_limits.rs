@@ -452,3 +452,118 @@ async fn timestamps_and_encodings_are_checked() {
     assert_eq!(latin1.json::<Value>().await.unwrap()["status"], "BAD_ENCODING");
     server.stop().await;
 }
+
+/// Sends a request head declaring `length` bytes of body, then the body at about 16 bytes a
+/// second; returns what the server answered and how long the connection lasted.
+async fn trickle(addr: SocketAddr, path: &str, length: usize) -> (String, Duration) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let started = Instant::now();
+    let mut got = Vec::new();
+    for _ in 0..length {
+        if s.write_all(b" ").await.is_err() {
+            break;
+        }
+        let mut buf = [0u8; 4096];
+        match tokio::time::timeout(Duration::from_millis(60), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+        if started.elapsed() > Duration::from_secs(40) {
+            break;
+        }
+    }
+    (String::from_utf8_lossy(&got).into_owned(), started.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trickling_bodies_do_not_shut_out_anyone_else() {
+    let server = TestServer::start().await;
+    let base = server.url("");
+    let token = http_token(&base, "owner").await;
+    // The attacker, on 127.0.0.1: 64 small bodies and 64 large ones, each trickling in at
+    // ~16 bytes a second, none of them with credentials.
+    let mut attack = Vec::new();
+    for i in 0..128 {
+        let (addr, length) = (server.http, if i % 2 == 0 { 200 } else { 100_000 });
+        let path = ["/register", "/auth", "/", "/get_messages"][i % 4];
+        attack.push(tokio::spawn(async move { trickle(addr, path, length).await }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Meanwhile an honest client on another address does everything the lab does, for 8 s.
+    let honest = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let mut round = 0;
+    while started.elapsed() < Duration::from_secs(8) {
+        round += 1;
+        let user = format!("student{round}");
+        let creds = json!({"username": user, "password": "pw"});
+        let registered = honest
+            .post(format!("{base}/register"))
+            .json(&creds)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            registered.status(),
+            201,
+            "register during the attack (round {round})"
+        );
+        let auth = honest
+            .get(format!("{base}/auth"))
+            .json(&creds)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(auth.status(), 200, "auth during the attack (round {round})");
+        let sent = honest
+            .post(format!("{base}/"))
+            .bearer_auth(&token)
+            .json(&json!({"sender": "owner", "recipient": user, "message": "welcome"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(sent.status(), 201, "send during the attack (round {round})");
+        let inbox = honest
+            .get(format!("{base}/get_messages"))
+            .json(&json!({"username": user, "password": "pw"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(inbox.status(), 200, "the lab's GET with JSON (round {round})");
+        let inbox: Value = inbox.json().await.unwrap();
+        assert_eq!(inbox["count"], 1);
+    }
+    eprintln!("{round} rounds of register, auth, send and read during the attack");
+    assert!(round >= 3, "only {round} rounds in 8 s");
+
+    // The trickles were cut off for being too slow, within seconds, not after 30 s.
+    let limit = chatd::bounds::BODY_GRACE + Duration::from_secs(3);
+    let (mut too_slow, mut busy) = (0, 0);
+    for task in attack {
+        let (reply, took) = task.await.unwrap();
+        if reply.starts_with("HTTP/1.1 408") {
+            assert!(took <= limit, "a trickle lasted {took:?}: {reply}");
+            too_slow += 1;
+        } else {
+            assert!(reply.starts_with("HTTP/1.1 503"), "{reply}");
+            assert!(reply.contains("your address"), "{reply}");
+            busy += 1;
+        }
+    }
+    eprintln!("trickles: {too_slow} cut off as too slow, {busy} refused for their address's share");
+    assert_eq!(
+        busy,
+        64 - chatd::bounds::BODIES_PER_ADDR,
+        "large bodies beyond the share"
+    );
+    server.stop().await;
+}

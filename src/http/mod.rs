@@ -4,6 +4,7 @@
 //! bodies in [`extract`].
 
 mod access_log;
+mod bodies;
 mod conn;
 mod events;
 mod extract;
@@ -27,8 +28,12 @@ use tokio_util::sync::CancellationToken;
 use crate::chat::Chat;
 use crate::store::Store;
 
+pub use bodies::{
+    BODIES_AT_ONCE, BODIES_PER_ADDR, BODY_GRACE, BODY_WAIT, MIN_BODY_RATE, SMALL_BODIES_AT_ONCE,
+    SMALL_BODIES_PER_ADDR, SMALL_BODY,
+};
 pub use conn::{busy_answer, serve as serve_connection, HEADER_TIMEOUT, MAX_HEAD, WRITE_STALL};
-pub use extract::{BODIES_AT_ONCE, BODY_STALL, BODY_TIME, MAX_BODY};
+pub use extract::{BODY_STALL, BODY_TIME, MAX_BODY};
 pub use routes::MAX_REPLY_BYTES;
 
 /// Batches of large messages serialised for `/get_messages` and `/conversation` at once: one,
@@ -53,7 +58,7 @@ pub struct AppState {
     /// credentials, as the lab's client sends them.
     pub lab: bool,
     /// Room for request bodies being received at once.
-    pub bodies: Semaphore,
+    pub bodies: bodies::Bodies,
     /// Large replies being built at once.
     pub reply_builders: Semaphore,
 }
@@ -76,7 +81,7 @@ impl AppState {
             listeners,
             shutdown,
             lab,
-            bodies: Semaphore::new(BODIES_AT_ONCE),
+            bodies: bodies::Bodies::default(),
             reply_builders: Semaphore::new(REPLY_BUILDERS),
         }
     }
