@@ -73,6 +73,13 @@ pub struct Config {
     #[arg(long, env = "CHATD_LAB")]
     pub lab: bool,
 
+    /// A name this server is reached by, besides its addresses, `localhost` and its host name:
+    /// HTTP requests for any other name (the `Host` header) get `421`, which stops web pages
+    /// of other sites from reaching chatd through DNS rebinding. Repeat it, or separate names
+    /// with commas.
+    #[arg(long, env = "CHATD_ALLOWED_HOST", value_delimiter = ',', value_name = "NAME")]
+    pub allowed_host: Vec<String>,
+
     /// Allow `--lab` on a PostgreSQL store (shared by several nodes), which it refuses otherwise.
     #[arg(long, env = "CHATD_LAB_ON_POSTGRES", requires = "lab")]
     pub lab_on_postgres: bool,
@@ -175,6 +182,7 @@ impl Config {
             max_connections_per_ip: None,
             lab: false,
             lab_on_postgres: false,
+            allowed_host: Vec::new(),
             idle_timeout: 0,
             threads: None,
             max_line: 4096,

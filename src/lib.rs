@@ -332,6 +332,7 @@ impl Server {
                 listeners,
                 stop.clone(),
                 config.lab,
+                &config.allowed_host,
             ));
             let (app, stop_http) = (http::router(state), stop.clone());
             let accept = listener::accept_loop(

@@ -219,7 +219,7 @@ async fn slow_heads_stalled_bodies_and_idle_keep_alives_are_closed_in_time() {
     let stalled_body = tokio::spawn(async move {
         let mut s = TcpStream::connect(addr).await.unwrap();
         s.write_all(
-            b"POST /register HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"user",
+            b"POST /register HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"user",
         )
         .await
         .unwrap();
@@ -297,7 +297,7 @@ async fn stalled_bodies_and_unread_replies_keep_memory_bounded() {
         socket.set_recv_buffer_size(4096).unwrap();
         let mut s = socket.connect(http_addr).await.unwrap();
         let request = format!(
-            "GET /get_messages?limit=100 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n"
+            "GET /get_messages?limit=100 HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n\r\n"
         );
         s.write_all(request.as_bytes()).await.unwrap();
         readers.push(s);

@@ -61,6 +61,8 @@ pub struct AppState {
     pub bodies: bodies::Bodies,
     /// Large replies being built at once.
     pub reply_builders: Semaphore,
+    /// The names in `Host` this server answers to.
+    pub hosts: guard::Hosts,
 }
 
 impl AppState {
@@ -71,6 +73,7 @@ impl AppState {
         listeners: Value,
         shutdown: CancellationToken,
         lab: bool,
+        allowed_hosts: &[String],
     ) -> AppState {
         AppState {
             chat,
@@ -83,6 +86,7 @@ impl AppState {
             lab,
             bodies: bodies::Bodies::default(),
             reply_builders: Semaphore::new(REPLY_BUILDERS),
+            hosts: guard::Hosts::new(&crate::net::hostname(), allowed_hosts, lab),
         }
     }
 }
@@ -104,7 +108,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/events", get(events::events))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
-        .layer(axum::middleware::from_fn(guard::guard))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), guard::guard))
         .layer(axum::middleware::from_fn(access_log::log))
         .with_state(state)
 }
