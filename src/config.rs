@@ -62,8 +62,9 @@ pub struct Config {
     #[arg(long, env = "CHATD_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
 
-    /// Most connections from one client address (an IPv6 /64) across every door; off unless
-    /// given, so that a load test from one machine keeps working.
+    /// Most connections from one client address (an IPv6 /64) across every door. Default: 256
+    /// for every address but loopback, which is not limited (a load test from the server's
+    /// own machine); given, that many for every address, loopback too; 0: no limit.
     #[arg(long, env = "CHATD_MAX_CONNECTIONS_PER_IP")]
     pub max_connections_per_ip: Option<usize>,
 

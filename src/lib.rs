@@ -36,7 +36,7 @@ use crate::chat::{AuthLimits, Chat, ChatOptions, HashLimits};
 pub use crate::config::Config;
 pub use crate::http::MAX_BODY as MAX_HTTP_BODY;
 use crate::hub::HubLimits;
-use crate::limits::{Budget, Door, PerAddr, Refusal};
+use crate::limits::{Budget, Door, Refusal};
 use crate::line::session::SessionSettings;
 pub use crate::net::raise_open_files_limit;
 pub use crate::net::{interfaces, InterfaceAddr};
@@ -267,7 +267,7 @@ impl Server {
         let stop = shutdown.child_token();
         let tracker = TaskTracker::new();
         // Line and HTTP share one pool of places; echo has a small one of its own.
-        let per_addr = config.max_connections_per_ip.map(PerAddr::new);
+        let per_addr = limits::per_ip(config.max_connections_per_ip);
         let chat_door = Door::new(budget.chat, per_addr.clone());
         let echo_door = Door::new(budget.echo, per_addr);
         let settings = Arc::new(SessionSettings::from_config(&config));

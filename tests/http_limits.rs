@@ -567,3 +567,102 @@ async fn trickling_bodies_do_not_shut_out_anyone_else() {
     );
     server.stop().await;
 }
+
+/// The first line a line client reads, or what went wrong.
+async fn first_line(addr: SocketAddr) -> String {
+    let attempt = async {
+        let mut s = TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 256];
+        while !got.ends_with(b"\r\n") {
+            match s.read(&mut buf).await {
+                Ok(0) => return Err(format!("closed after {:?}", String::from_utf8_lossy(&got))),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) => return Err(format!("{e} after {:?}", String::from_utf8_lossy(&got))),
+            }
+        }
+        Ok(String::from_utf8_lossy(&got).trim_end().to_string())
+    };
+    match tokio::time::timeout(Duration::from_secs(10), attempt).await {
+        Ok(Ok(line)) => line,
+        Ok(Err(e)) => e,
+        Err(_) => "nothing within 10 s".into(),
+    }
+}
+
+/// The status line an HTTP client reads, or what went wrong.
+async fn status_line(addr: SocketAddr) -> String {
+    let attempt = async {
+        let mut s = TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
+        s.write_all(b"GET /info HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            .await
+            .map_err(|e| format!("write: {e}"))?;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) => return Err(format!("{e} after {:?}", String::from_utf8_lossy(&got))),
+            }
+        }
+        let text = String::from_utf8_lossy(&got).into_owned();
+        Ok(text.lines().next().unwrap_or("nothing").to_string())
+    };
+    match tokio::time::timeout(Duration::from_secs(10), attempt).await {
+        Ok(Ok(line)) => line,
+        Ok(Err(e)) => e,
+        Err(_) => "nothing within 10 s".into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_refused_client_is_told_even_in_a_flood() {
+    chatd::raise_open_files_limit().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let p = Process::start_with(&sqlite_url(&dir), &[], Some(1024));
+    let http = p.http.unwrap();
+    let budget = banner_budget(&p);
+    // Fill the server: line clients, and HTTP connections that send nothing.
+    let mut held = Vec::new();
+    for _ in 0..budget / 2 {
+        held.push(Client::connect(p.addr).await);
+    }
+    let mut idle_http = Vec::new();
+    while idle_http.len() < budget - budget / 2 {
+        idle_http.push(TcpStream::connect(http).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Then a flood: 4,000 line clients and 1,000 HTTP requests, 500 at a time.
+    let started = Instant::now();
+    let mut answers: std::collections::BTreeMap<String, usize> = Default::default();
+    for round in 0..10 {
+        let line = (0..400).map(|_| first_line(p.addr));
+        let web = (0..100).map(|_| status_line(http));
+        let (line, web) = futures::future::join(
+            futures::future::join_all(line),
+            futures::future::join_all(web),
+        )
+        .await;
+        for answer in line.into_iter().chain(web) {
+            let kind = if answer.starts_with("ERR SERVER_BUSY") {
+                "ERR SERVER_BUSY".to_string()
+            } else if answer.starts_with("HTTP/1.1 503") {
+                "HTTP/1.1 503".to_string()
+            } else {
+                format!("round {round}: {answer}")
+            };
+            *answers.entry(kind).or_default() += 1;
+        }
+    }
+    eprintln!("5,000 refused in {:?}: {answers:?}", started.elapsed());
+    assert_eq!(answers.get("ERR SERVER_BUSY"), Some(&4000), "{answers:?}");
+    assert_eq!(answers.get("HTTP/1.1 503"), Some(&1000), "{answers:?}");
+    assert!(
+        started.elapsed() < chatd::bounds::HEADER_TIMEOUT,
+        "the idle HTTP connections were still holding their places"
+    );
+    // The clients that were in keep working.
+    assert_eq!(held[0].cmd("PING").await.last, "OK PONG");
+}
