@@ -26,7 +26,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -83,21 +82,20 @@ impl Server {
             Some(name) => net::interface_ipv4(name)?,
             None => config.bind,
         };
-        let line = net::bind(SocketAddr::new(ip, config.port), config.backlog)
-            .with_context(|| format!("cannot listen on {ip} port {}", config.port))?;
+        let line = listen(ip, config.port, config.backlog, "the line protocol", "--port")?;
         let http = if config.no_http {
             None
         } else {
-            Some(
-                net::bind(SocketAddr::new(ip, config.http_port), config.backlog)
-                    .with_context(|| format!("cannot listen for HTTP on {ip} port {}", config.http_port))?,
-            )
+            Some(listen(
+                ip,
+                config.http_port,
+                config.backlog,
+                "HTTP",
+                "--http-port",
+            )?)
         };
         let echo = match config.echo_port {
-            Some(port) => Some(
-                net::bind(SocketAddr::new(ip, port), config.backlog)
-                    .with_context(|| format!("cannot listen for echo on {ip} port {port}"))?,
-            ),
+            Some(port) => Some(listen(ip, port, config.backlog, "echo", "--echo-port")?),
             None => None,
         };
         if config.lab && config.db.starts_with("postgres") && !config.lab_on_postgres {
@@ -426,6 +424,26 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let server = Server::bind(config).await?;
     logging::print_line(&server.banner());
     server.run(shutdown).await
+}
+
+/// Binds one door's listener; an error names the door, the address and what to do.
+fn listen(ip: IpAddr, port: u16, backlog: u32, door: &str, flag: &str) -> anyhow::Result<TcpListener> {
+    net::bind(SocketAddr::new(ip, port), backlog).map_err(|e| {
+        let hint = match e.kind() {
+            std::io::ErrorKind::AddrInUse => format!(
+                "; another program (perhaps another chatd) is using port {port}: stop it, or \
+                 choose another port with {flag} N ({flag} 0 picks a free one)"
+            ),
+            std::io::ErrorKind::PermissionDenied if port < 1024 => {
+                format!("; ports below 1024 need root or CAP_NET_BIND_SERVICE: choose one above with {flag}")
+            }
+            std::io::ErrorKind::AddrNotAvailable => {
+                format!("; {ip} is not an address of this machine (see `chatd interfaces`)")
+            }
+            _ => String::new(),
+        };
+        anyhow::anyhow!("cannot listen for {door} on {ip} port {port}: {e}{hint}")
+    })
 }
 
 /// A store URL without its password, for printing.

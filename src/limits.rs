@@ -253,7 +253,9 @@ mod tests {
     fn by_default_every_address_but_loopback_has_a_cap() {
         let door = Door::new(10_000, per_ip(None));
         let lan: IpAddr = "192.168.1.31".parse().unwrap();
-        let held: Vec<_> = (0..DEFAULT_PER_IP).map(|_| door.try_admit(lan).unwrap()).collect();
+        let held: Vec<_> = (0..DEFAULT_PER_IP)
+            .map(|_| door.try_admit(lan).unwrap())
+            .collect();
         assert_eq!(door.try_admit(lan).err(), Some(Refusal::PerAddress));
         let local: Vec<_> = (0..DEFAULT_PER_IP * 2)
             .map(|_| door.try_admit("127.0.0.5".parse().unwrap()).unwrap())
@@ -263,7 +265,10 @@ mod tests {
         let strict = Door::new(10, per_ip(Some(2)));
         let _a = strict.try_admit("127.0.0.1".parse().unwrap()).unwrap();
         let _b = strict.try_admit("127.0.0.1".parse().unwrap()).unwrap();
-        assert!(strict.try_admit("127.0.0.1".parse().unwrap()).is_err(), "given: loopback too");
+        assert!(
+            strict.try_admit("127.0.0.1".parse().unwrap()).is_err(),
+            "given: loopback too"
+        );
         assert!(per_ip(Some(0)).is_none(), "0 is off");
     }
 

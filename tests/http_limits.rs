@@ -571,7 +571,9 @@ async fn trickling_bodies_do_not_shut_out_anyone_else() {
 /// The first line a line client reads, or what went wrong.
 async fn first_line(addr: SocketAddr) -> String {
     let attempt = async {
-        let mut s = TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
+        let mut s = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
         let mut got = Vec::new();
         let mut buf = [0u8; 256];
         while !got.ends_with(b"\r\n") {
@@ -593,7 +595,9 @@ async fn first_line(addr: SocketAddr) -> String {
 /// The status line an HTTP client reads, or what went wrong.
 async fn status_line(addr: SocketAddr) -> String {
     let attempt = async {
-        let mut s = TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
+        let mut s = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
         s.write_all(b"GET /info HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
             .await
             .map_err(|e| format!("write: {e}"))?;
@@ -640,11 +644,8 @@ async fn every_refused_client_is_told_even_in_a_flood() {
     for round in 0..10 {
         let line = (0..400).map(|_| first_line(p.addr));
         let web = (0..100).map(|_| status_line(http));
-        let (line, web) = futures::future::join(
-            futures::future::join_all(line),
-            futures::future::join_all(web),
-        )
-        .await;
+        let (line, web) =
+            futures::future::join(futures::future::join_all(line), futures::future::join_all(web)).await;
         for answer in line.into_iter().chain(web) {
             let kind = if answer.starts_with("ERR SERVER_BUSY") {
                 "ERR SERVER_BUSY".to_string()
