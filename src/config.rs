@@ -62,8 +62,9 @@ pub struct Config {
     #[arg(long, env = "CHATD_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
 
-    /// Most connections from one client address (an IPv6 /64) across every door; off unless
-    /// given, so that a load test from one machine keeps working.
+    /// Most connections from one client address (an IPv6 /64) across every door. Default: 256
+    /// for every address but loopback, which is not limited (a load test from the server's
+    /// own machine); given, that many for every address, loopback too; 0: no limit.
     #[arg(long, env = "CHATD_MAX_CONNECTIONS_PER_IP")]
     pub max_connections_per_ip: Option<usize>,
 
@@ -72,6 +73,13 @@ pub struct Config {
     /// send as, and read the messages of, any user. Only for a class on a trusted network.
     #[arg(long, env = "CHATD_LAB")]
     pub lab: bool,
+
+    /// A name this server is reached by, besides its addresses, `localhost` and its host name:
+    /// HTTP requests for any other name (the `Host` header) get `421`, which stops web pages
+    /// of other sites from reaching chatd through DNS rebinding. Repeat it, or separate names
+    /// with commas.
+    #[arg(long, env = "CHATD_ALLOWED_HOST", value_delimiter = ',', value_name = "NAME")]
+    pub allowed_host: Vec<String>,
 
     /// Allow `--lab` on a PostgreSQL store (shared by several nodes), which it refuses otherwise.
     #[arg(long, env = "CHATD_LAB_ON_POSTGRES", requires = "lab")]
@@ -186,6 +194,7 @@ impl Config {
             max_connections_per_ip: None,
             lab: false,
             lab_on_postgres: false,
+            allowed_host: Vec::new(),
             idle_timeout: 0,
             threads: None,
             max_line: 4096,
