@@ -93,13 +93,16 @@ async fn end_logged_out(
     tokens: &Tokens,
     acted_on: &mut HashMap<String, Instant>,
 ) -> ChatResult<()> {
-    let asked = Instant::now();
     let logouts = store.recent_logouts(LOGOUT_WINDOW).await?;
+    let answered = Instant::now();
     acted_on.retain(|_, at| at.elapsed() < LOGOUT_WINDOW * 2);
     for (user, ago) in logouts {
-        // When it happened on this node's clock, give or take the query's round trip: the
-        // database measured `ago` by its own clock, so no two clocks are compared.
-        let at = asked.checked_sub(ago).unwrap_or(asked);
+        // When it happened on this node's clock: the database measured `ago` by its own clock,
+        // so no two clocks are compared. Counted from the answer, this is at or a little after
+        // the logout (by at most the answer's way back), never before it: a session that began
+        // just before the logout ends too; one that began within those milliseconds after it
+        // may end as well, and logs in again.
+        let at = answered.checked_sub(ago).unwrap_or(answered);
         // Seen before, give or take the round trips of two queries.
         if acted_on
             .get(&user)
