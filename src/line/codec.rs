@@ -4,7 +4,10 @@
 //!
 //! The decoder edits the read buffer in place: the current line's bytes, after editing, sit at
 //! the front of the buffer (`buf[..cooked]`); raw bytes not looked at yet follow from `raw` on.
-//! Editing never makes a line longer than its raw bytes, so the line fits where they were.
+//! Editing never makes a line longer than its raw bytes, so the line fits where they were. An
+//! IAC that ends what has arrived is left unread until the byte after it comes, since that byte
+//! decides whether the IAC is a command or a data byte of the line: the lines, and every byte
+//! written back, are the same however the stream is cut into reads.
 //!
 //! - A line ends at LF, CR LF, CR NUL or a bare CR; a CR followed by LF or NUL is one line end.
 //! - BS (0x08) and DEL (0x7F) delete the previous character of the line.
@@ -168,7 +171,8 @@ impl LineCodec {
     }
 
     /// Runs the byte stream until a line ends or a line becomes too long; `None` once every
-    /// buffered byte was looked at (the buffer then holds only the partial line).
+    /// buffered byte was looked at (the buffer then holds only the partial line, and an IAC
+    /// whose meaning the next byte decides).
     fn next_event(&mut self, buf: &mut BytesMut, answers: &mut BytesMut) -> Option<Event> {
         while self.raw < buf.len() {
             if self.telnet == Telnet::Data && !self.after_cr {
@@ -191,16 +195,22 @@ impl LineCodec {
                 return Some(event);
             }
         }
-        // Everything was looked at: close the gap, so the buffer holds only the partial line.
-        if self.raw > self.cooked {
-            buf.truncate(self.cooked);
-            self.raw = self.cooked;
-        }
         if self.discarding {
             buf.clear();
             self.cooked = 0;
             self.raw = 0;
+            return None;
         }
+        // Everything was looked at: close the gap, so the buffer holds only the partial line,
+        // and an IAC still waiting for its next byte, unread. (Kept as consumed input, the
+        // IAC would be gone when the byte after it, data, makes it a 0xFF of the line.)
+        let pending = usize::from(self.telnet == Telnet::Iac);
+        if pending == 1 {
+            buf[self.cooked] = IAC;
+            self.telnet = Telnet::Data;
+        }
+        buf.truncate(self.cooked + pending);
+        self.raw = self.cooked;
         None
     }
 
@@ -250,7 +260,9 @@ impl LineCodec {
                 match byte {
                     // IAC IAC is an escaped 0xFF data byte; IAC and anything that is not a
                     // command is 0xFF followed by that byte. Either way the 0xFF is data (and
-                    // never valid UTF-8); the byte after a lone IAC is read as usual.
+                    // never valid UTF-8); the byte after a lone IAC is read as usual. The IAC
+                    // is still in the buffer (see `next_event`), so the 0xFF takes its place
+                    // or one before it, never the place of the byte read again.
                     IAC => self.push_byte(buf, IAC),
                     0..=239 => {
                         self.raw -= 1;
@@ -399,6 +411,19 @@ mod tests {
             });
         }
         (got, answers.to_vec())
+    }
+
+    fn decode_all(codec: &mut LineCodec, buf: &mut BytesMut, answers: &mut BytesMut) -> Vec<Got> {
+        let mut scratch = Vec::new();
+        let mut got = Vec::new();
+        while let Some(line) = codec.decode(buf, &mut scratch, answers) {
+            got.push(match line {
+                Line::Text(text) => Got::Text(text.to_string()),
+                Line::TooLong => Got::TooLong,
+                Line::BadEncoding => Got::BadEncoding,
+            });
+        }
+        got
     }
 
     fn text(s: &str) -> Got {
@@ -606,5 +631,97 @@ mod tests {
         // Backspaces make room again.
         let mut buf = BytesMut::from(&b"ABCD\x7f\x7fEF\n"[..]);
         assert_eq!(lines(&mut codec, &mut buf), vec![text("ABEF")]);
+    }
+
+    #[test]
+    fn a_0xff_at_the_end_of_a_read_never_eats_the_next_one() {
+        // The byte after it decides what it is; until then it waits, unread.
+        let mut codec = LineCodec::new(4096);
+        let mut buf = BytesMut::from(&b"PING\ncaf\xff"[..]);
+        assert_eq!(lines(&mut codec, &mut buf), vec![text("PING")]);
+        buf.extend_from_slice(b"\nPING\n");
+        assert_eq!(lines(&mut codec, &mut buf), vec![Got::BadEncoding, text("PING")]);
+        // A character-mode client typing a lone 0xFF, one byte a read.
+        let mut got = Vec::new();
+        for &b in b"caf\xff\r\0PING\r\0" {
+            buf.extend_from_slice(&[b]);
+            got.extend(lines(&mut codec, &mut buf));
+        }
+        assert_eq!(got, vec![Got::BadEncoding, text("PING")]);
+        assert!(buf.is_empty());
+    }
+
+    /// Everything the decoder makes of `input` cut into reads at `cuts`: the lines, every byte
+    /// written back, the partial line left, and whether the client spoke telnet.
+    type Outcome = (Vec<Got>, Vec<u8>, Vec<u8>, bool);
+
+    fn run(max: usize, input: &[u8], cuts: &[usize]) -> Outcome {
+        let mut codec = LineCodec::new(max);
+        let mut answers = BytesMut::new();
+        let mut buf = BytesMut::new();
+        let mut got = Vec::new();
+        let mut from = 0;
+        for &cut in cuts.iter().chain([&input.len()]) {
+            buf.extend_from_slice(&input[from..cut]);
+            from = cut;
+            got.extend(decode_all(&mut codec, &mut buf, &mut answers));
+        }
+        let partial = codec.partial(&buf).to_vec();
+        (got, answers.to_vec(), partial, codec.is_telnet())
+    }
+
+    /// Inputs that touch every state of the decoder: line ends, editing, UTF-8, 0xFF as data,
+    /// telnet commands and negotiation, subnegotiations, and, once chatd echoes, keys a
+    /// terminal would act on.
+    const CORPUS: &[&[u8]] = &[
+        b"PING\r\nECHO hi\nWHO\r\0SEND bob x\rECHO y\r\r\n\n",
+        b"\xff\xfb\x1f\xff\xfd\x05\xff\xf1PI\xff\xfa\x18\x00xterm\xff\xf0NG\xff\xfc\x05\r\n",
+        b"\xff\xfa\x18\x00vt\xff\xff100\xff\xf0ECHO a\xff\xfa\x01\x02\nPING\n",
+        b"SEND bob caf\xff\nSEND carol x\ncaf\xff",
+        b"A\xff\xff\nB\xff\xfb\nC\xff\rD\xff\xfd\rE\xffx\n\xff",
+        b"PNIG\x08\x08\x08ING\r\0ECHO caf\xc3\xa9\x7fe\n\x7f\x7fx\n",
+        "ECHO 中文 🙂\x7f\x7fé\u{9b}\n".as_bytes(),
+        b"ECHO \xc3\x28 \xe4\xb8\nECHO \xf0\x9f\x99\n\x80\x80\x7f\n",
+        b"SEND bob oops\xff\xf4\xff\xfd\x06PING\r\nx\xff\xf5y\xff\xf8z\xff\xf7w\xff\xf6\n",
+        b"\xff\xfd\x03\xff\xfd\x01abc\x7f\x03PING\r\0x\x15ECHO \xe4\xb8\xad\x7f\t\x1b[A\r\n",
+        b"\xff\xfd\x01\xff\xfb\x03caf\xc3\xa9\x7f\xff\xff\x7f\x08\xff\xf6x\xff\xfe\x01y\n",
+        b"\x0c\r\n \t\x0b\n\0PING\n\x03\x15\x1b\n",
+        b"123456789\nPING\n12345678\r\nab\xc3\xa9cdefgh\xff\xffxyz\n\xff\xfd\x01abcdefghijk\r\n",
+        b"\xff\xfa",
+        b"\xff\xfaPING\nPING\n\xff\xfb\nPING\n",
+    ];
+
+    /// Every input of the corpus, cut at every byte (and short ones at every pair of bytes),
+    /// gives what it gives in one read: the same lines, the same bytes back, the same rest.
+    #[test]
+    fn every_cut_gives_what_one_read_gives() {
+        let mut checked = 0;
+        for &input in CORPUS {
+            for max in [100, 8] {
+                let whole = run(max, input, &[]);
+                for i in 0..=input.len() {
+                    assert_eq!(
+                        run(max, input, &[i]),
+                        whole,
+                        "\"{}\" cut at {i} (max {max})",
+                        input.escape_ascii()
+                    );
+                    checked += 1;
+                    if input.len() > 48 {
+                        continue;
+                    }
+                    for j in i..=input.len() {
+                        assert_eq!(
+                            run(max, input, &[i, j]),
+                            whole,
+                            "\"{}\" cut at {i} and {j} (max {max})",
+                            input.escape_ascii()
+                        );
+                        checked += 1;
+                    }
+                }
+            }
+        }
+        assert!(checked > 10_000, "{checked}");
     }
 }
