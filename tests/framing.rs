@@ -224,6 +224,33 @@ async fn telnet_negotiate_offers_character_mode_first() {
 }
 
 #[tokio::test]
+async fn telnet_negotiate_is_a_flag_the_banner_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("chatd.db").display());
+    let server = Process::start_with(&db, &["--no-http", "--telnet-negotiate"], None);
+    assert!(
+        server
+            .banner
+            .iter()
+            .any(|l| l
+                .starts_with("--telnet-negotiate: telnet clients are put in character mode as they connect")),
+        "{:?}",
+        server.banner
+    );
+    let mut c = Client::connect_raw(server.addr).await;
+    assert_eq!(c.bytes(6).await, b"\xff\xfb\x01\xff\xfb\x03");
+    // Without the flag, not a word of it.
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("chatd.db").display());
+    let server = Process::start_with(&db, &["--no-http"], None);
+    assert!(
+        !server.banner.join("\n").contains("telnet-negotiate"),
+        "{:?}",
+        server.banner
+    );
+}
+
+#[tokio::test]
 async fn control_keys_around_and_in_commands() {
     let server = TestServer::start().await;
     let mut alice = server.client().await;

@@ -106,6 +106,15 @@ enum Opt {
     Yes,
 }
 
+/// What the client's screen still needs after a line was cancelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Owed {
+    Nothing,
+    LineEnd,
+    /// The key in caret notation (`^C`), then a line end.
+    Key(u8),
+}
+
 /// The line decoder. Keeps only a few words of state; the bytes live in the caller's buffer.
 #[derive(Debug)]
 pub struct LineCodec {
@@ -138,7 +147,7 @@ pub struct LineCodec {
     /// echoes, the `^C` before it). It is written after the answer to the timing mark telnet
     /// asks for with them, since telnet discards what arrives before that answer, or before
     /// anything else chatd writes.
-    owed: &'static [u8],
+    owed: Owed,
 }
 
 impl LineCodec {
@@ -157,7 +166,7 @@ impl LineCodec {
             echo: Opt::No,
             sga: Opt::No,
             client_sga: Opt::No,
-            owed: b"",
+            owed: Owed::Nothing,
         }
     }
 
@@ -188,10 +197,11 @@ impl LineCodec {
 
     /// What live messages written between replies need in front of them, for a person at a
     /// telnet client: a line end, so they start on a fresh line, not glued to the line being
-    /// typed. Where chatd echoes it knows where the cursor is, and writes none at the start of
-    /// a line. A client that never spoke telnet gets nothing.
+    /// typed (after a cancelled line, the one it is owed). Where chatd echoes it knows where
+    /// the cursor is, and writes none at the start of a line. A client that never spoke telnet
+    /// gets nothing.
     pub fn before_push(&mut self, out: &mut BytesMut) {
-        if !self.owed.is_empty() {
+        if self.owed != Owed::Nothing {
             self.pay(out);
         } else if self.is_telnet && !(self.echoing() && self.echoed == 0) {
             out.put_slice(b"\r\n");
@@ -368,7 +378,7 @@ impl LineCodec {
                     // Keys that a terminal's line editing would act on, when chatd does its
                     // part; otherwise data as any other byte.
                     ETX if self.echoing() => {
-                        self.cancel(b"^C\r\n");
+                        self.cancel(b'C');
                         self.pay(answers);
                         None
                     }
@@ -512,18 +522,27 @@ impl LineCodec {
         }
     }
 
-    /// Drops the line being typed; the screen owes `shown`, which starts a fresh line.
-    fn cancel(&mut self, shown: &'static [u8]) {
+    /// Drops the line being typed; the screen is owed a fresh line (`^C` and a line end where
+    /// chatd echoes, since the terminal shows nothing of the key itself).
+    fn cancel(&mut self, key: u8) {
         self.cooked = 0;
         self.echoed = 0;
         self.discarding = false;
         self.malformed = false;
-        self.owed = shown;
+        self.owed = if self.echoing() {
+            Owed::Key(key)
+        } else {
+            Owed::LineEnd
+        };
     }
 
     /// Writes what the screen is owed, if anything.
     fn pay(&mut self, answers: &mut BytesMut) {
-        answers.put_slice(std::mem::take(&mut self.owed));
+        match std::mem::replace(&mut self.owed, Owed::Nothing) {
+            Owed::Nothing => {}
+            Owed::LineEnd => answers.put_slice(b"\r\n"),
+            Owed::Key(key) => answers.put_slice(&[b'^', key, b'\r', b'\n']),
+        }
     }
 
     /// A two-byte telnet command.
@@ -531,8 +550,8 @@ impl LineCodec {
         match command {
             // Ctrl-C (and Ctrl-O, abort output) in telnet's line mode: the terminal shows ^C
             // (or ^O) where the cursor is, and the next line is to start below it.
-            IP => self.cancel(if self.echoing() { b"^C\r\n" } else { b"\r\n" }),
-            AO => self.cancel(if self.echoing() { b"^O\r\n" } else { b"\r\n" }),
+            IP => self.cancel(b'C'),
+            AO => self.cancel(b'O'),
             EL => self.erase_line(buf, answers),
             EC => self.erase_char(buf, answers),
             AYT => {
