@@ -213,6 +213,14 @@ impl Terminal {
         self.type_keys(&format!("{command}\r")).await;
     }
 
+    /// Registers `name` (password "pw") and logs in, typing as a person does.
+    async fn log_in(&mut self, name: &str) {
+        self.type_keys(&format!("REGISTER {name} pw\r")).await;
+        self.expect("OK registered").await;
+        self.type_keys(&format!("AUTH {name} pw\r")).await;
+        self.expect("OK logged in").await;
+    }
+
     /// Waits for telnet to exit by itself.
     async fn exited(&mut self) -> std::process::ExitStatus {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -337,12 +345,8 @@ async fn a_push_arriving_mid_typing_is_shown_above_the_line_being_typed() {
 /// typing. On bob's screen the message gets a row of its own, his half-typed line is written
 /// again below it, and he goes on typing where he was.
 async fn push_while_typing(alice: &mut Terminal, bob: &mut Terminal) {
-    for (t, name) in [(&mut *alice, "alice"), (&mut *bob, "bob")] {
-        t.type_keys(&format!("REGISTER {name} pw\r")).await;
-        t.expect("OK registered").await;
-        t.type_keys(&format!("AUTH {name} pw\r")).await;
-        t.expect("OK logged in").await;
-    }
+    alice.log_in("alice").await;
+    bob.log_in("bob").await;
     bob.type_keys("SEND alice I am typing a long li").await;
     bob.expect("a long li").await;
     alice.type_keys("SEND bob hello bob\r").await;
@@ -423,12 +427,8 @@ async fn in_line_mode_a_push_never_costs_the_line_being_typed() {
     let server = TestServer::start().await;
     let mut alice = connected(&server).await;
     let mut bob = connected(&server).await;
-    for (t, name) in [(&mut alice, "alice"), (&mut bob, "bob")] {
-        t.type_keys(&format!("REGISTER {name} pw\r")).await;
-        t.expect("OK registered").await;
-        t.type_keys(&format!("AUTH {name} pw\r")).await;
-        t.expect("OK logged in").await;
-    }
+    alice.log_in("alice").await;
+    bob.log_in("bob").await;
     // In telnet's line mode the line being typed is in the terminal, not yet sent: chatd
     // cannot tell it is there, and a push is written after it on the same row. (HELP names
     // the way out, character mode.) The line itself is sent whole at Enter.
