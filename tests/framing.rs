@@ -270,6 +270,13 @@ async fn control_keys_around_and_in_commands() {
         reply.last.starts_with("ERR BAD_ARGS") && reply.last.contains("arrow keys"),
         "{reply:?}"
     );
+    let reply = alice.cmd("SEND bob\x1b[D hi").await;
+    assert!(
+        reply
+            .last
+            .starts_with("ERR NO_SUCH_USER there is no user \"bob^[[D\"; arrow keys"),
+        "{reply:?}"
+    );
     let reply = alice.cmd("\x07PING").await;
     assert!(reply.last.contains("\"^GPING\"; did you mean PING?"), "{reply:?}");
     server.stop().await;

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use tokio_util::sync::CancellationToken;
 
 use super::connection::Connection;
-use super::reply::{escape, put_msg, Reply};
+use super::reply::{escape, needs_escape, put_msg, Reply};
 use super::session::flush;
 use crate::chat::{Chat, ConnAuthState, Username, INBOX_PAGE};
 use crate::error::{ChatError, ChatResult, Code};
@@ -344,7 +344,14 @@ async fn auth(cx: &mut Context, user: &str, password: &str) -> ChatResult<Reply>
 async fn send(cx: &mut Context, to: &str, text: &str) -> ChatResult<Reply> {
     let from = logged_in(cx)?;
     let message = cx.chat.send(from, to, text, None).await.map_err(|mut e| {
-        if e.code == Code::BadArgs && text.contains('\x1b') {
+        // The domain quotes an unknown name as Rust does; a person at telnet reads the keys
+        // they pressed in caret notation.
+        if e.code == Code::NoSuchUser && to.chars().any(needs_escape) {
+            e.message = format!("there is no user \"{}\"", escape(to)).into();
+        }
+        if matches!(e.code, Code::BadArgs | Code::NoSuchUser)
+            && (to.contains('\x1b') || text.contains('\x1b'))
+        {
             e.message = format!("{}; {ARROW_KEYS}", e.message).into();
         }
         e
