@@ -98,6 +98,13 @@ pub struct Config {
     #[arg(long, env = "CHATD_MAX_LINE", default_value_t = 4096)]
     pub max_line: usize,
 
+    /// Put telnet clients in character mode as they connect (`IAC WILL ECHO`, `IAC WILL SGA`):
+    /// keys are sent as they are typed and chatd echoes them, so a message arriving never mixes
+    /// with a half-typed line. For a class at telnet; every client receives these bytes, so
+    /// leave it off where programs or `nc` connect.
+    #[arg(long, env = "CHATD_TELNET_NEGOTIATE")]
+    pub telnet_negotiate: bool,
+
     /// Disconnect a line client that accepts none of the server's bytes for this many seconds
     /// while a reply or a push is being written (one that reads slowly is never cut off).
     #[arg(long, env = "CHATD_WRITE_STALL", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
@@ -198,6 +205,7 @@ impl Config {
             idle_timeout: 0,
             threads: None,
             max_line: 4096,
+            telnet_negotiate: false,
             write_stall: 30,
             push_queue: 1024,
             push_queue_bytes: 1024 * 1024,

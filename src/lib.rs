@@ -232,6 +232,13 @@ impl Server {
                  this server can send as, and read the messages of, any user !!!"
             );
         }
+        if self.config.telnet_negotiate {
+            let _ = writeln!(
+                out,
+                "--telnet-negotiate: telnet clients are put in character mode as they connect; \
+                 nc and programs receive telnet bytes too, so leave it off for them"
+            );
+        }
         if self.config.load_test_hashing {
             let _ = writeln!(
                 out,
