@@ -10,7 +10,10 @@
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked --bin chatd
+# Without debug symbols (the repository's release profile keeps some, for profiling): the
+# image's binary is a third of the size.
+RUN CARGO_PROFILE_RELEASE_DEBUG=0 CARGO_PROFILE_RELEASE_STRIP=symbols \
+    cargo build --release --locked --bin chatd
 
 FROM debian:bookworm-slim
 RUN useradd --system --home-dir /data --create-home --uid 10001 chatd
@@ -20,6 +23,10 @@ WORKDIR /data
 VOLUME /data
 EXPOSE 8000 5000
 ENV RUST_LOG=info
+# Healthy when the line port greets a new connection with HELLO (bash's /dev/tcp: the slim
+# image has no curl). A full server answers ERR SERVER_BUSY instead, and counts as unhealthy.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
+    CMD ["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/${CHATD_PORT:-8000} && read -t 4 -r line <&3 && [[ $line == HELLO* ]]"]
 # Inside the container 0.0.0.0 is right: only the ports published with -p are reachable.
 ENTRYPOINT ["chatd"]
 CMD ["serve", "--db", "sqlite:///data/chatd.db"]

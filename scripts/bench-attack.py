@@ -260,7 +260,7 @@ async def attack_stall_body(a):
 
 async def attack_unread_get(a):
     conns, failed = await connect_many(tuple(a["http"]), a["n"], rcvbuf=4096)
-    req = (f"GET /get_messages?limit={a['limit']} HTTP/1.1\r\nHost: x\r\n"
+    req = (f"GET /get_messages?limit={a['limit']} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
            f"Authorization: Bearer {a['token']}\r\n\r\n").encode()
     for _, w in conns:
         w.write(req)
@@ -387,7 +387,7 @@ async def attack_events(a):
     """a.n /events streams for one user, never read, while messages to that user arrive."""
     host, port = a["http"]
     conns, failed = await connect_many((host, port), a["n"], rcvbuf=4096)
-    req = (f"GET /events HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n"
+    req = (f"GET /events HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n"
            f"Authorization: Bearer {a['token']}\r\n\r\n").encode()
     for _, w in conns:
         w.write(req)

@@ -27,7 +27,9 @@
 # Usage:   sudo scripts/pair-exercise.sh
 # Needs:   root, iproute2 with `ip netns`, python3, timeout (coreutils), a built chatd.
 # Environment:
-#   CHATD_BIN     the chatd binary          (default: target/debug/chatd in the repository)
+#   CHATD_BIN     the chatd binary          (default: target/release/chatd in the repository,
+#                                            as `cargo run --release` in the README builds it;
+#                                            target/debug/chatd if only that one exists)
 #   PAIR_SUBNET   the /24 for the cable     (default: 10.77.0.0/24; A gets .1, B gets .2)
 #   PAIR_PORT     chatd's port              (default: 8000, as in class)
 # Exit status: 0 all good; 1 a check failed (the reason is printed); 77 cannot run here
@@ -41,7 +43,10 @@
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-CHATD_BIN="${CHATD_BIN:-$REPO_ROOT/target/debug/chatd}"
+if [[ -z ${CHATD_BIN:-} ]]; then
+    CHATD_BIN="$REPO_ROOT/target/release/chatd"
+    [[ -x $CHATD_BIN || ! -x $REPO_ROOT/target/debug/chatd ]] || CHATD_BIN="$REPO_ROOT/target/debug/chatd"
+fi
 PAIR_SUBNET="${PAIR_SUBNET:-10.77.0.0/24}"
 PORT="${PAIR_PORT:-8000}"
 
@@ -68,7 +73,7 @@ command -v ip >/dev/null || skip "the ip command (iproute2) is not installed"
 ip netns list >/dev/null 2>&1 || skip "this ip command has no working 'ip netns'"
 command -v python3 >/dev/null || skip "python3 is not installed (it plays the classmate)"
 command -v timeout >/dev/null || skip "timeout (coreutils) is not installed"
-[[ -x $CHATD_BIN ]] || fail "no chatd binary at $CHATD_BIN (run 'cargo build' or set CHATD_BIN)"
+[[ -x $CHATD_BIN ]] || fail "no chatd binary at $CHATD_BIN (run 'cargo build --release' or set CHATD_BIN)"
 [[ $PORT =~ ^[0-9]+$ ]] || fail "PAIR_PORT must be a port number, not '$PORT'"
 [[ $PAIR_SUBNET =~ ^([0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3})\.0/24$ ]] \
     || fail "PAIR_SUBNET must look like 10.77.0.0/24, not '$PAIR_SUBNET'"

@@ -62,8 +62,9 @@ pub struct Config {
     #[arg(long, env = "CHATD_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
 
-    /// Most connections from one client address (an IPv6 /64) across every door; off unless
-    /// given, so that a load test from one machine keeps working.
+    /// Most connections from one client address (an IPv6 /64) across every door. Default: 256
+    /// for every address but loopback, which is not limited (a load test from the server's
+    /// own machine); given, that many for every address, loopback too; 0: no limit.
     #[arg(long, env = "CHATD_MAX_CONNECTIONS_PER_IP")]
     pub max_connections_per_ip: Option<usize>,
 
@@ -72,6 +73,13 @@ pub struct Config {
     /// send as, and read the messages of, any user. Only for a class on a trusted network.
     #[arg(long, env = "CHATD_LAB")]
     pub lab: bool,
+
+    /// A name this server is reached by, besides its addresses, `localhost` and its host name:
+    /// HTTP requests for any other name (the `Host` header) get `421`, which stops web pages
+    /// of other sites from reaching chatd through DNS rebinding. Repeat it, or separate names
+    /// with commas.
+    #[arg(long, env = "CHATD_ALLOWED_HOST", value_delimiter = ',', value_name = "NAME")]
+    pub allowed_host: Vec<String>,
 
     /// Allow `--lab` on a PostgreSQL store (shared by several nodes), which it refuses otherwise.
     #[arg(long, env = "CHATD_LAB_ON_POSTGRES", requires = "lab")]
@@ -89,6 +97,13 @@ pub struct Config {
     /// Longest accepted line in bytes; longer ones get `ERR LINE_TOO_LONG`.
     #[arg(long, env = "CHATD_MAX_LINE", default_value_t = 4096)]
     pub max_line: usize,
+
+    /// Put telnet clients in character mode as they connect (`IAC WILL ECHO`, `IAC WILL SGA`):
+    /// keys are sent as they are typed and chatd echoes them, so a message arriving never mixes
+    /// with a half-typed line. For a class at telnet; every client receives these bytes, so
+    /// leave it off where programs or `nc` connect.
+    #[arg(long, env = "CHATD_TELNET_NEGOTIATE")]
+    pub telnet_negotiate: bool,
 
     /// Disconnect a line client that accepts none of the server's bytes for this many seconds
     /// while a reply or a push is being written (one that reads slowly is never cut off).
@@ -151,8 +166,8 @@ pub struct Config {
     pub hash_queue: usize,
 
     /// REGISTERs one address (an IPv6 /64) may make per hour: a bucket of N that refills
-    /// steadily over the hour. Default: 60 from every address but loopback, which is
-    /// unlimited (load tests); given, it holds for every address, loopback included.
+    /// steadily over the hour. Default: 60 for every address but loopback, which is not
+    /// limited (load tests); given, that many for every address, loopback too; 0: no limit.
     #[arg(long, env = "CHATD_REGISTRATIONS_PER_ADDR")]
     pub registrations_per_addr: Option<u32>,
 
@@ -183,9 +198,11 @@ impl Config {
             max_connections_per_ip: None,
             lab: false,
             lab_on_postgres: false,
+            allowed_host: Vec::new(),
             idle_timeout: 0,
             threads: None,
             max_line: 4096,
+            telnet_negotiate: false,
             write_stall: 30,
             push_queue: 1024,
             push_queue_bytes: 1024 * 1024,

@@ -26,7 +26,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -36,7 +35,7 @@ use crate::chat::{AuthLimits, Chat, ChatOptions, HashLimits};
 pub use crate::config::Config;
 pub use crate::http::MAX_BODY as MAX_HTTP_BODY;
 use crate::hub::HubLimits;
-use crate::limits::{Budget, Door, PerAddr, Refusal};
+use crate::limits::{Budget, Door, Refusal};
 use crate::line::session::SessionSettings;
 pub use crate::net::raise_open_files_limit;
 pub use crate::net::{interfaces, InterfaceAddr};
@@ -83,21 +82,20 @@ impl Server {
             Some(name) => net::interface_ipv4(name)?,
             None => config.bind,
         };
-        let line = net::bind(SocketAddr::new(ip, config.port), config.backlog)
-            .with_context(|| format!("cannot listen on {ip} port {}", config.port))?;
+        let line = listen(ip, config.port, config.backlog, "the line protocol", "--port")?;
         let http = if config.no_http {
             None
         } else {
-            Some(
-                net::bind(SocketAddr::new(ip, config.http_port), config.backlog)
-                    .with_context(|| format!("cannot listen for HTTP on {ip} port {}", config.http_port))?,
-            )
+            Some(listen(
+                ip,
+                config.http_port,
+                config.backlog,
+                "HTTP",
+                "--http-port",
+            )?)
         };
         let echo = match config.echo_port {
-            Some(port) => Some(
-                net::bind(SocketAddr::new(ip, port), config.backlog)
-                    .with_context(|| format!("cannot listen for echo on {ip} port {port}"))?,
-            ),
+            Some(port) => Some(listen(ip, port, config.backlog, "echo", "--echo-port")?),
             None => None,
         };
         if config.lab && config.db.starts_with("postgres") && !config.lab_on_postgres {
@@ -132,7 +130,7 @@ impl Server {
                     failures_per_account: config.auth_failures_per_account.max(1),
                     concurrent_per_account: config.auth_concurrent_per_account.max(1),
                     lockout: config.auth_lockout(),
-                    registrations_per_addr: config.registrations_per_addr.map(|n| n.max(1)),
+                    registrations_per_addr: config.registrations_per_addr,
                 },
                 hashing: HashLimits {
                     share: config.hash_share.map(|n| n.max(1)),
@@ -227,6 +225,13 @@ impl Server {
                  this server can send as, and read the messages of, any user !!!"
             );
         }
+        if self.config.telnet_negotiate {
+            let _ = writeln!(
+                out,
+                "--telnet-negotiate: telnet clients are put in character mode as they connect; \
+                 nc and programs receive telnet bytes too, so leave it off for them"
+            );
+        }
         if self.config.load_test_hashing {
             let _ = writeln!(
                 out,
@@ -267,7 +272,7 @@ impl Server {
         let stop = shutdown.child_token();
         let tracker = TaskTracker::new();
         // Line and HTTP share one pool of places; echo has a small one of its own.
-        let per_addr = config.max_connections_per_ip.map(PerAddr::new);
+        let per_addr = limits::per_ip(config.max_connections_per_ip);
         let chat_door = Door::new(budget.chat, per_addr.clone());
         let echo_door = Door::new(budget.echo, per_addr);
         let settings = Arc::new(SessionSettings::from_config(&config));
@@ -332,6 +337,7 @@ impl Server {
                 listeners,
                 stop.clone(),
                 config.lab,
+                &config.allowed_host,
             ));
             let (app, stop_http) = (http::router(state), stop.clone());
             let accept = listener::accept_loop(
@@ -414,8 +420,9 @@ pub mod bounds {
     pub use crate::chat::{MAX_MESSAGE_BYTES, REGISTRATIONS_PER_ADDR};
     pub use crate::http::tokens::RECHECK as TOKEN_RECHECK;
     pub use crate::http::{
-        BODIES_AT_ONCE, BODY_STALL, BODY_TIME, HEADER_TIMEOUT, MAX_BODY as MAX_HTTP_BODY, MAX_HEAD,
-        MAX_REPLY_BYTES, WRITE_STALL,
+        BODIES_AT_ONCE, BODIES_PER_ADDR, BODY_GRACE, BODY_STALL, BODY_TIME, BODY_WAIT, HEADER_TIMEOUT,
+        MAX_BODY as MAX_HTTP_BODY, MAX_HEAD, MAX_REPLY_BYTES, MIN_BODY_RATE, SMALL_BODIES_AT_ONCE,
+        SMALL_BODIES_PER_ADDR, SMALL_BODY, WRITE_STALL,
     };
 }
 
@@ -424,6 +431,26 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let server = Server::bind(config).await?;
     logging::print_line(&server.banner());
     server.run(shutdown).await
+}
+
+/// Binds one door's listener; an error names the door, the address and what to do.
+fn listen(ip: IpAddr, port: u16, backlog: u32, door: &str, flag: &str) -> anyhow::Result<TcpListener> {
+    net::bind(SocketAddr::new(ip, port), backlog).map_err(|e| {
+        let hint = match e.kind() {
+            std::io::ErrorKind::AddrInUse => format!(
+                "; another program (perhaps another chatd) is using port {port}: stop it, or \
+                 choose another port with {flag} N ({flag} 0 picks a free one)"
+            ),
+            std::io::ErrorKind::PermissionDenied if port < 1024 => {
+                format!("; ports below 1024 need root or CAP_NET_BIND_SERVICE: choose one above with {flag}")
+            }
+            std::io::ErrorKind::AddrNotAvailable => {
+                format!("; {ip} is not an address of this machine (see `chatd interfaces`)")
+            }
+            _ => String::new(),
+        };
+        anyhow::anyhow!("cannot listen for {door} on {ip} port {port}: {e}{hint}")
+    })
 }
 
 /// A store URL without its password, for printing.

@@ -7,12 +7,14 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Descriptors kept for the listeners, logs, the runtime and anything else the process opens.
 const RESERVED_BASE: u64 = 64;
-/// Connections being refused at once, at most; each holds its descriptor for up to a second.
+/// Refused connections kept open at once for a moment after their answer, at most; each holds
+/// its descriptor for at most a quarter of a second (`listener.rs`).
 pub const MAX_REFUSING: usize = 64;
 /// Descriptors one store connection may need (SQLite: the database, its WAL and shared memory).
 const FDS_PER_STORE_CONNECTION: u64 = 3;
@@ -95,10 +97,7 @@ impl Door {
 
     /// A place for a connection from `peer`, or why there is none.
     pub fn try_admit(&self, peer: IpAddr) -> Result<Admission, Refusal> {
-        let addr = match &self.per_addr {
-            Some(per_addr) => Some(per_addr.try_take(peer).ok_or(Refusal::PerAddress)?),
-            None => None,
-        };
+        let addr = self.take_addr(peer)?;
         let slot = self
             .slots
             .clone()
@@ -109,21 +108,78 @@ impl Door {
             _addr: addr,
         })
     }
+
+    /// A place for `peer`, waiting up to `wait` for one to come free in the pool. An address
+    /// that holds its share already is refused at once: it waits for nobody but itself.
+    pub async fn admit_within(&self, peer: IpAddr, wait: Duration) -> Result<Admission, Refusal> {
+        let addr = self.take_addr(peer)?;
+        let slot = match tokio::time::timeout(wait, self.slots.clone().acquire_owned()).await {
+            Ok(Ok(slot)) => slot,
+            _ => return Err(Refusal::Full),
+        };
+        Ok(Admission {
+            _slot: slot,
+            _addr: addr,
+        })
+    }
+
+    fn take_addr(&self, peer: IpAddr) -> Result<Option<AddrSlot>, Refusal> {
+        match &self.per_addr {
+            Some(per_addr) if per_addr.counts(peer) => {
+                per_addr.try_take(peer).map(Some).ok_or(Refusal::PerAddress)
+            }
+            _ => Ok(None),
+        }
+    }
 }
 
-/// Connections per client address (`--max-connections-per-ip`); IPv6 addresses count by /64,
-/// the block one subscriber is usually given.
+/// Connections per client address (`--max-connections-per-ip`) when the flag is not given:
+/// enough for a whole class behind one address (30 students with a telnet, a browser and a
+/// lab script each), a small share of the ~20,000 connections one process can hold.
+pub const DEFAULT_PER_IP: usize = 256;
+
+/// What `--max-connections-per-ip` asks for: unset, [`DEFAULT_PER_IP`] for every address but
+/// loopback (a load test from the server's own machine may open thousands); 0, no limit; N, N
+/// for every address, loopback too.
+pub fn per_ip(flag: Option<usize>) -> Option<Arc<PerAddr>> {
+    match flag {
+        None => Some(PerAddr::sparing_loopback(DEFAULT_PER_IP)),
+        Some(0) => None,
+        Some(n) => Some(PerAddr::new(n)),
+    }
+}
+
+/// Places per client address; IPv6 addresses count by /64, the block one subscriber is usually
+/// given.
 pub struct PerAddr {
     max: usize,
+    /// Loopback addresses are not counted (the machine's own programs).
+    spare_loopback: bool,
     open: Mutex<HashMap<IpAddr, usize>>,
 }
 
 impl PerAddr {
+    /// At most `max` places for every address.
     pub fn new(max: usize) -> Arc<PerAddr> {
         Arc::new(PerAddr {
             max: max.max(1),
+            spare_loopback: false,
             open: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// At most `max` places for every address but loopback ones.
+    pub fn sparing_loopback(max: usize) -> Arc<PerAddr> {
+        Arc::new(PerAddr {
+            max: max.max(1),
+            spare_loopback: true,
+            open: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Whether `peer` is counted at all.
+    fn counts(&self, peer: IpAddr) -> bool {
+        !(self.spare_loopback && address_block(peer).is_loopback())
     }
 
     fn try_take(self: &Arc<Self>, peer: IpAddr) -> Option<AddrSlot> {
@@ -191,6 +247,29 @@ mod tests {
             too_many.chat, total,
             "--max-connections cannot exceed the descriptors"
         );
+    }
+
+    #[test]
+    fn by_default_every_address_but_loopback_has_a_cap() {
+        let door = Door::new(10_000, per_ip(None));
+        let lan: IpAddr = "192.168.1.31".parse().unwrap();
+        let held: Vec<_> = (0..DEFAULT_PER_IP)
+            .map(|_| door.try_admit(lan).unwrap())
+            .collect();
+        assert_eq!(door.try_admit(lan).err(), Some(Refusal::PerAddress));
+        let local: Vec<_> = (0..DEFAULT_PER_IP * 2)
+            .map(|_| door.try_admit("127.0.0.5".parse().unwrap()).unwrap())
+            .collect();
+        assert!(door.try_admit("::ffff:127.0.0.1".parse().unwrap()).is_ok());
+        drop((held, local));
+        let strict = Door::new(10, per_ip(Some(2)));
+        let _a = strict.try_admit("127.0.0.1".parse().unwrap()).unwrap();
+        let _b = strict.try_admit("127.0.0.1".parse().unwrap()).unwrap();
+        assert!(
+            strict.try_admit("127.0.0.1".parse().unwrap()).is_err(),
+            "given: loopback too"
+        );
+        assert!(per_ip(Some(0)).is_none(), "0 is off");
     }
 
     #[test]

@@ -20,8 +20,8 @@ use crate::limits::{Admission, Door, Refusal, MAX_REFUSING};
 /// What a refused connection is told before it is closed (nothing, for echo).
 pub type BusyAnswer = fn(Refusal) -> Option<Vec<u8>>;
 
-/// How long a refused connection may take to hear why.
-const REFUSAL_TIME: Duration = Duration::from_secs(1);
+/// How long a refused connection is kept to read what the client sent before it is closed.
+const LINGER: Duration = Duration::from_millis(250);
 
 /// Accepts connections on `listener` until `shutdown`, running `handle` for each one inside
 /// `tracker`. Connections the `door` does not admit get `busy` (if any) and are closed.
@@ -76,32 +76,38 @@ pub async fn accept_loop<F, Fut>(
             }
             Err(refusal) => {
                 tracing::debug!(listener = name, %peer, ?refusal, "refused: server busy");
-                // Refusals are bounded too: beyond that many at once, a connection is just closed.
-                if let Ok(slot) = refusing.clone().try_acquire_owned() {
-                    tokio::spawn(async move {
-                        refuse(stream, busy(refusal)).await;
-                        drop(slot);
-                    });
-                }
+                refuse(stream, busy(refusal), &refusing);
             }
         }
     }
 }
 
-/// Tells a connection over the limit why it is being closed, then closes it. What the client
-/// already sent is read and dropped for a moment, so that closing does not reset the
-/// connection before the client has read the answer.
-async fn refuse(mut stream: TcpStream, answer: Option<Vec<u8>>) {
-    let goodbye = async {
-        if let Some(answer) = answer {
-            stream.write_all(&answer).await?;
-        }
-        stream.shutdown().await?;
-        let mut sink = [0u8; 1024];
-        while stream.read(&mut sink).await? > 0 {}
-        Ok::<_, io::Error>(())
+/// Tells a connection over the limit why it is being closed, then closes it. The answer is
+/// written at once, before anything else: a fresh socket's send buffer always has room for it,
+/// so every refused client is told, however many arrive at once. Then the connection is closed
+/// in stages (RFC 9112, 9.6): our side first, and what the client sends is read and dropped for
+/// a moment, so that its request arriving after the close does not turn into a reset that
+/// makes the client's system throw the answer away unread. That moment is short and holds one
+/// of [`MAX_REFUSING`] places; with none free, the connection is closed at once instead.
+fn refuse(stream: TcpStream, answer: Option<Vec<u8>>, lingering: &Arc<Semaphore>) {
+    if let Some(answer) = &answer {
+        let _ = stream.try_write(answer);
+    }
+    let mut sink = [0u8; 1024];
+    while matches!(stream.try_read(&mut sink), Ok(n) if n > 0) {}
+    let Ok(place) = lingering.clone().try_acquire_owned() else {
+        return;
     };
-    let _ = tokio::time::timeout(REFUSAL_TIME, goodbye).await;
+    tokio::spawn(async move {
+        let mut stream = stream;
+        let goodbye = async {
+            stream.shutdown().await?;
+            while stream.read(&mut sink).await? > 0 {}
+            Ok::<_, io::Error>(())
+        };
+        let _ = tokio::time::timeout(LINGER, goodbye).await;
+        drop(place);
+    });
 }
 
 /// Errors that concern one connection only (it was reset before we accepted it, say).

@@ -13,7 +13,8 @@ use chatd::Config;
 #[command(
     name = "chatd",
     version,
-    about = "An async TCP echo and line-protocol chat server"
+    about = "An async TCP chat server: a line protocol for telnet and nc, an HTTP facade with a \
+             chat page, and RFC 862 echo"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -22,7 +23,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve the line protocol (and optionally echo) until Ctrl-C or SIGTERM.
+    /// Serve chat on the line protocol (telnet, nc) and over HTTP (JSON, live events, a chat
+    /// page), and optionally echo, until Ctrl-C or SIGTERM.
     Serve(Box<Config>),
     /// List this machine's network interfaces and addresses (for `serve --interface`).
     Interfaces,

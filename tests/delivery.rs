@@ -433,8 +433,9 @@ async fn thousands_of_streams_for_one_user_are_capped_and_slow_nobody() {
                 tokio::spawn(async move {
                     use tokio::io::{AsyncReadExt, AsyncWriteExt};
                     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-                    let request =
-                        format!("GET /events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n");
+                    let request = format!(
+                        "GET /events HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n\r\n"
+                    );
                     stream.write_all(request.as_bytes()).await.unwrap();
                     let mut head = [0u8; 12];
                     stream.read_exact(&mut head).await.unwrap();

@@ -120,15 +120,16 @@ async fn an_unterminated_subnegotiation_costs_at_most_its_line() {
 async fn telnet_commands_are_answered_and_answers_are_not() {
     let server = TestServer::start().await;
     let mut c = server.client().await;
-    // DO TIMING-MARK (what telnet sends after Ctrl-C) is agreed to.
+    // DO TIMING-MARK (what telnet sends after Ctrl-C) is agreed to; the line end after it
+    // starts a fresh line below the ^C on the screen.
     c.write(b"\xff\xf4\xff\xfd\x06").await;
-    assert_eq!(c.bytes(3).await, b"\xff\xfb\x06");
+    assert_eq!(c.bytes(5).await, b"\xff\xfb\x06\r\n");
     // Answers (WONT, DONT) get no answer, so no negotiation can loop.
     c.write(b"\xff\xfc\x01\xff\xfe\x03\xff\xfc\x06PING\n").await;
     assert_eq!(c.bytes(9).await, b"OK PONG\r\n");
     // DO and WILL for options chatd does not do are refused.
-    c.write(b"\xff\xfd\x01\xff\xfb\x22PING\n").await;
-    assert_eq!(c.bytes(6 + 9).await, b"\xff\xfc\x01\xff\xfe\x22OK PONG\r\n");
+    c.write(b"\xff\xfd\x05\xff\xfb\x22PING\n").await;
+    assert_eq!(c.bytes(6 + 9).await, b"\xff\xfc\x05\xff\xfe\x22OK PONG\r\n");
     // Are you there?
     c.write(b"\xff\xf6").await;
     assert_eq!(c.line().await, "[chatd is here]");
@@ -137,6 +138,147 @@ async fn telnet_commands_are_answered_and_answers_are_not() {
         .await;
     assert_eq!(c.reply().await.last, "OK a");
     assert_eq!(c.reply().await.last, "OK b");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_0xff_at_the_end_of_a_read_never_eats_what_follows() {
+    let server = TestServer::start().await;
+    let mut c = server.client().await;
+    // 1,000 PINGs, 20 to a write, each write ending in a lone 0xFF; the next write's first
+    // byte ends the line it is on. Each write is answered before the next is sent, so the
+    // 0xFF is the last byte of what the server has read when it decodes it.
+    let (mut pongs, mut bad) = (0, 0);
+    for write in 0..50 {
+        let mut bytes = if write == 0 { Vec::new() } else { b"\n".to_vec() };
+        bytes.extend_from_slice(&b"PING\n".repeat(20));
+        bytes.push(0xff);
+        c.write(&bytes).await;
+        for _ in 0..20 + usize::from(write > 0) {
+            match c.reply().await.last.as_str() {
+                "OK PONG" => pongs += 1,
+                last if last.starts_with("ERR BAD_ENCODING") => bad += 1,
+                last => panic!("{last}"),
+            }
+        }
+    }
+    c.write(b"\nECHO done\n").await;
+    assert!(c.reply().await.last.starts_with("ERR BAD_ENCODING"));
+    assert_eq!(c.reply().await.last, "OK done");
+    assert_eq!(
+        (pongs, bad + 1),
+        (1000, 50),
+        "every PING answered, every 0xFF one bad line"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn character_mode_echoes_exactly_the_line_the_server_holds() {
+    let server = TestServer::start().await;
+    let mut c = server.client().await;
+    // What Debian's telnet sends for `mode character`: DO SGA, DO ECHO. Both agreed to.
+    c.write(b"\xff\xfd\x03\xff\xfd\x01").await;
+    assert_eq!(c.bytes(6).await, b"\xff\xfb\x03\xff\xfb\x01");
+    // Each key is echoed; a typo is erased with BS SP BS, one per column; Enter is CR LF.
+    c.write("PNIG\x7f\x7f\x7fING\r\0ECHO 中\x7fé\r\0".as_bytes())
+        .await;
+    let expected = "PNIG\x08 \x08\x08 \x08\x08 \x08ING\r\nOK PONG\r\n\
+                    ECHO 中\x08 \x08\x08 \x08é\r\nOK é\r\n";
+    assert_eq!(
+        String::from_utf8(c.bytes(expected.len()).await).unwrap(),
+        expected
+    );
+    // Ctrl-C drops the line and starts a fresh one; an arrow key shows as it is held.
+    c.write(b"SEND nobody x\x03\x1b[A\r\0").await;
+    let reply = c.reply().await;
+    assert_eq!(reply.data, ["SEND nobody x^C", "^[[A"], "{reply:?}");
+    assert!(
+        reply
+            .last
+            .starts_with("ERR UNKNOWN_COMMAND unknown command \"^[[A\"; arrow keys"),
+        "{reply:?}"
+    );
+    // DONT ECHO: back to the client echoing; answered once, and nothing more is echoed.
+    c.write(b"\xff\xfe\x01\xff\xfe\x01PING\r\0").await;
+    assert_eq!(c.bytes(3 + 9).await, b"\xff\xfc\x01OK PONG\r\n");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn telnet_negotiate_offers_character_mode_first() {
+    let server = TestServer::start_with(|c| c.telnet_negotiate = true).await;
+    let mut c = Client::connect_raw(server.addr).await;
+    assert_eq!(c.bytes(6).await, b"\xff\xfb\x01\xff\xfb\x03");
+    assert!(c.line().await.starts_with("HELLO chatd/"));
+    // A client that agrees gets no reply to its answers, and its keys echoed.
+    c.write(b"\xff\xfd\x01\xff\xfd\x03PING\r\0").await;
+    assert_eq!(c.bytes(6 + 9).await, b"PING\r\nOK PONG\r\n");
+    // One that refuses gets no reply either, and nothing echoed.
+    let mut c = Client::connect_raw(server.addr).await;
+    c.bytes(6).await;
+    c.line().await;
+    c.write(b"\xff\xfe\x01\xff\xfe\x03PING\r\0").await;
+    assert_eq!(c.bytes(9).await, b"OK PONG\r\n");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn telnet_negotiate_is_a_flag_the_banner_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("chatd.db").display());
+    let server = Process::start_with(&db, &["--no-http", "--telnet-negotiate"], None);
+    assert!(
+        server
+            .banner
+            .iter()
+            .any(|l| l
+                .starts_with("--telnet-negotiate: telnet clients are put in character mode as they connect")),
+        "{:?}",
+        server.banner
+    );
+    let mut c = Client::connect_raw(server.addr).await;
+    assert_eq!(c.bytes(6).await, b"\xff\xfb\x01\xff\xfb\x03");
+    // Without the flag, not a word of it.
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("chatd.db").display());
+    let server = Process::start_with(&db, &["--no-http"], None);
+    assert!(
+        !server.banner.join("\n").contains("telnet-negotiate"),
+        "{:?}",
+        server.banner
+    );
+}
+
+#[tokio::test]
+async fn control_keys_around_and_in_commands() {
+    let server = TestServer::start().await;
+    let mut alice = server.client().await;
+    // Ctrl-L and Tab around a command are blanks, as spaces are.
+    alice.ok("\x0cREGISTER alice\tpw\x0c").await;
+    alice.ok("\tAUTH alice pw").await;
+    server.user("bob").await;
+    // Control keys in errors are shown as a terminal shows them, in caret notation.
+    let reply = alice.cmd("\x1b[A").await;
+    assert_eq!(
+        reply.last,
+        "ERR UNKNOWN_COMMAND unknown command \"^[[A\"; arrow keys do not edit or recall lines \
+         here: correct with Backspace, and HELP lists the commands"
+    );
+    let reply = alice.cmd("SEND bob hi\x1b[D\x1b[Dyo").await;
+    assert!(
+        reply.last.starts_with("ERR BAD_ARGS") && reply.last.contains("arrow keys"),
+        "{reply:?}"
+    );
+    let reply = alice.cmd("SEND bob\x1b[D hi").await;
+    assert!(
+        reply
+            .last
+            .starts_with("ERR NO_SUCH_USER there is no user \"bob^[[D\"; arrow keys"),
+        "{reply:?}"
+    );
+    let reply = alice.cmd("\x07PING").await;
+    assert!(reply.last.contains("\"^GPING\"; did you mean PING?"), "{reply:?}");
     server.stop().await;
 }
 
@@ -293,7 +435,14 @@ async fn help_for_beginners_one_verb_and_typos() {
     let help = c.cmd("HELP").await;
     assert_eq!(help.last, "OK");
     let all = help.data.join("\n");
-    for needle in ["REGISTER alice", "Ctrl-]", "quit", "clear text", "HELP [command]"] {
+    for needle in [
+        "REGISTER alice",
+        "Ctrl-]",
+        "quit",
+        "clear text",
+        "HELP [command]",
+        "mode character",
+    ] {
         assert!(all.contains(needle), "HELP mentions {needle:?}:\n{all}");
     }
     let send = c.cmd("help send").await;

@@ -219,7 +219,7 @@ async fn slow_heads_stalled_bodies_and_idle_keep_alives_are_closed_in_time() {
     let stalled_body = tokio::spawn(async move {
         let mut s = TcpStream::connect(addr).await.unwrap();
         s.write_all(
-            b"POST /register HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"user",
+            b"POST /register HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"user",
         )
         .await
         .unwrap();
@@ -297,7 +297,7 @@ async fn stalled_bodies_and_unread_replies_keep_memory_bounded() {
         socket.set_recv_buffer_size(4096).unwrap();
         let mut s = socket.connect(http_addr).await.unwrap();
         let request = format!(
-            "GET /get_messages?limit=100 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n"
+            "GET /get_messages?limit=100 HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n\r\n"
         );
         s.write_all(request.as_bytes()).await.unwrap();
         readers.push(s);
@@ -451,4 +451,219 @@ async fn timestamps_and_encodings_are_checked() {
     assert_eq!(latin1.status(), 400);
     assert_eq!(latin1.json::<Value>().await.unwrap()["status"], "BAD_ENCODING");
     server.stop().await;
+}
+
+/// Sends a request head declaring `length` bytes of body, then the body at about 16 bytes a
+/// second; returns what the server answered and how long the connection lasted.
+async fn trickle(addr: SocketAddr, path: &str, length: usize) -> (String, Duration) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let started = Instant::now();
+    let mut got = Vec::new();
+    for _ in 0..length {
+        if s.write_all(b" ").await.is_err() {
+            break;
+        }
+        let mut buf = [0u8; 4096];
+        match tokio::time::timeout(Duration::from_millis(60), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+        if started.elapsed() > Duration::from_secs(40) {
+            break;
+        }
+    }
+    (String::from_utf8_lossy(&got).into_owned(), started.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trickling_bodies_do_not_shut_out_anyone_else() {
+    let server = TestServer::start().await;
+    let base = server.url("");
+    let token = http_token(&base, "owner").await;
+    // The attacker, on 127.0.0.1: 64 small bodies and 64 large ones, each trickling in at
+    // ~16 bytes a second, none of them with credentials.
+    let mut attack = Vec::new();
+    for i in 0..128 {
+        let (addr, length) = (server.http, if i % 2 == 0 { 200 } else { 100_000 });
+        let path = ["/register", "/auth", "/", "/get_messages"][i % 4];
+        attack.push(tokio::spawn(async move { trickle(addr, path, length).await }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Meanwhile an honest client on another address does everything the lab does, for 8 s.
+    let honest = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let mut round = 0;
+    while started.elapsed() < Duration::from_secs(8) {
+        round += 1;
+        let user = format!("student{round}");
+        let creds = json!({"username": user, "password": "pw"});
+        let registered = honest
+            .post(format!("{base}/register"))
+            .json(&creds)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            registered.status(),
+            201,
+            "register during the attack (round {round})"
+        );
+        let auth = honest
+            .get(format!("{base}/auth"))
+            .json(&creds)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(auth.status(), 200, "auth during the attack (round {round})");
+        let sent = honest
+            .post(format!("{base}/"))
+            .bearer_auth(&token)
+            .json(&json!({"sender": "owner", "recipient": user, "message": "welcome"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(sent.status(), 201, "send during the attack (round {round})");
+        let inbox = honest
+            .get(format!("{base}/get_messages"))
+            .json(&json!({"username": user, "password": "pw"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(inbox.status(), 200, "the lab's GET with JSON (round {round})");
+        let inbox: Value = inbox.json().await.unwrap();
+        assert_eq!(inbox["count"], 1);
+    }
+    eprintln!("{round} rounds of register, auth, send and read during the attack");
+    assert!(round >= 3, "only {round} rounds in 8 s");
+
+    // The trickles were cut off for being too slow, within seconds, not after 30 s.
+    let limit = chatd::bounds::BODY_GRACE + Duration::from_secs(3);
+    let (mut too_slow, mut busy) = (0, 0);
+    for task in attack {
+        let (reply, took) = task.await.unwrap();
+        if reply.starts_with("HTTP/1.1 408") {
+            assert!(took <= limit, "a trickle lasted {took:?}: {reply}");
+            too_slow += 1;
+        } else {
+            assert!(reply.starts_with("HTTP/1.1 503"), "{reply}");
+            assert!(reply.contains("your address"), "{reply}");
+            busy += 1;
+        }
+    }
+    eprintln!("trickles: {too_slow} cut off as too slow, {busy} refused for their address's share");
+    assert_eq!(
+        busy,
+        64 - chatd::bounds::BODIES_PER_ADDR,
+        "large bodies beyond the share"
+    );
+    server.stop().await;
+}
+
+/// The first line a line client reads, or what went wrong.
+async fn first_line(addr: SocketAddr) -> String {
+    let attempt = async {
+        let mut s = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 256];
+        while !got.ends_with(b"\r\n") {
+            match s.read(&mut buf).await {
+                Ok(0) => return Err(format!("closed after {:?}", String::from_utf8_lossy(&got))),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) => return Err(format!("{e} after {:?}", String::from_utf8_lossy(&got))),
+            }
+        }
+        Ok(String::from_utf8_lossy(&got).trim_end().to_string())
+    };
+    match tokio::time::timeout(Duration::from_secs(10), attempt).await {
+        Ok(Ok(line)) => line,
+        Ok(Err(e)) => e,
+        Err(_) => "nothing within 10 s".into(),
+    }
+}
+
+/// The status line an HTTP client reads, or what went wrong.
+async fn status_line(addr: SocketAddr) -> String {
+    let attempt = async {
+        let mut s = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        s.write_all(b"GET /info HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            .await
+            .map_err(|e| format!("write: {e}"))?;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) => return Err(format!("{e} after {:?}", String::from_utf8_lossy(&got))),
+            }
+        }
+        let text = String::from_utf8_lossy(&got).into_owned();
+        Ok(text.lines().next().unwrap_or("nothing").to_string())
+    };
+    match tokio::time::timeout(Duration::from_secs(10), attempt).await {
+        Ok(Ok(line)) => line,
+        Ok(Err(e)) => e,
+        Err(_) => "nothing within 10 s".into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_refused_client_is_told_even_in_a_flood() {
+    chatd::raise_open_files_limit().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let p = Process::start_with(&sqlite_url(&dir), &[], Some(1024));
+    let http = p.http.unwrap();
+    let budget = banner_budget(&p);
+    // Fill the server: line clients, and HTTP connections that send nothing.
+    let mut held = Vec::new();
+    for _ in 0..budget / 2 {
+        held.push(Client::connect(p.addr).await);
+    }
+    let mut idle_http = Vec::new();
+    while idle_http.len() < budget - budget / 2 {
+        idle_http.push(TcpStream::connect(http).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Then a flood: 4,000 line clients and 1,000 HTTP requests, 500 at a time.
+    let started = Instant::now();
+    let mut answers: std::collections::BTreeMap<String, usize> = Default::default();
+    for round in 0..10 {
+        let line = (0..400).map(|_| first_line(p.addr));
+        let web = (0..100).map(|_| status_line(http));
+        let (line, web) =
+            futures::future::join(futures::future::join_all(line), futures::future::join_all(web)).await;
+        for answer in line.into_iter().chain(web) {
+            let kind = if answer.starts_with("ERR SERVER_BUSY") {
+                "ERR SERVER_BUSY".to_string()
+            } else if answer.starts_with("HTTP/1.1 503") {
+                "HTTP/1.1 503".to_string()
+            } else {
+                format!("round {round}: {answer}")
+            };
+            *answers.entry(kind).or_default() += 1;
+        }
+    }
+    eprintln!("5,000 refused in {:?}: {answers:?}", started.elapsed());
+    assert_eq!(answers.get("ERR SERVER_BUSY"), Some(&4000), "{answers:?}");
+    assert_eq!(answers.get("HTTP/1.1 503"), Some(&1000), "{answers:?}");
+    assert!(
+        started.elapsed() < chatd::bounds::HEADER_TIMEOUT,
+        "the idle HTTP connections were still holding their places"
+    );
+    // The clients that were in keep working.
+    assert_eq!(held[0].cmd("PING").await.last, "OK PONG");
 }

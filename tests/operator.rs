@@ -469,3 +469,66 @@ async fn debug_logging_shows_http_requests_but_not_the_sql() {
         "no SQL at debug unless asked:\n{text}"
     );
 }
+
+#[test]
+fn every_serve_flag_is_in_the_readme_and_the_help_names_every_door() {
+    let help = run_to_exit(
+        Command::new(CHATD).args(["serve", "--help"]),
+        Duration::from_secs(10),
+    );
+    let help = String::from_utf8_lossy(&help.stdout).into_owned();
+    let flags: Vec<&str> = help
+        .lines()
+        .filter_map(|l| l.trim_start().split_whitespace().find(|w| w.starts_with("--")))
+        .map(|w| w.trim_end_matches(','))
+        .filter(|f| !matches!(*f, "--help" | "--version"))
+        .collect();
+    assert!(flags.len() > 30, "{flags:?}");
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let missing: Vec<&&str> = flags
+        .iter()
+        .filter(|f| !readme.contains(&format!("`{f}")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "flags the README's options table lacks: {missing:?}"
+    );
+    let top = run_to_exit(Command::new(CHATD).arg("--help"), Duration::from_secs(10));
+    let top = String::from_utf8_lossy(&top.stdout).into_owned();
+    for door in ["line", "HTTP", "echo"] {
+        assert!(
+            top.contains(door),
+            "`chatd --help` does not name the {door} door:\n{top}"
+        );
+    }
+}
+
+#[test]
+fn a_port_in_use_is_named_with_the_flag_that_changes_it() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let start = |line: &str, http: &str| {
+        let mut command = Command::new(CHATD);
+        command
+            .args([
+                "serve",
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                line,
+                "--http-port",
+                http,
+            ])
+            .env("RUST_LOG", "warn");
+        let out = run_to_exit(&mut command, START_UP);
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let line = start(&port, "0");
+    assert!(line.contains(&format!("port {port}")), "{line}");
+    assert!(line.contains("Address already in use"), "{line}");
+    assert!(line.contains("--port N (--port 0 picks a free one)"), "{line}");
+    let http = start("0", &port);
+    assert!(http.contains("cannot listen for HTTP"), "{http}");
+    assert!(http.contains("--http-port N"), "{http}");
+}

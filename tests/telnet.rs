@@ -1,5 +1,10 @@
 //! The line protocol as people use it: the real `telnet` binary in a pseudo-terminal, typing
 //! keys and reading the screen. Needs Debian's `telnet` (scripts/test.sh installs it).
+//!
+//! The screen is what a terminal would show: the bytes telnet wrote, played on a grid (CR,
+//! LF, BS and TAB move the cursor; a character overwrites what is under it). Each test also
+//! checks the mode telnet put the terminal in, which says who echoes and edits: in telnet's
+//! line mode the terminal does both, so a screen alone could not tell chatd's work from it.
 
 mod common;
 
@@ -131,12 +136,74 @@ impl Terminal {
         }
     }
 
-    /// The screen's lines, without line ends.
-    fn lines(&self) -> Vec<String> {
-        self.screen()
-            .split('\n')
-            .map(|l| l.trim_end_matches('\r').to_string())
+    /// The rows of the screen as a terminal shows them, without trailing blanks.
+    fn rows(&self) -> Vec<String> {
+        let mut grid: Vec<Vec<char>> = vec![Vec::new()];
+        let (mut row, mut col) = (0usize, 0usize);
+        for c in self.screen().chars() {
+            match c {
+                '\r' => col = 0,
+                '\n' => {
+                    row += 1;
+                    if grid.len() <= row {
+                        grid.push(Vec::new());
+                    }
+                }
+                '\x08' => col = col.saturating_sub(1),
+                '\t' => col = (col / 8 + 1) * 8,
+                c if c.is_control() => {}
+                c => {
+                    let line = &mut grid[row];
+                    if line.len() <= col {
+                        line.resize(col + 1, ' ');
+                    }
+                    line[col] = c;
+                    col += 1;
+                }
+            }
+        }
+        grid.into_iter()
+            .map(|l| l.into_iter().collect::<String>().trim_end().to_string())
             .collect()
+    }
+
+    /// The rows, for a failure message.
+    fn shown(&self) -> String {
+        self.rows().join("\n")
+    }
+
+    /// How telnet has set up the terminal: whether the terminal edits lines itself (canonical
+    /// mode: keys reach telnet only at Enter), and whether it echoes keys itself.
+    fn mode(&self) -> (bool, bool) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: tcgetattr fills the termios it is given; on a pseudo-terminal's master it
+        // reads the settings telnet made on its side.
+        let mut termios: libc::termios = unsafe { std::mem::zeroed() };
+        assert_eq!(
+            unsafe { libc::tcgetattr(self.keyboard.as_raw_fd(), &mut termios) },
+            0,
+            "tcgetattr: {}",
+            std::io::Error::last_os_error()
+        );
+        (
+            termios.c_lflag & libc::ICANON != 0,
+            termios.c_lflag & libc::ECHO != 0,
+        )
+    }
+
+    /// Waits until telnet is in character mode with chatd echoing: the terminal neither edits
+    /// nor echoes, every key goes to chatd as it is typed, and chatd shows it.
+    async fn in_character_mode(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.mode() != (false, false) {
+            assert!(
+                Instant::now() < deadline,
+                "telnet is not in character mode with remote echo: (canonical, local echo) = {:?}; the screen shows:\n{}",
+                self.mode(),
+                self.shown()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Ctrl-] then a command at the `telnet>` prompt.
@@ -144,6 +211,14 @@ impl Terminal {
         self.type_keys("\x1d").await;
         self.expect("telnet> ").await;
         self.type_keys(&format!("{command}\r")).await;
+    }
+
+    /// Registers `name` (password "pw") and logs in, typing as a person does.
+    async fn log_in(&mut self, name: &str) {
+        self.type_keys(&format!("REGISTER {name} pw\r")).await;
+        self.expect("OK registered").await;
+        self.type_keys(&format!("AUTH {name} pw\r")).await;
+        self.expect("OK logged in").await;
     }
 
     /// Waits for telnet to exit by itself.
@@ -174,40 +249,198 @@ async fn connected(server: &TestServer) -> Terminal {
     terminal
 }
 
+/// Whether the screen has a row `first` with the row `then` right below it.
+fn one_above_the_other(rows: &[String], first: &str, then: &str) -> bool {
+    rows.windows(2).any(|w| w[0] == first && w[1] == then)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ctrl_c_then_ping_gets_pong() {
-    if !have_telnet("ctrl_c_then_ping_gets_pong") {
+async fn ctrl_c_in_line_mode_starts_a_fresh_line() {
+    if !have_telnet("ctrl_c_in_line_mode_starts_a_fresh_line") {
         return;
     }
     let server = TestServer::start().await;
     let mut t = connected(&server).await;
     t.type_keys("PIN").await;
     // Telnet sends IAC IP, IAC DO TIMING-MARK, and shows nothing more until the mark is
-    // answered.
+    // answered; the terminal shows ^C where the cursor was. chatd's line end comes first.
     t.type_keys("\x03").await;
+    t.expect("PIN^C\r\n").await;
     t.type_keys("PING\r").await;
     t.expect("OK PONG\r\n").await;
     t.type_keys("ECHO still here\r").await;
     t.expect("OK still here\r\n").await;
     assert!(!t.screen().contains("ERR"), "{}", t.screen());
+    let rows = t.rows();
+    assert!(
+        one_above_the_other(&rows, "PIN^C", "PING"),
+        "the next command starts on a row of its own:\n{}",
+        t.shown()
+    );
     server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn character_mode_and_a_typo_corrected_with_backspace() {
-    if !have_telnet("character_mode_and_a_typo_corrected_with_backspace") {
+async fn character_mode_shows_keys_as_typed_and_backspace_erases_them() {
+    if !have_telnet("character_mode_shows_keys_as_typed_and_backspace_erases_them") {
         return;
     }
     let server = TestServer::start().await;
     let mut t = connected(&server).await;
     t.telnet_command("mode character").await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    t.in_character_mode().await;
+    typing_is_shown_and_edited_by_chatd(&mut t).await;
+    server.stop().await;
+}
+
+/// In character mode the terminal neither echoes nor edits: what the screen shows, chatd
+/// echoed, key by key.
+async fn typing_is_shown_and_edited_by_chatd(t: &mut Terminal) {
+    // Keys are sent as they are typed: they are on the screen before Enter.
+    t.type_keys("ECHO ab").await;
+    t.expect("ECHO ab").await;
     // The erase key of a terminal sends DEL.
+    t.type_keys("\x7fc\r").await;
+    t.expect("OK ac\r\n").await;
     t.type_keys("PNIG\x7f\x7f\x7fING\r").await;
     t.expect("OK PONG\r\n").await;
-    t.type_keys("ECHO ab\x7fc\r").await;
-    t.expect("OK ac\r\n").await;
-    assert!(!t.screen().contains("UNKNOWN_COMMAND"), "{}", t.screen());
+    let rows = t.rows();
+    assert!(
+        one_above_the_other(&rows, "ECHO ac", "OK ac") && one_above_the_other(&rows, "PING", "OK PONG"),
+        "each line shows what chatd got, the typos erased:\n{}",
+        t.shown()
+    );
+    // Ctrl-C is a key like the others here: chatd shows ^C, drops the line, and the next
+    // one starts below.
+    t.type_keys("SEND nobody oops\x03").await;
+    t.expect("^C\r\n").await;
+    t.type_keys("PING\r").await;
+    t.expect("OK PONG\r\n").await;
+    let rows = t.rows();
+    assert!(
+        one_above_the_other(&rows, "SEND nobody oops^C", "PING"),
+        "{}",
+        t.shown()
+    );
+    assert!(!t.screen().contains("ERR"), "{}", t.shown());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_arriving_mid_typing_is_shown_above_the_line_being_typed() {
+    if !have_telnet("a_push_arriving_mid_typing_is_shown_above_the_line_being_typed") {
+        return;
+    }
+    let server = TestServer::start().await;
+    let mut alice = connected(&server).await;
+    let mut bob = connected(&server).await;
+    for t in [&mut alice, &mut bob] {
+        t.telnet_command("mode character").await;
+        t.in_character_mode().await;
+    }
+    push_while_typing(&mut alice, &mut bob).await;
+    server.stop().await;
+}
+
+/// Alice and bob, in character mode, log in; a message from alice arrives while bob is
+/// typing. On bob's screen the message gets a row of its own, his half-typed line is written
+/// again below it, and he goes on typing where he was.
+async fn push_while_typing(alice: &mut Terminal, bob: &mut Terminal) {
+    alice.log_in("alice").await;
+    bob.log_in("bob").await;
+    bob.type_keys("SEND alice I am typing a long li").await;
+    bob.expect("a long li").await;
+    alice.type_keys("SEND bob hello bob\r").await;
+    alice.expect("OK ").await;
+    bob.expect("hello bob\r\n").await;
+    bob.expect("SEND alice I am typing a long li").await;
+    bob.type_keys("ne here\r").await;
+    bob.expect("OK ").await;
+    alice.expect("I am typing a long line here\r\n").await;
+    let rows = bob.rows();
+    let push = rows
+        .iter()
+        .position(|l| l.starts_with("MSG ") && l.ends_with(" hello bob"))
+        .unwrap_or_else(|| panic!("the push has a row of its own:\n{}", bob.shown()));
+    assert!(
+        rows[push].contains(" alice ")
+            && rows[push - 1] == "SEND alice I am typing a long li"
+            && rows[push + 1] == "SEND alice I am typing a long line here"
+            && rows[push + 2].starts_with("OK "),
+        "the half-typed line above the push, and again below it, finished:\n{}",
+        bob.shown()
+    );
+    // Alice got exactly what bob typed.
+    let got = alice
+        .rows()
+        .into_iter()
+        .find(|l| l.starts_with("MSG ") && l.contains(" bob "))
+        .expect("alice's push");
+    assert!(got.ends_with(" I am typing a long line here"), "{got}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn telnet_negotiate_puts_a_plain_telnet_in_character_mode() {
+    if !have_telnet("telnet_negotiate_puts_a_plain_telnet_in_character_mode") {
+        return;
+    }
+    let server = TestServer::start_with(|c| c.telnet_negotiate = true).await;
+    let mut alice = connected(&server).await;
+    let mut bob = connected(&server).await;
+    // Nothing typed at the telnet> prompt: chatd's offer did it.
+    alice.in_character_mode().await;
+    bob.in_character_mode().await;
+    typing_is_shown_and_edited_by_chatd(&mut alice).await;
+    push_while_typing(&mut alice, &mut bob).await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_line_mode_help_names_the_keys_for_character_mode() {
+    if !have_telnet("in_line_mode_help_names_the_keys_for_character_mode") {
+        return;
+    }
+    let server = TestServer::start().await;
+    let mut t = connected(&server).await;
+    // Without --telnet-negotiate chatd sends no telnet byte: telnet stays in its line mode,
+    // the terminal echoing and editing.
+    assert_eq!(t.mode(), (true, true), "{}", t.shown());
+    t.type_keys("HELP\r").await;
+    t.expect("\r\nOK\r\n").await;
+    let help = t.shown();
+    assert!(
+        help.contains("press Ctrl-] and type mode character"),
+        "HELP says how to get character mode:\n{help}"
+    );
+    // And doing what it says gives it.
+    t.telnet_command("mode character").await;
+    t.in_character_mode().await;
+    t.type_keys("PING\r").await;
+    t.expect("OK PONG\r\n").await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_line_mode_a_push_never_costs_the_line_being_typed() {
+    if !have_telnet("in_line_mode_a_push_never_costs_the_line_being_typed") {
+        return;
+    }
+    let server = TestServer::start().await;
+    let mut alice = connected(&server).await;
+    let mut bob = connected(&server).await;
+    alice.log_in("alice").await;
+    bob.log_in("bob").await;
+    // In telnet's line mode the line being typed is in the terminal, not yet sent: chatd
+    // cannot tell it is there, and a push is written after it on the same row. (HELP names
+    // the way out, character mode.) The line itself is sent whole at Enter.
+    bob.type_keys("SEND alice half a li").await;
+    bob.expect("half a li").await;
+    alice.type_keys("SEND bob hi\r").await;
+    alice.expect("OK ").await;
+    bob.expect(" hi\r\n").await;
+    bob.type_keys("ne\r").await;
+    bob.expect("OK ").await;
+    alice.expect(" half a line\r\n").await;
+    assert!(!bob.screen().contains("ERR"), "{}", bob.shown());
     server.stop().await;
 }
 
@@ -222,60 +455,6 @@ async fn are_you_there_gets_a_visible_answer() {
     t.expect("[chatd is here]").await;
     t.type_keys("PING\r").await;
     t.expect("OK PONG\r\n").await;
-    server.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_push_arriving_mid_typing_leaves_the_typed_text_intact() {
-    if !have_telnet("a_push_arriving_mid_typing_leaves_the_typed_text_intact") {
-        return;
-    }
-    let server = TestServer::start().await;
-    let mut alice = connected(&server).await;
-    let mut bob = connected(&server).await;
-    for (t, name) in [(&mut alice, "alice"), (&mut bob, "bob")] {
-        // Any negotiation shows the server a person at a telnet client.
-        t.telnet_command("mode character").await;
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        t.type_keys(&format!("REGISTER {name} pw\r")).await;
-        t.expect("OK registered").await;
-        t.type_keys(&format!("AUTH {name} pw\r")).await;
-        t.expect("OK logged in").await;
-    }
-    bob.type_keys("SEND alice I am typing a long li").await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    alice.type_keys("SEND bob hello bob\r").await;
-    alice.expect("OK ").await;
-    bob.expect("hello bob\r\n").await;
-    bob.type_keys("ne here\r").await;
-    bob.expect("OK ").await;
-    alice.expect("I am typing a long line here\r\n").await;
-    // On bob's screen the push is a line of its own, and what he had typed is whole on its
-    // line, not glued to the push.
-    let lines = bob.lines();
-    let push = lines
-        .iter()
-        .position(|l| l.contains("hello bob"))
-        .expect("the push is shown");
-    assert!(
-        lines[push].starts_with("MSG ")
-            && lines[push].contains(" alice ")
-            && lines[push].ends_with(" hello bob"),
-        "the push has a line of its own: {lines:#?}"
-    );
-    assert!(
-        lines[..push]
-            .iter()
-            .any(|l| l == "SEND alice I am typing a long li"),
-        "the typed text is intact on its own line: {lines:#?}"
-    );
-    // Alice got exactly what bob typed.
-    let got = alice
-        .lines()
-        .into_iter()
-        .find(|l| l.starts_with("MSG ") && l.contains(" bob "))
-        .expect("alice's push");
-    assert!(got.ends_with(" I am typing a long line here"), "{got}");
     server.stop().await;
 }
 

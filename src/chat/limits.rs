@@ -20,8 +20,9 @@
 //!   account within [`KNOWN_FOR`] (a remembered password counts; [`KNOWN_PER_ACCOUNT`] per
 //!   account; not for the rest of a `lockout` window in which it failed [`KNOWN_MISSES`]
 //!   times), and a connection that logged in to it before. Their address budget still holds.
-//! - REGISTERs per address: a bucket of `registrations_per_addr` that refills over an hour;
-//!   unset, [`REGISTRATIONS_PER_ADDR`] for every address but loopback, which is unlimited.
+//! - REGISTERs per address: a bucket of `registrations_per_addr` that refills over an hour
+//!   (0: unlimited); unset, [`REGISTRATIONS_PER_ADDR`] for every address but loopback, which
+//!   is unlimited.
 //!
 //! The table holds at most [`MAX_ADDRS`] addresses, [`MAX_ACCOUNTS`] accounts,
 //! [`MAX_SUSPECTS`] back-off budgets in all (beyond, further addresses are strangers) and the
@@ -68,7 +69,8 @@ pub struct AuthLimits {
     pub failures_per_account: u32,
     pub concurrent_per_account: u32,
     pub lockout: Duration,
-    /// REGISTERs per address per hour; `None`: [`REGISTRATIONS_PER_ADDR`], loopback unlimited.
+    /// REGISTERs per address per hour, 0 for no limit; `None`: [`REGISTRATIONS_PER_ADDR`],
+    /// loopback unlimited.
     pub registrations_per_addr: Option<u32>,
 }
 
@@ -76,7 +78,8 @@ impl AuthLimits {
     /// The registration bucket of `addr`, `None` when unlimited.
     fn registrations(&self, addr: AddrKey) -> Option<f64> {
         match self.registrations_per_addr {
-            Some(n) => Some(f64::from(n.max(1))),
+            Some(0) => None,
+            Some(n) => Some(f64::from(n)),
             None if addr.is_loopback() => None,
             None => Some(f64::from(REGISTRATIONS_PER_ADDR)),
         }
@@ -991,6 +994,11 @@ mod tests {
         for _ in 0..10_000 {
             l.register(ip("127.0.0.1"), now).unwrap();
             l.register(ip("::1"), now).unwrap();
+        }
+        // Nor is anyone when the limit is set to 0.
+        let l = limits_with(Some(0));
+        for _ in 0..10_000 {
+            l.register(flood, now).unwrap();
         }
     }
 

@@ -1,9 +1,10 @@
 //! What a request carries: its fields (from the query string and a JSON or form body, on any
 //! method — the lab's clients send JSON bodies with GET) and its credentials.
 //!
-//! Bodies are bounded in bytes ([`MAX_BODY`]), in time ([`BODY_STALL`] without a byte,
-//! [`BODY_TIME`] in all) and in number: at most [`BODIES_AT_ONCE`] are buffered at once. The
-//! credentials in the `Authorization` header are checked before the body is read at all.
+//! Bodies are bounded in bytes ([`MAX_BODY`]), in time ([`BODY_STALL`] without a byte, a
+//! minimum rate after a grace, [`BODY_TIME`] in all) and in number, fairly between addresses
+//! (see [`bodies`](super::bodies)). The credentials in the `Authorization` header are checked
+//! before the body is read at all.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +17,7 @@ use base64::Engine as _;
 use http_body_util::BodyExt as _;
 use serde_json::{Map, Value};
 
+use super::bodies::{Pace, BODY_GRACE, MIN_BODY_RATE};
 use super::status::HttpError;
 use super::AppState;
 use crate::chat::Username;
@@ -27,11 +29,6 @@ pub const MAX_BODY: usize = 256 * 1024;
 pub const BODY_STALL: Duration = Duration::from_secs(5);
 /// A body must be complete within this time (`408`).
 pub const BODY_TIME: Duration = Duration::from_secs(30);
-/// Bodies being received at once, at most; a request that finds no room within
-/// [`BODY_WAIT`] is answered `503 SERVER_BUSY`.
-pub const BODIES_AT_ONCE: usize = 64;
-/// How long a body waits for room.
-pub const BODY_WAIT: Duration = Duration::from_secs(2);
 
 /// The request's fields: query parameters, overridden by the body's fields.
 #[derive(Debug, Default)]
@@ -89,7 +86,11 @@ impl FromRequest<Arc<AppState>> for Payload {
             )
             .into());
         }
-        let body = read_body(&parts.headers, body, app).await?;
+        let peer = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |c| c.0.ip());
+        let body = read_body(&parts.headers, body, peer, app).await?;
         if body.iter().all(u8::is_ascii_whitespace) {
             return Ok(Payload(fields));
         }
@@ -99,7 +100,12 @@ impl FromRequest<Arc<AppState>> for Payload {
 }
 
 /// The body's bytes, within the limits on size, time and bodies at once.
-async fn read_body(headers: &HeaderMap, body: Body, app: &AppState) -> Result<bytes::Bytes, HttpError> {
+async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    peer: std::net::IpAddr,
+    app: &AppState,
+) -> Result<bytes::Bytes, HttpError> {
     let too_large = || {
         ChatError::new(
             Code::LineTooLong,
@@ -117,26 +123,24 @@ async fn read_body(headers: &HeaderMap, body: Body, app: &AppState) -> Result<by
     if declared.unwrap_or(0) == 0 && !chunked {
         return Ok(bytes::Bytes::new());
     }
-    let _room = match tokio::time::timeout(BODY_WAIT, app.bodies.acquire()).await {
-        Ok(Ok(permit)) => permit,
-        _ => {
-            return Err(ChatError::new(
-                Code::ServerBusy,
-                "too many requests are sending a body right now; try again",
-            )
-            .into())
-        }
-    };
+    let declared = if chunked { None } else { declared };
+    let _room = app
+        .bodies
+        .room(peer, declared)
+        .await
+        .map_err(|why| ChatError::new(Code::ServerBusy, why))?;
     let mut body = body;
     let mut buffer = bytes::BytesMut::with_capacity(declared.unwrap_or(0) as usize);
-    let deadline = tokio::time::Instant::now() + BODY_TIME;
+    let pace = Pace::new(tokio::time::Instant::now(), BODY_TIME);
     loop {
+        let deadline = pace.deadline(buffer.len());
         let stall = tokio::time::Instant::now() + BODY_STALL;
         let frame = match tokio::time::timeout_at(stall.min(deadline), body.frame()).await {
             Ok(Some(Ok(frame))) => frame,
             Ok(None) => break,
             Ok(Some(Err(_))) => return Err(ChatError::bad_args("the request body was cut short").into()),
-            Err(_) => return Err(body_timeout()),
+            Err(_) if stall < deadline || pace.is_limit(deadline) => return Err(body_timeout()),
+            Err(_) => return Err(body_too_slow()),
         };
         if let Ok(data) = frame.into_data() {
             if buffer.len() + data.len() > MAX_BODY {
@@ -146,6 +150,18 @@ async fn read_body(headers: &HeaderMap, body: Body, app: &AppState) -> Result<by
         }
     }
     Ok(buffer.freeze())
+}
+
+fn body_too_slow() -> HttpError {
+    HttpError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        "TIMEOUT",
+        format!(
+            "the request body arrived too slowly: after {} s it must keep coming at {} KiB/s or more",
+            BODY_GRACE.as_secs(),
+            MIN_BODY_RATE / 1024
+        ),
+    )
 }
 
 fn body_timeout() -> HttpError {

@@ -4,6 +4,7 @@
 //! bodies in [`extract`].
 
 mod access_log;
+mod bodies;
 mod conn;
 mod events;
 mod extract;
@@ -27,8 +28,12 @@ use tokio_util::sync::CancellationToken;
 use crate::chat::Chat;
 use crate::store::Store;
 
+pub use bodies::{
+    BODIES_AT_ONCE, BODIES_PER_ADDR, BODY_GRACE, BODY_WAIT, MIN_BODY_RATE, SMALL_BODIES_AT_ONCE,
+    SMALL_BODIES_PER_ADDR, SMALL_BODY,
+};
 pub use conn::{busy_answer, serve as serve_connection, HEADER_TIMEOUT, MAX_HEAD, WRITE_STALL};
-pub use extract::{BODIES_AT_ONCE, BODY_STALL, BODY_TIME, MAX_BODY};
+pub use extract::{BODY_STALL, BODY_TIME, MAX_BODY};
 pub use routes::MAX_REPLY_BYTES;
 
 /// Batches of large messages serialised for `/get_messages` and `/conversation` at once: one,
@@ -53,9 +58,11 @@ pub struct AppState {
     /// credentials, as the lab's client sends them.
     pub lab: bool,
     /// Room for request bodies being received at once.
-    pub bodies: Semaphore,
+    pub bodies: bodies::Bodies,
     /// Large replies being built at once.
     pub reply_builders: Semaphore,
+    /// The names in `Host` this server answers to.
+    pub hosts: guard::Hosts,
 }
 
 impl AppState {
@@ -66,6 +73,7 @@ impl AppState {
         listeners: Value,
         shutdown: CancellationToken,
         lab: bool,
+        allowed_hosts: &[String],
     ) -> AppState {
         AppState {
             chat,
@@ -76,8 +84,9 @@ impl AppState {
             listeners,
             shutdown,
             lab,
-            bodies: Semaphore::new(BODIES_AT_ONCE),
+            bodies: bodies::Bodies::default(),
             reply_builders: Semaphore::new(REPLY_BUILDERS),
+            hosts: guard::Hosts::new(&crate::net::hostname(), allowed_hosts, lab),
         }
     }
 }
@@ -99,7 +108,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/events", get(events::events))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
-        .layer(axum::middleware::from_fn(guard::guard))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), guard::guard))
         .layer(axum::middleware::from_fn(access_log::log))
         .with_state(state)
 }

@@ -1,23 +1,38 @@
 //! Framing of the line protocol: splits the byte stream into lines, applies a terminal's line
-//! editing (backspace, cancel), answers telnet negotiation, and turns overlong or non-UTF-8
-//! lines into items (not errors) so the session can answer them and go on.
+//! editing (backspace, cancel), speaks the little telnet a person at a telnet client needs, and
+//! turns overlong or non-UTF-8 lines into items (not errors) so the session can answer them and
+//! go on.
 //!
 //! The decoder edits the read buffer in place: the current line's bytes, after editing, sit at
 //! the front of the buffer (`buf[..cooked]`); raw bytes not looked at yet follow from `raw` on.
-//! Editing never makes a line longer than its raw bytes, so the line fits where they were.
+//! Editing never makes a line longer than its raw bytes, so the line fits where they were. An
+//! IAC that ends what has arrived is left unread until the byte after it comes, since that byte
+//! decides whether the IAC is a command or a data byte of the line: the lines, and every byte
+//! written back, are the same however the stream is cut into reads.
 //!
 //! - A line ends at LF, CR LF, CR NUL or a bare CR; a CR followed by LF or NUL is one line end.
 //! - BS (0x08) and DEL (0x7F) delete the previous character of the line.
 //! - `IAC x` is a telnet command only when `x` is one (240..=255); otherwise 0xFF is data, so
 //!   the line is not UTF-8 and the next byte is read as usual (an LF still ends the line).
-//! - Negotiation is answered by refusing: `DO x` gets `WONT x` (but `DO TIMING-MARK` gets
-//!   `WILL TIMING-MARK`), `WILL x` gets `DONT x`; `WONT`/`DONT` are answers and get none.
-//! - `IAC IP`, `IAC AO` and `IAC EL` cancel the line being typed; `IAC EC` deletes a character;
-//!   `IAC AYT` gets a visible line.
+//! - Negotiation follows RFC 1143 (what is already so is not answered, so it cannot loop):
+//!   chatd agrees to echo (RFC 857), to suppress go-ahead in both directions (RFC 858) and to
+//!   the timing mark (RFC 860), and refuses every other option. A telnet client that has chatd
+//!   echo and suppress go-ahead is in character mode: it sends each key as it is typed.
+//! - While chatd echoes, it does what a terminal does with the keys: it shows each character
+//!   (control characters in caret notation), erases one with `BS SP BS` for each column it
+//!   took, ends the line with CR LF, cancels it on Ctrl-C (showing `^C`) and erases it on Ctrl-U.
+//!   So the screen shows exactly the line chatd holds.
+//! - `IAC IP` (Ctrl-C) and `IAC AO` cancel the line being typed and start a fresh line on the
+//!   screen (the terminal shows `^C` where the cursor was), after the answer to the timing mark
+//!   telnet asks for with them; `IAC EL` erases the line, `IAC EC` a character; `IAC AYT` gets
+//!   a visible line.
 //! - `IAC SB` runs to `IAC SE`, but no further than the line end or [`MAX_SUBNEGOTIATION`]
 //!   bytes: then the line it is on is answered as `BAD_ENCODING`.
 
 use bytes::{Buf, BufMut, BytesMut};
+use unicode_width::UnicodeWidthChar;
+
+use super::reply::{escape, escape_into, needs_escape};
 
 /// Telnet "interpret as command" and the commands that follow it (RFC 854).
 pub const IAC: u8 = 255;
@@ -32,9 +47,15 @@ const WILL: u8 = 251;
 const WONT: u8 = 252;
 const DO: u8 = 253;
 const DONT: u8 = 254;
-/// The one option chatd agrees to (RFC 860).
+/// The options chatd agrees to: it echoes (RFC 857), sends no go-ahead (RFC 858), and answers
+/// the timing mark (RFC 860).
+const ECHO: u8 = 1;
+const SGA: u8 = 3;
 const TIMING_MARK: u8 = 6;
 
+/// Ctrl-C and Ctrl-U, as a client in character mode sends them.
+const ETX: u8 = 0x03;
+const NAK: u8 = 0x15;
 const BS: u8 = 0x08;
 const DEL: u8 = 0x7f;
 const VT: u8 = 0x0b;
@@ -45,6 +66,9 @@ pub const MAX_SUBNEGOTIATION: u16 = 256;
 
 /// What `IAC AYT` is answered with.
 pub const AYT_ANSWER: &[u8] = b"[chatd is here]\r\n";
+
+/// Erases one column of the screen, when chatd echoes.
+const ERASE_COLUMN: &[u8] = b"\x08 \x08";
 
 /// One framed line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,6 +96,25 @@ enum Telnet {
     SubIac,
 }
 
+/// One side of an option chatd agrees to, as RFC 1143 keeps it (without its queue: chatd never
+/// changes its mind while its own request is unanswered).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Opt {
+    No,
+    /// chatd offered it (`--telnet-negotiate`) and waits for the answer.
+    Offered,
+    Yes,
+}
+
+/// What the client's screen still needs after a line was cancelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Owed {
+    Nothing,
+    LineEnd,
+    /// The key in caret notation (`^C`), then a line end.
+    Key(u8),
+}
+
 /// The line decoder. Keeps only a few words of state; the bytes live in the caller's buffer.
 #[derive(Debug)]
 pub struct LineCodec {
@@ -80,6 +123,8 @@ pub struct LineCodec {
     cooked: usize,
     /// `buf[raw..]`: bytes not looked at yet; `buf[cooked..raw]` is consumed input.
     raw: usize,
+    /// `buf[..echoed]`: the part of the line shown on the client's screen, while chatd echoes.
+    echoed: usize,
     telnet: Telnet,
     /// Bytes of the subnegotiation so far.
     sub_len: u16,
@@ -91,6 +136,18 @@ pub struct LineCodec {
     malformed: bool,
     /// The client sent a telnet command: a person at a telnet client.
     is_telnet: bool,
+    /// chatd echoes what the client sends (RFC 857).
+    echo: Opt,
+    /// chatd sends no go-ahead (RFC 858); it never does, but a client asks before it sends
+    /// each key as it is typed.
+    sga: Opt,
+    /// The client sends no go-ahead.
+    client_sga: Opt,
+    /// What the screen still needs after `IAC IP` or `IAC AO`: a line end (and where chatd
+    /// echoes, the `^C` before it). It is written after the answer to the timing mark telnet
+    /// asks for with them, since telnet discards what arrives before that answer, or before
+    /// anything else chatd writes.
+    owed: Owed,
 }
 
 impl LineCodec {
@@ -99,18 +156,34 @@ impl LineCodec {
             max: max_line.max(1),
             cooked: 0,
             raw: 0,
+            echoed: 0,
             telnet: Telnet::Data,
             sub_len: 0,
             after_cr: false,
             discarding: false,
             malformed: false,
             is_telnet: false,
+            echo: Opt::No,
+            sga: Opt::No,
+            client_sga: Opt::No,
+            owed: Owed::Nothing,
         }
     }
 
-    /// Whether the client has spoken telnet (sent any telnet command).
-    pub fn is_telnet(&self) -> bool {
-        self.is_telnet
+    /// Whether chatd echoes what the client types (the client agreed to RFC 857 ECHO).
+    pub fn echoing(&self) -> bool {
+        self.echo == Opt::Yes
+    }
+
+    /// Offers character mode (`--telnet-negotiate`): `IAC WILL ECHO IAC WILL SGA`. A telnet
+    /// client that agrees sends each key as it is typed and shows what chatd echoes.
+    pub fn offer_character_mode(&mut self, out: &mut BytesMut) {
+        for (state, option) in [(&mut self.echo, ECHO), (&mut self.sga, SGA)] {
+            if *state == Opt::No {
+                *state = Opt::Offered;
+                out.put_slice(&[IAC, WILL, option]);
+            }
+        }
     }
 
     /// The part of a line received so far (after editing), once `decode` returned `None`.
@@ -122,10 +195,43 @@ impl LineCodec {
         }
     }
 
+    /// What live messages written between replies need in front of them, for a person at a
+    /// telnet client: a line end, so they start on a fresh line, not glued to the line being
+    /// typed (after a cancelled line, the one it is owed). Where chatd echoes it knows where
+    /// the cursor is, and writes none at the start of a line. A client that never spoke telnet
+    /// gets nothing.
+    pub fn before_push(&mut self, out: &mut BytesMut) {
+        if self.owed != Owed::Nothing {
+            self.pay(out);
+        } else if self.is_telnet && !(self.echoing() && self.echoed == 0) {
+            out.put_slice(b"\r\n");
+        }
+    }
+
+    /// What live messages need after them, for a person at a telnet client: the part of the
+    /// line typed so far, again (as chatd echoed it, or escaped), so typing goes on where it
+    /// was. `buf` is the buffer [`LineCodec::decode`] works on.
+    pub fn after_push(&self, buf: &BytesMut, out: &mut BytesMut) {
+        if !self.is_telnet {
+            return;
+        }
+        if self.echoing() {
+            render(&buf[..self.echoed], |bytes| out.put_slice(bytes));
+            return;
+        }
+        let partial = self.partial(buf);
+        // A character cut in two by the packets is left for the terminal to finish.
+        let valid = match std::str::from_utf8(partial) {
+            Ok(text) => text,
+            Err(e) => std::str::from_utf8(&partial[..e.valid_up_to()]).unwrap_or_default(),
+        };
+        out.put_slice(escape(valid).as_bytes());
+    }
+
     /// Takes the next line out of `buf`, or `None` if no complete line is buffered yet. A
     /// line's text is copied into `scratch` (a copy of a short line costs less than sharing
     /// the buffer), so the caller may go on using `buf` while it holds the line. Answers to
-    /// telnet commands are appended to `answers`.
+    /// telnet commands, and the echo while chatd echoes, are appended to `answers`.
     pub fn decode<'s>(
         &mut self,
         buf: &mut BytesMut,
@@ -134,11 +240,27 @@ impl LineCodec {
     ) -> Option<Line<'s>> {
         loop {
             match self.next_event(buf, answers)? {
-                Event::TooLong => return Some(Line::TooLong),
+                Event::TooLong => {
+                    self.pay(answers);
+                    // The line holds as much as fits: show it, then the error goes below it.
+                    if self.echoing() {
+                        self.echo_typed(buf, answers, true);
+                        answers.put_slice(b"\r\n");
+                    }
+                    self.cooked = 0;
+                    self.echoed = 0;
+                    self.discarding = true;
+                    return Some(Line::TooLong);
+                }
                 Event::LineEnd => {
-                    let line = &buf[..self.cooked];
+                    self.pay(answers);
                     let malformed = std::mem::take(&mut self.malformed);
                     let discarded = std::mem::take(&mut self.discarding);
+                    if self.echoing() && !discarded {
+                        self.echo_typed(buf, answers, true);
+                        answers.put_slice(b"\r\n");
+                    }
+                    let line = &buf[..self.cooked];
                     let blank = line.iter().all(|&b| matches!(b, b' ' | b'\t' | VT | FF));
                     if discarded || (blank && !malformed) {
                         self.consume(buf);
@@ -165,60 +287,71 @@ impl LineCodec {
         buf.advance(self.raw);
         self.cooked = 0;
         self.raw = 0;
+        self.echoed = 0;
     }
 
     /// Runs the byte stream until a line ends or a line becomes too long; `None` once every
-    /// buffered byte was looked at (the buffer then holds only the partial line).
+    /// buffered byte was looked at (the buffer then holds only the partial line, and an IAC
+    /// whose meaning the next byte decides).
     fn next_event(&mut self, buf: &mut BytesMut, answers: &mut BytesMut) -> Option<Event> {
         while self.raw < buf.len() {
+            let mut event = None;
+            let mut run = 0;
             if self.telnet == Telnet::Data && !self.after_cr {
                 // The common case: copy ordinary bytes up to the next one that means something.
                 let rest = &buf[self.raw..];
-                let run = rest
+                run = rest
                     .iter()
-                    .position(|&b| matches!(b, b'\n' | b'\r' | IAC | BS | DEL))
+                    .position(|&b| matches!(b, b'\n' | b'\r' | IAC | BS | DEL | ETX | NAK))
                     .unwrap_or(rest.len());
                 if run > 0 {
-                    if let Some(event) = self.push_run(buf, run) {
-                        return Some(event);
-                    }
-                    continue;
+                    event = self.push_run(buf, run);
                 }
             }
-            let byte = buf[self.raw];
-            self.raw += 1;
-            if let Some(event) = self.step(buf, byte, answers) {
-                return Some(event);
+            if run == 0 {
+                let byte = buf[self.raw];
+                self.raw += 1;
+                event = self.step(buf, byte, answers);
             }
-        }
-        // Everything was looked at: close the gap, so the buffer holds only the partial line.
-        if self.raw > self.cooked {
-            buf.truncate(self.cooked);
-            self.raw = self.cooked;
+            if event.is_some() {
+                return event;
+            }
+            if self.echoing() {
+                self.echo_typed(buf, answers, false);
+            }
         }
         if self.discarding {
             buf.clear();
             self.cooked = 0;
             self.raw = 0;
+            return None;
         }
+        // Everything was looked at: close the gap, so the buffer holds only the partial line,
+        // and an IAC still waiting for its next byte, unread. (Kept as consumed input, the
+        // IAC would be gone when the byte after it, data, makes it a 0xFF of the line.)
+        let pending = usize::from(self.telnet == Telnet::Iac);
+        if pending == 1 {
+            buf[self.cooked] = IAC;
+            self.telnet = Telnet::Data;
+        }
+        buf.truncate(self.cooked + pending);
+        self.raw = self.cooked;
         None
     }
 
-    /// Appends `run` ordinary bytes from `buf[raw..]` to the line.
+    /// Appends `run` ordinary bytes from `buf[raw..]` to the line, or as many as fit.
     fn push_run(&mut self, buf: &mut BytesMut, run: usize) -> Option<Event> {
         let start = self.raw;
         self.raw += run;
         if self.discarding {
             return None;
         }
-        if self.cooked + run > self.max {
-            return Some(self.start_discarding());
-        }
+        let fits = run.min(self.max - self.cooked);
         if self.cooked != start {
-            buf.copy_within(start..start + run, self.cooked);
+            buf.copy_within(start..start + fits, self.cooked);
         }
-        self.cooked += run;
-        None
+        self.cooked += fits;
+        (fits < run).then_some(Event::TooLong)
     }
 
     /// Handles one byte that is not a plain data byte in the data state.
@@ -239,7 +372,18 @@ impl LineCodec {
                         None
                     }
                     BS | DEL => {
-                        self.erase_char(buf);
+                        self.erase_char(buf, answers);
+                        None
+                    }
+                    // Keys that a terminal's line editing would act on, when chatd does its
+                    // part; otherwise data as any other byte.
+                    ETX if self.echoing() => {
+                        self.cancel(b'C');
+                        self.pay(answers);
+                        None
+                    }
+                    NAK if self.echoing() => {
+                        self.erase_line(buf, answers);
                         None
                     }
                     _ => self.push_byte(buf, byte),
@@ -250,7 +394,9 @@ impl LineCodec {
                 match byte {
                     // IAC IAC is an escaped 0xFF data byte; IAC and anything that is not a
                     // command is 0xFF followed by that byte. Either way the 0xFF is data (and
-                    // never valid UTF-8); the byte after a lone IAC is read as usual.
+                    // never valid UTF-8); the byte after a lone IAC is read as usual. The IAC
+                    // is still in the buffer (see `next_event`), so the 0xFF takes its place
+                    // or one before it, never the place of the byte read again.
                     IAC => self.push_byte(buf, IAC),
                     0..=239 => {
                         self.raw -= 1;
@@ -314,56 +460,203 @@ impl LineCodec {
         if self.discarding {
             return None;
         }
-        if self.cooked + 1 > self.max {
-            return Some(self.start_discarding());
+        if self.cooked == self.max {
+            return Some(Event::TooLong);
         }
         buf[self.cooked] = byte;
         self.cooked += 1;
         None
     }
 
-    /// Deletes the last character (not byte) of the line.
-    fn erase_char(&mut self, buf: &BytesMut) {
+    /// Echoes what the line gained since the last echo: up to a character whose other bytes
+    /// are still to come, or (`all`) everything.
+    fn echo_typed(&mut self, buf: &BytesMut, answers: &mut BytesMut, all: bool) {
+        if self.echoed >= self.cooked {
+            return;
+        }
+        let new = &buf[self.echoed..self.cooked];
+        let end = if all {
+            new.len()
+        } else {
+            new.len() - incomplete_tail(new)
+        };
+        if end > 0 {
+            self.pay(answers);
+            render(&new[..end], |bytes| answers.put_slice(bytes));
+            self.echoed += end;
+        }
+    }
+
+    /// Deletes the last character (not byte) of the line; where chatd echoes, on the screen
+    /// too.
+    fn erase_char(&mut self, buf: &BytesMut, answers: &mut BytesMut) {
         while self.cooked > 0 {
             self.cooked -= 1;
             if buf[self.cooked] & 0xC0 != 0x80 {
                 break;
             }
         }
+        self.unshow(buf, answers);
+    }
+
+    /// Deletes the line being typed (Ctrl-U, `IAC EL`); where chatd echoes, on the screen too.
+    fn erase_line(&mut self, buf: &BytesMut, answers: &mut BytesMut) {
+        self.cooked = 0;
+        self.discarding = false;
+        self.malformed = false;
+        self.unshow(buf, answers);
+    }
+
+    /// Erases from the screen what was shown past the end of the line: `BS SP BS` for each
+    /// column it took.
+    fn unshow(&mut self, buf: &BytesMut, answers: &mut BytesMut) {
+        if self.echoed > self.cooked {
+            if self.echoing() {
+                self.pay(answers);
+                let columns = render(&buf[self.cooked..self.echoed], |_| {});
+                for _ in 0..columns {
+                    answers.put_slice(ERASE_COLUMN);
+                }
+            }
+            self.echoed = self.cooked;
+        }
+    }
+
+    /// Drops the line being typed; the screen is owed a fresh line (`^C` and a line end where
+    /// chatd echoes, since the terminal shows nothing of the key itself).
+    fn cancel(&mut self, key: u8) {
+        self.cooked = 0;
+        self.echoed = 0;
+        self.discarding = false;
+        self.malformed = false;
+        self.owed = if self.echoing() {
+            Owed::Key(key)
+        } else {
+            Owed::LineEnd
+        };
+    }
+
+    /// Writes what the screen is owed, if anything.
+    fn pay(&mut self, answers: &mut BytesMut) {
+        match std::mem::replace(&mut self.owed, Owed::Nothing) {
+            Owed::Nothing => {}
+            Owed::LineEnd => answers.put_slice(b"\r\n"),
+            Owed::Key(key) => answers.put_slice(&[b'^', key, b'\r', b'\n']),
+        }
     }
 
     /// A two-byte telnet command.
     fn command(&mut self, buf: &BytesMut, command: u8, answers: &mut BytesMut) {
         match command {
-            IP | AO | EL => {
-                self.cooked = 0;
-                self.discarding = false;
-                self.malformed = false;
+            // Ctrl-C (and Ctrl-O, abort output) in telnet's line mode: the terminal shows ^C
+            // (or ^O) where the cursor is, and the next line is to start below it.
+            IP => self.cancel(b'C'),
+            AO => self.cancel(b'O'),
+            EL => self.erase_line(buf, answers),
+            EC => self.erase_char(buf, answers),
+            AYT => {
+                // Where chatd echoes, on a line of its own with the typed text again below.
+                self.pay(answers);
+                let typed = self.echoing() && self.echoed > 0;
+                if typed {
+                    answers.put_slice(b"\r\n");
+                }
+                answers.put_slice(AYT_ANSWER);
+                if typed {
+                    render(&buf[..self.echoed], |bytes| answers.put_slice(bytes));
+                }
             }
-            EC => self.erase_char(buf),
-            AYT => answers.put_slice(AYT_ANSWER),
             // NOP, data mark, break, go ahead, and SE out of place: nothing to do.
             _ => {}
         }
     }
 
-    /// Answers `IAC <verb> <option>` by refusing everything but the timing mark.
-    fn negotiate(&self, verb: u8, option: u8, answers: &mut BytesMut) {
-        let answer = match (verb, option) {
-            (DO, TIMING_MARK) => WILL,
-            (DO, _) => WONT,
-            (WILL, _) => DONT,
-            // WONT and DONT are answers, or say what is already so: never answered.
-            _ => return,
-        };
+    /// Answers `IAC <verb> <option>`: agrees to ECHO and SGA, answers the timing mark, refuses
+    /// the rest.
+    fn negotiate(&mut self, verb: u8, option: u8, answers: &mut BytesMut) {
+        if (verb, option) == (DO, TIMING_MARK) {
+            // Telnet discards what it receives until this answer: a fresh line owed comes
+            // after it.
+            answers.put_slice(&[IAC, WILL, TIMING_MARK]);
+            self.pay(answers);
+            return;
+        }
+        self.pay(answers);
+        let on = matches!(verb, WILL | DO);
+        match (verb, option) {
+            (DO | DONT, ECHO) => {
+                let was = self.echoing();
+                agree(&mut self.echo, on, [WILL, WONT], ECHO, answers);
+                if !was && self.echoing() {
+                    // What was typed so far is on the screen already: the terminal showed it.
+                    self.echoed = self.cooked;
+                }
+            }
+            (DO | DONT, SGA) => agree(&mut self.sga, on, [WILL, WONT], SGA, answers),
+            (WILL | WONT, SGA) => agree(&mut self.client_sga, on, [DO, DONT], SGA, answers),
+            (DO, _) => answers.put_slice(&[IAC, WONT, option]),
+            (WILL, _) => answers.put_slice(&[IAC, DONT, option]),
+            // WONT and DONT of options chatd refuses anyway say what is already so.
+            _ => {}
+        }
+    }
+}
+
+/// Moves one option to what the client asks for (`on`), and answers (`[yes, no]`) only a
+/// change: a request for what is already so, or the answer to chatd's own offer, gets no
+/// reply (RFC 1143), so negotiation cannot loop.
+fn agree(state: &mut Opt, on: bool, [yes, no]: [u8; 2], option: u8, answers: &mut BytesMut) {
+    let answer = match (*state, on) {
+        (Opt::No, true) => Some(yes),
+        (Opt::Yes, false) => Some(no),
+        _ => None,
+    };
+    *state = if on { Opt::Yes } else { Opt::No };
+    if let Some(answer) = answer {
         answers.put_slice(&[IAC, answer, option]);
     }
+}
 
-    fn start_discarding(&mut self) -> Event {
-        self.cooked = 0;
-        self.discarding = true;
-        Event::TooLong
+/// How many bytes at the end of `bytes` start a UTF-8 character whose other bytes have not
+/// arrived yet.
+fn incomplete_tail(bytes: &[u8]) -> usize {
+    let from = bytes.len().saturating_sub(3);
+    match (from..bytes.len()).rev().find(|&i| bytes[i] & 0xC0 != 0x80) {
+        Some(lead) => match std::str::from_utf8(&bytes[lead..]) {
+            Err(e) if e.error_len().is_none() => bytes.len() - lead,
+            _ => 0,
+        },
+        None => 0,
     }
+}
+
+/// Writes typed bytes as chatd echoes them, through `out`, and returns how many columns they
+/// take on the screen: text as it is, a TAB as one space (so erasing it takes one column,
+/// wherever it stands), other control characters escaped as in messages (`^C`, `^[`,
+/// `<U+009B>`), and each byte that is not UTF-8 as `?`.
+fn render(typed: &[u8], mut out: impl FnMut(&[u8])) -> usize {
+    let mut columns = 0;
+    for chunk in typed.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if c == '\t' {
+                out(b" ");
+                columns += 1;
+            } else if needs_escape(c) {
+                let mut escaped = String::new();
+                escape_into(&mut escaped, c.encode_utf8(&mut [0; 4]));
+                out(escaped.as_bytes());
+                columns += escaped.len();
+            } else {
+                out(c.encode_utf8(&mut [0; 4]).as_bytes());
+                columns += c.width().unwrap_or(0);
+            }
+        }
+        for _ in chunk.invalid() {
+            out(b"?");
+            columns += 1;
+        }
+    }
+    columns
 }
 
 enum Event {
@@ -388,17 +681,22 @@ mod tests {
     }
 
     fn lines_and_answers(codec: &mut LineCodec, buf: &mut BytesMut) -> (Vec<Got>, Vec<u8>) {
-        let mut scratch = Vec::new();
         let mut answers = BytesMut::new();
+        let got = decode_all(codec, buf, &mut answers);
+        (got, answers.to_vec())
+    }
+
+    fn decode_all(codec: &mut LineCodec, buf: &mut BytesMut, answers: &mut BytesMut) -> Vec<Got> {
+        let mut scratch = Vec::new();
         let mut got = Vec::new();
-        while let Some(line) = codec.decode(buf, &mut scratch, &mut answers) {
+        while let Some(line) = codec.decode(buf, &mut scratch, answers) {
             got.push(match line {
                 Line::Text(text) => Got::Text(text.to_string()),
                 Line::TooLong => Got::TooLong,
                 Line::BadEncoding => Got::BadEncoding,
             });
         }
-        (got, answers.to_vec())
+        got
     }
 
     fn text(s: &str) -> Got {
@@ -407,6 +705,16 @@ mod tests {
 
     fn all(input: &[u8]) -> Vec<Got> {
         lines(&mut LineCodec::new(100), &mut BytesMut::from(input))
+    }
+
+    /// The lines and the bytes written back for `input` on a codec that echoes.
+    fn echoed(input: &[u8]) -> (Vec<Got>, String) {
+        let mut codec = LineCodec::new(100);
+        let mut buf = BytesMut::from(&b"\xff\xfd\x01"[..]);
+        buf.extend_from_slice(input);
+        let (got, answers) = lines_and_answers(&mut codec, &mut buf);
+        let answers = answers.strip_prefix(b"\xff\xfb\x01").expect("WILL ECHO first");
+        (got, String::from_utf8(answers.to_vec()).unwrap())
     }
 
     #[test]
@@ -460,16 +768,150 @@ mod tests {
     }
 
     #[test]
-    fn strips_and_refuses_telnet_negotiation() {
+    fn strips_telnet_commands_and_refuses_other_options() {
         let mut codec = LineCodec::new(100);
-        // WILL NAWS, DO ECHO, a NOP, a subnegotiation (terminal type), a WONT.
+        // WILL NAWS, DO STATUS, a NOP, a subnegotiation (terminal type), a WONT.
         let mut buf = BytesMut::from(
-            &b"\xff\xfb\x1f\xff\xfd\x01\xff\xf1PI\xff\xfa\x18\x00xterm\xff\xf0NG\xff\xfc\x05\r\n"[..],
+            &b"\xff\xfb\x1f\xff\xfd\x05\xff\xf1PI\xff\xfa\x18\x00xterm\xff\xf0NG\xff\xfc\x05\r\n"[..],
         );
         let (got, answers) = lines_and_answers(&mut codec, &mut buf);
         assert_eq!(got, vec![text("PING")]);
-        assert_eq!(answers, b"\xff\xfe\x1f\xff\xfc\x01");
-        assert!(codec.is_telnet());
+        assert_eq!(answers, b"\xff\xfe\x1f\xff\xfc\x05");
+        assert!(codec.is_telnet);
+        assert!(!codec.echoing());
+    }
+
+    #[test]
+    fn agrees_to_echo_and_suppress_go_ahead_once() {
+        let mut codec = LineCodec::new(100);
+        // What Debian's telnet sends for `mode character`, twice; the client's own SGA.
+        let mut buf =
+            BytesMut::from(&b"\xff\xfd\x03\xff\xfd\x01\xff\xfd\x03\xff\xfd\x01\xff\xfb\x03\xff\xfb\x03"[..]);
+        let (got, answers) = lines_and_answers(&mut codec, &mut buf);
+        assert!(got.is_empty());
+        assert_eq!(answers, b"\xff\xfb\x03\xff\xfb\x01\xff\xfd\x03");
+        assert!(codec.echoing());
+        // `mode line`: DONT SGA, WILL LINEMODE, DONT ECHO; then the same again.
+        buf.extend_from_slice(b"\xff\xfe\x03\xff\xfb\x22\xff\xfe\x01\xff\xfe\x03\xff\xfe\x01");
+        let (_, answers) = lines_and_answers(&mut codec, &mut buf);
+        assert_eq!(answers, b"\xff\xfc\x03\xff\xfe\x22\xff\xfc\x01");
+        assert!(!codec.echoing());
+    }
+
+    #[test]
+    fn an_offer_is_not_answered_twice() {
+        let mut codec = LineCodec::new(100);
+        let mut out = BytesMut::new();
+        codec.offer_character_mode(&mut out);
+        assert_eq!(&out[..], b"\xff\xfb\x01\xff\xfb\x03");
+        // The client agrees to both: no reply, and chatd echoes.
+        let mut buf = BytesMut::from(&b"\xff\xfd\x01\xff\xfd\x03hi"[..]);
+        let (_, answers) = lines_and_answers(&mut codec, &mut buf);
+        assert_eq!(answers, b"hi");
+        // A client that refuses gets no reply either, and nothing is echoed.
+        let mut codec = LineCodec::new(100);
+        codec.offer_character_mode(&mut BytesMut::new());
+        let mut buf = BytesMut::from(&b"\xff\xfe\x01\xff\xfe\x03PING\r\n"[..]);
+        let (got, answers) = lines_and_answers(&mut codec, &mut buf);
+        assert_eq!((got, answers), (vec![text("PING")], vec![]));
+    }
+
+    #[test]
+    fn echo_shows_the_line_as_it_is_held() {
+        // Typed text, a backspace, a line end.
+        assert_eq!(
+            echoed(b"PNIG\x7f\x7f\x7fING\r\0"),
+            (
+                vec![text("PING")],
+                "PNIG\x08 \x08\x08 \x08\x08 \x08ING\r\n".to_string()
+            )
+        );
+        // A character is erased by its width: é one column, 中 two, ESC shown as ^[ two.
+        assert_eq!(
+            echoed("é中\x1b\x7f\x7f\x7f\n".as_bytes()).1,
+            "é中^[\x08 \x08\x08 \x08\x08 \x08\x08 \x08\x08 \x08\r\n"
+        );
+        // An arrow key is shown in caret notation; TAB as a space; Enter on nothing is a line.
+        assert_eq!(
+            echoed(b"\x1b[A\r\na\tb\r\n\r\n"),
+            (
+                vec![text("\x1b[A"), text("a\tb")],
+                "^[[A\r\na b\r\n\r\n".to_string()
+            )
+        );
+    }
+
+    #[test]
+    fn while_echoing_ctrl_c_cancels_and_ctrl_u_erases_the_line() {
+        assert_eq!(
+            echoed(b"SEND bob oops\x03PING\r\0"),
+            (vec![text("PING")], "SEND bob oops^C\r\nPING\r\n".to_string())
+        );
+        assert_eq!(
+            echoed(b"ab\x15PING\n"),
+            (vec![text("PING")], "ab\x08 \x08\x08 \x08PING\r\n".to_string())
+        );
+        // Without echo they are data, as any other byte.
+        assert_eq!(all(b"a\x03b\n"), vec![text("a\x03b")]);
+    }
+
+    #[test]
+    fn ctrl_c_in_line_mode_starts_a_fresh_line_after_the_timing_mark() {
+        // Telnet discards what arrives before the answer to its timing mark.
+        let mut codec = LineCodec::new(100);
+        let mut buf = BytesMut::from(&b"PIN\xff\xf4\xff\xfd\x06PING\r\0"[..]);
+        let (got, answers) = lines_and_answers(&mut codec, &mut buf);
+        assert_eq!(got, vec![text("PING")]);
+        assert_eq!(answers, b"\xff\xfb\x06\r\n");
+        // Without a timing mark, before whatever is written next: the reply to a line, an
+        // answer, a push.
+        let mut buf = BytesMut::from(&b"PIN\xff\xf4PING\r\0"[..]);
+        let (got, answers) = lines_and_answers(&mut codec, &mut buf);
+        assert_eq!((got, answers), (vec![text("PING")], b"\r\n".to_vec()));
+        let mut buf = BytesMut::from(&b"PIN\xff\xf4\xff\xfd\x05"[..]);
+        let (_, answers) = lines_and_answers(&mut codec, &mut buf);
+        assert_eq!(answers, b"\r\n\xff\xfc\x05");
+        let mut buf = BytesMut::from(&b"PIN\xff\xf4"[..]);
+        assert_eq!(lines_and_answers(&mut codec, &mut buf), (vec![], vec![]));
+        let mut out = BytesMut::new();
+        codec.before_push(&mut out);
+        assert_eq!(&out[..], b"\r\n", "one line end, not two");
+        // Where chatd echoes, the ^C too.
+        assert_eq!(echoed(b"ab\xff\xf4cd\r").1, "ab^C\r\ncd\r\n");
+    }
+
+    #[test]
+    fn a_push_redraws_the_typed_line() {
+        let mut codec = LineCodec::new(100);
+        let mut buf = BytesMut::from(&b"PING\r\nSEND bob h\xc3"[..]);
+        let mut answers = BytesMut::new();
+        decode_all(&mut codec, &mut buf, &mut answers);
+        let (mut before, mut after) = (BytesMut::new(), BytesMut::new());
+        codec.before_push(&mut before);
+        codec.after_push(&buf, &mut after);
+        assert_eq!((&before[..], &after[..]), (&b""[..], &b""[..]), "not telnet");
+        // A telnet client in line mode: a fresh line, then what is known of the line.
+        buf.extend_from_slice(b"\xa9\xff\xfc\x01");
+        decode_all(&mut codec, &mut buf, &mut answers);
+        codec.before_push(&mut before);
+        codec.after_push(&buf, &mut after);
+        assert_eq!(
+            (&before[..], &after[..]),
+            (&b"\r\n"[..], "SEND bob hé".as_bytes())
+        );
+        // Where chatd echoes, the cursor is known: at the start of a line, no line end.
+        let mut codec = LineCodec::new(100);
+        let mut buf = BytesMut::from(&b"\xff\xfd\x01"[..]);
+        decode_all(&mut codec, &mut buf, &mut answers);
+        let (mut before, mut after) = (BytesMut::new(), BytesMut::new());
+        codec.before_push(&mut before);
+        codec.after_push(&buf, &mut after);
+        assert_eq!((&before[..], &after[..]), (&b""[..], &b""[..]));
+        buf.extend_from_slice(b"a\tb\x1b");
+        decode_all(&mut codec, &mut buf, &mut answers);
+        codec.before_push(&mut before);
+        codec.after_push(&buf, &mut after);
+        assert_eq!((&before[..], &after[..]), (&b"\r\n"[..], &b"a b^["[..]));
     }
 
     #[test]
@@ -479,6 +921,8 @@ mod tests {
         let (got, answers) = lines_and_answers(&mut codec, &mut buf);
         assert!(got.is_empty());
         assert_eq!(answers, [&b"\xff\xfb\x06"[..], AYT_ANSWER].concat());
+        // While echoing, the answer gets a line of its own and the typed text comes back.
+        assert_eq!(echoed(b"ab\xff\xf6").1, "ab\r\n[chatd is here]\r\nab");
     }
 
     #[test]
@@ -497,6 +941,7 @@ mod tests {
             vec![text("PING")]
         );
         assert_eq!(all(b"SEND bob oops\xff\xf5WHO\n"), vec![text("WHO")]);
+        assert_eq!(all(b"SEND bob oops\xff\xf8WHO\n"), vec![text("WHO")]);
     }
 
     #[test]
@@ -509,6 +954,24 @@ mod tests {
         assert_eq!(all(b"A\xffBC\nPING\n"), vec![Got::BadEncoding, text("PING")]);
         assert_eq!(all(b"A\xff\xff\nPING\n"), vec![Got::BadEncoding, text("PING")]);
         assert_eq!(all(b"A\xff\xfb\nPING\n"), vec![Got::BadEncoding, text("PING")]);
+    }
+
+    #[test]
+    fn a_0xff_at_the_end_of_a_read_never_eats_the_next_one() {
+        // The byte after it decides what it is; until then it waits, unread.
+        let mut codec = LineCodec::new(4096);
+        let mut buf = BytesMut::from(&b"PING\ncaf\xff"[..]);
+        assert_eq!(lines(&mut codec, &mut buf), vec![text("PING")]);
+        buf.extend_from_slice(b"\nPING\n");
+        assert_eq!(lines(&mut codec, &mut buf), vec![Got::BadEncoding, text("PING")]);
+        // A character-mode client typing a lone 0xFF, one byte a read.
+        let mut got = Vec::new();
+        for &b in b"caf\xff\r\0PING\r\0" {
+            buf.extend_from_slice(&[b]);
+            got.extend(lines(&mut codec, &mut buf));
+        }
+        assert_eq!(got, vec![Got::BadEncoding, text("PING")]);
+        assert!(buf.is_empty());
     }
 
     #[test]
@@ -526,31 +989,6 @@ mod tests {
         buf.extend_from_slice(&[b'x'; 1000]);
         buf.extend_from_slice(b"\nPING\n");
         assert_eq!(lines(&mut codec, &mut buf), vec![Got::BadEncoding, text("PING")]);
-    }
-
-    #[test]
-    fn telnet_command_split_across_reads() {
-        let mut codec = LineCodec::new(100);
-        let mut buf = BytesMut::new();
-        for chunk in [
-            &b"\xff"[..],
-            b"\xfd",
-            b"\x03PI",
-            b"NG\xff\xfa\x18",
-            b"\x00vt1",
-            b"00\xff",
-            b"\xf0\r",
-            b"\n",
-        ] {
-            buf.extend_from_slice(chunk);
-            let got = lines(&mut codec, &mut buf);
-            if chunk == b"\xf0\r" {
-                assert_eq!(got, vec![text("PING")]);
-            } else {
-                assert!(got.is_empty(), "{chunk:?} gave {got:?}");
-            }
-        }
-        assert!(buf.is_empty());
     }
 
     #[test]
@@ -606,5 +1044,150 @@ mod tests {
         // Backspaces make room again.
         let mut buf = BytesMut::from(&b"ABCD\x7f\x7fEF\n"[..]);
         assert_eq!(lines(&mut codec, &mut buf), vec![text("ABEF")]);
+    }
+
+    /// Everything the decoder makes of `input` cut into reads at `cuts`: the lines, every byte
+    /// written back, the partial line left, and whether the client spoke telnet.
+    type Outcome = (Vec<Got>, Vec<u8>, Vec<u8>, bool);
+
+    fn run(max: usize, offer: bool, input: &[u8], cuts: &[usize]) -> Outcome {
+        let mut codec = LineCodec::new(max);
+        let mut answers = BytesMut::new();
+        if offer {
+            codec.offer_character_mode(&mut answers);
+        }
+        let mut buf = BytesMut::new();
+        let mut got = Vec::new();
+        let mut from = 0;
+        for &cut in cuts.iter().chain([&input.len()]) {
+            buf.extend_from_slice(&input[from..cut]);
+            from = cut;
+            got.extend(decode_all(&mut codec, &mut buf, &mut answers));
+        }
+        let partial = codec.partial(&buf).to_vec();
+        (got, answers.to_vec(), partial, codec.is_telnet)
+    }
+
+    /// Inputs that touch every state of the decoder: line ends, editing, UTF-8, 0xFF as data,
+    /// telnet commands and negotiation, subnegotiations, and, once chatd echoes, keys a
+    /// terminal would act on.
+    const CORPUS: &[&[u8]] = &[
+        b"PING\r\nECHO hi\nWHO\r\0SEND bob x\rECHO y\r\r\n\n",
+        b"\xff\xfb\x1f\xff\xfd\x05\xff\xf1PI\xff\xfa\x18\x00xterm\xff\xf0NG\xff\xfc\x05\r\n",
+        b"\xff\xfa\x18\x00vt\xff\xff100\xff\xf0ECHO a\xff\xfa\x01\x02\nPING\n",
+        b"SEND bob caf\xff\nSEND carol x\ncaf\xff",
+        b"A\xff\xff\nB\xff\xfb\nC\xff\rD\xff\xfd\rE\xffx\n\xff",
+        b"PNIG\x08\x08\x08ING\r\0ECHO caf\xc3\xa9\x7fe\n\x7f\x7fx\n",
+        "ECHO 中文 🙂\x7f\x7fé\u{9b}\n".as_bytes(),
+        b"ECHO \xc3\x28 \xe4\xb8\nECHO \xf0\x9f\x99\n\x80\x80\x7f\n",
+        b"SEND bob oops\xff\xf4\xff\xfd\x06PING\r\nx\xff\xf5y\xff\xf8z\xff\xf7w\xff\xf6\n",
+        b"\xff\xfd\x03\xff\xfd\x01abc\x7f\x03PING\r\0x\x15ECHO \xe4\xb8\xad\x7f\t\x1b[A\r\n",
+        b"\xff\xfd\x01\xff\xfb\x03caf\xc3\xa9\x7f\xff\xff\x7f\x08\xff\xf6x\xff\xfe\x01y\n",
+        b"\x0c\r\n \t\x0b\n\0PING\n\x03\x15\x1b\n",
+        b"123456789\nPING\n12345678\r\nab\xc3\xa9cdefgh\xff\xffxyz\n\xff\xfd\x01abcdefghijk\r\n",
+        b"\xff\xfa",
+        b"\xff\xfaPING\nPING\n\xff\xfb\nPING\n",
+    ];
+
+    /// Every input of the corpus, cut at every byte (and short ones at every pair of bytes),
+    /// gives what it gives in one read: the same lines, the same bytes back, the same rest.
+    #[test]
+    fn every_cut_gives_what_one_read_gives() {
+        let mut checked = 0;
+        for &input in CORPUS {
+            for (max, offer) in [(100, false), (8, false), (100, true), (8, true)] {
+                let whole = run(max, offer, input, &[]);
+                for i in 0..=input.len() {
+                    assert_eq!(
+                        run(max, offer, input, &[i]),
+                        whole,
+                        "\"{}\" cut at {i} (max {max}, offer {offer})",
+                        input.escape_ascii()
+                    );
+                    checked += 1;
+                    if input.len() > 48 {
+                        continue;
+                    }
+                    for j in i..=input.len() {
+                        assert_eq!(
+                            run(max, offer, input, &[i, j]),
+                            whole,
+                            "\"{}\" cut at {i} and {j} (max {max}, offer {offer})",
+                            input.escape_ascii()
+                        );
+                        checked += 1;
+                    }
+                }
+            }
+        }
+        assert!(checked > 10_000, "{checked}");
+    }
+
+    /// Random inputs from the same pieces, cut at random places, give what one read gives.
+    #[test]
+    fn random_cuts_give_what_one_read_gives() {
+        const PIECES: &[&[u8]] = &[
+            b"PING",
+            b"ECHO x",
+            b"\r",
+            b"\n",
+            b"\r\n",
+            b"\r\0",
+            b"\xff",
+            b"\xff\xff",
+            b"\xff\xf4",
+            b"\xff\xf5",
+            b"\xff\xf6",
+            b"\xff\xf7",
+            b"\xff\xf8",
+            b"\xff\xf1",
+            b"\xff\xfd\x01",
+            b"\xff\xfe\x01",
+            b"\xff\xfd\x03",
+            b"\xff\xfb\x03",
+            b"\xff\xfc\x03",
+            b"\xff\xfd\x06",
+            b"\xff\xfb\x1f",
+            b"\xff\xfa\x18\x00xterm\xff\xf0",
+            b"\xff\xfa",
+            b"\xff\xf0",
+            b"\x08",
+            b"\x7f",
+            b"\x03",
+            b"\x15",
+            b"\x1b[A",
+            b"\t",
+            b"\x0c",
+            b" ",
+            "é".as_bytes(),
+            "中".as_bytes(),
+            "🙂".as_bytes(),
+            b"\xc3",
+            b"\x80",
+            b"0123456789abcdef",
+        ];
+        // xorshift64*: the same inputs on every run, so a failure can be replayed.
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = |below: usize| {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            (state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 33) as usize % below
+        };
+        for round in 0..3000 {
+            let mut input = Vec::new();
+            for _ in 0..1 + next(40) {
+                input.extend_from_slice(PIECES[next(PIECES.len())]);
+            }
+            let mut cuts: Vec<usize> = (0..next(12)).map(|_| next(input.len() + 1)).collect();
+            cuts.sort_unstable();
+            let (max, offer) = ([6, 16, 4096][next(3)], next(2) == 1);
+            assert_eq!(
+                run(max, offer, &input, &cuts),
+                run(max, offer, &input, &[]),
+                "round {round}: \"{}\" cut at {cuts:?} (max {max}, offer {offer})",
+                input.escape_ascii()
+            );
+        }
     }
 }

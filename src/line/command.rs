@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use tokio_util::sync::CancellationToken;
 
 use super::connection::Connection;
-use super::reply::{put_msg, Reply};
+use super::reply::{escape, needs_escape, put_msg, Reply};
 use super::session::flush;
 use crate::chat::{Chat, ConnAuthState, Username, INBOX_PAGE};
 use crate::error::{ChatError, ChatResult, Code};
@@ -101,6 +101,8 @@ pub const HELP: &[&str] = &[
     "  < MSG 2 bob 2026-11-24T17:05:12.481Z hi alice      (a message arriving)",
     "Passwords travel in clear text: use one you use nowhere else.",
     "To leave: QUIT. If telnet hangs, press Ctrl-] and type quit at the telnet> prompt.",
+    "In telnet, press Ctrl-] and type mode character (then Enter): each key is then sent as you",
+    "  type it, and a message arriving never mixes with the line you are typing.",
 ];
 
 /// `HELP <verb>`: usage, what it does, an example.
@@ -171,16 +173,16 @@ const VERBS: &[&str] = &[
 
 impl<'a> Command<'a> {
     pub fn parse(line: &'a str) -> ChatResult<Command<'a>> {
-        let line = line.trim_start_matches(' ');
-        let (verb, rest) = line.split_once(' ').unwrap_or((line, ""));
+        let line = line.trim_start_matches(is_blank);
+        let (verb, rest) = line.split_once(is_blank).unwrap_or((line, ""));
         let is = |name: &str| verb.eq_ignore_ascii_case(name);
         if is("PING") {
             no_args(rest, "PING").map(|_| Command::Ping)
         } else if is("ECHO") {
             Ok(Command::Echo(rest))
         } else if is("SEND") {
-            let rest = rest.trim_start_matches(' ');
-            match rest.split_once(' ') {
+            let rest = rest.trim_start_matches(is_blank);
+            match rest.split_once(is_blank) {
                 Some((to, text)) if !text.is_empty() => Ok(Command::Send { to, text }),
                 _ => Err(ChatError::bad_args("usage: SEND <user> <text>")),
             }
@@ -211,13 +213,17 @@ impl<'a> Command<'a> {
         } else if is("QUIT") {
             Ok(Command::Quit)
         } else {
-            let hint = match did_you_mean(verb) {
-                Some(near) => format!("did you mean {near}? HELP lists the commands"),
-                None => "try HELP".to_string(),
+            let hint = if verb.contains('\x1b') {
+                ARROW_KEYS.to_string()
+            } else {
+                match did_you_mean(verb) {
+                    Some(near) => format!("did you mean {near}? HELP lists the commands"),
+                    None => "try HELP".to_string(),
+                }
             };
             Err(ChatError::new(
                 Code::UnknownCommand,
-                format!("unknown command {:?}; {hint}", truncate(verb, 32)),
+                format!("unknown command \"{}\"; {hint}", escape(truncate(verb, 32))),
             ))
         }
     }
@@ -263,8 +269,8 @@ fn help(verb: Option<&str>) -> Reply {
                 None => String::new(),
             };
             Reply::err(ChatError::bad_args(format!(
-                "there is no command {:?}; {hint}the commands are {}",
-                truncate(verb, 32),
+                "there is no command \"{}\"; {hint}the commands are {}",
+                escape(truncate(verb, 32)),
                 VERBS.join(" ")
             )))
         }
@@ -337,7 +343,19 @@ async fn auth(cx: &mut Context, user: &str, password: &str) -> ChatResult<Reply>
 
 async fn send(cx: &mut Context, to: &str, text: &str) -> ChatResult<Reply> {
     let from = logged_in(cx)?;
-    let message = cx.chat.send(from, to, text, None).await?;
+    let message = cx.chat.send(from, to, text, None).await.map_err(|mut e| {
+        // The domain quotes an unknown name as Rust does; a person at telnet reads the keys
+        // they pressed in caret notation.
+        if e.code == Code::NoSuchUser && to.chars().any(needs_escape) {
+            e.message = format!("there is no user \"{}\"", escape(to)).into();
+        }
+        if matches!(e.code, Code::BadArgs | Code::NoSuchUser)
+            && (to.contains('\x1b') || text.contains('\x1b'))
+        {
+            e.message = format!("{}; {ARROW_KEYS}", e.message).into();
+        }
+        e
+    })?;
     Ok(Reply::ok(message.id.to_string()))
 }
 
@@ -404,6 +422,16 @@ fn logged_in(cx: &Context) -> ChatResult<&Username> {
         .ok_or_else(|| ChatError::new(Code::AuthRequired, "log in first: AUTH <user> <password>"))
 }
 
+/// What separates a verb from its arguments: a space, or a TAB, form feed or vertical tab,
+/// which a person may type by mistake (Ctrl-L, Tab) and cannot see.
+fn is_blank(c: char) -> bool {
+    matches!(c, ' ' | '\t' | '\x0b' | '\x0c')
+}
+
+/// The hint for a line holding an escape sequence: what an arrow key sends.
+const ARROW_KEYS: &str =
+    "arrow keys do not edit or recall lines here: correct with Backspace, and HELP lists the commands";
+
 fn no_args(rest: &str, verb: &str) -> ChatResult<()> {
     if rest.trim().is_empty() {
         Ok(())
@@ -413,7 +441,7 @@ fn no_args(rest: &str, verb: &str) -> ChatResult<()> {
 }
 
 fn two_args<'a>(rest: &'a str, usage: &'static str) -> ChatResult<(&'a str, &'a str)> {
-    let mut args = rest.split(' ').filter(|a| !a.is_empty());
+    let mut args = rest.split(is_blank).filter(|a| !a.is_empty());
     match (args.next(), args.next(), args.next()) {
         (Some(a), Some(b), None) => Ok((a, b)),
         _ => Err(ChatError::bad_args(format!("usage: {usage}"))),
@@ -512,6 +540,48 @@ mod tests {
             "the verb is quoted only in part: {}",
             err.message
         );
+    }
+
+    #[test]
+    fn form_feed_and_tab_around_a_command_are_blanks() {
+        // Ctrl-L before REGISTER, Tab between arguments, a form feed at the end.
+        assert_eq!(
+            Command::parse("\x0cREGISTER alice\tpw\x0c"),
+            Ok(Command::Register {
+                user: "alice",
+                password: "pw"
+            })
+        );
+        assert_eq!(Command::parse("\t PING \x0b"), Ok(Command::Ping));
+        assert_eq!(Command::parse("WHO\x0c"), Ok(Command::Who));
+        // SEND's text after the recipient is kept exactly, tabs and form feeds included.
+        assert_eq!(
+            Command::parse("\x0cSEND\tbob \thello\x0c "),
+            Ok(Command::Send {
+                to: "bob",
+                text: "\thello\x0c "
+            })
+        );
+    }
+
+    #[test]
+    fn control_keys_in_errors_are_shown_in_caret_notation() {
+        let message = |line: &str| Command::parse(line).unwrap_err().message;
+        assert_eq!(
+            message("\x01PING"),
+            "unknown command \"^APING\"; did you mean PING? HELP lists the commands"
+        );
+        // An arrow key: what it sends, and that it does not edit the line.
+        let arrow = message("\x1b[A");
+        assert!(
+            arrow.starts_with("unknown command \"^[[A\"; arrow keys"),
+            "{arrow}"
+        );
+        assert!(!arrow.contains('\x1b') && !arrow.contains("\\u{"), "{arrow}");
+        let mut out = bytes::BytesMut::new();
+        help(Some("\x07x")).write_to(&mut out);
+        let text = String::from_utf8(out.to_vec()).unwrap();
+        assert!(text.contains("there is no command \"^Gx\""), "{text}");
     }
 
     #[test]

@@ -42,20 +42,30 @@ impl Connection {
     }
 
     /// The next complete line already buffered, without reading; its text is copied into
-    /// `scratch`. Answers to the client's telnet commands go into the write buffer.
+    /// `scratch`. Answers to the client's telnet commands, and the echo of what it typed
+    /// where chatd echoes, go into the write buffer, ahead of the line's reply.
     pub fn buffered_line<'s>(&mut self, scratch: &'s mut Vec<u8>) -> Option<Line<'s>> {
         self.codec.decode(&mut self.rbuf, scratch, &mut self.wbuf)
     }
 
-    /// Whether the client has spoken telnet: a person at a telnet client.
-    pub fn is_telnet(&self) -> bool {
-        self.codec.is_telnet()
+    /// Offers a telnet client character mode (`--telnet-negotiate`), before anything else is
+    /// written.
+    pub fn offer_character_mode(&mut self) {
+        self.out();
+        self.codec.offer_character_mode(&mut self.wbuf);
     }
 
-    /// What the client has typed of its next line so far (after editing), once every
-    /// complete line was taken.
-    pub fn partial_line(&self) -> &[u8] {
-        self.codec.partial(&self.rbuf)
+    /// Before live messages written between replies: for a person at telnet, what puts them
+    /// on a fresh line.
+    pub fn begin_pushes(&mut self) {
+        self.out();
+        self.codec.before_push(&mut self.wbuf);
+    }
+
+    /// After live messages: for a person at telnet, the line typed so far, again.
+    pub fn end_pushes(&mut self) {
+        self.out();
+        self.codec.after_push(&self.rbuf, &mut self.wbuf);
     }
 
     /// Waits for bytes from the client and buffers them. Returns 0 at end of stream.

@@ -11,12 +11,10 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use bytes::BufMut;
-
 use super::codec::Line;
 use super::command::{Command, Context, LoggedIn};
 use super::connection::{Connection, FLUSH_AT};
-use super::reply::{escape, put_line, put_msg, Reply};
+use super::reply::{put_line, put_msg, Reply};
 use crate::chat::Chat;
 use crate::config::Config;
 use crate::error::{ChatError, Code};
@@ -31,6 +29,8 @@ pub struct SessionSettings {
     /// A client that accepts none of our bytes for this long is disconnected.
     pub write_stall: Duration,
     pub greeting: String,
+    /// Offer telnet's character mode on connect (`--telnet-negotiate`).
+    pub telnet_negotiate: bool,
 }
 
 impl SessionSettings {
@@ -43,12 +43,14 @@ impl SessionSettings {
                 "HELLO chatd/{} ready; type HELP for the commands",
                 env!("CARGO_PKG_VERSION")
             ),
+            telnet_negotiate: false,
         }
     }
 
     pub fn from_config(config: &Config) -> SessionSettings {
         SessionSettings {
             write_stall: config.write_stall(),
+            telnet_negotiate: config.telnet_negotiate,
             ..SessionSettings::new(config.max_line, config.idle_timeout())
         }
     }
@@ -105,6 +107,9 @@ async fn run(
     settings: &SessionSettings,
     shutdown: &CancellationToken,
 ) -> io::Result<End> {
+    if settings.telnet_negotiate {
+        conn.offer_character_mode();
+    }
     put_line(conn.out(), &settings.greeting);
     // A timer only where there is an idle timeout: each one costs memory per connection.
     let mut idle = settings
@@ -203,24 +208,12 @@ async fn next_push(session: &mut Option<Box<LoggedIn>>) -> Option<Arc<crate::sto
 }
 
 /// Writes live messages: `first` and whatever else is queued, up to a batch (in messages and
-/// in bytes). For a person at a telnet client a push must not garble the line being typed:
-/// it starts on a fresh line (in telnet's line mode the text being typed is on the screen but
-/// not yet sent, so the server cannot know it is there), and where the server has received
-/// part of a line (a client sending each key as it is typed) that text is written again
-/// after the push, so typing goes on where it was. Other clients get exactly the `MSG` lines.
+/// in bytes). For a person at a telnet client a push must not garble the line being typed: it
+/// starts on a fresh line, and the part of a line typed so far is written again after it, so
+/// typing goes on where it was (see [`super::codec::LineCodec::before_push`]). Other clients
+/// get exactly the `MSG` lines.
 fn write_pushes(conn: &mut Connection, session: &mut LoggedIn, first: &crate::store::Message) {
-    let typed = conn.is_telnet().then(|| {
-        let partial = conn.partial_line();
-        // A character cut in two by the packets is left for the terminal to finish.
-        let valid = match std::str::from_utf8(partial) {
-            Ok(text) => text,
-            Err(e) => std::str::from_utf8(&partial[..e.valid_up_to()]).unwrap_or_default(),
-        };
-        escape(valid).into_owned()
-    });
-    if typed.is_some() {
-        conn.out().put_slice(b"\r\n");
-    }
+    conn.begin_pushes();
     put_msg(conn.out(), first);
     let mut batch = 1;
     while batch < PUSH_BATCH && conn.out().len() < FLUSH_AT {
@@ -230,9 +223,7 @@ fn write_pushes(conn: &mut Connection, session: &mut LoggedIn, first: &crate::st
         put_msg(conn.out(), &message);
         batch += 1;
     }
-    if let Some(typed) = typed {
-        conn.out().put_slice(typed.as_bytes());
-    }
+    conn.end_pushes();
 }
 
 pub(super) async fn flush(

@@ -21,7 +21,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::conn::{open_all, Auth, Conn, Users};
-use crate::driver::{MAX_IN_FLIGHT, STOP_DRAIN};
+use crate::driver::{Window, MAX_IN_FLIGHT, STOP_DRAIN};
 use crate::ping::Timing;
 use crate::report::{DeliveryRaw, Measured, RunRaw};
 use crate::stats::{Live, Series};
@@ -120,8 +120,8 @@ struct Outcome {
     bytes_in: u64,
     bytes_out: u64,
     last_ack: Option<Instant>,
-    /// When this user stopped issuing SENDs.
-    issued_until: Option<Instant>,
+    /// The measured window, and the replies to SENDs (OK or ERR) that came in it.
+    window: Window,
     broken: Option<String>,
 }
 
@@ -162,9 +162,7 @@ impl User {
             let now = Instant::now();
             if self.sending && (stopped || now >= shared.deadline) {
                 self.sending = false;
-            }
-            if !self.sending {
-                self.out.issued_until.get_or_insert(now.min(shared.deadline));
+                self.out.window.stop_issuing(now.min(shared.deadline));
             }
             match (shared.period, next_due.as_mut()) {
                 (Some(p), Some(due)) => {
@@ -178,8 +176,12 @@ impl User {
                         self.put_send(at);
                         *due += p;
                     }
-                    if *due >= shared.deadline || quota.is_some_and(|q| u64::from(self.seq) >= q) {
+                    if self.sending
+                        && (*due >= shared.deadline || quota.is_some_and(|q| u64::from(self.seq) >= q))
+                    {
+                        // The schedule is done; it was spread up to the deadline.
                         self.sending = false;
+                        self.out.window.stop_issuing(shared.deadline);
                     }
                 }
                 _ => {
@@ -190,6 +192,7 @@ impl User {
                                 .is_err()
                             {
                                 self.sending = false;
+                                self.out.window.stop_issuing(now);
                                 break;
                             }
                         }
@@ -259,6 +262,7 @@ impl User {
                 }
             } else if line.starts_with(b"OK") || line.starts_with(b"ERR") {
                 let (from, seq) = self.in_flight.pop_front().ok_or("a reply to no SEND")?;
+                self.out.window.reply(now, from);
                 if let Some(id) = line.strip_prefix(b"OK ").and_then(parse_u64) {
                     self.out.acks.push((seq, id));
                     acked += 1;
@@ -275,6 +279,7 @@ impl User {
         }
         if acked + errors > 0 {
             self.out.last_ack = Some(now);
+            self.out.window.answered(now, acked + errors);
         }
         shared.acks.record(now, &self.ack_ns, errors);
         shared.live.add(self.ack_ns.len() as u64, errors);
@@ -455,16 +460,15 @@ pub async fn run(args: &ChatArgs, ctx: &Ctx) -> anyhow::Result<Measured> {
     }
     ctx.live.set_phase("checking", 0, None);
     let shared = Arc::into_inner(shared).expect("every user task has finished");
-    m.delivery = Some(check(&shared, &outcomes));
 
-    let acks = shared.acks.snapshot();
     let last = outcomes.iter().filter_map(|o| o.last_ack).max().unwrap_or(start);
     let issued_until = outcomes
         .iter()
-        .map(|o| o.issued_until.unwrap_or(shared.deadline))
+        .map(|o| o.window.until.unwrap_or(shared.deadline))
         .max()
         .unwrap_or(start);
     let since = |t: Instant| t.saturating_duration_since(ctx.epoch).as_secs_f64();
+    let acks = shared.acks.snapshot_until(issued_until);
     let mut run = RunRaw {
         what: "acked SENDs".into(),
         started: since(start),
@@ -475,7 +479,10 @@ pub async fn run(args: &ChatArgs, ctx: &Ctx) -> anyhow::Result<Measured> {
         errors: acks.errors,
         ..RunRaw::default()
     };
+    m.delivery = Some(check(&shared, &outcomes, issued_until));
+    let mut answered_in_time = 0;
     for o in &outcomes {
+        answered_in_time += o.window.answered;
         run.sent += o.sent;
         run.sent_in_time += o.sent_in_time;
         run.unanswered += o.unanswered;
@@ -496,13 +503,14 @@ pub async fn run(args: &ChatArgs, ctx: &Ctx) -> anyhow::Result<Measured> {
         run.statuses.insert("ERR".into(), run.errors);
     }
     run.series = acks;
+    run.set_rates(answered_in_time);
     m.run = Some(run);
     Ok(m)
 }
 
 /// Matches every delivery to an ack by message id: each acked message must have reached its
 /// recipient exactly once, from its sender.
-fn check(shared: &Shared, outcomes: &[Outcome]) -> DeliveryRaw {
+fn check(shared: &Shared, outcomes: &[Outcome], issued_until: Instant) -> DeliveryRaw {
     struct Expected {
         sender: u32,
         seq: u32,
@@ -553,9 +561,9 @@ fn check(shared: &Shared, outcomes: &[Outcome]) -> DeliveryRaw {
             n => report.duplicates += u64::from(n - 1),
         }
     }
-    report.all = Some(shared.deliveries.snapshot());
-    report.same_node = Some(shared.same_node.snapshot());
-    report.cross_node = Some(shared.cross_node.snapshot());
+    report.all = Some(shared.deliveries.snapshot_until(issued_until));
+    report.same_node = Some(shared.same_node.snapshot_until(issued_until));
+    report.cross_node = Some(shared.cross_node.snapshot_until(issued_until));
     report
 }
 

@@ -20,8 +20,30 @@ use crate::net::{self, Failure, Failures};
 use crate::report::ConnectRaw;
 use crate::stats::{Live, Series};
 
-/// A read buffer grows up to this size for one large reply (an HTTP body, say).
-const MAX_BUF: usize = 16 << 20;
+/// The most of one reply a connection holds before it counts as broken: a server, broken or
+/// hostile, that never ends a line or a response head cannot make the generator buffer more.
+/// Replies are parsed where they were read, so this bounds the whole read buffer.
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    pub bytes: usize,
+    /// What must fit, for the error: "a reply line".
+    pub what: &'static str,
+}
+
+impl Bound {
+    /// A line-protocol reply: chatd's longest is a `MSG` line, 64 KiB of message text
+    /// (protocol.md) after its id, sender and time.
+    pub const LINE: Bound = Bound {
+        bytes: 65 * 1024,
+        what: "a reply line",
+    };
+    /// An HTTP response head (status line and headers); bodies are read through, never held
+    /// ([`crate::framer::HttpReply`]).
+    pub const HTTP_HEAD: Bound = Bound {
+        bytes: 64 * 1024,
+        what: "an HTTP response head",
+    };
+}
 /// The bucket width of the connect phase's series.
 const CONNECT_INTERVAL: Duration = Duration::from_millis(100);
 /// How long the first connection waits for a greeting before it asks whether an HTTP server
@@ -34,14 +56,17 @@ pub struct ReadBuf {
     data: Vec<u8>,
     start: usize,
     end: usize,
+    bound: Bound,
 }
 
 impl ReadBuf {
-    pub fn new(capacity: usize) -> ReadBuf {
+    /// A buffer of `capacity` bytes that grows, for one long reply, up to `bound`.
+    pub fn new(capacity: usize, bound: Bound) -> ReadBuf {
         ReadBuf {
-            data: vec![0; capacity.max(64)],
+            data: vec![0; capacity.clamp(64, bound.bytes.max(64))],
             start: 0,
             end: 0,
+            bound,
         }
     }
 
@@ -77,7 +102,8 @@ impl ReadBuf {
         &self.data
     }
 
-    /// Reads more bytes from `reader`, making room first. Returns 0 at end of stream.
+    /// Reads more bytes from `reader`, making room first. Returns 0 at end of stream, and an
+    /// error when the unparsed bytes (the start of one reply) fill the bound.
     /// Cancel-safe: a dropped read loses nothing.
     pub async fn fill<R: AsyncRead + Unpin>(&mut self, reader: &mut R) -> std::io::Result<usize> {
         if self.start == self.end {
@@ -88,12 +114,17 @@ impl ReadBuf {
                 self.data.copy_within(self.start..self.end, 0);
                 self.end -= self.start;
                 self.start = 0;
-            } else if self.data.len() < MAX_BUF {
-                self.data.resize(self.data.len() * 2, 0);
+            } else if self.data.len() < self.bound.bytes {
+                let grown = (self.data.len() * 2).min(self.bound.bytes);
+                self.data.resize(grown, 0);
             } else {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::InvalidData,
-                    "a reply longer than the largest read buffer",
+                    format!(
+                        "{} over {} KiB, the most chatd load holds of one reply",
+                        self.bound.what,
+                        self.bound.bytes / 1024
+                    ),
                 ));
             }
         }
@@ -241,8 +272,9 @@ pub struct Setup {
     pub greeting: bool,
     pub probe: Option<Probe>,
     pub auth: Option<Auth>,
-    /// Read buffer per connection.
+    /// Read buffer per connection, and the most it may grow to.
     pub buf_size: usize,
+    pub bound: Bound,
     pub sources: Option<Vec<IpAddr>>,
     /// Stops opening more (a signal).
     pub stop: CancellationToken,
@@ -278,6 +310,8 @@ pub struct Opener {
     per_node: Vec<u64>,
     failures: Failures,
     busy_retries: u64,
+    /// Connections not tried, or given up, because the run was stopped.
+    stopped: u64,
 }
 
 impl Opener {
@@ -309,6 +343,7 @@ impl Opener {
             wrong_protocol: CancellationToken::new(),
             failures: Failures::default(),
             busy_retries: 0,
+            stopped: 0,
             setup,
         }
     }
@@ -324,6 +359,8 @@ impl Opener {
         });
         let mut tasks = JoinSet::new();
         let stop = self.setup.stop.clone();
+        let asked = indices.len() as u64;
+        let mut started = 0;
         for i in indices {
             if stop.is_cancelled() {
                 break;
@@ -341,25 +378,36 @@ impl Opener {
             while let Some(done) = tasks.try_join_next() {
                 self.collect(done.expect("connect tasks do not panic"));
             }
-            let (setup, series, live, auth_gate, wrong) = (
+            let (setup, series, live, auth_gate, wrong, stop) = (
                 self.setup.clone(),
                 self.series.clone(),
                 self.live.clone(),
                 self.auth_gate.clone(),
                 self.wrong_protocol.clone(),
+                stop.clone(),
             );
+            started += 1;
             tasks.spawn(async move {
-                let done = open_one(i, &setup, &series, &live, &auth_gate, &wrong).await;
+                // A stopped run reports at once, rather than wait out logins in a queue.
+                let done = tokio::select! {
+                    done = open_one(i, &setup, &series, &live, &auth_gate, &wrong) => Some(done),
+                    _ = stop.cancelled() => None,
+                };
                 drop(permit);
                 done
             });
         }
+        self.stopped += asked - started;
         while let Some(done) = tasks.join_next().await {
             self.collect(done.expect("connect tasks do not panic"));
         }
     }
 
-    fn collect(&mut self, (result, retries): (Result<Conn, Failure>, u32)) {
+    fn collect(&mut self, done: Option<(Result<Conn, Failure>, u32)>) {
+        let Some((result, retries)) = done else {
+            self.stopped += 1;
+            return;
+        };
         self.busy_retries += u64::from(retries);
         match result {
             Ok(conn) => {
@@ -381,6 +429,7 @@ impl Opener {
         let report = ConnectRaw {
             attempted: self.setup.indices.len() as u64,
             opened: self.conns.len() as u64,
+            stopped: self.stopped,
             per_node: self.per_node,
             failures: self.failures,
             busy_retries: self.busy_retries,
@@ -388,7 +437,7 @@ impl Opener {
             ended: self.epoch.elapsed().as_secs_f64(),
             auth: self.setup.auth.is_some(),
             requested_rate: self.setup.connect_rate,
-            series: Some(series.snapshot()),
+            series: Some(series.snapshot_until(std::time::Instant::now())),
         };
         (self.conns, report)
     }
@@ -461,7 +510,7 @@ async fn try_open(
         index: i,
         node,
         stream,
-        rbuf: ReadBuf::new(setup.buf_size),
+        rbuf: ReadBuf::new(setup.buf_size, setup.bound),
     };
     if setup.greeting {
         // The first connection that hears no greeting soon asks whether an HTTP server listens
@@ -544,7 +593,7 @@ mod tests {
 
     #[test]
     fn lines_come_out_without_line_ends() {
-        let mut buf = ReadBuf::new(64);
+        let mut buf = ReadBuf::new(64, Bound::LINE);
         buf.data[..16].copy_from_slice(b"OK PONG\r\nOK\nOK P");
         buf.end = 16;
         assert_eq!(buf.next_line(), Some(&b"OK PONG"[..]));
@@ -555,7 +604,7 @@ mod tests {
 
     #[tokio::test]
     async fn fill_compacts_then_grows() {
-        let mut buf = ReadBuf::new(64);
+        let mut buf = ReadBuf::new(64, Bound::LINE);
         let mut input: &[u8] = &[b'x'; 200];
         while buf.end < 64 {
             buf.fill(&mut input).await.unwrap();
@@ -568,6 +617,31 @@ mod tests {
         }
         buf.fill(&mut input).await.unwrap();
         assert_eq!(buf.data.len(), 128, "grown when full");
+    }
+
+    /// A reply that never ends fills the buffer up to its bound, and no further.
+    #[tokio::test]
+    async fn an_endless_reply_stops_at_the_bound() {
+        let bound = Bound {
+            bytes: 2048,
+            what: "a reply line",
+        };
+        let mut buf = ReadBuf::new(64, bound);
+        let endless = vec![b'x'; 10_000];
+        let mut input = &endless[..];
+        let err = loop {
+            match buf.fill(&mut input).await {
+                Ok(n) => assert!(n > 0),
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(buf.data.len(), 2048);
+        assert_eq!(buf.pending().len(), 2048);
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+        assert!(err.to_string().starts_with("a reply line over 2 KiB"), "{err}");
+        // Consumed replies make room again: only one unfinished reply is bounded.
+        buf.consume(2048);
+        assert!(buf.fill(&mut input).await.unwrap() > 0);
     }
 
     #[test]

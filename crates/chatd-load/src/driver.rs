@@ -10,6 +10,12 @@
 //! Either stops issuing at the deadline (or once `--requests` were issued) and then drains:
 //! replies still in flight are waited for, up to `--drain` seconds, and counted; what is still
 //! missing then is reported as unanswered.
+//!
+//! The open loop's verdict is on the rate replies came at, in the measured window (from the
+//! start until issuing stopped): a reply counts in it if it came by the window's end plus the
+//! round trip of the connection's first reply, the time a reply to the window's last request
+//! takes when the server keeps up. Replies to a backlog the drain works off count in the
+//! totals and latencies, never in the rate.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -102,10 +108,12 @@ pub async fn run_all<F: Framer>(
     };
     let mut last = shared.load.start;
     let mut issued_until = shared.load.start;
+    let mut answered_in_time = 0;
     while let Some(done) = tasks.join_next().await {
         let o = done.expect("driver tasks do not panic");
         raw.sent += o.sent;
         raw.sent_in_time += o.sent_in_time;
+        answered_in_time += o.window.answered;
         raw.unanswered += o.unanswered;
         raw.bytes_in += o.bytes_in;
         raw.bytes_out += o.bytes_out;
@@ -117,15 +125,16 @@ pub async fn run_all<F: Framer>(
             raw.broken_example.get_or_insert(why);
         }
         last = last.max(o.last_reply.unwrap_or(last));
-        issued_until = issued_until.max(o.issued_until.unwrap_or(shared.load.deadline));
+        issued_until = issued_until.max(o.window.until.unwrap_or(shared.load.deadline));
     }
     let shared = Arc::into_inner(shared).expect("every connection task has finished");
-    let data: Data = shared.series.snapshot();
+    let data: Data = shared.series.snapshot_until(issued_until);
     raw.ok = data.ok;
     raw.errors = data.errors;
     raw.series = data;
     raw.ended = issued_until.saturating_duration_since(epoch).as_secs_f64();
     raw.drained = last.saturating_duration_since(epoch).as_secs_f64().max(raw.ended);
+    raw.set_rates(answered_in_time);
     raw
 }
 
@@ -141,8 +150,44 @@ struct ConnOut {
     statuses: BTreeMap<String, u64>,
     broken: Option<String>,
     last_reply: Option<Instant>,
-    /// When this connection stopped issuing requests.
-    issued_until: Option<Instant>,
+    window: Window,
+}
+
+/// One connection's measured window, and the replies that came in it (see the module's
+/// documentation).
+#[derive(Debug, Default)]
+pub struct Window {
+    /// When the connection stopped issuing requests: the end of the window.
+    pub until: Option<Instant>,
+    /// How long its first reply took.
+    first_reply: Option<Duration>,
+    /// Replies of any kind that came in the window.
+    pub answered: u64,
+}
+
+impl Window {
+    /// Stops issuing: the window ends `at`.
+    pub fn stop_issuing(&mut self, at: Instant) {
+        self.until.get_or_insert(at);
+    }
+
+    /// A reply came at `now` to a request that counts from `from`.
+    pub fn reply(&mut self, now: Instant, from: Instant) {
+        self.first_reply
+            .get_or_insert_with(|| now.saturating_duration_since(from));
+    }
+
+    /// Counts `n` replies read at `now` if they came in the window: while requests are
+    /// issued, or up to one first-reply round trip after.
+    pub fn answered(&mut self, now: Instant, n: u64) {
+        let within = match (self.until, self.first_reply) {
+            (Some(end), lag) => now <= end + lag.unwrap_or_default(),
+            (None, _) => true,
+        };
+        if within {
+            self.answered += n;
+        }
+    }
 }
 
 struct ConnRun<F> {
@@ -181,9 +226,7 @@ impl<F: Framer> ConnRun<F> {
             let now = Instant::now();
             if sending && (stopped || now >= load.deadline) {
                 sending = false;
-            }
-            if !sending {
-                self.out.issued_until.get_or_insert(now.min(load.deadline));
+                self.out.window.stop_issuing(now.min(load.deadline));
             }
             if let (Some(p), Some(due)) = (period, next_due.as_mut()) {
                 while sending
@@ -196,8 +239,10 @@ impl<F: Framer> ConnRun<F> {
                     *due += p;
                     scheduled += 1;
                 }
-                if *due >= load.deadline || quota.is_some_and(|q| scheduled >= q) {
+                if sending && (*due >= load.deadline || quota.is_some_and(|q| scheduled >= q)) {
+                    // The schedule is done; it was spread up to the deadline.
                     sending = false;
+                    self.out.window.stop_issuing(load.deadline);
                 }
             } else {
                 while sending && self.in_flight.len() < load.pipeline.max(1) {
@@ -207,6 +252,7 @@ impl<F: Framer> ConnRun<F> {
                             .is_ok();
                         if !took {
                             sending = false;
+                            self.out.window.stop_issuing(now);
                             break;
                         }
                     }
@@ -220,8 +266,12 @@ impl<F: Framer> ConnRun<F> {
             let now = Instant::now();
             if now >= give_up {
                 return Err(format!(
-                    "{} replies still missing after the drain",
-                    self.in_flight.len()
+                    "{} replies still missing after the drain{}",
+                    self.in_flight.len(),
+                    self.framer
+                        .unfinished()
+                        .map(|what| format!(" ({what})"))
+                        .unwrap_or_default()
                 ));
             }
             let wake = match next_due {
@@ -244,10 +294,18 @@ impl<F: Framer> ConnRun<F> {
             let now = Instant::now();
             let mut errors = 0;
             latencies.clear();
-            while let Some((len, answer)) = self.framer.frame(self.conn.rbuf.pending())? {
+            loop {
+                let (len, answer) = self.framer.frame(self.conn.rbuf.pending())?;
                 self.conn.rbuf.consume(len);
                 self.out.bytes_in += len as u64;
+                let Some(answer) = answer else {
+                    if len == 0 {
+                        break;
+                    }
+                    continue;
+                };
                 let from = self.in_flight.pop_front().ok_or("a reply to no request")?;
+                self.out.window.reply(now, from);
                 let key = match answer.status {
                     0 if answer.success => "expected".to_string(),
                     0 => "unexpected".to_string(),
@@ -262,6 +320,7 @@ impl<F: Framer> ConnRun<F> {
             }
             if !latencies.is_empty() || errors > 0 {
                 self.out.last_reply = Some(now);
+                self.out.window.answered(now, latencies.len() as u64 + errors);
             }
             shared.series.record(now, &latencies, errors);
             load.live.add(latencies.len() as u64, errors);

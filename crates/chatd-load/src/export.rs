@@ -37,7 +37,8 @@ fn latencies(report: &Report) -> Vec<(String, &Data)> {
 }
 
 /// Writes `DIR/<scenario>-<latency>.hlog` for every latency: one interval per second (or
-/// tenth) of the run, then, tagged `total`, the whole run at full precision. Values are ns.
+/// tenth) of the run, timed from its start, the last one as long as it really lasted (see
+/// [`Data::rows`]), then, tagged `total`, the whole series at full precision. Values are ns.
 pub fn hdr_logs(report: &Report, dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let start = SystemTime::UNIX_EPOCH + Duration::from_millis(report.meta.started_unix_ms);
@@ -57,16 +58,23 @@ pub fn hdr_logs(report: &Report, dir: &Path) -> anyhow::Result<()> {
             .with_base_time(start)
             .with_max_value_divisor(1e6)
             .begin_log_with(&mut file, &mut serializer)?;
-        let width = Duration::from_secs_f64(data.interval_secs);
-        for (i, b) in data.buckets.iter().enumerate() {
-            if b.ok > 0 {
-                log.write_histogram(&b.latency.0, width * i as u32, width, None)
-                    .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-            }
+        let rows = data.rows();
+        for row in rows.iter().filter(|r| r.ok > 0) {
+            let (at, secs) = (Duration::from_secs_f64(row.t), Duration::from_secs_f64(row.secs));
+            log.write_histogram(&row.latency, at, secs, None)
+                .map_err(|e| anyhow::anyhow!("{e:?}"))?;
         }
-        let total = width * data.buckets.len() as u32;
-        log.write_histogram(&data.all.0, Duration::ZERO, total, Tag::new("total"))
-            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let (from, to) = match (rows.first(), rows.last()) {
+            (Some(first), Some(last)) => (first.t, last.t + last.secs),
+            _ => (0.0, 0.0),
+        };
+        log.write_histogram(
+            &data.all.0,
+            Duration::from_secs_f64(from),
+            Duration::from_secs_f64(to - from),
+            Tag::new("total"),
+        )
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
         drop(log);
         file.flush()?;
     }
@@ -81,7 +89,13 @@ pub fn timeline_csv(report: &Report, path: &Path) -> anyhow::Result<()> {
         for r in rows {
             out.push_str(&format!(
                 "{:.3},{name},{},{},{},{:.1},{:.1},{:.1},\n",
-                r.t, r.secs, r.ok, r.errors, r.per_sec, r.p50_us, r.p99_us
+                r.t,
+                (r.secs * 1000.0).round() / 1000.0,
+                r.ok,
+                r.errors,
+                r.per_sec,
+                r.p50_us,
+                r.p99_us
             ));
         }
     }

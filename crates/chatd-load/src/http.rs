@@ -82,6 +82,7 @@ pub async fn run(args: &HttpArgs, ctx: &Ctx) -> anyhow::Result<Measured> {
     let mut setup = ctx.setup(mine, args.conns);
     setup.greeting = false;
     setup.buf_size = 64 * 1024;
+    setup.bound = crate::conn::Bound::HTTP_HEAD;
     let (conns, connect) = open_all(setup, ctx.live.clone(), ctx.epoch).await;
     m.connect = connect;
     let load = args.timing.load(ctx, args.conns, request, args.pipeline);

@@ -28,6 +28,7 @@ pub mod report;
 pub mod request;
 pub mod rss;
 pub mod stats;
+pub mod stop;
 pub mod verdict;
 
 use std::net::SocketAddr;
@@ -126,9 +127,19 @@ pub struct Common {
     /// Or the share of requests that may fail (0.01 = 1%).
     #[arg(long)]
     pub max_error_rate: Option<f64>,
-    /// With --rate: the share of the asked rate that must be issued for the run to pass.
+    /// With --rate: the share of the asked rate that must be answered (replies per second in
+    /// the timed phase) for the run to pass.
     #[arg(long, default_value_t = 0.95)]
     pub min_rate_ratio: f64,
+    /// The run fails when the median latency is above this, in milliseconds (`250`, `2.5`,
+    /// `250ms`, `1s`): replies for ping and http, acks and deliveries for chat (each a rule),
+    /// the connect time for connections.
+    #[arg(long, value_name = "MS", value_parser = verdict::parse_millis)]
+    pub max_p50: Option<f64>,
+    /// The run fails when the 99th percentile latency is above this, in milliseconds (as
+    /// --max-p50); requests never answered count as slower than any answered.
+    #[arg(long, value_name = "MS", value_parser = verdict::parse_millis)]
+    pub max_p99: Option<f64>,
     /// Internal: this process is part I of N of a --procs run.
     #[arg(long, hide = true, value_name = "I/N")]
     #[serde(skip)]
@@ -158,6 +169,8 @@ impl Common {
             max_errors: self.max_errors,
             max_error_rate: self.max_error_rate,
             min_rate_ratio: self.min_rate_ratio,
+            max_p50_ms: self.max_p50,
+            max_p99_ms: self.max_p99,
         }
     }
 }
@@ -240,6 +253,7 @@ impl Ctx {
             probe: None,
             auth: None,
             buf_size: 4096,
+            bound: conn::Bound::LINE,
             sources: net::source_addrs(self.targets[0], indices.len(), c.part()),
             stop: self.stop.clone(),
         }
@@ -286,41 +300,6 @@ pub fn unix_ns() -> u64 {
         .as_nanos() as u64
 }
 
-/// Cancels the returned token on the first SIGINT or SIGTERM; a second one ends the process.
-fn stop_on_signal() -> CancellationToken {
-    let stop = CancellationToken::new();
-    let token = stop.clone();
-    tokio::spawn(async move {
-        signal().await;
-        eprintln!("chatd load: stopping on a signal; the report covers the run so far (again to quit now)");
-        token.cancel();
-        signal().await;
-        std::process::exit(i32::from(EXIT_INTERRUPTED));
-    });
-    stop
-}
-
-#[cfg(unix)]
-pub(crate) async fn signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
-        (Ok(mut int), Ok(mut term)) => {
-            tokio::select! {
-                _ = int.recv() => {}
-                _ = term.recv() => {}
-            }
-        }
-        _ => std::future::pending().await,
-    }
-}
-
-#[cfg(not(unix))]
-pub(crate) async fn signal() {
-    if tokio::signal::ctrl_c().await.is_err() {
-        std::future::pending::<()>().await;
-    }
-}
-
 fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
     if threads <= 1 {
         tokio::runtime::Builder::new_current_thread().enable_all().build()
@@ -341,11 +320,12 @@ pub fn main(args: LoadArgs) -> anyhow::Result<ExitCode> {
     }
     let runtime = runtime(common.threads)?;
     let code = runtime.block_on(async {
+        let part_mode = common.part.is_some();
+        let stop = stop::on_request(part_mode);
         let open_files = net::raise_open_files_limit();
         let targets = net::resolve(&common.addr).await?;
         let epoch = Instant::now();
         let epoch_unix_ns = unix_ns();
-        let part_mode = common.part.is_some();
         let rss = if part_mode {
             None
         } else {
@@ -355,7 +335,7 @@ pub fn main(args: LoadArgs) -> anyhow::Result<ExitCode> {
             epoch,
             epoch_unix_ns,
             live: Arc::new(Live::new()),
-            stop: stop_on_signal(),
+            stop,
             targets: targets.clone(),
             run_id: common.run_id.clone().unwrap_or_else(conn::Users::fresh_prefix),
             common: common.clone(),

@@ -112,15 +112,17 @@ fn draw_svg(report: &Report, path: &Path) -> Result<()> {
         top = top.max(rate);
     }
     let legend_rows = tl.series.len() + 2;
+    let y_top = top * (1.15 + 0.09 * legend_rows as f64);
     let mut chart = ChartBuilder::on(&panels[0])
         .caption("throughput (per second of each interval)", ("sans-serif", 16))
         .margin(10)
         .x_label_area_size(34)
         .y_label_area_size(80)
-        .build_cartesian_2d(0f64..end, 0f64..top * (1.15 + 0.09 * legend_rows as f64))?;
+        .build_cartesian_2d(0f64..end, 0f64..y_top)?;
     chart
         .configure_mesh()
         .x_desc("seconds since the run started")
+        .y_labels(count_labels(y_top))
         .y_label_formatter(&|v| fmt_count(*v))
         .draw()?;
     let mut any_errors = false;
@@ -196,6 +198,7 @@ fn draw_svg(report: &Report, path: &Path) -> Result<()> {
     chart
         .configure_mesh()
         .x_desc("seconds since the run started")
+        .y_labels(count_labels(open_top * head))
         .y_label_formatter(&|v| fmt_count(*v))
         .draw()?;
     if !tl.rss.is_empty() {
@@ -386,6 +389,12 @@ where
         )))?;
     }
     Ok(())
+}
+
+/// How many labels an axis of counts up to `top` gets: no more than there are whole numbers
+/// on it, so that no two labels read the same.
+fn count_labels(top: f64) -> usize {
+    (top.floor() as usize + 1).clamp(2, 10)
 }
 
 /// "90%", "99.9%"... for `nines` nines.

@@ -2,7 +2,11 @@
 //! with its own open-files budget, its own share of the connections and rate, and its own
 //! range of source addresses. Each child writes its progress and, at the end, its raw
 //! measurements as JSON lines on standard output; the parent adds their histograms and counts
-//! ([`Measured::merge`]) and reports the whole as one run. A signal to the parent is passed on.
+//! ([`Measured::merge`]) and reports the whole as one run.
+//!
+//! The children run in process groups of their own, so a terminal's Ctrl-C reaches the parent
+//! only; the parent asks each child to stop exactly once, with a line on its standard input,
+//! and merges what they report. A child whose parent is gone sees its input end, and stops.
 
 use std::ffi::OsString;
 use std::process::{ExitCode, Stdio};
@@ -11,13 +15,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use serde::Serialize;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{ChildStdin, Command};
+use tokio_util::sync::CancellationToken;
 
 use crate::progress::{Progress, Rate, Snapshot};
 use crate::report::{Measured, Report};
 use crate::rss::RssMonitor;
 use crate::stats::Track;
+use crate::stop::{self, Requests};
 use crate::{meta, net, output, unix_ns, Scenario};
 
 /// Options only the parent acts on: (flag, whether it takes a value; `None`: an optional one).
@@ -97,6 +103,8 @@ pub fn parent(scenario: &Scenario) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     let code = runtime.block_on(async {
+        // Listening from the start: a stop request from now on is passed on, never lost.
+        let requests = Requests::new(false);
         let open_files = net::raise_open_files_limit();
         let targets = net::resolve(&common.addr).await?;
         let epoch = Instant::now();
@@ -112,17 +120,23 @@ pub fn parent(scenario: &Scenario) -> anyhow::Result<ExitCode> {
         let n = common.procs;
         let snapshots = Arc::new(Mutex::new(vec![Snapshot::default(); n]));
         let mut children = Vec::new();
+        let mut inputs = Vec::new();
         let mut readers = tokio::task::JoinSet::new();
         for i in 0..n {
-            let mut child = Command::new(&exe)
+            let mut command = Command::new(&exe);
+            command
                 .args(&base)
                 .args(["--part", &format!("{i}/{n}"), "--run-id", &run_id])
-                .stdin(Stdio::null())
+                .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit())
-                .kill_on_drop(true)
+                .kill_on_drop(true);
+            #[cfg(unix)]
+            command.process_group(0);
+            let mut child = command
                 .spawn()
                 .with_context(|| format!("cannot start generator process {i}"))?;
+            inputs.push(child.stdin.take().expect("piped"));
             let stdout = child.stdout.take().expect("piped");
             let snapshots = snapshots.clone();
             readers.spawn(async move {
@@ -145,18 +159,8 @@ pub fn parent(scenario: &Scenario) -> anyhow::Result<ExitCode> {
             children.push(child);
         }
         let pids: Vec<u32> = children.iter().filter_map(|c| c.id()).collect();
-        let forward = tokio::spawn(async move {
-            crate::signal().await;
-            eprintln!(
-                "chatd load: stopping {} generator processes; the report covers the run so far",
-                pids.len()
-            );
-            for pid in &pids {
-                stop_child(*pid);
-            }
-            crate::signal().await;
-            std::process::exit(i32::from(crate::EXIT_INTERRUPTED));
-        });
+        let stopped = CancellationToken::new();
+        let forward = tokio::spawn(forward(requests, inputs, pids, stopped.clone()));
         let progress = show_progress(
             snapshots.clone(),
             format!("{} {} x{n}", scenario.name(), common.addr.join(",")),
@@ -182,34 +186,17 @@ pub fn parent(scenario: &Scenario) -> anyhow::Result<ExitCode> {
         }
         forward.abort();
         progress.finish();
-        let parts: Vec<Measured> = parts.into_iter().flatten().collect();
-        if parts.is_empty() {
-            anyhow::bail!("no generator process reported: {}", problems.join("; "));
-        }
-        let mut merged = Measured {
+        let (merged, summaries) = merge_parts(
             epoch_unix_ns,
-            ..Measured::default()
-        };
-        let mut tracks = Vec::new();
-        for p in &parts {
-            merged.merge(p);
-            tracks.push(((p.epoch_unix_ns as f64 - epoch_unix_ns as f64) / 1e9, &p.open));
-        }
-        merged.open = Track::sum(&tracks, 0.1);
-        merged.warnings.extend(problems.iter().cloned());
-        if !problems.is_empty() {
-            // A missing process's connections are missing from the totals: never a pass.
-            merged.interrupted |= parts.iter().any(|p| p.interrupted);
-            merged.connect.attempted = merged
-                .connect
-                .attempted
-                .max(crate::Ctx::total_of(scenario).unwrap_or(merged.connect.attempted));
-        }
+            parts.into_iter().flatten().collect(),
+            problems,
+            stopped.is_cancelled(),
+            crate::Ctx::total_of(scenario),
+        )?;
         let (memory, rss_tracks) = match &rss {
             Some(m) => m.finish(&merged.connect.per_node),
             None => (Vec::new(), Vec::new()),
         };
-        let summaries: Vec<PartSummary> = parts.iter().map(PartSummary::of).collect();
         let mut report = Report::build(
             merged,
             meta::Meta::now(epoch_unix_ns, n, open_files),
@@ -226,17 +213,87 @@ pub fn parent(scenario: &Scenario) -> anyhow::Result<ExitCode> {
     code
 }
 
-/// Asks a child to stop and report (SIGTERM).
+/// What the children reported, merged, and each one's own summary; `problems` say what went
+/// wrong with the others. A part missing from a run that ran to the end leaves its connections
+/// missing, and the run fails. From a run a signal stopped (`stopped`), it is a warning only: a
+/// stopped run is judged "interrupted", never failed for what the stop cut short.
+fn merge_parts(
+    epoch_unix_ns: u64,
+    parts: Vec<Measured>,
+    problems: Vec<String>,
+    stopped: bool,
+    total: Option<u64>,
+) -> anyhow::Result<(Measured, Vec<PartSummary>)> {
+    if parts.is_empty() && !stopped {
+        anyhow::bail!("no generator process reported: {}", problems.join("; "));
+    }
+    let mut merged = Measured {
+        epoch_unix_ns,
+        ..Measured::default()
+    };
+    let mut tracks = Vec::new();
+    for p in &parts {
+        merged.merge(p);
+        tracks.push(((p.epoch_unix_ns as f64 - epoch_unix_ns as f64) / 1e9, &p.open));
+    }
+    merged.open = Track::sum(&tracks, 0.1);
+    merged.interrupted |= stopped;
+    if !problems.is_empty() && !merged.interrupted {
+        merged.connect.attempted = merged
+            .connect
+            .attempted
+            .max(total.unwrap_or(merged.connect.attempted));
+    }
+    merged.warnings.extend(problems);
+    let summaries = parts.iter().map(PartSummary::of).collect();
+    Ok((merged, summaries))
+}
+
+/// Passes the first stop request on to every child, once: a line on its standard input (a
+/// child that ended already no longer reads it). A signal a second or more later ends the
+/// children and the parent at once, without a report.
+async fn forward(
+    mut requests: Requests,
+    mut inputs: Vec<ChildStdin>,
+    pids: Vec<u32>,
+    stopped: CancellationToken,
+) {
+    let mut first = None;
+    loop {
+        let request = requests.next().await;
+        if stop::insists(request, first) {
+            eprintln!("chatd load: stopped again: quitting now, without a report");
+            for pid in &pids {
+                kill(*pid);
+            }
+            std::process::exit(i32::from(crate::EXIT_INTERRUPTED));
+        }
+        if first.is_none() {
+            first = Some(Instant::now());
+            eprintln!(
+                "chatd load: stopping {} generator processes; the report covers the run so far \
+                 (stop again after a second to quit at once)",
+                inputs.len()
+            );
+            stopped.cancel();
+            for input in &mut inputs {
+                let _ = input.write_all(stop::STOP_LINE).await;
+            }
+        }
+    }
+}
+
+/// Ends a child at once (SIGKILL).
 #[cfg(unix)]
-fn stop_child(pid: u32) {
+fn kill(pid: u32) {
     // SAFETY: kill(2) on the pid of a child we started and have not reaped yet.
     unsafe {
-        libc::kill(pid as libc::pid_t, libc::SIGTERM);
+        libc::kill(pid as libc::pid_t, libc::SIGKILL);
     }
 }
 
 #[cfg(not(unix))]
-fn stop_child(_pid: u32) {}
+fn kill(_pid: u32) {}
 
 /// The parent's progress line: the children's counters added up.
 fn show_progress(snapshots: Arc<Mutex<Vec<Snapshot>>>, title: String) -> Progress {
@@ -278,6 +335,32 @@ fn show_progress(snapshots: Arc<Mutex<Vec<Snapshot>>>, title: String) -> Progres
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A part missing from a stopped run is a warning; from a run that ran to the end, its
+    /// connections count as not opened.
+    #[test]
+    fn a_stopped_run_is_not_failed_for_a_missing_part() {
+        let part = Measured {
+            connect: crate::report::ConnectRaw {
+                attempted: 2500,
+                opened: 2500,
+                ..Default::default()
+            },
+            ..Measured::default()
+        };
+        let problems = || vec!["generator process 1 ended without a report".to_string()];
+        let (m, summaries) = merge_parts(0, vec![part.clone()], problems(), true, Some(5000)).unwrap();
+        assert!(m.interrupted);
+        assert_eq!((m.connect.attempted, m.connect.opened), (2500, 2500));
+        assert_eq!(m.warnings, problems());
+        assert_eq!(summaries.len(), 1);
+        let (m, _) = merge_parts(0, vec![part], problems(), false, Some(5000)).unwrap();
+        assert!(!m.interrupted);
+        assert_eq!((m.connect.attempted, m.connect.opened), (5000, 2500));
+        assert!(merge_parts(0, vec![], problems(), false, Some(5000)).is_err());
+        let (m, _) = merge_parts(0, vec![], problems(), true, Some(5000)).unwrap();
+        assert!(m.interrupted && m.connect.attempted == 0);
+    }
 
     #[test]
     fn children_leave_out_what_the_parent_does() {

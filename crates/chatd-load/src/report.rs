@@ -17,7 +17,7 @@ use crate::stats::{Data, IntervalStats, Latency, Track};
 use crate::verdict::Verdict;
 
 /// The version of the JSON report's layout; bumped when a field changes meaning or goes away.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// What one generator process measured. Times are seconds since its epoch, the start of the
 /// run (`epoch_unix_ns` on the wall clock).
@@ -38,6 +38,9 @@ pub struct Measured {
 pub struct ConnectRaw {
     pub attempted: u64,
     pub opened: u64,
+    /// Connections not tried, or given up, because a signal stopped the run.
+    #[serde(default)]
+    pub stopped: u64,
     /// Connections opened to each `--addr`, in order.
     pub per_node: Vec<u64>,
     pub failures: Failures,
@@ -61,6 +64,15 @@ pub struct RunRaw {
     pub requested_rate: Option<f64>,
     pub sent: u64,
     pub sent_in_time: u64,
+    /// Replies of any kind that came in the measured window (see [`crate::driver`]).
+    #[serde(default)]
+    pub answered_in_time: u64,
+    /// Requests issued, and replies that came, per second of the measured window: each
+    /// process's own, added up (processes' windows need not coincide).
+    #[serde(default)]
+    pub issued_rate: f64,
+    #[serde(default)]
+    pub answered_rate: f64,
     pub ok: u64,
     pub errors: u64,
     pub unanswered: u64,
@@ -71,6 +83,17 @@ pub struct RunRaw {
     pub bytes_out: u64,
     pub error_example: Option<String>,
     pub series: Data,
+}
+
+impl RunRaw {
+    /// This process's issued and answered rates over its measured window (`started` to
+    /// `ended`), with `answered_in_time` replies in it.
+    pub fn set_rates(&mut self, answered_in_time: u64) {
+        let window = (self.ended - self.started).max(1e-9);
+        self.answered_in_time = answered_in_time;
+        self.issued_rate = self.sent_in_time as f64 / window;
+        self.answered_rate = answered_in_time as f64 / window;
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -121,6 +144,7 @@ impl Measured {
         }
         c.attempted += o.connect.attempted;
         c.opened += o.connect.opened;
+        c.stopped += o.connect.stopped;
         if c.per_node.len() < o.connect.per_node.len() {
             c.per_node.resize(o.connect.per_node.len(), 0);
         }
@@ -148,6 +172,9 @@ impl Measured {
                 };
                 a.sent += b.sent;
                 a.sent_in_time += b.sent_in_time;
+                a.answered_in_time += b.answered_in_time;
+                a.issued_rate += b.issued_rate;
+                a.answered_rate += b.answered_rate;
                 a.ok += b.ok;
                 a.errors += b.errors;
                 a.unanswered += b.unanswered;
@@ -211,6 +238,8 @@ impl Measured {
 pub struct ConnectReport {
     pub attempted: u64,
     pub opened: u64,
+    /// Connections not tried, or given up, because a signal stopped the run.
+    pub stopped: u64,
     pub per_node: Vec<u64>,
     pub failures: Failures,
     /// Connections that were told `SERVER_BUSY` and tried again after a pause.
@@ -235,10 +264,13 @@ pub struct RunReport {
     pub secs: f64,
     /// Seconds after that until the last reply came in (bounded by --drain).
     pub drain_secs: f64,
-    /// Open loop: the rate asked for, and the rate requests were issued at (in time).
+    /// Open loop: the rate asked for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub requested_rate: Option<f64>,
-    pub achieved_rate: f64,
+    /// Requests issued per second of the measured window (the timed phase).
+    pub issued_rate: f64,
+    /// Replies of any kind per second of the measured window: what the rate rule judges.
+    pub answered_rate: f64,
     pub sent: u64,
     pub ok: u64,
     pub errors: u64,
@@ -353,6 +385,7 @@ impl Report {
         let connect = ConnectReport {
             attempted: c.attempted,
             opened: c.opened,
+            stopped: c.stopped,
             per_node: c.per_node.clone(),
             failures: c.failures.clone(),
             busy_retries: c.busy_retries,
@@ -384,7 +417,8 @@ impl Report {
                 secs,
                 drain_secs: (r.drained - r.ended).max(0.0),
                 requested_rate: r.requested_rate,
-                achieved_rate: r.sent_in_time as f64 / secs,
+                issued_rate: r.issued_rate,
+                answered_rate: r.answered_rate,
                 sent: r.sent,
                 ok: r.ok,
                 errors: r.errors,
@@ -585,6 +619,12 @@ impl Report {
         if c.busy_retries > 0 {
             rows.push(("  busy retries", fmt_count(c.busy_retries as f64)));
         }
+        if c.stopped > 0 {
+            rows.push((
+                "  not tried",
+                format!("{}: the run was stopped first", fmt_count(c.stopped as f64)),
+            ));
+        }
         if let Some(h) = &self.held {
             rows.push((
                 "held",
@@ -628,13 +668,16 @@ impl Report {
                 ),
             ));
             if let Some(req) = r.requested_rate {
+                let share = |rate: f64| 100.0 * rate / req.max(1e-9);
                 rows.push((
                     "  rate",
                     format!(
-                        "asked {}/s, issued {}/s ({:.1}%)",
+                        "asked {}/s, issued {}/s ({:.1}%), answered {}/s ({:.1}%) in the timed phase",
                         fmt_count(req),
-                        fmt_count(r.achieved_rate),
-                        100.0 * r.achieved_rate / req.max(1e-9)
+                        fmt_count(r.issued_rate),
+                        share(r.issued_rate),
+                        fmt_count(r.answered_rate),
+                        share(r.answered_rate)
                     ),
                 ));
             }

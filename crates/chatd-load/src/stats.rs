@@ -103,6 +103,11 @@ pub struct Data {
     pub errors: u64,
     pub all: Hdr,
     pub buckets: Vec<Bucket>,
+    /// When the series ended, in seconds since the run's epoch: the end of its phase, or its
+    /// last event if that came later. The last bucket usually ends after it: it covers only
+    /// part of an interval. 0 if unknown (the end of the last bucket is taken then).
+    #[serde(default)]
+    pub end_secs: f64,
 }
 
 impl Default for Data {
@@ -120,6 +125,7 @@ impl Data {
             errors: 0,
             all: Hdr::new(3),
             buckets: Vec::new(),
+            end_secs: 0.0,
         }
     }
 
@@ -132,6 +138,9 @@ impl Data {
 
     /// Adds `other`, whose epoch was `shift_secs` after ours (negative: before).
     pub fn merge(&mut self, other: &Data, shift_secs: f64) {
+        if other.end_secs > 0.0 {
+            self.end_secs = self.end_secs.max(other.end_secs + shift_secs);
+        }
         self.ok += other.ok;
         self.errors += other.errors;
         self.all.add(&other.all);
@@ -152,23 +161,65 @@ impl Data {
         Latency::of(&self.all.0)
     }
 
-    /// One row per bucket, for the JSON report, the CSV and the plot.
-    pub fn intervals(&self) -> Vec<IntervalStats> {
+    /// The series interval by interval, up to its end: intervals without events are there
+    /// (with nothing in them), and the last one, usually cut short by the end of the phase,
+    /// is as long as it really lasted, or added to the one before when it lasted less than a
+    /// quarter of an interval. So a rate per interval never shows a cliff that is only the
+    /// end of the run.
+    pub fn rows(&self) -> Vec<Row> {
         let width = self.interval_secs;
-        self.buckets
+        let recorded = self.buckets.len() as f64 * width;
+        let span = if self.end_secs > self.offset_secs {
+            self.end_secs - self.offset_secs
+        } else {
+            recorded
+        };
+        let count = ((span / width - 1e-9).ceil().max(0.0) as usize).max(self.buckets.len());
+        let mut rows: Vec<Row> = Vec::with_capacity(count);
+        for i in 0..count {
+            let start = i as f64 * width;
+            let secs = (span - start).clamp(0.0, width);
+            let (ok, errors, latency) = match self.buckets.get(i) {
+                Some(b) => (b.ok, b.errors, b.latency.0.clone()),
+                None => (0, 0, Hdr::new(2).0),
+            };
+            match rows.last_mut() {
+                Some(last) if secs < width / 4.0 => {
+                    last.secs += secs;
+                    last.ok += ok;
+                    last.errors += errors;
+                    last.latency
+                        .add(&latency)
+                        .expect("histograms of the same bounds add");
+                }
+                _ => rows.push(Row {
+                    t: self.offset_secs + start,
+                    secs,
+                    ok,
+                    errors,
+                    latency,
+                }),
+            }
+        }
+        rows
+    }
+
+    /// One row per interval ([`Data::rows`]), for the JSON report, the CSV and the plot.
+    pub fn intervals(&self) -> Vec<IntervalStats> {
+        self.rows()
             .iter()
-            .enumerate()
-            .map(|(i, b)| {
-                let h = &b.latency.0;
+            .map(|r| {
+                let secs = r.secs.max(1e-9);
                 IntervalStats {
-                    t: self.offset_secs + i as f64 * width,
-                    secs: width,
-                    ok: b.ok,
-                    errors: b.errors,
-                    per_sec: b.ok as f64 / width,
-                    errors_per_sec: b.errors as f64 / width,
-                    p50_us: us(h.value_at_quantile(0.5)),
-                    p99_us: us(h.value_at_quantile(0.99)),
+                    t: r.t,
+                    // To the µs: no float dust in the JSON.
+                    secs: (r.secs * 1e6).round() / 1e6,
+                    ok: r.ok,
+                    errors: r.errors,
+                    per_sec: r.ok as f64 / secs,
+                    errors_per_sec: r.errors as f64 / secs,
+                    p50_us: us(r.latency.value_at_quantile(0.5)),
+                    p99_us: us(r.latency.value_at_quantile(0.99)),
                 }
             })
             .collect()
@@ -191,6 +242,17 @@ impl Data {
             })
             .collect()
     }
+}
+
+/// One interval of a series, as [`Data::rows`] gives it.
+pub struct Row {
+    /// When it starts, in seconds since the run started.
+    pub t: f64,
+    /// How long it lasted.
+    pub secs: f64,
+    pub ok: u64,
+    pub errors: u64,
+    pub latency: Histogram<u64>,
 }
 
 /// A [`Data`] that connection tasks record into.
@@ -223,8 +285,10 @@ impl Series {
             return;
         }
         let mut data = self.data.lock().expect("no panics while recording");
-        let at = (now.saturating_duration_since(self.start).as_secs_f64() / data.interval_secs) as usize;
+        let since = now.saturating_duration_since(self.start).as_secs_f64();
+        let at = (since / data.interval_secs) as usize;
         let data = &mut *data;
+        data.end_secs = data.end_secs.max(data.offset_secs + since);
         let bucket = data.bucket(at);
         for &ns in latencies_ns {
             bucket.latency.0.saturating_record(ns.clamp(1, MAX_NS));
@@ -247,6 +311,14 @@ impl Series {
     /// What was recorded so far.
     pub fn snapshot(&self) -> Data {
         self.data.lock().expect("no panics while recording").clone()
+    }
+
+    /// What was recorded, in a phase that ended at `end` (or at the last event, if later).
+    pub fn snapshot_until(&self, end: Instant) -> Data {
+        let mut data = self.snapshot();
+        let end = data.offset_secs + end.saturating_duration_since(self.start).as_secs_f64();
+        data.end_secs = data.end_secs.max(end);
+        data
     }
 }
 
@@ -420,7 +492,8 @@ mod tests {
         assert_eq!((rows[1].ok, rows[1].errors), (0, 0));
         assert_eq!((rows[2].ok, rows[2].errors), (1, 1));
         assert_eq!(s.counts(), (3, 1));
-        assert_eq!((rows[2].t, rows[2].per_sec), (2.0, 1.0));
+        // The series ended with its last event, half way into the third second.
+        assert_eq!((rows[2].t, rows[2].secs, rows[2].per_sec), (2.0, 0.5, 2.0));
         let l = d.latency();
         assert_eq!(l.count, 3);
         assert!((l.p50_us - 2.0).abs() < 0.01, "{l:?}");
@@ -434,10 +507,50 @@ mod tests {
         let start = Instant::now();
         let s = Series::with_interval(start, start, Duration::from_millis(100));
         s.record(start + Duration::from_millis(150), &[1_000; 5], 0);
-        let rows = s.snapshot().intervals();
+        let rows = s.snapshot_until(start + Duration::from_millis(200)).intervals();
         assert_eq!(rows.len(), 2);
         assert!((rows[1].t - 0.1).abs() < 1e-9 && rows[1].ok == 5);
         assert!((rows[1].per_sec - 50.0).abs() < 1e-9);
+    }
+
+    /// The end of a run is not a drop in throughput: the last interval is as long as it
+    /// lasted (or, when short, part of the one before), and a stall before the end is one.
+    #[test]
+    fn the_last_interval_is_no_cliff() {
+        let start = Instant::now();
+        let at = |ms| start + Duration::from_millis(ms);
+        // 100 a second for 2.3 s, the phase ending at 2.3 s.
+        let s = Series::new(start, start);
+        for ms in (0..2300).step_by(10) {
+            s.record(at(ms), &[1_000], 0);
+        }
+        let rows = s.snapshot_until(at(2300)).intervals();
+        assert_eq!(rows.len(), 3, "{rows:?}");
+        assert!((rows[2].secs - 0.3).abs() < 1e-9, "{rows:?}");
+        for r in &rows {
+            assert!((r.per_sec - 100.0).abs() < 1.0, "{rows:?}");
+        }
+        // Ending 20 ms into an interval: those 20 ms join the interval before.
+        let s = Series::new(start, start);
+        for ms in (0..2020).step_by(10) {
+            s.record(at(ms), &[1_000], 0);
+        }
+        let rows = s.snapshot_until(at(2020)).intervals();
+        assert_eq!(rows.len(), 2, "{rows:?}");
+        assert!(
+            (rows[1].secs - 1.02).abs() < 1e-9 && rows[1].ok == 102,
+            "{rows:?}"
+        );
+        assert!((rows[1].per_sec - 100.0).abs() < 1.0, "{rows:?}");
+        // Nothing in the last two seconds of a phase: a real drop, shown as one.
+        let s = Series::new(start, start);
+        s.record(at(500), &[1_000; 50], 0);
+        let rows = s.snapshot_until(at(3000)).intervals();
+        assert_eq!(
+            rows.iter().map(|r| r.ok).collect::<Vec<_>>(),
+            [50, 0, 0],
+            "{rows:?}"
+        );
     }
 
     #[test]
