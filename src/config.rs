@@ -147,11 +147,14 @@ pub struct Config {
     pub auth_lockout: u64,
 
     /// Failed AUTHs for one account, from anywhere, within the lockout window before the
-    /// account backs off from the addresses that failed on it (others may still try).
+    /// account backs off: each address then gets one AUTH at a time and none for the lockout
+    /// after a failure, and addresses and connections that logged in to it before are not
+    /// held back.
     #[arg(long, env = "CHATD_AUTH_FAILURES_PER_ACCOUNT", default_value_t = 10)]
     pub auth_failures_per_account: u32,
 
-    /// AUTHs for one account being checked at once; further ones get `ERR RATE_LIMITED`.
+    /// AUTHs for one account being checked at once; further ones get `ERR RATE_LIMITED` (in
+    /// back-off, one per address instead).
     #[arg(long, env = "CHATD_AUTH_CONCURRENT_PER_ACCOUNT", default_value_t = 8)]
     pub auth_concurrent_per_account: u32,
 
@@ -166,14 +169,19 @@ pub struct Config {
     #[arg(long, env = "CHATD_HASH_SHARE")]
     pub hash_share: Option<usize>,
 
-    /// Password hashes queued or running at once, all addresses together; when full, AUTH and
-    /// REGISTER get `ERR SERVER_BUSY` (HTTP 503) at once.
+    /// Password hashes queued or running at once, all addresses together. A quarter of them
+    /// is kept for addresses that hold none; when all are taken, a newcomer takes the place of
+    /// a waiting hash of the address holding the most, which gets `ERR SERVER_BUSY` (HTTP
+    /// 503), or, if no address holds more than one, is refused so at once.
     #[arg(long, env = "CHATD_HASH_QUEUE", default_value_t = 64)]
     pub hash_queue: usize,
 
-    /// REGISTERs one address (an IPv6 /64) may make per hour (a bucket that refills steadily).
-    #[arg(long, env = "CHATD_REGISTRATIONS_PER_ADDR", default_value_t = 2000)]
-    pub registrations_per_addr: u32,
+    /// REGISTERs one address (an IPv6 /64) may make per hour: a bucket of N that refills
+    /// steadily over the hour. Default: 60 for every address but loopback, which is not
+    /// limited (load tests); given, that many for every address, loopback too; 0: no limit.
+    #[arg(long, env = "CHATD_REGISTRATIONS_PER_ADDR")]
+    pub registrations_per_addr: Option<u32>,
+
     /// FOR LOAD TESTS ONLY, never in production: hash passwords with a cheap argon2 cost
     /// (64 KiB, one pass) so that tens of thousands of test users log in quickly. Stored
     /// hashes are much easier to crack; the server says so loudly at start-up.
@@ -220,7 +228,7 @@ impl Config {
             auth_concurrent_per_addr: 256,
             hash_share: None,
             hash_queue: 64,
-            registrations_per_addr: 2000,
+            registrations_per_addr: None,
             load_test_hashing: false,
         }
     }

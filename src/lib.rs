@@ -130,7 +130,7 @@ impl Server {
                     failures_per_account: config.auth_failures_per_account.max(1),
                     concurrent_per_account: config.auth_concurrent_per_account.max(1),
                     lockout: config.auth_lockout(),
-                    registrations_per_addr: config.registrations_per_addr.max(1),
+                    registrations_per_addr: config.registrations_per_addr,
                 },
                 hashing: HashLimits {
                     share: config.hash_share.map(|n| n.max(1)),
@@ -424,10 +424,9 @@ impl Server {
 
 /// The limits and timeouts protocol.md documents, for clients and tests that depend on them.
 pub mod bounds {
-    pub use crate::chat::MAX_MESSAGE_BYTES;
     pub use crate::chat::{
-        MAX_TOKENS_PER_USER, MESSAGE_OVERHEAD as SEND_MESSAGE_OVERHEAD, RECHECK as TOKEN_RECHECK,
-        SEND_BURST_SECS, WHO_PAGE,
+        MAX_MESSAGE_BYTES, MAX_TOKENS_PER_USER, MESSAGE_OVERHEAD as SEND_MESSAGE_OVERHEAD,
+        RECHECK as TOKEN_RECHECK, REGISTRATIONS_PER_ADDR, SEND_BURST_SECS, WHO_PAGE,
     };
     pub use crate::http::{
         BODIES_AT_ONCE, BODIES_PER_ADDR, BODY_GRACE, BODY_STALL, BODY_TIME, BODY_WAIT, HEADER_TIMEOUT,

@@ -70,6 +70,20 @@ impl Line {
     }
 }
 
+/// Registers `user` from `source` and logs in as it there.
+async fn registered_and_logged_in(server: SocketAddr, source: IpAddr, user: &str, password: &str) -> Line {
+    let mut c = Line::connect_from(server, source).await;
+    assert!(c
+        .cmd(&format!("REGISTER {user} {password}"))
+        .await
+        .starts_with("OK"));
+    assert_eq!(
+        c.cmd(&format!("AUTH {user} {password}")).await,
+        format!("OK logged in as {user}")
+    );
+    c
+}
+
 /// The code of a final line: `OK`, or the word after `ERR`.
 fn code(reply: &str) -> &str {
     match reply.strip_prefix("ERR ") {
@@ -331,12 +345,7 @@ async fn polling_with_basic_auth_does_not_hash_every_request() {
 async fn a_remembered_password_gives_a_burst_of_guesses_no_extra_answers() {
     let server = TestServer::start().await;
     // Alice logs in from her own machine: her password is now remembered.
-    let mut alice = Line::connect_from(server.addr, loopback(5)).await;
-    alice.cmd("REGISTER alice the-right-one").await;
-    assert_eq!(
-        alice.cmd("AUTH alice the-right-one").await,
-        "OK logged in as alice"
-    );
+    registered_and_logged_in(server.addr, loopback(5), "alice", "the-right-one").await;
     // A guesser's burst: 256 wrong passwords (as many as one address may have in progress),
     // then the right one, before more than a few of the wrong ones can have been checked.
     let guesses = 256;
@@ -424,7 +433,8 @@ async fn a_full_hash_queue_answers_503_at_once() {
 
 #[tokio::test]
 async fn registrations_per_address_are_limited() {
-    let server = TestServer::start_with(|c| c.registrations_per_addr = 3).await;
+    // Set explicitly, the limit holds for loopback too.
+    let server = TestServer::start_with(|c| c.registrations_per_addr = Some(3)).await;
     let mut c = Line::connect_from(server.addr, loopback(1)).await;
     for i in 0..3 {
         assert!(c.cmd(&format!("REGISTER r{i} pw")).await.starts_with("OK"));
@@ -439,5 +449,235 @@ async fn registrations_per_address_are_limited() {
         other.cmd("REGISTER r3 pw").await.starts_with("OK"),
         "another address may"
     );
+    server.stop().await;
+}
+
+/// Runs until dropped: forty addresses (127.0.0.2 to .41), each with four connections that
+/// keep pipelining REGISTERs of new names, two at a time (a connection's commands are
+/// answered in turn, and the answers to those sent together go out together). Together they
+/// want more password hashes at once than the whole hash queue holds.
+struct RegisteringFlood {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    replies: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl RegisteringFlood {
+    const ADDRESSES: u8 = 40;
+
+    async fn start(server: SocketAddr) -> RegisteringFlood {
+        let replies = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for a in 0..RegisteringFlood::ADDRESSES {
+            for c in 0..4 {
+                let replies = replies.clone();
+                let mut line = Line::connect_from(server, loopback(2 + a)).await;
+                tasks.push(tokio::spawn(async move {
+                    for round in 0.. {
+                        let batch: String = (0..2)
+                            .map(|n| format!("REGISTER flood{a}x{c}x{round}x{n} pw\r\n"))
+                            .collect();
+                        line.reader.get_mut().write_all(batch.as_bytes()).await.unwrap();
+                        for _ in 0..2 {
+                            line.line().await;
+                            replies.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
+                }));
+            }
+        }
+        RegisteringFlood { tasks, replies }
+    }
+
+    /// Waits until the flood has had `n` replies, so that it is in full swing.
+    async fn until_replies(&self, n: usize) {
+        let deadline = Instant::now() + REPLY_WAIT;
+        while self.replies.load(std::sync::atomic::Ordering::Relaxed) < n {
+            assert!(Instant::now() < deadline, "the flood never got going");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for RegisteringFlood {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_class_registers_at_once_while_a_registering_flood_is_cut_short() {
+    // The default for every address but loopback, set explicitly so that it holds here.
+    let server = TestServer::start_with(|c| {
+        c.registrations_per_addr = Some(chatd::bounds::REGISTRATIONS_PER_ADDR);
+    })
+    .await;
+    let flood = tokio::spawn({
+        let addr = server.addr;
+        async move {
+            let mut c = Line::connect_from(addr, loopback(2)).await;
+            for round in 0..10 {
+                let batch: String = (0..20)
+                    .map(|n| format!("REGISTER flood{round}x{n} pw\r\n"))
+                    .collect();
+                c.reader.get_mut().write_all(batch.as_bytes()).await.unwrap();
+            }
+            let mut codes = Vec::new();
+            for _ in 0..200 {
+                codes.push(code(&c.line().await).to_string());
+            }
+            codes
+        }
+    });
+    // Thirty students behind one address register at once, while the flood goes on.
+    let jobs = (0..30)
+        .map(|i| (loopback(1), format!("REGISTER student{i} pw")))
+        .collect();
+    let class = at_once(server.addr, jobs).await;
+    assert_eq!(count(&class, "OK"), 30, "{class:?}");
+    let flood = flood.await.unwrap();
+    assert!(
+        count(&flood, "RATE_LIMITED") > 0,
+        "the flood is cut short: {flood:?}"
+    );
+    let allowed = chatd::bounds::REGISTRATIONS_PER_ADDR as usize;
+    assert_eq!(count(&flood, "OK"), allowed, "{flood:?}");
+    assert_eq!(count(&flood, "RATE_LIMITED"), 200 - allowed, "{flood:?}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn forty_addresses_registering_at_once_do_not_shut_out_logins() {
+    // Defaults: a hash queue of 64, as many hashes per address as cores.
+    let server = TestServer::start().await;
+    // Alice has logged in before: her password is remembered and costs no hash.
+    registered_and_logged_in(server.addr, loopback(200), "alice", "pw").await;
+    // Users who have not logged in yet: each of their logins costs a hash.
+    let rounds = 8;
+    let mut setup = Line::connect_from(server.addr, loopback(201)).await;
+    for i in 0..rounds {
+        assert!(setup
+            .cmd(&format!("REGISTER fresh{i} pw"))
+            .await
+            .starts_with("OK"));
+    }
+
+    let flood = RegisteringFlood::start(server.addr).await;
+    flood.until_replies(40).await;
+    let http = reqwest::Client::builder()
+        .local_address(loopback(211))
+        .build()
+        .unwrap();
+    let mut results = Vec::new();
+    for i in 0..rounds {
+        let mut c = Line::connect_from(server.addr, loopback(210)).await;
+        let remembered = c.cmd("AUTH alice pw").await;
+        let (status, _) = call(
+            http.get(server.url("/get_messages"))
+                .basic_auth("alice", Some("pw")),
+        )
+        .await;
+        let mut c = Line::connect_from(server.addr, loopback(212)).await;
+        let hashed = c.cmd(&format!("AUTH fresh{i} pw")).await;
+        results.push((remembered, status, hashed));
+    }
+    let served = flood.replies.load(std::sync::atomic::Ordering::Relaxed);
+    drop(flood);
+    for (i, (remembered, status, hashed)) in results.iter().enumerate() {
+        assert_eq!(remembered, "OK logged in as alice", "round {i}: {results:?}");
+        assert_eq!(*status, StatusCode::OK, "round {i}: {results:?}");
+        assert_eq!(
+            hashed,
+            &format!("OK logged in as fresh{i}"),
+            "round {i}: {results:?}"
+        );
+    }
+    assert!(served > 40, "the flood went on throughout: {served} replies");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_owner_logs_in_while_31_addresses_keep_guessing_her_password() {
+    // Defaults: 10 failures per account within the 60 s lockout window before it backs off.
+    let server = TestServer::start().await;
+    registered_and_logged_in(server.addr, loopback(100), "alice", "the-right-one").await;
+    // Her laptop shares its address with one of the guessers, and stays connected.
+    let mut laptop = Line::connect_from(server.addr, loopback(2)).await;
+    assert_eq!(
+        laptop.cmd("AUTH alice the-right-one").await,
+        "OK logged in as alice"
+    );
+
+    // Each address retries at once whatever it is told, on a new connection each time.
+    let attackers = 31u8;
+    let began = Instant::now();
+    let checked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let attempts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let tasks: Vec<_> = (0..attackers)
+        .map(|a| {
+            let (checked, attempts) = (checked.clone(), attempts.clone());
+            let addr = server.addr;
+            tokio::spawn(async move {
+                for n in 0.. {
+                    let mut c = Line::connect_from(addr, loopback(2 + a)).await;
+                    let reply = c.cmd(&format!("AUTH alice guess{a}x{n}")).await;
+                    attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    match code(&reply) {
+                        "BAD_CREDENTIALS" => {
+                            checked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        "RATE_LIMITED" => tokio::time::sleep(Duration::from_millis(5)).await,
+                        other => panic!("{other}: {reply}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    // Until the account backs off.
+    let deadline = Instant::now() + REPLY_WAIT;
+    while checked.load(std::sync::atomic::Ordering::Relaxed) < 10 {
+        assert!(Instant::now() < deadline, "the guessing never got going");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // The owner, from the address she logged in from before, from addresses new to the
+    // server, and on the laptop's connection, over several seconds of the attack.
+    let tries = 10;
+    let (mut known_ok, mut fresh_ok, mut laptop_ok, mut replies) = (0, 0, 0, Vec::new());
+    for i in 0..tries {
+        let mut c = Line::connect_from(server.addr, loopback(100)).await;
+        let known = c.cmd("AUTH alice the-right-one").await;
+        known_ok += usize::from(known == "OK logged in as alice");
+        let mut c = Line::connect_from(server.addr, loopback(150 + i)).await;
+        let fresh = c.cmd("AUTH alice the-right-one").await;
+        fresh_ok += usize::from(fresh == "OK logged in as alice");
+        let again = laptop.cmd("AUTH alice the-right-one").await;
+        laptop_ok += usize::from(again == "OK logged in as alice");
+        replies.push((known, fresh, again));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let elapsed = began.elapsed();
+    for task in &tasks {
+        task.abort();
+    }
+    let checked = checked.load(std::sync::atomic::Ordering::Relaxed);
+    let attempts = attempts.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(known_ok, tries as usize, "{replies:?}");
+    assert_eq!(laptop_ok, tries as usize, "{replies:?}");
+    assert!(
+        fresh_ok >= tries as usize - 2,
+        "{fresh_ok} of {tries}: {replies:?}"
+    );
+    // protocol.md: per window of --auth-lockout (60 s), 10 failures from anywhere, then one
+    // per address; the guesser at the laptop's address, known to the account until it has
+    // failed 3 times in the window, 2 more.
+    let windows = elapsed.as_secs() / 60 + 1;
+    let bound = windows as usize * (10 + attackers as usize) + 2;
+    assert!(
+        checked <= bound,
+        "{checked} guesses checked in {elapsed:?} ({attempts} tried); at most {bound} may be"
+    );
+    eprintln!("{checked} guesses checked of {attempts} tried in {elapsed:?}");
     server.stop().await;
 }

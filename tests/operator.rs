@@ -479,7 +479,7 @@ fn every_serve_flag_is_in_the_readme_and_the_help_names_every_door() {
     let help = String::from_utf8_lossy(&help.stdout).into_owned();
     let flags: Vec<&str> = help
         .lines()
-        .filter_map(|l| l.trim_start().split_whitespace().find(|w| w.starts_with("--")))
+        .filter_map(|l| l.split_whitespace().find(|w| w.starts_with("--")))
         .map(|w| w.trim_end_matches(','))
         .filter(|f| !matches!(*f, "--help" | "--version"))
         .collect();

@@ -3,7 +3,7 @@
 //! that a client sending its password with every request does not cost a hash each time.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
@@ -12,7 +12,7 @@ use rand_core::RngCore;
 use sha2::{Digest, Sha256};
 
 use super::hashing::{HashLimits, Hasher};
-use super::limits::{rate_limited, AddrKey, Attempt, AuthLimits, Limits};
+use super::limits::{rate_limited, AddrKey, Admission, AuthLimits, Limits};
 use super::names::{Password, Username};
 use crate::error::{ChatError, ChatResult, Code};
 
@@ -21,11 +21,13 @@ pub const REMEMBER_FOR: Duration = Duration::from_secs(60);
 /// Most passwords remembered at once.
 pub const REMEMBER_MAX: usize = 4096;
 
-/// Counts failed AUTHs of one connection; the line session keeps one.
+/// Counts failed AUTHs of one connection, and remembers the account it last logged in to
+/// (which it may log in to again past that account's back-off); the line session keeps one.
 #[derive(Debug, Default)]
 pub struct ConnAuthState {
     failures: u32,
     locked_until: Option<Instant>,
+    logged_in: Option<Arc<str>>,
 }
 
 pub(crate) struct Auth {
@@ -43,18 +45,15 @@ impl Auth {
             .hash_password(b"not a password", &SaltString::generate(&mut OsRng))
             .expect("argon2 with default parameters hashes")
             .to_string();
+        // One address's share of the hash queue is never more than its failure budget, so
+        // that correct passwords in flight cannot by themselves use up that budget.
+        let share_cap = limits.failures_per_addr as usize;
         Auth {
             limits: Limits::new(limits),
-            hasher: Hasher::new(hashing),
+            hasher: Hasher::new(hashing, share_cap),
             dummy_hash,
             remembered: Remembered::new(),
         }
-    }
-
-    /// The share of the hash queue one address gets: never more than its failure budget, so
-    /// that correct passwords in flight cannot by themselves use up that budget.
-    fn share(&self) -> usize {
-        self.limits.limits().failures_per_addr as usize
     }
 
     /// Takes one of `addr`'s registrations, or refuses.
@@ -69,10 +68,10 @@ impl Auth {
 
     /// The argon2 hash of a new password, in PHC string form, in `addr`'s turn.
     pub async fn hash_password(&self, addr: AddrKey, password: &Password<'_>) -> ChatResult<String> {
-        let ticket = self.hasher.ticket(addr, self.share()).await?;
+        let turn = self.hasher.turn(addr, true).await?;
         let owned = password.as_str().to_owned();
         self.hasher
-            .run(ticket, move |argon| {
+            .run(turn, move |argon| {
                 argon
                     .hash_password(owned.as_bytes(), &SaltString::generate(&mut OsRng))
                     .map(|h| h.to_string())
@@ -88,29 +87,39 @@ impl Auth {
                 if until > now {
                     return Err(rate_limited(until - now));
                 }
-                *state = ConnAuthState::default();
+                state.failures = 0;
+                state.locked_until = None;
             }
         }
         Ok(())
     }
 
-    /// Refuses at once if `addr` may not try `user` now (no hashing, no waiting).
-    pub fn check(&self, addr: AddrKey, user: &Username, now: Instant) -> ChatResult<()> {
-        self.limits.check(addr, user.as_str(), now)
+    /// Refuses at once if `addr` may not try `user` now (no hashing, no waiting, nothing
+    /// taken from anyone else); see [`Limits::admit`].
+    pub fn admit(
+        &self,
+        addr: AddrKey,
+        user: &Username,
+        conn: Option<&ConnAuthState>,
+        now: Instant,
+    ) -> ChatResult<Admission<'_>> {
+        let client_known = conn.and_then(|c| c.logged_in.as_deref()) == Some(user.as_str());
+        self.limits.admit(addr, user.as_arc(), client_known, now)
     }
 
     /// Checks `password` against `stored` (the user's hash, or `None` if there is no such
     /// user: then a dummy hash is checked, so both cost the same). `lookup` fetches the hash
     /// once the attempt holds its slots.
     ///
-    /// A password that logged in as `user` within [`REMEMBER_FOR`] skips the hash, and only
-    /// the hash: it still waits its turn and takes its slots like any check. Otherwise a burst
-    /// of guesses that arrives before its first failures are counted would have every guess
-    /// compared with the remembered one for free, and the right one would log in past the
-    /// limits while the wrong ones were refused unchecked.
+    /// A password that logged in as `user` within [`REMEMBER_FOR`] skips the hash, and so
+    /// needs no ticket in the hash queue, but only that: it still waits for its address's
+    /// earlier requests and takes its slots like any check. Otherwise a burst of guesses that
+    /// arrives before its first failures are counted would have every guess compared with the
+    /// remembered one for free, and the right one would log in past the limits while the
+    /// wrong ones were refused unchecked.
     pub async fn verify<F>(
         &self,
-        addr: AddrKey,
+        admission: Admission<'_>,
         user: &Username,
         password: &Password<'_>,
         lookup: F,
@@ -118,10 +127,13 @@ impl Auth {
     where
         F: std::future::Future<Output = ChatResult<Option<String>>>,
     {
-        let ticket = self.hasher.ticket(addr, self.share()).await?;
-        let attempt: Attempt<'_> = self.limits.begin(addr, user.as_arc(), Instant::now())?;
-        if self.remembered.contains(user, password, Instant::now()) {
-            drop(ticket);
+        let addr = admission.addr();
+        // Decided once, on arrival: it was the right password then.
+        let remembered = self.remembered.contains(user, password, Instant::now());
+        let turn = self.hasher.turn(addr, !remembered).await?;
+        let attempt = self.limits.begin(admission, Instant::now())?;
+        if remembered {
+            drop(turn);
             attempt.succeeded();
             return Ok(true);
         }
@@ -131,7 +143,7 @@ impl Auth {
         let owned = password.as_str().to_owned();
         let ok = self
             .hasher
-            .run(ticket, move |argon| {
+            .run(turn, move |argon| {
                 let parsed = PasswordHash::new(&hash)
                     .map_err(|e| ChatError::internal("reading the stored password hash", e))?;
                 Ok(argon.verify_password(owned.as_bytes(), &parsed).is_ok())
@@ -147,9 +159,12 @@ impl Auth {
         }
     }
 
-    pub fn succeeded(&self, conn: Option<&mut ConnAuthState>) {
+    pub fn succeeded(&self, conn: Option<&mut ConnAuthState>, user: &Username) {
         if let Some(state) = conn {
-            *state = ConnAuthState::default();
+            *state = ConnAuthState {
+                logged_in: Some(user.as_arc().clone()),
+                ..ConnAuthState::default()
+            };
         }
     }
 

@@ -39,7 +39,7 @@ use budget::SendBudget;
 pub use budget::{BURST as SEND_BURST_SECS, DEFAULT_RATE as DEFAULT_SEND_RATE, MESSAGE_OVERHEAD};
 pub use hashing::HashLimits;
 use limits::AddrKey;
-pub use limits::AuthLimits;
+pub use limits::{AuthLimits, REGISTRATIONS_PER_ADDR};
 pub use names::{check_client_timestamp, Password, Username, MAX_MESSAGE_BYTES};
 pub use tokens::{Issued, Tokens, MAX_TOKENS_PER_USER, RECHECK};
 use users::{no_such_user, Users};
@@ -172,8 +172,9 @@ impl Chat {
     }
 
     /// Creates an account. Each address has a bucket of registrations (refused with
-    /// `RATE_LIMITED` when empty), and the hash waits its address's turn (`SERVER_BUSY` when the
-    /// queue is full). A name already taken costs no hash and no registration.
+    /// `RATE_LIMITED` when empty; loopback's is unlimited unless configured), and the hash
+    /// waits its address's turn in the fair queue of [`hashing`] (`SERVER_BUSY` when the queue
+    /// has no place for it). A name already taken costs no hash and no registration.
     pub async fn register(&self, user: &str, password: &str, peer: IpAddr) -> ChatResult<Username> {
         let user = Username::parse(user)?;
         let password = Password::parse(password)?;
@@ -201,10 +202,12 @@ impl Chat {
         Ok(user)
     }
 
-    /// Checks credentials under the limits of [`limits`]: the attempt takes its slots from the
-    /// address and the account before it is hashed, and the caller's per-connection state
-    /// (`None` for facades without connections) counts its failures. A malformed name or
-    /// password needs no hash and counts only against the connection.
+    /// Checks credentials under the limits of [`limits`]: what can be refused without a hash is
+    /// refused at once, before the login waits for anything; the attempt then takes its slots
+    /// from the address and the account before it is hashed. The caller's per-connection state
+    /// (`None` for facades without connections) counts its failures and remembers the account
+    /// it logged in to. A malformed name or password needs no hash and counts only against the
+    /// connection.
     pub async fn authenticate(
         &self,
         user: &str,
@@ -219,15 +222,14 @@ impl Chat {
             auth.conn_failed(conn, now);
             return Err(auth::bad_credentials());
         };
-        let addr = AddrKey::of(peer);
-        auth.check(addr, &name, now)?;
+        let admission = auth.admit(AddrKey::of(peer), &name, conn.as_deref(), now)?;
         let verified = auth
-            .verify(addr, &name, &password, async {
+            .verify(admission, &name, &password, async {
                 Ok(self.inner.store.password_hash(name.as_str()).await?)
             })
             .await?;
         if verified {
-            auth.succeeded(conn);
+            auth.succeeded(conn, &name);
             self.inner.users.remember(name.as_arc());
             Ok(name)
         } else {
