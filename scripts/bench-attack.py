@@ -443,7 +443,9 @@ class Server:
         os.makedirs(self.dir)
         self.out = open(os.path.join(self.dir, "out"), "w+")
         self.err = open(os.path.join(self.dir, "err"), "w")
-        env = dict(os.environ, RUST_LOG="warn")
+        # The attacks' set-up fills inboxes with large messages from one sender, far beyond a
+        # send budget (servers without one ignore the variable).
+        env = dict(os.environ, RUST_LOG="warn", CHATD_MAX_SEND_RATE="0")
         self.proc = subprocess.Popen(
             [binary, "serve", "--bind", "127.0.0.1", "--port", "0", "--http-port", "0",
              "--db", f"sqlite://{self.dir}/chatd.db"],

@@ -123,6 +123,17 @@ pub struct Config {
     #[arg(long, env = "CHATD_MAX_SESSIONS_PER_USER", default_value_t = 64)]
     pub max_sessions_per_user: usize,
 
+    /// Live HTTP bearer tokens one user may have; `/auth` beyond that ends the user's oldest
+    /// token (and its event streams).
+    #[arg(long, env = "CHATD_MAX_TOKENS_PER_USER", default_value_t = crate::chat::MAX_TOKENS_PER_USER as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_tokens_per_user: u64,
+
+    /// Bytes of messages one user may send per second on this node, over both doors (each
+    /// message counts its text plus 64); bursts of 4 s worth pass at once. Beyond it SEND gets
+    /// `ERR RATE_LIMITED` (HTTP 429) with how long to wait. 0: no limit (for load tests).
+    #[arg(long, env = "CHATD_MAX_SEND_RATE", default_value_t = crate::chat::DEFAULT_SEND_RATE)]
+    pub max_send_rate: u64,
+
     /// Failed AUTHs on one connection before it gets `ERR RATE_LIMITED`.
     #[arg(long, env = "CHATD_AUTH_FAILURES_PER_CONN", default_value_t = 5)]
     pub auth_failures_per_conn: u32,
@@ -207,6 +218,8 @@ impl Config {
             push_queue: 1024,
             push_queue_bytes: 1024 * 1024,
             max_sessions_per_user: 64,
+            max_tokens_per_user: crate::chat::MAX_TOKENS_PER_USER as u64,
+            max_send_rate: crate::chat::DEFAULT_SEND_RATE,
             auth_failures_per_conn: 5,
             auth_failures_per_addr: 20,
             auth_lockout: 60,

@@ -13,11 +13,17 @@
 //! Messages reach the hub in increasing id order per recipient (the topology guarantees it);
 //! the hub also remembers, per online user, the newest id it pushed, and never pushes an id
 //! at or below it, so no session ever receives a lower id after a higher one.
+//!
+//! A session opened with a bearer token (an `/events` stream) is filed under that token too:
+//! a token has at most [`HubLimits::sessions_per_token`] of them, so one leaked token cannot
+//! take all of its user's sessions, and the sessions of a token or a user can be ended when it
+//! logs out.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
+use std::time::Instant;
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -29,8 +35,11 @@ pub struct Hub {
     shared: Arc<Shared>,
 }
 
+/// What identifies the token a session was opened with: the token's SHA-256.
+pub type TokenId = [u8; 32];
+
 struct Shared {
-    online: Mutex<HashMap<Arc<str>, Online>>,
+    state: Mutex<State>,
     next_id: AtomicU64,
     /// Signalled when a user comes online or goes offline.
     presence: Notify,
@@ -46,6 +55,8 @@ pub struct HubLimits {
     pub queue_bytes: usize,
     /// Live sessions (line connections and event streams, on this node) one user may have.
     pub sessions_per_user: usize,
+    /// Live sessions opened with one token (event streams) on this node.
+    pub sessions_per_token: usize,
 }
 
 impl Default for HubLimits {
@@ -54,8 +65,21 @@ impl Default for HubLimits {
             queue_messages: 1024,
             queue_bytes: 1024 * 1024,
             sessions_per_user: 64,
+            sessions_per_token: 8,
         }
     }
+}
+
+#[derive(Default)]
+struct State {
+    online: HashMap<Arc<str>, Online>,
+    /// The sessions open per token, and whose token it is.
+    tokens: HashMap<TokenId, TokenSessions>,
+}
+
+struct TokenSessions {
+    user: Arc<str>,
+    count: usize,
 }
 
 #[derive(Default)]
@@ -65,14 +89,39 @@ struct Online {
     last_pushed: i64,
 }
 
-/// A user already has as many live sessions as allowed.
+/// Why a session could not go online.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TooManySessions(pub usize);
+pub enum TooManySessions {
+    /// The user already has this many live sessions, the most allowed.
+    User(usize),
+    /// The token already has this many live sessions, the most allowed.
+    Token(usize),
+}
+
+/// Why the hub ended a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// It fell so far behind that its queue overflowed.
+    TooSlow,
+    /// Its user logged out everywhere, or the token it was opened with ended.
+    LoggedOut,
+}
 
 struct Subscriber {
     id: u64,
     queue: Arc<PushQueue>,
     kick: CancellationToken,
+    /// The token the session was opened with, if any (boxed: most sessions have none).
+    token: Option<Box<TokenId>>,
+    opened: Instant,
+}
+
+impl Subscriber {
+    /// Ends the session: it gets no more messages, and its kick token is cancelled.
+    fn end(&self, why: Ended) {
+        self.queue.end(why);
+        self.kick.cancel();
+    }
 }
 
 /// One session's bounded queue of live messages.
@@ -89,8 +138,8 @@ struct QueueState {
     bytes: usize,
     /// The session waiting for a message, if it is waiting.
     waker: Option<Waker>,
-    /// The session was dropped for falling behind: it gets no more messages.
-    closed: bool,
+    /// The hub ended the session: it gets no more messages.
+    ended: Option<Ended>,
 }
 
 enum Pushed {
@@ -103,13 +152,9 @@ impl PushQueue {
         let mut state = self.lock();
         let size = queued_size(message);
         let over_bytes = state.bytes + size > self.max_bytes && !state.messages.is_empty();
-        if state.closed || state.messages.len() >= self.capacity || over_bytes {
-            state.closed = true;
-            let waker = state.waker.take();
+        if state.ended.is_some() || state.messages.len() >= self.capacity || over_bytes {
             drop(state);
-            if let Some(waker) = waker {
-                waker.wake();
-            }
+            self.end(Ended::TooSlow);
             return Pushed::Full;
         }
         state.messages.push_back(message.clone());
@@ -120,6 +165,17 @@ impl PushQueue {
             waker.wake();
         }
         Pushed::Queued
+    }
+
+    /// Ends the queue (the first reason given stays) and wakes its session.
+    fn end(&self, why: Ended) {
+        let mut state = self.lock();
+        state.ended.get_or_insert(why);
+        let waker = state.waker.take();
+        drop(state);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
     }
 
     fn pop(&self, state: &mut QueueState) -> Option<Arc<Message>> {
@@ -149,8 +205,8 @@ pub struct Subscription {
 }
 
 impl Subscription {
-    /// The next pushed message; `None` once this session was kicked for falling behind (or
-    /// its kick token was cancelled, e.g. by a shutdown it descends from).
+    /// The next pushed message; `None` once the hub ended this session (see [`Self::ended`])
+    /// or its kick token was cancelled (e.g. by a shutdown it descends from).
     pub async fn next(&mut self) -> Option<Arc<Message>> {
         tokio::select! {
             biased;
@@ -159,11 +215,10 @@ impl Subscription {
         }
     }
 
-    /// Polls for the next pushed message; `None` once the hub dropped this session for
-    /// falling behind.
+    /// Polls for the next pushed message; `None` once the hub ended this session.
     pub fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Option<Arc<Message>>> {
         let mut state = self.queue.lock();
-        if state.closed {
+        if state.ended.is_some() {
             return Poll::Ready(None);
         }
         if let Some(message) = self.queue.pop(&mut state) {
@@ -179,10 +234,15 @@ impl Subscription {
     /// A message that is already queued, without waiting.
     pub fn try_recv(&self) -> Option<Arc<Message>> {
         let mut state = self.queue.lock();
-        if state.closed {
+        if state.ended.is_some() {
             return None;
         }
         self.queue.pop(&mut state)
+    }
+
+    /// Why the hub ended this session, once it has.
+    pub fn ended(&self) -> Option<Ended> {
+        self.queue.lock().ended
     }
 
     #[cfg(test)]
@@ -212,7 +272,7 @@ impl Hub {
     pub fn new(limits: HubLimits) -> Hub {
         Hub {
             shared: Arc::new(Shared {
-                online: Mutex::new(HashMap::new()),
+                state: Mutex::new(State::default()),
                 next_id: AtomicU64::new(0),
                 presence: Notify::new(),
                 limits,
@@ -220,12 +280,14 @@ impl Hub {
         }
     }
 
-    /// Puts a session of `user` online. `kick` is cancelled if the session falls so far
-    /// behind that its queue overflows. Refused when the user has as many sessions as allowed.
+    /// Puts a session of `user` online, opened with `token` if it was. `kick` is cancelled if
+    /// the session falls so far behind that its queue overflows, or is ended. Refused when the
+    /// user, or the token, has as many sessions as allowed.
     pub fn subscribe(
         &self,
         user: Arc<str>,
         kick: CancellationToken,
+        token: Option<TokenId>,
     ) -> Result<Subscription, TooManySessions> {
         let limits = self.shared.limits;
         let queue = Arc::new(PushQueue {
@@ -234,21 +296,36 @@ impl Hub {
             max_bytes: limits.queue_bytes.max(1),
         });
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
-        let subscriber = Subscriber {
+        let mut state = self.lock();
+        let State { online, tokens } = &mut *state;
+        if online
+            .get(&user)
+            .is_some_and(|entry| entry.sessions.len() >= limits.sessions_per_user)
+        {
+            return Err(TooManySessions::User(limits.sessions_per_user));
+        }
+        if let Some(token) = &token {
+            let on_token = tokens.entry(*token).or_insert_with(|| TokenSessions {
+                user: user.clone(),
+                count: 0,
+            });
+            if on_token.count >= limits.sessions_per_token {
+                return Err(TooManySessions::Token(limits.sessions_per_token));
+            }
+            on_token.count += 1;
+        }
+        let entry = online.entry(user.clone()).or_default();
+        entry.sessions.push(Subscriber {
             id,
             queue: queue.clone(),
             kick: kick.clone(),
-        };
-        let mut online = self.lock();
-        let entry = online.entry(user.clone()).or_default();
-        if entry.sessions.len() >= limits.sessions_per_user {
-            return Err(TooManySessions(limits.sessions_per_user));
-        }
-        entry.sessions.push(subscriber);
+            token: token.map(Box::new),
+            opened: Instant::now(),
+        });
         if entry.sessions.len() == 1 {
             self.shared.presence.notify_one();
         }
-        drop(online);
+        drop(state);
         Ok(Subscription {
             hub: self.clone(),
             user,
@@ -259,20 +336,73 @@ impl Hub {
     }
 
     fn unsubscribe(&self, user: &str, id: u64) {
-        let mut online = self.lock();
-        if let Some(entry) = online.get_mut(user) {
-            entry.sessions.retain(|s| s.id != id);
-            if entry.sessions.is_empty() {
-                online.remove(user);
-                self.shared.presence.notify_one();
+        self.remove_sessions(user, |s| s.id == id, None);
+    }
+
+    /// Ends every session of `user` on this node that opened before `opened_before` (all of
+    /// them with `None`); how many.
+    pub fn end_user(&self, user: &str, opened_before: Option<Instant>) -> usize {
+        self.remove_sessions(
+            user,
+            |s| opened_before.is_none_or(|before| s.opened < before),
+            Some(Ended::LoggedOut),
+        )
+    }
+
+    /// Ends every session opened with `token` on this node; how many.
+    pub fn end_token(&self, token: &TokenId) -> usize {
+        let Some(user) = self.lock().tokens.get(token).map(|t| t.user.clone()) else {
+            return 0;
+        };
+        self.remove_sessions(
+            &user,
+            |s| s.token.as_deref() == Some(token),
+            Some(Ended::LoggedOut),
+        )
+    }
+
+    /// The tokens that live sessions on this node were opened with.
+    pub fn tokens_in_use(&self) -> Vec<TokenId> {
+        self.lock().tokens.keys().copied().collect()
+    }
+
+    /// Takes the sessions of `user` that `matches` picks out of the hub, ending them with
+    /// `why` if given; how many.
+    fn remove_sessions(
+        &self,
+        user: &str,
+        matches: impl Fn(&Subscriber) -> bool,
+        why: Option<Ended>,
+    ) -> usize {
+        let mut state = self.lock();
+        let State { online, tokens } = &mut *state;
+        let Some(entry) = online.get_mut(user) else {
+            return 0;
+        };
+        let before = entry.sessions.len();
+        entry.sessions.retain(|s| {
+            if !matches(s) {
+                return true;
             }
+            if let Some(why) = why {
+                s.end(why);
+            }
+            forget_token(tokens, s);
+            false
+        });
+        let removed = before - entry.sessions.len();
+        if entry.sessions.is_empty() {
+            online.remove(user);
+            self.shared.presence.notify_one();
         }
+        removed
     }
 
     /// Pushes a committed message to every online session of its recipient. Returns how many
     /// sessions it was queued for.
     pub fn deliver(&self, message: &Arc<Message>) -> usize {
-        let mut online = self.lock();
+        let mut state = self.lock();
+        let State { online, tokens } = &mut *state;
         let Some(entry) = online.get_mut(&*message.recipient) else {
             return 0;
         };
@@ -294,6 +424,7 @@ impl Hub {
             Pushed::Full => {
                 tracing::warn!(user = %message.recipient, "session too slow to read its messages; disconnecting it");
                 s.kick.cancel();
+                forget_token(tokens, s);
                 false
             }
         });
@@ -306,9 +437,30 @@ impl Hub {
 
     /// Names of the users with at least one live session, sorted.
     pub fn online_users(&self) -> Vec<Arc<str>> {
-        let mut users: Vec<Arc<str>> = self.lock().keys().cloned().collect();
+        self.online_after("", usize::MAX)
+    }
+
+    /// The first `limit` names, in byte order, after `after` of the users with at least one
+    /// live session: the names past `after` are picked out, and only the `limit` first sorted.
+    pub fn online_after(&self, after: &str, limit: usize) -> Vec<Arc<str>> {
+        let mut users: Vec<Arc<str>> = self
+            .lock()
+            .online
+            .keys()
+            .filter(|u| &***u > after)
+            .cloned()
+            .collect();
+        if users.len() > limit {
+            users.select_nth_unstable(limit);
+            users.truncate(limit);
+        }
         users.sort_unstable();
         users
+    }
+
+    /// How many users have at least one live session.
+    pub fn online_count(&self) -> usize {
+        self.lock().online.len()
     }
 
     /// Resolves after a user came online or went offline (at least once since the last call).
@@ -318,13 +470,26 @@ impl Hub {
 
     #[cfg(test)]
     pub fn is_online(&self, user: &str) -> bool {
-        self.lock().contains_key(user)
+        self.lock().online.contains_key(user)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Online>> {
-        // A panic while holding this lock cannot leave the map half-updated in a way that
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave the maps half-updated in a way that
         // matters (every operation is a single insert/retain), so poisoning is ignored.
-        self.shared.online.lock().unwrap_or_else(|e| e.into_inner())
+        self.shared.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Counts a session that leaves the hub off its token's.
+fn forget_token(tokens: &mut HashMap<TokenId, TokenSessions>, session: &Subscriber) {
+    let Some(token) = session.token.as_deref() else {
+        return;
+    };
+    if let Some(on_token) = tokens.get_mut(token) {
+        on_token.count -= 1;
+        if on_token.count == 0 {
+            tokens.remove(token);
+        }
     }
 }
 
@@ -346,8 +511,12 @@ mod tests {
     #[tokio::test]
     async fn delivers_to_every_session_and_tracks_presence() {
         let hub = Hub::default();
-        let mut one = hub.subscribe(Arc::from("bob"), CancellationToken::new()).unwrap();
-        let mut two = hub.subscribe(Arc::from("bob"), CancellationToken::new()).unwrap();
+        let mut one = hub
+            .subscribe(Arc::from("bob"), CancellationToken::new(), None)
+            .unwrap();
+        let mut two = hub
+            .subscribe(Arc::from("bob"), CancellationToken::new(), None)
+            .unwrap();
         assert_eq!(hub.online_users(), vec![Arc::<str>::from("bob")]);
         assert_eq!(hub.deliver(&message(1, "bob")), 2);
         assert_eq!(one.next().await.unwrap().id, 1);
@@ -365,8 +534,12 @@ mod tests {
             queue_messages: 2,
             ..HubLimits::default()
         });
-        let slow = hub.subscribe(Arc::from("bob"), CancellationToken::new()).unwrap();
-        let mut fast = hub.subscribe(Arc::from("bob"), CancellationToken::new()).unwrap();
+        let slow = hub
+            .subscribe(Arc::from("bob"), CancellationToken::new(), None)
+            .unwrap();
+        let mut fast = hub
+            .subscribe(Arc::from("bob"), CancellationToken::new(), None)
+            .unwrap();
         hub.deliver(&message(1, "bob"));
         assert_eq!(fast.next().await.unwrap().id, 1);
         hub.deliver(&message(2, "bob"));
@@ -384,7 +557,9 @@ mod tests {
             queue_bytes: 100_000,
             ..HubLimits::default()
         });
-        let slow = hub.subscribe(Arc::from("bob"), CancellationToken::new()).unwrap();
+        let slow = hub
+            .subscribe(Arc::from("bob"), CancellationToken::new(), None)
+            .unwrap();
         let big = |id| {
             Arc::new(Message {
                 body: "x".repeat(40_000),
@@ -401,7 +576,9 @@ mod tests {
     #[tokio::test]
     async fn never_pushes_a_lower_id_after_a_higher_one() {
         let hub = Hub::default();
-        let mut bob = hub.subscribe(Arc::from("bob"), CancellationToken::new()).unwrap();
+        let mut bob = hub
+            .subscribe(Arc::from("bob"), CancellationToken::new(), None)
+            .unwrap();
         assert_eq!(hub.deliver(&message(5, "bob")), 1);
         assert_eq!(hub.deliver(&message(3, "bob")), 0);
         assert_eq!(hub.deliver(&message(5, "bob")), 0);
@@ -416,16 +593,118 @@ mod tests {
             sessions_per_user: 2,
             ..HubLimits::default()
         });
-        let _a = hub.subscribe(Arc::from("bob"), CancellationToken::new()).unwrap();
-        let b = hub.subscribe(Arc::from("bob"), CancellationToken::new()).unwrap();
+        let _a = hub
+            .subscribe(Arc::from("bob"), CancellationToken::new(), None)
+            .unwrap();
+        let b = hub
+            .subscribe(Arc::from("bob"), CancellationToken::new(), None)
+            .unwrap();
         assert_eq!(
-            hub.subscribe(Arc::from("bob"), CancellationToken::new()).err(),
-            Some(TooManySessions(2))
+            hub.subscribe(Arc::from("bob"), CancellationToken::new(), None)
+                .err(),
+            Some(TooManySessions::User(2))
         );
         assert!(hub
-            .subscribe(Arc::from("alice"), CancellationToken::new())
+            .subscribe(Arc::from("alice"), CancellationToken::new(), None)
             .is_ok());
         drop(b);
-        assert!(hub.subscribe(Arc::from("bob"), CancellationToken::new()).is_ok());
+        assert!(hub
+            .subscribe(Arc::from("bob"), CancellationToken::new(), None)
+            .is_ok());
+    }
+
+    #[test]
+    fn sessions_per_token_are_capped_below_the_users() {
+        let hub = Hub::new(HubLimits {
+            sessions_per_user: 4,
+            sessions_per_token: 2,
+            ..HubLimits::default()
+        });
+        let leaked = [7u8; 32];
+        let open = |token| hub.subscribe(Arc::from("bob"), CancellationToken::new(), token);
+        let a = open(Some(leaked)).unwrap();
+        let _b = open(Some(leaked)).unwrap();
+        assert_eq!(open(Some(leaked)).err(), Some(TooManySessions::Token(2)));
+        // The owner's own sessions still go online.
+        let _line = open(None).unwrap();
+        let _other = open(Some([8u8; 32])).unwrap();
+        assert_eq!(open(None).err(), Some(TooManySessions::User(4)));
+        drop(a);
+        assert!(open(Some(leaked)).is_ok());
+    }
+
+    #[tokio::test]
+    async fn ending_a_token_ends_only_its_sessions() {
+        let hub = Hub::default();
+        let token = [1u8; 32];
+        let mut stream = hub
+            .subscribe(Arc::from("bob"), CancellationToken::new(), Some(token))
+            .unwrap();
+        let line = hub
+            .subscribe(Arc::from("bob"), CancellationToken::new(), None)
+            .unwrap();
+        assert_eq!(hub.tokens_in_use(), vec![token]);
+        assert_eq!(hub.end_token(&token), 1);
+        assert_eq!(stream.next().await, None);
+        assert_eq!(stream.ended(), Some(Ended::LoggedOut));
+        assert!(stream.is_kicked());
+        assert_eq!(line.ended(), None);
+        assert!(hub.tokens_in_use().is_empty());
+        assert_eq!(hub.deliver(&message(1, "bob")), 1);
+        // Dropping an ended session changes nothing more.
+        drop(stream);
+        assert!(hub.is_online("bob"));
+    }
+
+    #[tokio::test]
+    async fn ending_a_user_spares_sessions_opened_after() {
+        let hub = Hub::default();
+        let old = hub
+            .subscribe(Arc::from("bob"), CancellationToken::new(), Some([2u8; 32]))
+            .unwrap();
+        let line = hub
+            .subscribe(Arc::from("bob"), CancellationToken::new(), None)
+            .unwrap();
+        let alice = hub
+            .subscribe(Arc::from("alice"), CancellationToken::new(), None)
+            .unwrap();
+        let logout = Instant::now();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let new = hub
+            .subscribe(Arc::from("bob"), CancellationToken::new(), None)
+            .unwrap();
+        assert_eq!(hub.end_user("bob", Some(logout)), 2);
+        assert_eq!(
+            (old.ended(), line.ended()),
+            (Some(Ended::LoggedOut), Some(Ended::LoggedOut))
+        );
+        assert_eq!((new.ended(), alice.ended()), (None, None));
+        assert!(hub.tokens_in_use().is_empty());
+        assert_eq!(hub.end_user("bob", None), 1);
+        assert!(!hub.is_online("bob"));
+    }
+
+    #[test]
+    fn online_users_page_in_byte_order() {
+        let hub = Hub::default();
+        let names = ["bob", "Zed", "alice", "carol", "_x"];
+        let _sessions: Vec<_> = names
+            .iter()
+            .map(|n| {
+                hub.subscribe(Arc::from(*n), CancellationToken::new(), None)
+                    .unwrap()
+            })
+            .collect();
+        let page = |after: &str, limit| -> Vec<String> {
+            hub.online_after(after, limit)
+                .iter()
+                .map(|u| u.to_string())
+                .collect()
+        };
+        assert_eq!(page("", 2), ["Zed", "_x"]);
+        assert_eq!(page("_x", 2), ["alice", "bob"]);
+        assert_eq!(page("bob", 2), ["carol"]);
+        assert_eq!(page("carol", 2), Vec::<String>::new());
+        assert_eq!(hub.online_count(), 5);
     }
 }

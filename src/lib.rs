@@ -142,8 +142,15 @@ impl Server {
                     queue_messages: config.push_queue.max(1),
                     queue_bytes: config.push_queue_bytes.max(1),
                     sessions_per_user: config.max_sessions_per_user.max(1),
+                    // One token (one leaked token) holds at most half of its user's sessions.
+                    sessions_per_token: HubLimits::default()
+                        .sessions_per_token
+                        .min(config.max_sessions_per_user / 2)
+                        .max(1),
                 },
                 node_id: node_id.clone(),
+                tokens_per_user: usize::try_from(config.max_tokens_per_user).unwrap_or(usize::MAX),
+                send_rate: config.max_send_rate,
             },
         );
         // SQLite: a writer and four readers; PostgreSQL: the pool and the LISTEN connection.
@@ -417,8 +424,10 @@ impl Server {
 
 /// The limits and timeouts protocol.md documents, for clients and tests that depend on them.
 pub mod bounds {
-    pub use crate::chat::{MAX_MESSAGE_BYTES, REGISTRATIONS_PER_ADDR};
-    pub use crate::http::tokens::RECHECK as TOKEN_RECHECK;
+    pub use crate::chat::{
+        MAX_MESSAGE_BYTES, MAX_TOKENS_PER_USER, MESSAGE_OVERHEAD as SEND_MESSAGE_OVERHEAD,
+        RECHECK as TOKEN_RECHECK, REGISTRATIONS_PER_ADDR, SEND_BURST_SECS, WHO_PAGE,
+    };
     pub use crate::http::{
         BODIES_AT_ONCE, BODIES_PER_ADDR, BODY_GRACE, BODY_STALL, BODY_TIME, BODY_WAIT, HEADER_TIMEOUT,
         MAX_BODY as MAX_HTTP_BODY, MAX_HEAD, MAX_REPLY_BYTES, MIN_BODY_RATE, SMALL_BODIES_AT_ONCE,

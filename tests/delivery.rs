@@ -421,15 +421,19 @@ async fn thousands_of_streams_for_one_user_are_capped_and_slow_nobody() {
     let mut alice = server.user("alice").await;
     server.client().await.ok("REGISTER bob pw").await;
     let mut carol = server.user("carol").await;
-    let bob_token = http_token(&server.url(""), "bob").await;
+    // Bob logged in 80 times: one token may hold only a few streams, its user many more.
+    let mut bob_tokens = Vec::new();
+    for _ in 0..80 {
+        bob_tokens.push(http_token(&server.url(""), "bob").await);
+    }
     let before = send_p99(&mut carol, &mut alice, None).await;
-    // 5,000 event streams for bob, opened 100 at a time.
+    // 5,000 event streams for bob, opened 100 at a time, each token in turn.
     let mut open = Vec::new();
     let (mut accepted, mut refused) = (0, 0);
     for _ in 0..50 {
         let attempts: Vec<_> = (0..100)
-            .map(|_| {
-                let (addr, token) = (server.http, bob_token.clone());
+            .map(|i| {
+                let (addr, token) = (server.http, bob_tokens[i % bob_tokens.len()].clone());
                 tokio::spawn(async move {
                     use tokio::io::{AsyncReadExt, AsyncWriteExt};
                     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();

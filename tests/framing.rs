@@ -514,6 +514,7 @@ async fn a_slow_reader_gets_a_six_megabyte_inbox_to_the_end() {
     let server = TestServer::start_with(|c| {
         c.max_line = 70_000;
         c.write_stall = 3;
+        c.max_send_rate = 0; // 6 MB of set-up from one sender
     })
     .await;
     fill_inbox(server.addr, 100, 60_000).await;
@@ -559,7 +560,12 @@ const RSS_BOUND_MIB: u64 = 256;
 async fn inbox_replies_to_clients_that_never_read_keep_memory_bounded() {
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}", dir.path().join("chatd.db").display());
-    let server = Process::start_with(&db, &["--no-http", "--max-line", "70000"], None);
+    // 6.5 MB of set-up from one sender: beyond any send budget.
+    let server = Process::start_with(
+        &db,
+        &["--no-http", "--max-line", "70000", "--max-send-rate", "0"],
+        None,
+    );
     let pid = server.child.id();
     fill_inbox(server.addr, 100, 64 * 1024 - 100).await;
     let before = rss_mib(pid);

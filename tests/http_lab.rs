@@ -114,13 +114,15 @@ async fn a_conversation_shows_both_sides_and_who_is_online(backend: Backend) {
     assert_eq!((status, reply["status"].as_str()), (404, Some("NO_SUCH_USER")));
     assert_eq!(call(http.get(server.url("/conversation?with=bob"))).await.0, 401);
 
-    let (_, who) = call(http.get(server.url("/who"))).await;
+    // Who is online is for those logged in.
+    assert_eq!(call(http.get(server.url("/who"))).await.0, 401);
+    let (_, who) = call(http.get(server.url("/who")).bearer_auth(&alice)).await;
     assert_eq!(who["users"], json!([]));
     let _dave = server.user("dave").await;
-    let (_, who) = call(http.get(server.url("/who"))).await;
+    let (_, who) = call(http.get(server.url("/who")).bearer_auth(&alice)).await;
     assert_eq!(
-        (who["users"].clone(), who["count"].as_u64()),
-        (json!(["dave"]), Some(1))
+        (who["users"].clone(), who["count"].as_u64(), who["more"].as_bool()),
+        (json!(["dave"]), Some(1), Some(false))
     );
     server.stop().await;
 }

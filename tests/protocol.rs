@@ -383,7 +383,12 @@ async fn a_full_server_says_busy_instead_of_hanging(backend: Backend) {
 }
 
 async fn a_client_that_never_reads_stalls_nobody(backend: Backend) {
-    let server = TestServer::on_with(backend, |c| c.push_queue = 256).await;
+    // 10 MB from one sender as fast as it goes: a load, beyond any send budget.
+    let server = TestServer::on_with(backend, |c| {
+        c.push_queue = 256;
+        c.max_send_rate = 0;
+    })
+    .await;
     let mut alice = server.user("alice").await;
     let mut carol = server.user("carol").await;
     // Bob logs in and then never reads another byte.

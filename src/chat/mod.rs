@@ -1,17 +1,24 @@
-//! The chat domain: register, authenticate, send, inbox, who. Both facades (the line protocol
-//! and HTTP) call this one place. [`Chat`] is a thin facade over parts with one job each:
+//! The chat domain: register, authenticate, send, inbox, who, log out. Both facades (the line
+//! protocol and HTTP) call this one place. [`Chat`] is a thin facade over parts with one job
+//! each:
 //!
 //! - [`names`]: what a valid name, password and message text are;
 //! - [`auth`]: checking passwords, over [`limits`] (the failed-login table) and [`hashing`]
 //!   (the fair hash queue);
 //! - [`users`]: which users exist;
+//! - [`budget`]: how many bytes a second each user may send;
 //! - [`writer`]: the group-commit writer that stores SENDs;
+//! - [`tokens`]: the HTTP facade's bearer tokens, and [`sessions`]: ending what a token or a
+//!   user opened when it logs out, on every node;
 //! - the [`Topology`]: delivery after a commit, the inbox cache and presence.
 
 mod auth;
+mod budget;
 mod hashing;
 mod limits;
 mod names;
+mod sessions;
+pub mod tokens;
 mod users;
 mod writer;
 
@@ -23,20 +30,25 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{ChatError, ChatResult, Code};
-use crate::hub::{Hub, HubLimits, Subscription};
+use crate::hub::{Hub, HubLimits, Subscription, TooManySessions};
 use crate::store::{Counts, Message, NewMessage, Store, StoreErrorKind};
 use crate::topology::Topology;
 use auth::Auth;
 pub use auth::ConnAuthState;
+use budget::SendBudget;
+pub use budget::{BURST as SEND_BURST_SECS, DEFAULT_RATE as DEFAULT_SEND_RATE, MESSAGE_OVERHEAD};
 pub use hashing::HashLimits;
 use limits::AddrKey;
 pub use limits::{AuthLimits, REGISTRATIONS_PER_ADDR};
 pub use names::{check_client_timestamp, Password, Username, MAX_MESSAGE_BYTES};
+pub use tokens::{Issued, Tokens, MAX_TOKENS_PER_USER, RECHECK};
 use users::{no_such_user, Users};
 use writer::Writer;
 
 /// Most messages one INBOX reply carries.
 pub const INBOX_PAGE: u32 = 100;
+/// Most names one WHO reply carries (names are at most 32 bytes, so under 40 KB as lines).
+pub const WHO_PAGE: usize = 1000;
 /// Every command that waits on the store is answered within this long of its start.
 pub const COMMAND_DEADLINE: Duration = Duration::from_secs(5);
 
@@ -48,6 +60,28 @@ pub struct ChatOptions {
     pub hub: HubLimits,
     /// This node's name (in a cluster, what its announcements carry).
     pub node_id: String,
+    /// Live tokens one user may have; issuing another ends the oldest.
+    pub tokens_per_user: usize,
+    /// Bytes of messages one user may send per second on this node (0: no limit).
+    pub send_rate: u64,
+}
+
+/// One page of who is online.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WhoPage {
+    /// At most [`WHO_PAGE`] names, in byte order.
+    pub users: Vec<Arc<str>>,
+    /// There are more after the last one: ask again after it.
+    pub more: bool,
+}
+
+/// What a "log out everywhere" ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoggedOut {
+    /// The user's tokens, on every node.
+    pub tokens: u64,
+    /// The user's sessions on this node (other nodes end theirs within seconds).
+    pub sessions: usize,
 }
 
 /// The cheap, cloneable handle every connection holds.
@@ -62,7 +96,19 @@ struct Inner {
     writer: Writer,
     auth: Auth,
     users: Users,
+    tokens: Tokens,
+    budget: SendBudget,
     connections: AtomicUsize,
+    /// Stops the task that ends the sessions of ended tokens and logouts.
+    stop_sessions: CancellationToken,
+    sessions: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The sessions task lives no longer than the domain it serves.
+        self.stop_sessions.cancel();
+    }
 }
 
 /// Counts a connection as open for as long as it lives.
@@ -80,6 +126,14 @@ impl Chat {
     pub fn start(store: Store, options: ChatOptions) -> Chat {
         let topology = Topology::start(&store, &options.node_id, Hub::new(options.hub));
         let writer = Writer::start(store.clone(), topology.clone());
+        let tokens = Tokens::new(store.clone(), options.tokens_per_user);
+        let stop_sessions = CancellationToken::new();
+        let sessions = sessions::start(
+            &store,
+            topology.hub().clone(),
+            tokens.clone(),
+            stop_sessions.clone(),
+        );
         Chat {
             inner: Arc::new(Inner {
                 store,
@@ -87,7 +141,11 @@ impl Chat {
                 writer,
                 auth: Auth::new(options.auth, options.hashing),
                 users: Users::default(),
+                tokens,
+                budget: SendBudget::new(options.send_rate),
                 connections: AtomicUsize::new(0),
+                stop_sessions,
+                sessions: std::sync::Mutex::new(Some(sessions)),
             }),
         }
     }
@@ -98,6 +156,16 @@ impl Chat {
         let written = self.inner.writer.close(deadline).await;
         if !written {
             tracing::warn!("the message writer did not finish in time");
+        }
+        self.inner.stop_sessions.cancel();
+        let sessions = self
+            .inner
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(task) = sessions {
+            let _ = tokio::time::timeout_at(deadline, task).await;
         }
         let stopped = self.inner.topology.close(deadline).await;
         written && stopped
@@ -171,7 +239,8 @@ impl Chat {
     }
 
     /// Stores a message and returns it once it is committed; the topology then pushes it to
-    /// the recipient's live sessions. Answered within [`COMMAND_DEADLINE`].
+    /// the recipient's live sessions. Answered within [`COMMAND_DEADLINE`]. A message that
+    /// does not fit the sender's send budget is refused (`RATE_LIMITED`) before it is stored.
     pub async fn send(
         &self,
         from: &Username,
@@ -191,13 +260,19 @@ impl Chat {
         )
         .await
         .map_err(|_| timed_out("looking up the recipient"))??;
+        let budget = &self.inner.budget;
+        budget.take(from.as_arc(), body.len(), Instant::now())?;
         let message = NewMessage {
             sender: from.as_arc().clone(),
             recipient,
             body: body.to_owned(),
             client_timestamp,
         };
-        self.inner.writer.submit(message, deadline).await
+        let stored = self.inner.writer.submit(message, deadline).await;
+        if stored.is_err() {
+            budget.give_back(from.as_str(), body.len());
+        }
+        stored
     }
 
     /// Messages to `user` with id > `after_id`, oldest first, at most `limit` (capped at 1000).
@@ -232,28 +307,82 @@ impl Chat {
         Ok(page.into_iter().map(Arc::new).collect())
     }
 
-    /// Users with at least one live session on any node, sorted.
-    pub async fn who(&self) -> ChatResult<Vec<Arc<str>>> {
-        self.inner.topology.who().await
+    /// Who is online on any node: up to [`WHO_PAGE`] names after `after`, in byte order.
+    pub async fn who(&self, after: &str) -> ChatResult<WhoPage> {
+        let mut users = self.inner.topology.who(after, WHO_PAGE + 1).await?;
+        let more = users.len() > WHO_PAGE;
+        users.truncate(WHO_PAGE);
+        Ok(WhoPage { users, more })
+    }
+
+    /// How many users are online on any node.
+    pub async fn online_count(&self) -> ChatResult<usize> {
+        self.inner.topology.online_count().await
     }
 
     /// Puts an authenticated session online and returns its live feed; `kick` is cancelled
-    /// if the session falls too far behind. `SERVER_BUSY` when the user already has as many
-    /// live sessions as allowed.
-    pub fn go_online(&self, user: &Username, kick: CancellationToken) -> ChatResult<Subscription> {
-        self.inner
-            .topology
-            .hub()
-            .subscribe(user.as_arc().clone(), kick)
-            .map_err(|too_many| {
-                ChatError::new(
+    /// if the session falls too far behind or is ended by a logout. A session opened with a
+    /// bearer `token` ends with the token. `SERVER_BUSY` when the user, or the token, already
+    /// has as many live sessions as allowed.
+    pub fn go_online(
+        &self,
+        user: &Username,
+        kick: CancellationToken,
+        token: Option<&str>,
+    ) -> ChatResult<Subscription> {
+        self.hub()
+            .subscribe(user.as_arc().clone(), kick, token.map(Tokens::id_of))
+            .map_err(|refused| match refused {
+                TooManySessions::User(most) => ChatError::new(
+                    Code::ServerBusy,
+                    format!("{user} already has {most} live sessions, the most allowed; close one first"),
+                ),
+                TooManySessions::Token(most) => ChatError::new(
                     Code::ServerBusy,
                     format!(
-                        "{user} already has {} live sessions, the most allowed; close one first",
-                        too_many.0
+                        "this token already has {most} live event streams, the most allowed; \
+                         close one, or log in again for a token of its own"
                     ),
-                )
+                ),
             })
+    }
+
+    /// The bearer tokens, shared with the HTTP facade.
+    pub fn tokens(&self) -> &Tokens {
+        &self.inner.tokens
+    }
+
+    /// A new bearer token for `user`. Beyond the cap per user the oldest tokens end, and
+    /// what they opened with them.
+    pub async fn issue_token(&self, user: &Username) -> ChatResult<Issued> {
+        let issued = self.inner.tokens.issue(user).await?;
+        for token in &issued.ended {
+            self.hub().end_token(token);
+        }
+        Ok(issued)
+    }
+
+    /// Ends `token` on every node, and its event streams: at once here, within seconds
+    /// elsewhere. The user it belonged to.
+    pub async fn log_out_token(&self, token: &str) -> ChatResult<Username> {
+        let (user, id) = self.inner.tokens.revoke(token).await?;
+        self.hub().end_token(&id);
+        Ok(user)
+    }
+
+    /// Logs `user` out everywhere: every token and every session (logged-in line connections,
+    /// event streams), at once on this node, within seconds on the others. A connection that
+    /// asks for it leaves its own session first if it is to stay open.
+    pub async fn log_out_everywhere(&self, user: &Username) -> ChatResult<LoggedOut> {
+        // This node's sessions end whatever the store says: the user asked to be logged out.
+        let sessions = self.hub().end_user(user.as_str(), None);
+        let tokens = self.inner.tokens.revoke_all(user).await?;
+        tracing::info!(%user, tokens, sessions, "logged out everywhere");
+        Ok(LoggedOut { tokens, sessions })
+    }
+
+    fn hub(&self) -> &Hub {
+        self.inner.topology.hub()
     }
 
     pub async fn counts(&self) -> ChatResult<Counts> {

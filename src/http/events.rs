@@ -1,7 +1,8 @@
 //! `GET /events`: a Server-Sent Events stream of the authenticated user's new messages, with
 //! the same ids as the line protocol. With `Last-Event-ID` (sent by browsers on reconnect) or
 //! `?after=ID`, the messages after that id are replayed first, so a reconnecting client misses
-//! nothing. The stream holds its connection's place in the connection budget while it lives.
+//! nothing. The stream holds its connection's place in the connection budget while it lives,
+//! and ends when its user logs out everywhere or the token it was opened with ends.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -14,7 +15,7 @@ use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::Stream;
 
-use super::extract::{HeaderAuth, Payload};
+use super::extract::{HeaderAuth, HeaderCredentials, Payload};
 use super::routes::{acting_user, MessageView};
 use super::status::HttpResult;
 use super::AppState;
@@ -44,6 +45,12 @@ pub async fn events(
     payload: Payload,
 ) -> HttpResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
     let user = acting_user(&app, header_user, &payload, "username", peer, false).await?;
+    // The token the stream was opened with, if one was (the header's wins, as in acting_user).
+    let token = match HeaderCredentials::of(&headers) {
+        HeaderCredentials::Token(token) => Some(token),
+        HeaderCredentials::None => payload.text("token"),
+        HeaderCredentials::Password { .. } => None,
+    };
     let last_event_id = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -53,7 +60,9 @@ pub async fn events(
         None => payload.count("after")?,
     };
     // Go live before reading the inbox, so nothing committed in between is missed.
-    let live = app.chat.go_online(&user, app.shutdown.child_token())?;
+    let live = app
+        .chat
+        .go_online(&user, app.shutdown.child_token(), token.as_deref())?;
     let feed = Feed {
         _open: app.chat.connection_opened(),
         app,
@@ -76,9 +85,13 @@ pub async fn events(
 }
 
 impl Feed {
-    /// The next message to send; `None` ends the stream (shutdown, or too far behind).
+    /// The next message to send; `None` ends the stream (shutdown, too far behind, or logged
+    /// out).
     async fn next(&mut self) -> Option<Arc<Message>> {
         loop {
+            if self.live.ended().is_some() {
+                return None;
+            }
             if let Some(message) = self.replay.pop_front() {
                 self.last_sent = message.id;
                 return Some(message);

@@ -12,7 +12,6 @@ mod guard;
 mod routes;
 mod stall;
 pub mod status;
-pub mod tokens;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -25,7 +24,7 @@ use serde_json::Value;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::chat::Chat;
+use crate::chat::{Chat, Tokens};
 use crate::store::Store;
 
 pub use bodies::{
@@ -47,7 +46,8 @@ pub const PAGE: &str = include_str!("page.html");
 pub struct AppState {
     pub chat: Chat,
     pub store: Store,
-    pub tokens: tokens::Tokens,
+    /// The domain's bearer tokens (the same memory of them as [`Chat`]'s).
+    pub tokens: Tokens,
     pub node_id: String,
     pub started: Instant,
     /// The listeners' addresses, as `/info` reports them.
@@ -76,8 +76,8 @@ impl AppState {
         allowed_hosts: &[String],
     ) -> AppState {
         AppState {
+            tokens: chat.tokens().clone(),
             chat,
-            tokens: tokens::Tokens::new(store.clone()),
             store,
             node_id,
             started: Instant::now(),

@@ -78,7 +78,7 @@ fn wrong_method(hint: &'static str) -> HttpError {
 /// `GET /info`.
 pub async fn info(State(app): State<Arc<AppState>>) -> HttpResult<Response> {
     let counts = app.chat.counts().await?;
-    let online = app.chat.who().await?;
+    let online = app.chat.online_count().await?;
     Ok(success(
         StatusCode::OK,
         json!({
@@ -89,20 +89,29 @@ pub async fn info(State(app): State<Arc<AppState>>) -> HttpResult<Response> {
             "users": counts.users,
             "messages": counts.messages,
             "connections": app.chat.connections(),
-            "online": online.len(),
+            "online": online,
             "listeners": app.listeners,
             "lab": app.lab,
         }),
     ))
 }
 
-/// `GET /who`: the users online on any node, as WHO lists them.
-pub async fn who(State(app): State<Arc<AppState>>) -> HttpResult<Response> {
-    let users = app.chat.who().await?;
-    let users: Vec<&str> = users.iter().map(|u| &**u).collect();
+/// `GET /who {"after"?}`, logged in: the users online on any node, as WHO lists them, a page
+/// of at most [`crate::chat::WHO_PAGE`] names after `after`; `"more": true` when there are
+/// more.
+pub async fn who(
+    State(app): State<Arc<AppState>>,
+    ConnectInfo(peer): Peer,
+    HeaderAuth(header_user): HeaderAuth,
+    payload: Payload,
+) -> HttpResult<Response> {
+    acting_user(&app, header_user, &payload, "username", peer, false).await?;
+    let after = optional_text(&payload, "after")?.unwrap_or_default();
+    let page = app.chat.who(&after).await?;
+    let users: Vec<&str> = page.users.iter().map(|u| &**u).collect();
     Ok(success(
         StatusCode::OK,
-        json!({ "count": users.len(), "users": users }),
+        json!({ "count": users.len(), "more": page.more, "users": users }),
     ))
 }
 
@@ -148,29 +157,57 @@ pub async fn auth(
             None,
         )
         .await?;
-    let (token, lifetime) = app.tokens.issue(&user).await?;
+    let issued = app.chat.issue_token(&user).await?;
     Ok(success(
         StatusCode::OK,
         json!({
             "username": user.as_str(),
-            "token": token,
+            "token": issued.token,
             "token_type": "Bearer",
-            "expires_in": lifetime.as_secs(),
+            "expires_in": issued.lifetime.as_secs(),
         }),
     ))
 }
 
-/// `POST /logout` with `Authorization: Bearer <token>`: the token ends, on every node.
-pub async fn logout(State(app): State<Arc<AppState>>, headers: HeaderMap) -> HttpResult<Response> {
+/// `POST /logout` with `Authorization: Bearer <token>`: the token ends, on every node, and
+/// its event streams with it. With `{"all": true}` and any credentials: every token and every
+/// session of the user end, on every node.
+pub async fn logout(
+    State(app): State<Arc<AppState>>,
+    ConnectInfo(peer): Peer,
+    headers: HeaderMap,
+    HeaderAuth(header_user): HeaderAuth,
+    payload: Payload,
+) -> HttpResult<Response> {
+    if everywhere(&payload)? {
+        let user = acting_user(&app, header_user, &payload, "username", peer, false).await?;
+        let ended = app.chat.log_out_everywhere(&user).await?;
+        return Ok(success(
+            StatusCode::OK,
+            json!({ "username": user.as_str(), "all": true, "tokens_ended": ended.tokens }),
+        ));
+    }
     let HeaderCredentials::Token(token) = HeaderCredentials::of(&headers) else {
         return Err(ChatError::new(
             Code::AuthRequired,
-            "log out with the token to end: Authorization: Bearer <token>",
+            "log out with the token to end: Authorization: Bearer <token> \
+             (or end every session and token of the user with {\"all\": true})",
         )
         .into());
     };
-    let user = app.tokens.revoke(&token).await?;
+    let user = app.chat.log_out_token(&token).await?;
     Ok(success(StatusCode::OK, json!({ "username": user.as_str() })))
+}
+
+/// The `all` field of `/logout`: `true` (or the text `true` or `1`, from a form or a query).
+fn everywhere(payload: &Payload) -> ChatResult<bool> {
+    match payload.0.get("all") {
+        None | Some(Value::Bool(false)) => Ok(false),
+        Some(Value::Bool(true)) => Ok(true),
+        Some(Value::String(s)) if matches!(s.as_str(), "true" | "1") => Ok(true),
+        Some(Value::String(s)) if matches!(s.as_str(), "false" | "0" | "") => Ok(false),
+        Some(_) => Err(ChatError::bad_args("the field \"all\" must be true or false")),
+    }
 }
 
 /// `POST / {"sender", "recipient", "message", "timestamp"}`.
@@ -180,7 +217,7 @@ pub async fn send(
     HeaderAuth(header_user): HeaderAuth,
     payload: Payload,
 ) -> HttpResult<Response> {
-    let user = acting_user(&app, header_user, &payload, "sender", peer, app.lab).await?;
+    let user = acting_user(&app, header_user, &payload, "sender", peer, true).await?;
     let recipient = payload.require("recipient")?;
     let text = payload.require("message")?;
     let timestamp = client_timestamp(&payload)?;
@@ -215,7 +252,7 @@ pub async fn get_messages(
     HeaderAuth(header_user): HeaderAuth,
     payload: Payload,
 ) -> HttpResult<Response> {
-    let user = acting_user(&app, header_user, &payload, "username", peer, app.lab).await?;
+    let user = acting_user(&app, header_user, &payload, "username", peer, true).await?;
     messages_reply(&app, &user, None, &payload).await
 }
 
@@ -368,35 +405,41 @@ impl<'a> MessageView<'a> {
 }
 
 /// The user a request acts as. The `Authorization` header (already checked) wins; else a
-/// `token` field in the body, or a `password` field for the user named in `user_field`. With
-/// `lab` (classroom mode), the user named in `user_field` without any credentials. Whoever the
-/// credentials prove, the user named in `user_field`, when given, must be that same user:
-/// nobody reads or sends as someone else.
+/// `token` field in the body, or a `password` field for the user named in `user_field`. On a
+/// `lab_route` of a server in classroom mode (`--lab`), the user named in `user_field` without
+/// any credentials. Whoever the credentials prove, the user named in `user_field`, when given,
+/// must be that same user: nobody reads or sends as someone else. A field of the wrong type
+/// (`"sender": ["bob"]`, `null`) is refused, never read as absent.
 pub async fn acting_user(
     app: &AppState,
     header_user: Option<Username>,
     payload: &Payload,
     user_field: &str,
     peer: SocketAddr,
-    lab: bool,
+    lab_route: bool,
 ) -> ChatResult<Username> {
-    let named = payload.text(user_field);
-    let user = match (
-        header_user,
-        payload.text("token"),
-        &named,
-        payload.text("password"),
-    ) {
+    let named = optional_text(payload, user_field)?;
+    let token = optional_text(payload, "token")?;
+    let password = optional_text(payload, "password")?;
+    let user = match (header_user, token, &named, password) {
         (Some(user), ..) => user,
         (None, Some(token), ..) => app.tokens.user(&token).await?,
         (None, None, Some(name), Some(password)) => {
             app.chat.authenticate(name, &password, peer.ip(), None).await?
         }
-        (None, None, Some(name), None) if lab => return lab_user(app, name).await,
-        _ => return Err(ChatError::new(
-            Code::AuthRequired,
-            "credentials needed: Authorization: Bearer <token from /auth>, HTTP Basic, or a password field",
-        )),
+        (None, None, Some(name), None) if lab_route && app.lab => return lab_user(app, name).await,
+        (None, None, named, _) => {
+            let mut message = String::from(
+                "credentials needed: Authorization: Bearer <token from /auth>, HTTP Basic, or a password field",
+            );
+            if lab_route && named.is_some() {
+                message.push_str(&format!(
+                    "; a {user_field:?} alone is enough only on a server started with --lab \
+                     (classroom mode, for the lab's client)"
+                ));
+            }
+            return Err(ChatError::new(Code::AuthRequired, message));
+        }
     };
     match named {
         Some(named) if named != user.as_str() => Err(ChatError::new(
@@ -404,6 +447,18 @@ pub async fn acting_user(
             format!("these credentials are {user}'s; they cannot act as {named:?} ({user_field})"),
         )),
         _ => Ok(user),
+    }
+}
+
+/// An optional text field (a number counts as its decimal text); present with any other
+/// type, `null` included, it is `400 BAD_ARGS`.
+fn optional_text(payload: &Payload, name: &str) -> ChatResult<Option<String>> {
+    match payload.0.get(name) {
+        None => Ok(None),
+        Some(_) => payload
+            .text(name)
+            .map(Some)
+            .ok_or_else(|| ChatError::bad_args(format!("the field {name:?} must be text"))),
     }
 }
 

@@ -11,7 +11,7 @@ use super::reply::{escape, needs_escape, put_msg, Reply};
 use super::session::flush;
 use crate::chat::{Chat, ConnAuthState, Username, INBOX_PAGE};
 use crate::error::{ChatError, ChatResult, Code};
-use crate::hub::Subscription;
+use crate::hub::{Ended, Subscription};
 
 /// Messages an INBOX reply reads from the store first; later reads are sized so that about
 /// [`INBOX_READ_BYTES`] of messages are held at once, however large the messages are.
@@ -41,7 +41,14 @@ pub enum Command<'a> {
     Inbox {
         after_id: i64,
     },
-    Who,
+    /// `WHO` or `WHO after <name>`.
+    Who {
+        after: Option<&'a str>,
+    },
+    /// `LOGOUT` (this connection) or `LOGOUT ALL` (everywhere).
+    Logout {
+        all: bool,
+    },
 }
 
 /// What a connection knows about its client.
@@ -75,8 +82,13 @@ impl Context {
         }
     }
 
+    /// Who the connection is logged in as; `None` too once its session was ended by a
+    /// logout elsewhere (the connection is about to be closed).
     pub fn user(&self) -> Option<&Username> {
-        self.session.as_ref().map(|s| &s.user)
+        self.session
+            .as_ref()
+            .filter(|s| s.feed.ended() != Some(Ended::LoggedOut))
+            .map(|s| &s.user)
     }
 }
 
@@ -86,7 +98,8 @@ pub const HELP: &[&str] = &[
     "  AUTH <user> <password>       log in; new messages then arrive as MSG lines",
     "  SEND <user> <text>           send a message (after AUTH); replies OK <id>",
     "  INBOX [after_id]             up to 100 messages with id > after_id, oldest first",
-    "  WHO                          the users online now",
+    "  WHO [after <name>]           the users online now, 1000 at a time (after AUTH)",
+    "  LOGOUT [ALL]                 log out here; ALL: everywhere, every session and token",
     "  PING                         replies OK PONG",
     "  ECHO <text>                  replies OK <text>",
     "  HELP [command]               this text, or more about one command",
@@ -143,7 +156,22 @@ const VERB_HELP: &[(&str, &[&str])] = &[
     ),
     (
         "WHO",
-        &["WHO: the users logged in now, one USER <name> line each, then OK <count>."],
+        &[
+            "WHO [after <name>]: the users logged in now, in name order, one USER <name> line",
+            "  each, then OK <count>. Needs AUTH first. At most 1000 names per reply: when there",
+            "  are more the final line is OK 1000 more; ask again with WHO after <last name>.",
+            "  example: WHO after bob",
+        ],
+    ),
+    (
+        "LOGOUT",
+        &[
+            "LOGOUT: log this connection out; it stays open (AUTH again to log back in).",
+            "LOGOUT ALL: log out everywhere: every other connection logged in as you is closed",
+            "  (it reads BYE logged out everywhere), and every session and token of yours",
+            "  over HTTP ends, on every server sharing the store, within 5 s. This connection",
+            "  stays open, logged out. Use it when you forgot to log out somewhere.",
+        ],
     ),
     ("PING", &["PING: replies OK PONG; shows the server is there."]),
     (
@@ -168,7 +196,7 @@ const VERB_HELP: &[(&str, &[&str])] = &[
 
 /// Every verb, for "did you mean".
 const VERBS: &[&str] = &[
-    "REGISTER", "AUTH", "SEND", "INBOX", "WHO", "PING", "ECHO", "HELP", "QUIT",
+    "REGISTER", "AUTH", "SEND", "INBOX", "WHO", "LOGOUT", "PING", "ECHO", "HELP", "QUIT",
 ];
 
 impl<'a> Command<'a> {
@@ -199,7 +227,20 @@ impl<'a> Command<'a> {
                     }),
             }
         } else if is("WHO") {
-            no_args(rest, "WHO").map(|_| Command::Who)
+            let mut args = rest.split(is_blank).filter(|a| !a.is_empty());
+            match (args.next(), args.next(), args.next()) {
+                (None, ..) => Ok(Command::Who { after: None }),
+                (Some(after), Some(name), None) if after.eq_ignore_ascii_case("after") => {
+                    Ok(Command::Who { after: Some(name) })
+                }
+                _ => Err(ChatError::bad_args("usage: WHO [after <name>]")),
+            }
+        } else if is("LOGOUT") {
+            match rest.trim() {
+                "" => Ok(Command::Logout { all: false }),
+                all if all.eq_ignore_ascii_case("ALL") => Ok(Command::Logout { all: true }),
+                _ => Err(ChatError::bad_args("usage: LOGOUT [ALL]")),
+            }
         } else if is("AUTH") {
             two_args(rest, "AUTH <user> <password>").map(|(user, password)| Command::Auth { user, password })
         } else if is("REGISTER") {
@@ -250,7 +291,8 @@ impl<'a> Command<'a> {
             Command::Auth { user, password } => Box::pin(auth(cx, user, password)).await.into(),
             Command::Send { to, text } => Box::pin(send(cx, to, text)).await.into(),
             Command::Inbox { after_id } => return Box::pin(inbox(cx, conn, shutdown, after_id)).await,
-            Command::Who => Box::pin(who(cx)).await.into(),
+            Command::Who { after } => Box::pin(who(cx, after)).await.into(),
+            Command::Logout { all } => Box::pin(logout(cx, all)).await.into(),
         };
         reply.write_to(conn.out());
         Ok(())
@@ -335,7 +377,7 @@ async fn auth(cx: &mut Context, user: &str, password: &str) -> ChatResult<Reply>
         // Leave the old user's presence before joining as the new one.
         drop(cx.session.take());
         let kick = CancellationToken::new();
-        let feed = cx.chat.go_online(&user, kick.clone())?;
+        let feed = cx.chat.go_online(&user, kick.clone(), None)?;
         cx.session = Some(Box::new(LoggedIn { user, feed, kick }));
     }
     Ok(reply)
@@ -408,13 +450,36 @@ async fn inbox(
     Ok(())
 }
 
-async fn who(cx: &mut Context) -> ChatResult<Reply> {
-    let users = cx.chat.who().await?;
-    let count = users.len();
+/// `USER <name>` lines, then `OK <count>`, or `OK <count> more` when there are more after
+/// the last name.
+async fn who(cx: &mut Context, after: Option<&str>) -> ChatResult<Reply> {
+    logged_in(cx)?;
+    let page = cx.chat.who(after.unwrap_or("")).await?;
+    let count = page.users.len();
     Ok(Reply::lines(
-        users.iter().map(|u| format!("USER {u}")).collect(),
-        count.to_string(),
+        page.users.iter().map(|u| format!("USER {u}")).collect(),
+        if page.more {
+            format!("{count} more")
+        } else {
+            count.to_string()
+        },
     ))
+}
+
+/// Leaves this connection's session; with `all`, every session and token of the user too.
+/// The connection stays open, logged out, either way.
+async fn logout(cx: &mut Context, all: bool) -> ChatResult<Reply> {
+    let user = logged_in(cx)?.clone();
+    // Offline before the rest are ended, so that this connection is not closed with them.
+    drop(cx.session.take());
+    if !all {
+        return Ok(Reply::ok(format!("logged out {user}; AUTH to log in again")));
+    }
+    let ended = cx.chat.log_out_everywhere(&user).await?;
+    Ok(Reply::ok(format!(
+        "logged out everywhere: every session of {user} ended ({} tokens)",
+        ended.tokens
+    )))
 }
 
 fn logged_in(cx: &Context) -> ChatResult<&Username> {
@@ -467,7 +532,7 @@ mod tests {
     fn verbs_are_case_insensitive() {
         assert_eq!(Command::parse("ping"), Ok(Command::Ping));
         assert_eq!(Command::parse("PiNg"), Ok(Command::Ping));
-        assert_eq!(Command::parse("who"), Ok(Command::Who));
+        assert_eq!(Command::parse("who"), Ok(Command::Who { after: None }));
         assert_eq!(Command::parse("Help"), Ok(Command::Help(None)));
         assert_eq!(Command::parse("help send"), Ok(Command::Help(Some("send"))));
         assert_eq!(Command::parse("quit"), Ok(Command::Quit));
@@ -525,7 +590,24 @@ mod tests {
     fn arguments_where_none_belong() {
         assert_eq!(code("PING now"), Code::BadArgs);
         assert_eq!(code("WHO me"), Code::BadArgs);
+        assert_eq!(code("LOGOUT now"), Code::BadArgs);
         assert_eq!(Command::parse("PING  "), Ok(Command::Ping));
+    }
+
+    #[test]
+    fn who_pages_and_logout_everywhere() {
+        assert_eq!(
+            Command::parse("WHO after bob"),
+            Ok(Command::Who { after: Some("bob") })
+        );
+        assert_eq!(
+            Command::parse("who AFTER  bob "),
+            Ok(Command::Who { after: Some("bob") })
+        );
+        assert_eq!(code("WHO after"), Code::BadArgs);
+        assert_eq!(code("WHO after a b"), Code::BadArgs);
+        assert_eq!(Command::parse("logout"), Ok(Command::Logout { all: false }));
+        assert_eq!(Command::parse("LOGOUT all"), Ok(Command::Logout { all: true }));
     }
 
     #[test]
@@ -553,7 +635,11 @@ mod tests {
             })
         );
         assert_eq!(Command::parse("\t PING \x0b"), Ok(Command::Ping));
-        assert_eq!(Command::parse("WHO\x0c"), Ok(Command::Who));
+        assert_eq!(Command::parse("WHO\x0c"), Ok(Command::Who { after: None }));
+        assert_eq!(
+            Command::parse("WHO\tafter\tbob\x0c"),
+            Ok(Command::Who { after: Some("bob") })
+        );
         // SEND's text after the recipient is kept exactly, tabs and form feeds included.
         assert_eq!(
             Command::parse("\x0cSEND\tbob \thello\x0c "),

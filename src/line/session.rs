@@ -18,6 +18,7 @@ use super::reply::{put_line, put_msg, Reply};
 use crate::chat::Chat;
 use crate::config::Config;
 use crate::error::{ChatError, Code};
+use crate::hub::Ended;
 
 /// Pushes written in one go before the session looks at its socket again.
 const PUSH_BATCH: usize = 256;
@@ -79,6 +80,7 @@ pub fn serve(
             Ok(End::Quit | End::Eof) => tracing::debug!("connection closed"),
             Ok(End::Shutdown) => conn.close_with(b"BYE server shutting down\r\n").await,
             Ok(End::Idle) => conn.close_with(b"BYE idle timeout\r\n").await,
+            Ok(End::LoggedOut) => conn.close_with(b"BYE logged out everywhere\r\n").await,
             Ok(End::TooSlow) => {
                 tracing::info!(user = ?cx.user(), peer = %cx.peer, "disconnected: too slow to read its messages")
             }
@@ -95,6 +97,8 @@ enum End {
     Shutdown,
     Idle,
     TooSlow,
+    /// The user logged out everywhere (from another connection, or over HTTP).
+    LoggedOut,
 }
 
 /// The connection's life. While it waits, its task holds only the socket, the context and
@@ -126,8 +130,12 @@ async fn run(
             biased;
             _ = shutdown.cancelled() => return Ok(End::Shutdown),
             pushed = next_push(&mut cx.session) => {
-                // `None`: the hub dropped this session because it fell too far behind.
-                let Some(first) = pushed else { return Ok(End::TooSlow) };
+                // `None`: the hub ended this session, because it fell too far behind or its
+                // user logged out everywhere.
+                let Some(first) = pushed else {
+                    let ended = cx.session.as_ref().and_then(|s| s.feed.ended());
+                    return Ok(if ended == Some(Ended::LoggedOut) { End::LoggedOut } else { End::TooSlow });
+                };
                 if let Some(session) = cx.session.as_mut() {
                     write_pushes(conn, session, &first);
                 }
@@ -198,7 +206,7 @@ async fn idle_expired(idle: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>)
     }
 }
 
-/// The next live message for this session; `None` if the hub dropped it for falling behind.
+/// The next live message for this session; `None` if the hub ended it.
 /// Never resolves while the session is not logged in.
 async fn next_push(session: &mut Option<Box<LoggedIn>>) -> Option<Arc<crate::store::Message>> {
     match session.as_mut() {

@@ -129,11 +129,50 @@ impl Store {
         }
     }
 
-    /// Records a login token by its SHA-256 (hex), valid until `expires_at_us`.
-    pub async fn create_token(&self, token_sha256: &str, user: &str, expires_at_us: i64) -> StoreResult<()> {
+    /// Records a login token by its SHA-256 (hex), valid until `expires_at_us`, and ends the
+    /// user's oldest tokens beyond `max_per_user` (the new one included; atomically, whichever
+    /// nodes issue at once) and the user's expired ones. Returns the hashes of those it ended.
+    pub async fn create_token(
+        &self,
+        token_sha256: &str,
+        user: &str,
+        expires_at_us: i64,
+        max_per_user: usize,
+    ) -> StoreResult<Vec<String>> {
         match self {
-            Store::Sqlite(s) => s.create_token(token_sha256, user, expires_at_us).await,
-            Store::Postgres(s) => s.create_token(token_sha256, user, expires_at_us).await,
+            Store::Sqlite(s) => {
+                s.create_token(token_sha256, user, expires_at_us, max_per_user)
+                    .await
+            }
+            Store::Postgres(s) => {
+                s.create_token(token_sha256, user, expires_at_us, max_per_user)
+                    .await
+            }
+        }
+    }
+
+    /// Which of the given token hashes are of tokens that exist and have not expired.
+    pub async fn live_tokens(&self, tokens: &[String]) -> StoreResult<Vec<String>> {
+        match self {
+            Store::Sqlite(s) => s.live_tokens(tokens).await,
+            Store::Postgres(s) => s.live_tokens(tokens).await,
+        }
+    }
+
+    /// Ends every token of `user` (on PostgreSQL also recording the logout for the other
+    /// nodes); how many there were.
+    pub async fn end_user_tokens(&self, user: &str) -> StoreResult<u64> {
+        match self {
+            Store::Sqlite(s) => s.end_user_tokens(user).await,
+            Store::Postgres(s) => s.end_user_tokens(user).await,
+        }
+    }
+
+    /// Deletes the tokens past their expiry; how many.
+    pub async fn delete_expired_tokens(&self) -> StoreResult<u64> {
+        match self {
+            Store::Sqlite(s) => s.delete_expired_tokens().await,
+            Store::Postgres(s) => s.delete_expired_tokens().await,
         }
     }
 

@@ -20,6 +20,9 @@ use super::{Counts, Message, NewMessage, Notify, StoreError, StoreResult};
 pub const OP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Waiting for a pooled connection: short, so an outage is reported quickly.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a "log out everywhere" is remembered for the nodes to see it: far longer than
+/// they take to look (seconds), and short enough that the table holds only recent ones.
+const LOGOUTS_KEPT: Duration = Duration::from_secs(3600);
 
 type MessageRow = (i64, String, String, String, i64, Option<String>);
 /// A message row with the node that stored it first.
@@ -207,25 +210,125 @@ impl PgStore {
         Ok(rows.into_iter().map(message).collect())
     }
 
-    pub async fn create_token(&self, token_sha256: &str, user: &str, expires_at_us: i64) -> StoreResult<()> {
-        let now = chrono::Utc::now().timestamp_micros();
+    /// Records a token (by its hash) for `user`, and ends the user's oldest tokens beyond
+    /// `max_per_user` (the new one included) and the user's expired ones; returns the hashes of
+    /// the tokens it ended. Issues for one user take a transaction lock on that user first, so
+    /// two nodes issuing at once never both keep a token over the cap; the times are the
+    /// database's, so "oldest" means the same on every node.
+    pub async fn create_token(
+        &self,
+        token_sha256: &str,
+        user: &str,
+        expires_at_us: i64,
+        max_per_user: usize,
+    ) -> StoreResult<Vec<String>> {
         bounded("issuing a token", true, async {
-            sqlx::query("DELETE FROM tokens WHERE expires_at_us <= $1")
-                .bind(now)
-                .execute(&self.pool)
+            let mut tx = self.pool.begin().await?;
+            // Seed 1: a key space apart from the recipients' locks of insert_messages.
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 1))")
+                .bind(user)
+                .execute(&mut *tx)
                 .await?;
             sqlx::query(
-                "INSERT INTO tokens (token_sha256, user_name, created_at_us, expires_at_us) VALUES ($1, $2, $3, $4)",
+                "INSERT INTO tokens (token_sha256, user_name, created_at_us, expires_at_us) \
+                 VALUES ($1, $2, db_now_us(), $3)",
             )
             .bind(token_sha256)
             .bind(user)
-            .bind(now)
             .bind(expires_at_us)
-            .execute(&self.pool)
-            .await
+            .execute(&mut *tx)
+            .await?;
+            let ended: Vec<String> = sqlx::query_scalar(
+                "DELETE FROM tokens WHERE user_name = $1 AND token_sha256 <> $2 AND (expires_at_us <= $3 \
+                 OR token_sha256 IN (SELECT token_sha256 FROM tokens WHERE user_name = $1 \
+                     ORDER BY token_sha256 = $2 DESC, created_at_us DESC, token_sha256 DESC OFFSET $4)) \
+                 RETURNING token_sha256",
+            )
+            .bind(user)
+            .bind(token_sha256)
+            .bind(chrono::Utc::now().timestamp_micros())
+            .bind(max_per_user.max(1) as i64)
+            .fetch_all(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(ended)
         })
+        .await
+    }
+
+    /// Which of `tokens` (hashes) exist and have not expired.
+    pub async fn live_tokens(&self, tokens: &[String]) -> StoreResult<Vec<String>> {
+        bounded(
+            "checking tokens",
+            false,
+            sqlx::query_scalar(
+                "SELECT token_sha256 FROM tokens WHERE token_sha256 = ANY($1) AND expires_at_us > $2",
+            )
+            .bind(tokens)
+            .bind(chrono::Utc::now().timestamp_micros())
+            .fetch_all(&self.pool),
+        )
+        .await
+    }
+
+    /// Ends every token of `user` and records, by the database's clock, that the user logged
+    /// out everywhere, for the other nodes to end the user's sessions too; how many tokens
+    /// there were.
+    pub async fn end_user_tokens(&self, user: &str) -> StoreResult<u64> {
+        bounded("logging out everywhere", true, async {
+            let mut tx = self.pool.begin().await?;
+            let ended = sqlx::query("DELETE FROM tokens WHERE user_name = $1")
+                .bind(user)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            sqlx::query(
+                "INSERT INTO logouts (user_name, at_us) VALUES ($1, db_now_us()) \
+                 ON CONFLICT (user_name) DO UPDATE SET at_us = EXCLUDED.at_us",
+            )
+            .bind(user)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("DELETE FROM logouts WHERE at_us < db_now_us() - $1")
+                .bind(LOGOUTS_KEPT.as_micros() as i64)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(ended)
+        })
+        .await
+    }
+
+    /// The users who logged out everywhere within `window`, each with how long ago (by the
+    /// database's clock, so that no node's clock matters).
+    pub async fn recent_logouts(&self, window: Duration) -> StoreResult<Vec<(String, Duration)>> {
+        let rows: Vec<(String, i64)> = bounded(
+            "reading logouts",
+            false,
+            sqlx::query_as(
+                "SELECT user_name, db_now_us() - at_us FROM logouts WHERE at_us > db_now_us() - $1",
+            )
+            .bind(window.as_micros() as i64)
+            .fetch_all(&self.pool),
+        )
         .await?;
-        Ok(())
+        Ok(rows
+            .into_iter()
+            .map(|(user, ago)| (user, Duration::from_micros(ago.max(0) as u64)))
+            .collect())
+    }
+
+    /// Deletes expired tokens; how many.
+    pub async fn delete_expired_tokens(&self) -> StoreResult<u64> {
+        let done = bounded(
+            "deleting expired tokens",
+            true,
+            sqlx::query("DELETE FROM tokens WHERE expires_at_us <= $1")
+                .bind(chrono::Utc::now().timestamp_micros())
+                .execute(&self.pool),
+        )
+        .await?;
+        Ok(done.rows_affected())
     }
 
     pub async fn token_user(&self, token_sha256: &str) -> StoreResult<Option<(String, i64)>> {
@@ -414,17 +517,27 @@ impl PgStore {
         .await
     }
 
-    /// Users online on other nodes whose heartbeat is newer than `ttl`.
-    pub async fn online_elsewhere(&self, ttl: Duration) -> StoreResult<Vec<String>> {
+    /// Users online on other nodes whose heartbeat is newer than `ttl`, after `after` in byte
+    /// order (the order Rust sorts names in, whatever the database's collation), at most `limit`.
+    pub async fn online_elsewhere(
+        &self,
+        ttl: Duration,
+        after: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<String>> {
         bounded(
             "reading who is online",
             false,
             sqlx::query_scalar(
-                "SELECT DISTINCT p.user_name FROM presence p JOIN nodes n ON n.node_id = p.node_id \
-                 WHERE n.node_id <> $1 AND n.heartbeat_us > db_now_us() - $2",
+                "SELECT DISTINCT p.user_name COLLATE \"C\" AS name FROM presence p \
+                 JOIN nodes n ON n.node_id = p.node_id \
+                 WHERE n.node_id <> $1 AND n.heartbeat_us > db_now_us() - $2 AND p.user_name COLLATE \"C\" > $3 \
+                 ORDER BY name LIMIT $4",
             )
             .bind(&*self.node_id)
             .bind(ttl.as_micros() as i64)
+            .bind(after)
+            .bind(limit.min(i64::MAX as usize) as i64)
             .fetch_all(&self.pool),
         )
         .await

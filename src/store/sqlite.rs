@@ -207,14 +207,20 @@ impl SqliteStore {
             .collect())
     }
 
-    /// Records a token (by its hash) for `user`, and forgets expired ones.
-    pub async fn create_token(&self, token_sha256: &str, user: &str, expires_at_us: i64) -> StoreResult<()> {
+    /// Records a token (by its hash) for `user`, and ends the user's oldest tokens beyond
+    /// `max_per_user` (the new one included) and the user's expired ones; returns the hashes of
+    /// the tokens it ended. One transaction on the one writer connection, so two issues for
+    /// one user never both keep a token over the cap.
+    pub async fn create_token(
+        &self,
+        token_sha256: &str,
+        user: &str,
+        expires_at_us: i64,
+        max_per_user: usize,
+    ) -> StoreResult<Vec<String>> {
+        let failed = |e| StoreError::from_sqlx("issuing a token", true, e);
         let now = chrono::Utc::now().timestamp_micros();
-        sqlx::query("DELETE FROM tokens WHERE expires_at_us <= ?")
-            .bind(now)
-            .execute(&self.writer)
-            .await
-            .map_err(|e| StoreError::from_sqlx("issuing a token", true, e))?;
+        let mut tx = self.writer.begin().await.map_err(failed)?;
         sqlx::query(
             "INSERT INTO tokens (token_sha256, user_name, created_at_us, expires_at_us) VALUES (?, ?, ?, ?)",
         )
@@ -222,10 +228,58 @@ impl SqliteStore {
         .bind(user)
         .bind(now)
         .bind(expires_at_us)
-        .execute(&self.writer)
+        .execute(&mut *tx)
         .await
-        .map_err(|e| StoreError::from_sqlx("issuing a token", true, e))?;
-        Ok(())
+        .map_err(failed)?;
+        let ended: Vec<String> = sqlx::query_scalar(
+            "DELETE FROM tokens WHERE user_name = ?1 AND token_sha256 <> ?2 AND (expires_at_us <= ?3 \
+             OR token_sha256 IN (SELECT token_sha256 FROM tokens WHERE user_name = ?1 \
+                 ORDER BY token_sha256 = ?2 DESC, created_at_us DESC, token_sha256 DESC LIMIT -1 OFFSET ?4)) \
+             RETURNING token_sha256",
+        )
+        .bind(user)
+        .bind(token_sha256)
+        .bind(now)
+        .bind(max_per_user.max(1) as i64)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(failed)?;
+        tx.commit().await.map_err(failed)?;
+        Ok(ended)
+    }
+
+    /// Which of `tokens` (hashes) exist and have not expired.
+    pub async fn live_tokens(&self, tokens: &[String]) -> StoreResult<Vec<String>> {
+        let tokens = serde_json::to_string(tokens).expect("strings serialise");
+        sqlx::query_scalar(
+            "SELECT token_sha256 FROM tokens WHERE token_sha256 IN (SELECT value FROM json_each(?1)) \
+             AND expires_at_us > ?2",
+        )
+        .bind(tokens)
+        .bind(chrono::Utc::now().timestamp_micros())
+        .fetch_all(&self.readers)
+        .await
+        .map_err(|e| StoreError::from_sqlx("checking tokens", false, e))
+    }
+
+    /// Ends every token of `user`; how many there were.
+    pub async fn end_user_tokens(&self, user: &str) -> StoreResult<u64> {
+        let done = sqlx::query("DELETE FROM tokens WHERE user_name = ?")
+            .bind(user)
+            .execute(&self.writer)
+            .await
+            .map_err(|e| StoreError::from_sqlx("ending the tokens", true, e))?;
+        Ok(done.rows_affected())
+    }
+
+    /// Deletes expired tokens; how many.
+    pub async fn delete_expired_tokens(&self) -> StoreResult<u64> {
+        let done = sqlx::query("DELETE FROM tokens WHERE expires_at_us <= ?")
+            .bind(chrono::Utc::now().timestamp_micros())
+            .execute(&self.writer)
+            .await
+            .map_err(|e| StoreError::from_sqlx("deleting expired tokens", true, e))?;
+        Ok(done.rows_affected())
     }
 
     /// The user and expiry of an unexpired token.

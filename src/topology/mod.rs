@@ -186,16 +186,26 @@ impl Topology {
         Ok(page)
     }
 
-    /// Users with at least one live session on any node, sorted.
-    pub async fn who(&self) -> ChatResult<Vec<Arc<str>>> {
-        let mut users = self.hub.online_users();
+    /// The first `limit` users, in byte order, after `after`, with at least one live session
+    /// on any node.
+    pub async fn who(&self, after: &str, limit: usize) -> ChatResult<Vec<Arc<str>>> {
+        let mut users = self.hub.online_after(after, limit);
         if let Mode::Cluster { store, .. } = &self.mode {
-            let elsewhere = store.online_elsewhere(PRESENCE_TTL).await?;
+            let elsewhere = store.online_elsewhere(PRESENCE_TTL, after, limit).await?;
             users.extend(elsewhere.into_iter().map(Arc::from));
             users.sort_unstable();
             users.dedup();
+            users.truncate(limit);
         }
         Ok(users)
+    }
+
+    /// How many users have at least one live session on any node.
+    pub async fn online_count(&self) -> ChatResult<usize> {
+        match &self.mode {
+            Mode::Alone { .. } => Ok(self.hub.online_count()),
+            Mode::Cluster { .. } => Ok(self.who("", usize::MAX).await?.len()),
+        }
     }
 
     /// Stops the background tasks (in a cluster, this node leaves the presence table), waiting
