@@ -376,15 +376,23 @@ fn phase_marks<'a, DB: DrawingBackend + 'a>(
 where
     DB::ErrorType: 'static,
 {
+    // Seconds per pixel, to tell when a label would run into the next one: a phase that
+    // lasted a moment (connecting 50 connections) puts its label a row lower instead.
+    let range = chart.x_range();
+    let width = f64::from(chart.plotting_area().dim_in_pixel().0.max(1));
+    let per_pixel = (range.end - range.start) / width;
+    let (mut row, mut free_from) = (0u32, f64::MIN);
     for (name, t) in &report.timeline.phases {
         let grey = RGBColor(170, 170, 170);
         chart.draw_series(std::iter::once(PathElement::new(
             vec![(*t, 0.0), (*t, top)],
             grey.stroke_width(1),
         )))?;
+        row = if *t < free_from { row + 1 } else { 0 };
+        free_from = t + (7.0 * name.len() as f64 + 10.0) * per_pixel;
         chart.draw_series(std::iter::once(Text::new(
             name.clone(),
-            (*t, top * 0.97),
+            (*t, top * (0.97 - 0.06 * f64::from(row))),
             ("sans-serif", 12).into_font().color(&grey),
         )))?;
     }
