@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::process::Process;
-use common::{Backend, Client, Msg, TestDb, TestServer};
+use common::{Backend, Client, TestDb, TestServer};
 
 /// Polls WHO on `client` until it lists exactly `users`, or fails after `within`.
 async fn who_becomes(client: &mut Client, users: &[&str], within: Duration) -> Duration {
@@ -26,18 +26,6 @@ async fn who_becomes(client: &mut Client, users: &[&str], within: Duration) -> D
             who.data
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn all_messages(client: &mut Client) -> Vec<Msg> {
-    let mut all: Vec<Msg> = Vec::new();
-    loop {
-        let after = all.last().map_or(0, |m| m.id);
-        let page = client.cmd(&format!("INBOX {after}")).await;
-        if page.data.is_empty() {
-            return all;
-        }
-        all.extend(page.data.iter().map(|l| Msg::parse(l)));
     }
 }
 
@@ -90,7 +78,7 @@ async fn two_nodes_serve_one_community() {
     // Every acknowledged message is in the store; bob reads them through node 1.
     let mut bob = Client::connect(node1.addr).await;
     bob.ok("AUTH bob pw").await;
-    let stored: Vec<i64> = all_messages(&mut bob).await.into_iter().map(|m| m.id).collect();
+    let stored = bob.inbox_ids().await;
     assert_eq!(stored, acked);
     drop(node1);
 }
@@ -271,11 +259,7 @@ async fn a_store_outage_fails_commands_cleanly_and_loses_nothing_acknowledged() 
     // bob's own has all the live pushes waiting in it).
     let mut reader = server.client().await;
     reader.ok("AUTH bob pw").await;
-    let stored: Vec<i64> = all_messages(&mut reader)
-        .await
-        .into_iter()
-        .map(|m| m.id)
-        .collect();
+    let stored = reader.inbox_ids().await;
     assert_eq!(stored, acked);
     server.stop().await;
 }

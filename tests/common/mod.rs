@@ -394,16 +394,22 @@ impl Client {
         Msg::parse(&self.line().await)
     }
 
-    /// Every message id in the logged-in user's inbox, oldest first, paging INBOX to the end.
-    pub async fn inbox_ids(&mut self) -> Vec<i64> {
-        let mut ids: Vec<i64> = Vec::new();
+    /// Every message in the logged-in user's inbox, oldest first, paging INBOX to the end.
+    pub async fn whole_inbox(&mut self) -> Vec<Msg> {
+        let mut all: Vec<Msg> = Vec::new();
         loop {
-            let page = self.cmd(&format!("INBOX {}", ids.last().unwrap_or(&0))).await;
+            let after = all.last().map_or(0, |m| m.id);
+            let page = self.cmd(&format!("INBOX {after}")).await;
             if page.data.is_empty() {
-                return ids;
+                return all;
             }
-            ids.extend(page.data.iter().map(|l| Msg::parse(l).id));
+            all.extend(page.data.iter().map(|l| Msg::parse(l)));
         }
+    }
+
+    /// Every message id in the logged-in user's inbox, oldest first.
+    pub async fn inbox_ids(&mut self) -> Vec<i64> {
+        self.whole_inbox().await.iter().map(|m| m.id).collect()
     }
 }
 
