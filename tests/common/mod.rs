@@ -73,8 +73,15 @@ macro_rules! on_both_stores {
 /// PostgreSQL database created for the test and dropped after it.
 pub struct TestDb {
     pub url: String,
-    postgres: Option<(String, String)>,
+    postgres: Option<PgDatabase>,
     _dir: Option<tempfile::TempDir>,
+}
+
+/// A database created on the test PostgreSQL server: its name, and the server's own URL that
+/// dropping it goes through.
+struct PgDatabase {
+    admin: String,
+    name: String,
 }
 
 impl TestDb {
@@ -112,7 +119,7 @@ impl TestDb {
                 conn.close().await.ok();
                 TestDb {
                     url: with_database(&admin, &name),
-                    postgres: Some((admin, name)),
+                    postgres: Some(PgDatabase { admin, name }),
                     _dir: None,
                 }
             }
@@ -121,13 +128,13 @@ impl TestDb {
 
     /// The PostgreSQL database's name, if this is one.
     pub fn pg_name(&self) -> Option<&str> {
-        self.postgres.as_ref().map(|(_, name)| name.as_str())
+        self.postgres.as_ref().map(|pg| pg.name.as_str())
     }
 }
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        if let Some((admin, name)) = self.postgres.take() {
+        if let Some(PgDatabase { admin, name }) = self.postgres.take() {
             // Drop runs outside any runtime's async context: use a small one of its own.
             let _ = std::thread::spawn(move || {
                 let runtime = tokio::runtime::Builder::new_current_thread()
