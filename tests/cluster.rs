@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::process::Process;
-use common::{parse_msg, Backend, Client, TestDb, TestServer};
+use common::{Backend, Client, TestDb, TestServer};
 
 /// Polls WHO on `client` until it lists exactly `users`, or fails after `within`.
 async fn who_becomes(client: &mut Client, users: &[&str], within: Duration) -> Duration {
@@ -26,21 +26,6 @@ async fn who_becomes(client: &mut Client, users: &[&str], within: Duration) -> D
             who.data
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn all_messages(client: &mut Client) -> Vec<(i64, String)> {
-    let mut all = Vec::new();
-    loop {
-        let after = all.last().map_or(0, |(id, _)| *id);
-        let page = client.cmd(&format!("INBOX {after}")).await;
-        if page.data.is_empty() {
-            return all;
-        }
-        all.extend(page.data.iter().map(|l| {
-            let (id, _, _, text) = parse_msg(l);
-            (id, text)
-        }));
     }
 }
 
@@ -67,16 +52,16 @@ async fn two_nodes_serve_one_community() {
     // Bob, on node 2, gets alice's message from node 1 live within a second.
     let sent = Instant::now();
     let id: i64 = alice.ok("SEND bob hello from node 1").await.parse().unwrap();
-    let (pushed, from, _, text) = parse_msg(&bob.line().await);
+    let pushed = bob.msg().await;
     let latency = sent.elapsed();
     assert_eq!(
-        (pushed, from.as_str(), text.as_str()),
+        (pushed.id, pushed.from.as_str(), pushed.text.as_str()),
         (id, "alice", "hello from node 1")
     );
     assert!(latency < Duration::from_secs(1), "took {latency:?}");
     // ... and the other way round.
     let back: i64 = bob.ok("SEND alice hello from node 2").await.parse().unwrap();
-    assert_eq!(parse_msg(&alice.line().await).0, back);
+    assert_eq!(alice.msg().await.id, back);
 
     // More traffic, then node 2 dies without a word.
     let mut acked = vec![id];
@@ -93,11 +78,7 @@ async fn two_nodes_serve_one_community() {
     // Every acknowledged message is in the store; bob reads them through node 1.
     let mut bob = Client::connect(node1.addr).await;
     bob.ok("AUTH bob pw").await;
-    let stored: Vec<i64> = all_messages(&mut bob)
-        .await
-        .into_iter()
-        .map(|(id, _)| id)
-        .collect();
+    let stored = bob.inbox_ids().await;
     assert_eq!(stored, acked);
     drop(node1);
 }
@@ -136,7 +117,7 @@ async fn a_node_cut_off_from_the_store_catches_up_on_what_it_missed() {
     let mut bob = node_b.user("bob").await;
     who_becomes(&mut alice, &["alice", "bob"], Duration::from_secs(5)).await;
     let first = alice.ok("SEND bob before the cut").await;
-    assert_eq!(parse_msg(&bob.line().await).0.to_string(), first);
+    assert_eq!(bob.msg().await.id.to_string(), first);
 
     // Cut node B off: its role may no longer log in, and its connections are terminated.
     admin(&db, &format!("ALTER ROLE {role} NOLOGIN")).await;
@@ -176,18 +157,14 @@ async fn a_node_cut_off_from_the_store_catches_up_on_what_it_missed() {
     admin(&db, &format!("ALTER ROLE {role} LOGIN")).await;
     let mut delivered = Vec::new();
     while delivered.len() < missed.len() {
-        let (id, from, _, text) = parse_msg(&bob.line().await);
-        assert_eq!(from, "alice");
-        assert!(text.starts_with("while you were away"), "{text}");
-        delivered.push(id);
+        let pushed = bob.msg().await;
+        assert_eq!(pushed.from, "alice");
+        assert!(pushed.text.starts_with("while you were away"), "{pushed:?}");
+        delivered.push(pushed.id);
     }
     assert_eq!(delivered, missed, "in order, none lost");
     let last = alice.ok("SEND bob after the cut").await;
-    assert_eq!(
-        parse_msg(&bob.line().await).0.to_string(),
-        last,
-        "no duplicates before it"
-    );
+    assert_eq!(bob.msg().await.id.to_string(), last, "no duplicates before it");
     // And node B serves commands against the store again.
     let deadline = Instant::now() + Duration::from_secs(10);
     while !bob.cmd("SEND alice back again").await.last.starts_with("OK ") {
@@ -282,11 +259,7 @@ async fn a_store_outage_fails_commands_cleanly_and_loses_nothing_acknowledged() 
     // bob's own has all the live pushes waiting in it).
     let mut reader = server.client().await;
     reader.ok("AUTH bob pw").await;
-    let stored: Vec<i64> = all_messages(&mut reader)
-        .await
-        .into_iter()
-        .map(|(id, _)| id)
-        .collect();
+    let stored = reader.inbox_ids().await;
     assert_eq!(stored, acked);
     server.stop().await;
 }

@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{http_token, parse_msg, Backend, Client, TestDb, TestServer};
+use common::{http_token, Backend, Client, Msg, TestDb, TestServer};
 use futures::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -150,7 +150,7 @@ async fn two_writing_nodes_deliver_every_message_once_and_in_order() {
     let mut acked = BTreeSet::new();
     for sender in senders.iter_mut().take(2) {
         let id: i64 = sender.ok("SEND rcpt warm-up").await.parse().unwrap();
-        assert_eq!(parse_msg(&rcpt.line().await).0, id);
+        assert_eq!(rcpt.msg().await.id, id);
         acked.insert(id);
     }
     let mut pushed = acked.iter().copied().collect::<Vec<_>>();
@@ -191,7 +191,7 @@ async fn two_writing_nodes_deliver_every_message_once_and_in_order() {
         let Ok(Some(line)) = tokio::time::timeout(Duration::from_secs(5), rcpt.try_line()).await else {
             break;
         };
-        pushed.push(parse_msg(&line).0);
+        pushed.push(Msg::parse(&line).id);
     }
     assert_increasing("the line session", &pushed);
     assert_exactly("the line session", &pushed, &acked);
@@ -267,21 +267,11 @@ async fn a_bad_message_fails_alone(backend: Backend) {
     // Only the honest messages were stored.
     let mut victim = server.client().await;
     victim.ok("AUTH victim pw").await;
-    let mut stored = 0;
-    let mut after = 0;
-    loop {
-        let page = victim.cmd(&format!("INBOX {after}")).await;
-        if page.data.is_empty() {
-            break;
-        }
-        for line in &page.data {
-            let (id, _, _, text) = parse_msg(line);
-            assert!(text.starts_with("hello "), "{text:?}");
-            after = id;
-            stored += 1;
-        }
+    let stored = victim.whole_inbox().await;
+    for msg in &stored {
+        assert!(msg.text.starts_with("hello "), "{msg:?}");
     }
-    assert_eq!(stored, 1000);
+    assert_eq!(stored.len(), 1000);
     server.stop().await;
 }
 
@@ -324,11 +314,14 @@ async fn control_characters_are_refused_and_text_is_kept_exactly(backend: Backen
     let kept = ["tab\there", "party 🎉🎈", "שלום עולם and مرحبا"];
     for text in kept {
         let id: i64 = alice.ok(&format!("SEND bob {text}")).await.parse().unwrap();
-        let (pushed, from, _, got) = parse_msg(&bob.line().await);
-        assert_eq!((pushed, from.as_str(), got.as_str()), (id, "alice", text));
+        let pushed = bob.msg().await;
+        assert_eq!(
+            (pushed.id, pushed.from.as_str(), pushed.text.as_str()),
+            (id, "alice", text)
+        );
     }
     let inbox = bob.cmd("INBOX").await;
-    let texts: Vec<String> = inbox.data.iter().map(|l| parse_msg(l).3).collect();
+    let texts: Vec<String> = inbox.data.iter().map(|l| Msg::parse(l).text).collect();
     assert_eq!(texts, kept);
     let reply: Value = http
         .get(server.url("/get_messages"))

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::process::Process;
-use common::{parse_msg, Client, TestServer};
+use common::{Client, Msg, TestServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -55,9 +55,9 @@ async fn backspace_and_delete_edit_the_line_before_it_is_parsed() {
         .write("SEND bob caf\u{e9}\x7fe olé\x08\x08\x08cheers\r\n".as_bytes())
         .await;
     let id = alice.ok_reply().await;
-    let (pushed, _, _, text) = parse_msg(&bob.line().await);
-    assert_eq!(pushed.to_string(), id);
-    assert_eq!(text, "cafe cheers");
+    let pushed = bob.msg().await;
+    assert_eq!(pushed.id.to_string(), id);
+    assert_eq!(pushed.text, "cafe cheers");
     server.stop().await;
 }
 
@@ -71,9 +71,9 @@ async fn a_stray_0xff_never_eats_the_line_end() {
     assert_eq!(alice.err_code().await, "BAD_ENCODING");
     let id = alice.ok_reply().await;
     assert_eq!(alice.reply().await.last, "OK PONG");
-    let (pushed, from, _, text) = parse_msg(&carol.line().await);
+    let pushed = carol.msg().await;
     assert_eq!(
-        (pushed.to_string(), from.as_str(), text.as_str()),
+        (pushed.id.to_string(), pushed.from.as_str(), pushed.text.as_str()),
         (id, "alice", "x")
     );
     // Bob got nothing, least of all carol's text.
@@ -371,8 +371,8 @@ async fn pushes_to_a_telnet_client_start_on_a_fresh_line() {
     // The line goes on where it was.
     bob.write(b" typed\n").await;
     let id = bob.ok_reply().await;
-    let (pushed, _, _, text) = parse_msg(&alice.line().await);
-    assert_eq!((pushed.to_string(), text.as_str()), (id, "half typed"));
+    let pushed = alice.msg().await;
+    assert_eq!((pushed.id.to_string(), pushed.text.as_str()), (id, "half typed"));
     server.stop().await;
 }
 
@@ -410,10 +410,10 @@ async fn stored_control_characters_are_written_escaped() {
         raw.push(bob.bytes(1).await[0]);
     }
     let text = String::from_utf8(raw).unwrap();
-    let bodies: Vec<&str> = text
+    let bodies: Vec<String> = text
         .split("\r\n")
         .filter(|l| l.starts_with("MSG "))
-        .map(|l| l.splitn(5, ' ').nth(4).unwrap())
+        .map(|l| Msg::parse(l).text)
         .collect();
     assert_eq!(
         bodies,

@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{parse_msg, Backend, TestServer};
+use common::{Backend, TestServer};
 use futures::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -346,9 +346,9 @@ async fn an_http_message_pops_up_in_a_telnet_session(backend: Backend) {
             &json!({"sender": "alice", "recipient": "bob", "message": "from the web", "timestamp": "x"}),
         ))
         .await;
-    let (id, from, _, text) = parse_msg(&bob.line().await);
+    let pushed = bob.msg().await;
     assert_eq!(
-        (id, from.as_str(), text.as_str()),
+        (pushed.id, pushed.from.as_str(), pushed.text.as_str()),
         (sent["id"].as_i64().unwrap(), "alice", "from the web")
     );
     server.stop().await;

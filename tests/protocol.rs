@@ -4,7 +4,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{parse_msg, Backend, Client, TestServer};
+use common::{Backend, Client, Msg, TestServer};
 
 async fn greeting_ping_echo_help_quit(backend: Backend) {
     let server = TestServer::on(backend).await;
@@ -80,26 +80,24 @@ async fn send_and_inbox(backend: Backend) {
     assert!(id2 > id1);
 
     // Bob is online, so the message is pushed to him live...
-    let (pushed_id, from, time, text) = parse_msg(&bob.line().await);
+    let pushed = bob.msg().await;
     assert_eq!(
-        (pushed_id, from.as_str(), text.as_str()),
+        (pushed.id, pushed.from.as_str(), pushed.text.as_str()),
         (id1, "alice", " hello,  bob! ")
     );
-    let sent_at = chrono::DateTime::parse_from_rfc3339(&time).expect("RFC 3339 time");
-    assert!(time.ends_with('Z'), "UTC: {time}");
+    let sent_at = chrono::DateTime::parse_from_rfc3339(&pushed.time).expect("RFC 3339 time");
+    assert!(pushed.time.ends_with('Z'), "UTC: {}", pushed.time);
     assert!((sent_at.timestamp_millis() - before).abs() < 60_000);
-    // ... and it is in his inbox; alice's note to herself is in hers.
+    // ... and it is in his inbox, as pushed; alice's note to herself is in hers.
     let inbox = bob.cmd("INBOX").await;
     assert_eq!(inbox.last, "OK 1");
-    assert_eq!(
-        parse_msg(&inbox.data[0]),
-        (id1, "alice".into(), time.clone(), " hello,  bob! ".into())
-    );
+    assert_eq!(Msg::parse(&inbox.data[0]), pushed);
     let own = alice.cmd("INBOX").await;
     assert!(
         own.data
             .iter()
-            .any(|l| l.starts_with(&format!("MSG {id2} alice "))),
+            .map(|l| Msg::parse(l))
+            .any(|m| m.id == id2 && m.from == "alice"),
         "{own:?}"
     );
     assert_eq!(bob.cmd(&format!("INBOX {id1}")).await.last, "OK 0");
@@ -222,9 +220,12 @@ async fn live_push_reaches_every_session_of_the_recipient(backend: Backend) {
     bob2.ok("AUTH bob pw").await;
     let id = alice.ok("SEND bob ping from alice").await;
     for bob in [&mut bob1, &mut bob2] {
-        let (pushed, from, _, text) = parse_msg(&bob.line().await);
-        assert_eq!(pushed.to_string(), id);
-        assert_eq!((from.as_str(), text.as_str()), ("alice", "ping from alice"));
+        let pushed = bob.msg().await;
+        assert_eq!(pushed.id.to_string(), id);
+        assert_eq!(
+            (pushed.from.as_str(), pushed.text.as_str()),
+            ("alice", "ping from alice")
+        );
     }
     // A push never lands inside a reply: bob's next command still gets just its own reply.
     assert_eq!(bob1.cmd("PING").await.data, Vec::<String>::new());
@@ -300,11 +301,11 @@ async fn inbox_pages_past_100(backend: Backend) {
         assert_eq!(page.last, format!("OK {expected}"));
         assert_eq!(page.data.len(), expected);
         for line in &page.data {
-            let (id, from, _, text) = parse_msg(line);
-            assert!(id > after, "oldest first, after the given id");
-            assert_eq!(from, "alice");
-            seen.push(text);
-            after = id;
+            let msg = Msg::parse(line);
+            assert!(msg.id > after, "oldest first, after the given id");
+            assert_eq!(msg.from, "alice");
+            after = msg.id;
+            seen.push(msg.text);
         }
     }
     let expected: Vec<String> = (0..250).map(|i| format!("message {i}")).collect();
@@ -427,19 +428,7 @@ async fn a_client_that_never_reads_stalls_nobody(backend: Backend) {
     // Nothing was lost: everything is in bob's inbox, in order.
     let mut bob = server.client().await;
     bob.ok("AUTH bob pw").await;
-    let mut after = 0;
-    let mut stored = Vec::new();
-    loop {
-        let page = bob.cmd(&format!("INBOX {after}")).await;
-        if page.data.is_empty() {
-            break;
-        }
-        for line in page.data {
-            let (id, _, _, _) = parse_msg(&line);
-            stored.push(id.to_string());
-            after = id;
-        }
-    }
+    let stored: Vec<String> = bob.inbox_ids().await.iter().map(i64::to_string).collect();
     assert_eq!(stored, ids);
     server.stop().await;
 }

@@ -159,7 +159,7 @@ async fn logout_ends_the_streams_of_its_token(backend: Backend) {
     let id = send(&mut bob, "alice", "before").await;
     receives(&mut on_one, id).await;
     receives(&mut on_two, id).await;
-    assert_eq!(common::parse_msg(&alice_line.line().await).0, id);
+    assert_eq!(alice_line.msg().await.id, id);
 
     let http = reqwest::Client::new();
     let (status, reply) = call(http.post(server.url("/logout")).bearer_auth(&one)).await;
@@ -174,7 +174,7 @@ async fn logout_ends_the_streams_of_its_token(backend: Backend) {
     // The user's other token, and the line session, go on.
     let id = send(&mut bob, "alice", "after").await;
     receives(&mut on_two, id).await;
-    assert_eq!(common::parse_msg(&alice_line.line().await).0, id);
+    assert_eq!(alice_line.msg().await.id, id);
     server.stop().await;
 }
 
@@ -228,10 +228,10 @@ async fn log_out_everywhere_from_the_line(backend: Backend) {
     alice.ok("AUTH alice pw").await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let id = send(&mut alice, "bob", "back again").await;
-    assert_eq!(common::parse_msg(&bob.line().await).0, id);
+    assert_eq!(bob.msg().await.id, id);
     // Nobody else was touched.
     let id = send(&mut bob, "alice", "welcome back").await;
-    assert_eq!(common::parse_msg(&alice.line().await).0, id);
+    assert_eq!(alice.msg().await.id, id);
     server.stop().await;
 }
 
@@ -286,7 +286,7 @@ async fn logout_on_the_line_ends_only_that_connection(backend: Backend) {
     assert_eq!(alice.err("INBOX").await, "AUTH_REQUIRED");
     // Its pushes stop; the other connection still gets them.
     let id = send(&mut bob, "alice", "one of you").await;
-    assert_eq!(common::parse_msg(&alice_elsewhere.line().await).0, id);
+    assert_eq!(alice_elsewhere.msg().await.id, id);
     alice.ok("PING").await;
     let help = alice.cmd("HELP LOGOUT").await;
     assert!(help.data.iter().any(|l| l.starts_with("LOGOUT ALL")), "{help:?}");
@@ -350,7 +350,7 @@ async fn one_token_cannot_fill_its_users_sessions(backend: Backend) {
     let mut own_stream = open_events(&server, |r| r.basic_auth("alice", Some("pw"))).await;
     let mut bob = server.user("bob").await;
     let id = send(&mut bob, "alice", "still reachable").await;
-    assert_eq!(common::parse_msg(&owner.line().await).0, id);
+    assert_eq!(owner.msg().await.id, id);
     receives(&mut own_stream, id).await;
     drop(open);
     server.stop().await;
@@ -763,7 +763,7 @@ async fn logging_out_everywhere_reaches_every_node() {
     again.ok("AUTH alice pw").await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     let id = send(&mut bob, "alice", "are you back?").await;
-    assert_eq!(common::parse_msg(&again.line().await).0, id);
+    assert_eq!(again.msg().await.id, id);
     send(&mut again, "bob", "yes").await;
     a.stop().await;
     b.stop().await;

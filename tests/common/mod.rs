@@ -73,8 +73,15 @@ macro_rules! on_both_stores {
 /// PostgreSQL database created for the test and dropped after it.
 pub struct TestDb {
     pub url: String,
-    postgres: Option<(String, String)>,
+    postgres: Option<PgDatabase>,
     _dir: Option<tempfile::TempDir>,
+}
+
+/// A database created on the test PostgreSQL server: its name, and the server's own URL that
+/// dropping it goes through.
+struct PgDatabase {
+    admin: String,
+    name: String,
 }
 
 impl TestDb {
@@ -112,7 +119,7 @@ impl TestDb {
                 conn.close().await.ok();
                 TestDb {
                     url: with_database(&admin, &name),
-                    postgres: Some((admin, name)),
+                    postgres: Some(PgDatabase { admin, name }),
                     _dir: None,
                 }
             }
@@ -121,13 +128,13 @@ impl TestDb {
 
     /// The PostgreSQL database's name, if this is one.
     pub fn pg_name(&self) -> Option<&str> {
-        self.postgres.as_ref().map(|(_, name)| name.as_str())
+        self.postgres.as_ref().map(|pg| pg.name.as_str())
     }
 }
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        if let Some((admin, name)) = self.postgres.take() {
+        if let Some(PgDatabase { admin, name }) = self.postgres.take() {
             // Drop runs outside any runtime's async context: use a small one of its own.
             let _ = std::thread::spawn(move || {
                 let runtime = tokio::runtime::Builder::new_current_thread()
@@ -389,16 +396,27 @@ impl Client {
 }
 
 impl Client {
-    /// Every message id in the logged-in user's inbox, oldest first, paging INBOX to the end.
-    pub async fn inbox_ids(&mut self) -> Vec<i64> {
-        let mut ids: Vec<i64> = Vec::new();
+    /// The next line, which must be a `MSG` push.
+    pub async fn msg(&mut self) -> Msg {
+        Msg::parse(&self.line().await)
+    }
+
+    /// Every message in the logged-in user's inbox, oldest first, paging INBOX to the end.
+    pub async fn whole_inbox(&mut self) -> Vec<Msg> {
+        let mut all: Vec<Msg> = Vec::new();
         loop {
-            let page = self.cmd(&format!("INBOX {}", ids.last().unwrap_or(&0))).await;
+            let after = all.last().map_or(0, |m| m.id);
+            let page = self.cmd(&format!("INBOX {after}")).await;
             if page.data.is_empty() {
-                return ids;
+                return all;
             }
-            ids.extend(page.data.iter().map(|l| parse_msg(l).0));
+            all.extend(page.data.iter().map(|l| Msg::parse(l)));
         }
+    }
+
+    /// Every message id in the logged-in user's inbox, oldest first.
+    pub async fn inbox_ids(&mut self) -> Vec<i64> {
+        self.whole_inbox().await.iter().map(|m| m.id).collect()
     }
 }
 
@@ -429,13 +447,53 @@ pub async fn http_token(base: &str, user: &str) -> String {
     reply["token"].as_str().expect("a token").to_string()
 }
 
-/// Splits a `MSG <id> <from> <time> <text>` line.
-pub fn parse_msg(line: &str) -> (i64, String, String, String) {
-    let mut parts = line.splitn(5, ' ');
-    assert_eq!(parts.next(), Some("MSG"), "{line:?}");
-    let id = parts.next().unwrap().parse().unwrap();
-    let from = parts.next().unwrap().to_string();
-    let time = parts.next().unwrap().to_string();
-    let text = parts.next().unwrap_or("").to_string();
-    (id, from, time, text)
+/// A message as a client is shown it, read by field rather than by position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Msg {
+    pub id: i64,
+    /// The room, `#` and all, for a `ROOM` line; `None` for a direct message's `MSG` line.
+    pub room: Option<String>,
+    /// The sender; `*` for a room's own events.
+    pub from: String,
+    /// The server's commit time, RFC 3339 UTC with milliseconds, as sent.
+    pub time: String,
+    /// The text, escaped as the server wrote it.
+    pub text: String,
+}
+
+impl Msg {
+    /// Reads a `MSG <id> <from> <time> <text>` line: a direct message.
+    pub fn parse(line: &str) -> Msg {
+        Msg::split(line, "MSG")
+    }
+
+    /// Reads a `ROOM <id> <#room> <from> <time> <text>` line: a room's message or event.
+    pub fn parse_room(line: &str) -> Msg {
+        Msg::split(line, "ROOM")
+    }
+
+    fn split(line: &str, verb: &str) -> Msg {
+        let in_room = verb == "ROOM";
+        let mut parts = line.splitn(if in_room { 6 } else { 5 }, ' ');
+        assert_eq!(parts.next(), Some(verb), "{line:?}");
+        let mut field = || {
+            parts
+                .next()
+                .unwrap_or_else(|| panic!("a {verb} line too short: {line:?}"))
+        };
+        let id = field()
+            .parse()
+            .unwrap_or_else(|_| panic!("a {verb} line without an id: {line:?}"));
+        let room = in_room.then(|| field().to_string());
+        let from = field().to_string();
+        let time = field().to_string();
+        let text = parts.next().unwrap_or("").to_string();
+        Msg {
+            id,
+            room,
+            from,
+            time,
+            text,
+        }
+    }
 }
