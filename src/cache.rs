@@ -198,6 +198,9 @@ mod tests {
             body: format!("m{id}"),
             created_at_us: 0,
             client_timestamp: None,
+            event: None,
+            origin: 0,
+            rendered: Default::default(),
         })
     }
 

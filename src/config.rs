@@ -128,6 +128,14 @@ pub struct Config {
     #[arg(long, env = "CHATD_MAX_TOKENS_PER_USER", default_value_t = crate::chat::MAX_TOKENS_PER_USER as u64, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_tokens_per_user: u64,
 
+    /// Members one room may have; JOIN beyond it gets `FORBIDDEN`.
+    #[arg(long, env = "CHATD_MAX_ROOM_MEMBERS", default_value_t = crate::chat::rooms::DEFAULT_MAX_ROOM_MEMBERS, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_room_members: u32,
+
+    /// Rooms one user may be in; JOIN beyond it gets `FORBIDDEN`.
+    #[arg(long, env = "CHATD_MAX_ROOMS_PER_USER", default_value_t = crate::chat::rooms::DEFAULT_MAX_ROOMS_PER_USER, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_rooms_per_user: u32,
+
     /// Bytes of messages one user may send per second on this node, over both doors (each
     /// message counts its text plus 64); bursts of 4 s worth pass at once. Beyond it SEND gets
     /// `ERR RATE_LIMITED` (HTTP 429) with how long to wait. 0: no limit (for load tests).
@@ -219,6 +227,8 @@ impl Config {
             push_queue_bytes: 1024 * 1024,
             max_sessions_per_user: 64,
             max_tokens_per_user: crate::chat::MAX_TOKENS_PER_USER as u64,
+            max_room_members: crate::chat::rooms::DEFAULT_MAX_ROOM_MEMBERS,
+            max_rooms_per_user: crate::chat::rooms::DEFAULT_MAX_ROOMS_PER_USER,
             max_send_rate: crate::chat::DEFAULT_SEND_RATE,
             auth_failures_per_conn: 5,
             auth_failures_per_addr: 20,

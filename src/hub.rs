@@ -10,9 +10,16 @@
 //! connection that receives nothing costs ~100 bytes for it (a tokio channel costs ~800). It
 //! is bounded in messages and in bytes: a reader that falls behind by either is kicked.
 //!
-//! Messages reach the hub in increasing id order per recipient (the topology guarantees it);
-//! the hub also remembers, per online user, the newest id it pushed, and never pushes an id
-//! at or below it, so no session ever receives a lower id after a higher one.
+//! The hub delivers by stream. A session follows its user's inbox and the rooms its user is in
+//! (the user's rooms are loaded when a session goes online, and kept up to date by the join,
+//! leave and removal events of each room's own stream, so a change of membership takes effect
+//! exactly where it falls among the room's messages, on every node). Messages reach the hub in
+//! increasing id order per stream (the topology guarantees it); the hub also remembers, per
+//! stream, the newest id it pushed, and never pushes an id at or below it, so no session ever
+//! receives a lower id after a higher one within a stream.
+//!
+//! A room message is one `Arc<Message>` queued for every session of every online member: it
+//! is stored once and held once, however many members there are.
 //!
 //! A session opened with a bearer token (an `/events` stream) is filed under that token too:
 //! a token has at most [`HubLimits::sessions_per_token`] of them, so one leaked token cannot
@@ -28,7 +35,7 @@ use std::time::Instant;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::store::Message;
+use crate::store::{EventKind, Message};
 
 #[derive(Clone)]
 pub struct Hub {
@@ -75,6 +82,15 @@ struct State {
     online: HashMap<Arc<str>, Online>,
     /// The sessions open per token, and whose token it is.
     tokens: HashMap<TokenId, TokenSessions>,
+    /// The rooms with a member online here: who, and the newest id pushed.
+    rooms: HashMap<Arc<str>, LiveRoom>,
+}
+
+#[derive(Default)]
+struct LiveRoom {
+    /// Members of the room with a live session on this node.
+    members: Vec<Arc<str>>,
+    last_pushed: i64,
 }
 
 struct TokenSessions {
@@ -85,8 +101,13 @@ struct TokenSessions {
 #[derive(Default)]
 struct Online {
     sessions: Vec<Subscriber>,
-    /// The newest message id pushed to this user's sessions.
+    /// The newest id of the user's inbox pushed to this user's sessions.
     last_pushed: i64,
+    /// The rooms the user is in, which its sessions follow.
+    rooms: Vec<Arc<str>>,
+    /// Rooms the user left or was removed from while online here: a list of rooms read from
+    /// the store before that (by [`Hub::follow`]) must not bring them back.
+    left: Vec<Arc<str>>,
 }
 
 /// Why a session could not go online.
@@ -273,7 +294,8 @@ impl Hub {
         Hub {
             shared: Arc::new(Shared {
                 state: Mutex::new(State::default()),
-                next_id: AtomicU64::new(0),
+                // 0 is "no session" (see `Message::origin`).
+                next_id: AtomicU64::new(1),
                 presence: Notify::new(),
                 limits,
             }),
@@ -297,7 +319,7 @@ impl Hub {
         });
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let mut state = self.lock();
-        let State { online, tokens } = &mut *state;
+        let State { online, tokens, .. } = &mut *state;
         if online
             .get(&user)
             .is_some_and(|entry| entry.sessions.len() >= limits.sessions_per_user)
@@ -333,6 +355,35 @@ impl Hub {
             queue,
             kick,
         })
+    }
+
+    /// The sessions of `user` on this node follow `rooms` (the rooms the user is in), if the
+    /// user is online here.
+    pub fn follow(&self, user: &str, rooms: &[Arc<str>]) {
+        let mut state = self.lock();
+        let State {
+            online, rooms: live, ..
+        } = &mut *state;
+        let Some((name, entry)) = online.get_key_value(user) else {
+            return;
+        };
+        let name = name.clone();
+        let new: Vec<Arc<str>> = rooms
+            .iter()
+            .filter(|room| !entry.rooms.contains(room) && !entry.left.contains(room))
+            .cloned()
+            .collect();
+        for room in new {
+            live.entry(room.clone()).or_default().members.push(name.clone());
+            if let Some(entry) = online.get_mut(user) {
+                entry.rooms.push(room);
+            }
+        }
+    }
+
+    /// Whether `user` has a live session on this node.
+    pub fn is_online_here(&self, user: &str) -> bool {
+        self.lock().online.contains_key(user)
     }
 
     fn unsubscribe(&self, user: &str, id: u64) {
@@ -375,7 +426,11 @@ impl Hub {
         why: Option<Ended>,
     ) -> usize {
         let mut state = self.lock();
-        let State { online, tokens } = &mut *state;
+        let State {
+            online,
+            tokens,
+            rooms,
+        } = &mut *state;
         let Some(entry) = online.get_mut(user) else {
             return 0;
         };
@@ -392,45 +447,104 @@ impl Hub {
         });
         let removed = before - entry.sessions.len();
         if entry.sessions.is_empty() {
-            online.remove(user);
-            self.shared.presence.notify_one();
+            self.went_offline(online, rooms, user);
         }
         removed
     }
 
-    /// Pushes a committed message to every online session of its recipient. Returns how many
-    /// sessions it was queued for.
+    /// Takes a user whose last session here ended out of the hub and of its rooms.
+    fn went_offline(
+        &self,
+        online: &mut HashMap<Arc<str>, Online>,
+        rooms: &mut HashMap<Arc<str>, LiveRoom>,
+        user: &str,
+    ) {
+        if let Some(entry) = online.remove(user) {
+            for room in &entry.rooms {
+                unfollow(rooms, room, user);
+            }
+        }
+        self.shared.presence.notify_one();
+    }
+
+    /// Pushes a committed message to every live session following its stream: its recipient's
+    /// sessions, or for a room every session of every member online here but the one that sent
+    /// it. A room's join, leave and removal events also change who follows it, here, exactly
+    /// at their place in the stream: the one who left or was removed gets that event, and
+    /// nothing after it. Returns how many sessions it was queued for.
     pub fn deliver(&self, message: &Arc<Message>) -> usize {
         let mut state = self.lock();
-        let State { online, tokens } = &mut *state;
-        let Some(entry) = online.get_mut(&*message.recipient) else {
+        let State {
+            online,
+            tokens,
+            rooms,
+        } = &mut *state;
+        let Some(room) = message.room() else {
+            let Some(entry) = online.get_mut(&*message.recipient) else {
+                return 0;
+            };
+            if message.id <= entry.last_pushed {
+                tracing::debug!(
+                    id = message.id,
+                    last = entry.last_pushed,
+                    "not pushing an id already passed"
+                );
+                return 0;
+            }
+            entry.last_pushed = message.id;
+            let queued = push_to(entry, message, tokens);
+            if entry.sessions.is_empty() {
+                self.went_offline(online, rooms, &message.recipient);
+            }
+            return queued;
+        };
+        let event = message.event.as_deref();
+        if let Some(joined) = event.filter(|e| e.kind == EventKind::Join) {
+            if let Some((name, entry)) = online.get_key_value(&joined.subject) {
+                if !entry.rooms.contains(room) {
+                    let name = name.clone();
+                    rooms.entry(room.clone()).or_default().members.push(name);
+                    if let Some(entry) = online.get_mut(&joined.subject) {
+                        entry.rooms.push(room.clone());
+                        entry.left.retain(|r| r != room);
+                    }
+                }
+            }
+        }
+        let Some(live) = rooms.get_mut(room) else {
             return 0;
         };
-        if message.id <= entry.last_pushed {
+        if message.id <= live.last_pushed {
             tracing::debug!(
                 id = message.id,
-                last = entry.last_pushed,
+                last = live.last_pushed,
                 "not pushing an id already passed"
             );
             return 0;
         }
-        entry.last_pushed = message.id;
+        live.last_pushed = message.id;
         let mut queued = 0;
-        entry.sessions.retain(|s| match s.queue.push(message) {
-            Pushed::Queued => {
-                queued += 1;
-                true
+        let mut emptied = Vec::new();
+        for member in &live.members {
+            let Some(entry) = online.get_mut(member) else {
+                continue;
+            };
+            queued += push_to(entry, message, tokens);
+            if entry.sessions.is_empty() {
+                emptied.push(member.clone());
             }
-            Pushed::Full => {
-                tracing::warn!(user = %message.recipient, "session too slow to read its messages; disconnecting it");
-                s.kick.cancel();
-                forget_token(tokens, s);
-                false
+        }
+        if let Some(left) = event.filter(|e| e.kind.removes()) {
+            unfollow(rooms, room, &left.subject);
+            if let Some(entry) = online.get_mut(&left.subject) {
+                entry.rooms.retain(|r| r != room);
+                if !entry.left.contains(room) {
+                    entry.left.push(room.clone());
+                }
             }
-        });
-        if entry.sessions.is_empty() {
-            online.remove(&*message.recipient);
-            self.shared.presence.notify_one();
+        }
+        for user in emptied {
+            self.went_offline(online, rooms, &user);
         }
         queued
     }
@@ -480,6 +594,44 @@ impl Hub {
     }
 }
 
+/// Queues `message` for every session of a user but the one that sent it; a session whose
+/// queue is full is kicked and taken out. How many it was queued for.
+fn push_to(
+    entry: &mut Online,
+    message: &Arc<Message>,
+    tokens: &mut HashMap<TokenId, TokenSessions>,
+) -> usize {
+    let mut queued = 0;
+    entry.sessions.retain(|s| {
+        if s.id == message.origin {
+            return true;
+        }
+        match s.queue.push(message) {
+            Pushed::Queued => {
+                queued += 1;
+                true
+            }
+            Pushed::Full => {
+                tracing::warn!(stream = %message.recipient, "session too slow to read its messages; disconnecting it");
+                s.kick.cancel();
+                forget_token(tokens, s);
+                false
+            }
+        }
+    });
+    queued
+}
+
+/// Takes `user` out of the members of `room` that are online here.
+fn unfollow(rooms: &mut HashMap<Arc<str>, LiveRoom>, room: &str, user: &str) {
+    if let Some(live) = rooms.get_mut(room) {
+        live.members.retain(|m| &**m != user);
+        if live.members.is_empty() {
+            rooms.remove(room);
+        }
+    }
+}
+
 /// Counts a session that leaves the hub off its token's.
 fn forget_token(tokens: &mut HashMap<TokenId, TokenSessions>, session: &Subscriber) {
     let Some(token) = session.token.as_deref() else {
@@ -505,6 +657,9 @@ mod tests {
             body: "hi".into(),
             created_at_us: 0,
             client_timestamp: None,
+            event: None,
+            origin: 0,
+            rendered: Default::default(),
         })
     }
 

@@ -151,6 +151,8 @@ impl Server {
                 node_id: node_id.clone(),
                 tokens_per_user: usize::try_from(config.max_tokens_per_user).unwrap_or(usize::MAX),
                 send_rate: config.max_send_rate,
+                max_room_members: config.max_room_members,
+                max_rooms_per_user: config.max_rooms_per_user,
             },
         );
         // SQLite: a writer and four readers; PostgreSQL: the pool and the LISTEN connection.

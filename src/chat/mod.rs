@@ -17,6 +17,7 @@ mod budget;
 mod hashing;
 mod limits;
 mod names;
+pub mod rooms;
 mod sessions;
 pub mod tokens;
 mod users;
@@ -31,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::{ChatError, ChatResult, Code};
 use crate::hub::{Hub, HubLimits, Subscription, TooManySessions};
-use crate::store::{Counts, Message, NewMessage, Store, StoreErrorKind};
+use crate::store::{Counts, Message, NewMessage, Page, Store, StoreErrorKind, Write};
 use crate::topology::Topology;
 use auth::Auth;
 pub use auth::ConnAuthState;
@@ -64,6 +65,10 @@ pub struct ChatOptions {
     pub tokens_per_user: usize,
     /// Bytes of messages one user may send per second on this node (0: no limit).
     pub send_rate: u64,
+    /// Members one room may have.
+    pub max_room_members: u32,
+    /// Rooms one user may be in.
+    pub max_rooms_per_user: u32,
 }
 
 /// One page of who is online.
@@ -99,6 +104,8 @@ struct Inner {
     tokens: Tokens,
     budget: SendBudget,
     connections: AtomicUsize,
+    max_room_members: u32,
+    max_rooms_per_user: u32,
     /// Stops the task that ends the sessions of ended tokens and logouts.
     stop_sessions: CancellationToken,
     sessions: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -144,6 +151,8 @@ impl Chat {
                 tokens,
                 budget: SendBudget::new(options.send_rate),
                 connections: AtomicUsize::new(0),
+                max_room_members: options.max_room_members.max(1),
+                max_rooms_per_user: options.max_rooms_per_user.max(1),
                 stop_sessions,
                 sessions: std::sync::Mutex::new(Some(sessions)),
             }),
@@ -267,8 +276,16 @@ impl Chat {
             recipient,
             body: body.to_owned(),
             client_timestamp,
+            origin: 0,
         };
-        let stored = self.inner.writer.submit(message, deadline).await;
+        let stored = self.inner.writer.submit(Write::Direct(message), deadline).await;
+        let stored = match stored {
+            Ok(Ok(written)) => written
+                .message
+                .ok_or_else(|| ChatError::internal("storing the message", "no row was written")),
+            Ok(Err(refused)) => Err(ChatError::internal("storing the message", format!("{refused:?}"))),
+            Err(e) => Err(e),
+        };
         if stored.is_err() {
             budget.give_back(from.as_str(), body.len());
         }
@@ -293,6 +310,18 @@ impl Chat {
         after_id: i64,
         limit: u32,
     ) -> ChatResult<Vec<Arc<Message>>> {
+        self.conversation_page(user, peer, Page::After(after_id.max(0), limit.clamp(1, 1000)))
+            .await
+    }
+
+    /// A page of the messages between `user` and `peer` in both directions, oldest first (at
+    /// most 1000); `NO_SUCH_USER` for an unknown peer.
+    pub async fn conversation_page(
+        &self,
+        user: &Username,
+        peer: &str,
+        page: Page,
+    ) -> ChatResult<Vec<Arc<Message>>> {
         let peer = Username::parse(peer).map_err(|_| no_such_user(peer))?;
         let peer = self
             .inner
@@ -302,7 +331,7 @@ impl Chat {
         let page = self
             .inner
             .store
-            .conversation(user.as_str(), &peer, after_id.max(0), limit.clamp(1, 1000))
+            .conversation(user.as_str(), &peer, rooms::bounded(page, 1000))
             .await?;
         Ok(page.into_iter().map(Arc::new).collect())
     }
@@ -320,11 +349,25 @@ impl Chat {
         self.inner.topology.online_count().await
     }
 
-    /// Puts an authenticated session online and returns its live feed; `kick` is cancelled
-    /// if the session falls too far behind or is ended by a logout. A session opened with a
-    /// bearer `token` ends with the token. `SERVER_BUSY` when the user, or the token, already
-    /// has as many live sessions as allowed.
-    pub fn go_online(
+    /// Puts an authenticated session online, following its user's inbox and rooms, and
+    /// returns its live feed; `kick` is cancelled if the session falls too far behind or is
+    /// ended by a logout. A session opened with a bearer `token` ends with the token.
+    /// `SERVER_BUSY` when the user, or the token, already has as many live sessions as allowed.
+    pub async fn go_online(
+        &self,
+        user: &Username,
+        kick: CancellationToken,
+        token: Option<&str>,
+    ) -> ChatResult<Subscription> {
+        // Online first, then the rooms: a join committed in between reaches the hub as an
+        // event and is followed from there; the list read after it has it too.
+        let feed = self.subscribe(user, kick, token)?;
+        let rooms = self.inner.store.followed(user.as_str()).await?;
+        self.hub().follow(user.as_str(), &rooms);
+        Ok(feed)
+    }
+
+    fn subscribe(
         &self,
         user: &Username,
         kick: CancellationToken,

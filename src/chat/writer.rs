@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::error::{ChatError, ChatResult, Code, Outcome};
-use crate::store::{Message, NewMessage, Store, StoreError, StoreErrorKind};
+use crate::store::{Message, RoomRefusal, Store, StoreError, StoreErrorKind, Write};
 use crate::topology::Topology;
 
 /// Most SENDs committed in one transaction.
@@ -33,9 +33,20 @@ const QUEUED: u8 = 0;
 const TAKEN: u8 = 1;
 const WITHDRAWN: u8 = 2;
 
+/// What a committed write did: the row it added to its stream, if any, and for a room its
+/// name as shown and its members after the change.
+#[derive(Debug, Clone)]
+pub(crate) struct Written {
+    pub message: Option<Arc<Message>>,
+    pub room: Option<(Arc<str>, i64)>,
+}
+
+/// A write's answer: committed, refused by a room's checks (nothing written), or failed.
+pub(crate) type Answer = ChatResult<Result<Written, RoomRefusal>>;
+
 struct Pending {
-    message: NewMessage,
-    reply: oneshot::Sender<ChatResult<Arc<Message>>>,
+    write: Write,
+    reply: oneshot::Sender<Answer>,
     /// QUEUED until the writer takes it into a batch or the sender withdraws it.
     state: Arc<AtomicU8>,
 }
@@ -54,8 +65,8 @@ impl Writer {
         }
     }
 
-    /// Stores `message` and returns it as committed, or an error by `deadline`.
-    pub async fn submit(&self, message: NewMessage, deadline: Instant) -> ChatResult<Arc<Message>> {
+    /// Commits `write` and says what it did, or an error by `deadline`.
+    pub async fn submit(&self, write: Write, deadline: Instant) -> Answer {
         let queue = self
             .queue
             .lock()
@@ -65,7 +76,7 @@ impl Writer {
         let state = Arc::new(AtomicU8::new(QUEUED));
         let (reply, ack) = oneshot::channel();
         let pending = Pending {
-            message,
+            write,
             reply,
             state: state.clone(),
         };
@@ -151,16 +162,30 @@ async fn run(store: Store, topology: Arc<Topology>, mut queue: mpsc::Receiver<Pe
 async fn commit(store: &Store, topology: &Topology, batch: Vec<Pending>) -> Result<(), StoreError> {
     let mut work = vec![batch];
     while let Some(batch) = work.pop() {
-        let messages: Vec<NewMessage> = batch.iter().map(|p| p.message.clone()).collect();
+        let writes: Vec<&Write> = batch.iter().map(|p| &p.write).collect();
         let started = std::time::Instant::now();
-        let stored = store.insert_messages(&messages, topology.notify().as_ref()).await;
+        let stored = store.commit(&writes, topology.notify().as_ref()).await;
         tracing::debug!(messages = batch.len(), took = ?started.elapsed(), "committed a batch");
         match stored {
-            Ok(stored) => {
-                let stored: Vec<Arc<Message>> = stored.into_iter().map(Arc::new).collect();
-                topology.committed(&stored).await;
-                for (message, pending) in stored.into_iter().zip(batch) {
-                    let _ = pending.reply.send(Ok(message));
+            Ok(done) => {
+                let answers: Vec<Result<Written, RoomRefusal>> = done
+                    .into_iter()
+                    .map(|applied| {
+                        applied.map(|c| Written {
+                            message: c.message.map(Arc::new),
+                            room: c.room,
+                        })
+                    })
+                    .collect();
+                let mut rows: Vec<Arc<Message>> = answers
+                    .iter()
+                    .filter_map(|a| a.as_ref().ok()?.message.clone())
+                    .collect();
+                // A batch's direct messages take their ids before its rooms' rows.
+                rows.sort_unstable_by_key(|m| m.id);
+                topology.committed(&rows).await;
+                for (answer, pending) in answers.into_iter().zip(batch) {
+                    let _ = pending.reply.send(Ok(answer));
                 }
             }
             Err(e) if e.is_unavailable() => {

@@ -62,7 +62,8 @@ pub async fn events(
     // Go live before reading the inbox, so nothing committed in between is missed.
     let live = app
         .chat
-        .go_online(&user, app.shutdown.child_token(), token.as_deref())?;
+        .go_online(&user, app.shutdown.child_token(), token.as_deref())
+        .await?;
     let feed = Feed {
         _open: app.chat.connection_opened(),
         app,

@@ -15,7 +15,8 @@ pub fn status_of(code: Code) -> StatusCode {
     match code {
         Code::BadArgs | Code::BadEncoding => StatusCode::BAD_REQUEST,
         Code::BadCredentials | Code::AuthRequired => StatusCode::UNAUTHORIZED,
-        Code::UnknownCommand | Code::NoSuchUser => StatusCode::NOT_FOUND,
+        Code::UnknownCommand | Code::NoSuchUser | Code::NoSuchRoom => StatusCode::NOT_FOUND,
+        Code::NotMember | Code::Forbidden => StatusCode::FORBIDDEN,
         Code::UserExists => StatusCode::CONFLICT,
         Code::LineTooLong => StatusCode::PAYLOAD_TOO_LARGE,
         Code::RateLimited => StatusCode::TOO_MANY_REQUESTS,

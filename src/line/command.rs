@@ -377,7 +377,7 @@ async fn auth(cx: &mut Context, user: &str, password: &str) -> ChatResult<Reply>
         // Leave the old user's presence before joining as the new one.
         drop(cx.session.take());
         let kick = CancellationToken::new();
-        let feed = cx.chat.go_online(&user, kick.clone(), None)?;
+        let feed = cx.chat.go_online(&user, kick.clone(), None).await?;
         cx.session = Some(Box::new(LoggedIn { user, feed, kick }));
     }
     Ok(reply)

@@ -95,9 +95,44 @@ pub fn msg_line(message: &Message) -> String {
     line
 }
 
+/// `ROOM <id> <#room> <from> <rfc3339-utc> <text>`: a room's message or event (from `*`),
+/// live or in HISTORY, escaped as `MSG` is.
+pub fn room_line(message: &Message) -> String {
+    let mut line =
+        String::with_capacity(56 + message.recipient.len() + message.sender.len() + message.body.len());
+    let from = if message.event.is_some() {
+        "*"
+    } else {
+        &message.sender
+    };
+    let _ = write!(
+        line,
+        "ROOM {} {} {from} {} ",
+        message.id,
+        message.recipient,
+        rfc3339(message.created_at_us),
+    );
+    escape_into(&mut line, &message.body);
+    line
+}
+
 /// Writes a message's `MSG` line, with its line end, straight into `out`.
 pub fn put_msg(out: &mut BytesMut, message: &Message) {
     put_line(out, &msg_line(message));
+}
+
+/// Writes a live message, `MSG` or `ROOM`, with its line end: rendered by the first session
+/// it is pushed to, and shared by the others.
+pub fn put_push(out: &mut BytesMut, message: &Message) {
+    let line = message.rendered.get_or_init(|| {
+        let mut line = match message.room() {
+            Some(_) => room_line(message),
+            None => msg_line(message),
+        };
+        line.push_str("\r\n");
+        line.into_bytes().into_boxed_slice()
+    });
+    out.put_slice(line);
 }
 
 /// Whether a character is written escaped: C0 controls but TAB, DEL, C1 controls, and the
@@ -187,8 +222,46 @@ mod tests {
             body: "hi  there ".into(),
             created_at_us: 1_700_000_000_123_456,
             client_timestamp: None,
+            event: None,
+            origin: 0,
+            rendered: Default::default(),
         };
         assert_eq!(msg_line(&m), "MSG 7 alice 2023-11-14T22:13:20.123Z hi  there ");
+    }
+
+    #[test]
+    fn room_lines_show_events_from_star() {
+        let mut m = Message {
+            id: 9,
+            sender: "alice".into(),
+            recipient: "#Class".into(),
+            body: "hello\x1b".into(),
+            created_at_us: 1_700_000_000_123_456,
+            client_timestamp: None,
+            event: None,
+            origin: 0,
+            rendered: Default::default(),
+        };
+        assert_eq!(
+            room_line(&m),
+            "ROOM 9 #Class alice 2023-11-14T22:13:20.123Z hello^["
+        );
+        let mut out = BytesMut::new();
+        put_push(&mut out, &m);
+        put_push(&mut out, &m);
+        assert_eq!(
+            &out[..],
+            &b"ROOM 9 #Class alice 2023-11-14T22:13:20.123Z hello^[\r\n".repeat(2)[..]
+        );
+        m.body = "alice joined".into();
+        m.event = Some(Box::new(crate::store::RoomEvent {
+            kind: crate::store::EventKind::Join,
+            subject: "alice".into(),
+        }));
+        assert_eq!(
+            room_line(&m),
+            "ROOM 9 #Class * 2023-11-14T22:13:20.123Z alice joined"
+        );
     }
 
     #[test]
@@ -207,6 +280,9 @@ mod tests {
             body: "\x1b]52;c;aGk=\x07".into(),
             created_at_us: 1_700_000_000_123_456,
             client_timestamp: None,
+            event: None,
+            origin: 0,
+            rendered: Default::default(),
         };
         assert_eq!(
             msg_line(&m),

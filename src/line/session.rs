@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::codec::Line;
 use super::command::{Command, Context, LoggedIn};
 use super::connection::{Connection, FLUSH_AT};
-use super::reply::{put_line, put_msg, Reply};
+use super::reply::{put_line, put_push, Reply};
 use crate::chat::Chat;
 use crate::config::Config;
 use crate::error::{ChatError, Code};
@@ -222,13 +222,13 @@ async fn next_push(session: &mut Option<Box<LoggedIn>>) -> Option<Arc<crate::sto
 /// get exactly the `MSG` lines.
 fn write_pushes(conn: &mut Connection, session: &mut LoggedIn, first: &crate::store::Message) {
     conn.begin_pushes();
-    put_msg(conn.out(), first);
+    put_push(conn.out(), first);
     let mut batch = 1;
     while batch < PUSH_BATCH && conn.out().len() < FLUSH_AT {
         let Some(message) = session.feed.try_recv() else {
             break;
         };
-        put_msg(conn.out(), &message);
+        put_push(conn.out(), &message);
         batch += 1;
     }
     conn.end_pushes();

@@ -6,6 +6,7 @@
 
 mod error;
 pub mod postgres;
+pub mod rooms;
 mod sqlite;
 mod sqlite_file;
 pub mod url;
@@ -14,14 +15,21 @@ use std::sync::Arc;
 
 pub use error::{StoreError, StoreErrorKind, StoreResult};
 pub use postgres::PgStore;
+pub use rooms::{
+    Applied, Committed, EventKind, Flag, Page, Role, RoomEvent, RoomInfo, RoomOp, RoomRefusal, RoomSummary,
+    RoomWrite, Write,
+};
 pub use sqlite::SqliteStore;
 pub use url::StoreUrl;
 
-/// A message as stored.
+/// A message as stored: a row of one stream. A stream is one ordered log, named by the
+/// `recipient` column: a user's inbox (a user name) or a room (its name, `#` first, as it was
+/// first created). Within a stream, ids only grow in commit order, on every node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
     pub id: i64,
     pub sender: Arc<str>,
+    /// The stream: the recipient's name, or the room's.
     pub recipient: Arc<str>,
     pub body: String,
     /// Server time of the commit, microseconds since the Unix epoch; authoritative for ordering
@@ -29,6 +37,89 @@ pub struct Message {
     pub created_at_us: i64,
     /// A timestamp the client supplied (HTTP facade), kept as given.
     pub client_timestamp: Option<String>,
+    /// In a room, what changed if this row is an event (a join, a removal...) rather than a
+    /// message someone said. Boxed: most rows are not events.
+    pub event: Option<Box<RoomEvent>>,
+    /// The live session that sent it, on this node, which is answered `OK <id>` rather than
+    /// pushed its own message; 0 for none. Not stored.
+    pub origin: u64,
+    /// Its line as pushed, written once however many sessions it goes to. Not stored.
+    pub rendered: Rendered,
+}
+
+/// A message's line as pushed to live sessions: written by the first session that pushes it,
+/// then shared, so a room message is serialised once per node, not once per member.
+#[derive(Default)]
+pub struct Rendered(std::sync::OnceLock<Box<[u8]>>);
+
+impl Rendered {
+    pub fn get_or_init(&self, render: impl FnOnce() -> Box<[u8]>) -> &[u8] {
+        self.0.get_or_init(render)
+    }
+}
+
+impl Clone for Rendered {
+    /// A copy of a message may be changed: it renders itself again.
+    fn clone(&self) -> Rendered {
+        Rendered::default()
+    }
+}
+
+impl PartialEq for Rendered {
+    /// A cache: it never makes two messages differ.
+    fn eq(&self, _: &Rendered) -> bool {
+        true
+    }
+}
+
+impl Eq for Rendered {}
+
+impl std::fmt::Debug for Rendered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("..")
+    }
+}
+
+impl Message {
+    /// The room this row belongs to, if its stream is a room's.
+    pub fn room(&self) -> Option<&Arc<str>> {
+        self.recipient.starts_with('#').then_some(&self.recipient)
+    }
+}
+
+/// The columns a [`Row`] is read from.
+const COLUMNS: &str = "id, sender, recipient, body, created_at_us, client_timestamp, kind, subject";
+
+/// A row of `messages` as read by [`COLUMNS`].
+type Row = (
+    i64,
+    String,
+    String,
+    String,
+    i64,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+
+fn from_row((id, sender, recipient, body, created_at_us, client_timestamp, kind, subject): Row) -> Message {
+    let event = kind.as_deref().and_then(EventKind::parse).map(|kind| {
+        Box::new(RoomEvent {
+            kind,
+            subject: Arc::from(subject.as_deref().unwrap_or(sender.as_str())),
+        })
+    });
+    Message {
+        id,
+        sender: Arc::from(sender),
+        recipient: Arc::from(recipient),
+        body,
+        created_at_us,
+        client_timestamp,
+        event,
+        origin: 0,
+        rendered: Rendered::default(),
+    }
 }
 
 /// A message waiting to be stored.
@@ -38,6 +129,8 @@ pub struct NewMessage {
     pub recipient: Arc<str>,
     pub body: String,
     pub client_timestamp: Option<String>,
+    /// The live session that sent it (see [`Message::origin`]).
+    pub origin: u64,
 }
 
 /// Counts for `/info` and logs.
@@ -106,18 +199,66 @@ impl Store {
         }
     }
 
-    /// Stores all of `batch` in one transaction and returns them in the same order with their
-    /// ids. Either all are committed or none is. For each recipient, messages become visible in
-    /// id order, whichever process stores them. `notify` (PostgreSQL only) is sent inside
-    /// the transaction, so it reaches listeners only if, and once, the batch commits.
-    pub async fn insert_messages(
-        &self,
-        batch: &[NewMessage],
-        notify: Option<&Notify<'_>>,
-    ) -> StoreResult<Vec<Message>> {
+    /// Commits all of `batch` in one transaction and returns what each write did, in the same
+    /// order: direct messages with their ids, changes to rooms done or refused (a refused one
+    /// writes nothing). Either the whole batch is committed or none of it is. Within each
+    /// stream, rows become visible in id order, whichever process stores them. `notify`
+    /// (PostgreSQL only) is sent inside the transaction, so it reaches listeners only if, and
+    /// once, the batch commits.
+    pub async fn commit(&self, batch: &[&Write], notify: Option<&Notify<'_>>) -> StoreResult<Vec<Applied>> {
         match self {
-            Store::Sqlite(s) => s.insert_messages(batch).await,
-            Store::Postgres(s) => s.insert_messages(batch, notify).await,
+            Store::Sqlite(s) => s.commit(batch).await,
+            Store::Postgres(s) => s.commit(batch, notify).await,
+        }
+    }
+
+    /// A page of one stream (a user's inbox, or a room), oldest first.
+    pub async fn stream(&self, stream: &str, page: Page) -> StoreResult<Vec<Message>> {
+        match self {
+            Store::Sqlite(s) => s.stream(stream, page, "reading the history").await,
+            Store::Postgres(s) => s.stream(stream, page, "reading the history").await,
+        }
+    }
+
+    /// The rooms `user` is in, with their members, unread counts and topics, by name.
+    pub async fn rooms_of(&self, user: &str) -> StoreResult<Vec<RoomSummary>> {
+        match self {
+            Store::Sqlite(s) => s.rooms_of(user).await,
+            Store::Postgres(s) => s.rooms_of(user).await,
+        }
+    }
+
+    /// A room's name as shown, and `user`'s role in it if a member; `None` if there is no
+    /// such room.
+    pub async fn member(&self, room: &str, user: &str) -> StoreResult<Option<(Arc<str>, Option<Role>)>> {
+        match self {
+            Store::Sqlite(s) => s.member(room, user).await,
+            Store::Postgres(s) => s.member(room, user).await,
+        }
+    }
+
+    /// The names of the rooms `user` is in (the streams a session of theirs follows).
+    pub async fn followed(&self, user: &str) -> StoreResult<Vec<Arc<str>>> {
+        match self {
+            Store::Sqlite(s) => s.followed(user).await,
+            Store::Postgres(s) => s.followed(user).await,
+        }
+    }
+
+    /// A room, by its name in any case, with its settings and members.
+    pub async fn room(&self, name: &str) -> StoreResult<Option<RoomInfo>> {
+        match self {
+            Store::Sqlite(s) => s.room(name).await,
+            Store::Postgres(s) => s.room(name).await,
+        }
+    }
+
+    /// Moves `user`'s read mark in the room up to `id` (its newest row if `None`), never
+    /// back; false if `user` is not a member.
+    pub async fn mark_read(&self, room: &str, user: &str, id: Option<i64>) -> StoreResult<bool> {
+        match self {
+            Store::Sqlite(s) => s.mark_read(room, user, id).await,
+            Store::Postgres(s) => s.mark_read(room, user, id).await,
         }
     }
 
@@ -192,18 +333,11 @@ impl Store {
         }
     }
 
-    /// Messages between `user` and `peer`, both ways, with id > `after_id`, oldest first, at
-    /// most `limit`.
-    pub async fn conversation(
-        &self,
-        user: &str,
-        peer: &str,
-        after_id: i64,
-        limit: u32,
-    ) -> StoreResult<Vec<Message>> {
+    /// A page of the messages between `user` and `peer`, both ways, oldest first.
+    pub async fn conversation(&self, user: &str, peer: &str, page: Page) -> StoreResult<Vec<Message>> {
         match self {
-            Store::Sqlite(s) => s.conversation(user, peer, after_id, limit).await,
-            Store::Postgres(s) => s.conversation(user, peer, after_id, limit).await,
+            Store::Sqlite(s) => s.conversation(user, peer, page).await,
+            Store::Postgres(s) => s.conversation(user, peer, page).await,
         }
     }
 

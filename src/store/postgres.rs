@@ -14,7 +14,11 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection as _, PgConnection, PgPool};
 
-use super::{Counts, Message, NewMessage, Notify, StoreError, StoreResult};
+use super::rooms::{self, Flag, Role, RoomEvent, RoomRow, RoomTx};
+use super::{
+    from_row, Applied, Committed, Counts, Message, NewMessage, Notify, Row, StoreError, StoreResult, Write,
+    COLUMNS,
+};
 
 /// The longest any one store operation may take before the caller is told the store is unavailable.
 pub const OP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -23,10 +27,6 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a "log out everywhere" is remembered for the nodes to see it: far longer than
 /// they take to look (seconds), and short enough that the table holds only recent ones.
 const LOGOUTS_KEPT: Duration = Duration::from_secs(3600);
-
-type MessageRow = (i64, String, String, String, i64, Option<String>);
-/// A message row with the node that stored it first.
-type NodeMessageRow = (String, i64, String, String, String, i64, Option<String>);
 
 #[derive(Clone)]
 pub struct PgStore {
@@ -112,37 +112,41 @@ impl PgStore {
         Ok(found.is_some())
     }
 
-    /// Stores the batch in one transaction that also sends `notify`; PostgreSQL delivers the
-    /// notification only if, and once, the transaction commits, and delivers the notifications
-    /// of different transactions in the order they committed.
+    /// Commits a batch of writes in one transaction that also sends `notify`: every direct
+    /// message, and every change to a room that its checks allow (a refused one writes nothing
+    /// and gets its refusal). PostgreSQL delivers the notification only if, and once, the
+    /// transaction commits, and delivers the notifications of different transactions in the
+    /// order they committed.
     ///
     /// Several nodes write at once, and ids come from one sequence, so on their own the rows
     /// of two nodes could commit out of id order: a reader resuming from "the last id I saw"
     /// would then skip the lower one for good. So each batch first takes a transaction lock
-    /// per recipient (sorted, so two batches cannot deadlock) and only then draws its ids: two
-    /// batches for one recipient commit one after the other, in id order.
-    pub async fn insert_messages(
-        &self,
-        batch: &[NewMessage],
-        notify: Option<&Notify<'_>>,
-    ) -> StoreResult<Vec<Message>> {
-        bounded(
-            "storing the message",
-            true,
-            self.insert_messages_unbounded(batch, notify),
-        )
-        .await
+    /// per stream it writes to (an inbox, or a room; sorted, so two batches cannot deadlock)
+    /// and only then draws its ids: two batches for one stream commit one after the other, in
+    /// id order. The room's lock also serialises the checks of changes to it.
+    pub async fn commit(&self, batch: &[&Write], notify: Option<&Notify<'_>>) -> StoreResult<Vec<Applied>> {
+        bounded("storing the message", true, self.commit_unbounded(batch, notify)).await
     }
 
-    async fn insert_messages_unbounded(
+    async fn commit_unbounded(
         &self,
-        batch: &[NewMessage],
+        batch: &[&Write],
         notify: Option<&Notify<'_>>,
-    ) -> sqlx::Result<Vec<Message>> {
-        let senders: Vec<&str> = batch.iter().map(|m| &*m.sender).collect();
-        let recipients: Vec<&str> = batch.iter().map(|m| &*m.recipient).collect();
-        let bodies: Vec<&str> = batch.iter().map(|m| m.body.as_str()).collect();
-        let stamps: Vec<Option<&str>> = batch.iter().map(|m| m.client_timestamp.as_deref()).collect();
+    ) -> sqlx::Result<Vec<Applied>> {
+        let direct: Vec<&NewMessage> = batch
+            .iter()
+            .filter_map(|w| match w {
+                Write::Direct(m) => Some(m),
+                Write::Room(_) => None,
+            })
+            .collect();
+        let streams: Vec<String> = batch
+            .iter()
+            .map(|w| match w {
+                Write::Direct(m) => m.recipient.to_string(),
+                Write::Room(r) => rooms::room_key(&r.room),
+            })
+            .collect();
         let mut tx = self.pool.begin().await?;
         // PostgreSQL evaluates a volatile function of the select list after ORDER BY, so the
         // locks are taken in key order.
@@ -150,9 +154,54 @@ impl PgStore {
             "SELECT pg_advisory_xact_lock(k) FROM \
              (SELECT DISTINCT hashtextextended(r, 0) AS k FROM UNNEST($1::text[]) AS r) AS keys ORDER BY k",
         )
-        .bind(&recipients)
+        .bind(&streams)
         .execute(&mut *tx)
         .await?;
+        let mut stored = self.insert_direct(&mut tx, &direct).await?.into_iter();
+        let mut done = Vec::with_capacity(batch.len());
+        for write in batch {
+            match write {
+                Write::Direct(_) => done.push(Committed::direct(stored.next().expect("one row per message"))),
+                Write::Room(room) => {
+                    let mut room_tx = PgRoomTx {
+                        tx: &mut tx,
+                        node: &self.node_id,
+                    };
+                    done.push(rooms::apply(&mut room_tx, room).await?);
+                }
+            }
+        }
+        if let Some(notify) = notify {
+            let mut ids: Vec<i64> = done
+                .iter()
+                .filter_map(|d| d.as_ref().ok()?.message.as_ref().map(|m| m.id))
+                .collect();
+            ids.sort_unstable();
+            for payload in (notify.payloads)(&ids) {
+                sqlx::query("SELECT pg_notify($1, $2)")
+                    .bind(notify.channel)
+                    .bind(&payload)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(done)
+    }
+
+    /// Stores direct messages with one statement, ids ascending in batch order.
+    async fn insert_direct(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        batch: &[&NewMessage],
+    ) -> sqlx::Result<Vec<Message>> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let senders: Vec<&str> = batch.iter().map(|m| &*m.sender).collect();
+        let recipients: Vec<&str> = batch.iter().map(|m| &*m.recipient).collect();
+        let bodies: Vec<&str> = batch.iter().map(|m| m.body.as_str()).collect();
+        let stamps: Vec<Option<&str>> = batch.iter().map(|m| m.client_timestamp.as_deref()).collect();
         // WITH ORDINALITY ... ORDER BY keeps VALUES order, so ids ascend in batch order.
         let mut rows: Vec<(i64, i64)> = sqlx::query_as(
             "INSERT INTO messages (sender, recipient, body, client_timestamp, node_id) \
@@ -165,20 +214,9 @@ impl PgStore {
         .bind(&bodies)
         .bind(&stamps)
         .bind(&*self.node_id)
-        .fetch_all(&mut *tx)
+        .fetch_all(&mut **tx)
         .await?;
         rows.sort_unstable();
-        if let Some(notify) = notify {
-            let ids: Vec<i64> = rows.iter().map(|(id, _)| *id).collect();
-            for payload in (notify.payloads)(&ids) {
-                sqlx::query("SELECT pg_notify($1, $2)")
-                    .bind(notify.channel)
-                    .bind(&payload)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-        }
-        tx.commit().await?;
         Ok(batch
             .iter()
             .zip(rows)
@@ -189,25 +227,57 @@ impl PgStore {
                 body: m.body.clone(),
                 created_at_us,
                 client_timestamp: m.client_timestamp.clone(),
+                event: None,
+                origin: m.origin,
+                rendered: Default::default(),
             })
             .collect())
     }
 
     pub async fn inbox(&self, recipient: &str, after_id: i64, limit: u32) -> StoreResult<Vec<Message>> {
-        let rows: Vec<MessageRow> = bounded(
+        self.stream(
+            recipient,
+            super::Page::After(after_id, limit),
             "reading the inbox",
+        )
+        .await
+    }
+
+    /// A page of one stream (an inbox or a room), oldest first.
+    pub async fn stream(
+        &self,
+        stream: &str,
+        page: super::Page,
+        context: &'static str,
+    ) -> StoreResult<Vec<Message>> {
+        let (sql, from, limit) = match page {
+            super::Page::After(id, limit) => (
+                format!(
+                    "SELECT {COLUMNS} FROM messages WHERE recipient = $1 AND id > $2 ORDER BY id LIMIT $3"
+                ),
+                id,
+                limit,
+            ),
+            super::Page::Before(id, limit) => (
+                format!(
+                    "SELECT * FROM (SELECT {COLUMNS} FROM messages WHERE recipient = $1 AND id < $2 \
+                     ORDER BY id DESC LIMIT $3) AS page ORDER BY id"
+                ),
+                id,
+                limit,
+            ),
+        };
+        let rows: Vec<Row> = bounded(
+            context,
             false,
-            sqlx::query_as(
-                "SELECT id, sender, recipient, body, created_at_us, client_timestamp FROM messages \
-                 WHERE recipient = $1 AND id > $2 ORDER BY id LIMIT $3",
-            )
-            .bind(recipient)
-            .bind(after_id)
-            .bind(limit as i64)
-            .fetch_all(&self.pool),
+            sqlx::query_as(&sql)
+                .bind(stream)
+                .bind(from)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool),
         )
         .await?;
-        Ok(rows.into_iter().map(message).collect())
+        Ok(rows.into_iter().map(from_row).collect())
     }
 
     /// Records a token (by its hash) for `user`, and ends the user's oldest tokens beyond
@@ -357,29 +427,139 @@ impl PgStore {
         Ok(())
     }
 
-    pub async fn conversation(
-        &self,
-        user: &str,
-        peer: &str,
-        after_id: i64,
-        limit: u32,
-    ) -> StoreResult<Vec<Message>> {
-        let rows: Vec<MessageRow> = bounded(
+    pub async fn conversation(&self, user: &str, peer: &str, page: super::Page) -> StoreResult<Vec<Message>> {
+        let both = "((recipient = $1 AND sender = $2) OR (recipient = $2 AND sender = $1))";
+        let (sql, from, limit) = match page {
+            super::Page::After(id, limit) => (
+                format!("SELECT {COLUMNS} FROM messages WHERE {both} AND id > $3 ORDER BY id LIMIT $4"),
+                id,
+                limit,
+            ),
+            super::Page::Before(id, limit) => (
+                format!(
+                    "SELECT * FROM (SELECT {COLUMNS} FROM messages WHERE {both} AND id < $3 \
+                     ORDER BY id DESC LIMIT $4) AS page ORDER BY id"
+                ),
+                id,
+                limit,
+            ),
+        };
+        let rows: Vec<Row> = bounded(
             "reading the conversation",
             false,
-            sqlx::query_as(
-                "SELECT id, sender, recipient, body, created_at_us, client_timestamp FROM messages \
-                 WHERE ((recipient = $1 AND sender = $2) OR (recipient = $2 AND sender = $1)) AND id > $3 \
-                 ORDER BY id LIMIT $4",
-            )
-            .bind(user)
-            .bind(peer)
-            .bind(after_id)
-            .bind(limit as i64)
-            .fetch_all(&self.pool),
+            sqlx::query_as(&sql)
+                .bind(user)
+                .bind(peer)
+                .bind(from)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool),
         )
         .await?;
-        Ok(rows.into_iter().map(message).collect())
+        Ok(rows.into_iter().map(from_row).collect())
+    }
+
+    /// A room's name as shown and `user`'s role in it; `None` if there is no such room.
+    pub async fn member(&self, name: &str, user: &str) -> StoreResult<Option<(Arc<str>, Option<Role>)>> {
+        let row: Option<(String, Option<String>)> = bounded(
+            "reading the room",
+            false,
+            sqlx::query_as(&numbered(rooms::sql::MEMBER))
+                .bind(user)
+                .bind(rooms::room_key(name))
+                .fetch_optional(&self.pool),
+        )
+        .await?;
+        Ok(row.map(|(name, role)| (Arc::from(name), role.as_deref().map(Role::parse))))
+    }
+
+    /// Which of `users` are online on other nodes whose heartbeat is newer than `ttl`.
+    pub async fn online_among(&self, ttl: Duration, users: &[&str]) -> StoreResult<Vec<String>> {
+        bounded(
+            "reading who is online",
+            false,
+            sqlx::query_scalar(
+                "SELECT DISTINCT p.user_name FROM presence p JOIN nodes n ON n.node_id = p.node_id \
+                 WHERE n.node_id <> $1 AND n.heartbeat_us > db_now_us() - $2 AND p.user_name = ANY($3)",
+            )
+            .bind(&*self.node_id)
+            .bind(ttl.as_micros() as i64)
+            .bind(users)
+            .fetch_all(&self.pool),
+        )
+        .await
+    }
+
+    /// The rooms `user` is in, with their members, unread counts and topics.
+    pub async fn rooms_of(&self, user: &str) -> StoreResult<Vec<super::RoomSummary>> {
+        let rows: Vec<(String, i64, i64, String)> = bounded(
+            "reading your rooms",
+            false,
+            sqlx::query_as(&numbered(rooms::sql::ROOMS_OF))
+                .bind(user)
+                .fetch_all(&self.pool),
+        )
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(name, members, unread, topic)| super::RoomSummary {
+                name: Arc::from(name),
+                members,
+                unread,
+                topic,
+            })
+            .collect())
+    }
+
+    /// The names of the rooms `user` is in.
+    pub async fn followed(&self, user: &str) -> StoreResult<Vec<Arc<str>>> {
+        let names: Vec<String> = bounded(
+            "reading your rooms",
+            false,
+            sqlx::query_scalar(&numbered(rooms::sql::FOLLOWED))
+                .bind(user)
+                .fetch_all(&self.pool),
+        )
+        .await?;
+        Ok(names.into_iter().map(Arc::from).collect())
+    }
+
+    /// A room (by its name, in any case) with its settings and members.
+    pub async fn room(&self, name: &str) -> StoreResult<Option<super::RoomInfo>> {
+        bounded("reading the room", false, async {
+            let Some(row): Option<rooms::RoomInfoRow> = sqlx::query_as(&numbered(rooms::sql::ROOM))
+                .bind(rooms::room_key(name))
+                .fetch_optional(&self.pool)
+                .await?
+            else {
+                return Ok(None);
+            };
+            let members = sqlx::query_as(&numbered(rooms::sql::MEMBERS))
+                .bind(row.0)
+                .fetch_all(&self.pool)
+                .await?;
+            Ok(Some(rooms::room_info(row, members)))
+        })
+        .await
+    }
+
+    /// Moves `user`'s read mark in room `name` up to `id` (its newest row if `None`); false
+    /// if the user is not a member.
+    pub async fn mark_read(&self, name: &str, user: &str, id: Option<i64>) -> StoreResult<bool> {
+        let key = rooms::room_key(name);
+        let done = bounded(
+            "marking the room read",
+            true,
+            sqlx::query(&numbered(rooms::sql::READ))
+                .bind(id)
+                .bind(&key)
+                .bind(id)
+                .bind(&key)
+                .bind(&key)
+                .bind(user)
+                .execute(&self.pool),
+        )
+        .await?;
+        Ok(done.rows_affected() > 0)
     }
 
     pub async fn counts(&self) -> StoreResult<Counts> {
@@ -403,18 +583,17 @@ impl PgStore {
 
     /// Messages by id, in id order, with the node that stored each.
     pub async fn messages_by_id(&self, ids: &[i64]) -> StoreResult<Vec<Message>> {
-        let rows: Vec<MessageRow> = bounded(
+        let rows: Vec<Row> = bounded(
             "reading announced messages",
             false,
-            sqlx::query_as(
-                "SELECT id, sender, recipient, body, created_at_us, client_timestamp FROM messages \
-                 WHERE id = ANY($1) ORDER BY id",
-            )
+            sqlx::query_as(&format!(
+                "SELECT {COLUMNS} FROM messages WHERE id = ANY($1) ORDER BY id"
+            ))
             .bind(ids)
             .fetch_all(&self.pool),
         )
         .await?;
-        Ok(rows.into_iter().map(message).collect())
+        Ok(rows.into_iter().map(from_row).collect())
     }
 
     /// Messages stored by any node (this one too) that this node has not seen: for each node in `seen`,
@@ -429,11 +608,12 @@ impl PgStore {
     ) -> StoreResult<Vec<(String, Message)>> {
         let nodes: Vec<&str> = seen.iter().map(|(n, _)| n.as_str()).collect();
         let ids: Vec<i64> = seen.iter().map(|(_, id)| *id).collect();
-        let rows: Vec<NodeMessageRow> = bounded(
+        let rows: Vec<(String, i64, String, String, String, i64, Option<String>, Option<String>, Option<String>)> = bounded(
             "catching up on messages",
             false,
             sqlx::query_as(
-                "SELECT m.node_id, m.id, m.sender, m.recipient, m.body, m.created_at_us, m.client_timestamp \
+                "SELECT m.node_id, m.id, m.sender, m.recipient, m.body, m.created_at_us, m.client_timestamp, \
+                 m.kind, m.subject \
                  FROM (SELECT node_id FROM nodes UNION SELECT UNNEST($1::text[])) AS n(node) \
                  LEFT JOIN UNNEST($1::text[], $2::bigint[]) AS s(node, seen) ON s.node = n.node \
                  CROSS JOIN LATERAL ( \
@@ -450,7 +630,7 @@ impl PgStore {
         .await?;
         Ok(rows
             .into_iter()
-            .map(|(node, id, s, r, b, t, c)| (node, message((id, s, r, b, t, c))))
+            .map(|(node, id, s, r, b, t, c, k, j)| (node, from_row((id, s, r, b, t, c, k, j))))
             .collect())
     }
 
@@ -558,14 +738,187 @@ impl PgStore {
     }
 }
 
-fn message((id, sender, recipient, body, created_at_us, client_timestamp): MessageRow) -> Message {
-    Message {
-        id,
-        sender: Arc::from(sender),
-        recipient: Arc::from(recipient),
-        body,
-        created_at_us,
-        client_timestamp,
+/// SQL written with `?` placeholders, numbered for PostgreSQL (`$1`, `$2`...). Only for the
+/// shared statements of [`rooms::sql`], which hold no `?` but placeholders.
+fn numbered(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len() + 16);
+    let mut n = 0;
+    for c in sql.chars() {
+        if c == '?' {
+            n += 1;
+            out.push('$');
+            out.push_str(&n.to_string());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A room change's reads and writes, in the batch's transaction.
+struct PgRoomTx<'a, 't> {
+    tx: &'a mut sqlx::Transaction<'t, sqlx::Postgres>,
+    /// This node, recorded with each row: the other nodes' catch-up reads rows by node.
+    node: &'a str,
+}
+
+impl RoomTx for PgRoomTx<'_, '_> {
+    async fn room(&mut self, key: &str) -> sqlx::Result<Option<RoomRow>> {
+        let row: Option<(i64, String, bool, bool, bool)> = sqlx::query_as(
+            "SELECT id, name, invite_only, moderated, topic_locked FROM rooms WHERE name_key = $1",
+        )
+        .bind(key)
+        .fetch_optional(&mut **self.tx)
+        .await?;
+        Ok(
+            row.map(|(id, name, invite_only, moderated, topic_locked)| RoomRow {
+                id,
+                name,
+                invite_only,
+                moderated,
+                topic_locked,
+            }),
+        )
+    }
+
+    async fn create_room(&mut self, key: &str, name: &str) -> sqlx::Result<i64> {
+        sqlx::query_scalar("INSERT INTO rooms (name_key, name) VALUES ($1, $2) RETURNING id")
+            .bind(key)
+            .bind(name)
+            .fetch_one(&mut **self.tx)
+            .await
+    }
+
+    async fn role(&mut self, room: i64, user: &str) -> sqlx::Result<Option<Role>> {
+        let role: Option<String> =
+            sqlx::query_scalar("SELECT role FROM room_members WHERE room_id = $1 AND user_name = $2")
+                .bind(room)
+                .bind(user)
+                .fetch_optional(&mut **self.tx)
+                .await?;
+        Ok(role.as_deref().map(Role::parse))
+    }
+
+    async fn member_count(&mut self, room: i64) -> sqlx::Result<i64> {
+        sqlx::query_scalar("SELECT COUNT(*) FROM room_members WHERE room_id = $1")
+            .bind(room)
+            .fetch_one(&mut **self.tx)
+            .await
+    }
+
+    async fn rooms_of(&mut self, user: &str) -> sqlx::Result<i64> {
+        sqlx::query_scalar("SELECT COUNT(*) FROM room_members WHERE user_name = $1")
+            .bind(user)
+            .fetch_one(&mut **self.tx)
+            .await
+    }
+
+    async fn add_member(&mut self, room: i64, user: &str, role: Role, read_id: i64) -> sqlx::Result<()> {
+        sqlx::query("INSERT INTO room_members (room_id, user_name, role, read_id) VALUES ($1, $2, $3, $4)")
+            .bind(room)
+            .bind(user)
+            .bind(role.as_str())
+            .bind(read_id)
+            .execute(&mut **self.tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn remove_member(&mut self, room: i64, user: &str) -> sqlx::Result<()> {
+        sqlx::query("DELETE FROM room_members WHERE room_id = $1 AND user_name = $2")
+            .bind(room)
+            .bind(user)
+            .execute(&mut **self.tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn set_role(&mut self, room: i64, user: &str, role: Role) -> sqlx::Result<()> {
+        sqlx::query("UPDATE room_members SET role = $1 WHERE room_id = $2 AND user_name = $3")
+            .bind(role.as_str())
+            .bind(room)
+            .bind(user)
+            .execute(&mut **self.tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn invited(&mut self, room: i64, user: &str) -> sqlx::Result<bool> {
+        let found: Option<i32> =
+            sqlx::query_scalar("SELECT 1 FROM room_invites WHERE room_id = $1 AND user_name = $2")
+                .bind(room)
+                .bind(user)
+                .fetch_optional(&mut **self.tx)
+                .await?;
+        Ok(found.is_some())
+    }
+
+    async fn invite(&mut self, room: i64, user: &str) -> sqlx::Result<()> {
+        sqlx::query("INSERT INTO room_invites (room_id, user_name) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+            .bind(room)
+            .bind(user)
+            .execute(&mut **self.tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn uninvite(&mut self, room: i64, user: &str) -> sqlx::Result<()> {
+        sqlx::query("DELETE FROM room_invites WHERE room_id = $1 AND user_name = $2")
+            .bind(room)
+            .bind(user)
+            .execute(&mut **self.tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn set_topic(&mut self, room: i64, topic: &str) -> sqlx::Result<()> {
+        sqlx::query("UPDATE rooms SET topic = $1 WHERE id = $2")
+            .bind(topic)
+            .bind(room)
+            .execute(&mut **self.tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn set_flag(&mut self, room: i64, flag: &Flag, on: bool) -> sqlx::Result<()> {
+        let column = rooms::flag_column(flag);
+        sqlx::query(&format!("UPDATE rooms SET {column} = $1 WHERE id = $2"))
+            .bind(on)
+            .bind(room)
+            .execute(&mut **self.tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn user_exists(&mut self, user: &str) -> sqlx::Result<bool> {
+        let found: Option<i32> = sqlx::query_scalar("SELECT 1 FROM users WHERE name = $1")
+            .bind(user)
+            .fetch_optional(&mut **self.tx)
+            .await?;
+        Ok(found.is_some())
+    }
+
+    async fn insert_row(
+        &mut self,
+        stream: &str,
+        sender: &str,
+        body: &str,
+        client_timestamp: Option<&str>,
+        event: Option<&RoomEvent>,
+    ) -> sqlx::Result<(i64, i64)> {
+        sqlx::query_as(
+            "INSERT INTO messages (sender, recipient, body, client_timestamp, kind, subject, node_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id, created_at_us",
+        )
+        .bind(sender)
+        .bind(stream)
+        .bind(body)
+        .bind(client_timestamp)
+        .bind(event.map(|e| e.kind.as_str()))
+        .bind(event.map(|e| e.subject.to_string()))
+        .bind(self.node)
+        .fetch_one(&mut **self.tx)
+        .await
     }
 }
 

@@ -9,11 +9,10 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::SqlitePool;
 
+use super::rooms::{self, Flag, Role, RoomEvent, RoomRow, RoomTx};
 use super::sqlite_file::DbFile;
 use super::url::StoreUrl;
-use super::{Counts, Message, NewMessage, StoreError, StoreResult};
-
-type MessageRow = (i64, String, String, String, i64, Option<String>);
+use super::{from_row, Committed, Counts, Message, NewMessage, Row, StoreError, StoreResult, Write, COLUMNS};
 
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -133,78 +132,88 @@ impl SqliteStore {
         Ok(found.is_some())
     }
 
-    pub async fn insert_messages(&self, batch: &[NewMessage]) -> StoreResult<Vec<Message>> {
+    /// Commits a batch of writes in one transaction: every direct message, and every change to
+    /// a room that its checks allow (a refused one writes nothing and gets its refusal).
+    pub async fn commit(&self, batch: &[&Write]) -> StoreResult<Vec<super::Applied>> {
         self.check_file()?;
+        let failed = |e| StoreError::from_sqlx("storing the message", true, e);
         let now = chrono::Utc::now().timestamp_micros();
-        // The whole batch is one bound JSON array and one statement: prepared once and cached
-        // whatever the batch size, no limit on bound variables, and, being one statement, its
-        // own transaction: all rows commit together (with the fsync of synchronous=FULL)
-        // before the statement reports success, in one round trip to SQLite's thread.
-        let rows: Vec<(&str, &str, &str, Option<&str>)> = batch
+        let direct: Vec<&NewMessage> = batch
             .iter()
-            .map(|m| {
-                (
-                    &*m.sender,
-                    &*m.recipient,
-                    m.body.as_str(),
-                    m.client_timestamp.as_deref(),
-                )
+            .filter_map(|w| match w {
+                Write::Direct(m) => Some(m),
+                Write::Room(_) => None,
             })
             .collect();
-        let rows = serde_json::to_string(&rows).expect("strings serialise");
-        let mut ids = sqlx::query_scalar::<_, i64>(
-            "INSERT INTO messages (sender, recipient, body, created_at_us, client_timestamp) \
-             SELECT value ->> 0, value ->> 1, value ->> 2, ?1, value ->> 3 FROM json_each(?2) ORDER BY key \
-             RETURNING id",
-        )
-        .bind(now)
-        .bind(&rows)
-        .fetch_all(&self.writer)
-        .await
-        .map_err(|e| StoreError::from_sqlx("storing the message", true, e))?;
+        let mut done = Vec::with_capacity(batch.len());
+        if direct.len() == batch.len() {
+            // Only direct messages: one statement, its own transaction.
+            let stored = insert_direct(&self.writer, &direct, now).await.map_err(failed)?;
+            done.extend(stored.into_iter().map(Committed::direct));
+        } else {
+            let mut tx = self.writer.begin().await.map_err(failed)?;
+            let mut stored = insert_direct(&mut *tx, &direct, now)
+                .await
+                .map_err(failed)?
+                .into_iter();
+            for write in batch {
+                match write {
+                    Write::Direct(_) => {
+                        done.push(Committed::direct(stored.next().expect("one row per message")))
+                    }
+                    Write::Room(room) => {
+                        let mut room_tx = SqliteRoomTx { tx: &mut tx, now };
+                        done.push(rooms::apply(&mut room_tx, room).await.map_err(failed)?);
+                    }
+                }
+            }
+            tx.commit().await.map_err(failed)?;
+        }
         // Committed, but into the file that was opened: if that is no longer the database's
         // path, nobody will read these rows again, so they must not be acknowledged.
         self.check_file()?;
-        // Rows get increasing ids in `key` order; RETURNING's order is unspecified, so sort to
-        // pair them up again.
-        ids.sort_unstable();
-        Ok(batch
-            .iter()
-            .zip(ids)
-            .map(|(m, id)| Message {
-                id,
-                sender: m.sender.clone(),
-                recipient: m.recipient.clone(),
-                body: m.body.clone(),
-                created_at_us: now,
-                client_timestamp: m.client_timestamp.clone(),
-            })
-            .collect())
+        Ok(done)
     }
 
     pub async fn inbox(&self, recipient: &str, after_id: i64, limit: u32) -> StoreResult<Vec<Message>> {
-        let rows: Vec<MessageRow> = sqlx::query_as(
-            "SELECT id, sender, recipient, body, created_at_us, client_timestamp FROM messages \
-             WHERE recipient = ? AND id > ? ORDER BY id LIMIT ?",
+        self.stream(
+            recipient,
+            super::Page::After(after_id, limit),
+            "reading the inbox",
         )
-        .bind(recipient)
-        .bind(after_id)
-        .bind(limit)
-        .fetch_all(&self.readers)
         .await
-        .map_err(|e| StoreError::from_sqlx("reading the inbox", false, e))?;
-        let recipient: Arc<str> = Arc::from(recipient);
-        Ok(rows
-            .into_iter()
-            .map(|(id, sender, _, body, created_at_us, client_timestamp)| Message {
+    }
+
+    /// A page of one stream (an inbox or a room), oldest first.
+    pub async fn stream(
+        &self,
+        stream: &str,
+        page: super::Page,
+        context: &'static str,
+    ) -> StoreResult<Vec<Message>> {
+        let (sql, from, limit) = match page {
+            super::Page::After(id, limit) => (
+                format!("SELECT {COLUMNS} FROM messages WHERE recipient = ? AND id > ? ORDER BY id LIMIT ?"),
                 id,
-                sender: Arc::from(sender),
-                recipient: recipient.clone(),
-                body,
-                created_at_us,
-                client_timestamp,
-            })
-            .collect())
+                limit,
+            ),
+            super::Page::Before(id, limit) => (
+                format!(
+                    "SELECT * FROM (SELECT {COLUMNS} FROM messages WHERE recipient = ? AND id < ? \
+                     ORDER BY id DESC LIMIT ?) ORDER BY id"
+                ),
+                id,
+                limit,
+            ),
+        };
+        let rows: Vec<Row> = sqlx::query_as(&sql)
+            .bind(stream)
+            .bind(from)
+            .bind(limit)
+            .fetch_all(&self.readers)
+            .await
+            .map_err(|e| StoreError::from_sqlx(context, false, e))?;
+        Ok(rows.into_iter().map(from_row).collect())
     }
 
     /// Records a token (by its hash) for `user`, and ends the user's oldest tokens beyond
@@ -303,38 +312,107 @@ impl SqliteStore {
         Ok(())
     }
 
-    pub async fn conversation(
-        &self,
-        user: &str,
-        peer: &str,
-        after_id: i64,
-        limit: u32,
-    ) -> StoreResult<Vec<Message>> {
-        let rows: Vec<MessageRow> = sqlx::query_as(
-            "SELECT id, sender, recipient, body, created_at_us, client_timestamp FROM messages \
-             WHERE ((recipient = ?1 AND sender = ?2) OR (recipient = ?2 AND sender = ?1)) AND id > ?3 \
-             ORDER BY id LIMIT ?4",
-        )
-        .bind(user)
-        .bind(peer)
-        .bind(after_id)
-        .bind(limit)
-        .fetch_all(&self.readers)
-        .await
-        .map_err(|e| StoreError::from_sqlx("reading the conversation", false, e))?;
+    pub async fn conversation(&self, user: &str, peer: &str, page: super::Page) -> StoreResult<Vec<Message>> {
+        let both = "((recipient = ?1 AND sender = ?2) OR (recipient = ?2 AND sender = ?1))";
+        let (sql, from, limit) = match page {
+            super::Page::After(id, limit) => (
+                format!("SELECT {COLUMNS} FROM messages WHERE {both} AND id > ?3 ORDER BY id LIMIT ?4"),
+                id,
+                limit,
+            ),
+            super::Page::Before(id, limit) => (
+                format!(
+                    "SELECT * FROM (SELECT {COLUMNS} FROM messages WHERE {both} AND id < ?3 \
+                     ORDER BY id DESC LIMIT ?4) ORDER BY id"
+                ),
+                id,
+                limit,
+            ),
+        };
+        let rows: Vec<Row> = sqlx::query_as(&sql)
+            .bind(user)
+            .bind(peer)
+            .bind(from)
+            .bind(limit)
+            .fetch_all(&self.readers)
+            .await
+            .map_err(|e| StoreError::from_sqlx("reading the conversation", false, e))?;
+        Ok(rows.into_iter().map(from_row).collect())
+    }
+
+    /// A room's name as shown and `user`'s role in it; `None` if there is no such room.
+    pub async fn member(&self, name: &str, user: &str) -> StoreResult<Option<(Arc<str>, Option<Role>)>> {
+        let row: Option<(String, Option<String>)> = sqlx::query_as(rooms::sql::MEMBER)
+            .bind(user)
+            .bind(rooms::room_key(name))
+            .fetch_optional(&self.readers)
+            .await
+            .map_err(|e| StoreError::from_sqlx("reading the room", false, e))?;
+        Ok(row.map(|(name, role)| (Arc::from(name), role.as_deref().map(Role::parse))))
+    }
+
+    /// The rooms `user` is in, with their members, unread counts and topics.
+    pub async fn rooms_of(&self, user: &str) -> StoreResult<Vec<super::RoomSummary>> {
+        let rows: Vec<(String, i64, i64, String)> = sqlx::query_as(rooms::sql::ROOMS_OF)
+            .bind(user)
+            .fetch_all(&self.readers)
+            .await
+            .map_err(|e| StoreError::from_sqlx("reading your rooms", false, e))?;
         Ok(rows
             .into_iter()
-            .map(
-                |(id, sender, recipient, body, created_at_us, client_timestamp)| Message {
-                    id,
-                    sender: Arc::from(sender),
-                    recipient: Arc::from(recipient),
-                    body,
-                    created_at_us,
-                    client_timestamp,
-                },
-            )
+            .map(|(name, members, unread, topic)| super::RoomSummary {
+                name: Arc::from(name),
+                members,
+                unread,
+                topic,
+            })
             .collect())
+    }
+
+    /// The names of the rooms `user` is in.
+    pub async fn followed(&self, user: &str) -> StoreResult<Vec<Arc<str>>> {
+        let names: Vec<String> = sqlx::query_scalar(rooms::sql::FOLLOWED)
+            .bind(user)
+            .fetch_all(&self.readers)
+            .await
+            .map_err(|e| StoreError::from_sqlx("reading your rooms", false, e))?;
+        Ok(names.into_iter().map(Arc::from).collect())
+    }
+
+    /// A room (by its name, in any case) with its settings and members.
+    pub async fn room(&self, name: &str) -> StoreResult<Option<super::RoomInfo>> {
+        let failed = |e| StoreError::from_sqlx("reading the room", false, e);
+        let Some(row): Option<rooms::RoomInfoRow> = sqlx::query_as(rooms::sql::ROOM)
+            .bind(rooms::room_key(name))
+            .fetch_optional(&self.readers)
+            .await
+            .map_err(failed)?
+        else {
+            return Ok(None);
+        };
+        let members = sqlx::query_as(rooms::sql::MEMBERS)
+            .bind(row.0)
+            .fetch_all(&self.readers)
+            .await
+            .map_err(failed)?;
+        Ok(Some(rooms::room_info(row, members)))
+    }
+
+    /// Moves `user`'s read mark in room `name` up to `id` (its newest row if `None`); false
+    /// if the user is not a member.
+    pub async fn mark_read(&self, name: &str, user: &str, id: Option<i64>) -> StoreResult<bool> {
+        let key = rooms::room_key(name);
+        let done = sqlx::query(rooms::sql::READ)
+            .bind(id)
+            .bind(&key)
+            .bind(id)
+            .bind(&key)
+            .bind(&key)
+            .bind(user)
+            .execute(&self.writer)
+            .await
+            .map_err(|e| StoreError::from_sqlx("marking the room read", true, e))?;
+        Ok(done.rows_affected() > 0)
     }
 
     pub async fn counts(&self) -> StoreResult<Counts> {
@@ -353,6 +431,227 @@ impl SqliteStore {
         if let Some(file) = &self.file {
             file.release();
         }
+    }
+}
+
+/// Stores direct messages with one statement: the whole batch is one bound JSON array, so it
+/// is prepared once and cached whatever the batch size, with no limit on bound variables.
+async fn insert_direct<'e, E>(exec: E, batch: &[&NewMessage], now: i64) -> sqlx::Result<Vec<Message>>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
+{
+    if batch.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows: Vec<(&str, &str, &str, Option<&str>)> = batch
+        .iter()
+        .map(|m| {
+            (
+                &*m.sender,
+                &*m.recipient,
+                m.body.as_str(),
+                m.client_timestamp.as_deref(),
+            )
+        })
+        .collect();
+    let rows = serde_json::to_string(&rows).expect("strings serialise");
+    let mut ids = sqlx::query_scalar::<_, i64>(
+        "INSERT INTO messages (sender, recipient, body, created_at_us, client_timestamp) \
+         SELECT value ->> 0, value ->> 1, value ->> 2, ?1, value ->> 3 FROM json_each(?2) ORDER BY key \
+         RETURNING id",
+    )
+    .bind(now)
+    .bind(&rows)
+    .fetch_all(exec)
+    .await?;
+    // Rows get increasing ids in `key` order; RETURNING's order is unspecified, so sort to
+    // pair them up again.
+    ids.sort_unstable();
+    Ok(batch
+        .iter()
+        .zip(ids)
+        .map(|(m, id)| Message {
+            id,
+            sender: m.sender.clone(),
+            recipient: m.recipient.clone(),
+            body: m.body.clone(),
+            created_at_us: now,
+            client_timestamp: m.client_timestamp.clone(),
+            event: None,
+            origin: m.origin,
+            rendered: Default::default(),
+        })
+        .collect())
+}
+
+/// A room change's reads and writes, in the writer's transaction.
+struct SqliteRoomTx<'a, 't> {
+    tx: &'a mut sqlx::Transaction<'t, sqlx::Sqlite>,
+    now: i64,
+}
+
+impl RoomTx for SqliteRoomTx<'_, '_> {
+    async fn room(&mut self, key: &str) -> sqlx::Result<Option<RoomRow>> {
+        let row: Option<(i64, String, bool, bool, bool)> = sqlx::query_as(
+            "SELECT id, name, invite_only, moderated, topic_locked FROM rooms WHERE name_key = ?",
+        )
+        .bind(key)
+        .fetch_optional(&mut **self.tx)
+        .await?;
+        Ok(
+            row.map(|(id, name, invite_only, moderated, topic_locked)| RoomRow {
+                id,
+                name,
+                invite_only,
+                moderated,
+                topic_locked,
+            }),
+        )
+    }
+
+    async fn create_room(&mut self, key: &str, name: &str) -> sqlx::Result<i64> {
+        sqlx::query_scalar("INSERT INTO rooms (name_key, name, created_at_us) VALUES (?, ?, ?) RETURNING id")
+            .bind(key)
+            .bind(name)
+            .bind(self.now)
+            .fetch_one(&mut **self.tx)
+            .await
+    }
+
+    async fn role(&mut self, room: i64, user: &str) -> sqlx::Result<Option<Role>> {
+        let role: Option<String> =
+            sqlx::query_scalar("SELECT role FROM room_members WHERE room_id = ? AND user_name = ?")
+                .bind(room)
+                .bind(user)
+                .fetch_optional(&mut **self.tx)
+                .await?;
+        Ok(role.as_deref().map(Role::parse))
+    }
+
+    async fn member_count(&mut self, room: i64) -> sqlx::Result<i64> {
+        sqlx::query_scalar("SELECT COUNT(*) FROM room_members WHERE room_id = ?")
+            .bind(room)
+            .fetch_one(&mut **self.tx)
+            .await
+    }
+
+    async fn rooms_of(&mut self, user: &str) -> sqlx::Result<i64> {
+        sqlx::query_scalar("SELECT COUNT(*) FROM room_members WHERE user_name = ?")
+            .bind(user)
+            .fetch_one(&mut **self.tx)
+            .await
+    }
+
+    async fn add_member(&mut self, room: i64, user: &str, role: Role, read_id: i64) -> sqlx::Result<()> {
+        sqlx::query(
+            "INSERT INTO room_members (room_id, user_name, role, joined_at_us, read_id) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(room)
+        .bind(user)
+        .bind(role.as_str())
+        .bind(self.now)
+        .bind(read_id)
+        .execute(&mut **self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn remove_member(&mut self, room: i64, user: &str) -> sqlx::Result<()> {
+        sqlx::query("DELETE FROM room_members WHERE room_id = ? AND user_name = ?")
+            .bind(room)
+            .bind(user)
+            .execute(&mut **self.tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn set_role(&mut self, room: i64, user: &str, role: Role) -> sqlx::Result<()> {
+        sqlx::query("UPDATE room_members SET role = ? WHERE room_id = ? AND user_name = ?")
+            .bind(role.as_str())
+            .bind(room)
+            .bind(user)
+            .execute(&mut **self.tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn invited(&mut self, room: i64, user: &str) -> sqlx::Result<bool> {
+        let found: Option<i64> =
+            sqlx::query_scalar("SELECT 1 FROM room_invites WHERE room_id = ? AND user_name = ?")
+                .bind(room)
+                .bind(user)
+                .fetch_optional(&mut **self.tx)
+                .await?;
+        Ok(found.is_some())
+    }
+
+    async fn invite(&mut self, room: i64, user: &str) -> sqlx::Result<()> {
+        sqlx::query("INSERT OR IGNORE INTO room_invites (room_id, user_name) VALUES (?, ?)")
+            .bind(room)
+            .bind(user)
+            .execute(&mut **self.tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn uninvite(&mut self, room: i64, user: &str) -> sqlx::Result<()> {
+        sqlx::query("DELETE FROM room_invites WHERE room_id = ? AND user_name = ?")
+            .bind(room)
+            .bind(user)
+            .execute(&mut **self.tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn set_topic(&mut self, room: i64, topic: &str) -> sqlx::Result<()> {
+        sqlx::query("UPDATE rooms SET topic = ? WHERE id = ?")
+            .bind(topic)
+            .bind(room)
+            .execute(&mut **self.tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn set_flag(&mut self, room: i64, flag: &Flag, on: bool) -> sqlx::Result<()> {
+        let column = rooms::flag_column(flag);
+        sqlx::query(&format!("UPDATE rooms SET {column} = ? WHERE id = ?"))
+            .bind(on)
+            .bind(room)
+            .execute(&mut **self.tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn user_exists(&mut self, user: &str) -> sqlx::Result<bool> {
+        let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM users WHERE name = ?")
+            .bind(user)
+            .fetch_optional(&mut **self.tx)
+            .await?;
+        Ok(found.is_some())
+    }
+
+    async fn insert_row(
+        &mut self,
+        stream: &str,
+        sender: &str,
+        body: &str,
+        client_timestamp: Option<&str>,
+        event: Option<&RoomEvent>,
+    ) -> sqlx::Result<(i64, i64)> {
+        let id = sqlx::query_scalar(
+            "INSERT INTO messages (sender, recipient, body, created_at_us, client_timestamp, kind, subject) \
+             VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        )
+        .bind(sender)
+        .bind(stream)
+        .bind(body)
+        .bind(self.now)
+        .bind(client_timestamp)
+        .bind(event.map(|e| e.kind.as_str()))
+        .bind(event.map(|e| &*e.subject))
+        .fetch_one(&mut **self.tx)
+        .await?;
+        Ok((id, self.now))
     }
 }
 

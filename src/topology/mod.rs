@@ -1,3 +1,10 @@
+//! **The invariant, on one node or many: within a stream (a user's inbox, or a room), messages
+//! become visible and are pushed in increasing id order.** Ids are global and only grow; the
+//! store takes a lock per stream before drawing a batch's ids, so each stream's rows commit in
+//! id order; delivery keeps commit order; the hub never pushes, within a stream, an id at or
+//! below one it pushed. Streams are independent: a room's id 100 may arrive after an inbox's
+//! id 101, and is still delivered.
+//!
 //! Alone or in a cluster: the one place that knows whether this node is the only one on its
 //! store, and so owns what depends on it:
 //!
@@ -198,6 +205,19 @@ impl Topology {
             users.truncate(limit);
         }
         Ok(users)
+    }
+
+    /// Which of `users` have a live session on any node.
+    pub async fn online_among(&self, users: &[&str]) -> ChatResult<std::collections::HashSet<String>> {
+        let mut online: std::collections::HashSet<String> = users
+            .iter()
+            .filter(|u| self.hub.is_online_here(u))
+            .map(|u| u.to_string())
+            .collect();
+        if let Mode::Cluster { store, .. } = &self.mode {
+            online.extend(store.online_among(PRESENCE_TTL, users).await?);
+        }
+        Ok(online)
     }
 
     /// How many users have at least one live session on any node.
