@@ -8,3 +8,4 @@ pub mod connection;
 pub mod pool;
 pub mod reply;
 pub mod session;
+pub mod verbs;
