@@ -252,6 +252,11 @@ impl Subscription {
         Poll::Pending
     }
 
+    /// This session's id, which the messages it sends carry as their origin.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
     /// A message that is already queued, without waiting.
     pub fn try_recv(&self) -> Option<Arc<Message>> {
         let mut state = self.queue.lock();

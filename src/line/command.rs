@@ -8,12 +8,14 @@ use std::net::IpAddr;
 use tokio_util::sync::CancellationToken;
 
 use super::connection::Connection;
-use super::reply::{escape, needs_escape, put_msg, Reply};
+use super::reply::{escape, needs_escape, put_msg, room_line, Reply};
 use super::session::flush;
 use super::verbs::{self, is_blank, Verb, ARROW_KEYS};
+use crate::chat::rooms::{HISTORY_LATEST, HISTORY_PAGE};
 use crate::chat::{Chat, ConnAuthState, Username, INBOX_PAGE};
 use crate::error::{ChatResult, Code};
 use crate::hub::{Ended, Subscription};
+use crate::store::Page;
 
 /// Messages an INBOX reply reads from the store first; later reads are sized so that about
 /// [`INBOX_READ_BYTES`] of messages are held at once, however large the messages are.
@@ -58,6 +60,62 @@ pub enum Action<'a> {
     Logout {
         all: bool,
     },
+    Join {
+        room: &'a str,
+    },
+    Leave {
+        room: &'a str,
+    },
+    /// `HISTORY <#room|user> [after|before <id>]`.
+    History {
+        of: &'a str,
+        page: HistoryPage,
+    },
+    Rooms,
+    Members {
+        room: &'a str,
+    },
+    Read {
+        room: &'a str,
+        id: Option<i64>,
+    },
+    Topic {
+        room: &'a str,
+        text: &'a str,
+    },
+    Invite {
+        room: &'a str,
+        user: &'a str,
+    },
+    Kick {
+        room: &'a str,
+        user: &'a str,
+        reason: Option<&'a str>,
+    },
+    Mode {
+        room: &'a str,
+        mode: &'a str,
+        user: Option<&'a str>,
+    },
+}
+
+/// Which part of a history HISTORY asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HistoryPage {
+    /// The latest [`HISTORY_LATEST`].
+    Latest,
+    After(i64),
+    Before(i64),
+}
+
+impl HistoryPage {
+    fn page(self) -> Page {
+        match self {
+            HistoryPage::Latest => Page::Before(i64::MAX, HISTORY_LATEST),
+            HistoryPage::After(id) => Page::After(id, HISTORY_PAGE),
+            HistoryPage::Before(id) => Page::Before(id, HISTORY_PAGE),
+        }
+    }
 }
 
 /// What a connection knows about its client.
@@ -89,6 +147,12 @@ impl Context {
             auth: ConnAuthState::default(),
             quit: false,
         }
+    }
+
+    /// The live session of this connection, which what it sends carries so that it is
+    /// answered `OK <id>` rather than pushed its own message; 0 before login.
+    pub fn origin(&self) -> u64 {
+        self.session.as_ref().map_or(0, |s| s.feed.id())
     }
 
     /// Who the connection is logged in as; `None` too once its session was ended by a
@@ -146,6 +210,44 @@ impl<'a> Command<'a> {
             }
             (Action::Who { after }, Some(_)) => Box::pin(who(cx, after)).await.into(),
             (Action::Logout { all }, Some(me)) => Box::pin(logout(cx, me, all)).await.into(),
+            (Action::Join { room }, Some(me)) => {
+                let origin = cx.origin();
+                let joined = cx.chat.join(&me, room, origin).await;
+                joined
+                    .map(|(room, n)| Reply::ok(format!("joined {room} ({n} members)")))
+                    .into()
+            }
+            (Action::Leave { room }, Some(me)) => {
+                let origin = cx.origin();
+                let left = cx.chat.leave(&me, room, origin).await;
+                left.map(|room| Reply::ok(format!("left {room}"))).into()
+            }
+            (Action::History { of, page }, Some(me)) => Box::pin(history(cx, &me, of, page)).await.into(),
+            (Action::Rooms, Some(me)) => Box::pin(rooms(cx, &me)).await.into(),
+            (Action::Members { room }, Some(me)) => Box::pin(members(cx, &me, room)).await.into(),
+            (Action::Read { room, id }, Some(me)) => {
+                let read = cx.chat.mark_read(&me, room, id).await;
+                read.map(|_| Reply::ok("")).into()
+            }
+            (Action::Topic { room, text }, Some(me)) => {
+                let origin = cx.origin();
+                let set = cx.chat.set_topic(&me, room, text, origin).await;
+                set.map(|_| Reply::ok("")).into()
+            }
+            (Action::Invite { room, user }, Some(me)) => {
+                let invited = cx.chat.invite(&me, room, user).await;
+                invited.map(|_| Reply::ok("")).into()
+            }
+            (Action::Kick { room, user, reason }, Some(me)) => {
+                let origin = cx.origin();
+                let kicked = cx.chat.kick(&me, room, user, reason, origin).await;
+                kicked.map(|_| Reply::ok("")).into()
+            }
+            (Action::Mode { room, mode, user }, Some(me)) => {
+                let origin = cx.origin();
+                let set = cx.chat.set_mode(&me, room, mode, user, origin).await;
+                set.map(|_| Reply::ok("")).into()
+            }
             // An action that acts as someone, under a row that does not ask for login: refused
             // as before login, so that such a row cannot go unnoticed.
             (_, None) => Reply::err(verbs::auth_required()),
@@ -180,6 +282,10 @@ async fn auth(cx: &mut Context, user: &str, password: &str) -> ChatResult<Reply>
 }
 
 async fn send(cx: &mut Context, from: &Username, to: &str, text: &str) -> ChatResult<Reply> {
+    if to.starts_with('#') {
+        let message = cx.chat.say(from, to, text, None, cx.origin()).await?;
+        return Ok(Reply::ok(message.id.to_string()));
+    }
     let message = cx.chat.send(from, to, text, None).await.map_err(|mut e| {
         // The domain quotes an unknown name as Rust does; a person at telnet reads the keys
         // they pressed in caret notation.
@@ -252,6 +358,57 @@ async fn who(cx: &mut Context, after: Option<&str>) -> ChatResult<Reply> {
             count.to_string()
         },
     ))
+}
+
+/// `HISTORY <#room>`: ROOM lines; `HISTORY <user>`: the conversation as MSG lines with the
+/// sender shown, both sides. Then `OK <count>`.
+async fn history(cx: &mut Context, me: &Username, of: &str, page: HistoryPage) -> ChatResult<Reply> {
+    let (lines, count): (Vec<String>, usize) = if of.starts_with('#') {
+        let (_, rows) = cx.chat.room_history(me, of, page.page()).await?;
+        (rows.iter().map(|m| room_line(m)).collect(), rows.len())
+    } else {
+        let rows = cx.chat.conversation_page(me, of, page.page()).await?;
+        (
+            rows.iter().map(|m| super::reply::msg_line(m)).collect(),
+            rows.len(),
+        )
+    };
+    Ok(Reply::lines(lines, count.to_string()))
+}
+
+/// `JOINED <#room> <members> <unread> <topic>` lines, then `OK <count>`.
+async fn rooms(cx: &mut Context, me: &Username) -> ChatResult<Reply> {
+    let rooms = cx.chat.rooms(me).await?;
+    let lines: Vec<String> = rooms
+        .iter()
+        .map(|r| {
+            format!(
+                "JOINED {} {} {} {}",
+                r.name,
+                r.members,
+                r.unread,
+                escape(&r.topic)
+            )
+        })
+        .map(|l| l.trim_end().to_string())
+        .collect();
+    let count = lines.len();
+    Ok(Reply::lines(lines, count.to_string()))
+}
+
+/// `USER <name> <owner|op|member> <online|offline>` lines, then `OK <count>`.
+async fn members(cx: &mut Context, me: &Username, room: &str) -> ChatResult<Reply> {
+    let view = cx.chat.room(me, room).await?;
+    let lines: Vec<String> = view
+        .members
+        .iter()
+        .map(|m| {
+            let online = if m.online { "online" } else { "offline" };
+            format!("USER {} {} {online}", m.name, m.role.as_str())
+        })
+        .collect();
+    let count = lines.len();
+    Ok(Reply::lines(lines, count.to_string()))
 }
 
 /// Leaves this connection's session; with `all`, every session and token of the user too.

@@ -5,7 +5,7 @@
 
 use std::fmt;
 
-use super::command::Action;
+use super::command::{Action, HistoryPage};
 use super::reply::{escape, Reply};
 use crate::chat::Username;
 use crate::error::{ChatError, ChatResult, Code};
@@ -64,11 +64,14 @@ pub static VERBS: &[Verb] = &[
         args: "<user> <text>",
         args_note: "",
         needs_login: true,
-        summary: "send a message (after AUTH); replies OK <id>",
+        summary: "send a message (to #room: in a room); replies OK <id>",
         help: &[
             "SEND <user> <text>: send <text> (the rest of the line, kept exactly) to <user>.",
+            "SEND <#room> <text>: say <text> in a room you are in; its other members get",
+            "  ROOM <id> <#room> <you> <time> <text>.",
             "  Needs AUTH first; replies OK <id> once the message is stored.",
             "  example: SEND bob hello bob, are you there?",
+            "  example: SEND #class the lab starts at 10",
         ],
         parse: |rest| word_and_text(rest).map(|(to, text)| Action::Send { to, text }),
     },
@@ -136,6 +139,181 @@ pub static VERBS: &[Verb] = &[
         },
     },
     Verb {
+        name: "JOIN",
+        args: "<#room>",
+        args_note: "",
+        needs_login: true,
+        summary: "join a room, creating it if there is none",
+        help: &[
+            "JOIN <#room>: join a room; if there is none, it is created and you own it.",
+            "  Replies OK joined <#room> (<n> members). From then on the room's messages and",
+            "  events arrive as ROOM <id> <#room> <from> <time> <text> lines (events are from *),",
+            "  and wait for you while you are away. A room name is # then 1-32 of",
+            "  A-Z a-z 0-9 _ . - (any case: #Class is #class).",
+            "  example: JOIN #class",
+        ],
+        parse: |rest| words(rest).map(|[room]| Action::Join { room }),
+    },
+    Verb {
+        name: "LEAVE",
+        args: "<#room>",
+        args_note: "",
+        needs_login: true,
+        summary: "leave a room",
+        help: &[
+            "LEAVE <#room>: leave a room; replies OK left <#room>. Its messages stop.",
+            "  example: LEAVE #class",
+        ],
+        parse: |rest| words(rest).map(|[room]| Action::Leave { room }),
+    },
+    Verb {
+        name: "HISTORY",
+        args: "<#room|user> [after|before <id>]",
+        args_note: "",
+        needs_login: true,
+        summary: "a room's past, or your conversation with a user",
+        help: &[
+            "HISTORY <#room>: the room's latest 50 messages and events as ROOM lines, oldest",
+            "  first, then OK <count>. HISTORY <#room> after <id>: up to 100 after that id;",
+            "  HISTORY <#room> before <id>: up to 100 before it. Members only.",
+            "HISTORY <user>: the same over your conversation with <user>, both sides, as",
+            "  MSG <id> <from> <time> <text> lines, so you see what you sent too.",
+            "  example: HISTORY #class before 120",
+        ],
+        parse: |rest| {
+            let mut args = rest.split(is_blank).filter(|a| !a.is_empty());
+            let of = args.next()?;
+            let page = match (args.next(), args.next(), args.next()) {
+                (None, ..) => HistoryPage::Latest,
+                (Some(dir), Some(id), None) => {
+                    let id = id.parse::<i64>().ok().filter(|id| *id >= 0)?;
+                    match dir.to_ascii_lowercase().as_str() {
+                        "after" => HistoryPage::After(id),
+                        "before" => HistoryPage::Before(id),
+                        _ => return None,
+                    }
+                }
+                _ => return None,
+            };
+            Some(Action::History { of, page })
+        },
+    },
+    Verb {
+        name: "ROOMS",
+        args: "",
+        args_note: "",
+        needs_login: true,
+        summary: "the rooms you are in, with unread counts",
+        help: &[
+            "ROOMS: one line per room you are in, JOINED <#room> <members> <unread> <topic>,",
+            "  then OK <count>. Unread counts messages after your READ mark (not events).",
+        ],
+        parse: |rest| rest.trim().is_empty().then_some(Action::Rooms),
+    },
+    Verb {
+        name: "MEMBERS",
+        args: "<#room>",
+        args_note: "",
+        needs_login: true,
+        summary: "who is in a room, and who is online",
+        help: &[
+            "MEMBERS <#room>: USER <name> <owner|op|member> <online|offline> lines, owner",
+            "  first, then ops, then members, then OK <count>.",
+            "  example: MEMBERS #class",
+        ],
+        parse: |rest| words(rest).map(|[room]| Action::Members { room }),
+    },
+    Verb {
+        name: "READ",
+        args: "<#room> [<id>]",
+        args_note: ", id a whole number >= 0",
+        needs_login: true,
+        summary: "mark a room read (up to <id>)",
+        help: &[
+            "READ <#room> [<id>]: mark the room read up to <id> (default: its latest), for",
+            "  every session of yours; ROOMS then counts only what came after.",
+            "  example: READ #class",
+        ],
+        parse: |rest| {
+            let mut args = rest.split(is_blank).filter(|a| !a.is_empty());
+            let room = args.next()?;
+            let id = match args.next() {
+                None => None,
+                Some(id) => Some(id.parse::<i64>().ok().filter(|id| *id >= 0)?),
+            };
+            args.next().is_none().then_some(Action::Read { room, id })
+        },
+    },
+    Verb {
+        name: "TOPIC",
+        args: "<#room> <text>",
+        args_note: "",
+        needs_login: true,
+        summary: "set a room's topic",
+        help: &[
+            "TOPIC <#room> <text>: set the room's topic (at most 300 characters). While the",
+            "  room is topic-locked (+t, the default) only its owner and ops may.",
+            "  example: TOPIC #class Lab 3: sockets",
+        ],
+        parse: |rest| word_and_text(rest).map(|(room, text)| Action::Topic { room, text }),
+    },
+    Verb {
+        name: "INVITE",
+        args: "<#room> <user>",
+        args_note: "",
+        needs_login: true,
+        summary: "let a user into an invite-only room",
+        help: &[
+            "INVITE <#room> <user>: let <user> JOIN the room while it is invite-only (+i).",
+            "  Owner and ops only.",
+            "  example: INVITE #team3 bob",
+        ],
+        parse: |rest| words(rest).map(|[room, user]| Action::Invite { room, user }),
+    },
+    Verb {
+        name: "KICK",
+        args: "<#room> <user> [reason]",
+        args_note: "",
+        needs_login: true,
+        summary: "remove a member from a room",
+        help: &[
+            "KICK <#room> <user> [reason]: remove <user> from the room; they get the event",
+            "  and nothing after it. Owner and ops only; only the owner removes an op.",
+            "  example: KICK #class mallory spamming",
+        ],
+        parse: |rest| {
+            let rest = rest.trim_start_matches(is_blank);
+            let (room, rest) = rest.split_once(is_blank)?;
+            let rest = rest.trim_start_matches(is_blank);
+            let (user, reason) = rest.split_once(is_blank).unwrap_or((rest, ""));
+            let reason = reason.trim_matches(is_blank);
+            (!user.is_empty()).then_some(Action::Kick {
+                room,
+                user,
+                reason: (!reason.is_empty()).then_some(reason),
+            })
+        },
+    },
+    Verb {
+        name: "MODE",
+        args: "<#room> <+|-><i|m|t|o user>",
+        args_note: "",
+        needs_login: true,
+        summary: "change a room's flags, or make an op",
+        help: &[
+            "MODE <#room> <+|-><i|m|t|o user>: change the room. Owner and ops only.",
+            "  +i invite-only: JOIN needs an INVITE;  +m moderated: only ops speak;",
+            "  +t topic-locked (the default): only ops set the topic;  +o <user>: make an op.",
+            "  A - instead of + undoes it.",
+            "  example: MODE #announcements +m",
+        ],
+        parse: |rest| {
+            let mut args = rest.split(is_blank).filter(|a| !a.is_empty());
+            let (room, mode, user) = (args.next()?, args.next()?, args.next());
+            args.next().is_none().then_some(Action::Mode { room, mode, user })
+        },
+    },
+    Verb {
         name: "PING",
         args: "",
         args_note: "",
@@ -197,6 +375,13 @@ const HELP_AFTER: &[&str] = &[
     "  > SEND bob hello bob",
     "  < OK 1",
     "  < MSG 2 bob 2026-11-24T17:05:12.481Z hi alice      (a message arriving)",
+    "A class in a room:",
+    "  > JOIN #class",
+    "  < OK joined #class (12 members)",
+    "  > SEND #class hello everyone",
+    "  < OK 40",
+    "  < ROOM 41 #class bob 2026-11-24T17:06:02.113Z hi alice   (others speak)",
+    "  > HISTORY #class                                       (what you missed)",
     "Passwords travel in clear text: use one you use nowhere else.",
     "To leave: QUIT. If telnet hangs, press Ctrl-] and type quit at the telnet> prompt.",
     "In telnet, press Ctrl-] and type mode character (then Enter): each key is then sent as you",
@@ -231,7 +416,8 @@ impl Verb {
         }
     }
 
-    /// The verb with its arguments, as HELP lists it.
+    /// The verb with its arguments, as HELP lists it (longer than the column: on a line of
+    /// its own, its summary under it).
     fn synopsis(&self) -> String {
         if self.args.is_empty() {
             self.name.to_string()
@@ -263,9 +449,17 @@ pub fn auth_required() -> ChatError {
 /// <verb>`: that verb's row.
 pub fn help(verb: Option<&str>) -> Reply {
     let Some(verb) = verb else {
-        let list = VERBS
-            .iter()
-            .map(|v| format!("  {:<SYNOPSIS_WIDTH$} {}", v.synopsis(), v.summary));
+        let list = VERBS.iter().flat_map(|v| {
+            let synopsis = v.synopsis();
+            if synopsis.len() > SYNOPSIS_WIDTH {
+                vec![
+                    format!("  {synopsis}"),
+                    format!("  {:SYNOPSIS_WIDTH$} {}", "", v.summary),
+                ]
+            } else {
+                vec![format!("  {synopsis:<SYNOPSIS_WIDTH$} {}", v.summary)]
+            }
+        });
         let lines = HELP_BEFORE
             .iter()
             .map(|l| l.to_string())
@@ -436,6 +630,9 @@ mod tests {
                 .position(|l| l.starts_with(&start))
                 .unwrap_or_else(|| panic!("HELP lists {} after line {at}:\n{text}", verb.name));
             at += found;
+            if verb.synopsis().len() > SYNOPSIS_WIDTH {
+                at += 1;
+            }
             assert!(lines[at].ends_with(verb.summary), "{}", lines[at]);
             // The summaries line up.
             assert_eq!(lines[at].find(verb.summary), Some(3 + SYNOPSIS_WIDTH));
@@ -463,9 +660,9 @@ mod tests {
                 assert_eq!(before, Ok(None), "{}", verb.name);
             }
         }
-        // The wire today: these four answer AUTH_REQUIRED before login, the rest work.
-        let needing: Vec<&str> = VERBS.iter().filter(|v| v.needs_login).map(|v| v.name).collect();
-        assert_eq!(needing, ["SEND", "INBOX", "WHO", "LOGOUT"]);
+        // Before login only these work: the rest answer AUTH_REQUIRED.
+        let open: Vec<&str> = VERBS.iter().filter(|v| !v.needs_login).map(|v| v.name).collect();
+        assert_eq!(open, ["REGISTER", "AUTH", "PING", "ECHO", "HELP", "QUIT"]);
         // Arguments come first: a malformed line is BAD_ARGS whether logged in or not.
         assert_eq!(Command::parse("SEND bob").unwrap_err().code, Code::BadArgs);
         assert_eq!(Command::parse("WHO me").unwrap_err().code, Code::BadArgs);
