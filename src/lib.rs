@@ -8,6 +8,7 @@ mod activity;
 mod cache;
 mod chat;
 mod config;
+mod doors;
 mod echo;
 mod error;
 mod http;
@@ -19,27 +20,27 @@ pub mod logging;
 mod memory;
 mod net;
 mod store;
+mod supervisor;
 mod topology;
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::chat::{AuthLimits, Chat, ChatOptions, HashLimits};
 pub use crate::config::Config;
+use crate::doors::{Context, Door, Pool, DOORS};
 pub use crate::http::MAX_BODY as MAX_HTTP_BODY;
 use crate::hub::HubLimits;
-use crate::limits::{Budget, Door, Refusal};
-use crate::line::session::SessionSettings;
+use crate::limits::Budget;
 pub use crate::net::raise_open_files_limit;
 pub use crate::net::{interfaces, InterfaceAddr};
 use crate::store::{Store, StoreOptions};
+use crate::supervisor::Supervisor;
 
 /// On shutdown, how long connections and requests in flight get to finish and say goodbye:
 /// one deadline for all of them. Whatever is still open then is cut.
@@ -53,12 +54,13 @@ pub struct Server {
     config: Config,
     node_id: String,
     ip: IpAddr,
-    line: TcpListener,
-    http: Option<TcpListener>,
-    echo: Option<TcpListener>,
+    /// The bound doors, in the order of [`DOORS`]; the line protocol's is always there.
+    doors: Vec<Door>,
     store: Store,
     chat: Chat,
     budget: Budget,
+    /// The background tasks, running since [`Server::bind`] started them.
+    tasks: Supervisor,
 }
 
 impl Server {
@@ -82,22 +84,14 @@ impl Server {
             Some(name) => net::interface_ipv4(name)?,
             None => config.bind,
         };
-        let line = listen(ip, config.port, config.backlog, "the line protocol", "--port")?;
-        let http = if config.no_http {
-            None
-        } else {
-            Some(listen(
-                ip,
-                config.http_port,
-                config.backlog,
-                "HTTP",
-                "--http-port",
-            )?)
-        };
-        let echo = match config.echo_port {
-            Some(port) => Some(listen(ip, port, config.backlog, "echo", "--echo-port")?),
-            None => None,
-        };
+        let mut doors = Vec::new();
+        for row in DOORS {
+            if let Some(port) = (row.port)(&config) {
+                let listener = listen(ip, port, config.backlog, row.what, row.flag)?;
+                doors.push(Door { row, listener });
+            }
+        }
+        let line_port = doors.iter().find(|d| d.row.name == "line").map_or(0, |d| d.addr().port());
         if config.lab && config.db.starts_with("postgres") && !config.lab_on_postgres {
             anyhow::bail!(
                 "--lab lets anyone send as and read any user without a password; it is refused on \
@@ -111,7 +105,7 @@ impl Server {
                 format!(
                     "{}:{}",
                     net::hostname(),
-                    line.local_addr().map_or(0, |a| a.port())
+                    line_port
                 )
             })
             .replace(char::is_whitespace, "_");
@@ -121,6 +115,7 @@ impl Server {
         };
         // Its errors name the file or server and say what to do.
         let store = Store::open(&config.db, &store_options).await?;
+        let mut tasks = Supervisor::new();
         let chat = Chat::start(
             store.clone(),
             ChatOptions {
@@ -152,6 +147,7 @@ impl Server {
                 tokens_per_user: usize::try_from(config.max_tokens_per_user).unwrap_or(usize::MAX),
                 send_rate: config.max_send_rate,
             },
+            &mut tasks,
         );
         // SQLite: a writer and four readers; PostgreSQL: the pool and the LISTEN connection.
         let store_connections = store.descriptors();
@@ -159,36 +155,36 @@ impl Server {
             open_files,
             store_connections,
             config.max_connections,
-            config.echo_port.is_some(),
+            doors.iter().any(|d| d.row.pool == Pool::Echo),
         );
         tracing::debug!(?budget, "connection budget");
         Ok(Server {
             config,
             node_id,
             ip,
-            line,
-            http,
-            echo,
+            doors,
             store,
             chat,
             budget,
+            tasks,
         })
     }
 
+    /// The address of the door named `name`, if it is open.
+    fn addr_of(&self, name: &str) -> Option<SocketAddr> {
+        self.doors.iter().find(|d| d.row.name == name).map(Door::addr)
+    }
+
     pub fn line_addr(&self) -> SocketAddr {
-        self.line.local_addr().expect("a bound listener has an address")
+        self.addr_of("line").expect("the line protocol's door is always open")
     }
 
     pub fn http_addr(&self) -> Option<SocketAddr> {
-        self.http
-            .as_ref()
-            .map(|l| l.local_addr().expect("a bound listener has an address"))
+        self.addr_of("http")
     }
 
     pub fn echo_addr(&self) -> Option<SocketAddr> {
-        self.echo
-            .as_ref()
-            .map(|l| l.local_addr().expect("a bound listener has an address"))
+        self.addr_of("echo")
     }
 
     /// What a person can type to reach this server, one address per line.
@@ -256,134 +252,62 @@ impl Server {
 
     /// Serves until `shutdown` is cancelled, then stops accepting, lets connections finish
     /// their commands and say goodbye (until one deadline, [`SHUTDOWN_GRACE`] away), and
-    /// commits every queued message before returning. The server's tasks are supervised: if
-    /// one of them fails, the server shuts down the same way and returns its error.
+    /// commits every queued message before returning. Every background task is supervised
+    /// (see [`supervisor`]): if one of them ends before shutdown (returns, fails or panics),
+    /// the server shuts down the same way and returns an error naming it.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let listeners = serde_json::json!({
-            "line": self.line_addr().to_string(),
-            "http": self.http_addr().map(|a| a.to_string()),
-            "echo": self.echo_addr().map(|a| a.to_string()),
-        });
+        let listeners: serde_json::Map<String, serde_json::Value> = DOORS
+            .iter()
+            .map(|row| (row.name.to_string(), self.addr_of(row.name).map(|a| a.to_string()).into()))
+            .collect();
+        let listeners = serde_json::Value::Object(listeners);
         let Server {
             config,
             node_id,
-            line,
-            http,
-            echo,
+            doors,
             store,
             chat,
             budget,
+            mut tasks,
             ..
         } = self;
         // Cancelled by the caller, or by a task that failed.
         let stop = shutdown.child_token();
         let tracker = TaskTracker::new();
-        // Line and HTTP share one pool of places; echo has a small one of its own.
+        // The chat doors (line, HTTP) share one pool of places; echo has a small one of its own.
         let per_addr = limits::per_ip(config.max_connections_per_ip);
-        let chat_door = Door::new(budget.chat, per_addr.clone());
-        let echo_door = Door::new(budget.echo, per_addr);
-        let settings = Arc::new(SessionSettings::from_config(&config));
-        let mut tasks: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
-        // Not supervised: it only ever ends on `stop`, and nothing depends on it.
-        tokio::spawn(memory::give_back(stop.clone()));
-        {
-            let (chat, stop_sessions) = (chat.clone(), stop.clone());
-            let accept = listener::accept_loop(
-                "line",
-                line,
-                chat_door.clone(),
-                |refusal: Refusal| Some(format!("ERR SERVER_BUSY {}\r\n", refusal.reason()).into_bytes()),
-                stop.clone(),
-                tracker.clone(),
-                move |stream, peer, permit| {
-                    let session = line::session::serve(
-                        stream,
-                        peer,
-                        chat.clone(),
-                        settings.clone(),
-                        stop_sessions.clone(),
-                    );
-                    async move {
-                        session.await;
-                        drop(permit);
-                    }
-                },
-            );
-            tasks.spawn(async move {
-                accept.await;
-                ("the line listener", Ok(()))
-            });
-        }
-        if let Some(echo) = echo {
-            let (settings, stop_echo) = (Arc::new(echo::EchoSettings::from_config(&config)), stop.clone());
-            let accept = listener::accept_loop(
-                "echo",
-                echo,
-                echo_door,
-                |_| None,
-                stop.clone(),
-                tracker.clone(),
-                move |stream, _peer, permit| {
-                    let serve = echo::serve(stream, settings.clone(), stop_echo.clone());
-                    async move {
-                        serve.await;
-                        drop(permit);
-                    }
-                },
-            );
-            tasks.spawn(async move {
-                accept.await;
-                ("the echo listener", Ok(()))
-            });
-        }
-        if let Some(http) = http {
-            let state = Arc::new(http::AppState::new(
-                chat.clone(),
-                store.clone(),
-                node_id.clone(),
-                listeners,
-                stop.clone(),
-                config.lab,
-                &config.allowed_host,
-            ));
-            let (app, stop_http) = (http::router(state), stop.clone());
-            let accept = listener::accept_loop(
-                "http",
-                http,
-                chat_door,
-                http::busy_answer,
-                stop.clone(),
-                tracker.clone(),
-                move |stream, peer, permit| {
-                    let serve = http::serve_connection(stream, peer, app.clone(), stop_http.clone());
-                    async move {
-                        serve.await;
-                        drop(permit);
-                    }
-                },
-            );
-            tasks.spawn(async move {
-                accept.await;
-                ("the HTTP listener", Ok(()))
-            });
+        let chat_pool = limits::Door::new(budget.chat, per_addr.clone());
+        let echo_pool = limits::Door::new(budget.echo, per_addr);
+        tasks.spawn("the memory give-back", memory::give_back(stop.clone()));
+        let context = Context {
+            config: &config,
+            chat: &chat,
+            store: &store,
+            node_id: &node_id,
+            listeners: &listeners,
+            stop: &stop,
+        };
+        let mut accepting = Vec::new();
+        for door in doors {
+            let pool = match door.row.pool {
+                Pool::Chat => chat_pool.clone(),
+                Pool::Echo => echo_pool.clone(),
+            };
+            let (task, serve) = (door.row.task, (door.row.serve)(&context));
+            let accept = door.accept(pool, serve, stop.clone(), tracker.clone());
+            accepting.push(tasks.spawn(task, accept));
         }
         // Until shutdown, a task that ends is a task that failed.
         let mut failure = None;
         tokio::select! {
             biased;
             _ = stop.cancelled() => {}
-            Some(ended) = tasks.join_next() => {
-                let error = match ended {
-                    // An accept loop also ends when it sees the shutdown first.
-                    Ok((_, Ok(()))) if stop.is_cancelled() => None,
-                    Ok((task, Ok(()))) => Some(anyhow::anyhow!("{task} stopped unexpectedly")),
-                    Ok((task, Err(e))) => Some(e.context(format!("{task} failed"))),
-                    Err(e) => Some(anyhow::anyhow!("a server task panicked: {e}")),
-                };
-                if let Some(error) = &error {
+            Some(ended) = tasks.next_end() => {
+                // An accept loop also ends when it sees the shutdown first.
+                failure = ended.failure(stop.is_cancelled());
+                if let Some(error) = &failure {
                     tracing::error!(error = %format!("{error:#}"), "shutting down");
                 }
-                failure = error;
             }
         }
         stop.cancel();
@@ -391,16 +315,10 @@ impl Server {
         let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
         // The accept loops end at once; connections (HTTP ones too) finish in the tracker,
         // until the deadline.
-        let listeners_done = tokio::time::timeout_at(deadline, async {
-            while let Some(ended) = tasks.join_next().await {
-                if let Ok((task, Err(e))) = ended {
-                    tracing::warn!(error = %format!("{e:#}"), "{task} failed while stopping");
-                }
-            }
-        });
-        if listeners_done.await.is_err() {
+        let stopped_accepting = futures::future::join_all(accepting.iter().map(|a| a.wait()));
+        if tokio::time::timeout_at(deadline, stopped_accepting).await.is_err() {
             tracing::warn!("an accept loop did not stop in time");
-            tasks.abort_all();
+            accepting.iter().for_each(|a| a.abort());
         }
         tracker.close();
         if tokio::time::timeout_at(deadline, tracker.wait()).await.is_err() {
@@ -410,8 +328,14 @@ impl Server {
             );
         }
         // Every SEND that was accepted is committed (and delivered) before the store closes.
-        if !chat.close(tokio::time::Instant::now() + WRITER_GRACE).await {
+        let deadline = tokio::time::Instant::now() + WRITER_GRACE;
+        if !chat.close(deadline).await {
             tracing::error!("queued messages were not all committed before the store closed");
+        }
+        // Every task has been told to stop by now; one that failed or panicked while stopping
+        // is a failure too.
+        if let Some(error) = tasks.wait_all(deadline).await {
+            failure.get_or_insert(error);
         }
         store.close().await;
         tracing::info!("stopped");
