@@ -103,20 +103,36 @@ pub(crate) struct Door {
 
 impl Door {
     pub fn addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("a bound listener has an address")
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
     }
 
     /// Accepts connections until `stop`, admitting them into `pool` and serving each one in
     /// `tracker`; the place in the pool is held until the connection ends.
-    pub async fn accept(self, pool: limits::Door, serve: Serve, stop: CancellationToken, tracker: TaskTracker) {
+    pub async fn accept(
+        self,
+        pool: limits::Door,
+        serve: Serve,
+        stop: CancellationToken,
+        tracker: TaskTracker,
+    ) {
         let row = self.row;
-        listener::accept_loop(row.name, self.listener, pool, row.busy, stop, tracker, move |stream, peer, place| {
-            let served = serve(stream, peer);
-            async move {
-                served.await;
-                drop(place);
-            }
-        })
+        listener::accept_loop(
+            row.name,
+            self.listener,
+            pool,
+            row.busy,
+            stop,
+            tracker,
+            move |stream, peer, place| {
+                let served = serve(stream, peer);
+                async move {
+                    served.await;
+                    drop(place);
+                }
+            },
+        )
         .await;
     }
 }
@@ -148,6 +164,9 @@ fn serve_http(cx: &Context) -> Serve {
 }
 
 fn serve_echo(cx: &Context) -> Serve {
-    let (settings, stop) = (Arc::new(echo::EchoSettings::from_config(cx.config)), cx.stop.clone());
+    let (settings, stop) = (
+        Arc::new(echo::EchoSettings::from_config(cx.config)),
+        cx.stop.clone(),
+    );
     Arc::new(move |stream, _peer| echo::serve(stream, settings.clone(), stop.clone()).boxed())
 }

@@ -91,7 +91,10 @@ impl Server {
                 doors.push(Door { row, listener });
             }
         }
-        let line_port = doors.iter().find(|d| d.row.name == "line").map_or(0, |d| d.addr().port());
+        let line_port = doors
+            .iter()
+            .find(|d| d.row.name == "line")
+            .map_or(0, |d| d.addr().port());
         if config.lab && config.db.starts_with("postgres") && !config.lab_on_postgres {
             anyhow::bail!(
                 "--lab lets anyone send as and read any user without a password; it is refused on \
@@ -101,13 +104,7 @@ impl Server {
         let node_id = config
             .node_id
             .clone()
-            .unwrap_or_else(|| {
-                format!(
-                    "{}:{}",
-                    net::hostname(),
-                    line_port
-                )
-            })
+            .unwrap_or_else(|| format!("{}:{}", net::hostname(), line_port))
             .replace(char::is_whitespace, "_");
         let store_options = StoreOptions {
             pool_size: config.db_pool,
@@ -176,7 +173,8 @@ impl Server {
     }
 
     pub fn line_addr(&self) -> SocketAddr {
-        self.addr_of("line").expect("the line protocol's door is always open")
+        self.addr_of("line")
+            .expect("the line protocol's door is always open")
     }
 
     pub fn http_addr(&self) -> Option<SocketAddr> {
@@ -258,7 +256,12 @@ impl Server {
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let listeners: serde_json::Map<String, serde_json::Value> = DOORS
             .iter()
-            .map(|row| (row.name.to_string(), self.addr_of(row.name).map(|a| a.to_string()).into()))
+            .map(|row| {
+                (
+                    row.name.to_string(),
+                    self.addr_of(row.name).map(|a| a.to_string()).into(),
+                )
+            })
             .collect();
         let listeners = serde_json::Value::Object(listeners);
         let Server {
@@ -316,7 +319,10 @@ impl Server {
         // The accept loops end at once; connections (HTTP ones too) finish in the tracker,
         // until the deadline.
         let stopped_accepting = futures::future::join_all(accepting.iter().map(|a| a.wait()));
-        if tokio::time::timeout_at(deadline, stopped_accepting).await.is_err() {
+        if tokio::time::timeout_at(deadline, stopped_accepting)
+            .await
+            .is_err()
+        {
             tracing::warn!("an accept loop did not stop in time");
             accepting.iter().for_each(|a| a.abort());
         }
@@ -394,5 +400,236 @@ fn redact(url: &str) -> String {
             None => url.to_string(),
         },
         _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Every supervised task, made to end before shutdown, stops the server with an error
+    //! naming it; a clean shutdown still returns Ok with every accepted SEND committed.
+
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::supervisor::faults::Fault;
+
+    fn sqlite() -> Config {
+        let mut config = Config::for_tests("sqlite::memory:");
+        config.echo_port = Some(0);
+        config.load_test_hashing = true;
+        config
+    }
+
+    /// A fresh PostgreSQL database, when the tests were given a server; dropped by [`drop_pg`].
+    async fn postgres(test: &str) -> Option<(Config, String)> {
+        use sqlx::Connection;
+        let Ok(admin) = std::env::var("CHATD_TEST_DATABASE_URL") else {
+            eprintln!("SKIPPED {test} on PostgreSQL: set CHATD_TEST_DATABASE_URL to run it");
+            return None;
+        };
+        let name = format!("chatd_unit_{}_{test}", std::process::id());
+        let mut conn = sqlx::PgConnection::connect(&admin).await.expect("PostgreSQL");
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let (base, _) = admin.rsplit_once('/').expect("a database URL");
+        let mut config = Config::for_tests(format!("{base}/{name}"));
+        config.load_test_hashing = true;
+        Some((config, name))
+    }
+
+    async fn drop_pg(name: &str) {
+        use sqlx::Connection;
+        let admin = std::env::var("CHATD_TEST_DATABASE_URL").unwrap();
+        let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap();
+        sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+
+    /// Makes `task` end by `fault` while the server runs, and returns what `run` said. The
+    /// server must have stopped: its line door no longer answers.
+    async fn fail(config: Config, task: &'static str, fault: Fault) -> String {
+        let server = Server::bind(config).await.expect("the server starts");
+        let line = server.line_addr();
+        let faults = server.tasks.faults();
+        let shutdown = CancellationToken::new();
+        let run = tokio::spawn(server.run(shutdown.clone()));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            tokio::net::TcpStream::connect(line).await.is_ok(),
+            "serving before the fault"
+        );
+        faults.inject(task, fault);
+        let ended = tokio::time::timeout(Duration::from_secs(20), run)
+            .await
+            .expect("the server stops by itself")
+            .expect("run does not panic");
+        assert!(
+            tokio::net::TcpStream::connect(line).await.is_err(),
+            "the line door still answers after {task} ended"
+        );
+        format!("{:#}", ended.expect_err("a task that ended is an error"))
+    }
+
+    #[tokio::test]
+    async fn every_task_alone_is_supervised() {
+        let server = Server::bind(sqlite()).await.unwrap();
+        assert_eq!(
+            server.tasks.names(),
+            ["the delivery", "the message writer", "the session watcher"]
+        );
+    }
+
+    #[tokio::test]
+    async fn every_task_in_a_cluster_is_supervised() {
+        let Some((config, db)) = postgres("names").await else {
+            return;
+        };
+        let server = Server::bind(config).await.unwrap();
+        assert_eq!(
+            server.tasks.names(),
+            [
+                "the message writer",
+                "the presence heartbeat",
+                "the relay",
+                "the session watcher"
+            ]
+        );
+        drop(server);
+        drop_pg(&db).await;
+    }
+
+    #[tokio::test]
+    async fn a_line_listener_that_returns_stops_the_server() {
+        let error = fail(sqlite(), "the line listener", Fault::Return).await;
+        assert_eq!(error, "the line listener stopped unexpectedly");
+    }
+
+    #[tokio::test]
+    async fn an_http_listener_that_fails_stops_the_server() {
+        let error = fail(sqlite(), "the HTTP listener", Fault::Fail).await;
+        assert_eq!(error, "the HTTP listener failed: injected failure");
+    }
+
+    #[tokio::test]
+    async fn an_echo_listener_that_panics_stops_the_server() {
+        let error = fail(sqlite(), "the echo listener", Fault::Panic).await;
+        assert_eq!(error, "the echo listener panicked: injected fault");
+    }
+
+    #[tokio::test]
+    async fn a_writer_that_panics_stops_the_server() {
+        let error = fail(sqlite(), "the message writer", Fault::Panic).await;
+        assert_eq!(error, "the message writer panicked: injected fault");
+    }
+
+    #[tokio::test]
+    async fn a_delivery_that_returns_stops_the_server() {
+        let error = fail(sqlite(), "the delivery", Fault::Return).await;
+        assert_eq!(error, "the delivery stopped unexpectedly");
+    }
+
+    #[tokio::test]
+    async fn a_session_watcher_that_fails_stops_the_server() {
+        let error = fail(sqlite(), "the session watcher", Fault::Fail).await;
+        assert_eq!(error, "the session watcher failed: injected failure");
+    }
+
+    #[tokio::test]
+    async fn a_memory_give_back_that_panics_stops_the_server() {
+        let error = fail(sqlite(), "the memory give-back", Fault::Panic).await;
+        assert_eq!(error, "the memory give-back panicked: injected fault");
+    }
+
+    #[tokio::test]
+    async fn a_relay_that_panics_stops_the_server() {
+        let Some((config, db)) = postgres("relay").await else {
+            return;
+        };
+        let error = fail(config, "the relay", Fault::Panic).await;
+        assert_eq!(error, "the relay panicked: injected fault");
+        drop_pg(&db).await;
+    }
+
+    #[tokio::test]
+    async fn a_relay_that_returns_stops_the_server() {
+        let Some((config, db)) = postgres("relay_returns").await else {
+            return;
+        };
+        let error = fail(config, "the relay", Fault::Return).await;
+        assert_eq!(error, "the relay stopped unexpectedly");
+        drop_pg(&db).await;
+    }
+
+    #[tokio::test]
+    async fn a_presence_heartbeat_that_returns_stops_the_server() {
+        let Some((config, db)) = postgres("presence").await else {
+            return;
+        };
+        let error = fail(config, "the presence heartbeat", Fault::Return).await;
+        assert_eq!(error, "the presence heartbeat stopped unexpectedly");
+        drop_pg(&db).await;
+    }
+
+    #[tokio::test]
+    async fn a_writer_in_a_cluster_that_fails_stops_the_server() {
+        let Some((config, db)) = postgres("writer").await else {
+            return;
+        };
+        let error = fail(config, "the message writer", Fault::Fail).await;
+        assert_eq!(error, "the message writer failed: injected failure");
+        drop_pg(&db).await;
+    }
+
+    #[tokio::test]
+    async fn a_clean_shutdown_returns_ok_and_commits_every_accepted_send() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = sqlite();
+        config.db = format!("sqlite://{}", dir.path().join("chatd.db").display());
+        let server = Server::bind(config.clone()).await.unwrap();
+        let chat = server.chat.clone();
+        let alice = chat
+            .register("alice", "pw", Ipv4Addr::LOCALHOST.into())
+            .await
+            .unwrap();
+        let shutdown = CancellationToken::new();
+        let run = tokio::spawn(server.run(shutdown.clone()));
+        let sends: Vec<_> = (0..300)
+            .map(|i| {
+                let (chat, alice) = (chat.clone(), alice.clone());
+                tokio::spawn(async move { chat.send(&alice, "alice", &format!("queued {i}"), None).await })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(20), run)
+            .await
+            .expect("the server stops in time")
+            .unwrap()
+            .expect("a clean shutdown is Ok");
+        let mut acked = Vec::new();
+        for send in sends {
+            if let Ok(message) = send.await.unwrap() {
+                acked.push(message.id);
+            }
+        }
+        assert!(!acked.is_empty());
+        drop(chat);
+
+        let server = Server::bind(config).await.unwrap();
+        let stored: Vec<i64> = server
+            .chat
+            .inbox(&alice, 0, 1000)
+            .await
+            .unwrap()
+            .iter()
+            .map(|m| m.id)
+            .collect();
+        for id in &acked {
+            assert!(stored.contains(id), "acknowledged {id} was not stored");
+        }
     }
 }

@@ -91,10 +91,9 @@ impl Topology {
         let mode = match store {
             Store::Sqlite(_) => {
                 let (deliveries, queue) = mpsc::channel(DELIVERY_QUEUE);
-                tasks.push(supervisor.spawn(
-                    "the delivery",
-                    deliver_batches(hub.clone(), queue, stop.clone()),
-                ));
+                tasks.push(
+                    supervisor.spawn("the delivery", deliver_batches(hub.clone(), queue, stop.clone())),
+                );
                 Mode::Alone {
                     cache: InboxCache::new(),
                     deliveries,
