@@ -8,6 +8,7 @@ mod activity;
 mod cache;
 mod chat;
 mod config;
+mod doors;
 mod echo;
 mod error;
 mod http;
@@ -19,27 +20,27 @@ pub mod logging;
 mod memory;
 mod net;
 mod store;
+mod supervisor;
 mod topology;
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::chat::{AuthLimits, Chat, ChatOptions, HashLimits};
 pub use crate::config::Config;
+use crate::doors::{Context, Door, Pool, DOORS};
 pub use crate::http::MAX_BODY as MAX_HTTP_BODY;
 use crate::hub::HubLimits;
-use crate::limits::{Budget, Door, Refusal};
-use crate::line::session::SessionSettings;
+use crate::limits::Budget;
 pub use crate::net::raise_open_files_limit;
 pub use crate::net::{interfaces, InterfaceAddr};
 use crate::store::{Store, StoreOptions};
+use crate::supervisor::Supervisor;
 
 /// On shutdown, how long connections and requests in flight get to finish and say goodbye:
 /// one deadline for all of them. Whatever is still open then is cut.
@@ -53,12 +54,13 @@ pub struct Server {
     config: Config,
     node_id: String,
     ip: IpAddr,
-    line: TcpListener,
-    http: Option<TcpListener>,
-    echo: Option<TcpListener>,
+    /// The bound doors, in the order of [`DOORS`]; the line protocol's is always there.
+    doors: Vec<Door>,
     store: Store,
     chat: Chat,
     budget: Budget,
+    /// The background tasks, running since [`Server::bind`] started them.
+    tasks: Supervisor,
 }
 
 impl Server {
@@ -82,22 +84,17 @@ impl Server {
             Some(name) => net::interface_ipv4(name)?,
             None => config.bind,
         };
-        let line = listen(ip, config.port, config.backlog, "the line protocol", "--port")?;
-        let http = if config.no_http {
-            None
-        } else {
-            Some(listen(
-                ip,
-                config.http_port,
-                config.backlog,
-                "HTTP",
-                "--http-port",
-            )?)
-        };
-        let echo = match config.echo_port {
-            Some(port) => Some(listen(ip, port, config.backlog, "echo", "--echo-port")?),
-            None => None,
-        };
+        let mut doors = Vec::new();
+        for row in DOORS {
+            if let Some(port) = (row.port)(&config) {
+                let listener = listen(ip, port, config.backlog, row.what, row.flag)?;
+                doors.push(Door { row, listener });
+            }
+        }
+        let line_port = doors
+            .iter()
+            .find(|d| d.row.name == "line")
+            .map_or(0, |d| d.addr().port());
         if config.lab && config.db.starts_with("postgres") && !config.lab_on_postgres {
             anyhow::bail!(
                 "--lab lets anyone send as and read any user without a password; it is refused on \
@@ -107,13 +104,7 @@ impl Server {
         let node_id = config
             .node_id
             .clone()
-            .unwrap_or_else(|| {
-                format!(
-                    "{}:{}",
-                    net::hostname(),
-                    line.local_addr().map_or(0, |a| a.port())
-                )
-            })
+            .unwrap_or_else(|| format!("{}:{}", net::hostname(), line_port))
             .replace(char::is_whitespace, "_");
         let store_options = StoreOptions {
             pool_size: config.db_pool,
@@ -121,6 +112,7 @@ impl Server {
         };
         // Its errors name the file or server and say what to do.
         let store = Store::open(&config.db, &store_options).await?;
+        let mut tasks = Supervisor::new();
         let chat = Chat::start(
             store.clone(),
             ChatOptions {
@@ -154,6 +146,7 @@ impl Server {
                 max_room_members: config.max_room_members,
                 max_rooms_per_user: config.max_rooms_per_user,
             },
+            &mut tasks,
         );
         // SQLite: a writer and four readers; PostgreSQL: the pool and the LISTEN connection.
         let store_connections = store.descriptors();
@@ -161,36 +154,37 @@ impl Server {
             open_files,
             store_connections,
             config.max_connections,
-            config.echo_port.is_some(),
+            doors.iter().any(|d| d.row.pool == Pool::Echo),
         );
         tracing::debug!(?budget, "connection budget");
         Ok(Server {
             config,
             node_id,
             ip,
-            line,
-            http,
-            echo,
+            doors,
             store,
             chat,
             budget,
+            tasks,
         })
     }
 
+    /// The address of the door named `name`, if it is open.
+    fn addr_of(&self, name: &str) -> Option<SocketAddr> {
+        self.doors.iter().find(|d| d.row.name == name).map(Door::addr)
+    }
+
     pub fn line_addr(&self) -> SocketAddr {
-        self.line.local_addr().expect("a bound listener has an address")
+        self.addr_of("line")
+            .expect("the line protocol's door is always open")
     }
 
     pub fn http_addr(&self) -> Option<SocketAddr> {
-        self.http
-            .as_ref()
-            .map(|l| l.local_addr().expect("a bound listener has an address"))
+        self.addr_of("http")
     }
 
     pub fn echo_addr(&self) -> Option<SocketAddr> {
-        self.echo
-            .as_ref()
-            .map(|l| l.local_addr().expect("a bound listener has an address"))
+        self.addr_of("echo")
     }
 
     /// What a person can type to reach this server, one address per line.
@@ -258,134 +252,67 @@ impl Server {
 
     /// Serves until `shutdown` is cancelled, then stops accepting, lets connections finish
     /// their commands and say goodbye (until one deadline, [`SHUTDOWN_GRACE`] away), and
-    /// commits every queued message before returning. The server's tasks are supervised: if
-    /// one of them fails, the server shuts down the same way and returns its error.
+    /// commits every queued message before returning. Every background task is supervised
+    /// (see [`supervisor`]): if one of them ends before shutdown (returns, fails or panics),
+    /// the server shuts down the same way and returns an error naming it.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let listeners = serde_json::json!({
-            "line": self.line_addr().to_string(),
-            "http": self.http_addr().map(|a| a.to_string()),
-            "echo": self.echo_addr().map(|a| a.to_string()),
-        });
+        let listeners: serde_json::Map<String, serde_json::Value> = DOORS
+            .iter()
+            .map(|row| {
+                (
+                    row.name.to_string(),
+                    self.addr_of(row.name).map(|a| a.to_string()).into(),
+                )
+            })
+            .collect();
+        let listeners = serde_json::Value::Object(listeners);
         let Server {
             config,
             node_id,
-            line,
-            http,
-            echo,
+            doors,
             store,
             chat,
             budget,
+            mut tasks,
             ..
         } = self;
         // Cancelled by the caller, or by a task that failed.
         let stop = shutdown.child_token();
         let tracker = TaskTracker::new();
-        // Line and HTTP share one pool of places; echo has a small one of its own.
+        // The chat doors (line, HTTP) share one pool of places; echo has a small one of its own.
         let per_addr = limits::per_ip(config.max_connections_per_ip);
-        let chat_door = Door::new(budget.chat, per_addr.clone());
-        let echo_door = Door::new(budget.echo, per_addr);
-        let settings = Arc::new(SessionSettings::from_config(&config));
-        let mut tasks: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
-        // Not supervised: it only ever ends on `stop`, and nothing depends on it.
-        tokio::spawn(memory::give_back(stop.clone()));
-        {
-            let (chat, stop_sessions) = (chat.clone(), stop.clone());
-            let accept = listener::accept_loop(
-                "line",
-                line,
-                chat_door.clone(),
-                |refusal: Refusal| Some(format!("ERR SERVER_BUSY {}\r\n", refusal.reason()).into_bytes()),
-                stop.clone(),
-                tracker.clone(),
-                move |stream, peer, permit| {
-                    let session = line::session::serve(
-                        stream,
-                        peer,
-                        chat.clone(),
-                        settings.clone(),
-                        stop_sessions.clone(),
-                    );
-                    async move {
-                        session.await;
-                        drop(permit);
-                    }
-                },
-            );
-            tasks.spawn(async move {
-                accept.await;
-                ("the line listener", Ok(()))
-            });
-        }
-        if let Some(echo) = echo {
-            let (settings, stop_echo) = (Arc::new(echo::EchoSettings::from_config(&config)), stop.clone());
-            let accept = listener::accept_loop(
-                "echo",
-                echo,
-                echo_door,
-                |_| None,
-                stop.clone(),
-                tracker.clone(),
-                move |stream, _peer, permit| {
-                    let serve = echo::serve(stream, settings.clone(), stop_echo.clone());
-                    async move {
-                        serve.await;
-                        drop(permit);
-                    }
-                },
-            );
-            tasks.spawn(async move {
-                accept.await;
-                ("the echo listener", Ok(()))
-            });
-        }
-        if let Some(http) = http {
-            let state = Arc::new(http::AppState::new(
-                chat.clone(),
-                store.clone(),
-                node_id.clone(),
-                listeners,
-                stop.clone(),
-                config.lab,
-                &config.allowed_host,
-            ));
-            let (app, stop_http) = (http::router(state), stop.clone());
-            let accept = listener::accept_loop(
-                "http",
-                http,
-                chat_door,
-                http::busy_answer,
-                stop.clone(),
-                tracker.clone(),
-                move |stream, peer, permit| {
-                    let serve = http::serve_connection(stream, peer, app.clone(), stop_http.clone());
-                    async move {
-                        serve.await;
-                        drop(permit);
-                    }
-                },
-            );
-            tasks.spawn(async move {
-                accept.await;
-                ("the HTTP listener", Ok(()))
-            });
+        let chat_pool = limits::Door::new(budget.chat, per_addr.clone());
+        let echo_pool = limits::Door::new(budget.echo, per_addr);
+        tasks.spawn("the memory give-back", memory::give_back(stop.clone()));
+        let context = Context {
+            config: &config,
+            chat: &chat,
+            store: &store,
+            node_id: &node_id,
+            listeners: &listeners,
+            stop: &stop,
+        };
+        let mut accepting = Vec::new();
+        for door in doors {
+            let pool = match door.row.pool {
+                Pool::Chat => chat_pool.clone(),
+                Pool::Echo => echo_pool.clone(),
+            };
+            let (task, serve) = (door.row.task, (door.row.serve)(&context));
+            let accept = door.accept(pool, serve, stop.clone(), tracker.clone());
+            accepting.push(tasks.spawn(task, accept));
         }
         // Until shutdown, a task that ends is a task that failed.
         let mut failure = None;
         tokio::select! {
             biased;
             _ = stop.cancelled() => {}
-            Some(ended) = tasks.join_next() => {
-                let error = match ended {
-                    // An accept loop also ends when it sees the shutdown first.
-                    Ok((_, Ok(()))) if stop.is_cancelled() => None,
-                    Ok((task, Ok(()))) => Some(anyhow::anyhow!("{task} stopped unexpectedly")),
-                    Ok((task, Err(e))) => Some(e.context(format!("{task} failed"))),
-                    Err(e) => Some(anyhow::anyhow!("a server task panicked: {e}")),
-                };
-                if let Some(error) = &error {
+            Some(ended) = tasks.next_end() => {
+                // An accept loop also ends when it sees the shutdown first.
+                failure = ended.failure(stop.is_cancelled());
+                if let Some(error) = &failure {
                     tracing::error!(error = %format!("{error:#}"), "shutting down");
                 }
-                failure = error;
             }
         }
         stop.cancel();
@@ -393,16 +320,13 @@ impl Server {
         let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
         // The accept loops end at once; connections (HTTP ones too) finish in the tracker,
         // until the deadline.
-        let listeners_done = tokio::time::timeout_at(deadline, async {
-            while let Some(ended) = tasks.join_next().await {
-                if let Ok((task, Err(e))) = ended {
-                    tracing::warn!(error = %format!("{e:#}"), "{task} failed while stopping");
-                }
-            }
-        });
-        if listeners_done.await.is_err() {
+        let stopped_accepting = futures::future::join_all(accepting.iter().map(|a| a.wait()));
+        if tokio::time::timeout_at(deadline, stopped_accepting)
+            .await
+            .is_err()
+        {
             tracing::warn!("an accept loop did not stop in time");
-            tasks.abort_all();
+            accepting.iter().for_each(|a| a.abort());
         }
         tracker.close();
         if tokio::time::timeout_at(deadline, tracker.wait()).await.is_err() {
@@ -412,8 +336,14 @@ impl Server {
             );
         }
         // Every SEND that was accepted is committed (and delivered) before the store closes.
-        if !chat.close(tokio::time::Instant::now() + WRITER_GRACE).await {
+        let deadline = tokio::time::Instant::now() + WRITER_GRACE;
+        if !chat.close(deadline).await {
             tracing::error!("queued messages were not all committed before the store closed");
+        }
+        // Every task has been told to stop by now; one that failed or panicked while stopping
+        // is a failure too.
+        if let Some(error) = tasks.wait_all(deadline).await {
+            failure.get_or_insert(error);
         }
         store.close().await;
         tracing::info!("stopped");
@@ -472,5 +402,236 @@ fn redact(url: &str) -> String {
             None => url.to_string(),
         },
         _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Every supervised task, made to end before shutdown, stops the server with an error
+    //! naming it; a clean shutdown still returns Ok with every accepted SEND committed.
+
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::supervisor::faults::Fault;
+
+    fn sqlite() -> Config {
+        let mut config = Config::for_tests("sqlite::memory:");
+        config.echo_port = Some(0);
+        config.load_test_hashing = true;
+        config
+    }
+
+    /// A fresh PostgreSQL database, when the tests were given a server; dropped by [`drop_pg`].
+    async fn postgres(test: &str) -> Option<(Config, String)> {
+        use sqlx::Connection;
+        let Ok(admin) = std::env::var("CHATD_TEST_DATABASE_URL") else {
+            eprintln!("SKIPPED {test} on PostgreSQL: set CHATD_TEST_DATABASE_URL to run it");
+            return None;
+        };
+        let name = format!("chatd_unit_{}_{test}", std::process::id());
+        let mut conn = sqlx::PgConnection::connect(&admin).await.expect("PostgreSQL");
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let (base, _) = admin.rsplit_once('/').expect("a database URL");
+        let mut config = Config::for_tests(format!("{base}/{name}"));
+        config.load_test_hashing = true;
+        Some((config, name))
+    }
+
+    async fn drop_pg(name: &str) {
+        use sqlx::Connection;
+        let admin = std::env::var("CHATD_TEST_DATABASE_URL").unwrap();
+        let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap();
+        sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+
+    /// Makes `task` end by `fault` while the server runs, and returns what `run` said. The
+    /// server must have stopped: its line door no longer answers.
+    async fn fail(config: Config, task: &'static str, fault: Fault) -> String {
+        let server = Server::bind(config).await.expect("the server starts");
+        let line = server.line_addr();
+        let faults = server.tasks.faults();
+        let shutdown = CancellationToken::new();
+        let run = tokio::spawn(server.run(shutdown.clone()));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            tokio::net::TcpStream::connect(line).await.is_ok(),
+            "serving before the fault"
+        );
+        faults.inject(task, fault);
+        let ended = tokio::time::timeout(Duration::from_secs(20), run)
+            .await
+            .expect("the server stops by itself")
+            .expect("run does not panic");
+        assert!(
+            tokio::net::TcpStream::connect(line).await.is_err(),
+            "the line door still answers after {task} ended"
+        );
+        format!("{:#}", ended.expect_err("a task that ended is an error"))
+    }
+
+    #[tokio::test]
+    async fn every_task_alone_is_supervised() {
+        let server = Server::bind(sqlite()).await.unwrap();
+        assert_eq!(
+            server.tasks.names(),
+            ["the delivery", "the message writer", "the session watcher"]
+        );
+    }
+
+    #[tokio::test]
+    async fn every_task_in_a_cluster_is_supervised() {
+        let Some((config, db)) = postgres("names").await else {
+            return;
+        };
+        let server = Server::bind(config).await.unwrap();
+        assert_eq!(
+            server.tasks.names(),
+            [
+                "the message writer",
+                "the presence heartbeat",
+                "the relay",
+                "the session watcher"
+            ]
+        );
+        drop(server);
+        drop_pg(&db).await;
+    }
+
+    #[tokio::test]
+    async fn a_line_listener_that_returns_stops_the_server() {
+        let error = fail(sqlite(), "the line listener", Fault::Return).await;
+        assert_eq!(error, "the line listener stopped unexpectedly");
+    }
+
+    #[tokio::test]
+    async fn an_http_listener_that_fails_stops_the_server() {
+        let error = fail(sqlite(), "the HTTP listener", Fault::Fail).await;
+        assert_eq!(error, "the HTTP listener failed: injected failure");
+    }
+
+    #[tokio::test]
+    async fn an_echo_listener_that_panics_stops_the_server() {
+        let error = fail(sqlite(), "the echo listener", Fault::Panic).await;
+        assert_eq!(error, "the echo listener panicked: injected fault");
+    }
+
+    #[tokio::test]
+    async fn a_writer_that_panics_stops_the_server() {
+        let error = fail(sqlite(), "the message writer", Fault::Panic).await;
+        assert_eq!(error, "the message writer panicked: injected fault");
+    }
+
+    #[tokio::test]
+    async fn a_delivery_that_returns_stops_the_server() {
+        let error = fail(sqlite(), "the delivery", Fault::Return).await;
+        assert_eq!(error, "the delivery stopped unexpectedly");
+    }
+
+    #[tokio::test]
+    async fn a_session_watcher_that_fails_stops_the_server() {
+        let error = fail(sqlite(), "the session watcher", Fault::Fail).await;
+        assert_eq!(error, "the session watcher failed: injected failure");
+    }
+
+    #[tokio::test]
+    async fn a_memory_give_back_that_panics_stops_the_server() {
+        let error = fail(sqlite(), "the memory give-back", Fault::Panic).await;
+        assert_eq!(error, "the memory give-back panicked: injected fault");
+    }
+
+    #[tokio::test]
+    async fn a_relay_that_panics_stops_the_server() {
+        let Some((config, db)) = postgres("relay").await else {
+            return;
+        };
+        let error = fail(config, "the relay", Fault::Panic).await;
+        assert_eq!(error, "the relay panicked: injected fault");
+        drop_pg(&db).await;
+    }
+
+    #[tokio::test]
+    async fn a_relay_that_returns_stops_the_server() {
+        let Some((config, db)) = postgres("relay_returns").await else {
+            return;
+        };
+        let error = fail(config, "the relay", Fault::Return).await;
+        assert_eq!(error, "the relay stopped unexpectedly");
+        drop_pg(&db).await;
+    }
+
+    #[tokio::test]
+    async fn a_presence_heartbeat_that_returns_stops_the_server() {
+        let Some((config, db)) = postgres("presence").await else {
+            return;
+        };
+        let error = fail(config, "the presence heartbeat", Fault::Return).await;
+        assert_eq!(error, "the presence heartbeat stopped unexpectedly");
+        drop_pg(&db).await;
+    }
+
+    #[tokio::test]
+    async fn a_writer_in_a_cluster_that_fails_stops_the_server() {
+        let Some((config, db)) = postgres("writer").await else {
+            return;
+        };
+        let error = fail(config, "the message writer", Fault::Fail).await;
+        assert_eq!(error, "the message writer failed: injected failure");
+        drop_pg(&db).await;
+    }
+
+    #[tokio::test]
+    async fn a_clean_shutdown_returns_ok_and_commits_every_accepted_send() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = sqlite();
+        config.db = format!("sqlite://{}", dir.path().join("chatd.db").display());
+        let server = Server::bind(config.clone()).await.unwrap();
+        let chat = server.chat.clone();
+        let alice = chat
+            .register("alice", "pw", Ipv4Addr::LOCALHOST.into())
+            .await
+            .unwrap();
+        let shutdown = CancellationToken::new();
+        let run = tokio::spawn(server.run(shutdown.clone()));
+        let sends: Vec<_> = (0..300)
+            .map(|i| {
+                let (chat, alice) = (chat.clone(), alice.clone());
+                tokio::spawn(async move { chat.send(&alice, "alice", &format!("queued {i}"), None).await })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(20), run)
+            .await
+            .expect("the server stops in time")
+            .unwrap()
+            .expect("a clean shutdown is Ok");
+        let mut acked = Vec::new();
+        for send in sends {
+            if let Ok(message) = send.await.unwrap() {
+                acked.push(message.id);
+            }
+        }
+        assert!(!acked.is_empty());
+        drop(chat);
+
+        let server = Server::bind(config).await.unwrap();
+        let stored: Vec<i64> = server
+            .chat
+            .inbox(&alice, 0, 1000)
+            .await
+            .unwrap()
+            .iter()
+            .map(|m| m.id)
+            .collect();
+        for id in &acked {
+            assert!(stored.contains(id), "acknowledged {id} was not stored");
+        }
     }
 }

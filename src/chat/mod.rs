@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::{ChatError, ChatResult, Code};
 use crate::hub::{Hub, HubLimits, Subscription, TooManySessions};
 use crate::store::{Counts, Message, NewMessage, Page, Store, StoreErrorKind, Write};
+use crate::supervisor::{Finished, Supervisor};
 use crate::topology::Topology;
 use auth::Auth;
 pub use auth::ConnAuthState;
@@ -108,7 +109,7 @@ struct Inner {
     max_rooms_per_user: u32,
     /// Stops the task that ends the sessions of ended tokens and logouts.
     stop_sessions: CancellationToken,
-    sessions: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    sessions: Finished,
 }
 
 impl Drop for Inner {
@@ -128,11 +129,11 @@ impl Drop for ConnectionGuard {
 }
 
 impl Chat {
-    /// Builds the domain over `store`: the topology's tasks and the group-commit writer start
-    /// here and run until [`Chat::close`].
-    pub fn start(store: Store, options: ChatOptions) -> Chat {
-        let topology = Topology::start(&store, &options.node_id, Hub::new(options.hub));
-        let writer = Writer::start(store.clone(), topology.clone());
+    /// Builds the domain over `store`: the topology's tasks, the group-commit writer and the
+    /// session watcher start here, in `supervisor`, and run until [`Chat::close`].
+    pub fn start(store: Store, options: ChatOptions, supervisor: &mut Supervisor) -> Chat {
+        let topology = Topology::start(&store, &options.node_id, Hub::new(options.hub), supervisor);
+        let writer = Writer::start(store.clone(), topology.clone(), supervisor);
         let tokens = Tokens::new(store.clone(), options.tokens_per_user);
         let stop_sessions = CancellationToken::new();
         let sessions = sessions::start(
@@ -140,6 +141,7 @@ impl Chat {
             topology.hub().clone(),
             tokens.clone(),
             stop_sessions.clone(),
+            supervisor,
         );
         Chat {
             inner: Arc::new(Inner {
@@ -154,7 +156,7 @@ impl Chat {
                 max_room_members: options.max_room_members.max(1),
                 max_rooms_per_user: options.max_rooms_per_user.max(1),
                 stop_sessions,
-                sessions: std::sync::Mutex::new(Some(sessions)),
+                sessions,
             }),
         }
     }
@@ -167,15 +169,7 @@ impl Chat {
             tracing::warn!("the message writer did not finish in time");
         }
         self.inner.stop_sessions.cancel();
-        let sessions = self
-            .inner
-            .sessions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        if let Some(task) = sessions {
-            let _ = tokio::time::timeout_at(deadline, task).await;
-        }
+        let _ = tokio::time::timeout_at(deadline, self.inner.sessions.wait()).await;
         let stopped = self.inner.topology.close(deadline).await;
         written && stopped
     }

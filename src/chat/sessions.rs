@@ -12,13 +12,13 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::tokens::Tokens;
 use crate::error::ChatResult;
 use crate::hub::Hub;
 use crate::store::{PgStore, Store};
+use crate::supervisor::{Finished, Supervisor};
 
 /// How often a node checks its streams' tokens and (in a cluster) the logouts: well within the
 /// 5 s a token is trusted for.
@@ -32,12 +32,18 @@ const SWEEP_EVERY: Duration = Duration::from_secs(60);
 /// Tokens asked about in one query at most.
 const TOKENS_PER_QUERY: usize = 1000;
 
-pub(crate) fn start(store: &Store, hub: Hub, tokens: Tokens, stop: CancellationToken) -> JoinHandle<()> {
+pub(crate) fn start(
+    store: &Store,
+    hub: Hub,
+    tokens: Tokens,
+    stop: CancellationToken,
+    supervisor: &mut Supervisor,
+) -> Finished {
     let cluster = match store {
         Store::Postgres(pg) => Some(pg.clone()),
         Store::Sqlite(_) => None,
     };
-    tokio::spawn(watch(cluster, hub, tokens, stop))
+    supervisor.spawn("the session watcher", watch(cluster, hub, tokens, stop))
 }
 
 async fn watch(cluster: Option<PgStore>, hub: Hub, tokens: Tokens, stop: CancellationToken) {

@@ -17,11 +17,11 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::error::{ChatError, ChatResult, Code, Outcome};
 use crate::store::{Message, RoomRefusal, Store, StoreError, StoreErrorKind, Write};
+use crate::supervisor::{Finished, Supervisor};
 use crate::topology::Topology;
 
 /// Most SENDs committed in one transaction.
@@ -53,15 +53,15 @@ struct Pending {
 
 pub(crate) struct Writer {
     queue: Mutex<Option<mpsc::Sender<Pending>>>,
-    task: Mutex<Option<JoinHandle<()>>>,
+    task: Finished,
 }
 
 impl Writer {
-    pub fn start(store: Store, topology: Arc<Topology>) -> Writer {
+    pub fn start(store: Store, topology: Arc<Topology>, supervisor: &mut Supervisor) -> Writer {
         let (queue, rx) = mpsc::channel(QUEUE);
         Writer {
             queue: Mutex::new(Some(queue)),
-            task: Mutex::new(Some(tokio::spawn(run(store, topology, rx)))),
+            task: supervisor.spawn("the message writer", run(store, topology, rx)),
         }
     }
 
@@ -106,11 +106,7 @@ impl Writer {
     /// writer to finish. Returns false if it did not finish in time.
     pub async fn close(&self, deadline: Instant) -> bool {
         drop(self.queue.lock().unwrap_or_else(|e| e.into_inner()).take());
-        let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).take();
-        match task {
-            Some(task) => tokio::time::timeout_at(deadline, task).await.is_ok(),
-            None => true,
-        }
+        tokio::time::timeout_at(deadline, self.task.wait()).await.is_ok()
     }
 }
 

@@ -30,7 +30,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -38,6 +37,7 @@ use crate::cache::InboxCache;
 use crate::error::ChatResult;
 use crate::hub::Hub;
 use crate::store::{Message, Notify, Payloads, PgStore, Store};
+use crate::supervisor::{Finished, Supervisor};
 use announcement::{Announcement, CHANNEL};
 
 /// Batches handed from the writer to the delivery task before the writer waits.
@@ -51,7 +51,7 @@ pub(crate) struct Topology {
     hub: Hub,
     mode: Mode,
     stop: CancellationToken,
-    tasks: Mutex<Vec<JoinHandle<()>>>,
+    tasks: Vec<Finished>,
 }
 
 enum Mode {
@@ -91,14 +91,16 @@ impl OwnMessages {
 }
 
 impl Topology {
-    /// The topology of a node on `store`, with its background tasks running.
-    pub fn start(store: &Store, node_id: &str, hub: Hub) -> Arc<Topology> {
+    /// The topology of a node on `store`, with its background tasks running in `supervisor`.
+    pub fn start(store: &Store, node_id: &str, hub: Hub, supervisor: &mut Supervisor) -> Arc<Topology> {
         let stop = CancellationToken::new();
         let mut tasks = Vec::new();
         let mode = match store {
             Store::Sqlite(_) => {
                 let (deliveries, queue) = mpsc::channel(DELIVERY_QUEUE);
-                tasks.push(tokio::spawn(deliver_batches(hub.clone(), queue, stop.clone())));
+                tasks.push(
+                    supervisor.spawn("the delivery", deliver_batches(hub.clone(), queue, stop.clone())),
+                );
                 Mode::Alone {
                     cache: InboxCache::new(),
                     deliveries,
@@ -107,17 +109,14 @@ impl Topology {
             Store::Postgres(pg) => {
                 tracing::info!(node = %node_id, "joining the other nodes on PostgreSQL");
                 let own = Arc::new(OwnMessages::default());
-                tasks.push(tokio::spawn(relay::relay(
-                    pg.clone(),
-                    hub.clone(),
-                    own.clone(),
-                    stop.clone(),
-                )));
-                tasks.push(tokio::spawn(presence::presence(
-                    pg.clone(),
-                    hub.clone(),
-                    stop.clone(),
-                )));
+                tasks.push(supervisor.spawn(
+                    "the relay",
+                    relay::relay(pg.clone(), hub.clone(), own.clone(), stop.clone()),
+                ));
+                tasks.push(supervisor.spawn(
+                    "the presence heartbeat",
+                    presence::presence(pg.clone(), hub.clone(), stop.clone()),
+                ));
                 let node: Arc<str> = Arc::from(node_id);
                 Mode::Cluster {
                     store: pg.clone(),
@@ -130,7 +129,7 @@ impl Topology {
             hub,
             mode,
             stop,
-            tasks: Mutex::new(tasks),
+            tasks,
         })
     }
 
@@ -232,11 +231,11 @@ impl Topology {
     /// for them until `deadline`. Call after the writer is closed.
     pub async fn close(&self, deadline: Instant) -> bool {
         self.stop.cancel();
-        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
         if let Mode::Cluster { own, .. } = &self.mode {
             own.clear();
         }
-        tokio::time::timeout_at(deadline, futures::future::join_all(tasks))
+        let ended = self.tasks.iter().map(Finished::wait);
+        tokio::time::timeout_at(deadline, futures::future::join_all(ended))
             .await
             .is_ok()
     }

@@ -1,0 +1,172 @@
+//! The server's doors: the listeners clients come in by. Each is one row of [`DOORS`]: its
+//! name, the port it listens on, the pool of places its connections take, what it tells a
+//! connection it has no place for, and how it serves one. The server binds and runs whatever is
+//! in the table, so a new door (IRC, an admin listener, TLS) is a row and a serve function.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::chat::Chat;
+use crate::config::Config;
+use crate::limits::{self, Refusal};
+use crate::line::session::SessionSettings;
+use crate::listener::{self, BusyAnswer};
+use crate::store::Store;
+use crate::{echo, http, line};
+
+/// Serves one admitted connection until it ends.
+pub(crate) type Serve = Arc<dyn Fn(TcpStream, SocketAddr) -> BoxFuture<'static, ()> + Send + Sync>;
+
+/// What a door's [`Serve`] is built from, when the server starts running.
+pub(crate) struct Context<'a> {
+    pub config: &'a Config,
+    pub chat: &'a Chat,
+    pub store: &'a Store,
+    pub node_id: &'a str,
+    /// Every door's address by name (`null` if it is closed), as the HTTP status page shows.
+    pub listeners: &'a serde_json::Value,
+    /// Cancelled on shutdown: a connection says goodbye and ends.
+    pub stop: &'a CancellationToken,
+}
+
+/// Which pool of places a door's connections take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pool {
+    /// The chat doors share one: a client may come in by any of them.
+    Chat,
+    /// Echo has a small one of its own, so it cannot crowd out chat.
+    Echo,
+}
+
+/// One door, as the table describes it.
+pub(crate) struct Row {
+    /// Its key in logs and on the status page: "line".
+    pub name: &'static str,
+    /// What it serves, in errors: "cannot listen for the line protocol on ...".
+    pub what: &'static str,
+    /// The option that sets its port, for errors that say what to change.
+    pub flag: &'static str,
+    /// Its port, or `None` when the configuration keeps it closed.
+    pub port: fn(&Config) -> Option<u16>,
+    pub pool: Pool,
+    pub busy: BusyAnswer,
+    pub serve: fn(&Context) -> Serve,
+    /// Its accept loop, as the supervisor names it: "the line listener stopped unexpectedly".
+    pub task: &'static str,
+}
+
+/// Every door, in the order they are bound.
+pub(crate) const DOORS: &[Row] = &[
+    Row {
+        name: "line",
+        what: "the line protocol",
+        flag: "--port",
+        port: |config| Some(config.port),
+        pool: Pool::Chat,
+        busy: line_busy,
+        serve: serve_line,
+        task: "the line listener",
+    },
+    Row {
+        name: "http",
+        what: "HTTP",
+        flag: "--http-port",
+        port: |config| (!config.no_http).then_some(config.http_port),
+        pool: Pool::Chat,
+        busy: http::busy_answer,
+        serve: serve_http,
+        task: "the HTTP listener",
+    },
+    Row {
+        name: "echo",
+        what: "echo",
+        flag: "--echo-port",
+        port: |config| config.echo_port,
+        pool: Pool::Echo,
+        busy: |_| None,
+        serve: serve_echo,
+        task: "the echo listener",
+    },
+];
+
+/// A bound door.
+pub(crate) struct Door {
+    pub row: &'static Row,
+    pub listener: TcpListener,
+}
+
+impl Door {
+    pub fn addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// Accepts connections until `stop`, admitting them into `pool` and serving each one in
+    /// `tracker`; the place in the pool is held until the connection ends.
+    pub async fn accept(
+        self,
+        pool: limits::Door,
+        serve: Serve,
+        stop: CancellationToken,
+        tracker: TaskTracker,
+    ) {
+        let row = self.row;
+        listener::accept_loop(
+            row.name,
+            self.listener,
+            pool,
+            row.busy,
+            stop,
+            tracker,
+            move |stream, peer, place| {
+                let served = serve(stream, peer);
+                async move {
+                    served.await;
+                    drop(place);
+                }
+            },
+        )
+        .await;
+    }
+}
+
+fn line_busy(refusal: Refusal) -> Option<Vec<u8>> {
+    Some(format!("ERR SERVER_BUSY {}\r\n", refusal.reason()).into_bytes())
+}
+
+fn serve_line(cx: &Context) -> Serve {
+    let (chat, stop) = (cx.chat.clone(), cx.stop.clone());
+    let settings = Arc::new(SessionSettings::from_config(cx.config));
+    Arc::new(move |stream, peer| {
+        line::session::serve(stream, peer, chat.clone(), settings.clone(), stop.clone()).boxed()
+    })
+}
+
+fn serve_http(cx: &Context) -> Serve {
+    let state = Arc::new(http::AppState::new(
+        cx.chat.clone(),
+        cx.store.clone(),
+        cx.node_id.to_string(),
+        cx.listeners.clone(),
+        cx.stop.clone(),
+        cx.config.lab,
+        &cx.config.allowed_host,
+    ));
+    let (app, stop) = (http::router(state), cx.stop.clone());
+    Arc::new(move |stream, peer| http::serve_connection(stream, peer, app.clone(), stop.clone()).boxed())
+}
+
+fn serve_echo(cx: &Context) -> Serve {
+    let (settings, stop) = (
+        Arc::new(echo::EchoSettings::from_config(cx.config)),
+        cx.stop.clone(),
+    );
+    Arc::new(move |stream, _peer| echo::serve(stream, settings.clone(), stop.clone()).boxed())
+}
