@@ -20,6 +20,19 @@ use super::{
     COLUMNS,
 };
 
+/// A row of `messages` read with the node that stored it first, then [`COLUMNS`].
+type NodeRow = (
+    String,
+    i64,
+    String,
+    String,
+    String,
+    i64,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+
 /// The longest any one store operation may take before the caller is told the store is unavailable.
 pub const OP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Waiting for a pooled connection: short, so an outage is reported quickly.
@@ -608,7 +621,7 @@ impl PgStore {
     ) -> StoreResult<Vec<(String, Message)>> {
         let nodes: Vec<&str> = seen.iter().map(|(n, _)| n.as_str()).collect();
         let ids: Vec<i64> = seen.iter().map(|(_, id)| *id).collect();
-        let rows: Vec<(String, i64, String, String, String, i64, Option<String>, Option<String>, Option<String>)> = bounded(
+        let rows: Vec<NodeRow> = bounded(
             "catching up on messages",
             false,
             sqlx::query_as(

@@ -66,12 +66,45 @@ enum Mode {
     },
 }
 
-/// What this node committed, waiting for its own announcement to come back.
+/// What this node committed, waiting for its own announcement to come back. These carry what
+/// the store does not keep (which session sent each, so that it is not pushed its own room
+/// message), so the relay waits a moment for them rather than read them back.
 #[derive(Default)]
-pub(crate) struct OwnMessages(Mutex<HashMap<i64, Arc<Message>>>);
+pub(crate) struct OwnMessages(Mutex<HashMap<i64, Arc<Message>>>, tokio::sync::Notify);
+
+/// How long the relay waits for the writer to hand over what it just committed: the writer
+/// does so right after the commit returns, so this is only reached if it failed.
+const OWN_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
 
 impl OwnMessages {
+    /// Takes this node's own committed messages with these ids; those the writer has not
+    /// handed over yet are waited for, briefly. The ids not found are left in `ids`.
+    pub async fn take_all(&self, ids: &mut Vec<i64>) -> Vec<Arc<Message>> {
+        let deadline = tokio::time::Instant::now() + OWN_WAIT;
+        let mut found = Vec::with_capacity(ids.len());
+        loop {
+            let kept = self.1.notified();
+            tokio::pin!(kept);
+            kept.as_mut().enable();
+            ids.retain(|&id| match self.take(id) {
+                Some(message) => {
+                    found.push(message);
+                    false
+                }
+                None => true,
+            });
+            if ids.is_empty() || tokio::time::timeout_at(deadline, kept).await.is_err() {
+                return found;
+            }
+        }
+    }
+
     fn keep(&self, messages: &[Arc<Message>]) {
+        self.keep_locked(messages);
+        self.1.notify_waiters();
+    }
+
+    fn keep_locked(&self, messages: &[Arc<Message>]) {
         let mut own = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if own.len() + messages.len() > OWN_KEPT {
             // The announcements are not coming back (the LISTEN connection is down): the

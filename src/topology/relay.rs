@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use super::announcement::{Announcement, CHANNEL};
 use super::OwnMessages;
 use crate::hub::Hub;
-use crate::store::{Message, PgStore, StoreResult};
+use crate::store::{PgStore, StoreResult};
 
 /// Catch-up reads this many messages per query.
 const CATCH_UP_PAGE: i64 = 1000;
@@ -142,8 +142,8 @@ async fn relay_announcements(
     seen: &mut Seen,
     payloads: &[String],
 ) -> StoreResult<()> {
-    let mut ready: Vec<Arc<Message>> = Vec::new();
     let mut missing = Vec::new();
+    let mut mine = Vec::new();
     let mut announced: Vec<(&str, i64)> = Vec::new();
     for payload in payloads {
         let Some(announcement) = Announcement::parse(payload) else {
@@ -151,15 +151,16 @@ async fn relay_announcements(
             continue;
         };
         let node = announcement.node;
-        let mine = node == store.node_id();
+        let ours = node == store.node_id();
         for id in announcement.ids.into_iter().filter(|&id| seen.is_new(node, id)) {
             announced.push((node, id));
-            match mine.then(|| own.take(id)).flatten() {
-                Some(message) => ready.push(message),
-                None => missing.push(id),
-            }
+            if ours { &mut mine } else { &mut missing }.push(id);
         }
     }
+    // This node's own, from what its writer kept (the announcement may overtake the writer
+    // handing them over); any it no longer has are read with the rest.
+    let mut ready = own.take_all(&mut mine).await;
+    missing.append(&mut mine);
     for chunk in missing.chunks(READ_AT_ONCE) {
         ready.extend(store.messages_by_id(chunk).await?.into_iter().map(Arc::new));
     }
