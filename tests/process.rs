@@ -258,3 +258,73 @@ async fn started_under_nohup_it_outlives_the_terminal() {
     assert_eq!(client.cmd("PING").await.last, "OK PONG");
     assert!(p.child.try_wait().unwrap().is_none(), "still running");
 }
+
+/// Room traffic pipelined into a server killed mid-stream: every SEND acknowledged before the
+/// kill is in the room after a restart, and the membership too.
+async fn acked_room_messages_survive_sigkill_mid_traffic(db: &str) {
+    let mut p = Process::start(db);
+    let mut alice = Client::connect(p.addr).await;
+    alice.ok("REGISTER alice pw").await;
+    alice.ok("AUTH alice pw").await;
+    alice.ok("JOIN #class").await;
+    let mut bob = Client::connect(p.addr).await;
+    bob.ok("REGISTER bob pw").await;
+    bob.ok("AUTH bob pw").await;
+    bob.ok("JOIN #class").await;
+    alice.line().await; // bob joined
+    let batch: String = (0..2000).map(|i| format!("SEND #class durable {i}\n")).collect();
+    alice.write(batch.as_bytes()).await;
+    let mut acked = Vec::new();
+    // Killed while most of them are still in flight.
+    while acked.len() < 300 {
+        let line = alice.line().await;
+        acked.push(line.strip_prefix("OK ").expect(&line).parse::<i64>().unwrap());
+    }
+    p.signal(libc::SIGKILL);
+    p.wait_exit(Duration::from_secs(5));
+    drop((p, alice));
+
+    let p = Process::start(db);
+    let mut bob = Client::connect(p.addr).await;
+    bob.ok("AUTH bob pw").await;
+    let mut stored = std::collections::BTreeSet::new();
+    let mut after = 0;
+    loop {
+        let page = bob.cmd(&format!("HISTORY #class after {after}")).await;
+        let Some(last) = page.data.last() else { break };
+        after = common::Msg::parse_room(last).id;
+        stored.extend(
+            page.data
+                .iter()
+                .map(|l| common::Msg::parse_room(l))
+                .filter(|m| m.from == "alice")
+                .map(|m| m.id),
+        );
+    }
+    let lost: Vec<&i64> = acked.iter().filter(|id| !stored.contains(id)).collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged room messages lost: {lost:?}",
+        lost.len()
+    );
+    assert_eq!(bob.cmd("ROOMS").await.data.len(), 1, "bob is still a member");
+}
+
+#[tokio::test]
+async fn acked_room_messages_survive_sigkill_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    acked_room_messages_survive_sigkill_mid_traffic(&format!(
+        "sqlite://{}",
+        dir.path().join("chatd.db").display()
+    ))
+    .await;
+}
+
+#[tokio::test]
+async fn acked_room_messages_survive_sigkill_on_postgres() {
+    let Some(backend) = common::Backend::postgres("acked_room_messages_survive_sigkill_on_postgres") else {
+        return;
+    };
+    let db = common::TestDb::create(backend).await;
+    acked_room_messages_survive_sigkill_mid_traffic(&db.url).await;
+}
