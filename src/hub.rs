@@ -747,6 +747,77 @@ mod tests {
         assert_eq!(bob.next().await.unwrap().id, 6);
     }
 
+    fn in_room(id: i64, from: &str, event: Option<(EventKind, &str)>, origin: u64) -> Arc<Message> {
+        Arc::new(Message {
+            sender: Arc::from(from),
+            recipient: Arc::from("#class"),
+            event: event.map(|(kind, subject)| {
+                Box::new(crate::store::RoomEvent {
+                    kind,
+                    subject: Arc::from(subject),
+                })
+            }),
+            origin,
+            ..(*message(id, "#class")).clone()
+        })
+    }
+
+    #[tokio::test]
+    async fn streams_are_ordered_apart_a_room_id_below_an_inbox_id_is_delivered() {
+        let hub = Hub::default();
+        let bob = hub
+            .subscribe(Arc::from("bob"), CancellationToken::new(), None)
+            .unwrap();
+        hub.follow("bob", &[Arc::from("#class")]);
+        // Another node committed the inbox's 101 before this room's 100: both arrive.
+        assert_eq!(hub.deliver(&message(101, "bob")), 1);
+        assert_eq!(hub.deliver(&in_room(100, "alice", None, 0)), 1);
+        // Within each stream, a lower id after a higher one is still never pushed.
+        assert_eq!(hub.deliver(&in_room(99, "alice", None, 0)), 0);
+        assert_eq!(hub.deliver(&message(100, "bob")), 0);
+        let ids: Vec<i64> = std::iter::from_fn(|| bob.try_recv()).map(|m| m.id).collect();
+        assert_eq!(ids, [101, 100]);
+    }
+
+    #[tokio::test]
+    async fn a_room_reaches_every_member_session_but_the_sender_and_follows_its_events() {
+        let hub = Hub::default();
+        let alice = hub
+            .subscribe(Arc::from("alice"), CancellationToken::new(), None)
+            .unwrap();
+        let alice_too = hub
+            .subscribe(Arc::from("alice"), CancellationToken::new(), None)
+            .unwrap();
+        let bob = hub
+            .subscribe(Arc::from("bob"), CancellationToken::new(), None)
+            .unwrap();
+        hub.follow("alice", &[Arc::from("#class")]);
+        // Bob joins: his join event makes him follow the room from there on.
+        assert_eq!(
+            hub.deliver(&in_room(1, "bob", Some((EventKind::Join, "bob")), 0)),
+            3
+        );
+        // Alice speaks from one session: the other two get it.
+        assert_eq!(hub.deliver(&in_room(2, "alice", None, alice.id())), 2);
+        assert!(alice.try_recv().is_some_and(|m| m.id == 1) && alice.try_recv().is_none());
+        assert_eq!(alice_too.try_recv().map(|m| m.id), Some(1));
+        assert_eq!(alice_too.try_recv().map(|m| m.id), Some(2));
+        // Bob is removed: he gets the removal, then nothing.
+        let kick = in_room(3, "alice", Some((EventKind::Kick, "bob")), alice.id());
+        assert_eq!(hub.deliver(&kick), 2);
+        assert_eq!(hub.deliver(&in_room(4, "alice", None, alice.id())), 1);
+        let ids: Vec<i64> = std::iter::from_fn(|| bob.try_recv()).map(|m| m.id).collect();
+        assert_eq!(ids, [1, 2, 3]);
+        // A list of rooms read before the removal does not bring it back.
+        hub.follow("bob", &[Arc::from("#class")]);
+        assert_eq!(hub.deliver(&in_room(5, "alice", None, 0)), 2);
+        assert!(bob.try_recv().is_none());
+        // Offline members leave the room's live set; the room goes when nobody is left.
+        drop((alice, alice_too));
+        assert_eq!(hub.deliver(&in_room(6, "carol", None, 0)), 0);
+        assert!(hub.lock().rooms.is_empty());
+    }
+
     #[test]
     fn sessions_per_user_are_capped() {
         let hub = Hub::new(HubLimits {
