@@ -445,11 +445,12 @@ async fn append<T: RoomTx>(
 
 /// The SQL both stores read rooms with (`?` placeholders; PostgreSQL numbers them).
 pub(super) mod sql {
-    /// A member's rooms: name, members, unread messages (capped), topic.
+    /// A member's rooms: name, members, unread messages (others' messages, not events, after
+    /// the read mark; counted up to 10,000), topic.
     pub const ROOMS_OF: &str = "SELECT r.name, \
          (SELECT COUNT(*) FROM room_members c WHERE c.room_id = r.id), \
          (SELECT COUNT(*) FROM (SELECT 1 FROM messages WHERE recipient = r.name AND id > m.read_id \
-             AND kind IS NULL LIMIT 10000) AS u), \
+             AND kind IS NULL AND sender <> m.user_name LIMIT 10000) AS u), \
          r.topic \
          FROM room_members m JOIN rooms r ON r.id = m.room_id WHERE m.user_name = ? ORDER BY r.name_key";
     /// The names of a member's rooms.
