@@ -6,6 +6,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::process::Process;
 use common::{Backend, Client, Msg, TestDb, TestServer};
 
 /// The next line, which must be a `ROOM` line.
@@ -375,3 +376,114 @@ on_both_stores!(
     bounds_on_members_and_rooms,
     membership_and_missed_messages_survive_a_restart,
 );
+
+/// SEND→delivery latencies (µs) seen by the members of a busy room who read, with `stalled`
+/// more members who never read a byte; and whether each stalled member was disconnected. The
+/// server is a process of its own, so that the clients' timing is not the server's.
+async fn busy_room(backend: Backend, stalled: usize) -> (Vec<u64>, bool) {
+    const READERS: usize = 5;
+    const MESSAGES: usize = 1000;
+    let db = TestDb::create(backend).await;
+    let server = Process::start_with(
+        &db.url,
+        &[
+            "--push-queue",
+            "64",
+            "--max-send-rate",
+            "0",
+            "--max-line",
+            "16384",
+            "--load-test-hashing",
+        ],
+        None,
+    );
+    let user = |name: String| async move {
+        let mut c = Client::connect(server.addr).await;
+        c.ok(&format!("REGISTER {name} pw")).await;
+        c.ok(&format!("AUTH {name} pw")).await;
+        c.ok("JOIN #busy").await;
+        c
+    };
+    let mut sender = user("sender".into()).await;
+    let mut readers = Vec::new();
+    for i in 0..READERS {
+        readers.push(user(format!("reader{i}")).await);
+    }
+    let mut stalls = Vec::new();
+    for i in 0..stalled {
+        stalls.push(user(format!("stalled{i}")).await); // and never read again
+    }
+    // Skip the join events the readers were pushed.
+    for (i, reader) in readers.iter_mut().enumerate() {
+        for _ in i + 1..READERS + stalled {
+            assert_eq!(room_line(reader).await.from, "*");
+        }
+    }
+    let started = std::time::Instant::now();
+    // 8 KB each: 8 MB in all, more than loopback's socket buffers hold for a member who never
+    // reads.
+    let padding = "x".repeat(8000);
+    let tasks: Vec<_> = readers
+        .into_iter()
+        .map(|mut reader| {
+            tokio::spawn(async move {
+                let mut latencies = Vec::with_capacity(MESSAGES);
+                while latencies.len() < MESSAGES {
+                    let msg = room_line(&mut reader).await;
+                    let sent: u64 = msg.text.split(' ').next().unwrap().parse().unwrap();
+                    latencies.push(started.elapsed().as_micros() as u64 - sent);
+                }
+                latencies
+            })
+        })
+        .collect();
+    for _ in 0..MESSAGES / 10 {
+        let batch: String = (0..10)
+            .map(|_| format!("SEND #busy {} {padding}\n", started.elapsed().as_micros()))
+            .collect();
+        sender.write(batch.as_bytes()).await;
+        for _ in 0..10 {
+            sender.ok_reply().await;
+        }
+    }
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await.unwrap());
+    }
+    // Every stalled member was disconnected: offline in MEMBERS.
+    let members = sender.cmd("MEMBERS #busy").await.data;
+    let kicked = (0..stalled).all(|i| members.contains(&format!("USER stalled{i} member offline")));
+    drop(stalls);
+    latencies.sort_unstable();
+    (latencies, kicked)
+}
+
+fn p99(sorted: &[u64]) -> u64 {
+    sorted[(sorted.len() * 99 / 100).min(sorted.len() - 1)]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_who_never_reads_is_disconnected_without_slowing_the_room_sqlite() {
+    a_member_who_never_reads_is_disconnected_without_slowing_the_room(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_who_never_reads_is_disconnected_without_slowing_the_room_postgres() {
+    let name = "a_member_who_never_reads_is_disconnected_without_slowing_the_room";
+    if let Some(backend) = Backend::postgres(name) {
+        a_member_who_never_reads_is_disconnected_without_slowing_the_room(backend).await;
+    }
+}
+
+async fn a_member_who_never_reads_is_disconnected_without_slowing_the_room(backend: Backend) {
+    let (quiet, _) = busy_room(backend, 0).await;
+    let (busy, kicked) = busy_room(backend, 2).await;
+    let (quiet, busy) = (p99(&quiet), p99(&busy));
+    eprintln!("room p99: {quiet} µs quiet, {busy} µs with two members who never read");
+    assert!(kicked, "the members who never read were disconnected");
+    // Within 2x of the quiet room's, with 5 ms of room for a shared machine's noise.
+    assert!(
+        busy <= 2 * quiet + 5_000,
+        "p99 {busy} µs against {quiet} µs in a quiet room"
+    );
+}
