@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::process::Process;
-use common::{Backend, Client, TestDb, TestServer};
+use common::{Backend, Client, Msg, TestDb, TestServer};
 
 /// Polls WHO on `client` until it lists exactly `users`, or fails after `within`.
 async fn who_becomes(client: &mut Client, users: &[&str], within: Duration) -> Duration {
@@ -116,6 +116,10 @@ async fn a_node_cut_off_from_the_store_catches_up_on_what_it_missed() {
     let mut alice = node_a.user("alice").await;
     let mut bob = node_b.user("bob").await;
     who_becomes(&mut alice, &["alice", "bob"], Duration::from_secs(5)).await;
+    // A room too: each stream is caught up on.
+    alice.ok("JOIN #lab").await;
+    bob.ok("JOIN #lab").await;
+    assert_eq!(alice.line().await.split(' ').nth(5), Some("bob"), "bob joined");
     let first = alice.ok("SEND bob before the cut").await;
     assert_eq!(bob.msg().await.id.to_string(), first);
 
@@ -141,8 +145,8 @@ async fn a_node_cut_off_from_the_store_catches_up_on_what_it_missed() {
         "the node keeps its connections"
     );
 
-    // Meanwhile node A goes on storing messages for bob.
-    let mut missed = Vec::new();
+    // Meanwhile node A goes on storing messages for bob, and in the room.
+    let (mut missed, mut missed_room) = (Vec::new(), Vec::new());
     for i in 0..10 {
         missed.push(
             alice
@@ -151,18 +155,35 @@ async fn a_node_cut_off_from_the_store_catches_up_on_what_it_missed() {
                 .parse::<i64>()
                 .unwrap(),
         );
+        missed_room.push(
+            alice
+                .ok(&format!("SEND #lab while you were away {i}"))
+                .await
+                .parse::<i64>()
+                .unwrap(),
+        );
     }
 
-    // The store comes back for node B: it reconnects and delivers exactly what it missed.
+    // The store comes back for node B: it reconnects and delivers exactly what it missed,
+    // each stream in order.
     admin(&db, &format!("ALTER ROLE {role} LOGIN")).await;
-    let mut delivered = Vec::new();
-    while delivered.len() < missed.len() {
-        let pushed = bob.msg().await;
+    let (mut delivered, mut delivered_room) = (Vec::new(), Vec::new());
+    while delivered.len() + delivered_room.len() < missed.len() + missed_room.len() {
+        let line = bob.line().await;
+        let pushed = if line.starts_with("ROOM ") {
+            let pushed = Msg::parse_room(&line);
+            delivered_room.push(pushed.id);
+            pushed
+        } else {
+            let pushed = Msg::parse(&line);
+            delivered.push(pushed.id);
+            pushed
+        };
         assert_eq!(pushed.from, "alice");
         assert!(pushed.text.starts_with("while you were away"), "{pushed:?}");
-        delivered.push(pushed.id);
     }
     assert_eq!(delivered, missed, "in order, none lost");
+    assert_eq!(delivered_room, missed_room, "the room in order, none lost");
     let last = alice.ok("SEND bob after the cut").await;
     assert_eq!(bob.msg().await.id.to_string(), last, "no duplicates before it");
     // And node B serves commands against the store again.
