@@ -1314,7 +1314,8 @@ async fn rooms_deliver_every_acked_message_to_every_other_member() {
 }
 
 /// A member that never reads, in a busy room, is disconnected by the server (a short push
-/// queue, messages of 60 KB); the others miss nothing and stay connected.
+/// queue, messages of 60 KB: the server holds about 5 MB for it before it gives up, a room of
+/// two senders sends it that in about 2 s here); the others miss nothing and stay connected.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rooms_a_member_who_never_reads_is_disconnected() {
     let server = Served::start(&[
@@ -1332,9 +1333,9 @@ async fn rooms_a_member_who_never_reads_is_disconnected() {
         "--addr",
         &server.line.to_string(),
         "--rooms",
-        "2",
+        "1",
         "--members",
-        "3",
+        "4",
         "--senders",
         "2",
         "--stalled",
@@ -1342,7 +1343,7 @@ async fn rooms_a_member_who_never_reads_is_disconnected() {
         "--payload",
         "60000",
         "--duration",
-        "3",
+        "4",
         "--drain",
         "5",
     ])
@@ -1356,14 +1357,16 @@ async fn rooms_a_member_who_never_reads_is_disconnected() {
     );
     assert_eq!(u(&rooms["disconnected"]), 0, "{r:#}");
     assert_eq!(u(&d["lost"]) + u(&d["duplicates"]), 0, "{r:#}");
-    // Room 0's stalled member is left out: 1 reader besides each sender there, 2 in room 1.
+    // The stalled member is left out: each message is owed to the 2 other readers.
+    assert_eq!(u(&rooms["expected"]), 2 * u(&d["acked"]), "{r:#}");
     assert_eq!(u(&d["delivered"]), u(&rooms["expected"]), "{r:#}");
-    assert!(u(&rooms["with_stalled"]["count"]) > 0, "{r:#}");
-    assert!(u(&rooms["without_stalled"]["count"]) > 0, "{r:#}");
+    // Its room's latency is reported apart from that of rooms without a stalled member.
     assert_eq!(
-        u(&rooms["with_stalled"]["count"]) + u(&rooms["without_stalled"]["count"]),
-        u(&d["latency"]["count"])
+        u(&rooms["with_stalled"]["count"]),
+        u(&d["latency"]["count"]),
+        "{r:#}"
     );
+    assert_eq!(u(&rooms["without_stalled"]["count"]), 0, "{r:#}");
 }
 
 /// A member meant to stall but never disconnected fails the run: on a default server, a

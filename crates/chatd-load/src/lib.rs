@@ -4,8 +4,8 @@
 //! script can trust (the exit status).
 //!
 //! Layout: [`conn`] opens connections (the phase every scenario starts with), [`driver`] runs
-//! the request loops of `ping` and `http` (closed, or open at a `--rate`), [`chat`] its own
-//! send-and-receive loop; [`stats`] records, [`report`] turns what was measured into figures,
+//! the request loops of `ping` and `http` (closed, or open at a `--rate`), [`chat`] and
+//! [`rooms`] their own send-and-receive loops; [`stats`] records, [`report`] turns what was measured into figures,
 //! [`verdict`] judges them, [`plot`], [`export`] and [`progress`] show them; [`procs`] runs a
 //! scenario in several processes and merges their measurements. Every run is bounded in
 //! connections and time and stops by itself (or on SIGINT/SIGTERM, with the report so far);

@@ -342,6 +342,10 @@ pub struct RoomsReport {
     pub deliveries_per_sec: f64,
     /// Acked SENDs per second over the same time.
     pub acked_per_sec: f64,
+    /// Of `delivery.misrouted`: messages pushed back to their sender's own connection, and
+    /// this run's messages pushed for a room the member is not in.
+    pub to_sender: u64,
+    pub foreign: u64,
     /// `ROOM` lines with a lower id than one the member had seen in its room.
     pub out_of_order: u64,
     /// Reading members whose connection ended before the run did.
@@ -520,6 +524,8 @@ impl Report {
                 expected: r.expected,
                 deliveries_per_sec: delivery.as_ref().map_or(0.0, |d| d.delivered as f64 / secs),
                 acked_per_sec: delivery.as_ref().map_or(0.0, |d| d.acked as f64 / secs),
+                to_sender: r.to_sender,
+                foreign: r.foreign,
                 out_of_order: r.out_of_order,
                 disconnected: r.disconnected,
                 disconnected_example: r.disconnected_example.clone(),
@@ -832,8 +838,11 @@ impl Report {
             rows.push((
                 "  checks",
                 format!(
-                    "out of order {}, reading members disconnected {}{}",
+                    "out of order {}, misrouted to the sender {} and to other rooms {}, \
+                     reading members disconnected {}{}",
                     r.out_of_order,
+                    r.to_sender,
+                    r.foreign,
                     r.disconnected,
                     if r.stalled > 0 {
                         format!(

@@ -157,6 +157,12 @@ pub struct RoomsRaw {
     pub join_error_example: Option<String>,
     /// Deliveries the acked SENDs call for: each to every other reading member of its room.
     pub expected: u64,
+    /// Of the misrouted deliveries: messages pushed back to their sender's own connection, and
+    /// this run's messages pushed for a room the member is not in.
+    #[serde(default)]
+    pub to_sender: u64,
+    #[serde(default)]
+    pub foreign: u64,
     /// `ROOM` lines with a lower id than one the member saw before in its room.
     pub out_of_order: u64,
     /// Reading members whose connection ended before the run did.
@@ -184,6 +190,8 @@ impl RoomsRaw {
         self.join_failed += o.join_failed;
         self.join_error_example = self.join_error_example.take().or(o.join_error_example.clone());
         self.expected += o.expected;
+        self.to_sender += o.to_sender;
+        self.foreign += o.foreign;
         self.out_of_order += o.out_of_order;
         self.disconnected += o.disconnected;
         self.disconnected_example = self
@@ -739,7 +747,8 @@ pub async fn run(args: &RoomsArgs, ctx: &Ctx) -> anyhow::Result<Measured> {
         tasks.spawn(async move {
             let joined = member.join().await;
             member.st.out.joined = joined.is_ok();
-            member.st.out.join_error = joined.err();
+            // A JOIN a stop signal cut short is not a failed one.
+            member.st.out.join_error = joined.err().filter(|_| !member.st.shared.stop.is_cancelled());
             let _ = joined_tx.send((member.st.index, member.st.out.joined));
             drop(joined_tx);
             if member.st.out.joined {
@@ -938,6 +947,7 @@ pub fn check(layout: &Layout, records: &[Record]) -> (DeliveryRaw, RoomsRaw) {
         d.sent += r.sent;
         d.unanswered += r.unanswered;
         d.misrouted += r.foreign;
+        rooms.foreign += r.foreign;
         rooms.out_of_order += r.out_of_order;
         if r.joined {
             rooms.joined += 1;
@@ -988,11 +998,11 @@ pub fn check(layout: &Layout, records: &[Record]) -> (DeliveryRaw, RoomsRaw) {
             previous = Some(id);
             match acked.get_mut(&id) {
                 None => d.unacked_delivered += 1,
-                Some(a)
-                    if a.sender != sender
-                        || a.sender == r.index
-                        || a.room != layout.room_of(r.index as usize) =>
-                {
+                Some(a) if a.sender == r.index => {
+                    d.misrouted += 1;
+                    rooms.to_sender += 1;
+                }
+                Some(a) if a.sender != sender || a.room != layout.room_of(r.index as usize) => {
                     d.misrouted += 1
                 }
                 Some(a) => a.reached += 1,
@@ -1104,7 +1114,8 @@ mod tests {
     fn the_sender_hearing_itself_is_misrouted() {
         let mut recs = records();
         recs[0].deliveries.push((10, 0));
-        assert_eq!(check(&layout(2, 3, 1, 0), &recs).0.misrouted, 1);
+        let (d, r) = check(&layout(2, 3, 1, 0), &recs);
+        assert_eq!((d.misrouted, r.to_sender, r.foreign), (1, 1, 0));
     }
 
     #[test]
