@@ -1249,3 +1249,217 @@ async fn http_post_sends_unique_messages() {
     assert_eq!(code, Some(1), "{r:#}");
     assert_eq!(r["run"]["statuses"], serde_json::json!({"401": 10}), "{r:#}");
 }
+
+/// Three rooms of five members, two of them sending, for 2 s: every acked room message reaches
+/// the four other members of its room, once, in order; the report's figures agree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_deliver_every_acked_message_to_every_other_member() {
+    let server = Served::start(&["--load-test-hashing"]).await;
+    let (passed, r) = load(&[
+        "rooms",
+        "--addr",
+        &server.line.to_string(),
+        "--rooms",
+        "3",
+        "--members",
+        "5",
+        "--senders",
+        "2",
+        "--duration",
+        "2",
+    ])
+    .await;
+    assert!(passed, "{r:#}");
+    assert_eq!(r["scenario"], "rooms");
+    assert_eq!(u(&r["connect"]["opened"]), 15, "{r:#}");
+    let (d, rooms) = (&r["delivery"], &r["rooms"]);
+    assert_eq!(
+        (
+            u(&rooms["rooms"]),
+            u(&rooms["members"]),
+            u(&rooms["senders"]),
+            u(&rooms["joined"])
+        ),
+        (3, 15, 6, 15),
+        "{r:#}"
+    );
+    let acked = u(&d["acked"]);
+    assert!(acked > 0, "{r:#}");
+    assert_eq!(acked, u(&r["run"]["ok"]));
+    // Each acked message goes to the 4 other members of its room.
+    assert_eq!(u(&d["delivered"]), acked * 4, "{r:#}");
+    assert_eq!(u(&rooms["expected"]), acked * 4, "{r:#}");
+    assert_eq!(u(&d["latency"]["count"]), acked * 4);
+    for field in [
+        "lost",
+        "duplicates",
+        "misrouted",
+        "unacked_delivered",
+        "unanswered",
+    ] {
+        assert_eq!(u(&d[field]), 0, "{field}: {r:#}");
+    }
+    assert_eq!(u(&rooms["out_of_order"]) + u(&rooms["disconnected"]), 0, "{r:#}");
+    // Deliveries per second are the acks per second times the fan-out, over the same time.
+    let (dps, aps) = (
+        rooms["deliveries_per_sec"].as_f64().unwrap(),
+        rooms["acked_per_sec"].as_f64().unwrap(),
+    );
+    assert!(aps > 0.0 && (dps - 4.0 * aps).abs() < 1e-6 * dps, "{r:#}");
+    let l = &d["latency"];
+    assert!(l["p50_us"].as_f64() <= l["p99_us"].as_f64() && l["p99_us"].as_f64() <= l["max_us"].as_f64());
+    for name in ["exactly once", "in order", "members connected", "rooms joined"] {
+        assert_eq!(rule(&r, name)["passed"], true, "{name}: {r:#}");
+    }
+}
+
+/// A member that never reads, in a busy room, is disconnected by the server (a short push
+/// queue, messages of 60 KB: the server holds about 5 MB for it before it gives up, a room of
+/// two senders sends it that in about 2 s here); the others miss nothing and stay connected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_a_member_who_never_reads_is_disconnected() {
+    let server = Served::start(&[
+        "--load-test-hashing",
+        "--push-queue",
+        "16",
+        "--max-line",
+        "70000",
+        "--max-send-rate",
+        "0",
+    ])
+    .await;
+    let (passed, r) = load(&[
+        "rooms",
+        "--addr",
+        &server.line.to_string(),
+        "--rooms",
+        "1",
+        "--members",
+        "4",
+        "--senders",
+        "2",
+        "--stalled",
+        "1",
+        "--payload",
+        "60000",
+        "--duration",
+        "4",
+        "--drain",
+        "5",
+    ])
+    .await;
+    assert!(passed, "{r:#}");
+    let (d, rooms) = (&r["delivery"], &r["rooms"]);
+    assert_eq!(
+        (u(&rooms["stalled_kicked"]), u(&rooms["stalled_not_kicked"])),
+        (1, 0),
+        "{r:#}"
+    );
+    assert_eq!(u(&rooms["disconnected"]), 0, "{r:#}");
+    assert_eq!(u(&d["lost"]) + u(&d["duplicates"]), 0, "{r:#}");
+    // The stalled member is left out: each message is owed to the 2 other readers.
+    assert_eq!(u(&rooms["expected"]), 2 * u(&d["acked"]), "{r:#}");
+    assert_eq!(u(&d["delivered"]), u(&rooms["expected"]), "{r:#}");
+    // Its room's latency is reported apart from that of rooms without a stalled member.
+    assert_eq!(
+        u(&rooms["with_stalled"]["count"]),
+        u(&d["latency"]["count"]),
+        "{r:#}"
+    );
+    assert_eq!(u(&rooms["without_stalled"]["count"]), 0, "{r:#}");
+}
+
+/// A member meant to stall but never disconnected fails the run: on a default server, a
+/// second of short messages fills no push queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_fail_when_a_stalled_member_is_not_disconnected() {
+    let server = Served::start(&["--load-test-hashing"]).await;
+    let (code, r) = load_code(&[
+        "rooms",
+        "--addr",
+        &server.line.to_string(),
+        "--rooms",
+        "1",
+        "--members",
+        "3",
+        "--senders",
+        "1",
+        "--stalled",
+        "1",
+        "--duration",
+        "1",
+        "--drain",
+        "1",
+    ])
+    .await;
+    assert_eq!(code, Some(1), "{r:#}");
+    assert!(failed(&r, "stalled members disconnected"), "{r:#}");
+    assert_eq!(
+        rule(&r, "stalled members disconnected")["actual"],
+        "0 of 1 joined",
+        "{r:#}"
+    );
+    // Everything else held: the stalled member is the only problem.
+    assert_eq!(r["problems"].as_array().unwrap().len(), 1, "{r:#}");
+    assert_eq!(u(&r["delivery"]["lost"]), 0, "{r:#}");
+}
+
+/// A fake chatd that acks every room SEND and pushes nothing: every message is lost, and the
+/// run fails with a non-zero exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_fail_when_acked_messages_are_lost() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let ids = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let ids = ids.clone();
+            tokio::spawn(async move {
+                let (read, mut write) = stream.into_split();
+                write.write_all(b"HELLO chatd/0 fake\r\n").await.unwrap();
+                let mut lines = BufReader::new(read).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let reply = if line.starts_with("SEND #") {
+                        format!(
+                            "OK {}\r\n",
+                            ids.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1
+                        )
+                    } else if let Some(room) = line.strip_prefix("JOIN ") {
+                        format!("OK joined {room} (1 members)\r\n")
+                    } else {
+                        "OK\r\n".into()
+                    };
+                    if write.write_all(reply.as_bytes()).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let (passed, r) = load(&[
+        "rooms",
+        "--addr",
+        &addr.to_string(),
+        "--rooms",
+        "2",
+        "--members",
+        "3",
+        "--senders",
+        "1",
+        "--duration",
+        "0.5",
+        "--drain",
+        "0.5",
+    ])
+    .await;
+    assert!(!passed, "{r:#}");
+    let d = &r["delivery"];
+    assert!(u(&d["acked"]) > 0, "{r:#}");
+    // Each acked message was owed to the 2 other members of its room.
+    assert_eq!(u(&d["lost"]), 2 * u(&d["acked"]), "{r:#}");
+    assert!(failed(&r, "exactly once"), "{r:#}");
+    assert!(
+        r["problems"][0].as_str().unwrap().starts_with("exactly once"),
+        "{r:#}"
+    );
+}

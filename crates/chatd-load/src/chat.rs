@@ -358,7 +358,7 @@ fn parse_delivery(rest: &[u8], prefix: &[u8]) -> Option<Delivery> {
 }
 
 /// A decimal number of ASCII digits only.
-fn parse_u64(digits: &[u8]) -> Option<u64> {
+pub(crate) fn parse_u64(digits: &[u8]) -> Option<u64> {
     if digits.is_empty() || digits.len() > 19 {
         return None;
     }

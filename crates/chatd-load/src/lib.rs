@@ -4,8 +4,8 @@
 //! script can trust (the exit status).
 //!
 //! Layout: [`conn`] opens connections (the phase every scenario starts with), [`driver`] runs
-//! the request loops of `ping` and `http` (closed, or open at a `--rate`), [`chat`] its own
-//! send-and-receive loop; [`stats`] records, [`report`] turns what was measured into figures,
+//! the request loops of `ping` and `http` (closed, or open at a `--rate`), [`chat`] and
+//! [`rooms`] their own send-and-receive loops; [`stats`] records, [`report`] turns what was measured into figures,
 //! [`verdict`] judges them, [`plot`], [`export`] and [`progress`] show them; [`procs`] runs a
 //! scenario in several processes and merges their measurements. Every run is bounded in
 //! connections and time and stops by itself (or on SIGINT/SIGTERM, with the report so far);
@@ -26,6 +26,7 @@ pub mod procs;
 pub mod progress;
 pub mod report;
 pub mod request;
+pub mod rooms;
 pub mod rss;
 pub mod stats;
 pub mod stop;
@@ -66,6 +67,8 @@ pub enum Scenario {
     Ping(ping::PingArgs),
     /// Logged-in users SENDing to each other: acked/s, ack and delivery latency, exactly-once check.
     Chat(chat::ChatArgs),
+    /// Rooms x members x senders: deliveries/s, SEND->delivery latency, exactly once and in order.
+    Rooms(rooms::RoomsArgs),
     /// HTTP/1.1 keep-alive requests (any method, body, headers): responses per second, latency, statuses.
     Http(http::HttpArgs),
 }
@@ -181,6 +184,7 @@ impl Scenario {
             Scenario::Connections(a) => &a.common,
             Scenario::Ping(a) => &a.common,
             Scenario::Chat(a) => &a.common,
+            Scenario::Rooms(a) => &a.common,
             Scenario::Http(a) => &a.common,
         }
     }
@@ -190,6 +194,7 @@ impl Scenario {
             Scenario::Connections(_) => "connections",
             Scenario::Ping(_) => "ping",
             Scenario::Chat(_) => "chat",
+            Scenario::Rooms(_) => "rooms",
             Scenario::Http(_) => "http",
         }
     }
@@ -200,6 +205,7 @@ impl Scenario {
             Scenario::Connections(a) => serde_json::to_value(a),
             Scenario::Ping(a) => serde_json::to_value(a),
             Scenario::Chat(a) => serde_json::to_value(a),
+            Scenario::Rooms(a) => serde_json::to_value(a),
             Scenario::Http(a) => serde_json::to_value(a),
         }
         .unwrap_or_default();
@@ -265,6 +271,7 @@ impl Ctx {
             Scenario::Connections(a) => a.conns,
             Scenario::Ping(a) => a.conns,
             Scenario::Chat(a) => a.users,
+            Scenario::Rooms(a) => a.rooms.saturating_mul(a.members),
             Scenario::Http(a) => a.conns,
         } as u64)
     }
@@ -403,6 +410,7 @@ async fn run_here(scenario: &Scenario, ctx: &Ctx) -> anyhow::Result<Measured> {
         Scenario::Connections(a) => connections::run(a, ctx).await,
         Scenario::Ping(a) => ping::run(a, ctx).await,
         Scenario::Chat(a) => chat::run(a, ctx).await,
+        Scenario::Rooms(a) => rooms::run(a, ctx).await,
         Scenario::Http(a) => http::run(a, ctx).await,
     };
     ctx.live.set_phase("done", 0, None);

@@ -36,6 +36,10 @@ pub fn title(report: &Report) -> String {
     for (key, label) in [
         ("conns", "conns"),
         ("users", "users"),
+        ("rooms", "rooms"),
+        ("members", "members"),
+        ("senders", "senders"),
+        ("stalled", "stalled"),
         ("pipeline", "pipeline"),
         ("rate", "rate/s"),
         ("requests", "requests"),
@@ -47,7 +51,7 @@ pub fn title(report: &Report) -> String {
             continue;
         };
         // One request in flight and one process are the defaults: not worth a word.
-        if (key == "pipeline" || key == "procs") && n <= 1.0 {
+        if (key == "pipeline" || key == "procs") && n <= 1.0 || key == "stalled" && n == 0.0 {
             continue;
         }
         parts.push(format!(

@@ -94,6 +94,9 @@ impl PartSummary {
 
 pub fn parent(scenario: &Scenario) -> anyhow::Result<ExitCode> {
     let common = scenario.common().clone();
+    if let Scenario::Rooms(_) = scenario {
+        anyhow::bail!("rooms runs in one generator process: leave out --procs (--threads uses more cores)");
+    }
     if let Scenario::Connections(a) = scenario {
         if a.baseline_after > 0 {
             anyhow::bail!("--baseline-after needs one generator process: leave out --procs");

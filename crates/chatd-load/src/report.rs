@@ -28,6 +28,9 @@ pub struct Measured {
     pub run: Option<RunRaw>,
     pub delivery: Option<DeliveryRaw>,
     pub held: Option<Held>,
+    /// (`rooms`) the room checks and latencies.
+    #[serde(default)]
+    pub rooms: Option<crate::rooms::RoomsRaw>,
     /// Connections open over time.
     pub open: Track,
     pub interrupted: bool,
@@ -119,7 +122,7 @@ pub struct Held {
     pub dropped: u64,
 }
 
-fn merge_data(into: &mut Option<Data>, other: &Option<Data>, shift: f64) {
+pub(crate) fn merge_data(into: &mut Option<Data>, other: &Option<Data>, shift: f64) {
     match (into.as_mut(), other) {
         (Some(a), Some(b)) => a.merge(b, shift),
         (None, Some(b)) => {
@@ -219,6 +222,9 @@ impl Measured {
             merge_data(&mut a.same_node, &b.same_node, shift);
             merge_data(&mut a.cross_node, &b.cross_node, shift);
         }
+        if let Some(b) = &o.rooms {
+            self.rooms.get_or_insert_with(Default::default).merge(b, shift);
+        }
         if let Some(b) = &o.held {
             let a = self.held.get_or_insert_with(Held::default);
             a.secs = a.secs.max(b.secs);
@@ -316,6 +322,46 @@ pub struct DeliveryReport {
     pub cross_node: Latency,
 }
 
+/// (`rooms`) what the room checks found, and the rates of a room run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RoomsReport {
+    pub rooms: u64,
+    /// Members over all rooms, senders among them, and stalled ones (never reading).
+    pub members: u64,
+    pub senders: u64,
+    pub stalled: u64,
+    /// Members that joined their room, and those whose JOIN failed.
+    pub joined: u64,
+    pub join_failed: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub join_error_example: Option<String>,
+    /// Deliveries the acked SENDs call for: each to every other reading member of its room.
+    pub expected: u64,
+    /// Deliveries (this run's `ROOM` lines read by reading members) per second, from the
+    /// start of the timed phase to the last delivery or ack.
+    pub deliveries_per_sec: f64,
+    /// Acked SENDs per second over the same time.
+    pub acked_per_sec: f64,
+    /// Of `delivery.misrouted`: messages pushed back to their sender's own connection, and
+    /// this run's messages pushed for a room the member is not in.
+    pub to_sender: u64,
+    pub foreign: u64,
+    /// `ROOM` lines with a lower id than one the member had seen in its room.
+    pub out_of_order: u64,
+    /// Reading members whose connection ended before the run did.
+    pub disconnected: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disconnected_example: Option<String>,
+    pub stalled_kicked: u64,
+    pub stalled_not_kicked: u64,
+    /// (with `--stalled`) delivery latency to the reading members of rooms with a stalled
+    /// member, and of rooms without one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub with_stalled: Option<Latency>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub without_stalled: Option<Latency>,
+}
+
 /// Everything a run found out. Sections a scenario does not have are left out of the JSON.
 #[derive(Debug, Serialize)]
 pub struct Report {
@@ -337,6 +383,8 @@ pub struct Report {
     pub run: Option<RunReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub delivery: Option<DeliveryReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rooms: Option<RoomsReport>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub memory: Vec<NodeMemory>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -462,13 +510,45 @@ impl Report {
                 cross_node: lat(&d.cross_node),
             }
         });
+        let rooms = m.rooms.as_ref().map(|r| {
+            let secs = (r.last_event - r.started).max(1e-9);
+            let lat = |x: &Option<Data>| x.as_ref().map(Data::latency);
+            RoomsReport {
+                rooms: r.rooms,
+                members: r.members,
+                senders: r.senders,
+                stalled: r.stalled,
+                joined: r.joined,
+                join_failed: r.join_failed,
+                join_error_example: r.join_error_example.clone(),
+                expected: r.expected,
+                deliveries_per_sec: delivery.as_ref().map_or(0.0, |d| d.delivered as f64 / secs),
+                acked_per_sec: delivery.as_ref().map_or(0.0, |d| d.acked as f64 / secs),
+                to_sender: r.to_sender,
+                foreign: r.foreign,
+                out_of_order: r.out_of_order,
+                disconnected: r.disconnected,
+                disconnected_example: r.disconnected_example.clone(),
+                stalled_kicked: r.stalled_kicked,
+                stalled_not_kicked: r.stalled_not_kicked,
+                with_stalled: lat(&r.with_stalled),
+                without_stalled: lat(&r.without_stalled),
+            }
+        });
         let mut warnings = m.warnings.clone();
         for n in &memory {
             if let Some(w) = &n.warning {
                 warnings.push(w.clone());
             }
         }
-        let verdict = crate::verdict::judge(limits, &m, &connect, run.as_ref(), delivery.as_ref());
+        let verdict = crate::verdict::judge(
+            limits,
+            &m,
+            &connect,
+            run.as_ref(),
+            delivery.as_ref(),
+            rooms.as_ref(),
+        );
         Report {
             schema_version: SCHEMA_VERSION,
             meta,
@@ -483,6 +563,7 @@ impl Report {
             connect,
             run,
             delivery,
+            rooms,
             memory,
             held: m.held.clone(),
             timeline,
@@ -736,6 +817,47 @@ impl Report {
             if d.cross_node.count > 0 {
                 rows.push(("  same node", fmt_latency(&d.same_node)));
                 rows.push(("  cross node", fmt_latency(&d.cross_node)));
+            }
+        }
+        if let Some(r) = &self.rooms {
+            rows.push((
+                "rooms",
+                format!(
+                    "{} rooms, {} members ({} senders, {} stalled), {} joined; \
+                     deliveries {}/s, acked {}/s; expected {} deliveries",
+                    r.rooms,
+                    r.members,
+                    r.senders,
+                    r.stalled,
+                    r.joined,
+                    fmt_count(r.deliveries_per_sec),
+                    fmt_count(r.acked_per_sec),
+                    r.expected
+                ),
+            ));
+            rows.push((
+                "  checks",
+                format!(
+                    "out of order {}, misrouted to the sender {} and to other rooms {}, \
+                     reading members disconnected {}{}",
+                    r.out_of_order,
+                    r.to_sender,
+                    r.foreign,
+                    r.disconnected,
+                    if r.stalled > 0 {
+                        format!(
+                            ", stalled members disconnected {} of {}",
+                            r.stalled_kicked,
+                            r.stalled_kicked + r.stalled_not_kicked
+                        )
+                    } else {
+                        String::new()
+                    }
+                ),
+            ));
+            if let (Some(with), Some(without)) = (&r.with_stalled, &r.without_stalled) {
+                rows.push(("  with stalled", fmt_latency(with)));
+                rows.push(("  without", fmt_latency(without)));
             }
         }
         for w in &self.warnings {

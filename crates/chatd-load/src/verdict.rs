@@ -5,7 +5,7 @@
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::report::{fmt_us, ConnectReport, DeliveryReport, Measured, RunReport};
+use crate::report::{fmt_us, ConnectReport, DeliveryReport, Measured, RoomsReport, RunReport};
 
 /// The limits a run is judged by (`--max-errors`, `--max-error-rate`, `--min-rate-ratio`,
 /// `--max-p50`, `--max-p99`).
@@ -191,6 +191,7 @@ pub fn judge(
     connect: &ConnectReport,
     run: Option<&RunReport>,
     delivery: Option<&DeliveryReport>,
+    rooms: Option<&RoomsReport>,
 ) -> Verdict {
     let mut rules = Vec::new();
     rules.push(Rule {
@@ -327,6 +328,9 @@ pub fn judge(
             by: None,
         });
     }
+    if let Some(r) = rooms {
+        rules.extend(room_rules(r, connect));
+    }
     for (q, limit) in [(0.5, limits.max_p50_ms), (0.99, limits.max_p99_ms)] {
         let Some(limit) = limit else { continue };
         for j in judged(m) {
@@ -337,6 +341,60 @@ pub fn judge(
         passed: rules.iter().all(|r| r.passed),
         rules,
     }
+}
+
+/// The rules of a `rooms` run beside exactly-once: every member joined, saw its room in order
+/// and stayed connected, and every stalled member was disconnected.
+fn room_rules(r: &RoomsReport, connect: &ConnectReport) -> Vec<Rule> {
+    let mut rules = vec![
+        Rule {
+            rule: "rooms joined",
+            passed: r.join_failed == 0,
+            actual: format!(
+                "{} of {} logged in{}",
+                n(r.joined),
+                n(connect.opened),
+                r.join_error_example
+                    .as_ref()
+                    .map(|e| format!(" (first failure: {e})"))
+                    .unwrap_or_default()
+            ),
+            limit: "all".into(),
+            by: (r.join_failed > 0).then(|| format!("{} short", n(r.join_failed))),
+        },
+        Rule {
+            rule: "in order",
+            passed: r.out_of_order == 0,
+            actual: format!("{} ROOM lines below an id seen before", n(r.out_of_order)),
+            limit: "0".into(),
+            by: None,
+        },
+        Rule {
+            rule: "members connected",
+            passed: r.disconnected == 0,
+            actual: format!(
+                "{} reading members disconnected{}",
+                n(r.disconnected),
+                r.disconnected_example
+                    .as_ref()
+                    .map(|e| format!(" ({e})"))
+                    .unwrap_or_default()
+            ),
+            limit: "0".into(),
+            by: None,
+        },
+    ];
+    if r.stalled > 0 {
+        let of = r.stalled_kicked + r.stalled_not_kicked;
+        rules.push(Rule {
+            rule: "stalled members disconnected",
+            passed: r.stalled_not_kicked == 0,
+            actual: format!("{} of {} joined", n(r.stalled_kicked), n(of)),
+            limit: "all".into(),
+            by: (r.stalled_not_kicked > 0).then(|| format!("{} still connected", n(r.stalled_not_kicked))),
+        });
+    }
+    rules
 }
 
 #[cfg(test)]
