@@ -14,7 +14,7 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection as _, PgConnection, PgPool};
 
-use super::rooms::{self, Flag, Role, RoomEvent, RoomRow, RoomTx};
+use super::rooms::{self, Flag, Role, RoomEvent, RoomOp, RoomRow, RoomTx};
 use super::{
     from_row, Applied, Committed, Counts, Message, NewMessage, Notify, Row, StoreError, StoreResult, Write,
     COLUMNS,
@@ -171,10 +171,18 @@ impl PgStore {
         .execute(&mut *tx)
         .await?;
         let mut stored = self.insert_direct(&mut tx, &direct).await?.into_iter();
+        let mut said = self.insert_says(&mut tx, batch).await?;
         let mut done = Vec::with_capacity(batch.len());
-        for write in batch {
+        for (i, write) in batch.iter().enumerate() {
             match write {
                 Write::Direct(_) => done.push(Committed::direct(stored.next().expect("one row per message"))),
+                Write::Room(_) if said.contains_key(&i) => {
+                    let message = said.remove(&i).expect("checked");
+                    done.push(Ok(Committed {
+                        room: Some((message.recipient.clone(), 0)),
+                        message: Some(message),
+                    }));
+                }
                 Write::Room(room) => {
                     let mut room_tx = PgRoomTx {
                         tx: &mut tx,
@@ -200,6 +208,63 @@ impl PgStore {
         }
         tx.commit().await?;
         Ok(done)
+    }
+
+    /// When every change to a room in `batch` is a message (as under load), stores those its
+    /// sender may send with two statements for the whole batch, one check and one insert,
+    /// instead of several round trips each; returns them by their place in `batch`. The rest
+    /// (a sender not in the room, a moderated room) are left to [`rooms::apply`], which says
+    /// why. A batch with any other change to a room (a join, a removal) leaves every one to
+    /// it, in order, so each message is checked against the changes before it.
+    async fn insert_says(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        batch: &[&Write],
+    ) -> sqlx::Result<std::collections::HashMap<usize, Message>> {
+        let mut says = Vec::new();
+        for (i, write) in batch.iter().enumerate() {
+            match write {
+                Write::Room(r) if matches!(r.op, RoomOp::Say { .. }) => says.push((i, r)),
+                Write::Room(_) => return Ok(Default::default()),
+                Write::Direct(_) => {}
+            }
+        }
+        if says.is_empty() {
+            return Ok(Default::default());
+        }
+        let actors: Vec<&str> = says.iter().map(|(_, r)| &*r.actor).collect();
+        let keys: Vec<String> = says.iter().map(|(_, r)| rooms::room_key(&r.room)).collect();
+        let allowed: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT t.n, r.name FROM UNNEST($1::text[], $2::text[]) WITH ORDINALITY AS t(actor, key, n) \
+             JOIN rooms r ON r.name_key = t.key \
+             JOIN room_members m ON m.room_id = r.id AND m.user_name = t.actor \
+             WHERE NOT r.moderated OR m.role <> 'member' ORDER BY t.n",
+        )
+        .bind(&actors)
+        .bind(&keys)
+        .fetch_all(&mut **tx)
+        .await?;
+        let rows: Vec<(usize, NewMessage)> = allowed
+            .into_iter()
+            .map(|(n, name)| {
+                let (i, write) = says[n as usize - 1];
+                let client_timestamp = match &write.op {
+                    RoomOp::Say { client_timestamp } => client_timestamp.clone(),
+                    _ => None,
+                };
+                let row = NewMessage {
+                    sender: write.actor.clone(),
+                    recipient: Arc::from(name),
+                    body: write.text.clone(),
+                    client_timestamp,
+                    origin: write.origin,
+                };
+                (i, row)
+            })
+            .collect();
+        let refs: Vec<&NewMessage> = rows.iter().map(|(_, m)| m).collect();
+        let stored = self.insert_direct(tx, &refs).await?;
+        Ok(rows.iter().map(|(i, _)| *i).zip(stored).collect())
     }
 
     /// Stores direct messages with one statement, ids ascending in batch order.

@@ -188,7 +188,8 @@ pub struct Committed {
     /// The row it added to a stream, if any (an invite, or joining a room one is already in,
     /// adds none).
     pub message: Option<Message>,
-    /// For a room: its name as shown, and its members after the change.
+    /// For a room: its name as shown, and its members after the change (0 for a message,
+    /// which is not counted).
     pub room: Option<(Arc<str>, i64)>,
 }
 
@@ -406,7 +407,11 @@ pub(super) async fn apply<T: RoomTx>(tx: &mut T, write: &RoomWrite) -> sqlx::Res
             }
         }
     };
-    let members = tx.member_count(room.id).await?;
+    // What a message said needs no count of the room (the reply is its id).
+    let members = match write.op {
+        RoomOp::Say { .. } => 0,
+        _ => tx.member_count(room.id).await?,
+    };
     Ok(Ok(done(message, members)))
 }
 

@@ -73,8 +73,9 @@ enum Mode {
 pub(crate) struct OwnMessages(Mutex<HashMap<i64, Arc<Message>>>, tokio::sync::Notify);
 
 /// How long the relay waits for the writer to hand over what it just committed: the writer
-/// does so right after the commit returns, so this is only reached if it failed.
-const OWN_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
+/// does so right after the commit returns, so this is reached only if it failed, or if the
+/// machine is so overloaded that the writer's task did not run for that long.
+const OWN_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl OwnMessages {
     /// Takes this node's own committed messages with these ids; those the writer has not
