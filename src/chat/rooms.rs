@@ -10,7 +10,9 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::error::{ChatError, ChatResult, Code};
-use crate::store::{Flag, Message, OpenRoom, Page, Role, RoomInfo, RoomOp, RoomRefusal, RoomSummary, RoomWrite, Write};
+use crate::store::{
+    Flag, Message, OpenRoom, Page, Role, RoomInfo, RoomOp, RoomRefusal, RoomSummary, RoomWrite, Write,
+};
 
 use super::writer::Written;
 use super::{names, Chat, Username, COMMAND_DEADLINE};
@@ -370,7 +372,9 @@ impl Chat {
     /// none: where a live feed that starts now stands in it.
     pub async fn newest_in(&self, user: &Username, stream: &str) -> ChatResult<i64> {
         let rows = if stream.starts_with('#') {
-            self.room_history(user, stream, Page::Before(i64::MAX, 1)).await?.1
+            self.room_history(user, stream, Page::Before(i64::MAX, 1))
+                .await?
+                .1
         } else if stream == user.as_str() {
             let rows = self.inner.store.stream(stream, Page::Before(i64::MAX, 1)).await?;
             rows.into_iter().map(Arc::new).collect()

@@ -241,9 +241,7 @@ impl Feed {
                         match self.app.chat.room_history(&self.user, room, page).await {
                             Ok((_, rows)) => Ok(rows),
                             // Left or removed since: nothing more to read there.
-                            Err(e) if matches!(e.code, Code::NotMember | Code::NoSuchRoom) => {
-                                Ok(Vec::new())
-                            }
+                            Err(e) if matches!(e.code, Code::NotMember | Code::NoSuchRoom) => Ok(Vec::new()),
                             Err(e) => Err(e),
                         }
                     }
@@ -324,7 +322,17 @@ mod tests {
 
     #[test]
     fn anything_else_is_not_a_cursor() {
-        for bad in ["", "x", "-1", "1,", "1,class", "1,class:x", "1,#class:2", "1,a b:2", "1;class:2"] {
+        for bad in [
+            "",
+            "x",
+            "-1",
+            "1,",
+            "1,class",
+            "1,class:x",
+            "1,#class:2",
+            "1,a b:2",
+            "1;class:2",
+        ] {
             assert_eq!(Cursor::parse(bad), None, "{bad:?}");
         }
     }

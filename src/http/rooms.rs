@@ -51,7 +51,13 @@ impl FromRequestParts<Arc<AppState>> for RoomPath {
 
 /// Who a room request acts as: the credentials, or on a `--lab` server the user named in
 /// `field`.
-async fn user(app: &AppState, header: Option<Username>, payload: &Payload, field: &str, peer: SocketAddr) -> ChatResult<Username> {
+async fn user(
+    app: &AppState,
+    header: Option<Username>,
+    payload: &Payload,
+    field: &str,
+    peer: SocketAddr,
+) -> ChatResult<Username> {
     acting_user(app, header, payload, field, peer, true).await
 }
 
@@ -65,7 +71,10 @@ pub async fn join(
 ) -> HttpResult<Response> {
     let me = user(&app, header, &payload, "username", peer).await?;
     let (room, members) = app.chat.join(&me, &room, 0).await?;
-    Ok(success(StatusCode::OK, json!({ "room": &*room, "members": members })))
+    Ok(success(
+        StatusCode::OK,
+        json!({ "room": &*room, "members": members }),
+    ))
 }
 
 /// `POST /rooms/<name>/leave`.
@@ -176,7 +185,10 @@ pub async fn list(
         .iter()
         .map(|r| json!({ "name": &*r.name, "members": r.members, "unread": r.unread, "topic": r.topic }))
         .collect();
-    Ok(success(StatusCode::OK, json!({ "count": rooms.len(), "rooms": rooms })))
+    Ok(success(
+        StatusCode::OK,
+        json!({ "count": rooms.len(), "rooms": rooms }),
+    ))
 }
 
 /// The `all` field of `GET /rooms`: `1` or `true`.
@@ -249,7 +261,10 @@ pub async fn topic(
     let me = user(&app, header, &payload, "username", peer).await?;
     let topic = payload.require("topic")?;
     let room = app.chat.set_topic(&me, &room, &topic, 0).await?;
-    Ok(success(StatusCode::OK, json!({ "room": &*room, "topic": topic.trim() })))
+    Ok(success(
+        StatusCode::OK,
+        json!({ "room": &*room, "topic": topic.trim() }),
+    ))
 }
 
 /// `POST /rooms/<name>/invite {"user"}`.
@@ -277,10 +292,7 @@ pub async fn kick(
     let me = user(&app, header, &payload, "username", peer).await?;
     let target = payload.require("user")?;
     let reason = optional_text(&payload, "reason")?;
-    let room = app
-        .chat
-        .kick(&me, &room, &target, reason.as_deref(), 0)
-        .await?;
+    let room = app.chat.kick(&me, &room, &target, reason.as_deref(), 0).await?;
     Ok(success(StatusCode::OK, json!({ "room": &*room, "user": target })))
 }
 
@@ -304,10 +316,7 @@ pub async fn mode(
     if words.next().is_some() {
         return Err(ChatError::bad_args("a mode is one change: +m, or +o <user>").into());
     }
-    let room = app
-        .chat
-        .set_mode(&me, &room, mode, target.as_deref(), 0)
-        .await?;
+    let room = app.chat.set_mode(&me, &room, mode, target.as_deref(), 0).await?;
     let shown = crate::chat::rooms::parse_mode(mode, target.as_deref())
         .map(|(flag, on)| crate::chat::rooms::mode_text(&flag, on))?;
     Ok(success(StatusCode::OK, json!({ "room": &*room, "mode": shown })))

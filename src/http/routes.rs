@@ -293,7 +293,12 @@ pub(super) async fn messages_reply(
         let batch = match source {
             Source::Inbox => app.chat.inbox(user, after, want).await?,
             Source::Conversation(peer) => app.chat.conversation(user, peer, after, want).await?,
-            Source::Room(room) => app.chat.room_history(user, room, Page::After(after, want)).await?.1,
+            Source::Room(room) => {
+                app.chat
+                    .room_history(user, room, Page::After(after, want))
+                    .await?
+                    .1
+            }
         };
         let full = batch.len() == want as usize;
         let Some(last) = batch.last().map(|m| m.id) else {
@@ -356,12 +361,12 @@ impl Source<'_> {
     /// How each of its messages is written as JSON.
     fn view(self) -> WriteView {
         match self {
-            Source::Inbox | Source::Conversation(_) => |m, out| {
-                serde_json::to_writer(out, &MessageView::of(m)).expect("a message serialises")
-            },
-            Source::Room(_) => |m, out| {
-                serde_json::to_writer(out, &RoomMessageView::of(m)).expect("a message serialises")
-            },
+            Source::Inbox | Source::Conversation(_) => {
+                |m, out| serde_json::to_writer(out, &MessageView::of(m)).expect("a message serialises")
+            }
+            Source::Room(_) => {
+                |m, out| serde_json::to_writer(out, &RoomMessageView::of(m)).expect("a message serialises")
+            }
         }
     }
 }

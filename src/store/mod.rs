@@ -16,8 +16,8 @@ use std::sync::Arc;
 pub use error::{StoreError, StoreErrorKind, StoreResult};
 pub use postgres::PgStore;
 pub use rooms::{
-    Applied, Committed, EventKind, Flag, OpenRoom, Page, Role, RoomEvent, RoomInfo, RoomOp, RoomRefusal, RoomSummary,
-    RoomWrite, Write,
+    Applied, Committed, EventKind, Flag, OpenRoom, Page, Role, RoomEvent, RoomInfo, RoomOp, RoomRefusal,
+    RoomSummary, RoomWrite, Write,
 };
 pub use sqlite::SqliteStore;
 pub use url::StoreUrl;
