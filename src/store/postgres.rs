@@ -622,7 +622,7 @@ impl PgStore {
     ) -> StoreResult<Vec<(String, Message)>> {
         let nodes: Vec<&str> = seen.iter().map(|(n, _)| n.as_str()).collect();
         let ids: Vec<i64> = seen.iter().map(|(_, id)| *id).collect();
-        let rows: Vec<(String, i64, String, String, String, i64, Option<String>, Option<String>, Option<String>)> = bounded(
+        let rows: Vec<UnseenRow> = bounded(
             "catching up on messages",
             false,
             sqlx::query_as(
@@ -1099,3 +1099,16 @@ fn redact(url: &str) -> String {
         _ => url.to_string(),
     }
 }
+
+/// A message row with the node that wrote it, as [`PgStore::unseen_messages`] reads it.
+type UnseenRow = (
+    String,
+    i64,
+    String,
+    String,
+    String,
+    i64,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
