@@ -20,6 +20,19 @@ use super::{
     COLUMNS,
 };
 
+/// A row of `messages` read with the node that stored it first, then [`COLUMNS`].
+type NodeRow = (
+    String,
+    i64,
+    String,
+    String,
+    String,
+    i64,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+
 /// The longest any one store operation may take before the caller is told the store is unavailable.
 pub const OP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Waiting for a pooled connection: short, so an outage is reported quickly.
@@ -622,7 +635,7 @@ impl PgStore {
     ) -> StoreResult<Vec<(String, Message)>> {
         let nodes: Vec<&str> = seen.iter().map(|(n, _)| n.as_str()).collect();
         let ids: Vec<i64> = seen.iter().map(|(_, id)| *id).collect();
-        let rows: Vec<UnseenRow> = bounded(
+        let rows: Vec<NodeRow> = bounded(
             "catching up on messages",
             false,
             sqlx::query_as(
@@ -1099,16 +1112,3 @@ fn redact(url: &str) -> String {
         _ => url.to_string(),
     }
 }
-
-/// A message row with the node that wrote it, as [`PgStore::unseen_messages`] reads it.
-type UnseenRow = (
-    String,
-    i64,
-    String,
-    String,
-    String,
-    i64,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-);
