@@ -101,7 +101,8 @@ struct Feed {
     at: Cursor,
     /// Whether a live message at or below a stream's place was already sent (replayed) and is
     /// dropped: so once anything was replayed or sent in it. A feed opened without a cursor
-    /// starts where each stream stood when it opened, and sends whatever comes live.
+    /// starts where each stream stood when it opened, and sends whatever comes live. By room
+    /// key; the inbox is `""`.
     settled: std::collections::HashSet<String>,
     _open: ConnectionGuard,
 }
