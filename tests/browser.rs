@@ -1,7 +1,9 @@
 //! A real headless Chromium drives the chat page served at `GET /`: two browsers, two users,
 //! a message that arrives live (Server-Sent Events) without any reload, rendered as text; the
 //! people list with who is online and unread counts; a conversation showing both sides; a
-//! malformed stored message that cannot stop the rest rendering; the length counter.
+//! malformed stored message that cannot stop the rest rendering; the length counter. And a
+//! room: created, found and joined on the page, live both ways, moderated, with unread counts
+//! kept on the server and history that loads on scroll.
 //!
 //! Needs /usr/bin/chromium and /usr/bin/chromedriver (Debian `chromium`, `chromium-driver`;
 //! `scripts/test.sh` installs them). Without them the test prints `SKIPPED: ...` and passes,
@@ -274,6 +276,251 @@ async fn chat_in_two_browsers() {
         assert!(Instant::now() < deadline, "the logged-out token still works");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+
+    for client in [alice, bob] {
+        client.close().await.expect("the browser session ends");
+    }
+    drop(driver);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_browsers_in_a_room() {
+    if let Some(reason) = browser_missing() {
+        if std::env::var("CHATD_REQUIRE_BROWSER").is_ok_and(|v| v == "1") {
+            panic!("CHATD_REQUIRE_BROWSER=1, but {reason}");
+        }
+        eprintln!("SKIPPED: browser test: {reason}");
+        return;
+    }
+    tokio::time::timeout(WHOLE_TEST, a_room_in_two_browsers())
+        .await
+        .expect("the browser test finishes in time");
+}
+
+/// A teacher creates a room on the page, a student finds it among the open rooms and joins;
+/// they talk live, the teacher moderates, unread counts survive a new log-in, history loads
+/// as the student scrolls up, and the conversation pane uses the window's height.
+async fn a_room_in_two_browsers() {
+    let server = common::TestServer::start().await;
+    let page = format!("http://{}/", server.http);
+    let mut driver = Chromedriver::start().await;
+    let alice = driver.browser(1280, 860).await; // a desktop
+    let bob = driver.browser(1100, 760).await; // a laptop
+
+    alice.goto(&page).await.expect("alice opens the page");
+    register(&alice, "alice", "pw-alice").await;
+    bob.goto(&page).await.expect("bob opens the page");
+    register(&bob, "bob", "pw-bob").await;
+
+    // Alice creates #class by joining it, and owns it.
+    fill(&alice, "room-name", &format!("#class{}", Key::Enter)).await;
+    wait_for(&alice, "the room's view", "#inbox-title", |t| t == "#class").await;
+    wait_for(&alice, "alice as owner", "#members .member", |t| {
+        t.contains("alice") && t.contains("owner")
+    })
+    .await;
+
+    // Bob finds it among the open rooms, and joins with a click.
+    wait_for(&bob, "#class among the open rooms", "#open-rooms .room", |t| {
+        t.contains("class")
+    })
+    .await;
+    click_css(&bob, "#open-rooms .room[data-room='#class']").await;
+    wait_for(&bob, "the room's view", "#inbox-title", |t| t == "#class").await;
+    wait_for(&bob, "bob in his rooms", "#rooms .room", |t| t.contains("class")).await;
+
+    // Alice sees him join, live, and online.
+    wait_for(&alice, "bob's join", "#messages .msg.event", |t| {
+        t.contains("bob joined")
+    })
+    .await;
+    wait_for(
+        &alice,
+        "bob online in the members",
+        "#members .member.online",
+        |t| t.contains("bob"),
+    )
+    .await;
+
+    // They talk, live, as text.
+    fill(&bob, "message", &format!("{TRICKY}{}", Key::Enter)).await;
+    wait_for(&alice, "bob's message", "#messages .msg .text", |t| t == TRICKY).await;
+    fill(&alice, "message", &format!("welcome, bob{}", Key::Enter)).await;
+    wait_for(&bob, "alice's message", "#messages .msg .text", |t| {
+        t == "welcome, bob"
+    })
+    .await;
+    assert!(bob
+        .find_all(Locator::Css("#messages b"))
+        .await
+        .unwrap()
+        .is_empty());
+
+    // Moderation is for ops: alice has the tools, bob does not.
+    assert!(find(&alice, "#room-tools").await.is_displayed().await.unwrap());
+    assert!(!find(&bob, "#room-tools").await.is_displayed().await.unwrap());
+    fill(&alice, "topic-input", "Week 3: sockets").await;
+    click(&alice, "set-topic").await;
+    wait_for(&bob, "the topic, live", "#room-topic", |t| {
+        t == "Topic: Week 3: sockets"
+    })
+    .await;
+    click(&alice, "mode-m").await;
+    wait_for(&bob, "the moderation event", "#messages .msg.event", |t| {
+        t.contains("alice set +m")
+    })
+    .await;
+    fill(&bob, "message", &format!("may I?{}", Key::Enter)).await;
+    wait_for(&bob, "the refusal", "#status", |t| t.contains("FORBIDDEN")).await;
+    click(&alice, "mode-m").await;
+    wait_for(&bob, "the end of moderation", "#messages .msg.event", |t| {
+        t.contains("alice set -m")
+    })
+    .await;
+    wait_for(&alice, "moderation off", "#mode-m[aria-pressed='false']", |_| {
+        true
+    })
+    .await;
+    screenshot(&alice, "room-alice").await;
+    screenshot(&bob, "room-bob").await;
+
+    // The conversation pane uses the window's height, not a fixed share of it.
+    let heights = alice
+        .execute(
+            "return [document.querySelector('.conversation').getBoundingClientRect().height, \
+             window.innerHeight];",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let (pane, window) = (heights[0].as_f64().unwrap(), heights[1].as_f64().unwrap());
+    assert!(
+        pane > window * 0.7,
+        "the conversation is {pane} px of a {window} px window"
+    );
+
+    // Unread counts live on the server: bob looks away, alice writes twice, and the count
+    // survives bob logging out and in again; reading it clears it for good.
+    click(&bob, "all").await;
+    wait_for(&bob, "the inbox", "#inbox-title", |t| t == "Inbox").await;
+    fill(&alice, "message", &format!("one{}", Key::Enter)).await;
+    fill(&alice, "message", &format!("two{}", Key::Enter)).await;
+    let badge = "#rooms .room[data-room='#class'] .badge";
+    wait_for(&bob, "two unread in #class", badge, |t| t == "2").await;
+    click(&bob, "logout").await;
+    fill(&bob, "username", "bob").await;
+    fill(&bob, "password", &format!("pw-bob{}", Key::Enter)).await;
+    wait_for(&bob, "bob logged in again", "#whoami", |t| t == "bob").await;
+    wait_for(&bob, "still two unread", badge, |t| t == "2").await;
+    click_css(&bob, "#rooms .room[data-room='#class']").await;
+    wait_for(&bob, "the latest", "#messages .msg .text", |t| t == "two").await;
+    // The page sends the read mark a moment after showing the room; the server has it.
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let rooms: Value = http
+            .get(server.url("/rooms"))
+            .basic_auth("bob", Some("pw-bob"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if rooms["rooms"][0]["unread"] == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the page never marked #class read: {rooms}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    click(&bob, "logout").await;
+    fill(&bob, "username", "bob").await;
+    fill(&bob, "password", &format!("pw-bob{}", Key::Enter)).await;
+    wait_for(&bob, "bob logged in again", "#rooms .room", |t| {
+        t.contains("class")
+    })
+    .await;
+    assert!(
+        bob.find_all(Locator::Css(badge)).await.unwrap().is_empty(),
+        "what was read stays read"
+    );
+
+    // History loads as bob scrolls up: 80 more messages, 50 shown, the rest on scrolling.
+    let token = alice
+        .execute(
+            "return JSON.parse(sessionStorage.getItem('chatd.session')).token;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    for i in 0..80 {
+        let sent = http
+            .post(server.url("/rooms/class/messages"))
+            .bearer_auth(token.as_str().unwrap())
+            .json(&json!({"message": format!("line {i}")}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(sent.status(), 201);
+    }
+    click(&bob, "all").await;
+    click_css(&bob, "#rooms .room[data-room='#class']").await;
+    wait_for(&bob, "the latest line", "#messages .msg .text", |t| {
+        t == "line 79"
+    })
+    .await;
+    assert_eq!(message_ids(&bob).await.len(), 50, "the latest 50 first");
+    let mut total = 50;
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline {
+        bob.execute(
+            "document.getElementById('scroller').scrollTop = 0; return true;",
+            vec![],
+        )
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        total = message_ids(&bob).await.len();
+        if texts(&bob, "#messages .msg .text")
+            .await
+            .first()
+            .map(String::as_str)
+            == Some(TRICKY)
+        {
+            break;
+        }
+    }
+    // 2 joins, 4 messages, a topic, 2 modes, then the 80.
+    assert_eq!(total, 89, "the whole history loaded on scroll");
+    let first = texts(&bob, "#messages .msg.event").await;
+    assert_eq!(
+        first.first().map(|t| t.starts_with("alice joined")),
+        Some(true),
+        "{first:?}"
+    );
+
+    // Alice removes bob: he sees why, and the room leaves his list.
+    click_css(&alice, "#members .member[data-name='bob'] .kick").await;
+    wait_for(&bob, "the removal", "#status", |t| {
+        t.contains("alice removed bob")
+    })
+    .await;
+    let deadline = Instant::now() + WAIT;
+    while !bob
+        .find_all(Locator::Css("#rooms .room"))
+        .await
+        .unwrap()
+        .is_empty()
+    {
+        assert!(Instant::now() < deadline, "#class is still in bob's rooms");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wait_for(&bob, "the inbox", "#inbox-title", |t| t == "Inbox").await;
+    screenshot(&bob, "room-bob-removed").await;
 
     for client in [alice, bob] {
         client.close().await.expect("the browser session ends");

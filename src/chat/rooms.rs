@@ -10,7 +10,9 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::error::{ChatError, ChatResult, Code};
-use crate::store::{Flag, Message, Page, Role, RoomInfo, RoomOp, RoomRefusal, RoomSummary, RoomWrite, Write};
+use crate::store::{
+    Flag, Message, OpenRoom, Page, Role, RoomInfo, RoomOp, RoomRefusal, RoomSummary, RoomWrite, Write,
+};
 
 use super::writer::Written;
 use super::{names, Chat, Username, COMMAND_DEADLINE};
@@ -25,6 +27,8 @@ pub const DEFAULT_MAX_ROOMS_PER_USER: u32 = 100;
 pub const HISTORY_LATEST: u32 = 50;
 /// Most rows one `HISTORY ... after|before` returns.
 pub const HISTORY_PAGE: u32 = 100;
+/// Most rooms one listing of the open rooms holds.
+pub const OPEN_ROOMS_PAGE: u32 = 500;
 /// Most characters of a topic.
 pub const MAX_TOPIC: usize = 300;
 /// Most characters of a removal's reason.
@@ -350,6 +354,34 @@ impl Chat {
     /// The rooms `user` is in, by name, with members, unread counts and topics.
     pub async fn rooms(&self, user: &Username) -> ChatResult<Vec<RoomSummary>> {
         Ok(self.inner.store.rooms_of(user.as_str()).await?)
+    }
+
+    /// The names of the rooms `user` is in: the streams their sessions follow besides the inbox.
+    pub async fn followed(&self, user: &Username) -> ChatResult<Vec<Arc<str>>> {
+        Ok(self.inner.store.followed(user.as_str()).await?)
+    }
+
+    /// The rooms anyone may join (not invite-only), by name after `after` (`#` first, any
+    /// case), at most [`OPEN_ROOMS_PAGE`]: how a newcomer finds the class's rooms.
+    pub async fn open_rooms(&self, after: &str) -> ChatResult<Vec<OpenRoom>> {
+        let after = crate::store::rooms::room_key(after);
+        Ok(self.inner.store.open_rooms(&after, OPEN_ROOMS_PAGE).await?)
+    }
+
+    /// The newest id in a stream `user` may read (their inbox, or a room they are in), 0 for
+    /// none: where a live feed that starts now stands in it.
+    pub async fn newest_in(&self, user: &Username, stream: &str) -> ChatResult<i64> {
+        let rows = if stream.starts_with('#') {
+            self.room_history(user, stream, Page::Before(i64::MAX, 1))
+                .await?
+                .1
+        } else if stream == user.as_str() {
+            let rows = self.inner.store.stream(stream, Page::Before(i64::MAX, 1)).await?;
+            rows.into_iter().map(Arc::new).collect()
+        } else {
+            return Err(ChatError::bad_args("only your own inbox"));
+        };
+        Ok(rows.last().map_or(0, |m| m.id))
     }
 
     /// A room's topic, flags and members (with who is online). An invite-only room shows

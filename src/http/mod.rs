@@ -9,6 +9,7 @@ mod conn;
 mod events;
 mod extract;
 mod guard;
+mod rooms;
 mod routes;
 mod stall;
 pub mod status;
@@ -106,6 +107,16 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/conversation", get(routes::conversation))
         .route("/who", get(routes::who))
         .route("/events", get(events::events))
+        .route("/rooms", get(rooms::list))
+        .route("/rooms/{name}", get(rooms::show))
+        .route("/rooms/{name}/join", post(rooms::join))
+        .route("/rooms/{name}/leave", post(rooms::leave))
+        .route("/rooms/{name}/messages", get(rooms::messages).post(rooms::say))
+        .route("/rooms/{name}/read", post(rooms::read))
+        .route("/rooms/{name}/topic", post(rooms::topic))
+        .route("/rooms/{name}/invite", post(rooms::invite))
+        .route("/rooms/{name}/kick", post(rooms::kick))
+        .route("/rooms/{name}/mode", post(rooms::mode))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), guard::guard))

@@ -16,7 +16,7 @@ use super::{success, AppState, PAGE};
 use crate::chat::{Username, INBOX_PAGE};
 use crate::error::{ChatError, ChatResult, Code};
 use crate::line::reply::rfc3339;
-use crate::store::Message;
+use crate::store::{Message, Page};
 
 type Peer = ConnectInfo<SocketAddr>;
 
@@ -57,7 +57,9 @@ pub async fn index(headers: HeaderMap, payload: Payload) -> HttpResult<Response>
             "name": "chatd",
             "version": env!("CARGO_PKG_VERSION"),
             "routes": ["GET /info", "GET|POST /api", "POST /register", "GET|POST /auth", "POST /logout",
-                       "POST /", "GET|POST /get_messages", "GET /conversation", "GET /who", "GET /events"],
+                       "POST /", "GET|POST /get_messages", "GET /conversation", "GET /who", "GET /events",
+                       "GET /rooms", "GET /rooms/<name>", "POST /rooms/<name>/join|leave|read|topic|invite|kick|mode",
+                       "GET|POST /rooms/<name>/messages"],
         }),
     ))
 }
@@ -253,7 +255,7 @@ pub async fn get_messages(
     payload: Payload,
 ) -> HttpResult<Response> {
     let user = acting_user(&app, header_user, &payload, "username", peer, true).await?;
-    messages_reply(&app, &user, None, &payload).await
+    messages_reply(&app, &user, Source::Inbox, &payload).await
 }
 
 /// `GET /conversation?with=<user>`: both sides of the logged-in user's conversation with one
@@ -266,16 +268,16 @@ pub async fn conversation(
 ) -> HttpResult<Response> {
     let user = acting_user(&app, header_user, &payload, "username", peer, false).await?;
     let with = payload.require("with")?;
-    messages_reply(&app, &user, Some(&with), &payload).await
+    messages_reply(&app, &user, Source::Conversation(&with), &payload).await
 }
 
 /// A page of messages after `after`, at most `limit` of them and about [`MAX_REPLY_BYTES`]:
 /// `{"status", "count", "more", "messages"}`. Messages are serialised as they are read, a few
 /// at a time, so a reply never holds more than its bytes and one small batch.
-async fn messages_reply(
+pub(super) async fn messages_reply(
     app: &AppState,
     user: &Username,
-    with: Option<&str>,
+    source: Source<'_>,
     payload: &Payload,
 ) -> HttpResult<Response> {
     let mut after = payload.count("after")?.unwrap_or(0).min(i64::MAX as u64) as i64;
@@ -283,13 +285,20 @@ async fn messages_reply(
         .count("limit")?
         .unwrap_or(INBOX_PAGE as u64)
         .clamp(1, MAX_LIMIT) as usize;
+    let view = source.view();
     let mut messages = Vec::with_capacity(1024);
     let (mut count, mut more) = (0usize, false);
     while count < limit {
         let want = (limit - count).min(FETCH as usize) as u32;
-        let batch = match with {
-            None => app.chat.inbox(user, after, want).await?,
-            Some(peer) => app.chat.conversation(user, peer, after, want).await?,
+        let batch = match source {
+            Source::Inbox => app.chat.inbox(user, after, want).await?,
+            Source::Conversation(peer) => app.chat.conversation(user, peer, after, want).await?,
+            Source::Room(room) => {
+                app.chat
+                    .room_history(user, room, Page::After(after, want))
+                    .await?
+                    .1
+            }
         };
         let full = batch.len() == want as usize;
         let Some(last) = batch.last().map(|m| m.id) else {
@@ -297,7 +306,7 @@ async fn messages_reply(
         };
         let text: usize = batch.iter().map(|m| m.body.len()).sum();
         let (buffer, added) = if text <= BUILD_INLINE_BYTES {
-            append_messages(messages, count, &batch)
+            append_messages(messages, count, &batch, view)
         } else {
             // Serialising large messages is real work: one batch at a time, off the threads
             // that serve connections, so that a crowd of large replies cannot slow anyone's
@@ -307,7 +316,7 @@ async fn messages_reply(
                 .acquire()
                 .await
                 .map_err(|e| ChatError::internal("waiting to build a reply", e))?;
-            tokio::task::spawn_blocking(move || append_messages(messages, count, &batch))
+            tokio::task::spawn_blocking(move || append_messages(messages, count, &batch, view))
                 .await
                 .map_err(|e| ChatError::internal("building a reply", e))?
         };
@@ -323,15 +332,47 @@ async fn messages_reply(
         }
         more = count == limit;
     }
+    Ok(page_reply(count, more, &messages))
+}
+
+/// `{"status", "count", "more", "messages"}` around `messages`, a JSON array's items.
+pub(super) fn page_reply(count: usize, more: bool, messages: &[u8]) -> Response {
     let mut body = Vec::with_capacity(messages.len() + 64);
     body.extend_from_slice(
         format!("{{\"status\":\"SUCCESS\",\"count\":{count},\"more\":{more},\"messages\":[").as_bytes(),
     );
-    body.extend_from_slice(&messages);
+    body.extend_from_slice(messages);
     body.extend_from_slice(b"]}");
-    drop(messages);
-    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
+
+/// Where a page of messages comes from.
+#[derive(Clone, Copy)]
+pub(super) enum Source<'a> {
+    /// The user's inbox.
+    Inbox,
+    /// Both sides of the conversation with this user.
+    Conversation(&'a str),
+    /// A room's stream (its name, `#` first).
+    Room(&'a str),
+}
+
+impl Source<'_> {
+    /// How each of its messages is written as JSON.
+    fn view(self) -> WriteView {
+        match self {
+            Source::Inbox | Source::Conversation(_) => {
+                |m, out| serde_json::to_writer(out, &MessageView::of(m)).expect("a message serialises")
+            }
+            Source::Room(_) => {
+                |m, out| serde_json::to_writer(out, &RoomMessageView::of(m)).expect("a message serialises")
+            }
+        }
+    }
+}
+
+/// Writes one message as JSON.
+pub(super) type WriteView = fn(&Message, &mut Vec<u8>);
 
 struct Appended {
     count: usize,
@@ -342,7 +383,12 @@ struct Appended {
 
 /// Appends `batch` to the JSON array being built in `out` (which holds `before` messages), as
 /// long as the reply stays within [`MAX_REPLY_BYTES`] (the first message always goes in).
-fn append_messages(mut out: Vec<u8>, before: usize, batch: &[Arc<Message>]) -> (Vec<u8>, Appended) {
+fn append_messages(
+    mut out: Vec<u8>,
+    before: usize,
+    batch: &[Arc<Message>],
+    view: WriteView,
+) -> (Vec<u8>, Appended) {
     let mut added = Appended {
         count: 0,
         last_id: None,
@@ -353,7 +399,7 @@ fn append_messages(mut out: Vec<u8>, before: usize, batch: &[Arc<Message>]) -> (
         if before + added.count > 0 {
             out.push(b',');
         }
-        serde_json::to_writer(&mut out, &MessageView::of(message)).expect("a message serialises");
+        view(message, &mut out);
         if before + added.count > 0 && out.len() > MAX_REPLY_BYTES {
             out.truncate(start);
             added.cut = true;
@@ -400,6 +446,37 @@ impl<'a> MessageView<'a> {
             message: &message.body,
             timestamp: client.map_or_else(|| Timestamp::Server(server_time.clone()), Timestamp::Client),
             server_time,
+        }
+    }
+}
+
+/// A row of a room's stream as the HTTP facade shows it: `room` is its name (`#` first),
+/// `sender` who said it or made the change; an event (a join, a removal...) also has `event`,
+/// what happened, and `subject`, to whom.
+#[derive(Serialize)]
+pub struct RoomMessageView<'a> {
+    id: i64,
+    room: &'a str,
+    sender: &'a str,
+    message: &'a str,
+    server_time: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    event: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    subject: Option<&'a str>,
+}
+
+impl<'a> RoomMessageView<'a> {
+    pub fn of(message: &'a Message) -> RoomMessageView<'a> {
+        let event = message.event.as_deref();
+        RoomMessageView {
+            id: message.id,
+            room: &message.recipient,
+            sender: &message.sender,
+            message: &message.body,
+            server_time: rfc3339(message.created_at_us),
+            event: event.map(|e| e.kind.as_str()),
+            subject: event.map(|e| &*e.subject),
         }
     }
 }
@@ -452,7 +529,7 @@ pub async fn acting_user(
 
 /// An optional text field (a number counts as its decimal text); present with any other
 /// type, `null` included, it is `400 BAD_ARGS`.
-fn optional_text(payload: &Payload, name: &str) -> ChatResult<Option<String>> {
+pub(super) fn optional_text(payload: &Payload, name: &str) -> ChatResult<Option<String>> {
     match payload.0.get(name) {
         None => Ok(None),
         Some(_) => payload

@@ -16,8 +16,8 @@ use std::sync::Arc;
 pub use error::{StoreError, StoreErrorKind, StoreResult};
 pub use postgres::PgStore;
 pub use rooms::{
-    Applied, Committed, EventKind, Flag, Page, Role, RoomEvent, RoomInfo, RoomOp, RoomRefusal, RoomSummary,
-    RoomWrite, Write,
+    Applied, Committed, EventKind, Flag, OpenRoom, Page, Role, RoomEvent, RoomInfo, RoomOp, RoomRefusal,
+    RoomSummary, RoomWrite, Write,
 };
 pub use sqlite::SqliteStore;
 pub use url::StoreUrl;
@@ -242,6 +242,15 @@ impl Store {
         match self {
             Store::Sqlite(s) => s.followed(user).await,
             Store::Postgres(s) => s.followed(user).await,
+        }
+    }
+
+    /// The rooms anyone may join (not invite-only), by name after `after` (a room's key, in
+    /// lower case), at most `limit`.
+    pub async fn open_rooms(&self, after: &str, limit: u32) -> StoreResult<Vec<OpenRoom>> {
+        match self {
+            Store::Sqlite(s) => s.open_rooms(after, limit).await,
+            Store::Postgres(s) => s.open_rooms(after, limit).await,
         }
     }
 

@@ -203,6 +203,14 @@ pub struct RoomSummary {
     pub topic: String,
 }
 
+/// A room anyone may join, as a newcomer finds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenRoom {
+    pub name: Arc<str>,
+    pub members: i64,
+    pub topic: String,
+}
+
 /// A room's settings and members.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoomInfo {
@@ -458,6 +466,11 @@ pub(super) mod sql {
              AND kind IS NULL AND sender <> m.user_name LIMIT 10000) AS u), \
          r.topic \
          FROM room_members m JOIN rooms r ON r.id = m.room_id WHERE m.user_name = ? ORDER BY r.name_key";
+    /// The rooms anyone may join (not invite-only), by name after a key, at most a limit:
+    /// name, members, topic. Binds: after (a room key), limit.
+    pub const OPEN_ROOMS: &str = "SELECT r.name, \
+         (SELECT COUNT(*) FROM room_members c WHERE c.room_id = r.id), r.topic \
+         FROM rooms r WHERE NOT r.invite_only AND r.name_key > ? ORDER BY r.name_key LIMIT ?";
     /// The names of a member's rooms.
     pub const FOLLOWED: &str =
         "SELECT r.name FROM room_members m JOIN rooms r ON r.id = m.room_id WHERE m.user_name = ?";
@@ -477,6 +490,15 @@ pub(super) mod sql {
          ELSE COALESCE(?, (SELECT COALESCE(MAX(id), 0) FROM messages \
              WHERE recipient = (SELECT name FROM rooms WHERE name_key = ?))) END \
          WHERE room_id = (SELECT id FROM rooms WHERE name_key = ?) AND user_name = ?";
+}
+
+/// An open room from the row [`sql::OPEN_ROOMS`] reads.
+pub(super) fn open_room((name, members, topic): (String, i64, String)) -> OpenRoom {
+    OpenRoom {
+        name: Arc::from(name),
+        members,
+        topic,
+    }
 }
 
 /// A room and its members from the rows [`sql::ROOM`] and [`sql::MEMBERS`] read.

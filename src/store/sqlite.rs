@@ -379,6 +379,17 @@ impl SqliteStore {
         Ok(names.into_iter().map(Arc::from).collect())
     }
 
+    /// The rooms anyone may join, by name after `after`, at most `limit`.
+    pub async fn open_rooms(&self, after: &str, limit: u32) -> StoreResult<Vec<super::OpenRoom>> {
+        let rows: Vec<(String, i64, String)> = sqlx::query_as(rooms::sql::OPEN_ROOMS)
+            .bind(after)
+            .bind(i64::from(limit))
+            .fetch_all(&self.readers)
+            .await
+            .map_err(|e| StoreError::from_sqlx("reading the rooms", false, e))?;
+        Ok(rows.into_iter().map(rooms::open_room).collect())
+    }
+
     /// A room (by its name, in any case) with its settings and members.
     pub async fn room(&self, name: &str) -> StoreResult<Option<super::RoomInfo>> {
         let failed = |e| StoreError::from_sqlx("reading the room", false, e);
