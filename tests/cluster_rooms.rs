@@ -1,6 +1,7 @@
 //! A room across two chatd nodes on one PostgreSQL: members on both, senders on both, one
 //! member also receiving direct messages from both. Every session gets every message of every
-//! stream it follows exactly once, each stream in increasing id order; HISTORY misses
+//! stream it follows exactly once, each stream in increasing id order, on the line protocol and
+//! on `/events`; HISTORY misses
 //! nothing; a removed member gets nothing more, on either node.
 
 mod common;
@@ -115,6 +116,71 @@ fn check_stream(who: &str, received: &Received, stream: &str, expected: &BTreeSe
     );
 }
 
+/// Reads `user`'s `/events` stream at `base`, from every stream's id `after` on, until `stop`, then until nothing more comes
+/// for 1.5 s: what it carried, by stream, in arrival order.
+async fn read_events_until_quiet(
+    base: String,
+    user: &'static str,
+    after: i64,
+    stop: Arc<AtomicBool>,
+) -> Received {
+    use futures::StreamExt;
+    let token = common::http_token(&base, user).await;
+    let response = reqwest::Client::new()
+        .get(format!("{base}/events"))
+        .bearer_auth(token)
+        .header("Last-Event-ID", after.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let mut stream = response.bytes_stream();
+    let (mut buffer, mut received) = (String::new(), Received::new());
+    loop {
+        while let Some(end) = buffer.find("\n\n") {
+            let block: String = buffer.drain(..end + 2).collect();
+            let field = |name: &str| {
+                block
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .map(str::to_string)
+            };
+            let (Some(kind), Some(data)) = (field("event: "), field("data: ")) else {
+                continue;
+            };
+            let data: serde_json::Value = serde_json::from_str(&data).unwrap();
+            let stream = match kind.as_str() {
+                "room" => data["room"].as_str().unwrap().to_string(),
+                "message" => "inbox".to_string(),
+                other => panic!("an unexpected event: {other}"),
+            };
+            let from = if data.get("event").is_some_and(|e| !e.is_null()) {
+                "*"
+            } else {
+                data["sender"].as_str().unwrap()
+            };
+            received.entry(stream).or_default().push(Msg {
+                id: data["id"].as_i64().unwrap(),
+                room: data["room"].as_str().map(str::to_string),
+                from: from.to_string(),
+                time: String::new(),
+                text: data["message"].as_str().unwrap_or_default().to_string(),
+            });
+        }
+        let wait = if stop.load(Ordering::Relaxed) {
+            Duration::from_millis(1500)
+        } else {
+            Duration::from_millis(200)
+        };
+        match tokio::time::timeout(wait, stream.next()).await {
+            Ok(Some(chunk)) => buffer.push_str(std::str::from_utf8(&chunk.unwrap()).unwrap()),
+            Ok(None) => panic!("{user}'s event stream ended"),
+            Err(_) if stop.load(Ordering::Relaxed) => return received,
+            Err(_) => {}
+        }
+    }
+}
+
 async fn logged_in(server: &TestServer, user: &str) -> Client {
     let mut client = server.client().await;
     client.ok(&format!("AUTH {user} pw")).await;
@@ -150,6 +216,8 @@ async fn a_room_across_two_nodes_delivers_every_stream_exactly_once_in_order() {
         c.ok(&format!("AUTH {user} pw")).await;
         c.ok("JOIN #class").await;
     }
+    // Where the event streams start: whatever comes after this id, in every stream.
+    let start: i64 = owner.ok("SEND #class let us begin").await.parse().unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let mut readers = Vec::new();
     for (name, node) in [("m1", &a), ("m1", &b), ("m2", &a), ("m3", &b), ("m4", &b)] {
@@ -157,6 +225,13 @@ async fn a_room_across_two_nodes_delivers_every_stream_exactly_once_in_order() {
         let label = format!("{name}@{}", if std::ptr::eq(node, &a) { "a" } else { "b" });
         readers.push((label, name, tokio::spawn(read_until_quiet(client, stop.clone()))));
     }
+    // m1 and m3 also follow everything over HTTP, on the other node than their line session.
+    let sse = [("m1", b.url("")), ("m3", a.url(""))].map(|(user, base)| {
+        (
+            user,
+            tokio::spawn(read_events_until_quiet(base, user, start, stop.clone())),
+        )
+    });
     // m4 also has a session on node a, for the removal below.
     let m4_on_a = tokio::spawn(read_until_quiet(logged_in(&a, "m4").await, stop.clone()));
     // Both senders are online before either sends.
@@ -214,12 +289,23 @@ async fn a_room_across_two_nodes_delivers_every_stream_exactly_once_in_order() {
         check_stream(&label, &received, "inbox", &inbox);
         clients.push((label, client));
     }
+    for (user, events) in sse {
+        let received = events.await.unwrap();
+        let label = format!("{user}'s /events");
+        check_stream(&label, &received, "#class", &room);
+        let inbox = if user == "m1" {
+            direct.clone()
+        } else {
+            BTreeSet::new()
+        };
+        check_stream(&label, &received, "inbox", &inbox);
+    }
     let (mut m4_a, m4_a_got) = m4_on_a.await.unwrap();
     check_stream("m4@a", &m4_a_got, "#class", &room);
 
-    // HISTORY after the last id a member saw misses nothing, and from the start holds all.
+    // HISTORY after the last id a member saw before the traffic holds all of it.
     let (_, m2) = clients.iter_mut().find(|(l, _)| l == "m2@a").unwrap();
-    let mut after = 0;
+    let mut after = start;
     let mut stored = BTreeSet::new();
     loop {
         let page = m2.cmd(&format!("HISTORY #class after {after}")).await;
