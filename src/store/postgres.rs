@@ -153,12 +153,18 @@ impl PgStore {
                 Write::Room(_) => None,
             })
             .collect();
-        let streams: Vec<String> = batch
+        // An inbox is locked by its user's name as it is; a room by its name in lower case.
+        let room_keys: Vec<String> = batch
             .iter()
-            .map(|w| match w {
-                Write::Direct(m) => m.recipient.to_string(),
-                Write::Room(r) => rooms::room_key(&r.room),
+            .filter_map(|w| match w {
+                Write::Room(r) => Some(rooms::room_key(&r.room)),
+                Write::Direct(_) => None,
             })
+            .collect();
+        let streams: Vec<&str> = direct
+            .iter()
+            .map(|m| &*m.recipient)
+            .chain(room_keys.iter().map(String::as_str))
             .collect();
         let mut tx = self.pool.begin().await?;
         // PostgreSQL evaluates a volatile function of the select list after ORDER BY, so the

@@ -483,27 +483,17 @@ pub async fn run(args: &ChatArgs, ctx: &Ctx) -> anyhow::Result<Measured> {
     let mut answered_in_time = 0;
     for o in &outcomes {
         answered_in_time += o.window.answered;
-        run.sent += o.sent;
-        run.sent_in_time += o.sent_in_time;
-        run.unanswered += o.unanswered;
-        run.bytes_in += o.bytes_in;
-        run.bytes_out += o.bytes_out;
-        if let Some(b) = &o.broken {
-            run.broken += 1;
-            run.broken_example.get_or_insert_with(|| b.clone());
-        }
-        if let Some(e) = &o.error_example {
-            run.error_example.get_or_insert_with(|| e.clone());
-        }
+        run.add_conn(crate::report::ConnRun {
+            sent: o.sent,
+            sent_in_time: o.sent_in_time,
+            unanswered: o.unanswered,
+            bytes_in: o.bytes_in,
+            bytes_out: o.bytes_out,
+            broken: o.broken.as_ref(),
+            error_example: o.error_example.as_ref(),
+        });
     }
-    if run.ok > 0 {
-        run.statuses.insert("OK".into(), run.ok);
-    }
-    if run.errors > 0 {
-        run.statuses.insert("ERR".into(), run.errors);
-    }
-    run.series = acks;
-    run.set_rates(answered_in_time);
+    run.finish_ok_err(acks, answered_in_time);
     m.run = Some(run);
     Ok(m)
 }

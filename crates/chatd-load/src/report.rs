@@ -88,7 +88,46 @@ pub struct RunRaw {
     pub series: Data,
 }
 
+/// What one connection of a chat or rooms run adds to its [`RunRaw`].
+pub struct ConnRun<'a> {
+    pub sent: u64,
+    pub sent_in_time: u64,
+    pub unanswered: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub broken: Option<&'a String>,
+    pub error_example: Option<&'a String>,
+}
+
 impl RunRaw {
+    /// Adds one connection's counts.
+    pub fn add_conn(&mut self, conn: ConnRun<'_>) {
+        self.sent += conn.sent;
+        self.sent_in_time += conn.sent_in_time;
+        self.unanswered += conn.unanswered;
+        self.bytes_in += conn.bytes_in;
+        self.bytes_out += conn.bytes_out;
+        if let Some(b) = conn.broken {
+            self.broken += 1;
+            self.broken_example.get_or_insert_with(|| b.clone());
+        }
+        if let Some(e) = conn.error_example {
+            self.error_example.get_or_insert_with(|| e.clone());
+        }
+    }
+
+    /// Closes a run whose replies are OK or ERR: its statuses, its series, its rates.
+    pub fn finish_ok_err(&mut self, series: Data, answered_in_time: u64) {
+        if self.ok > 0 {
+            self.statuses.insert("OK".into(), self.ok);
+        }
+        if self.errors > 0 {
+            self.statuses.insert("ERR".into(), self.errors);
+        }
+        self.series = series;
+        self.set_rates(answered_in_time);
+    }
+
     /// This process's issued and answered rates over its measured window (`started` to
     /// `ended`), with `answered_in_time` replies in it.
     pub fn set_rates(&mut self, answered_in_time: u64) {

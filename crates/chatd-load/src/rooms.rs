@@ -892,27 +892,17 @@ pub async fn run(args: &RoomsArgs, ctx: &Ctx) -> anyhow::Result<Measured> {
     let mut answered_in_time = 0;
     for r in records.iter().filter(|r| !layout.is_stalled(r.index as usize)) {
         answered_in_time += r.window.answered;
-        run.sent += r.sent;
-        run.sent_in_time += r.sent_in_time;
-        run.unanswered += r.unanswered;
-        run.bytes_in += r.bytes_in;
-        run.bytes_out += r.bytes_out;
-        if let Some(b) = &r.broken {
-            run.broken += 1;
-            run.broken_example.get_or_insert_with(|| b.clone());
-        }
-        if let Some(e) = &r.error_example {
-            run.error_example.get_or_insert_with(|| e.clone());
-        }
+        run.add_conn(crate::report::ConnRun {
+            sent: r.sent,
+            sent_in_time: r.sent_in_time,
+            unanswered: r.unanswered,
+            bytes_in: r.bytes_in,
+            bytes_out: r.bytes_out,
+            broken: r.broken.as_ref(),
+            error_example: r.error_example.as_ref(),
+        });
     }
-    if run.ok > 0 {
-        run.statuses.insert("OK".into(), run.ok);
-    }
-    if run.errors > 0 {
-        run.statuses.insert("ERR".into(), run.errors);
-    }
-    run.series = acks;
-    run.set_rates(answered_in_time);
+    run.finish_ok_err(acks, answered_in_time);
     m.run = Some(run);
     Ok(m)
 }
