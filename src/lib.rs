@@ -19,6 +19,7 @@ mod listener;
 pub mod logging;
 mod memory;
 mod net;
+mod socket;
 mod store;
 mod supervisor;
 mod topology;

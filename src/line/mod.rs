@@ -1,11 +1,10 @@
-//! The line protocol: framing ([`codec`]), the socket with its buffers ([`connection`]),
-//! the verbs ([`command`]), what is written back ([`reply`]) and one connection's life
-//! ([`session`]); [`pool`] recycles the buffers of busy connections.
+//! The line protocol: framing ([`codec`]) over the shared socket ([`connection`]), the verbs
+//! ([`verbs`], [`command`]), what is written back ([`reply`]) and one connection's life
+//! ([`session`]).
 
 pub mod codec;
 pub mod command;
 pub mod connection;
-pub mod pool;
 pub mod reply;
 pub mod session;
 pub mod verbs;

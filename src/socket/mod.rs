@@ -1,0 +1,226 @@
+//! A client's socket with its read and write buffers, shared by the doors that speak lines
+//! (the line protocol, IRC): each door frames lines its own way over the bytes read here, and
+//! writes its answers into [`Socket::out`], which [`Socket::flush`] sends with one syscall per
+//! batch. Both buffers are released while the connection is idle, so an idle connection holds
+//! no buffer memory at all; [`pool`] recycles them for busy ones.
+
+pub mod pool;
+
+use std::io;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+/// Bytes read per syscall at most.
+const READ_CHUNK: usize = 4096;
+/// A client that accepts none of our bytes for this long is gone (`--write-stall`).
+pub const WRITE_STALL: Duration = Duration::from_secs(30);
+/// How long a last line may take to be written before the connection closes anyway.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// Write out what is gathered once it reaches this size, even mid-batch.
+pub const FLUSH_AT: usize = 64 * 1024;
+
+pub struct Socket {
+    stream: TcpStream,
+    /// Bytes read and not yet framed into lines.
+    pub rbuf: BytesMut,
+    wbuf: BytesMut,
+    write_stall: Duration,
+}
+
+impl Socket {
+    pub fn new(stream: TcpStream, write_stall: Duration) -> Socket {
+        Socket {
+            stream,
+            rbuf: BytesMut::new(),
+            wbuf: BytesMut::new(),
+            write_stall,
+        }
+    }
+
+    /// Both buffers at once: framing reads one and may answer into the other.
+    pub fn buffers(&mut self) -> (&mut BytesMut, &mut BytesMut) {
+        self.out();
+        (&mut self.rbuf, &mut self.wbuf)
+    }
+
+    /// Waits for bytes from the client and buffers them. Returns 0 at end of stream.
+    /// Cancel-safe: if the future is dropped, no byte is lost.
+    pub async fn read_more(&mut self) -> io::Result<usize> {
+        loop {
+            // Waits for readiness without a waiter of its own inside this future (the socket
+            // keeps the one waker), which keeps an idle connection's task small.
+            std::future::poll_fn(|cx| self.stream.poll_read_ready(cx)).await?;
+            // Read into the stack, not the heap: readiness can be spurious, and a buffer
+            // reserved for a read that would block stays allocated while the connection idles.
+            // Only the bytes that arrived are kept.
+            let mut chunk = [0u8; READ_CHUNK];
+            match self.stream.try_read(&mut chunk) {
+                Ok(n) => {
+                    if self.rbuf.capacity() == 0 {
+                        self.rbuf = pool::take();
+                    }
+                    self.rbuf.extend_from_slice(&chunk[..n]);
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The buffer replies are written into; [`Socket::flush`] sends it.
+    pub fn out(&mut self) -> &mut BytesMut {
+        if self.wbuf.capacity() == 0 {
+            self.wbuf = pool::take();
+        }
+        &mut self.wbuf
+    }
+
+    /// Whether lines wait to be answered or bytes to be written.
+    pub fn has_work(&self) -> bool {
+        !self.rbuf.is_empty() || !self.wbuf.is_empty()
+    }
+
+    pub fn wants_flush(&self) -> bool {
+        self.wbuf.len() >= FLUSH_AT
+    }
+
+    /// Bytes gathered and not yet written.
+    pub fn pending(&self) -> usize {
+        self.wbuf.len()
+    }
+
+    /// Writes out everything gathered. Gives up on shutdown, when `kick` fires (the session
+    /// fell too far behind its live messages), or when the client accepts nothing for a while.
+    pub async fn flush(
+        &mut self,
+        shutdown: &CancellationToken,
+        kick: Option<&CancellationToken>,
+    ) -> io::Result<()> {
+        // Usually the socket takes everything at once: no timer, no waiting.
+        while !self.wbuf.is_empty() {
+            match self.stream.try_write(&self.wbuf) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => self.wbuf.advance(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // A client that reads slowly: the rare path gets a future of its own, so
+                    // its timer does not make every connection's task bigger.
+                    return Box::pin(self.flush_slowly(shutdown, kick)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.wbuf.clear();
+        Ok(())
+    }
+
+    async fn flush_slowly(
+        &mut self,
+        shutdown: &CancellationToken,
+        kick: Option<&CancellationToken>,
+    ) -> io::Result<()> {
+        let kicked = async {
+            match kick {
+                Some(kick) => kick.cancelled().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(kicked);
+        // The stall timer bounds the time without progress, not the whole write: a client
+        // that takes bytes, however slowly, is served to the end. Progress is the client
+        // taking bytes from the socket, not our writes succeeding: the kernel says a socket
+        // with a large send buffer is writable again only once much of it has drained.
+        let mut queued = self.unsent();
+        let stall = tokio::time::sleep(self.write_stall);
+        tokio::pin!(stall);
+        while !self.wbuf.is_empty() {
+            tokio::select! {
+                written = self.stream.write(&self.wbuf) => {
+                    let written = written?;
+                    if written == 0 {
+                        return Err(io::ErrorKind::WriteZero.into());
+                    }
+                    self.wbuf.advance(written);
+                    queued = self.unsent();
+                    stall.as_mut().reset(tokio::time::Instant::now() + self.write_stall);
+                }
+                _ = &mut stall => {
+                    let now = self.unsent();
+                    match (now, queued) {
+                        (Some(now), Some(before)) if now < before => {
+                            queued = Some(now);
+                            stall.as_mut().reset(tokio::time::Instant::now() + self.write_stall);
+                        }
+                        _ => return Err(io::Error::new(io::ErrorKind::TimedOut, "the client stopped reading")),
+                    }
+                }
+                _ = shutdown.cancelled() => {
+                    return Err(io::Error::new(io::ErrorKind::ConnectionAborted, "shutting down while writing"));
+                }
+                _ = &mut kicked => {
+                    return Err(io::Error::new(io::ErrorKind::ConnectionAborted, "too far behind"));
+                }
+            }
+        }
+        self.wbuf.clear();
+        Ok(())
+    }
+
+    /// Bytes written to the socket that the client has not acknowledged yet, where the
+    /// system tells (Linux); `None` elsewhere, where only our own writes count as progress.
+    fn unsent(&self) -> Option<usize> {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd;
+            let mut queued: libc::c_int = 0;
+            // SAFETY: TIOCOUTQ (SIOCOUTQ) writes one int for a socket this connection owns.
+            let ok = unsafe { libc::ioctl(self.stream.as_raw_fd(), libc::TIOCOUTQ, &mut queued) } == 0;
+            ok.then_some(queued.max(0) as usize)
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            None
+        }
+    }
+
+    /// Gives back buffers that hold nothing, before the connection waits.
+    pub fn release_idle_buffers(&mut self) {
+        if self.rbuf.is_empty() && self.rbuf.capacity() > 0 {
+            pool::give(std::mem::take(&mut self.rbuf));
+        }
+        if self.wbuf.is_empty() && self.wbuf.capacity() > 0 {
+            pool::give(std::mem::take(&mut self.wbuf));
+        }
+    }
+
+    /// Drops what is gathered after its first line end: the rest of a line already partly
+    /// written is kept, so that a last line written after it starts on a line of its own.
+    pub fn keep_first_line(&mut self) {
+        let end = self
+            .wbuf
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .map_or(0, |i| i + 2);
+        self.wbuf.truncate(end);
+    }
+
+    /// Writes what is gathered and a last line (best effort, briefly), and closes our side.
+    pub async fn close_with(&mut self, line: &[u8]) {
+        self.close_within(line, CLOSE_GRACE).await;
+    }
+
+    /// [`Socket::close_with`], giving the client up to `grace` to take the bytes.
+    pub async fn close_within(&mut self, line: &[u8], grace: Duration) {
+        self.out().extend_from_slice(line);
+        let write = async {
+            self.stream.write_all(&self.wbuf).await?;
+            self.stream.shutdown().await
+        };
+        let _ = Box::pin(tokio::time::timeout(grace, write)).await;
+        self.wbuf.clear();
+    }
+}
