@@ -43,10 +43,10 @@ async fn register_and_auth(backend: Backend) {
         "BAD_ARGS"
     );
     assert_eq!(
-        c.err(&format!("REGISTER bob {}", "p".repeat(129))).await,
+        c.err(&format!("REGISTER bob {}", "p".repeat(1025))).await,
         "BAD_ARGS"
     );
-    c.ok(&format!("REGISTER bob {}", "p".repeat(128))).await;
+    c.ok(&format!("REGISTER bob {}", "p".repeat(1024))).await;
     assert_eq!(c.err("AUTH alice wrong").await, "BAD_CREDENTIALS");
     assert_eq!(
         c.err("AUTH nobody s3cret").await,

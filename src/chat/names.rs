@@ -45,17 +45,21 @@ impl std::fmt::Display for Username {
     }
 }
 
-/// A valid password: 1-128 bytes, no spaces or control characters.
+/// Longest password in bytes: IRC clients and SASL tooling use long generated passwords, and
+/// argon2's cost does not depend on the length.
+pub const MAX_PASSWORD_BYTES: usize = 1024;
+
+/// A valid password: 1 to [`MAX_PASSWORD_BYTES`] bytes, no spaces or control characters.
 pub struct Password<'a>(&'a str);
 
 impl<'a> Password<'a> {
     pub fn parse(password: &'a str) -> ChatResult<Password<'a>> {
-        let valid =
-            (1..=128).contains(&password.len()) && !password.chars().any(|c| c == ' ' || c.is_control());
+        let valid = (1..=MAX_PASSWORD_BYTES).contains(&password.len())
+            && !password.chars().any(|c| c == ' ' || c.is_control());
         if valid {
             Ok(Password(password))
         } else {
-            Err(ChatError::bad_args("passwords are 1-128 bytes without spaces"))
+            Err(ChatError::bad_args("passwords are 1-1024 bytes without spaces"))
         }
     }
 
@@ -144,8 +148,8 @@ mod tests {
     #[test]
     fn passwords() {
         assert!(Password::parse("pw").is_ok());
-        assert!(Password::parse(&"p".repeat(128)).is_ok());
-        for bad in ["", "two words", "tab\there", &"p".repeat(129)] {
+        assert!(Password::parse(&"p".repeat(1024)).is_ok());
+        for bad in ["", "two words", "tab\there", &"p".repeat(1025)] {
             assert_eq!(Password::parse(bad).err().unwrap().code, Code::BadArgs, "{bad}");
         }
     }

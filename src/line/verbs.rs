@@ -40,7 +40,7 @@ pub static VERBS: &[Verb] = &[
         summary: "create an account",
         help: &[
             "REGISTER <user> <password>: create an account.",
-            "  user: 1-32 of A-Z a-z 0-9 _ . - (case matters); password: 1-128 bytes, no spaces.",
+            "  user: 1-32 of A-Z a-z 0-9 _ . - (case matters); password: 1-1024 bytes, no spaces.",
             "  The password travels in clear text: use one you use nowhere else.",
             "  example: REGISTER alice wonderland",
         ],
