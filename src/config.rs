@@ -5,6 +5,9 @@ use std::time::Duration;
 
 use clap::Args;
 
+/// The IRC door's port unless `--irc-port` says otherwise: IRC's registered port.
+pub const DEFAULT_IRC_PORT: u16 = 6667;
+
 /// How `chatd serve` is configured. Tests build one with [`Config::for_tests`].
 #[derive(Debug, Clone, Args)]
 pub struct Config {
@@ -28,6 +31,34 @@ pub struct Config {
     /// Do not serve HTTP.
     #[arg(long, env = "CHATD_NO_HTTP")]
     pub no_http: bool,
+
+    /// IRC port, for IRC clients (irssi, WeeChat, HexChat); 0 picks a free one. Default 6667;
+    /// if the default is taken (another chatd on this machine), chatd serves without IRC and
+    /// says so, whereas a port given here that cannot be bound stops the start.
+    #[arg(long, env = "CHATD_IRC_PORT")]
+    pub irc_port: Option<u16>,
+
+    /// Do not serve IRC.
+    #[arg(long, env = "CHATD_NO_IRC", conflicts_with = "irc_port")]
+    pub no_irc: bool,
+
+    /// The server's name as IRC clients see it (default: this machine's host name).
+    #[arg(long, env = "CHATD_IRC_SERVER_NAME")]
+    pub irc_server_name: Option<String>,
+
+    /// A connection password every IRC client must send (`PASS`, the "server password" of
+    /// a client's settings); accounts then log in by SASL or NickServ.
+    #[arg(long, env = "CHATD_IRC_PASSWORD")]
+    pub irc_password: Option<String>,
+
+    /// Seconds an IRC client may be silent before it is sent a PING; silent as long again,
+    /// it is disconnected.
+    #[arg(long, env = "CHATD_IRC_PING_INTERVAL", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..))]
+    pub irc_ping_interval: u64,
+
+    /// Seconds an IRC client on an account's nick has to log in before it is renamed.
+    #[arg(long, env = "CHATD_IRC_IDENTIFY_WITHIN", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub irc_identify_within: u64,
 
     /// Also serve RFC 862 echo on this TCP port (off unless given; 0 picks one).
     #[arg(long, env = "CHATD_ECHO_PORT")]
@@ -206,6 +237,12 @@ impl Config {
             port: 0,
             http_port: 0,
             no_http: false,
+            irc_port: Some(0),
+            no_irc: false,
+            irc_server_name: Some("chatd.test".into()),
+            irc_password: None,
+            irc_ping_interval: 120,
+            irc_identify_within: 30,
             echo_port: None,
             echo_greeting: None,
             echo_once: false,
@@ -249,6 +286,15 @@ impl Config {
 
     pub fn write_stall(&self) -> Duration {
         Duration::from_secs(self.write_stall.max(1))
+    }
+
+    pub fn irc_ping_every(&self) -> Duration {
+        Duration::from_secs(self.irc_ping_interval.max(1))
+    }
+
+    /// The IRC door's port, or `None` with `--no-irc`.
+    pub fn irc_port(&self) -> Option<u16> {
+        (!self.no_irc).then_some(self.irc_port.unwrap_or(DEFAULT_IRC_PORT))
     }
 
     pub fn auth_lockout(&self) -> Duration {

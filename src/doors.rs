@@ -18,7 +18,7 @@ use crate::limits::{self, Refusal};
 use crate::line::session::SessionSettings;
 use crate::listener::{self, BusyAnswer};
 use crate::store::Store;
-use crate::{echo, http, line};
+use crate::{echo, http, irc, line};
 
 /// Serves one admitted connection until it ends.
 pub(crate) type Serve = Arc<dyn Fn(TcpStream, SocketAddr) -> BoxFuture<'static, ()> + Send + Sync>;
@@ -54,6 +54,10 @@ pub(crate) struct Row {
     pub flag: &'static str,
     /// Its port, or `None` when the configuration keeps it closed.
     pub port: fn(&Config) -> Option<u16>,
+    /// Whether the server starts without this door when its port is taken: true where the
+    /// port is a default nobody asked for (a second chatd on one machine), false where the
+    /// operator chose it.
+    pub optional: fn(&Config) -> bool,
     pub pool: Pool,
     pub busy: BusyAnswer,
     pub serve: fn(&Context) -> Serve,
@@ -68,6 +72,7 @@ pub(crate) const DOORS: &[Row] = &[
         what: "the line protocol",
         flag: "--port",
         port: |config| Some(config.port),
+        optional: |_| false,
         pool: Pool::Chat,
         busy: line_busy,
         serve: serve_line,
@@ -78,6 +83,7 @@ pub(crate) const DOORS: &[Row] = &[
         what: "HTTP",
         flag: "--http-port",
         port: |config| (!config.no_http).then_some(config.http_port),
+        optional: |_| false,
         pool: Pool::Chat,
         busy: http::busy_answer,
         serve: serve_http,
@@ -88,10 +94,22 @@ pub(crate) const DOORS: &[Row] = &[
         what: "echo",
         flag: "--echo-port",
         port: |config| config.echo_port,
+        optional: |_| false,
         pool: Pool::Echo,
         busy: |_| None,
         serve: serve_echo,
         task: "the echo listener",
+    },
+    Row {
+        name: "irc",
+        what: "IRC",
+        flag: "--irc-port",
+        port: Config::irc_port,
+        optional: |config| config.irc_port.is_none(),
+        pool: Pool::Chat,
+        busy: irc_busy,
+        serve: serve_irc,
+        task: "the IRC listener",
     },
 ];
 
@@ -139,6 +157,18 @@ impl Door {
 
 fn line_busy(refusal: Refusal) -> Option<Vec<u8>> {
     Some(format!("ERR SERVER_BUSY {}\r\n", refusal.reason()).into_bytes())
+}
+
+fn irc_busy(refusal: Refusal) -> Option<Vec<u8>> {
+    Some(format!("ERROR :Server busy: {}\r\n", refusal.reason()).into_bytes())
+}
+
+fn serve_irc(cx: &Context) -> Serve {
+    let (chat, stop) = (cx.chat.clone(), cx.stop.clone());
+    let settings = Arc::new(irc::IrcSettings::from_config(cx.config));
+    Arc::new(move |stream, peer| {
+        irc::client::serve(stream, peer, chat.clone(), settings.clone(), stop.clone()).boxed()
+    })
 }
 
 fn serve_line(cx: &Context) -> Serve {

@@ -63,6 +63,9 @@ pub struct ChatError {
     pub unavailable: bool,
     /// What went wrong inside the server, for the log only.
     pub detail: Option<Arc<str>>,
+    /// For a change to a room that was refused, which rule refused it: doors whose protocol
+    /// has a reply per rule (IRC's numerics) answer with it.
+    pub refusal: Option<crate::store::RoomRefusal>,
 }
 
 impl ChatError {
@@ -72,6 +75,7 @@ impl ChatError {
             message: message.into(),
             unavailable: false,
             detail: None,
+            refusal: None,
         }
     }
 
@@ -85,6 +89,7 @@ impl ChatError {
             message: format!("the store is unavailable ({context}); {}", outcome.advice()).into(),
             unavailable: true,
             detail: Some(Arc::from(detail.to_string())),
+            refusal: None,
         }
     }
 
@@ -100,6 +105,7 @@ impl ChatError {
             message: format!("{context} failed; try again").into(),
             unavailable: false,
             detail: Some(Arc::from(detail.to_string())),
+            refusal: None,
         }
     }
 

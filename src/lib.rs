@@ -13,6 +13,7 @@ mod echo;
 mod error;
 mod http;
 mod hub;
+mod irc;
 mod limits;
 mod line;
 mod listener;
@@ -28,7 +29,6 @@ use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -57,6 +57,8 @@ pub struct Server {
     ip: IpAddr,
     /// The bound doors, in the order of [`DOORS`]; the line protocol's is always there.
     doors: Vec<Door>,
+    /// Doors left closed because their default port was taken, with why, for the banner.
+    closed: Vec<String>,
     store: Store,
     chat: Chat,
     budget: Budget,
@@ -85,11 +87,21 @@ impl Server {
             Some(name) => net::interface_ipv4(name)?,
             None => config.bind,
         };
-        let mut doors = Vec::new();
+        let (mut doors, mut closed) = (Vec::new(), Vec::new());
         for row in DOORS {
-            if let Some(port) = (row.port)(&config) {
-                let listener = listen(ip, port, config.backlog, row.what, row.flag)?;
-                doors.push(Door { row, listener });
+            let Some(port) = (row.port)(&config) else {
+                continue;
+            };
+            match net::bind(SocketAddr::new(ip, port), config.backlog) {
+                Ok(listener) => doors.push(Door { row, listener }),
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && (row.optional)(&config) => {
+                    tracing::warn!(door = row.name, port, "port taken; serving without this door");
+                    closed.push(format!(
+                        "No {}: port {port} is taken (perhaps another chatd); {} N gives it another port.",
+                        row.what, row.flag
+                    ));
+                }
+                Err(e) => return Err(listen_error(e, ip, port, row.what, row.flag)),
             }
         }
         let line_port = doors
@@ -163,6 +175,7 @@ impl Server {
             node_id,
             ip,
             doors,
+            closed,
             store,
             chat,
             budget,
@@ -188,6 +201,10 @@ impl Server {
         self.addr_of("echo")
     }
 
+    pub fn irc_addr(&self) -> Option<SocketAddr> {
+        self.addr_of("irc")
+    }
+
     /// What a person can type to reach this server, one address per line.
     pub fn banner(&self) -> String {
         let mut out = format!("chatd {} is up. Connect with:\n", env!("CARGO_PKG_VERSION"));
@@ -200,6 +217,15 @@ impl Server {
             for ip in net::reachable_addrs(self.ip) {
                 let _ = writeln!(out, "  http://{}/", SocketAddr::new(ip, http.port()));
             }
+        }
+        if let Some(irc) = self.irc_addr() {
+            let _ = writeln!(out, "With an IRC client (irssi, WeeChat, HexChat), type:");
+            for ip in net::reachable_addrs(self.ip) {
+                let _ = writeln!(out, "  /connect {ip} {}", irc.port());
+            }
+        }
+        for closed in &self.closed {
+            let _ = writeln!(out, "{closed}");
         }
         if let Some(echo) = self.echo_addr() {
             let _ = writeln!(out, "Echo (RFC 862) on port {}", echo.port());
@@ -375,9 +401,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     server.run(shutdown).await
 }
 
-/// Binds one door's listener; an error names the door, the address and what to do.
-fn listen(ip: IpAddr, port: u16, backlog: u32, door: &str, flag: &str) -> anyhow::Result<TcpListener> {
-    net::bind(SocketAddr::new(ip, port), backlog).map_err(|e| {
+/// Why a door's listener could not be bound: the door, the address and what to do.
+fn listen_error(e: std::io::Error, ip: IpAddr, port: u16, door: &str, flag: &str) -> anyhow::Error {
+    {
         let hint = match e.kind() {
             std::io::ErrorKind::AddrInUse => format!(
                 "; another program (perhaps another chatd) is using port {port}: stop it, or \
@@ -392,7 +418,7 @@ fn listen(ip: IpAddr, port: u16, backlog: u32, door: &str, flag: &str) -> anyhow
             _ => String::new(),
         };
         anyhow::anyhow!("cannot listen for {door} on {ip} port {port}: {e}{hint}")
-    })
+    }
 }
 
 /// A store URL without its password, for printing.

@@ -14,7 +14,7 @@ use chatd::Config;
     name = "chatd",
     version,
     about = "An async TCP chat server: a line protocol for telnet and nc, an HTTP facade with a \
-             chat page, and RFC 862 echo"
+             chat page, an IRC door for IRC clients, and RFC 862 echo"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -23,8 +23,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve chat on the line protocol (telnet, nc) and over HTTP (JSON, live events, a chat
-    /// page), and optionally echo, until Ctrl-C or SIGTERM.
+    /// Serve chat on the line protocol (telnet, nc), over HTTP (JSON, live events, a chat
+    /// page) and IRC, and optionally echo, until Ctrl-C or SIGTERM.
     Serve(Box<Config>),
     /// List this machine's network interfaces and addresses (for `serve --interface`).
     Interfaces,

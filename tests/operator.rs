@@ -495,7 +495,7 @@ fn every_serve_flag_is_in_the_readme_and_the_help_names_every_door() {
     );
     let top = run_to_exit(Command::new(CHATD).arg("--help"), Duration::from_secs(10));
     let top = String::from_utf8_lossy(&top.stdout).into_owned();
-    for door in ["line", "HTTP", "echo"] {
+    for door in ["line", "HTTP", "IRC", "echo"] {
         assert!(
             top.contains(door),
             "`chatd --help` does not name the {door} door:\n{top}"
@@ -531,4 +531,15 @@ fn a_port_in_use_is_named_with_the_flag_that_changes_it() {
     let http = start("0", &port);
     assert!(http.contains("cannot listen for HTTP"), "{http}");
     assert!(http.contains("--http-port N"), "{http}");
+    // An IRC port given explicitly is the operator's choice: taken, it stops the start too.
+    let mut command = Command::new(CHATD);
+    command
+        .args(["serve", "--bind", "127.0.0.1", "--port", "0", "--http-port", "0"])
+        .args(["--irc-port", &port])
+        .env("RUST_LOG", "warn");
+    let out = run_to_exit(&mut command, START_UP);
+    assert!(!out.status.success());
+    let irc = String::from_utf8_lossy(&out.stderr);
+    assert!(irc.contains("cannot listen for IRC"), "{irc}");
+    assert!(irc.contains("--irc-port N"), "{irc}");
 }

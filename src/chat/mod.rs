@@ -338,6 +338,23 @@ impl Chat {
         Ok(WhoPage { users, more })
     }
 
+    /// Which of `users` are online on any node.
+    pub async fn online_among(&self, users: &[&str]) -> ChatResult<std::collections::HashSet<String>> {
+        self.inner.topology.online_among(users).await
+    }
+
+    /// Whether `name` is an account.
+    pub async fn user_exists(&self, name: &str) -> ChatResult<bool> {
+        if Username::parse(name).is_err() {
+            return Ok(false);
+        }
+        match self.inner.users.existing(&self.inner.store, name).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.code == Code::NoSuchUser => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// How many users are online on any node.
     pub async fn online_count(&self) -> ChatResult<usize> {
         self.inner.topology.online_count().await

@@ -142,6 +142,13 @@ pub fn write(actor: &Arc<str>, room: &RoomName, op: RoomOp, origin: u64, said: O
 
 /// A refusal in the words a client reads: what was refused, and who may do it.
 pub fn refused(refusal: RoomRefusal, room: &RoomName, user: Option<&str>) -> ChatError {
+    ChatError {
+        refusal: Some(refusal.clone()),
+        ..refusal_text(refusal, room, user)
+    }
+}
+
+fn refusal_text(refusal: RoomRefusal, room: &RoomName, user: Option<&str>) -> ChatError {
     let target = user.unwrap_or("that user");
     match refusal {
         RoomRefusal::NoSuchRoom => ChatError::new(

@@ -2,6 +2,7 @@
 //! database, and a line-protocol client over a real socket.
 #![allow(dead_code)]
 
+pub mod irc;
 pub mod process;
 
 use std::net::SocketAddr;
@@ -174,6 +175,8 @@ pub struct TestServer {
     /// The HTTP facade's address.
     pub http: SocketAddr,
     pub echo: Option<SocketAddr>,
+    /// The IRC door's address, unless a test closed it.
+    pub irc: Option<SocketAddr>,
     pub db_url: String,
     shutdown: CancellationToken,
     task: JoinHandle<anyhow::Result<()>>,
@@ -210,12 +213,14 @@ impl TestServer {
         let addr = server.line_addr();
         let http = server.http_addr().expect("tests serve HTTP");
         let echo = server.echo_addr();
+        let irc = server.irc_addr();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(server.run(shutdown.clone()));
         TestServer {
             addr,
             http,
             echo,
+            irc,
             db_url,
             shutdown,
             task,

@@ -1,0 +1,637 @@
+//! One IRC connection from its first line to its `ERROR`: registration (CAP, PASS, NICK,
+//! USER, SASL), the welcome, logging in to an account, the live feed of the account's inbox
+//! and rooms, and the timers (registration, PING, identify-or-be-renamed).
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::caps::{Caps, Sasl};
+use super::numeric::*;
+use super::wire::{self, Frame, Framer, Msg};
+use super::{commands, render, IrcSettings, HOST, NETWORK};
+use crate::chat::{Chat, ConnAuthState, Username};
+use crate::error::ChatError;
+use crate::hub::{Ended, Subscription};
+use crate::socket::{Socket, FLUSH_AT};
+use crate::store::Message;
+
+/// Pushes written in one go before the session looks at its socket again.
+const PUSH_BATCH: usize = 256;
+
+/// A logged-in connection: its account and live feed.
+pub struct LoggedIn {
+    pub user: Username,
+    pub feed: Subscription,
+    /// Cancelled by the hub when the session falls too far behind (its SendQ is full).
+    pub kick: CancellationToken,
+}
+
+/// Why a connection ends, and what it is told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum End {
+    Quit(String),
+    Eof,
+    Shutdown,
+    PingTimeout,
+    RegistrationTimeout,
+    SendQ,
+    LoggedOut,
+    BadPassword,
+}
+
+/// Everything the door knows about one client.
+pub struct Client {
+    pub chat: Chat,
+    pub peer: SocketAddr,
+    pub settings: Arc<IrcSettings>,
+    socket: Socket,
+    framer: Framer,
+    /// `*` until NICK.
+    pub nick: String,
+    /// USER's user name, once given.
+    pub username: Option<String>,
+    pub realname: String,
+    /// PASS, kept until registration completes.
+    pub pass: Option<String>,
+    pub caps: Caps,
+    /// CAP LS or REQ before registration holds it until CAP END.
+    pub cap_negotiating: bool,
+    pub cap_302: bool,
+    pub registered: bool,
+    pub sasl: Sasl,
+    pub auth: ConnAuthState,
+    /// Logged in before registration completed: online once it does.
+    pending: Option<Username>,
+    pub session: Option<Box<LoggedIn>>,
+    /// The rooms this client was told it is in, by lower-case name, with the name shown.
+    pub channels: BTreeMap<String, Arc<str>>,
+    /// Set by QUIT, or by a refusal that ends the connection.
+    pub end: Option<End>,
+    /// A client on an account's nick without having logged in is renamed at this time.
+    identify_by: Option<Instant>,
+    /// When the client last sent anything, and whether it was sent a PING since.
+    last_heard: Instant,
+    pinged: bool,
+    connected: Instant,
+}
+
+/// Serves one accepted connection until the client quits, leaves, times out, or the server
+/// shuts down.
+pub fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    chat: Chat,
+    settings: Arc<IrcSettings>,
+    shutdown: CancellationToken,
+) -> impl Future<Output = ()> + Send {
+    let open = chat.connection_opened();
+    let visit = crate::activity::Visit::start(peer);
+    let now = Instant::now();
+    let socket = Socket::new(stream, settings.write_stall);
+    let mut client = Client {
+        chat,
+        peer,
+        settings,
+        socket,
+        framer: Framer::default(),
+        nick: "*".into(),
+        username: None,
+        realname: String::new(),
+        pass: None,
+        caps: Caps::default(),
+        cap_negotiating: false,
+        cap_302: false,
+        registered: false,
+        sasl: Sasl::default(),
+        auth: ConnAuthState::default(),
+        pending: None,
+        session: None,
+        channels: BTreeMap::new(),
+        end: None,
+        identify_by: None,
+        last_heard: now,
+        pinged: false,
+        connected: now,
+    };
+    async move {
+        let _open = &open;
+        let end = match run(&mut client, &shutdown).await {
+            Ok(end) => end,
+            // The client stopped reading: its pushes filled the hub's queue, or it took none
+            // of our bytes for the write stall.
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => End::SendQ,
+            Err(e) if e.kind() == io::ErrorKind::ConnectionAborted && client.kicked() => End::SendQ,
+            Err(e) => {
+                tracing::debug!(error = %e, "IRC connection ended");
+                End::Eof
+            }
+        };
+        client.finish(&end).await;
+        if let Some(session) = &client.session {
+            client
+                .settings
+                .away
+                .session_ended(session.user.as_str(), session.feed.id());
+        }
+        visit.end(client.account().map(Username::as_str));
+    }
+}
+
+async fn run(c: &mut Client, shutdown: &CancellationToken) -> io::Result<End> {
+    let mut scratch = Vec::new();
+    let mut timer = Box::pin(tokio::time::sleep_until(c.next_timer()));
+    loop {
+        if c.socket.has_work() {
+            if let Some(end) = Box::pin(answer_buffered(c, &mut scratch, shutdown)).await? {
+                return Ok(end);
+            }
+            timer.as_mut().reset(c.next_timer());
+        }
+        c.socket.release_idle_buffers();
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return Ok(End::Shutdown),
+            pushed = next_push(&mut c.session) => {
+                let Some(first) = pushed else {
+                    let ended = c.session.as_ref().and_then(|s| s.feed.ended());
+                    return Ok(if ended == Some(Ended::LoggedOut) { End::LoggedOut } else { End::SendQ });
+                };
+                Box::pin(c.write_pushes(&first)).await;
+            }
+            read = c.socket.read_more() => {
+                if read? == 0 {
+                    return Ok(End::Eof);
+                }
+                c.last_heard = Instant::now();
+                c.pinged = false;
+            }
+            _ = &mut timer => {
+                if let Some(end) = Box::pin(c.on_timer()).await {
+                    return Ok(end);
+                }
+                timer.as_mut().reset(c.next_timer());
+            }
+        }
+    }
+}
+
+/// Answers every complete line already buffered, in order, then writes the answers (and
+/// pushes gathered with them) in one go. `Some` once the connection is to end.
+async fn answer_buffered(
+    c: &mut Client,
+    scratch: &mut Vec<u8>,
+    shutdown: &CancellationToken,
+) -> io::Result<Option<End>> {
+    while let Some(frame) = c.framer.next(&mut c.socket.rbuf, scratch) {
+        match frame {
+            Frame::Line(line) => {
+                if let Some(msg) = Msg::parse(line) {
+                    commands::dispatch(c, &msg).await;
+                }
+            }
+            Frame::TooLong => c.numeric(ERR_INPUTTOOLONG, &[], "Input line was too long"),
+            Frame::BadEncoding => c.numeric(
+                ERR_UNKNOWNERROR,
+                &["*"],
+                "Lines must be UTF-8 (UTF8ONLY), without NUL bytes; that one was discarded",
+            ),
+        }
+        if !c.registered && c.ready_to_register() {
+            Box::pin(c.register()).await;
+        }
+        if let Some(end) = c.end.clone() {
+            return Ok(Some(end));
+        }
+        if c.socket.wants_flush() {
+            c.flush(shutdown).await?;
+        }
+    }
+    c.flush(shutdown).await?;
+    Ok(None)
+}
+
+/// The next live message for this session; `None` if the hub ended it. Never resolves
+/// while the connection is not logged in.
+async fn next_push(session: &mut Option<Box<LoggedIn>>) -> Option<Arc<Message>> {
+    match session.as_mut() {
+        Some(session) => std::future::poll_fn(|cx| session.feed.poll_recv(cx)).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Client {
+    /// The account this connection is logged in to, if any.
+    pub fn account(&self) -> Option<&Username> {
+        match &self.session {
+            Some(s) if s.feed.ended() != Some(Ended::LoggedOut) => Some(&s.user),
+            Some(_) => None,
+            None => self.pending.as_ref(),
+        }
+    }
+
+    /// The live session, which what this connection sends carries so that it is not pushed
+    /// back its own changes; 0 before login.
+    pub fn origin(&self) -> u64 {
+        self.session.as_ref().map_or(0, |s| s.feed.id())
+    }
+
+    /// Whether the hub ended this session for falling behind.
+    fn kicked(&self) -> bool {
+        self.session.as_ref().is_some_and(|s| s.kick.is_cancelled())
+    }
+
+    /// `nick!user@host` for this client.
+    pub fn mask(&self) -> String {
+        render::mask(&self.nick)
+    }
+
+    /// A numeric reply: `:server <code> <nick> <middle...> :<text>`.
+    pub fn numeric(&mut self, code: &str, middle: &[&str], text: &str) {
+        let mut params: Vec<&str> = Vec::with_capacity(middle.len() + 1);
+        let nick = self.nick.clone();
+        params.push(&nick);
+        params.extend_from_slice(middle);
+        let server = self.settings.server_name.clone();
+        wire::put(self.socket.out(), "", &server, code, &params, Some(text));
+    }
+
+    /// A numeric reply whose last parameter is not text (`:` only where the grammar needs it).
+    pub fn numeric_params(&mut self, code: &str, params: &[&str]) {
+        let nick = self.nick.clone();
+        let server = self.settings.server_name.clone();
+        let (last, middle) = params.split_last().expect("at least one parameter");
+        let mut all: Vec<&str> = vec![&nick];
+        all.extend_from_slice(middle);
+        wire::put(self.socket.out(), "", &server, code, &all, Some(last));
+    }
+
+    /// A line from the server: `:server <command> <middle...> [:<trailing>]`.
+    pub fn raw(&mut self, command: &str, middle: &[&str], trailing: Option<&str>) {
+        let server = self.settings.server_name.clone();
+        wire::put(self.socket.out(), "", &server, command, middle, trailing);
+    }
+
+    /// A line from a user (or from this client itself), with the tags its capabilities ask
+    /// for.
+    pub fn relay(
+        &mut self,
+        tags: &str,
+        source: &str,
+        command: &str,
+        middle: &[&str],
+        trailing: Option<&str>,
+    ) {
+        wire::put(self.socket.out(), tags, source, command, middle, trailing);
+    }
+
+    /// `:server CAP <nick> <sub> :<list>`.
+    pub fn cap_reply(&mut self, sub: &str, list: &str) {
+        let nick = self.nick.clone();
+        self.raw("CAP", &[&nick, sub], Some(list));
+    }
+
+    /// A notice from NickServ.
+    pub fn nickserv(&mut self, text: &str) {
+        let nick = self.nick.clone();
+        wire::put(
+            self.socket.out(),
+            "",
+            super::nickserv::MASK,
+            "NOTICE",
+            &[&nick],
+            Some(text),
+        );
+    }
+
+    /// An error of the domain that has no numeric of its own: 400 with its words.
+    pub fn failed(&mut self, command: &str, error: &ChatError) {
+        error.log();
+        let text = format!("{}: {}", error.code, error.message);
+        self.numeric(ERR_UNKNOWNERROR, &[command], &text);
+    }
+
+    async fn flush(&mut self, shutdown: &CancellationToken) -> io::Result<()> {
+        let kick = self.session.as_ref().map(|s| &s.kick);
+        match self.socket.flush(shutdown, kick).await {
+            Err(e) if e.kind() == io::ErrorKind::ConnectionAborted && shutdown.is_cancelled() => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Whether NICK and USER are in, and no CAP negotiation or SASL exchange holds
+    /// registration back.
+    fn ready_to_register(&self) -> bool {
+        self.nick != "*"
+            && self.username.is_some()
+            && !self.cap_negotiating
+            && matches!(self.sasl, Sasl::Idle)
+            && self.end.is_none()
+    }
+
+    /// Completes registration: the connection password, a PASS login, the welcome, and for
+    /// an account, its feed and rooms.
+    async fn register(&mut self) {
+        let pass = self.pass.take();
+        if let Some(required) = self.settings.password.clone() {
+            let given = pass.as_deref().unwrap_or("");
+            if !constant_time_eq(given.as_bytes(), required.as_bytes()) {
+                self.numeric(
+                    ERR_PASSWDMISMATCH,
+                    &[],
+                    "Password incorrect: this server needs its connection password (PASS)",
+                );
+                self.end = Some(End::BadPassword);
+                return;
+            }
+        } else if let (Some(pass), None) = (pass, self.account()) {
+            // PASS <password> logs in to the nick's account; PASS <account>:<password> to
+            // that account.
+            let (account, password) = match pass.split_once(':') {
+                Some((account, password)) => (account.to_string(), password.to_string()),
+                None => (self.nick.clone(), pass),
+            };
+            match self.check_password(&account, &password).await {
+                Ok(user) => self.pending = Some(user),
+                Err(e) => {
+                    self.numeric(
+                        ERR_PASSWDMISMATCH,
+                        &[],
+                        &format!("Password incorrect: {}", e.message),
+                    );
+                    self.end = Some(End::BadPassword);
+                    return;
+                }
+            }
+        }
+        if let Some(account) = self.pending.clone() {
+            // On chatd a nick is its account's name: the welcome says so, and clients take
+            // their nick from it.
+            self.nick = account.to_string();
+        }
+        self.registered = true;
+        self.welcome().await;
+        match self.pending.take() {
+            Some(account) => {
+                let mask = self.mask();
+                self.numeric(
+                    RPL_LOGGEDIN,
+                    &[&mask, account.as_str()],
+                    &format!("You are now logged in as {account}"),
+                );
+                self.go_online(account).await;
+            }
+            None => self.ask_to_identify().await,
+        }
+    }
+
+    /// 001-005, LUSERS and the MOTD.
+    async fn welcome(&mut self) {
+        let (server, nick) = (self.settings.server_name.clone(), self.nick.clone());
+        let version = concat!("chatd-", env!("CARGO_PKG_VERSION"));
+        self.numeric(
+            RPL_WELCOME,
+            &[],
+            &format!("Welcome to the {NETWORK} IRC Network {nick}!{nick}@{HOST}"),
+        );
+        self.numeric(
+            RPL_YOURHOST,
+            &[],
+            &format!("Your host is {server}, running version {version}"),
+        );
+        let created = format!("This server was created {}", self.settings.created);
+        self.numeric(RPL_CREATED, &[], &created);
+        let server_name = server.clone();
+        self.numeric_params(RPL_MYINFO, &[&server_name, version, "i", "imnot", "o"]);
+        for line in isupport(&self.settings) {
+            let mut params: Vec<&str> = line.iter().map(String::as_str).collect();
+            params.push("are supported by this server");
+            self.numeric_params(RPL_ISUPPORT, &params);
+        }
+        commands::lusers(self).await;
+        commands::motd(self);
+    }
+
+    /// For a connection without an account: what NickServ says to do.
+    async fn ask_to_identify(&mut self) {
+        let nick = self.nick.clone();
+        match self.chat.user_exists(&nick).await {
+            Ok(true) => {
+                self.identify_by = Some(Instant::now() + self.settings.identify_within);
+                self.nickserv(&format!(
+                    "{nick} is a registered account. Log in with: /msg NickServ IDENTIFY <password> \
+                     (within {} s, or you will be renamed)",
+                    self.settings.identify_within.as_secs()
+                ));
+            }
+            Ok(false) => self.nickserv(&format!(
+                "You are not logged in. Create the account {nick} with: /msg NickServ REGISTER <password>, \
+                 or log in to yours with: /msg NickServ IDENTIFY <account> <password>"
+            )),
+            Err(e) => self.failed("NICK", &e),
+        }
+    }
+
+    /// Checks an account's password under the same limits as the line protocol's AUTH.
+    pub async fn check_password(&mut self, account: &str, password: &str) -> Result<Username, ChatError> {
+        let (chat, peer) = (self.chat.clone(), self.peer.ip());
+        chat.authenticate(account, password, peer, Some(&mut self.auth))
+            .await
+    }
+
+    /// Logs the connection in to `account` (SASL, PASS or NickServ): before registration it
+    /// waits for the welcome; after it, the nick becomes the account's and the account's
+    /// rooms are joined.
+    pub async fn logged_in(&mut self, account: Username) {
+        crate::activity::logged_in(account.as_str(), self.peer.ip());
+        if !self.registered {
+            self.pending = Some(account);
+            return;
+        }
+        self.identify_by = None;
+        if self.nick != account.as_str() {
+            let mask = self.mask();
+            self.relay("", &mask, "NICK", &[], Some(account.as_str()));
+            self.nick = account.to_string();
+        }
+        let mask = self.mask();
+        self.numeric(
+            RPL_LOGGEDIN,
+            &[&mask, account.as_str()],
+            &format!("You are now logged in as {account}"),
+        );
+        self.go_online(account).await;
+    }
+
+    /// Follows the account's inbox and rooms, and tells the client which channels it is in.
+    async fn go_online(&mut self, account: Username) {
+        self.session = None;
+        self.channels.clear();
+        let kick = CancellationToken::new();
+        let feed = match self.chat.go_online(&account, kick.clone(), None).await {
+            Ok(feed) => feed,
+            Err(e) => {
+                self.failed("LOGIN", &e);
+                return;
+            }
+        };
+        self.session = Some(Box::new(LoggedIn {
+            user: account.clone(),
+            feed,
+            kick,
+        }));
+        match self.chat.followed(&account).await {
+            Ok(rooms) => {
+                for room in rooms {
+                    commands::show_joined(self, &room).await;
+                }
+            }
+            Err(e) => self.failed("JOIN", &e),
+        }
+    }
+
+    /// Writes live messages: `first` and whatever else is queued, up to a batch.
+    async fn write_pushes(&mut self, first: &Message) {
+        let mut next = Some(render::push(self, first));
+        let mut batch = 1;
+        while let Some(followup) = next.take() {
+            if let render::Followup::Joined(room) = followup {
+                commands::show_joined(self, &room).await;
+            }
+            if batch >= PUSH_BATCH || self.socket.pending() >= FLUSH_AT {
+                break;
+            }
+            let Some(message) = self.session.as_ref().and_then(|s| s.feed.try_recv()) else {
+                break;
+            };
+            next = Some(render::push(self, &message));
+            batch += 1;
+        }
+    }
+
+    /// When the next timer is due: the registration deadline, the identify deadline, or
+    /// the next PING check.
+    fn next_timer(&self) -> Instant {
+        let mut at = if self.registered {
+            self.last_heard + self.settings.ping_every
+        } else {
+            self.connected + self.settings.registration_timeout
+        };
+        if self.registered && self.pinged {
+            at = self.last_heard + self.settings.ping_every * 2;
+        }
+        if let Some(by) = self.identify_by {
+            at = at.min(by);
+        }
+        at
+    }
+
+    async fn on_timer(&mut self) -> Option<End> {
+        let now = Instant::now();
+        if !self.registered {
+            return (now >= self.connected + self.settings.registration_timeout)
+                .then_some(End::RegistrationTimeout);
+        }
+        if self.identify_by.is_some_and(|by| now >= by) {
+            self.identify_by = None;
+            if self.account().is_none() {
+                self.rename_to_guest().await;
+            }
+        }
+        if self.pinged && now >= self.last_heard + self.settings.ping_every * 2 {
+            return Some(End::PingTimeout);
+        }
+        if !self.pinged && now >= self.last_heard + self.settings.ping_every {
+            self.pinged = true;
+            let server = self.settings.server_name.clone();
+            // Written by the main loop, which flushes whatever is gathered.
+            self.raw("PING", &[], Some(&server));
+        }
+        None
+    }
+
+    /// Frees an account's nick that was used without logging in.
+    async fn rename_to_guest(&mut self) {
+        let guest = format!("Guest{}", 10_000 + (self.origin_seed() % 90_000));
+        self.nickserv(&format!(
+            "You did not log in to {} in time; you are now {guest}. /msg NickServ IDENTIFY {} <password> still logs you in",
+            self.nick, self.nick
+        ));
+        let mask = self.mask();
+        self.relay("", &mask, "NICK", &[], Some(&guest));
+        self.nick = guest;
+    }
+
+    fn origin_seed(&self) -> u64 {
+        let port = u64::from(self.peer.port());
+        let nanos = self.connected.elapsed().subsec_nanos();
+        port.wrapping_mul(2_654_435_761) ^ u64::from(nanos)
+    }
+
+    /// Says goodbye: the `ERROR` line the RFC closes a link with.
+    async fn finish(&mut self, end: &End) {
+        let text = match end {
+            End::Eof => return,
+            End::Quit(reason) => format!("Closing link: {} (Quit: {reason})", self.nick),
+            End::Shutdown => "Closing link: server shutting down".to_string(),
+            End::PingTimeout => format!(
+                "Closing link: Ping timeout: {} seconds",
+                (self.settings.ping_every * 2).as_secs()
+            ),
+            End::RegistrationTimeout => {
+                "Closing link: registration timed out (send NICK and USER)".to_string()
+            }
+            End::SendQ => {
+                tracing::info!(user = ?self.account().map(Username::as_str), peer = %self.peer, "disconnected: SendQ exceeded");
+                "SendQ exceeded".to_string()
+            }
+            End::LoggedOut => "Closing link: logged out everywhere".to_string(),
+            End::BadPassword => "Closing link: bad password".to_string(),
+        };
+        let mut line = bytes::BytesMut::new();
+        wire::put(&mut line, "", "", "ERROR", &[], Some(&text));
+        if *end == End::SendQ {
+            // What could not be written is dropped, but for the rest of a line already
+            // begun; the client gets as long as any write takes to read why it is gone.
+            self.socket.keep_first_line();
+            self.socket.close_within(&line, self.settings.write_stall).await;
+        } else {
+            self.socket.close_with(&line).await;
+        }
+    }
+}
+
+/// The ISUPPORT tokens (<https://modern.ircdocs.horse/#rplisupport-parameters>), at most 13
+/// to a line.
+fn isupport(settings: &IrcSettings) -> Vec<Vec<String>> {
+    let tokens = vec![
+        "AWAYLEN=200".to_string(),
+        "CASEMAPPING=ascii".to_string(),
+        format!("CHANLIMIT=#:{}", settings.max_rooms),
+        "CHANMODES=,,,imnt".to_string(),
+        format!("CHANNELLEN={}", crate::chat::rooms::MAX_ROOM_NAME + 1),
+        "CHANTYPES=#".to_string(),
+        "ELIST=".to_string(),
+        format!("KICKLEN={}", crate::chat::rooms::MAX_REASON),
+        "MODES=4".to_string(),
+        format!("NETWORK={NETWORK}"),
+        "NICKLEN=32".to_string(),
+        "PREFIX=(qo)~@".to_string(),
+        "TARGMAX=JOIN:,KICK:1,NAMES:1,NOTICE:4,PART:,PRIVMSG:4,WHOIS:1".to_string(),
+        format!("TOPICLEN={}", crate::chat::rooms::MAX_TOPIC),
+        "USERLEN=32".to_string(),
+        "UTF8ONLY".to_string(),
+    ];
+    tokens.chunks(13).map(<[String]>::to_vec).collect()
+}
+
+/// Compares two secrets in time that depends only on their lengths.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

@@ -1,0 +1,820 @@
+//! The commands of the IRC door. [`COMMANDS`] is the one table: each command's name, the
+//! parameters it needs and whether it needs registration or an account, checked for every
+//! command alike in [`dispatch`] before its own code runs (461, 451). Each command then maps
+//! to the domain, and the domain's refusals to the RFC numerics.
+
+use std::sync::Arc;
+
+use super::caps::{self, MULTI_PREFIX};
+use super::client::{Client, End};
+use super::numeric::*;
+use super::render::{self, mask, prefixed};
+use super::wire::Msg;
+use super::{nickserv, HOST};
+use crate::chat::rooms::RoomName;
+use crate::chat::Username;
+use crate::error::{ChatError, Code};
+use crate::store::RoomRefusal;
+
+/// What a command needs before it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// Nothing: it is part of registration (or leaving).
+    Nothing,
+    /// A registered connection.
+    Registered,
+    /// A connection logged in to an account.
+    Account,
+}
+
+/// One row of the table.
+pub struct Command {
+    pub name: &'static str,
+    /// Parameters it needs at least; fewer get 461.
+    pub min: usize,
+    pub need: Need,
+}
+
+const fn row(name: &'static str, min: usize, need: Need) -> Command {
+    Command { name, min, need }
+}
+
+/// Every command the door understands; anything else is 421.
+pub const COMMANDS: &[Command] = &[
+    row("AUTHENTICATE", 1, Need::Nothing),
+    row("AWAY", 0, Need::Account),
+    row("CAP", 1, Need::Nothing),
+    row("INVITE", 2, Need::Account),
+    row("ISON", 1, Need::Registered),
+    row("JOIN", 1, Need::Account),
+    row("KICK", 2, Need::Account),
+    row("LIST", 0, Need::Registered),
+    row("LUSERS", 0, Need::Registered),
+    row("MODE", 1, Need::Registered),
+    row("MOTD", 0, Need::Registered),
+    row("NAMES", 0, Need::Registered),
+    row("NICK", 0, Need::Nothing),
+    row("NOTICE", 0, Need::Registered),
+    row("PART", 1, Need::Account),
+    row("PASS", 1, Need::Nothing),
+    row("PING", 1, Need::Nothing),
+    row("PONG", 0, Need::Nothing),
+    row("PRIVMSG", 0, Need::Registered),
+    row("QUIT", 0, Need::Nothing),
+    row("TOPIC", 1, Need::Account),
+    row("USER", 4, Need::Nothing),
+    row("USERHOST", 1, Need::Registered),
+    row("WHO", 0, Need::Registered),
+    row("WHOIS", 1, Need::Registered),
+];
+
+/// Runs one parsed line: finds its command, checks what its row needs, and runs it.
+pub async fn dispatch(c: &mut Client, m: &Msg<'_>) {
+    let name = m.command.to_ascii_uppercase();
+    let Some(command) = COMMANDS.iter().find(|row| row.name == name) else {
+        let shown: String = m.command.chars().take(32).collect();
+        c.numeric(ERR_UNKNOWNCOMMAND, &[&shown], "Unknown command");
+        return;
+    };
+    if !c.registered && command.need != Need::Nothing {
+        c.numeric(
+            ERR_NOTREGISTERED,
+            &[],
+            "You have not registered: send NICK and USER first",
+        );
+        return;
+    }
+    if m.params.len() < command.min {
+        c.numeric(ERR_NEEDMOREPARAMS, &[command.name], "Not enough parameters");
+        return;
+    }
+    if command.need == Need::Account && c.account().is_none() {
+        not_logged_in(c, command.name);
+        return;
+    }
+    match command.name {
+        "AUTHENTICATE" => authenticate(c, m).await,
+        "AWAY" => away(c, m),
+        "CAP" => caps::cap(c, m),
+        "INVITE" => invite(c, m).await,
+        "ISON" => ison(c, m).await,
+        "JOIN" => join(c, m).await,
+        "KICK" => kick(c, m).await,
+        "LIST" => list(c, m).await,
+        "LUSERS" => lusers(c).await,
+        "MODE" => mode(c, m).await,
+        "MOTD" => motd(c),
+        "NAMES" => names_command(c, m).await,
+        "NICK" => nick(c, m).await,
+        "NOTICE" => message(c, m, "NOTICE").await,
+        "PART" => part(c, m).await,
+        "PASS" => pass(c, m),
+        "PING" => {
+            let server = c.settings.server_name.clone();
+            c.raw("PONG", &[&server], Some(m.arg(0)));
+        }
+        "PONG" => {}
+        "PRIVMSG" => message(c, m, "PRIVMSG").await,
+        "QUIT" => {
+            let reason = m.params.first().copied().unwrap_or("Client Quit");
+            c.end = Some(End::Quit(reason.chars().take(200).collect()));
+        }
+        "TOPIC" => topic(c, m).await,
+        "USER" => user(c, m),
+        "USERHOST" => userhost(c, m).await,
+        "WHO" => who(c, m).await,
+        "WHOIS" => whois(c, m).await,
+        other => unreachable!("{other} is in the table but has no arm"),
+    }
+}
+
+fn not_logged_in(c: &mut Client, command: &str) {
+    c.numeric(
+        ERR_NOTREGISTERED,
+        &[command],
+        "You have not logged in: /msg NickServ IDENTIFY <password>, or /msg NickServ REGISTER <password> for a new account",
+    );
+}
+
+/// The account, for commands whose row asks for one.
+fn me(c: &Client) -> Username {
+    c.account().cloned().expect("the table checked the login")
+}
+
+fn pass(c: &mut Client, m: &Msg<'_>) {
+    if c.registered {
+        c.numeric(ERR_ALREADYREGISTERED, &[], "You may not reregister");
+        return;
+    }
+    c.pass = Some(m.arg(0).to_string());
+}
+
+fn user(c: &mut Client, m: &Msg<'_>) {
+    if c.registered {
+        c.numeric(ERR_ALREADYREGISTERED, &[], "You may not reregister");
+        return;
+    }
+    let name: String = m.arg(0).chars().filter(|ch| !ch.is_control()).take(32).collect();
+    c.username = Some(if name.is_empty() { "user".into() } else { name });
+    c.realname = m.arg(3).chars().take(100).collect();
+}
+
+async fn nick(c: &mut Client, m: &Msg<'_>) {
+    let wanted = m.arg(0);
+    if wanted.is_empty() {
+        c.numeric(ERR_NONICKNAMEGIVEN, &[], "No nickname given");
+        return;
+    }
+    if Username::parse(wanted).is_err() {
+        let shown: String = wanted.chars().take(40).collect();
+        c.numeric(
+            ERR_ERRONEUSNICKNAME,
+            &[&shown],
+            "Erroneous nickname: nicks are chatd names, 1-32 of A-Z a-z 0-9 _ . -",
+        );
+        return;
+    }
+    if !c.registered {
+        c.nick = wanted.to_string();
+        return;
+    }
+    if let Some(account) = c.account().cloned() {
+        if wanted != account.as_str() {
+            c.numeric(
+                ERR_ERRONEUSNICKNAME,
+                &[wanted],
+                &format!("On chatd your nick is your account's name: you are logged in as {account}"),
+            );
+        }
+        return;
+    }
+    if wanted == c.nick {
+        return;
+    }
+    let old = c.mask();
+    c.relay("", &old, "NICK", &[], Some(wanted));
+    c.nick = wanted.to_string();
+    if c.chat.user_exists(wanted).await.unwrap_or(false) {
+        c.nickserv(&format!(
+            "{wanted} is a registered account. Log in with: /msg NickServ IDENTIFY <password>"
+        ));
+    }
+}
+
+async fn authenticate(c: &mut Client, m: &Msg<'_>) {
+    let caps::Step::Check { account, password } = caps::authenticate(c, m) else {
+        return;
+    };
+    match c.check_password(&account, &password).await {
+        Ok(user) => {
+            let shown = if c.registered {
+                mask(user.as_str())
+            } else {
+                mask(&c.nick)
+            };
+            c.numeric(
+                RPL_LOGGEDIN,
+                &[&shown, user.as_str()],
+                &format!("You are now logged in as {user}"),
+            );
+            c.numeric(RPL_SASLSUCCESS, &[], "SASL authentication successful");
+            c.logged_in(user).await;
+        }
+        Err(e) => {
+            let text = format!("SASL authentication failed: {}", e.message);
+            c.numeric(ERR_SASLFAIL, &[], &text);
+        }
+    }
+}
+
+fn away(c: &mut Client, m: &Msg<'_>) {
+    let me = me(c);
+    let text = m.arg(0);
+    let settings = c.settings.clone();
+    if text.is_empty() {
+        settings.away.set(me.as_arc(), c.origin(), None);
+        c.numeric(RPL_UNAWAY, &[], "You are no longer marked as being away");
+    } else {
+        let text: String = text.chars().take(200).collect();
+        settings.away.set(me.as_arc(), c.origin(), Some(text));
+        c.numeric(RPL_NOWAWAY, &[], "You have been marked as being away");
+    }
+}
+
+/// PRIVMSG and NOTICE: to nicks (accounts) and channels (rooms), several targets at once.
+/// A NOTICE is stored and shown as a message like a PRIVMSG, but is never answered with an
+/// error (RFC 2812 §3.3.2).
+async fn message(c: &mut Client, m: &Msg<'_>, command: &str) {
+    let quiet = command == "NOTICE";
+    let (targets, text) = (m.arg(0), m.arg(1));
+    if targets.is_empty() {
+        if !quiet {
+            c.numeric(ERR_NORECIPIENT, &[], &format!("No recipient given ({command})"));
+        }
+        return;
+    }
+    if m.params.len() < 2 || text.is_empty() {
+        if !quiet {
+            c.numeric(ERR_NOTEXTTOSEND, &[], "No text to send");
+        }
+        return;
+    }
+    for target in targets.split(',').filter(|t| !t.is_empty()).take(4) {
+        if target.eq_ignore_ascii_case(nickserv::NICK) {
+            if !quiet {
+                nickserv::handle(c, text).await;
+            }
+            continue;
+        }
+        let Some(me) = c.account().cloned() else {
+            if !quiet {
+                not_logged_in(c, command);
+            }
+            continue;
+        };
+        let body = match render::from_irc(text) {
+            Ok(body) if !body.trim().is_empty() => body,
+            Ok(_) => {
+                if !quiet {
+                    c.numeric(ERR_NOTEXTTOSEND, &[], "No text to send (only formatting codes)");
+                }
+                continue;
+            }
+            Err(why) => {
+                if !quiet {
+                    c.numeric(ERR_UNKNOWNERROR, &[command], &why);
+                }
+                continue;
+            }
+        };
+        let sent = if target.starts_with('#') {
+            let origin = c.origin();
+            c.chat.say(&me, target, &body, None, origin).await
+        } else {
+            c.chat.send(&me, target, &body, None).await
+        };
+        match sent {
+            Ok(message) => {
+                if c.caps.has(caps::ECHO_MESSAGE) {
+                    let shown = if target.starts_with('#') {
+                        message.recipient.to_string()
+                    } else {
+                        target.to_string()
+                    };
+                    render::echo(c, &message, &shown, command);
+                }
+                if !target.starts_with('#') {
+                    if let Some(away) = c.settings.away.of(target) {
+                        if !quiet {
+                            c.numeric(RPL_AWAY, &[target], &away);
+                        }
+                    }
+                }
+            }
+            Err(_) if quiet => {}
+            Err(e) => refuse_message(c, command, target, &e),
+        }
+    }
+}
+
+fn refuse_message(c: &mut Client, command: &str, target: &str, e: &ChatError) {
+    match (&e.refusal, e.code) {
+        (_, Code::NoSuchUser) => c.numeric(ERR_NOSUCHNICK, &[target], "No such nick/channel"),
+        (Some(RoomRefusal::NoSuchRoom), _) => c.numeric(ERR_NOSUCHCHANNEL, &[target], "No such channel"),
+        (Some(RoomRefusal::NotMember), _) => c.numeric(
+            ERR_CANNOTSENDTOCHAN,
+            &[target],
+            &format!("Cannot send to channel: you are not in {target}; JOIN it first"),
+        ),
+        (Some(RoomRefusal::Moderated), _) => c.numeric(
+            ERR_CANNOTSENDTOCHAN,
+            &[target],
+            "Cannot send to channel (+m): only its owner and ops may speak",
+        ),
+        (None, Code::BadArgs) if target.starts_with('#') && RoomName::parse(target).is_err() => {
+            c.numeric(ERR_NOSUCHCHANNEL, &[target], "No such channel")
+        }
+        _ => c.failed(command, e),
+    }
+}
+
+/// JOIN `#a,#b` (keys are ignored: rooms have none), or `JOIN 0` to leave every room.
+async fn join(c: &mut Client, m: &Msg<'_>) {
+    let me = me(c);
+    if m.arg(0) == "0" {
+        let rooms: Vec<Arc<str>> = match c.chat.followed(&me).await {
+            Ok(rooms) => rooms,
+            Err(e) => return c.failed("JOIN", &e),
+        };
+        for room in rooms {
+            leave(c, &me, &room, None).await;
+        }
+        return;
+    }
+    for channel in m.arg(0).split(',').filter(|t| !t.is_empty()) {
+        if RoomName::parse(channel).is_err() {
+            let shown: String = channel.chars().take(40).collect();
+            c.numeric(
+                ERR_BADCHANNAME,
+                &[&shown],
+                "Illegal channel name: # then 1 to 32 of A-Z a-z 0-9 _ . -",
+            );
+            continue;
+        }
+        if c.channels.contains_key(&channel.to_ascii_lowercase()) {
+            continue;
+        }
+        let origin = c.origin();
+        match c.chat.join(&me, channel, origin).await {
+            Ok((room, _)) => show_joined(c, &room).await,
+            Err(e) => match e.refusal {
+                Some(RoomRefusal::InviteOnly) => c.numeric(
+                    ERR_INVITEONLYCHAN,
+                    &[channel],
+                    "Cannot join channel (+i): an op must INVITE you",
+                ),
+                Some(RoomRefusal::Full(_)) => c.numeric(ERR_CHANNELISFULL, &[channel], &e.message),
+                Some(RoomRefusal::TooManyRooms(_)) => c.numeric(ERR_TOOMANYCHANNELS, &[channel], &e.message),
+                _ => c.failed("JOIN", &e),
+            },
+        }
+    }
+}
+
+/// Tells the client it is in `room`: its JOIN, the topic, and the names.
+pub async fn show_joined(c: &mut Client, room: &Arc<str>) {
+    c.channels.insert(room.to_ascii_lowercase(), room.clone());
+    let me = c.mask();
+    c.relay("", &me, "JOIN", &[room], None);
+    let Some(account) = c.account().cloned() else {
+        return;
+    };
+    match c.chat.room(&account, room).await {
+        Ok(view) => {
+            if !view.info.topic.is_empty() {
+                c.numeric(RPL_TOPIC, &[room], &view.info.topic);
+            }
+            names(c, room, &view);
+        }
+        Err(e) => c.failed("JOIN", &e),
+    }
+}
+
+/// 353 lines of `room`'s members, as many to a line as fit, then 366.
+fn names(c: &mut Client, room: &str, view: &crate::chat::rooms::RoomView) {
+    let multi = c.caps.has(MULTI_PREFIX);
+    // RFC 2812 §3.2.5: `=` a public channel, `*` a private one.
+    let symbol = if view.info.invite_only { "*" } else { "=" };
+    let mut line = String::new();
+    // What the rest of a 353 line takes: `:server 353 nick = #room :` and CR LF.
+    let room_for_names = 400usize.saturating_sub(c.settings.server_name.len() + c.nick.len() + room.len());
+    for member in &view.info.members {
+        let name = prefixed(&member.0, member.1, multi);
+        if !line.is_empty() && line.len() + 1 + name.len() > room_for_names {
+            c.numeric(RPL_NAMREPLY, &[symbol, room], &line);
+            line.clear();
+        }
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        line.push_str(&name);
+    }
+    if !line.is_empty() {
+        c.numeric(RPL_NAMREPLY, &[symbol, room], &line);
+    }
+    c.numeric(RPL_ENDOFNAMES, &[room], "End of /NAMES list");
+}
+
+async fn names_command(c: &mut Client, m: &Msg<'_>) {
+    let Some(me) = c.account().cloned() else {
+        c.numeric(RPL_ENDOFNAMES, &["*"], "End of /NAMES list");
+        return;
+    };
+    let channels = m.arg(0);
+    if channels.is_empty() {
+        c.numeric(RPL_ENDOFNAMES, &["*"], "End of /NAMES list");
+        return;
+    }
+    for channel in channels.split(',').filter(|t| !t.is_empty()).take(1) {
+        match c.chat.room(&me, channel).await {
+            Ok(view) => {
+                let shown = view.info.name.clone();
+                names(c, &shown, &view);
+            }
+            // A room that does not exist, or that one may not see: no names (RFC 2812 §3.2.5).
+            Err(_) => c.numeric(RPL_ENDOFNAMES, &[channel], "End of /NAMES list"),
+        }
+    }
+}
+
+async fn part(c: &mut Client, m: &Msg<'_>) {
+    let me = me(c);
+    let reason = m.params.get(1).copied();
+    for channel in m.arg(0).split(',').filter(|t| !t.is_empty()) {
+        leave(c, &me, channel, reason).await;
+    }
+}
+
+async fn leave(c: &mut Client, me: &Username, channel: &str, reason: Option<&str>) {
+    let origin = c.origin();
+    match c.chat.leave(me, channel, origin).await {
+        Ok(room) => {
+            c.channels.remove(&room.to_ascii_lowercase());
+            let mask = c.mask();
+            c.relay("", &mask, "PART", &[&room], reason);
+        }
+        Err(e) => refuse_room(c, "PART", channel, None, &e),
+    }
+}
+
+/// A refused change to a room, as its numeric.
+fn refuse_room(c: &mut Client, command: &str, channel: &str, target: Option<&str>, e: &ChatError) {
+    match &e.refusal {
+        Some(RoomRefusal::NoSuchRoom) => c.numeric(ERR_NOSUCHCHANNEL, &[channel], "No such channel"),
+        Some(RoomRefusal::NotMember) => c.numeric(ERR_NOTONCHANNEL, &[channel], "You're not on that channel"),
+        Some(RoomRefusal::NotOp | RoomRefusal::NotOwner | RoomRefusal::TargetIsOwner) => {
+            c.numeric(ERR_CHANOPRIVSNEEDED, &[channel], &e.message)
+        }
+        Some(RoomRefusal::TargetNotMember) => c.numeric(
+            ERR_USERNOTINCHANNEL,
+            &[target.unwrap_or("*"), channel],
+            "They aren't on that channel",
+        ),
+        Some(RoomRefusal::NoSuchUser) => {
+            c.numeric(ERR_NOSUCHNICK, &[target.unwrap_or("*")], "No such nick/channel")
+        }
+        _ if e.code == Code::NoSuchUser => {
+            c.numeric(ERR_NOSUCHNICK, &[target.unwrap_or("*")], "No such nick/channel")
+        }
+        _ if e.code == Code::BadArgs && RoomName::parse(channel).is_err() => {
+            c.numeric(ERR_NOSUCHCHANNEL, &[channel], "No such channel")
+        }
+        _ => c.failed(command, e),
+    }
+}
+
+async fn topic(c: &mut Client, m: &Msg<'_>) {
+    let me = me(c);
+    let channel = m.arg(0);
+    if m.params.len() < 2 {
+        match c.chat.room(&me, channel).await {
+            Ok(view) if view.info.topic.is_empty() => {
+                c.numeric(RPL_NOTOPIC, &[&view.info.name], "No topic is set")
+            }
+            Ok(view) => c.numeric(RPL_TOPIC, &[&view.info.name], &view.info.topic),
+            Err(e) => refuse_room(c, "TOPIC", channel, None, &e),
+        }
+        return;
+    }
+    let text = m.arg(1);
+    let origin = c.origin();
+    match c.chat.set_topic(&me, channel, text, origin).await {
+        Ok(room) => {
+            let mask = c.mask();
+            c.relay("", &mask, "TOPIC", &[&room], Some(text.trim()));
+        }
+        Err(e) => refuse_room(c, "TOPIC", channel, None, &e),
+    }
+}
+
+async fn kick(c: &mut Client, m: &Msg<'_>) {
+    let me = me(c);
+    let (channel, targets) = (m.arg(0), m.arg(1));
+    let reason = m.params.get(2).copied().filter(|r| !r.is_empty());
+    for target in targets.split(',').filter(|t| !t.is_empty()) {
+        let origin = c.origin();
+        match c.chat.kick(&me, channel, target, reason, origin).await {
+            Ok(room) => {
+                let mask = c.mask();
+                let reason = reason.unwrap_or(me.as_str()).to_string();
+                c.relay("", &mask, "KICK", &[&room, target], Some(&reason));
+                if target == me.as_str() {
+                    c.channels.remove(&room.to_ascii_lowercase());
+                }
+            }
+            Err(e) => refuse_room(c, "KICK", channel, Some(target), &e),
+        }
+    }
+}
+
+async fn invite(c: &mut Client, m: &Msg<'_>) {
+    let me = me(c);
+    let (target, channel) = (m.arg(0), m.arg(1));
+    match c.chat.invite(&me, channel, target).await {
+        Ok(room) => c.numeric_params(RPL_INVITING, &[target, &room]),
+        Err(e) => refuse_room(c, "INVITE", channel, Some(target), &e),
+    }
+}
+
+/// MODE on a channel (its flags, ops) or on oneself.
+async fn mode(c: &mut Client, m: &Msg<'_>) {
+    let target = m.arg(0);
+    if !target.starts_with('#') {
+        return user_mode(c, m);
+    }
+    let Some(me) = c.account().cloned() else {
+        return not_logged_in(c, "MODE");
+    };
+    let changes = m.arg(1);
+    if changes.is_empty() {
+        match c.chat.room(&me, target).await {
+            Ok(view) => {
+                let mut flags = String::from("+n");
+                for (on, letter) in [
+                    (view.info.invite_only, 'i'),
+                    (view.info.moderated, 'm'),
+                    (view.info.topic_locked, 't'),
+                ] {
+                    if on {
+                        flags.push(letter);
+                    }
+                }
+                c.numeric_params(RPL_CHANNELMODEIS, &[&view.info.name, &flags]);
+            }
+            Err(e) => refuse_room(c, "MODE", target, None, &e),
+        }
+        return;
+    }
+    let mut args = m.params.iter().skip(2).copied();
+    let mut on = true;
+    for letter in changes.chars() {
+        match letter {
+            '+' => on = true,
+            '-' => on = false,
+            'b' if !on || m.params.len() <= 2 => {
+                // Clients ask for the ban list on join: it is always empty.
+                c.numeric(RPL_ENDOFBANLIST, &[target], "End of channel ban list");
+            }
+            'n' if on => {}
+            'i' | 'm' | 't' => {
+                let sign = if on { '+' } else { '-' };
+                let change = format!("{sign}{letter}");
+                let origin = c.origin();
+                match c.chat.set_mode(&me, target, &change, None, origin).await {
+                    Ok(room) => {
+                        let mask = c.mask();
+                        c.relay("", &mask, "MODE", &[&room, &change], None);
+                    }
+                    Err(e) => refuse_room(c, "MODE", target, None, &e),
+                }
+            }
+            'o' => {
+                let Some(nick) = args.next() else {
+                    c.numeric(
+                        ERR_NEEDMOREPARAMS,
+                        &["MODE"],
+                        "Not enough parameters: +o and -o take a nick",
+                    );
+                    continue;
+                };
+                let sign = if on { "+o" } else { "-o" };
+                let origin = c.origin();
+                match c.chat.set_mode(&me, target, sign, Some(nick), origin).await {
+                    Ok(room) => {
+                        let mask = c.mask();
+                        c.relay("", &mask, "MODE", &[&room, sign, nick], None);
+                    }
+                    Err(e) => refuse_room(c, "MODE", target, Some(nick), &e),
+                }
+            }
+            other => {
+                let why = match other {
+                    'n' => "is always on: only members speak in a chatd room",
+                    'k' => "is unknown mode char to me: rooms have no keys; +i and INVITE keep newcomers out",
+                    'l' => "is unknown mode char to me: a room's size is bounded by the server (--max-room-members)",
+                    'b' => "is unknown mode char to me: rooms have no bans; KICK removes a member, +i keeps newcomers out",
+                    'q' => "is unknown mode char to me: a room's owner is who created it",
+                    _ => "is unknown mode char to me",
+                };
+                c.numeric(ERR_UNKNOWNMODE, &[&other.to_string()], why);
+            }
+        }
+    }
+}
+
+fn user_mode(c: &mut Client, m: &Msg<'_>) {
+    let target = m.arg(0);
+    if target != c.nick {
+        c.numeric(ERR_USERSDONTMATCH, &[], "Cant change mode for other users");
+        return;
+    }
+    let changes = m.arg(1);
+    if changes.is_empty() {
+        c.numeric_params(RPL_UMODEIS, &["+i"]);
+        return;
+    }
+    // Every user is invisible (+i): nothing else is offered.
+    if changes.chars().any(|ch| !matches!(ch, '+' | '-' | 'i')) {
+        c.numeric(
+            ERR_UMODEUNKNOWNFLAG,
+            &[],
+            "Unknown MODE flag: only +i, which is always on",
+        );
+    }
+}
+
+async fn list(c: &mut Client, m: &Msg<'_>) {
+    let wanted: Vec<String> = m
+        .arg(0)
+        .split(',')
+        .filter(|t| !t.is_empty())
+        .map(str::to_ascii_lowercase)
+        .collect();
+    c.numeric(RPL_LISTSTART, &["Channel"], "Users  Name");
+    match c.chat.open_rooms("").await {
+        Ok(rooms) => {
+            for room in rooms {
+                if !wanted.is_empty() && !wanted.contains(&room.name.to_ascii_lowercase()) {
+                    continue;
+                }
+                let count = room.members.to_string();
+                c.numeric(RPL_LIST, &[&room.name, &count], &room.topic);
+            }
+        }
+        Err(e) => c.failed("LIST", &e),
+    }
+    c.numeric(RPL_LISTEND, &[], "End of /LIST");
+}
+
+pub async fn lusers(c: &mut Client) {
+    let online = c.chat.online_count().await.unwrap_or(0);
+    let here = c.chat.connections();
+    c.numeric(
+        RPL_LUSERCLIENT,
+        &[],
+        &format!("There are 0 users and {online} invisible on 1 servers"),
+    );
+    c.numeric_params(RPL_LUSEROP, &["0", "operator(s) online"]);
+    c.numeric_params(RPL_LUSERUNKNOWN, &["0", "unknown connection(s)"]);
+    let rooms = c
+        .chat
+        .open_rooms("")
+        .await
+        .map(|r| r.len())
+        .unwrap_or(0)
+        .to_string();
+    c.numeric_params(RPL_LUSERCHANNELS, &[&rooms, "channels formed"]);
+    c.numeric(RPL_LUSERME, &[], &format!("I have {here} clients and 0 servers"));
+}
+
+/// The message of the day: what chatd is, and how this door maps onto it.
+pub fn motd(c: &mut Client) {
+    let server = c.settings.server_name.clone();
+    c.numeric(RPL_MOTDSTART, &[], &format!("- {server} Message of the day - "));
+    for line in [
+        "This is chatd: the same community as telnet, nc, HTTP and the chat page.",
+        "Every message is stored before anyone sees it; channels are chatd rooms,",
+        "and your nick is your chatd account. New here? /msg NickServ HELP",
+    ] {
+        c.numeric(RPL_MOTD, &[], &format!("- {line}"));
+    }
+    c.numeric(RPL_ENDOFMOTD, &[], "End of /MOTD command.");
+}
+
+async fn ison(c: &mut Client, m: &Msg<'_>) {
+    let asked: Vec<&str> = m
+        .params
+        .iter()
+        .flat_map(|p| p.split(' '))
+        .filter(|n| !n.is_empty())
+        .take(64)
+        .collect();
+    let online = c.chat.online_among(&asked).await.unwrap_or_default();
+    let on: Vec<&str> = asked.into_iter().filter(|n| online.contains(*n)).collect();
+    c.numeric(RPL_ISON, &[], &on.join(" "));
+}
+
+async fn userhost(c: &mut Client, m: &Msg<'_>) {
+    let asked: Vec<&str> = m.params.iter().take(5).copied().collect();
+    let online = c.chat.online_among(&asked).await.unwrap_or_default();
+    let replies: Vec<String> = asked
+        .into_iter()
+        .filter(|n| online.contains(*n))
+        .map(|n| {
+            let away = if c.settings.away.of(n).is_some() { '-' } else { '+' };
+            format!("{n}={away}{n}@{HOST}")
+        })
+        .collect();
+    c.numeric(RPL_USERHOST, &[], &replies.join(" "));
+}
+
+async fn who(c: &mut Client, m: &Msg<'_>) {
+    let mask_asked = m.arg(0);
+    let server = c.settings.server_name.clone();
+    if mask_asked.starts_with('#') {
+        if let Some(me) = c.account().cloned() {
+            if let Ok(view) = c.chat.room(&me, mask_asked).await {
+                for member in &view.members {
+                    let here = if member.online { "H" } else { "G" };
+                    let flags = format!("{here}{}", prefixed("", member.role, c.caps.has(MULTI_PREFIX)));
+                    let real = format!("0 {}", member.name);
+                    c.numeric(
+                        RPL_WHOREPLY,
+                        &[&view.info.name, &member.name, HOST, &server, &member.name, &flags],
+                        &real,
+                    );
+                }
+            }
+        }
+    } else if !mask_asked.is_empty() && c.chat.user_exists(mask_asked).await.unwrap_or(false) {
+        let online = c.chat.online_among(&[mask_asked]).await.unwrap_or_default();
+        let here = if online.contains(mask_asked) && c.settings.away.of(mask_asked).is_none() {
+            "H"
+        } else {
+            "G"
+        };
+        let real = format!("0 {mask_asked}");
+        c.numeric(
+            RPL_WHOREPLY,
+            &["*", mask_asked, HOST, &server, mask_asked, here],
+            &real,
+        );
+    }
+    let shown = if mask_asked.is_empty() { "*" } else { mask_asked };
+    c.numeric(RPL_ENDOFWHO, &[shown], "End of WHO list");
+}
+
+async fn whois(c: &mut Client, m: &Msg<'_>) {
+    // WHOIS [server] nick: the nick is the last parameter.
+    let nick = m.params.last().copied().unwrap_or("");
+    let nick = nick.split(',').next().unwrap_or("");
+    let exists = c.chat.user_exists(nick).await.unwrap_or(false);
+    let online = exists
+        && c.chat
+            .online_among(&[nick])
+            .await
+            .unwrap_or_default()
+            .contains(nick);
+    if !online {
+        let why = if exists {
+            "No such nick/channel: that account is not connected now (messages wait for it)"
+        } else {
+            "No such nick/channel"
+        };
+        c.numeric(ERR_NOSUCHNICK, &[nick], why);
+    } else {
+        let server = c.settings.server_name.clone();
+        c.numeric(RPL_WHOISUSER, &[nick, nick, HOST, "*"], nick);
+        c.numeric(RPL_WHOISSERVER, &[nick, &server], "chatd");
+        c.numeric(RPL_WHOISACCOUNT, &[nick, nick], "is logged in as");
+        if let Some(away) = c.settings.away.of(nick) {
+            c.numeric(RPL_AWAY, &[nick], &away);
+        }
+    }
+    c.numeric(RPL_ENDOFWHOIS, &[nick], "End of /WHOIS list");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_is_sorted_and_every_row_has_an_arm() {
+        let names: Vec<&str> = COMMANDS.iter().map(|c| c.name).collect();
+        let mut sorted = names.clone();
+        sorted.sort_unstable();
+        assert_eq!(names, sorted, "keep the table in order");
+        sorted.dedup();
+        assert_eq!(names.len(), sorted.len(), "a command is in the table twice");
+    }
+}

@@ -1,0 +1,108 @@
+//! The IRC door: real chat clients (irssi, WeeChat, HexChat) on the same community as the
+//! line protocol and HTTP. Channels are chatd rooms, nicks are chatd accounts, and every
+//! message goes through the same domain: stored before anyone sees it, in the same order.
+//!
+//! - [`wire`]: framing and the message grammar (RFC 1459/2812, IRCv3 message tags);
+//! - [`client`]: one connection's life: registration, the live feed, timeouts, SendQ;
+//! - [`commands`]: the command table (name, arguments, who may use it) and each command;
+//! - [`caps`]: IRCv3 capability negotiation and SASL PLAIN;
+//! - [`render`]: chatd's messages and room events as IRC lines;
+//! - [`nickserv`]: the NickServ pseudo-user, for clients without SASL;
+//! - [`numeric`]: the numeric replies by name.
+//!
+//! The door reaches the store only through [`Chat`], as every door does.
+
+pub mod caps;
+pub mod client;
+pub mod commands;
+pub mod nickserv;
+pub mod numeric;
+pub mod render;
+pub mod wire;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::config::Config;
+
+/// The network name in `NETWORK=` and the welcome.
+pub const NETWORK: &str = "chatd";
+/// The host part of every user's mask (`alice!alice@chatd`): chatd shows no client addresses
+/// to other clients.
+pub const HOST: &str = "chatd";
+/// A client must finish registering (NICK, USER, CAP END) within this long.
+pub const REGISTRATION_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What every connection of the door shares.
+pub struct IrcSettings {
+    /// The server's name in every reply's source (`--irc-server-name`).
+    pub server_name: String,
+    /// A connection password every client must send with PASS (`--irc-password`).
+    pub password: Option<String>,
+    /// A client that accepts none of our bytes for this long is disconnected.
+    pub write_stall: Duration,
+    pub registration_timeout: Duration,
+    pub ping_every: Duration,
+    pub identify_within: Duration,
+    /// Rooms one user may be in, for `CHANLIMIT`.
+    pub max_rooms: u32,
+    /// When the server started, for 003.
+    pub created: String,
+    /// Who is away, and what they said, on this node.
+    pub away: Away,
+}
+
+impl IrcSettings {
+    pub fn from_config(config: &Config) -> IrcSettings {
+        IrcSettings {
+            server_name: config
+                .irc_server_name
+                .clone()
+                .unwrap_or_else(crate::net::hostname),
+            password: config.irc_password.clone(),
+            write_stall: config.write_stall(),
+            registration_timeout: REGISTRATION_TIMEOUT,
+            ping_every: config.irc_ping_every(),
+            identify_within: Duration::from_secs(config.irc_identify_within.max(1)),
+            max_rooms: config.max_rooms_per_user,
+            created: chrono::Utc::now().format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+            away: Away::default(),
+        }
+    }
+}
+
+/// Away messages of the IRC sessions on this node, by account; an account with several
+/// sessions is away while any of them says so, with the latest message.
+#[derive(Default)]
+pub struct Away(Mutex<HashMap<Arc<str>, (u64, String)>>);
+
+impl Away {
+    pub fn set(&self, user: &Arc<str>, session: u64, message: Option<String>) {
+        let mut away = self.0.lock().expect("away lock");
+        match message {
+            Some(message) => {
+                away.insert(user.clone(), (session, message));
+            }
+            None => {
+                away.remove(user);
+            }
+        }
+    }
+
+    /// Forgets a session's away message as it ends.
+    pub fn session_ended(&self, user: &str, session: u64) {
+        let mut away = self.0.lock().expect("away lock");
+        if away.get(user).is_some_and(|(s, _)| *s == session) {
+            away.remove(user);
+        }
+    }
+
+    pub fn of(&self, user: &str) -> Option<String> {
+        self.0
+            .lock()
+            .expect("away lock")
+            .get(user)
+            .map(|(_, m)| m.clone())
+    }
+}

@@ -1,0 +1,748 @@
+//! The IRC door over real sockets: registration (SASL, PASS, NickServ), the welcome, channels
+//! as rooms, messages between IRC, the line protocol and HTTP, the numerics of refusals, and
+//! the limits (line length, bad lines, SendQ, PING timeout).
+
+mod common;
+
+use std::time::Duration;
+
+use common::irc::{Irc, Line};
+use common::{Backend, Msg, TestServer};
+
+async fn server() -> TestServer {
+    TestServer::start_with(|c| c.load_test_hashing = true).await
+}
+
+fn irc_addr(server: &TestServer) -> std::net::SocketAddr {
+    server.irc.expect("the IRC door is open")
+}
+
+#[tokio::test]
+async fn sasl_logs_in_while_registering_and_the_welcome_says_who_and_what_is_supported() {
+    let server = server().await;
+    let mut alice = server.user("alice").await;
+    alice.ok("JOIN #class").await;
+    let mut irc = Irc::connect(irc_addr(&server)).await;
+    irc.send("CAP LS 302").await;
+    let ls = irc.expect("CAP").await;
+    assert_eq!(ls.params[1], "LS");
+    for cap in [
+        "sasl=PLAIN",
+        "server-time",
+        "echo-message",
+        "message-tags",
+        "account-tag",
+        "multi-prefix",
+    ] {
+        assert!(
+            ls.text().split(' ').any(|c| c == cap),
+            "{cap} not offered: {}",
+            ls.raw
+        );
+    }
+    irc.send("CAP REQ :sasl server-time").await;
+    assert_eq!(irc.expect("CAP").await.params[1], "ACK");
+    // A nick other than the account's: the welcome renames it to the account.
+    irc.send("NICK somebody").await;
+    irc.send("USER x 0 * :Alice").await;
+    irc.send("AUTHENTICATE PLAIN").await;
+    irc.expect("AUTHENTICATE").await;
+    let creds = base64_of("\0alice\0pw");
+    irc.send(&format!("AUTHENTICATE {creds}")).await;
+    let (logged_in, _) = irc.until("900").await;
+    assert_eq!(logged_in.params[2], "alice");
+    irc.expect("903").await;
+    irc.send("CAP END").await;
+    let welcome = irc.expect("001").await;
+    assert_eq!(welcome.params[0], "alice", "the welcome's nick is the account's");
+    assert!(welcome.text().contains("alice!alice@chatd"), "{}", welcome.raw);
+    let (_, burst) = irc.until("376").await;
+    let isupport: Vec<&str> = burst
+        .iter()
+        .filter(|l| l.command == "005")
+        .flat_map(|l| l.params[1..l.params.len() - 1].iter().map(String::as_str))
+        .collect();
+    for token in [
+        "CHANTYPES=#",
+        "PREFIX=(qo)~@",
+        "CASEMAPPING=ascii",
+        "NETWORK=chatd",
+        "NICKLEN=32",
+        "CHANNELLEN=33",
+        "TOPICLEN=300",
+        "CHANMODES=,,,imnt",
+    ] {
+        assert!(isupport.contains(&token), "{token} not in ISUPPORT: {isupport:?}");
+    }
+    for numeric in ["002", "003", "004", "251", "375", "372"] {
+        assert!(
+            burst.iter().any(|l| l.command == numeric),
+            "no {numeric} in the welcome"
+        );
+    }
+    // The account's rooms are joined as it logs in.
+    let join = irc.expect("JOIN").await;
+    assert_eq!(join.params, ["#class"]);
+    assert_eq!(join.nick(), "alice");
+    let names = irc.expect("353").await;
+    assert_eq!(names.text(), "~alice");
+    irc.expect("366").await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_wrong_sasl_password_fails_and_registration_goes_on_without_an_account() {
+    let server = server().await;
+    server.user("alice").await;
+    let mut irc = Irc::connect(irc_addr(&server)).await;
+    irc.send("CAP REQ :sasl").await;
+    irc.expect("CAP").await;
+    irc.send("AUTHENTICATE PLAIN").await;
+    irc.expect("AUTHENTICATE").await;
+    irc.send(&format!("AUTHENTICATE {}", base64_of("\0alice\0wrong")))
+        .await;
+    let fail = irc.expect("904").await;
+    assert!(fail.text().contains("SASL authentication failed"), "{}", fail.raw);
+    // Someone else's authorisation name is refused before any password is checked.
+    irc.send("AUTHENTICATE PLAIN").await;
+    irc.expect("AUTHENTICATE").await;
+    irc.send(&format!("AUTHENTICATE {}", base64_of("bob\0alice\0pw")))
+        .await;
+    irc.expect("904").await;
+    irc.send("CAP END").await;
+    irc.send("NICK alice").await;
+    irc.send("USER a 0 * :a").await;
+    irc.until("376").await;
+    let notice = irc.expect("NOTICE").await;
+    assert!(notice.source.starts_with("NickServ!"), "{}", notice.raw);
+    assert!(notice.text().contains("IDENTIFY"), "{}", notice.raw);
+    irc.send("JOIN #class").await;
+    let refused = irc.expect("451").await;
+    assert!(refused.text().contains("NickServ IDENTIFY"), "{}", refused.raw);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn pass_logs_in_to_the_nicks_account_or_a_named_one_and_a_wrong_one_closes() {
+    let server = server().await;
+    server.user("alice").await;
+    server.user("bob").await;
+    let addr = irc_addr(&server);
+    let mut irc = Irc::connect(addr).await;
+    irc.send("PASS pw").await;
+    irc.send("NICK alice").await;
+    irc.send("USER a 0 * :a").await;
+    assert_eq!(irc.expect("001").await.params[0], "alice");
+    assert_eq!(irc.expect("900").await.params[2], "alice");
+
+    let mut named = Irc::connect(addr).await;
+    named.send("PASS bob:pw").await;
+    named.send("NICK whatever").await;
+    named.send("USER b 0 * :b").await;
+    assert_eq!(named.expect("001").await.params[0], "bob");
+
+    let mut wrong = Irc::connect(addr).await;
+    wrong.send("PASS nope").await;
+    wrong.send("NICK alice").await;
+    wrong.send("USER a 0 * :a").await;
+    wrong.expect("464").await;
+    let error = wrong.expect("ERROR").await;
+    assert!(error.text().contains("bad password"), "{}", error.raw);
+    assert!(wrong.closed_within(Duration::from_secs(5)).await);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_connection_password_is_required_and_accounts_then_use_nickserv() {
+    let server = TestServer::start_with(|c| {
+        c.load_test_hashing = true;
+        c.irc_password = Some("letmein".into());
+    })
+    .await;
+    server.user("alice").await;
+    let addr = irc_addr(&server);
+    let mut refused = Irc::connect(addr).await;
+    refused.send("NICK alice").await;
+    refused.send("USER a 0 * :a").await;
+    refused.expect("464").await;
+    assert!(refused.closed_within(Duration::from_secs(5)).await);
+
+    let mut irc = Irc::connect(addr).await;
+    irc.send("PASS letmein").await;
+    irc.send("NICK alice").await;
+    irc.send("USER a 0 * :a").await;
+    irc.until("376").await;
+    irc.send("PRIVMSG NickServ :IDENTIFY pw").await;
+    assert_eq!(irc.expect("900").await.params[2], "alice");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn nickserv_registers_identifies_and_renames_who_does_not_log_in() {
+    let server = TestServer::start_with(|c| {
+        c.load_test_hashing = true;
+        c.irc_identify_within = 1;
+    })
+    .await;
+    let addr = irc_addr(&server);
+    let mut carol = Irc::register(addr, "carol").await;
+    let hint = carol.expect("NOTICE").await;
+    assert!(hint.text().contains("REGISTER"), "{}", hint.raw);
+    carol.send("PRIVMSG NickServ :HELP").await;
+    let (help, _) = carol.until("NOTICE").await;
+    assert!(help.text().contains("NickServ"), "{}", help.raw);
+    carol.send("PRIVMSG NickServ :REGISTER secret").await;
+    assert_eq!(carol.expect("900").await.params[2], "carol");
+    // The account is a chatd account: the line protocol logs in to it.
+    let mut line = server.client().await;
+    line.ok("AUTH carol secret").await;
+
+    // Someone on carol's nick who does not log in is renamed.
+    let mut squatter = Irc::register(addr, "carol").await;
+    let notice = squatter.expect("NOTICE").await;
+    assert!(notice.text().contains("IDENTIFY"), "{}", notice.raw);
+    let renamed = squatter.expect("NICK").await;
+    assert_eq!(renamed.nick(), "carol");
+    assert!(renamed.text().starts_with("Guest"), "{}", renamed.raw);
+    // ...and may still log in, taking the account's nick back.
+    squatter.send("PRIVMSG NickServ :IDENTIFY carol secret").await;
+    let back = squatter.expect("NICK").await;
+    assert_eq!(back.text(), "carol");
+    squatter.expect("900").await;
+    // Wrong passwords count against the same limits as AUTH.
+    let mut guesser = Irc::register(addr, "guess").await;
+    let mut last = String::new();
+    for _ in 0..7 {
+        guesser.send("PRIVMSG NickServ :IDENTIFY carol wrong").await;
+        loop {
+            let notice = guesser.expect("NOTICE").await;
+            if notice.text().starts_with("Login to carol refused") {
+                last = notice.text().to_string();
+                break;
+            }
+        }
+    }
+    assert!(
+        last.contains("RATE") || last.contains("too many") || last.contains("wait"),
+        "{last}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn telnet_http_and_irc_users_talk_in_one_room_in_one_order_with_the_original_time() {
+    for backend in backends("irc_room_across_doors") {
+        let server = TestServer::on_with(backend, |c| c.load_test_hashing = true).await;
+        let mut bob = server.user("bob").await;
+        bob.ok("JOIN #class").await;
+        server.user("alice").await;
+        let mut irc = Irc::sasl(
+            irc_addr(&server),
+            "alice",
+            "pw",
+            "server-time message-tags account-tag echo-message",
+        )
+        .await;
+        irc.send("JOIN #Class").await;
+        let join = irc.expect("JOIN").await;
+        assert_eq!(join.params, ["#class"], "the room's name as it was created");
+        let names = irc.expect("353").await;
+        assert_eq!(names.text(), "~bob alice");
+        // Telnet sees the IRC user join, in the room's stream.
+        let joined = Msg::parse_room(&bob.line().await);
+        assert_eq!(joined.text, "alice joined");
+
+        let id: i64 = bob.ok("SEND #class hello from telnet").await.parse().unwrap();
+        let said = irc.expect("PRIVMSG").await;
+        assert_eq!(said.nick(), "bob");
+        assert_eq!(said.params, ["#class", "hello from telnet"]);
+        assert_eq!(said.tag("msgid"), Some(id.to_string().as_str()));
+        assert_eq!(said.tag("account"), Some("bob"));
+        let history = bob.cmd("HISTORY #class").await;
+        let stored = history
+            .data
+            .iter()
+            .map(|l| Msg::parse_room(l))
+            .find(|m| m.id == id)
+            .unwrap();
+        assert_eq!(
+            said.tag("time"),
+            Some(stored.time.as_str()),
+            "server-time is the commit time"
+        );
+
+        irc.send("PRIVMSG #class :hello from irc").await;
+        let echoed = irc.expect("PRIVMSG").await;
+        assert_eq!(echoed.nick(), "alice", "echo-message returns it once stored");
+        let pushed = Msg::parse_room(&bob.line().await);
+        assert_eq!(
+            (pushed.from.as_str(), pushed.text.as_str()),
+            ("alice", "hello from irc")
+        );
+        assert_eq!(echoed.tag("msgid"), Some(pushed.id.to_string().as_str()));
+        assert!(pushed.id > id);
+
+        // /me both ways.
+        irc.send("PRIVMSG #class :\u{1}ACTION waves\u{1}").await;
+        irc.expect("PRIVMSG").await;
+        assert_eq!(Msg::parse_room(&bob.line().await).text, "/me waves");
+        bob.ok("SEND #class /me nods").await;
+        let action = irc.expect("PRIVMSG").await;
+        assert_eq!(action.text(), "\u{1}ACTION nods\u{1}");
+
+        // HTTP says it in the room too.
+        let token = common::http_token(&server.url(""), "bob").await;
+        let http = reqwest::Client::new()
+            .post(server.url("/rooms/class/messages"))
+            .bearer_auth(&token)
+            .json(&serde_json::json!({"message": "hello from http"}))
+            .send()
+            .await
+            .unwrap();
+        assert!(http.status().is_success(), "{}", http.status());
+        let from_http = irc.expect("PRIVMSG").await;
+        assert_eq!(from_http.params, ["#class", "hello from http"]);
+        server.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn direct_messages_are_sends_stored_first_and_seen_by_inbox() {
+    let server = server().await;
+    let mut bob = server.user("bob").await;
+    server.user("alice").await;
+    let mut irc = Irc::sasl(irc_addr(&server), "alice", "pw", "").await;
+    irc.send("PRIVMSG bob :hi bob").await;
+    let pushed = Msg::parse(&bob.line().await);
+    assert_eq!((pushed.from.as_str(), pushed.text.as_str()), ("alice", "hi bob"));
+    let inbox = bob.whole_inbox().await;
+    assert_eq!(inbox.last().unwrap().id, pushed.id);
+    bob.ok("SEND alice hi alice").await;
+    let got = irc.expect("PRIVMSG").await;
+    assert_eq!(got.nick(), "bob");
+    assert_eq!(got.params, ["alice", "hi alice"]);
+    // Nobody of that name; several targets; no text.
+    irc.send("PRIVMSG nobody :hello").await;
+    assert_eq!(irc.expect("401").await.params[1], "nobody");
+    irc.send("PRIVMSG bob,nobody :two").await;
+    irc.expect("401").await;
+    assert_eq!(Msg::parse(&bob.line().await).text, "two");
+    irc.send("PRIVMSG bob").await;
+    irc.expect("412").await;
+    irc.send("PRIVMSG").await;
+    irc.expect("411").await;
+    // A NOTICE is never answered with an error.
+    irc.send("NOTICE nobody :quiet").await;
+    irc.send("PING :after").await;
+    let pong = irc.next_is("PONG").await;
+    assert_eq!(pong.text(), "after");
+    // Away: a sender is told.
+    irc.send("AWAY :at lunch").await;
+    irc.expect("306").await;
+    let mut other = Irc::sasl(irc_addr(&server), "bob", "pw", "").await;
+    other.send("PRIVMSG alice :are you there").await;
+    let away = other.expect("301").await;
+    assert_eq!(away.params[1..], ["alice".to_string(), "at lunch".to_string()]);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn channel_operations_map_to_rooms_with_their_numerics() {
+    let server = server().await;
+    server.user("owner").await;
+    server.user("kid").await;
+    let addr = irc_addr(&server);
+    let mut op = Irc::sasl(addr, "owner", "pw", "multi-prefix").await;
+    let mut kid = Irc::sasl(addr, "kid", "pw", "").await;
+    op.send("JOIN #lab").await;
+    op.expect("366").await;
+    op.send("MODE #lab").await;
+    assert_eq!(op.expect("324").await.params[2], "+nt");
+    op.send("TOPIC #lab :Lab 3: sockets").await;
+    assert_eq!(op.expect("TOPIC").await.text(), "Lab 3: sockets");
+
+    kid.send("JOIN #lab").await;
+    let topic = kid.expect("332").await;
+    assert_eq!(topic.text(), "Lab 3: sockets");
+    assert_eq!(kid.expect("353").await.text(), "~owner kid");
+    assert_eq!(op.expect("JOIN").await.nick(), "kid");
+    // With multi-prefix, the owner shows both prefixes.
+    op.send("NAMES #lab").await;
+    assert_eq!(op.expect("353").await.text(), "~@owner kid");
+    // A member is no op.
+    kid.send("TOPIC #lab :mine now").await;
+    kid.expect("482").await;
+    kid.send("MODE #lab +m").await;
+    kid.expect("482").await;
+    kid.send("KICK #lab owner").await;
+    kid.expect("482").await;
+    // Moderated: only ops speak.
+    op.send("MODE #lab +m").await;
+    assert_eq!(op.expect("MODE").await.params, ["#lab", "+m"]);
+    assert_eq!(kid.expect("MODE").await.params, ["#lab", "+m"]);
+    kid.send("PRIVMSG #lab :can I speak").await;
+    kid.expect("404").await;
+    op.send("MODE #lab +o kid").await;
+    assert_eq!(kid.expect("MODE").await.params, ["#lab", "+o", "kid"]);
+    kid.send("PRIVMSG #lab :now I can").await;
+    assert_eq!(op.expect("PRIVMSG").await.text(), "now I can");
+    // Modes a room cannot hold are refused, never accepted silently.
+    for (mode, letter) in [
+        ("+k secret", "k"),
+        ("+l 10", "l"),
+        ("+b *!*@*", "b"),
+        ("-n", "n"),
+        ("+z", "z"),
+    ] {
+        op.send(&format!("MODE #lab {mode}")).await;
+        let refused = op.expect("472").await;
+        assert_eq!(refused.params[1], letter, "{}", refused.raw);
+    }
+    op.send("MODE #lab b").await;
+    op.expect("368").await;
+    // WHO and NAMES and LIST.
+    op.send("WHO #lab").await;
+    let (end, rows) = op.until("315").await;
+    assert_eq!(end.params[1], "#lab");
+    let whos: Vec<&Line> = rows.iter().filter(|l| l.command == "352").collect();
+    assert_eq!(whos.len(), 2);
+    assert!(
+        whos.iter().any(|l| l.params[5] == "kid" && l.params[6] == "H@"),
+        "{whos:?}"
+    );
+    op.send("LIST").await;
+    let (_, listed) = op.until("323").await;
+    assert!(listed
+        .iter()
+        .any(|l| l.command == "322" && l.params[1] == "#lab" && l.params[2] == "2"));
+    // Invite-only: a newcomer needs an invitation.
+    op.send("MODE #lab +i").await;
+    op.expect("MODE").await;
+    server.user("late").await;
+    let mut late = Irc::sasl(addr, "late", "pw", "").await;
+    late.send("JOIN #lab").await;
+    late.expect("473").await;
+    op.send("INVITE late #lab").await;
+    assert_eq!(
+        op.expect("341").await.params[1..],
+        ["late".to_string(), "#lab".to_string()]
+    );
+    late.send("JOIN #lab").await;
+    late.expect("366").await;
+    // KICK: the kicked client leaves the channel; the others see it.
+    op.send("KICK #lab kid :enough").await;
+    let kicked = kid.expect("KICK").await;
+    assert_eq!(kicked.params, ["#lab", "kid", "enough"]);
+    assert_eq!(kicked.nick(), "owner");
+    kid.send("PRIVMSG #lab :still here?").await;
+    kid.expect("404").await;
+    op.send("KICK #lab kid").await;
+    op.expect("441").await;
+    // PART and JOIN 0.
+    late.send("PART #lab :bye").await;
+    assert_eq!(late.expect("PART").await.params, ["#lab", "bye"]);
+    late.send("PART #lab").await;
+    late.expect("442").await;
+    late.send("JOIN #a,#b").await;
+    late.expect("JOIN").await;
+    late.expect("JOIN").await;
+    late.send("JOIN 0").await;
+    let parts: Vec<String> = vec![
+        late.expect("PART").await.params[0].clone(),
+        late.expect("PART").await.params[0].clone(),
+    ];
+    assert_eq!(parts, ["#a", "#b"]);
+    late.send("JOIN #bad/name").await;
+    late.expect("479").await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_room_change_made_at_another_door_reaches_the_irc_client_in_order() {
+    let server = server().await;
+    let mut bob = server.user("bob").await;
+    server.user("alice").await;
+    let mut irc = Irc::sasl(irc_addr(&server), "alice", "pw", "").await;
+    bob.ok("JOIN #team").await;
+    bob.ok("INVITE #team alice").await;
+    // alice joins from telnet: her IRC session is told she is in #team.
+    let mut alice_line = server.client().await;
+    alice_line.ok("AUTH alice pw").await;
+    alice_line.ok("JOIN #team").await;
+    let join = irc.expect("JOIN").await;
+    assert_eq!((join.nick(), join.params[0].as_str()), ("alice", "#team"));
+    assert_eq!(irc.expect("353").await.text(), "~bob alice");
+    bob.ok("TOPIC #team week 2").await;
+    assert_eq!(irc.expect("TOPIC").await.text(), "week 2");
+    bob.ok("MODE #team +o alice").await;
+    assert_eq!(irc.expect("MODE").await.params, ["#team", "+o", "alice"]);
+    bob.ok("SEND #team first").await;
+    bob.ok("SEND #team second").await;
+    assert_eq!(irc.expect("PRIVMSG").await.text(), "first");
+    assert_eq!(irc.expect("PRIVMSG").await.text(), "second");
+    alice_line.ok("LEAVE #team").await;
+    let part = irc.expect("PART").await;
+    assert_eq!((part.nick(), part.params[0].as_str()), ("alice", "#team"));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn users_are_found_with_whois_ison_userhost_and_who() {
+    let server = server().await;
+    server.user("alice").await;
+    let _bob = server.user("bob").await;
+    server.user("offline").await;
+    let mut irc = Irc::sasl(irc_addr(&server), "alice", "pw", "").await;
+    irc.send("WHOIS bob").await;
+    let (end, lines) = irc.until("318").await;
+    assert_eq!(end.params[1], "bob");
+    assert!(lines.iter().any(|l| l.command == "311" && l.params[1] == "bob"));
+    assert!(lines.iter().any(|l| l.command == "330" && l.params[2] == "bob"));
+    irc.send("WHOIS offline").await;
+    assert!(irc.expect("401").await.text().contains("not connected"));
+    irc.send("WHOIS ghost").await;
+    irc.expect("401").await;
+    irc.send("ISON bob offline ghost alice").await;
+    assert_eq!(irc.expect("303").await.text(), "bob alice");
+    irc.send("USERHOST bob ghost").await;
+    assert_eq!(irc.expect("302").await.text(), "bob=+bob@chatd");
+    irc.send("WHO bob").await;
+    let who = irc.expect("352").await;
+    assert_eq!(who.params[5], "bob");
+    irc.expect("315").await;
+    irc.send("MODE alice").await;
+    irc.expect("221").await;
+    irc.send("MODE bob +i").await;
+    irc.expect("502").await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn bad_lines_get_one_numeric_each_and_the_connection_goes_on() {
+    let server = server().await;
+    let addr = irc_addr(&server);
+    let mut irc = Irc::connect(addr).await;
+    // Before registration.
+    irc.send("JOIN #x").await;
+    irc.next_is("451").await;
+    irc.send("FROB").await;
+    assert_eq!(irc.next_is("421").await.params[1], "FROB");
+    irc.send("USER onlyone").await;
+    irc.next_is("461").await;
+    irc.send("NICK bad!nick").await;
+    irc.next_is("432").await;
+    irc.send("NICK ok").await;
+    irc.send("USER ok 0 * :ok").await;
+    irc.until("376").await;
+    irc.drain(Duration::from_millis(200)).await;
+    // A flood of bad lines: each gets its one numeric, in order.
+    let mut flood = Vec::new();
+    for i in 0..200 {
+        match i % 5 {
+            0 => flood.extend_from_slice(b"NOSUCHCOMMAND\r\n"),
+            1 => flood.extend_from_slice(b"PRIVMSG #a :\xff\xfe\r\n"),
+            2 => {
+                flood.extend_from_slice(b"PRIVMSG #a :");
+                flood.extend(std::iter::repeat_n(b'x', 600));
+                flood.extend_from_slice(b"\r\n");
+            }
+            3 => flood.extend_from_slice(b"PRIVMSG #a :nul\0byte\r\n"),
+            _ => flood.extend_from_slice(b"KICK\r\n"),
+        }
+    }
+    irc.write(&flood).await;
+    for i in 0..200 {
+        let expected = ["421", "400", "417", "400", "461"][i % 5];
+        let line = irc.line().await;
+        assert_eq!(line.command, expected, "line {i}: {}", line.raw);
+    }
+    irc.send("PING :still").await;
+    assert_eq!(irc.next_is("PONG").await.text(), "still");
+    irc.send("PASS late").await;
+    irc.next_is("462").await;
+    irc.send("CAP FROB").await;
+    irc.next_is("410").await;
+    irc.send("CAP REQ :no-such-cap").await;
+    assert_eq!(irc.next_is("CAP").await.params[1], "NAK");
+    irc.send("QUIT :done").await;
+    let error = irc.expect("ERROR").await;
+    assert!(error.text().contains("Quit: done"), "{}", error.raw);
+    assert!(irc.closed_within(Duration::from_secs(5)).await);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_that_never_reads_is_ended_with_sendq_exceeded_and_slows_nobody() {
+    let server = TestServer::start_with(|c| {
+        c.load_test_hashing = true;
+        c.push_queue_bytes = 64 * 1024;
+        c.max_send_rate = 0;
+    })
+    .await;
+    let mut bob = server.user("bob").await;
+    bob.ok("JOIN #busy").await;
+    server.user("stuck").await;
+    server.user("reader").await;
+    let addr = irc_addr(&server);
+    let mut stuck = Irc::sasl(addr, "stuck", "pw", "").await;
+    stuck.send("JOIN #busy").await;
+    stuck.expect("366").await;
+    let mut reader = Irc::sasl(addr, "reader", "pw", "").await;
+    reader.send("JOIN #busy").await;
+    reader.expect("366").await;
+    bob.line().await;
+    bob.line().await;
+    // `stuck` stops reading; bob fills the room with 16 MB, more than the kernel's buffers
+    // hold. A message of 4,000 bytes reaches IRC as several lines.
+    const MESSAGES: usize = 4000;
+    let text = "y".repeat(4000);
+    let sender = tokio::spawn(async move {
+        for _ in 0..MESSAGES {
+            bob.ok(&format!("SEND #busy {text}")).await;
+        }
+        bob
+    });
+    let mut got = 0;
+    while got < MESSAGES * 4000 {
+        let line = reader.expect("PRIVMSG").await;
+        assert_eq!(line.params[0], "#busy");
+        got += line.text().len();
+    }
+    assert_eq!(got, MESSAGES * 4000, "the reader got every byte");
+    sender.await.unwrap();
+    // Now it reads: the flood it could hold, then why it was disconnected.
+    let mut error = None;
+    while let Some(line) = stuck.try_line(Duration::from_secs(10)).await {
+        if line.command == "ERROR" {
+            error = Some(line);
+            break;
+        }
+    }
+    let error = error.expect("an ERROR line before the close");
+    assert_eq!(error.text(), "SendQ exceeded");
+    assert!(stuck.closed_within(Duration::from_secs(5)).await);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_silent_client_is_pinged_then_disconnected() {
+    let server = TestServer::start_with(|c| {
+        c.load_test_hashing = true;
+        c.irc_ping_interval = 1;
+    })
+    .await;
+    let mut irc = Irc::connect(irc_addr(&server)).await;
+    irc.send("NICK quiet").await;
+    irc.send("USER q 0 * :q").await;
+    // Read without answering PINGs.
+    let mut pinged = false;
+    let mut error = None;
+    while let Some(line) = irc.try_line(Duration::from_secs(5)).await {
+        match line.command.as_str() {
+            "PING" => pinged = true,
+            "ERROR" => {
+                error = Some(line);
+                break;
+            }
+            _ => {}
+        }
+    }
+    assert!(pinged, "a PING came first");
+    assert!(error.expect("an ERROR").text().contains("Ping timeout"));
+    // One that answers stays.
+    let mut alive = Irc::register(irc_addr(&server), "alive").await;
+    let (mut pings, until) = (0, tokio::time::Instant::now() + Duration::from_secs(4));
+    while tokio::time::Instant::now() < until {
+        if let Some(line) = alive.try_line(Duration::from_millis(200)).await {
+            assert_ne!(line.command, "ERROR", "{}", line.raw);
+            if line.command == "PING" {
+                pings += 1;
+                alive.send(&format!("PONG :{}", line.text())).await;
+            }
+        }
+    }
+    assert!(pings >= 1);
+    alive.send("PING :ok").await;
+    assert_eq!(alive.expect("PONG").await.text(), "ok");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_default_port_taken_leaves_the_door_closed_and_the_banner_says_so() {
+    // Whoever holds 6667 (this test, or another program), chatd cannot have it.
+    let _held = std::net::TcpListener::bind("127.0.0.1:6667");
+    let mut config = chatd::Config::for_tests("sqlite::memory:");
+    config.irc_port = None;
+    let server = chatd::Server::bind(config).await.expect("starts without IRC");
+    assert!(server.irc_addr().is_none());
+    let banner = server.banner();
+    assert!(banner.contains("No IRC: port 6667 is taken"), "{banner}");
+    assert!(banner.contains("--irc-port N"), "{banner}");
+    let mut config = chatd::Config::for_tests("sqlite::memory:");
+    config.irc_port = Some(0);
+    let server = chatd::Server::bind(config).await.unwrap();
+    let port = server.irc_addr().unwrap().port();
+    assert!(
+        server.banner().contains(&format!("/connect 127.0.0.1 {port}")),
+        "{}",
+        server.banner()
+    );
+}
+
+fn backends(test: &str) -> Vec<Backend> {
+    let mut all = vec![Backend::Sqlite];
+    all.extend(Backend::postgres(test));
+    all
+}
+
+fn base64_of(text: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
+
+#[tokio::test]
+async fn irc_clients_on_two_nodes_share_a_channel_in_one_order() {
+    let Some(backend) = Backend::postgres("irc_clients_on_two_nodes") else {
+        return;
+    };
+    let db = std::sync::Arc::new(common::TestDb::create(backend).await);
+    let a = TestServer::on_db(db.clone(), |c| c.load_test_hashing = true).await;
+    let b = TestServer::on_db(db.clone(), |c| c.load_test_hashing = true).await;
+    a.user("ann").await;
+    b.user("ben").await;
+    let mut ann = Irc::sasl(irc_addr(&a), "ann", "pw", "message-tags").await;
+    let mut ben = Irc::sasl(irc_addr(&b), "ben", "pw", "message-tags").await;
+    ann.send("JOIN #both").await;
+    ann.expect("366").await;
+    ben.send("JOIN #both").await;
+    assert_eq!(ben.expect("353").await.text(), "~ann ben");
+    assert_eq!(
+        ann.expect("JOIN").await.nick(),
+        "ben",
+        "a join on node B reaches node A"
+    );
+    // Both talk at once; each sees the other's messages in id order, exactly once.
+    for i in 0..50 {
+        ann.send(&format!("PRIVMSG #both :ann {i}")).await;
+        ben.send(&format!("PRIVMSG #both :ben {i}")).await;
+    }
+    for (me, client, other) in [("ann", &mut ann, "ben"), ("ben", &mut ben, "ann")] {
+        let mut ids = Vec::new();
+        let mut texts = Vec::new();
+        while texts.len() < 50 {
+            let line = client.expect("PRIVMSG").await;
+            assert_eq!(line.nick(), other, "{me} is not pushed its own messages");
+            ids.push(line.tag("msgid").unwrap().parse::<i64>().unwrap());
+            texts.push(line.text().to_string());
+        }
+        let expected: Vec<String> = (0..50).map(|i| format!("{other} {i}")).collect();
+        assert_eq!(texts, expected, "{me} got {other}'s messages once each, in order");
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "{me}: ids rise: {ids:?}");
+    }
+    // A removal on node A reaches the removed client on node B.
+    ann.send("KICK #both ben :bye").await;
+    let kicked = ben.expect("KICK").await;
+    assert_eq!(kicked.params, ["#both", "ben", "bye"]);
+    a.stop().await;
+    b.stop().await;
+}
