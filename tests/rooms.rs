@@ -367,7 +367,56 @@ async fn membership_and_missed_messages_survive_a_restart(backend: Backend) {
     server.stop().await;
 }
 
+/// A conversation's pages merge both sides in id order, skip what others sent to either, and
+/// show a conversation with oneself once.
+async fn direct_history_pages_merge_both_sides(backend: Backend) {
+    let server = TestServer::on(backend).await;
+    let mut alice = server.user("alice").await;
+    let mut bob = server.user("bob").await;
+    let mut carol = server.user("carol").await;
+    let mut expected = Vec::new();
+    for i in 0..40 {
+        let (from, to, name) = if i % 3 == 0 {
+            (&mut bob, "alice", "bob")
+        } else {
+            (&mut alice, "bob", "alice")
+        };
+        let id: i64 = from.ok(&format!("SEND {to} m{i}")).await.parse().unwrap();
+        expected.push((id, name.to_string(), format!("m{i}")));
+        carol.ok(&format!("SEND alice noise{i}")).await;
+        carol.ok(&format!("SEND bob noise{i}")).await;
+    }
+    alice.ok("SEND alice note to self").await;
+    // A connection of its own, with no pushes pending.
+    let mut reader = server.client().await;
+    reader.ok("AUTH alice pw").await;
+    let page = |reply: common::Reply| -> Vec<(i64, String, String)> {
+        reply
+            .data
+            .iter()
+            .map(|l| Msg::parse(l))
+            .map(|m| (m.id, m.from, m.text))
+            .collect()
+    };
+    assert_eq!(page(reader.cmd("HISTORY bob").await), expected);
+    let before = expected[20].0;
+    assert_eq!(
+        page(reader.cmd(&format!("HISTORY bob before {before}")).await),
+        expected[..20]
+    );
+    let after = expected[29].0;
+    assert_eq!(
+        page(reader.cmd(&format!("HISTORY bob after {after}")).await),
+        expected[30..]
+    );
+    let me = page(reader.cmd("HISTORY alice").await);
+    assert_eq!(me.len(), 1, "{me:?}");
+    assert_eq!(me[0].2, "note to self");
+    server.stop().await;
+}
+
 on_both_stores!(
+    direct_history_pages_merge_both_sides,
     join_say_and_the_exact_lines,
     errors_name_what_is_wrong,
     roles_and_flags,

@@ -90,6 +90,45 @@ impl Message {
 /// The columns a [`Row`] is read from.
 const COLUMNS: &str = "id, sender, recipient, body, created_at_us, client_timestamp, kind, subject";
 
+/// The SQL of a page of a direct conversation, both directions, for either store: `mark` is
+/// how it numbers its parameters (`?` for SQLite, `$` for PostgreSQL), which are the user,
+/// the peer, the page's bound id and its size, in that order. Each side is read from its own
+/// inbox through the recipient index, which holds the sender, so neither needs an index of its
+/// own on every message; the two pages are then merged.
+fn conversation_sql(page: Page, mark: char) -> (String, i64, u32) {
+    let side = |recipient: u8, sender: u8, cmp: &str, order: &str| {
+        let not_self = if recipient == 2 {
+            format!(" AND {mark}1 <> {mark}2")
+        } else {
+            String::new()
+        };
+        format!(
+            "SELECT * FROM (SELECT {COLUMNS} FROM messages WHERE recipient = {mark}{recipient} \
+             AND sender = {mark}{sender} AND id {cmp} {mark}3{not_self} ORDER BY id {order} LIMIT {mark}4) AS side{recipient}"
+        )
+    };
+    match page {
+        Page::After(id, limit) => (
+            format!(
+                "SELECT * FROM ({} UNION ALL {}) AS page ORDER BY id LIMIT {mark}4",
+                side(1, 2, ">", "ASC"),
+                side(2, 1, ">", "ASC")
+            ),
+            id,
+            limit,
+        ),
+        Page::Before(id, limit) => (
+            format!(
+                "SELECT * FROM (SELECT * FROM ({} UNION ALL {}) AS both_sides ORDER BY id DESC LIMIT {mark}4) AS page ORDER BY id",
+                side(1, 2, "<", "DESC"),
+                side(2, 1, "<", "DESC")
+            ),
+            id,
+            limit,
+        ),
+    }
+}
+
 /// A row of `messages` as read by [`COLUMNS`].
 type Row = (
     i64,

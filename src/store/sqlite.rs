@@ -313,22 +313,7 @@ impl SqliteStore {
     }
 
     pub async fn conversation(&self, user: &str, peer: &str, page: super::Page) -> StoreResult<Vec<Message>> {
-        let both = "((recipient = ?1 AND sender = ?2) OR (recipient = ?2 AND sender = ?1))";
-        let (sql, from, limit) = match page {
-            super::Page::After(id, limit) => (
-                format!("SELECT {COLUMNS} FROM messages WHERE {both} AND id > ?3 ORDER BY id LIMIT ?4"),
-                id,
-                limit,
-            ),
-            super::Page::Before(id, limit) => (
-                format!(
-                    "SELECT * FROM (SELECT {COLUMNS} FROM messages WHERE {both} AND id < ?3 \
-                     ORDER BY id DESC LIMIT ?4) ORDER BY id"
-                ),
-                id,
-                limit,
-            ),
-        };
+        let (sql, from, limit) = super::conversation_sql(page, '?');
         let rows: Vec<Row> = sqlx::query_as(&sql)
             .bind(user)
             .bind(peer)
