@@ -32,6 +32,20 @@ else
     echo "!!! WARNING: no /usr/bin/telnet or nc; the terminal tests will SKIP !!!" >&2
 fi
 
+# The IRC client test (tests/irc_clients.rs) runs irssi in a terminal under tmux.
+have_irc_clients() { command -v irssi >/dev/null && command -v tmux >/dev/null; }
+if ! have_irc_clients && [[ $EUID -eq 0 ]] && command -v apt-get >/dev/null; then
+    echo "Installing irssi and tmux for the IRC client test..." >&2
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -qq --no-install-recommends irssi tmux; } >/dev/null ||
+        echo "!!! WARNING: could not install irssi/tmux; the IRC client test will SKIP !!!" >&2
+fi
+if have_irc_clients; then
+    export CHATD_REQUIRE_IRC_CLIENTS=1 # present, so the IRC client test must run, not skip
+else
+    echo "!!! WARNING: no irssi or tmux; the IRC client test will SKIP !!!" >&2
+fi
+
 # The lab-mode test (tests/http_lab.rs) runs the lab's own client: the first python3 on PATH,
 # with requests (from PyPI with that python's pip, else Debian's python3-requests).
 if ! python3 -c 'import requests' 2>/dev/null; then

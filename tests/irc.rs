@@ -746,3 +746,127 @@ async fn irc_clients_on_two_nodes_share_a_channel_in_one_order() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test]
+async fn chathistory_reads_the_same_history_as_history_and_http() {
+    for backend in backends("irc_chathistory") {
+        let server = TestServer::on_with(backend, |c| c.load_test_hashing = true).await;
+        let mut bob = server.user("bob").await;
+        bob.ok("JOIN #log").await;
+        server.user("alice").await;
+        let mut line_alice = server.client().await;
+        line_alice.ok("AUTH alice pw").await;
+        line_alice.ok("JOIN #log").await;
+        let mut ids = Vec::new();
+        for i in 0..30 {
+            ids.push(bob.ok(&format!("SEND #log m{i}")).await.parse::<i64>().unwrap());
+        }
+        let dm_to_alice: i64 = bob.ok("SEND alice psst").await.parse().unwrap();
+        let dm_to_bob: i64 = line_alice.ok("SEND bob what").await.parse().unwrap();
+        let mut irc = Irc::sasl(
+            irc_addr(&server),
+            "alice",
+            "pw",
+            "batch server-time message-tags draft/chathistory",
+        )
+        .await;
+        irc.until("366").await;
+        let isupport: Vec<&str> = irc
+            .seen
+            .iter()
+            .filter(|l| l.command == "005")
+            .flat_map(|l| l.params.iter().map(String::as_str))
+            .collect();
+        assert!(isupport.contains(&"CHATHISTORY=100"), "{isupport:?}");
+
+        async fn page(irc: &mut Irc, command: &str) -> Vec<(i64, String, String)> {
+            irc.send(command).await;
+            let start = irc.expect("BATCH").await;
+            assert!(start.params[0].starts_with('+'), "{}", start.raw);
+            assert_eq!(start.params[1], "chathistory");
+            let reference = &start.params[0][1..];
+            let mut rows = Vec::new();
+            loop {
+                let line = irc.line().await;
+                if line.command == "BATCH" {
+                    assert_eq!(line.params[0], format!("-{reference}"));
+                    return rows;
+                }
+                assert_eq!(line.command, "PRIVMSG", "{}", line.raw);
+                assert_eq!(line.tag("batch"), Some(reference));
+                assert!(line.tag("time").is_some());
+                let id = line.tag("msgid").unwrap().parse().unwrap();
+                rows.push((id, line.nick().to_string(), line.text().to_string()));
+            }
+        }
+        let latest = page(&mut irc, "CHATHISTORY LATEST #log * 10").await;
+        assert_eq!(latest.iter().map(|r| r.0).collect::<Vec<_>>(), ids[20..]);
+        assert_eq!(latest[0].1, "bob");
+        assert_eq!(latest[0].2, "m20");
+        let before = page(&mut irc, &format!("CHATHISTORY BEFORE #log msgid={} 5", ids[10])).await;
+        assert_eq!(before.iter().map(|r| r.0).collect::<Vec<_>>(), ids[5..10]);
+        let after = page(&mut irc, &format!("CHATHISTORY AFTER #log msgid={} 3", ids[10])).await;
+        assert_eq!(after.iter().map(|r| r.0).collect::<Vec<_>>(), ids[11..14]);
+        let between = page(
+            &mut irc,
+            &format!("CHATHISTORY BETWEEN #log msgid={} msgid={} 100", ids[3], ids[7]),
+        )
+        .await;
+        assert_eq!(between.iter().map(|r| r.0).collect::<Vec<_>>(), ids[4..7]);
+        let since = page(
+            &mut irc,
+            &format!("CHATHISTORY LATEST #log msgid={} 100", ids[27]),
+        )
+        .await;
+        assert_eq!(since.iter().map(|r| r.0).collect::<Vec<_>>(), ids[28..]);
+        // By time: the commit time HISTORY shows for m25, exactly.
+        let mut reader = server.client().await;
+        reader.ok("AUTH bob pw").await;
+        let shown = reader.cmd(&format!("HISTORY #log after {}", ids[24])).await;
+        let m25 = Msg::parse_room(&shown.data[0]);
+        assert_eq!(m25.id, ids[25]);
+        // Times are in milliseconds and commits in microseconds: m25 is after its own shown
+        // time, and those of the same millisecond before it may be too.
+        let by_time = page(
+            &mut irc,
+            &format!("CHATHISTORY AFTER #log timestamp={} 2", m25.time),
+        )
+        .await;
+        let got: Vec<i64> = by_time.iter().map(|r| r.0).collect();
+        let at = ids.iter().position(|id| *id == got[0]).expect("a room message");
+        assert!(at <= 25 && at > 15, "{got:?}");
+        assert_eq!(got, ids[at..at + 2]);
+        let by_time = page(
+            &mut irc,
+            &format!("CHATHISTORY BEFORE #log timestamp={} 1", m25.time),
+        )
+        .await;
+        assert!(by_time[0].0 < ids[25] && by_time[0].0 > ids[15], "{by_time:?}");
+        // A direct conversation: both sides, as sent.
+        let talk = page(&mut irc, "CHATHISTORY LATEST bob * 10").await;
+        assert_eq!(
+            talk,
+            [
+                (dm_to_alice, "bob".to_string(), "psst".to_string()),
+                (dm_to_bob, "alice".to_string(), "what".to_string())
+            ]
+        );
+        // Refusals.
+        bob.ok("JOIN #secret").await;
+        irc.send("CHATHISTORY LATEST #secret * 10").await;
+        let fail = irc.expect("FAIL").await;
+        assert_eq!(
+            fail.params[..3],
+            [
+                "CHATHISTORY".to_string(),
+                "INVALID_TARGET".to_string(),
+                "LATEST".to_string()
+            ]
+        );
+        irc.send("CHATHISTORY LATEST #log * zero").await;
+        assert_eq!(irc.expect("FAIL").await.params[1], "INVALID_PARAMS");
+        irc.send("CHATHISTORY FROB #log * 1").await;
+        assert_eq!(irc.expect("FAIL").await.params[1], "UNKNOWN_COMMAND");
+        server.stop().await;
+    }
+}

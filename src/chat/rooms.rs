@@ -375,6 +375,22 @@ impl Chat {
         Ok(self.inner.store.open_rooms(&after, OPEN_ROOMS_PAGE).await?)
     }
 
+    /// Where `target`'s history stood at a time: the newest id committed before `micros` in a
+    /// room `user` is in, or in `user`'s conversation with the user `target`; 0 if none.
+    pub async fn last_id_before(&self, user: &Username, target: &str, micros: i64) -> ChatResult<i64> {
+        let store = &self.inner.store;
+        if target.starts_with('#') {
+            let room = RoomName::parse(target)?;
+            let name = self.member_of(user, &room).await?.0;
+            return Ok(store.last_id_before(&name, None, micros).await?);
+        }
+        let peer = Username::parse(target).map_err(|_| super::no_such_user(target))?;
+        let peer = self.inner.users.existing(store, peer.as_str()).await?;
+        let theirs = store.last_id_before(user.as_str(), Some(&peer), micros).await?;
+        let mine = store.last_id_before(&peer, Some(user.as_str()), micros).await?;
+        Ok(theirs.max(mine))
+    }
+
     /// The newest id in a stream `user` may read (their inbox, or a room they are in), 0 for
     /// none: where a live feed that starts now stands in it.
     pub async fn newest_in(&self, user: &Username, stream: &str) -> ChatResult<i64> {

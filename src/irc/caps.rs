@@ -19,12 +19,14 @@ pub const ACCOUNT_TAG: u16 = 1 << 4;
 pub const CAP_NOTIFY: u16 = 1 << 5;
 pub const MULTI_PREFIX: u16 = 1 << 6;
 pub const BATCH: u16 = 1 << 7;
+pub const CHATHISTORY: u16 = 1 << 8;
 
 /// Every capability the door offers, as `CAP LS` lists it, and its bit.
 const OFFERED: &[(&str, u16)] = &[
     ("account-tag", ACCOUNT_TAG),
     ("batch", BATCH),
     ("cap-notify", CAP_NOTIFY),
+    ("draft/chathistory", CHATHISTORY),
     ("echo-message", ECHO_MESSAGE),
     ("message-tags", MESSAGE_TAGS),
     ("multi-prefix", MULTI_PREFIX),

@@ -6,6 +6,7 @@
 //! - [`client`]: one connection's life: registration, the live feed, timeouts, SendQ;
 //! - [`commands`]: the command table (name, arguments, who may use it) and each command;
 //! - [`caps`]: IRCv3 capability negotiation and SASL PLAIN;
+//! - [`history`]: CHATHISTORY over the same history as HISTORY and HTTP;
 //! - [`render`]: chatd's messages and room events as IRC lines;
 //! - [`nickserv`]: the NickServ pseudo-user, for clients without SASL;
 //! - [`numeric`]: the numeric replies by name.
@@ -15,6 +16,7 @@
 pub mod caps;
 pub mod client;
 pub mod commands;
+pub mod history;
 pub mod nickserv;
 pub mod numeric;
 pub mod render;

@@ -97,6 +97,26 @@ pub fn echo(c: &mut Client, message: &Message, target: &str, command: &str) {
     say(c, &tags, &me, command, target, &message.body);
 }
 
+/// A stored message replayed from history, as it was first sent, in `batch` if any.
+pub fn replay(c: &mut Client, message: &Message, batch: Option<&str>) {
+    let mut tags = batch.map(|b| format!("batch={b}")).unwrap_or_default();
+    let own = tags_for(c, message);
+    if !own.is_empty() {
+        if !tags.is_empty() {
+            tags.push(';');
+        }
+        tags.push_str(&own);
+    }
+    say(
+        c,
+        &tags,
+        &message.sender,
+        "PRIVMSG",
+        &message.recipient,
+        &message.body,
+    );
+}
+
 /// `PRIVMSG`s (or `NOTICE`s) carrying `body`, split to fit lines.
 fn say(c: &mut Client, tags: &str, from: &str, command: &str, target: &str, body: &str) {
     let source = mask(from);

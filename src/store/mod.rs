@@ -129,6 +129,16 @@ fn conversation_sql(page: Page, mark: char) -> (String, i64, u32) {
     }
 }
 
+/// The SQL of [`Store::last_id_before`], numbering its parameters with `mark`: the recipient,
+/// the sender or NULL, the time. It walks the stream back from its newest row, so it costs
+/// the rows after that time.
+fn last_id_before_sql(mark: char) -> String {
+    format!(
+        "SELECT id FROM messages WHERE recipient = {mark}1 AND (CAST({mark}2 AS TEXT) IS NULL OR sender = {mark}2) \
+         AND created_at_us < {mark}3 ORDER BY id DESC LIMIT 1"
+    )
+}
+
 /// A row of `messages` as read by [`COLUMNS`].
 type Row = (
     i64,
@@ -378,6 +388,20 @@ impl Store {
         match self {
             Store::Sqlite(s) => s.revoke_token(token_sha256).await,
             Store::Postgres(s) => s.revoke_token(token_sha256).await,
+        }
+    }
+
+    /// The newest id in `recipient`'s stream (from `sender` only, if given) committed before
+    /// `micros`; 0 if none: where a stream stood at a time.
+    pub async fn last_id_before(
+        &self,
+        recipient: &str,
+        sender: Option<&str>,
+        micros: i64,
+    ) -> StoreResult<i64> {
+        match self {
+            Store::Sqlite(s) => s.last_id_before(recipient, sender, micros).await,
+            Store::Postgres(s) => s.last_id_before(recipient, sender, micros).await,
         }
     }
 

@@ -511,6 +511,25 @@ impl PgStore {
         Ok(())
     }
 
+    pub async fn last_id_before(
+        &self,
+        recipient: &str,
+        sender: Option<&str>,
+        micros: i64,
+    ) -> StoreResult<i64> {
+        let id: Option<i64> = bounded(
+            "reading the history",
+            false,
+            sqlx::query_scalar(&super::last_id_before_sql('$'))
+                .bind(recipient)
+                .bind(sender)
+                .bind(micros)
+                .fetch_optional(&self.pool),
+        )
+        .await?;
+        Ok(id.unwrap_or(0))
+    }
+
     pub async fn conversation(&self, user: &str, peer: &str, page: super::Page) -> StoreResult<Vec<Message>> {
         let (sql, from, limit) = super::conversation_sql(page, '$');
         let rows: Vec<Row> = bounded(
