@@ -870,3 +870,73 @@ async fn chathistory_reads_the_same_history_as_history_and_http() {
         server.stop().await;
     }
 }
+
+#[tokio::test]
+async fn read_markers_are_the_rooms_read_marks_on_every_door() {
+    for backend in backends("irc_read_marker") {
+        let server = TestServer::on_with(backend, |c| c.load_test_hashing = true).await;
+        let mut bob = server.user("bob").await;
+        bob.ok("JOIN #rm").await;
+        let mut alice_line = server.user("alice").await;
+        alice_line.ok("JOIN #rm").await;
+        let mut ids = Vec::new();
+        for i in 0..5 {
+            ids.push(bob.ok(&format!("SEND #rm r{i}")).await.parse::<i64>().unwrap());
+        }
+        let mut irc = Irc::sasl(irc_addr(&server), "alice", "pw", "server-time draft/read-marker").await;
+        irc.expect("JOIN").await;
+        // The mark comes after the JOIN and before the end of the names.
+        let (mark, before) = irc.until("MARKREAD").await;
+        assert!(!before.iter().any(|l| l.command == "366"), "MARKREAD before 366");
+        irc.expect("366").await;
+        let mut reader = server.client().await;
+        reader.ok("AUTH bob pw").await;
+        let rows: Vec<Msg> = reader
+            .cmd("HISTORY #rm")
+            .await
+            .data
+            .iter()
+            .map(|l| Msg::parse_room(l))
+            .collect();
+        // Joining read the room up to the join: the mark is the join's time.
+        let joined = rows.iter().find(|m| m.text == "alice joined").unwrap();
+        assert_eq!(
+            mark.params,
+            ["#rm".to_string(), format!("timestamp={}", joined.time)]
+        );
+        let third = rows.iter().find(|m| m.id == ids[2]).unwrap().time.clone();
+        irc.send(&format!("MARKREAD #rm timestamp={third}")).await;
+        let set = irc.expect("MARKREAD").await;
+        assert_eq!(set.params, ["#rm".to_string(), format!("timestamp={third}")]);
+        // ROOMS on the line protocol agrees: two unread.
+        let rooms = alice_line.cmd("ROOMS").await;
+        assert!(
+            rooms.data.iter().any(|l| l.starts_with("JOINED #rm 2 2")),
+            "{:?}",
+            rooms.data
+        );
+        // An older mark does not move it back.
+        let first = rows.iter().find(|m| m.id == ids[0]).unwrap().time.clone();
+        irc.send(&format!("MARKREAD #rm timestamp={first}")).await;
+        assert_eq!(
+            irc.expect("MARKREAD").await.params[1],
+            format!("timestamp={third}")
+        );
+        // READ on the line protocol moves it; MARKREAD reads it back.
+        alice_line.ok("READ #rm").await;
+        irc.send("MARKREAD #rm").await;
+        let last = rows.iter().find(|m| m.id == ids[4]).unwrap().time.clone();
+        assert_eq!(
+            irc.expect("MARKREAD").await.params[1],
+            format!("timestamp={last}")
+        );
+        // Direct conversations keep no mark on the server.
+        irc.send("MARKREAD bob").await;
+        assert_eq!(irc.expect("MARKREAD").await.params, ["bob", "*"]);
+        irc.send("MARKREAD #rm timestamp=yesterday").await;
+        assert_eq!(irc.expect("FAIL").await.params[1], "INVALID_PARAMS");
+        irc.send("MARKREAD").await;
+        assert_eq!(irc.expect("FAIL").await.params[1], "NEED_MORE_PARAMS");
+        server.stop().await;
+    }
+}

@@ -445,6 +445,20 @@ impl Chat {
         Ok(name)
     }
 
+    /// `user`'s read mark in `room`: the commit time of the last row they read, `None` if
+    /// they have read nothing yet; `NOT_MEMBER`, `NO_SUCH_ROOM` otherwise.
+    pub async fn read_mark(&self, user: &Username, room: &str) -> ChatResult<Option<i64>> {
+        let room = RoomName::parse(room)?;
+        match self.inner.store.read_mark(room.as_str(), user.as_str()).await? {
+            Some((_, at)) => Ok(at),
+            None => Err(self
+                .member_of(user, &room)
+                .await
+                .err()
+                .unwrap_or_else(|| refused(RoomRefusal::NotMember, &room, None))),
+        }
+    }
+
     /// The room's name as shown and `user`'s role: `NO_SUCH_ROOM`, or `NOT_MEMBER`.
     async fn member_of(&self, user: &Username, room: &RoomName) -> ChatResult<(Arc<str>, Role)> {
         match self.inner.store.member(room.as_str(), user.as_str()).await? {

@@ -20,6 +20,7 @@ pub const CAP_NOTIFY: u16 = 1 << 5;
 pub const MULTI_PREFIX: u16 = 1 << 6;
 pub const BATCH: u16 = 1 << 7;
 pub const CHATHISTORY: u16 = 1 << 8;
+pub const READ_MARKER: u16 = 1 << 9;
 
 /// Every capability the door offers, as `CAP LS` lists it, and its bit.
 const OFFERED: &[(&str, u16)] = &[
@@ -27,6 +28,7 @@ const OFFERED: &[(&str, u16)] = &[
     ("batch", BATCH),
     ("cap-notify", CAP_NOTIFY),
     ("draft/chathistory", CHATHISTORY),
+    ("draft/read-marker", READ_MARKER),
     ("echo-message", ECHO_MESSAGE),
     ("message-tags", MESSAGE_TAGS),
     ("multi-prefix", MULTI_PREFIX),

@@ -51,6 +51,7 @@ pub const COMMANDS: &[Command] = &[
     row("KICK", 2, Need::Account),
     row("LIST", 0, Need::Registered),
     row("LUSERS", 0, Need::Registered),
+    row("MARKREAD", 0, Need::Account),
     row("MODE", 1, Need::Registered),
     row("MOTD", 0, Need::Registered),
     row("NAMES", 0, Need::Registered),
@@ -104,6 +105,7 @@ pub async fn dispatch(c: &mut Client, m: &Msg<'_>) {
         "KICK" => kick(c, m).await,
         "LIST" => list(c, m).await,
         "LUSERS" => lusers(c).await,
+        "MARKREAD" => super::read_marker::markread(c, m).await,
         "MODE" => mode(c, m).await,
         "MOTD" => motd(c),
         "NAMES" => names_command(c, m).await,
@@ -395,6 +397,10 @@ pub async fn show_joined(c: &mut Client, room: &Arc<str>) {
         Ok(view) => {
             if !view.info.topic.is_empty() {
                 c.numeric(RPL_TOPIC, &[room], &view.info.topic);
+            }
+            // read-marker: the room's mark after its JOIN, before the end of its names.
+            if c.caps.has(caps::READ_MARKER) {
+                super::read_marker::send_mark(c, &account, room).await;
             }
             names(c, room, &view);
         }

@@ -7,6 +7,7 @@
 //! - [`commands`]: the command table (name, arguments, who may use it) and each command;
 //! - [`caps`]: IRCv3 capability negotiation and SASL PLAIN;
 //! - [`history`]: CHATHISTORY over the same history as HISTORY and HTTP;
+//! - [`read_marker`]: MARKREAD over the rooms' read marks;
 //! - [`render`]: chatd's messages and room events as IRC lines;
 //! - [`nickserv`]: the NickServ pseudo-user, for clients without SASL;
 //! - [`numeric`]: the numeric replies by name.
@@ -19,6 +20,7 @@ pub mod commands;
 pub mod history;
 pub mod nickserv;
 pub mod numeric;
+pub mod read_marker;
 pub mod render;
 pub mod wire;
 

@@ -391,6 +391,15 @@ impl Store {
         }
     }
 
+    /// `user`'s read mark in `room` and the commit time of the row it points at; `None` if
+    /// `user` is not a member.
+    pub async fn read_mark(&self, room: &str, user: &str) -> StoreResult<Option<(i64, Option<i64>)>> {
+        match self {
+            Store::Sqlite(s) => s.read_mark(room, user).await,
+            Store::Postgres(s) => s.read_mark(room, user).await,
+        }
+    }
+
     /// The newest id in `recipient`'s stream (from `sender` only, if given) committed before
     /// `micros`; 0 if none: where a stream stood at a time.
     pub async fn last_id_before(

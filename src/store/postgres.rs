@@ -646,6 +646,18 @@ impl PgStore {
 
     /// Moves `user`'s read mark in room `name` up to `id` (its newest row if `None`); false
     /// if the user is not a member.
+    pub async fn read_mark(&self, name: &str, user: &str) -> StoreResult<Option<(i64, Option<i64>)>> {
+        bounded(
+            "reading the read mark",
+            false,
+            sqlx::query_as(&numbered(rooms::sql::READ_MARK))
+                .bind(rooms::room_key(name))
+                .bind(user)
+                .fetch_optional(&self.pool),
+        )
+        .await
+    }
+
     pub async fn mark_read(&self, name: &str, user: &str, id: Option<i64>) -> StoreResult<bool> {
         let key = rooms::room_key(name);
         let done = bounded(

@@ -482,6 +482,11 @@ pub(super) mod sql {
     /// A room's members, owner first, then ops, then members, each by name.
     pub const MEMBERS: &str = "SELECT user_name, role FROM room_members WHERE room_id = ? \
          ORDER BY CASE role WHEN 'owner' THEN 0 WHEN 'op' THEN 1 ELSE 2 END, user_name";
+    /// A member's read mark and the commit time of the row it points at (NULL for none).
+    /// Binds: room key, user.
+    pub const READ_MARK: &str =
+        "SELECT m.read_id, (SELECT created_at_us FROM messages WHERE id = m.read_id) \
+         FROM room_members m JOIN rooms r ON r.id = m.room_id WHERE r.name_key = ? AND m.user_name = ?";
     /// Moves a member's read mark forward (never back) to the given id, or to the room's
     /// newest row when none is given. Binds: id, room key, id, room key, room key, user.
     pub const READ: &str = "UPDATE room_members SET read_id = CASE \

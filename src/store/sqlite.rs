@@ -412,6 +412,15 @@ impl SqliteStore {
 
     /// Moves `user`'s read mark in room `name` up to `id` (its newest row if `None`); false
     /// if the user is not a member.
+    pub async fn read_mark(&self, name: &str, user: &str) -> StoreResult<Option<(i64, Option<i64>)>> {
+        sqlx::query_as(rooms::sql::READ_MARK)
+            .bind(rooms::room_key(name))
+            .bind(user)
+            .fetch_optional(&self.readers)
+            .await
+            .map_err(|e| StoreError::from_sqlx("reading the read mark", false, e))
+    }
+
     pub async fn mark_read(&self, name: &str, user: &str, id: Option<i64>) -> StoreResult<bool> {
         let key = rooms::room_key(name);
         let done = sqlx::query(rooms::sql::READ)
