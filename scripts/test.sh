@@ -32,18 +32,25 @@ else
     echo "!!! WARNING: no /usr/bin/telnet or nc; the terminal tests will SKIP !!!" >&2
 fi
 
-# The IRC client test (tests/irc_clients.rs) runs irssi in a terminal under tmux.
-have_irc_clients() { command -v irssi >/dev/null && command -v tmux >/dev/null; }
+# The IRC client tests run real clients: irssi in a terminal under tmux (tests/irc_clients.rs),
+# ii and the Python irc library (tests/irc_library_clients.rs).
+have_irc_clients() {
+    command -v irssi >/dev/null && command -v tmux >/dev/null && command -v ii >/dev/null
+}
 if ! have_irc_clients && [[ $EUID -eq 0 ]] && command -v apt-get >/dev/null; then
-    echo "Installing irssi and tmux for the IRC client test..." >&2
+    echo "Installing irssi, tmux and ii for the IRC client tests..." >&2
     { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-        apt-get install -y -qq --no-install-recommends irssi tmux; } >/dev/null ||
-        echo "!!! WARNING: could not install irssi/tmux; the IRC client test will SKIP !!!" >&2
+        apt-get install -y -qq --no-install-recommends irssi tmux ii; } >/dev/null ||
+        echo "!!! WARNING: could not install irssi/tmux/ii; the IRC client tests will SKIP !!!" >&2
 fi
-if have_irc_clients; then
-    export CHATD_REQUIRE_IRC_CLIENTS=1 # present, so the IRC client test must run, not skip
+if ! python3 -c 'import irc.client' 2>/dev/null; then
+    echo "Installing the Python irc package for the IRC client tests..." >&2
+    python3 -m pip install -q irc >/dev/null 2>&1 || true
+fi
+if have_irc_clients && python3 -c 'import irc.client' 2>/dev/null; then
+    export CHATD_REQUIRE_IRC_CLIENTS=1 # present, so the IRC client tests must run, not skip
 else
-    echo "!!! WARNING: no irssi or tmux; the IRC client test will SKIP !!!" >&2
+    echo "!!! WARNING: irssi, tmux, ii or Python's irc is missing; IRC client tests will SKIP !!!" >&2
 fi
 
 # The lab-mode test (tests/http_lab.rs) runs the lab's own client: the first python3 on PATH,
