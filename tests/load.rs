@@ -125,6 +125,70 @@ async fn connections_smoke() {
     );
 }
 
+/// `--proto irc`: connections register on the IRC door and are held; PING counts PONGs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn irc_connections_register_and_ping_counts_pongs() {
+    let server = Served::start(&[]).await;
+    let irc = server.process.irc.expect("the IRC door is open").to_string();
+    let (passed, r) = load(&[
+        "connections",
+        "--proto",
+        "irc",
+        "--addr",
+        &irc,
+        "--conns",
+        "100",
+        "--hold",
+        "1",
+    ])
+    .await;
+    assert!(passed, "{r:#}");
+    assert_eq!(u(&r["connect"]["opened"]), 100, "{r:#}");
+    // chatd's NickServ speaks to each after its welcome: that is not a close.
+    assert_eq!(u(&r["held"]["dropped"]), 0, "{r:#}");
+    let (passed, r) = load(&[
+        "ping",
+        "--proto",
+        "irc",
+        "--addr",
+        &irc,
+        "--conns",
+        "10",
+        "--requests",
+        "2000",
+    ])
+    .await;
+    assert!(passed, "{r:#}");
+    assert_eq!(u(&r["run"]["ok"]), 2000, "{r:#}");
+    assert_eq!(u(&r["run"]["errors"]), 0, "{r:#}");
+    // The line port is no IRC server: registering there fails, and says so.
+    let (passed, r) = load(&[
+        "connections",
+        "--proto",
+        "irc",
+        "--addr",
+        &server.line.to_string(),
+        "--conns",
+        "3",
+        "--connect-timeout",
+        "2",
+    ])
+    .await;
+    assert!(!passed, "{r:#}");
+    assert_eq!(u(&r["connect"]["opened"]), 0, "{r:#}");
+    let out = Command::new(CHATD)
+        .args(["load", "chat", "--proto", "irc", "--addr", &irc, "--users", "2"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success(), "chat does not speak IRC");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("--proto irc is for the connections and ping"),
+        "{said}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_log_in_as_users_of_their_own() {
     // The cheap hashing of a load-test deployment, which says so loudly.

@@ -13,6 +13,8 @@ pub struct Process {
     pub addr: SocketAddr,
     /// The HTTP facade's address, unless it is off.
     pub http: Option<SocketAddr>,
+    /// The IRC door's address, unless it is off.
+    pub irc: Option<SocketAddr>,
     pub banner: Vec<String>,
 }
 
@@ -52,7 +54,7 @@ impl Process {
         let mut child = command.spawn().expect("chatd starts");
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         // The banner: telnet lines, then (with HTTP) http:// lines, then the store line.
-        let (mut banner, mut addr, mut http) = (Vec::new(), None, None);
+        let (mut banner, mut addr, mut http, mut irc) = (Vec::new(), None, None, None);
         loop {
             let line = lines.next().expect("the banner names the address").unwrap();
             banner.push(line.clone());
@@ -62,6 +64,9 @@ impl Process {
                 addr.get_or_insert(SocketAddr::new(ip.parse().unwrap(), port.parse().unwrap()));
             } else if let Some(rest) = line.strip_prefix("http://") {
                 http.get_or_insert(rest.trim_end_matches('/').parse().unwrap());
+            } else if let Some(rest) = line.strip_prefix("/connect ") {
+                let (ip, port) = rest.split_once(' ').unwrap();
+                irc.get_or_insert(SocketAddr::new(ip.parse().unwrap(), port.parse().unwrap()));
             } else if line.starts_with("Store:") {
                 break;
             }
@@ -72,6 +77,7 @@ impl Process {
             child,
             addr: addr.expect("a telnet line"),
             http,
+            irc,
             banner,
         }
     }
@@ -126,6 +132,9 @@ pub fn serve_command(db: &str) -> Command {
             "--port",
             "0",
             "--http-port",
+            "0",
+            // Not IRC's well-known port: tests run side by side.
+            "--irc-port",
             "0",
             "--db",
             db,

@@ -270,6 +270,9 @@ pub struct Setup {
     /// Tries after `SERVER_BUSY` before a connection counts as failed.
     pub busy_retries: u32,
     pub greeting: bool,
+    /// IRC: each connection registers as this prefix and its index (`NICK`, `USER`), and is
+    /// open at the end of its MOTD.
+    pub irc: Option<String>,
     pub probe: Option<Probe>,
     pub auth: Option<Auth>,
     /// Read buffer per connection, and the most it may grow to.
@@ -534,6 +537,9 @@ async fn try_open(
             None => return Err(Failure::Other("closed before the greeting".into())),
         }
     }
+    if let Some(prefix) = &setup.irc {
+        register_irc(&mut conn, prefix, i, deadline).await?;
+    }
     if let Some(probe) = &setup.probe {
         let reply = conn.command(&probe.line, deadline).await?;
         if reply.starts_with(b"HTTP/") {
@@ -563,6 +569,52 @@ async fn try_open(
     Ok((conn, ready))
 }
 
+/// A prefix for this run's IRC nicks: two letters that differ between runs, so that the
+/// nicks of a run that just ended do not collide; with the index, at most 9 characters (the
+/// RFC 1459 nick length, which some servers keep) for up to 100,000 connections.
+pub fn irc_nick_prefix() -> String {
+    let n = OsRng.next_u32();
+    let letter = |k: u32| char::from(b'a' + (k % 26) as u8);
+    format!("l{}{}", letter(n), letter(n / 26))
+}
+
+/// Registers an IRC connection: NICK and USER, then the lines up to the end of the MOTD
+/// (`376`, or `422` for none), answering the server's PINGs; an `ERROR` or a refused nick
+/// fails the connection.
+async fn register_irc(conn: &mut Conn, prefix: &str, i: usize, deadline: Instant) -> Result<(), Failure> {
+    let nick = format!("{prefix}{i}");
+    let hello = format!("NICK {nick}\r\nUSER {nick} 0 * :chatd load\r\n");
+    conn.stream.write_all(hello.as_bytes()).await?;
+    let mut welcomed = false;
+    loop {
+        let Some(line) = conn.line_before(deadline).await? else {
+            return Err(Failure::Other("closed before the welcome".into()));
+        };
+        let line = line.to_vec();
+        let text = String::from_utf8_lossy(&line);
+        let mut words = text.split(' ');
+        let first = words.next().unwrap_or("");
+        let command = if first.starts_with(':') {
+            words.next().unwrap_or("")
+        } else {
+            first
+        };
+        match command {
+            "PING" => {
+                let token = text.split_once(' ').map_or("", |(_, t)| t);
+                conn.stream
+                    .write_all(format!("PONG {token}\r\n").as_bytes())
+                    .await?;
+            }
+            "001" => welcomed = true,
+            "376" | "422" if welcomed => return Ok(()),
+            "ERROR" => return Err(refusal(&line)),
+            "432" | "433" | "436" | "451" | "464" | "465" => return Err(refusal(&line)),
+            _ => {}
+        }
+    }
+}
+
 /// An HTTP server answered where a line protocol was expected.
 fn http_hint() -> Failure {
     Failure::Hinted {
@@ -577,7 +629,8 @@ fn http_hint() -> Failure {
 /// number of clients"), or something else.
 fn refusal(line: &[u8]) -> Failure {
     let text = String::from_utf8_lossy(line);
-    if text.contains("SERVER_BUSY") || text.contains("max number of clients") {
+    let busy_irc = text.starts_with("ERROR") && (text.contains("busy") || text.contains("Too many"));
+    if text.contains("SERVER_BUSY") || text.contains("max number of clients") || busy_irc {
         Failure::ServerBusy
     } else {
         Failure::Other(format!(

@@ -55,7 +55,7 @@ pub async fn run(args: &ConnectionsArgs, ctx: &Ctx) -> anyhow::Result<Measured> 
     let mut m = Measured::default();
     ctx.check_open_files(mine.len(), &mut m.warnings);
     let mut setup = ctx.setup(mine.clone(), args.conns);
-    setup.greeting = !args.no_greeting;
+    setup.greeting = !args.no_greeting && ctx.common.proto == crate::Proto::Line;
     setup.probe = args.probe.as_ref().map(|p| Probe {
         line: format!("{p}\r\n").into_bytes(),
         expect: args.expect.clone().into_bytes(),
@@ -89,7 +89,9 @@ pub async fn run(args: &ConnectionsArgs, ctx: &Ctx) -> anyhow::Result<Measured> 
         _ = ctx.stop.cancelled() => {}
     }
     let held_for = ctx.now() - m.connect.ended;
-    let dropped = conns.iter().filter(|c| !still_open(c)).count() as u64;
+    // An IRC server may speak after the welcome (notices, PINGs): only a close counts there.
+    let chatter = ctx.common.proto == crate::Proto::Irc;
+    let dropped = conns.iter().filter(|c| !still_open(c, chatter)).count() as u64;
     m.held = Some(Held {
         secs: held_for.max(0.0),
         dropped,
@@ -103,8 +105,15 @@ pub async fn run(args: &ConnectionsArgs, ctx: &Ctx) -> anyhow::Result<Measured> 
     Ok(m)
 }
 
-/// Whether the server still keeps `conn` open (it has not closed it, nor said anything).
-fn still_open(conn: &Conn) -> bool {
-    let mut byte = [0u8; 1];
-    matches!(conn.stream.try_read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+/// Whether the server still keeps `conn` open: it has not closed it, nor (unless `chatter`
+/// is allowed) said anything.
+fn still_open(conn: &Conn, chatter: bool) -> bool {
+    let mut buf = [0u8; 4096];
+    loop {
+        match conn.stream.try_read(&mut buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
+            Ok(n) if n > 0 && chatter => continue,
+            _ => return false,
+        }
+    }
 }

@@ -43,6 +43,35 @@ impl Framer for LineReply {
     }
 }
 
+/// IRC: a `PONG` line is a reply; every other line (a notice, the server's own PING) is
+/// passed over. An `ERROR` line is a failed reply (the server is closing the link).
+pub struct IrcPong;
+
+impl Framer for IrcPong {
+    fn frame(&mut self, buf: &[u8]) -> Result<(usize, Option<Answer>), String> {
+        Ok(match memchr::memchr(b'\n', buf) {
+            Some(i) => {
+                let line = &buf[..i];
+                let answer = if memchr::memmem::find(line, b" PONG ").is_some() {
+                    Some(Answer {
+                        success: true,
+                        status: 0,
+                    })
+                } else if line.starts_with(b"ERROR") {
+                    Some(Answer {
+                        success: false,
+                        status: 0,
+                    })
+                } else {
+                    None
+                };
+                (i + 1, answer)
+            }
+            None => (0, None),
+        })
+    }
+}
+
 /// One HTTP/1.1 response per reply (Content-Length or chunked body); a success is a 2xx.
 ///
 /// Only the head is held whole (up to [`crate::conn::Bound::HTTP_HEAD`]); a body is read

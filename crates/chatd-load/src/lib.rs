@@ -59,6 +59,14 @@ pub struct LoadArgs {
     pub scenario: Scenario,
 }
 
+/// What the connections of a run speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    Line,
+    Irc,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Scenario {
     /// Open (and hold) many connections: connect rate, failures by cause, server memory.
@@ -80,6 +88,12 @@ pub struct Common {
     /// dealt out over them in turn.
     #[arg(long, required = true)]
     pub addr: Vec<String>,
+    /// The protocol the connections speak: `line` (chatd's line protocol, or Redis with
+    /// --no-greeting), or `irc` (any IRC server: each connection registers with NICK and USER
+    /// and counts as open at the end of its MOTD; `ping` sends IRC PINGs). `irc` is for the
+    /// connections and ping scenarios.
+    #[arg(long, value_enum, default_value_t = Proto::Line)]
+    pub proto: Proto,
     /// Print the report as one JSON object on standard output; with FILE, write it there (and
     /// print the table).
     #[arg(long, num_args = 0..=1, default_missing_value = "-", value_name = "FILE")]
@@ -255,7 +269,8 @@ impl Ctx {
             connect_rate: c.connect_rate.map(|r| self.share_of_rate(r, total)),
             timeout: c.connect_timeout(),
             busy_retries: c.busy_retries,
-            greeting: true,
+            greeting: c.proto == Proto::Line,
+            irc: (c.proto == Proto::Irc).then(conn::irc_nick_prefix),
             probe: None,
             auth: None,
             buf_size: 4096,
@@ -407,6 +422,11 @@ async fn run_here(scenario: &Scenario, ctx: &Ctx) -> anyhow::Result<Measured> {
         })
     };
     let result = match scenario {
+        Scenario::Chat(_) | Scenario::Rooms(_) | Scenario::Http(_) if ctx.common.proto == Proto::Irc => {
+            Err(anyhow::anyhow!(
+                "--proto irc is for the connections and ping scenarios; chat and rooms speak chatd's line protocol"
+            ))
+        }
         Scenario::Connections(a) => connections::run(a, ctx).await,
         Scenario::Ping(a) => ping::run(a, ctx).await,
         Scenario::Chat(a) => chat::run(a, ctx).await,

@@ -9,10 +9,10 @@ use serde::Serialize;
 
 use crate::conn::open_all;
 use crate::driver::{run_all, Load};
-use crate::framer::LineReply;
+use crate::framer::{IrcPong, LineReply};
 use crate::report::Measured;
 use crate::request::Request;
-use crate::{Common, Ctx};
+use crate::{Common, Ctx, Proto};
 
 #[derive(Debug, Clone, Args, Serialize)]
 pub struct PingArgs {
@@ -102,23 +102,25 @@ pub async fn run(args: &PingArgs, ctx: &Ctx) -> anyhow::Result<Measured> {
     let mut m = Measured::default();
     ctx.check_open_files(mine.len(), &mut m.warnings);
     let mut setup = ctx.setup(mine, args.conns);
-    setup.greeting = !args.no_greeting;
+    let irc = ctx.common.proto == Proto::Irc;
+    setup.greeting = !args.no_greeting && !irc;
     setup.buf_size = (args.pipeline * 64).clamp(4096, 64 * 1024);
     let (conns, connect) = open_all(setup, ctx.live.clone(), ctx.epoch).await;
     m.connect = connect;
-    let expect = args.expect.clone().into_bytes();
-    let request = Request::Fixed(format!("{}\r\n", args.line).into_bytes());
-    let load = args.timing.load(ctx, args.conns, request, args.pipeline);
-    let run = run_all(
-        conns,
-        || LineReply {
+    let run = if irc {
+        // An IRC PING with a token; the reply is `:server PONG server :p`.
+        let request = Request::Fixed(b"PING :p\r\n".to_vec());
+        let load = args.timing.load(ctx, args.conns, request, args.pipeline);
+        run_all(conns, || IrcPong, load, ctx.epoch, "replies").await
+    } else {
+        let expect = args.expect.clone().into_bytes();
+        let request = Request::Fixed(format!("{}\r\n", args.line).into_bytes());
+        let load = args.timing.load(ctx, args.conns, request, args.pipeline);
+        let framer = || LineReply {
             expect: expect.clone(),
-        },
-        load,
-        ctx.epoch,
-        "replies",
-    )
-    .await;
+        };
+        run_all(conns, framer, load, ctx.epoch, "replies").await
+    };
     m.run = Some(run);
     Ok(m)
 }

@@ -1,0 +1,190 @@
+#!/usr/bin/env bash
+# chatd's IRC door beside ngIRCd and InspIRCd (Debian's packages), in one run, alternating:
+#   1. connections held (registered: NICK, USER, up to the end of the MOTD) and the server's
+#      memory per connection;
+#   2. IRC PING round trips: 1 connection x 1 in flight, 50 x 1, and 500 x 1.
+# `chatd load --proto irc` drives all three. Each server listens on 127.0.0.1 only, on a port
+# of its own, with its per-address and flood limits raised for a load from one address
+# (ngIRCd's command penalties off, InspIRCd's fakelag off), and
+# is killed by pid on exit. chatd stores messages durably; the other two store none. The
+# fan-out figures (PRIVMSG to channels of 1,000 and 20) need `--proto irc` in the chat and rooms
+# scenarios, which the generator does not have yet.
+#
+# Usage: scripts/bench-irc.sh           # ~4 minutes
+# Environment: RUNS (3), DURATION (10), CONNS (10000), OUT (target/bench-irc)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+RUNS=${RUNS:-3}
+DURATION=${DURATION:-10}
+CONNS=${CONNS:-10000}
+OUT=${OUT:-target/bench-irc}
+for tool in ngircd inspircd; do
+    command -v "$tool" >/dev/null || { echo "$tool is needed: apt-get install ngircd inspircd" >&2; exit 1; }
+done
+
+cargo build --release --quiet
+BIN="${CARGO_TARGET_DIR:-target}/release/chatd"
+mkdir -p "$OUT/json"
+TMP=$(mktemp -d)
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+log() { printf '%s  %s\n' "$(date +%T)" "$*" >&2; }
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+wait_port() {
+    for _ in $(seq 100); do
+        python3 -c "import socket; socket.create_connection(('127.0.0.1', $1), 1)" 2>/dev/null && return
+        sleep 0.1
+    done
+    echo "nothing listens on port $1" >&2
+    exit 1
+}
+
+# start_server NAME: starts it on a fresh port; sets PORT_<NAME> and PID_<NAME>.
+start_server() {
+    local name=$1 port pid
+    port=$(free_port)
+    case "$name" in
+    chatd)
+        CHATD_THREADS=1 RUST_LOG=warn "$BIN" serve --bind 127.0.0.1 --port 0 --no-http \
+            --irc-port "$port" --irc-server-name irc.chatd.test --db "sqlite://$TMP/chatd.db" \
+            >"$TMP/chatd.out" 2>"$TMP/chatd.err" &
+        pid=$!
+        ;;
+    ngircd)
+        cat >"$TMP/ngircd.conf" <<CONF
+[Global]
+Name = irc.ngircd.test
+Info = bench
+Listen = 127.0.0.1
+Ports = $port
+MotdPhrase = "bench"
+PidFile = $TMP/ngircd.pid
+[Limits]
+MaxConnections = 0
+MaxConnectionsIP = 0
+MaxJoins = 0
+MaxPenaltyTime = 0
+PingTimeout = 600
+PongTimeout = 600
+[Options]
+DNS = no
+Ident = no
+PAM = no
+CONF
+        ngircd --nodaemon --config "$TMP/ngircd.conf" >"$TMP/ngircd.out" 2>&1 &
+        pid=$!
+        ;;
+    inspircd)
+        cat >"$TMP/inspircd.conf" <<CONF
+<server name="irc.inspircd.test" description="bench" network="bench">
+<admin name="bench" nick="bench" email="bench@localhost">
+<bind address="127.0.0.1" port="$port" type="clients">
+<connect allow="*" timeout="60" pingfreq="600" sendq="1M" recvq="8K" localmax="100000"
+         globalmax="100000" maxconnwarn="no" limit="100000" threshold="100000"
+         commandrate="10000000" fakelag="no" hardsendq="4M" softsendq="1M">
+<pid file="$TMP/inspircd.pid">
+<performance softlimit="30000" somaxconn="1024" clonesonconnect="no">
+<files motd="$TMP/motd.txt">
+<log method="file" type="* -USERINPUT -USEROUTPUT" level="default" target="$TMP/inspircd.log">
+CONF
+        echo bench >"$TMP/motd.txt"
+        inspircd --nofork --runasroot --config="$TMP/inspircd.conf" >"$TMP/inspircd.out" 2>&1 &
+        pid=$!
+        ;;
+    esac
+    PIDS+=("$pid")
+    wait_port "$port"
+    printf -v "PORT_$name" %s "$port"
+    printf -v "PID_$name" %s "$pid"
+}
+
+stop_server() {
+    local v="PID_$1"
+    kill "${!v}" 2>/dev/null || true
+    wait "${!v}" 2>/dev/null || true
+}
+
+# load ROW NAME RUN ARGS...: one `chatd load` run, its JSON kept.
+load() {
+    local row=$1 name=$2 run=$3
+    shift 3
+    log "$row $name run $run: chatd load $*"
+    "$BIN" load "$@" --json "$OUT/json/$row.$name.$run.json" >"$TMP/last.txt" 2>&1 ||
+        log "  (the run reported a failed check; see $OUT/json/$row.$name.$run.json)"
+}
+
+SERVERS=(chatd ngircd inspircd)
+log "versions: $("$BIN" --version); $(ngircd --version 2>/dev/null | head -n1); $(inspircd --version 2>/dev/null | head -n1)"
+
+# 1. Connections held, each run on a fresh server so its memory starts from scratch.
+for run in $(seq "$RUNS"); do
+    for s in "${SERVERS[@]}"; do
+        start_server "$s"
+        p="PORT_$s" pid="PID_$s"
+        load connections "$s" "$run" connections --proto irc --addr "127.0.0.1:${!p}" --conns "$CONNS" \
+            --hold 3 --server-pid "${!pid}"
+        stop_server "$s"
+    done
+done
+
+# 2. PING round trips, each server up for all its runs.
+for s in "${SERVERS[@]}"; do start_server "$s"; done
+for shape in 1 50 500; do
+    for run in $(seq "$RUNS"); do
+        for s in "${SERVERS[@]}"; do
+            p="PORT_$s"
+            load "ping-${shape}x1" "$s" "$run" ping --proto irc --addr "127.0.0.1:${!p}" --conns "$shape" \
+                --duration "$DURATION"
+        done
+    done
+done
+
+python3 - "$OUT/json" "${SERVERS[@]}" >"$OUT/summary.md" <<'PY'
+import glob, json, os, statistics, sys
+
+folder, servers = sys.argv[1], sys.argv[2:]
+
+def values(row, server, path):
+    out = []
+    for name in sorted(glob.glob(os.path.join(folder, f"{row}.{server}.*.json"))):
+        with open(name) as f:
+            report = json.load(f)
+        for key in path.split("."):
+            report = report[int(key)] if isinstance(report, list) else report[key]
+        out.append(float(report))
+    return out
+
+def cell(xs, fmt):
+    if not xs:
+        return "–"
+    med = statistics.median(xs)
+    return fmt(med) if len(xs) == 1 else f"{fmt(med)} ({fmt(min(xs))}–{fmt(max(xs))})"
+
+per_sec = lambda v: f"{v:,.0f}/s"
+micros = lambda v: f"{v / 1000:.2f} ms" if v >= 1000 else f"{v:.0f} µs"
+ROWS = [
+    ("connections held (registered)", "connections", "connect.opened", lambda v: f"{v:,.0f}"),
+    ("server memory per connection", "connections", "memory.0.per_conn_kib", lambda v: f"{v:.2f} KiB"),
+    ("PING 1x1 replies/s", "ping-1x1", "run.per_sec", per_sec),
+    ("PING 1x1 p99", "ping-1x1", "run.latency.p99_us", micros),
+    ("PING 50x1 replies/s", "ping-50x1", "run.per_sec", per_sec),
+    ("PING 50x1 p99", "ping-50x1", "run.latency.p99_us", micros),
+    ("PING 500x1 replies/s", "ping-500x1", "run.per_sec", per_sec),
+    ("PING 500x1 p99", "ping-500x1", "run.latency.p99_us", micros),
+]
+print("| figure | " + " | ".join(servers) + " |")
+print("|---|" + "---|" * len(servers))
+for name, row, path, fmt in ROWS:
+    print(f"| {name} | " + " | ".join(cell(values(row, s, path), fmt) for s in servers) + " |")
+print("| stores messages | " + " | ".join("yes, durably, before delivery" if s == "chatd" else "no" for s in servers) + " |")
+PY
+cat "$OUT/summary.md"
+log "results: $OUT/summary.md, reports in $OUT/json"
