@@ -584,6 +584,9 @@ impl Client {
                 "Closing link: Ping timeout: {} seconds",
                 (self.settings.ping_every * 2).as_secs()
             ),
+            End::RegistrationTimeout if self.cap_negotiating => {
+                "Closing link: registration timed out (CAP LS or REQ was not ended with CAP END)".to_string()
+            }
             End::RegistrationTimeout => {
                 "Closing link: registration timed out (send NICK and USER)".to_string()
             }
