@@ -56,6 +56,19 @@ async fn read_until_quiet(mut client: Client, stop: Arc<AtomicBool>) -> (Client,
     }
 }
 
+/// Sends one line and returns its acked id; what the session was pushed meanwhile is filed.
+async fn send(client: &mut Client, received: &mut Received, line: &str) -> i64 {
+    let reply = client.cmd(line).await;
+    let id = reply
+        .last
+        .strip_prefix("OK ")
+        .expect(&reply.last)
+        .parse()
+        .unwrap();
+    file(received, reply.data);
+    id
+}
+
 /// Sends to the room and to `dm_to` in turn for [`TRAFFIC`], one at a time: the acked ids of
 /// each, and what the sending session was pushed meanwhile.
 async fn send_for_a_while(
@@ -67,27 +80,10 @@ async fn send_for_a_while(
     let started = Instant::now();
     let mut i = 0;
     while started.elapsed() < TRAFFIC {
-        let reply = client.cmd(&format!("SEND #class {me} says {i}")).await;
-        room.push(
-            reply
-                .last
-                .strip_prefix("OK ")
-                .expect(&reply.last)
-                .parse()
-                .unwrap(),
-        );
-        file(&mut received, reply.data);
+        room.push(send(&mut client, &mut received, &format!("SEND #class {me} says {i}")).await);
         if i % 4 == 0 {
-            let reply = client.cmd(&format!("SEND {dm_to} {me} whispers {i}")).await;
-            direct.push(
-                reply
-                    .last
-                    .strip_prefix("OK ")
-                    .expect(&reply.last)
-                    .parse()
-                    .unwrap(),
-            );
-            file(&mut received, reply.data);
+            let line = format!("SEND {dm_to} {me} whispers {i}");
+            direct.push(send(&mut client, &mut received, &line).await);
         }
         i += 1;
     }

@@ -572,7 +572,7 @@ async fn bad_lines_get_one_numeric_each_and_the_connection_goes_on() {
 }
 
 #[tokio::test]
-async fn a_client_that_never_reads_is_ended_with_sendq_exceeded_and_slows_nobody() {
+async fn a_client_that_never_reads_is_ended_with_sendq_exceeded_while_others_get_everything() {
     let server = TestServer::start_with(|c| {
         c.load_test_hashing = true;
         c.push_queue_bytes = 64 * 1024;

@@ -153,7 +153,9 @@ async fn irssi_logs_in_joins_the_class_talks_to_telnet_and_http_and_is_kicked() 
     let joined = Msg::parse_room(&teacher.line().await);
     assert_eq!(joined.text, "alice joined");
 
-    // The telnet user speaks: irssi shows it with the sender's nick and the commit time.
+    // The telnet user speaks: irssi shows it with the sender's nick and the commit time. Sent
+    // and shown fall in the same second here, so this cannot tell server-time from the time
+    // of arrival: tests/irc.rs checks the `time` tag itself.
     let id: i64 = teacher.ok("SEND #class hello from telnet").await.parse().unwrap();
     let shown = irssi.wait_for(&["teacher", "hello from telnet"]).await;
     let stored = teacher

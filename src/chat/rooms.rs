@@ -391,6 +391,11 @@ impl Chat {
         Ok(theirs.max(mine))
     }
 
+    /// How many rooms anyone may join (what IRC's LUSERS calls the channels formed).
+    pub async fn open_room_count(&self) -> ChatResult<i64> {
+        Ok(self.inner.store.open_room_count().await?)
+    }
+
     /// The newest id in a stream `user` may read (their inbox, or a room they are in), 0 for
     /// none: where a live feed that starts now stands in it.
     pub async fn newest_in(&self, user: &Username, stream: &str) -> ChatResult<i64> {

@@ -255,27 +255,29 @@ impl Client {
     /// A numeric reply: `:server <code> <nick> <middle...> :<text>`.
     pub fn numeric(&mut self, code: &str, middle: &[&str], text: &str) {
         let mut params: Vec<&str> = Vec::with_capacity(middle.len() + 1);
-        let nick = self.nick.clone();
-        params.push(&nick);
+        params.push(&self.nick);
         params.extend_from_slice(middle);
-        let server = self.settings.server_name.clone();
-        wire::put(self.socket.out(), "", &server, code, &params, Some(text));
+        let server = &self.settings.server_name;
+        wire::put(self.socket.out(), "", server, code, &params, Some(text));
     }
 
-    /// A numeric reply whose last parameter is not text (`:` only where the grammar needs it).
+    /// A numeric reply whose parameters are all given, the last one written as the trailing
+    /// one: `numeric_params(RPL_LUSEROP, &["0", "operator(s) online"])`.
     pub fn numeric_params(&mut self, code: &str, params: &[&str]) {
-        let nick = self.nick.clone();
-        let server = self.settings.server_name.clone();
         let (last, middle) = params.split_last().expect("at least one parameter");
-        let mut all: Vec<&str> = vec![&nick];
-        all.extend_from_slice(middle);
-        wire::put(self.socket.out(), "", &server, code, &all, Some(last));
+        self.numeric(code, middle, last);
+    }
+
+    /// `:server PONG server :<token>`, the answer to a PING.
+    pub fn pong(&mut self, token: &str) {
+        let server = &self.settings.server_name;
+        wire::put(self.socket.out(), "", server, "PONG", &[server], Some(token));
     }
 
     /// A line from the server: `:server <command> <middle...> [:<trailing>]`.
     pub fn raw(&mut self, command: &str, middle: &[&str], trailing: Option<&str>) {
-        let server = self.settings.server_name.clone();
-        wire::put(self.socket.out(), "", &server, command, middle, trailing);
+        let server = &self.settings.server_name;
+        wire::put(self.socket.out(), "", server, command, middle, trailing);
     }
 
     /// A line from a user (or from this client itself), with the tags its capabilities ask

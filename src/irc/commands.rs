@@ -72,8 +72,11 @@ pub const COMMANDS: &[Command] = &[
 
 /// Runs one parsed line: finds its command, checks what its row needs, and runs it.
 pub async fn dispatch(c: &mut Client, m: &Msg<'_>) {
-    let name = m.command.to_ascii_uppercase();
-    let Some(command) = COMMANDS.iter().find(|row| row.name == name) else {
+    // Commands are case-insensitive (RFC 2812 §2.3); found without copying the line's.
+    let Some(command) = COMMANDS
+        .iter()
+        .find(|row| row.name.eq_ignore_ascii_case(m.command))
+    else {
         let shown: String = m.command.chars().take(32).collect();
         c.numeric(ERR_UNKNOWNCOMMAND, &[&shown], "Unknown command");
         return;
@@ -113,10 +116,7 @@ pub async fn dispatch(c: &mut Client, m: &Msg<'_>) {
         "NOTICE" => message(c, m, "NOTICE").await,
         "PART" => part(c, m).await,
         "PASS" => pass(c, m),
-        "PING" => {
-            let server = c.settings.server_name.clone();
-            c.raw("PONG", &[&server], Some(m.arg(0)));
-        }
+        "PING" => c.pong(m.arg(0)),
         "PONG" => {}
         "PRIVMSG" => message(c, m, "PRIVMSG").await,
         "QUIT" => {
@@ -694,13 +694,7 @@ pub async fn lusers(c: &mut Client) {
     );
     c.numeric_params(RPL_LUSEROP, &["0", "operator(s) online"]);
     c.numeric_params(RPL_LUSERUNKNOWN, &["0", "unknown connection(s)"]);
-    let rooms = c
-        .chat
-        .open_rooms("")
-        .await
-        .map(|r| r.len())
-        .unwrap_or(0)
-        .to_string();
+    let rooms = c.chat.open_room_count().await.unwrap_or(0).to_string();
     c.numeric_params(RPL_LUSERCHANNELS, &[&rooms, "channels formed"]);
     c.numeric(RPL_LUSERME, &[], &format!("I have {here} clients and 0 servers"));
 }

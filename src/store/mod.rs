@@ -303,6 +303,14 @@ impl Store {
         }
     }
 
+    /// How many rooms anyone may join.
+    pub async fn open_room_count(&self) -> StoreResult<i64> {
+        match self {
+            Store::Sqlite(s) => s.open_room_count().await,
+            Store::Postgres(s) => s.open_room_count().await,
+        }
+    }
+
     /// A room, by its name in any case, with its settings and members.
     pub async fn room(&self, name: &str) -> StoreResult<Option<RoomInfo>> {
         match self {

@@ -612,6 +612,15 @@ impl PgStore {
     }
 
     /// The rooms anyone may join, by name after `after`, at most `limit`.
+    pub async fn open_room_count(&self) -> StoreResult<i64> {
+        bounded(
+            "counting the rooms",
+            false,
+            sqlx::query_scalar(rooms::sql::OPEN_ROOM_COUNT).fetch_one(&self.pool),
+        )
+        .await
+    }
+
     pub async fn open_rooms(&self, after: &str, limit: u32) -> StoreResult<Vec<super::OpenRoom>> {
         let rows: Vec<(String, i64, String)> = bounded(
             "reading the rooms",

@@ -472,6 +472,8 @@ pub(super) mod sql {
          (SELECT COUNT(*) FROM room_members c WHERE c.room_id = r.id), r.topic \
          FROM rooms r WHERE NOT r.invite_only AND r.name_key > ? ORDER BY r.name_key LIMIT ?";
     /// The names of a member's rooms.
+    /// How many rooms anyone may join.
+    pub const OPEN_ROOM_COUNT: &str = "SELECT COUNT(*) FROM rooms WHERE NOT invite_only";
     pub const FOLLOWED: &str =
         "SELECT r.name FROM room_members m JOIN rooms r ON r.id = m.room_id WHERE m.user_name = ?";
     /// A room's name as shown, and `user`'s role in it if a member. Binds: user, room key.

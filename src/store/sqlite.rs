@@ -391,6 +391,13 @@ impl SqliteStore {
         Ok(rows.into_iter().map(rooms::open_room).collect())
     }
 
+    pub async fn open_room_count(&self) -> StoreResult<i64> {
+        sqlx::query_scalar(rooms::sql::OPEN_ROOM_COUNT)
+            .fetch_one(&self.readers)
+            .await
+            .map_err(|e| StoreError::from_sqlx("counting the rooms", false, e))
+    }
+
     /// A room (by its name, in any case) with its settings and members.
     pub async fn room(&self, name: &str) -> StoreResult<Option<super::RoomInfo>> {
         let failed = |e| StoreError::from_sqlx("reading the room", false, e);
