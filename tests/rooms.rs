@@ -386,7 +386,20 @@ async fn direct_history_pages_merge_both_sides(backend: Backend) {
         carol.ok(&format!("SEND alice noise{i}")).await;
         carol.ok(&format!("SEND bob noise{i}")).await;
     }
-    alice.ok("SEND alice note to self").await;
+    // Every message to alice is pushed to her sessions, in her inbox's order: once her own
+    // session has the last one, a session opened now is pushed none of them.
+    let mut pushed = alice.cmd("SEND alice note to self").await.data;
+    for _ in 0..200 {
+        if pushed.iter().any(|l| l.ends_with(" note to self")) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        pushed = alice.cmd("PING").await.data;
+    }
+    assert!(
+        pushed.iter().any(|l| l.ends_with(" note to self")),
+        "alice is pushed her note"
+    );
     // A connection of its own, with no pushes pending.
     let mut reader = server.client().await;
     reader.ok("AUTH alice pw").await;
