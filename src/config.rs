@@ -56,6 +56,12 @@ pub struct Config {
     #[arg(long, env = "CHATD_IRC_PING_INTERVAL", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..))]
     pub irc_ping_interval: u64,
 
+    /// Let IRC clients without an account in as guests: any free nick that is not an
+    /// account's may connect, join public channels and talk live. Nothing a guest says is
+    /// kept, and a guest never acts as an account.
+    #[arg(long, env = "CHATD_IRC_GUESTS")]
+    pub irc_guests: bool,
+
     /// Seconds an IRC client on an account's nick has to log in before it is renamed.
     #[arg(long, env = "CHATD_IRC_IDENTIFY_WITHIN", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub irc_identify_within: u64,
@@ -241,6 +247,7 @@ impl Config {
             no_irc: false,
             irc_server_name: Some("chatd.test".into()),
             irc_password: None,
+            irc_guests: false,
             irc_ping_interval: 120,
             irc_identify_within: 30,
             echo_port: None,

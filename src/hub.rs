@@ -82,15 +82,27 @@ struct State {
     online: HashMap<Arc<str>, Online>,
     /// The sessions open per token, and whose token it is.
     tokens: HashMap<TokenId, TokenSessions>,
-    /// The rooms with a member online here: who, and the newest id pushed.
+    /// The rooms with a member or a guest online here: who, and the newest id pushed.
     rooms: HashMap<Arc<str>, LiveRoom>,
+    /// Guests of the IRC door on this node: live sessions without an account.
+    guests: HashMap<u64, Guest>,
 }
 
 #[derive(Default)]
 struct LiveRoom {
     /// Members of the room with a live session on this node.
     members: Vec<Arc<str>>,
+    /// Guests on this node following the room (they are not its members).
+    guests: Vec<u64>,
     last_pushed: i64,
+}
+
+/// A live session without an account: it follows the public rooms it was put in, and is
+/// pushed their messages and the live messages addressed to it.
+struct Guest {
+    queue: Arc<PushQueue>,
+    kick: CancellationToken,
+    rooms: Vec<Arc<str>>,
 }
 
 struct TokenSessions {
@@ -135,6 +147,8 @@ struct Subscriber {
     /// The token the session was opened with, if any (boxed: most sessions have none).
     token: Option<Box<TokenId>>,
     opened: Instant,
+    /// Whether its door shows live messages (which have no id and are never stored).
+    live: bool,
 }
 
 impl Subscriber {
@@ -279,7 +293,11 @@ impl Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        self.hub.unsubscribe(&self.user, self.id);
+        if self.user.is_empty() {
+            self.hub.remove_guest(self.id);
+        } else {
+            self.hub.unsubscribe(&self.user, self.id);
+        }
     }
 }
 
@@ -348,6 +366,7 @@ impl Hub {
             kick: kick.clone(),
             token: token.map(Box::new),
             opened: Instant::now(),
+            live: false,
         });
         if entry.sessions.len() == 1 {
             self.shared.presence.notify_one();
@@ -435,6 +454,7 @@ impl Hub {
             online,
             tokens,
             rooms,
+            ..
         } = &mut *state;
         let Some(entry) = online.get_mut(user) else {
             return 0;
@@ -483,6 +503,7 @@ impl Hub {
             online,
             tokens,
             rooms,
+            guests,
         } = &mut *state;
         let Some(room) = message.room() else {
             let Some(entry) = online.get_mut(&*message.recipient) else {
@@ -539,6 +560,7 @@ impl Hub {
                 emptied.push(member.clone());
             }
         }
+        queued += push_to_guests(live, guests, message);
         if let Some(left) = event.filter(|e| e.kind.removes()) {
             unfollow(rooms, room, &left.subject);
             if let Some(entry) = online.get_mut(&left.subject) {
@@ -552,6 +574,118 @@ impl Hub {
             self.went_offline(online, rooms, &user);
         }
         queued
+    }
+
+    /// Opens a guest's live session: it counts as no user, follows no room until
+    /// [`Hub::watch`], and is pushed what is addressed to it by [`Hub::deliver_live`].
+    pub fn subscribe_guest(&self, kick: CancellationToken) -> Subscription {
+        let limits = self.shared.limits;
+        let queue = Arc::new(PushQueue {
+            state: Mutex::new(QueueState::default()),
+            capacity: limits.queue_messages.max(1),
+            max_bytes: limits.queue_bytes.max(1),
+        });
+        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        self.lock().guests.insert(
+            id,
+            Guest {
+                queue: queue.clone(),
+                kick: kick.clone(),
+                rooms: Vec::new(),
+            },
+        );
+        Subscription {
+            hub: self.clone(),
+            user: Arc::from(""),
+            id,
+            queue,
+            kick,
+        }
+    }
+
+    /// Guest `id` follows `room` (by its name as shown) from now on.
+    pub fn watch(&self, id: u64, room: &Arc<str>) {
+        let mut state = self.lock();
+        let State { rooms, guests, .. } = &mut *state;
+        let Some(guest) = guests.get_mut(&id) else {
+            return;
+        };
+        if !guest.rooms.contains(room) {
+            guest.rooms.push(room.clone());
+            rooms.entry(room.clone()).or_default().guests.push(id);
+        }
+    }
+
+    /// Guest `id` no longer follows `room`.
+    pub fn unwatch(&self, id: u64, room: &str) {
+        let mut state = self.lock();
+        let State { rooms, guests, .. } = &mut *state;
+        if let Some(guest) = guests.get_mut(&id) {
+            guest.rooms.retain(|r| &**r != room);
+            unwatch(rooms, room, id);
+        }
+    }
+
+    fn remove_guest(&self, id: u64) {
+        let mut state = self.lock();
+        let State { rooms, guests, .. } = &mut *state;
+        if let Some(guest) = guests.remove(&id) {
+            for room in &guest.rooms {
+                unwatch(rooms, room, id);
+            }
+        }
+    }
+
+    /// The session `id` of `user` is shown live messages from now on (an IRC session).
+    pub fn accept_live(&self, user: &str, id: u64) {
+        if let Some(entry) = self.lock().online.get_mut(user) {
+            for session in entry.sessions.iter_mut().filter(|s| s.id == id) {
+                session.live = true;
+            }
+        }
+    }
+
+    /// Pushes a live message (never stored: id 0) to the sessions that show them: for a room,
+    /// every such session of its members online here and its guests; to `guest` if given;
+    /// else to its recipient's. Never to the session it came from. Live messages have no
+    /// place in any stream's order. How many sessions it was queued for.
+    pub fn deliver_live(&self, message: &Arc<Message>, guest: Option<u64>) -> usize {
+        let state = self.lock();
+        let State {
+            online,
+            rooms,
+            guests,
+            ..
+        } = &*state;
+        if let Some(id) = guest {
+            return guests
+                .get(&id)
+                .is_some_and(|g| id != message.origin && push_to_guest(g, message))
+                .into();
+        }
+        // A session too slow for it is kicked, and leaves the hub as its connection ends.
+        let live_only = |entry: &Online| {
+            entry
+                .sessions
+                .iter()
+                .filter(|s| s.live && s.id != message.origin)
+                .filter(|s| match s.queue.push(message) {
+                    Pushed::Queued => true,
+                    Pushed::Full => {
+                        s.kick.cancel();
+                        false
+                    }
+                })
+                .count()
+        };
+        let Some(room) = message.room() else {
+            return online.get(&*message.recipient).map_or(0, live_only);
+        };
+        let Some(live) = rooms.get(room) else {
+            return 0;
+        };
+        let members = live.members.iter().filter_map(|m| online.get(m));
+        push_to_guests(live, guests, message) + members.map(live_only).sum::<usize>()
     }
 
     /// Names of the users with at least one live session, sorted.
@@ -631,8 +765,41 @@ fn push_to(
 fn unfollow(rooms: &mut HashMap<Arc<str>, LiveRoom>, room: &str, user: &str) {
     if let Some(live) = rooms.get_mut(room) {
         live.members.retain(|m| &**m != user);
-        if live.members.is_empty() {
+        if live.members.is_empty() && live.guests.is_empty() {
             rooms.remove(room);
+        }
+    }
+}
+
+/// Takes guest `id` out of the followers of `room`.
+fn unwatch(rooms: &mut HashMap<Arc<str>, LiveRoom>, room: &str, id: u64) {
+    if let Some(live) = rooms.get_mut(room) {
+        live.guests.retain(|&g| g != id);
+        if live.members.is_empty() && live.guests.is_empty() {
+            rooms.remove(room);
+        }
+    }
+}
+
+/// Queues `message` for the guests following `live` but the one that sent it; a guest whose
+/// queue is full is kicked (it leaves the hub when its session ends). How many it was queued
+/// for.
+fn push_to_guests(live: &LiveRoom, guests: &HashMap<u64, Guest>, message: &Arc<Message>) -> usize {
+    live.guests
+        .iter()
+        .filter(|&&id| id != message.origin)
+        .filter_map(|id| guests.get(id))
+        .filter(|guest| push_to_guest(guest, message))
+        .count()
+}
+
+fn push_to_guest(guest: &Guest, message: &Arc<Message>) -> bool {
+    match guest.queue.push(message) {
+        Pushed::Queued => true,
+        Pushed::Full => {
+            tracing::warn!(stream = %message.recipient, "guest too slow to read its messages; disconnecting it");
+            guest.kick.cancel();
+            false
         }
     }
 }
@@ -937,5 +1104,41 @@ mod tests {
         assert_eq!(page("bob", 2), ["carol"]);
         assert_eq!(page("carol", 2), Vec::<String>::new());
         assert_eq!(hub.online_count(), 5);
+    }
+
+    #[tokio::test]
+    async fn guests_follow_rooms_and_live_messages_reach_only_live_sessions() {
+        let hub = Hub::default();
+        let mut line = hub
+            .subscribe(Arc::from("a"), CancellationToken::new(), None)
+            .unwrap();
+        let mut irc = hub
+            .subscribe(Arc::from("a"), CancellationToken::new(), None)
+            .unwrap();
+        hub.accept_live("a", irc.id());
+        hub.follow("a", &[Arc::from("#class")]);
+        let mut guest = hub.subscribe_guest(CancellationToken::new());
+        hub.watch(guest.id(), &Arc::from("#class"));
+        assert!(
+            hub.online_users().iter().all(|u| !u.is_empty()),
+            "a guest is no user"
+        );
+        // A stored room message reaches the member's sessions and the guest.
+        assert_eq!(hub.deliver(&in_room(1, "a", None, 0)), 3);
+        assert_eq!(guest.next().await.unwrap().id, 1);
+        // A live one (id 0) only the sessions that show them, not its sender.
+        let live = in_room(0, "visitor", None, guest.id());
+        assert_eq!(hub.deliver_live(&live, None), 1);
+        assert_eq!(line.next().await.unwrap().id, 1);
+        assert_eq!(irc.next().await.unwrap().id, 1);
+        assert_eq!(irc.next().await.unwrap().sender.as_ref(), "visitor");
+        assert!(line.try_recv().is_none());
+        // And it takes no place in the room's order.
+        assert_eq!(hub.deliver(&in_room(2, "a", None, 0)), 3);
+        let id = guest.id();
+        hub.unwatch(id, "#class");
+        assert_eq!(hub.deliver(&in_room(3, "a", None, 0)), 2);
+        drop(guest);
+        assert_eq!(hub.deliver_live(&message(0, "a"), Some(id)), 0, "gone");
     }
 }

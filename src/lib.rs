@@ -223,6 +223,12 @@ impl Server {
             for ip in net::reachable_addrs(self.ip) {
                 let _ = writeln!(out, "  /connect {ip} {}", irc.port());
             }
+            if self.config.irc_guests {
+                let _ = writeln!(
+                    out,
+                    "IRC guests are welcome (--irc-guests): any free nick may join public channels and talk live; nothing a guest says is kept."
+                );
+            }
         }
         for closed in &self.closed {
             let _ = writeln!(out, "{closed}");

@@ -952,3 +952,155 @@ async fn read_markers_are_the_rooms_read_marks_on_every_door() {
         server.stop().await;
     }
 }
+
+#[tokio::test]
+async fn guests_talk_live_in_public_rooms_and_nothing_they_say_is_kept() {
+    let server = TestServer::start_with(|c| {
+        c.load_test_hashing = true;
+        c.irc_guests = true;
+        c.irc_identify_within = 1;
+    })
+    .await;
+    let addr = irc_addr(&server);
+    let mut bob = server.user("bob").await;
+    bob.ok("JOIN #class").await;
+    bob.ok("JOIN #secret").await;
+    bob.ok("MODE #secret +i").await;
+    server.user("alice").await;
+    let mut alice = Irc::sasl(addr, "alice", "pw", "message-tags account-tag").await;
+    alice.send("JOIN #class").await;
+    alice.until("366").await;
+    let _ = bob.line().await; // alice joined
+
+    // Any free nick registers without an account, and is told what a guest may do.
+    let mut guest = Irc::register(addr, "visitor").await;
+    let hint = guest.expect("NOTICE").await;
+    assert!(hint.text().contains("guest"), "{}", hint.raw);
+    // Its nick is its own on this server, whatever the case.
+    let mut twin = Irc::connect(addr).await;
+    twin.send("NICK Visitor").await;
+    assert_eq!(twin.expect("433").await.params[1], "Visitor");
+    twin.send("NICK alice").await;
+    twin.send("USER t 0 * :t").await;
+    twin.until("376").await;
+    let rename_hint = twin.expect("NOTICE").await;
+    assert!(
+        rename_hint.text().contains("registered account"),
+        "{}",
+        rename_hint.raw
+    );
+
+    // Existing public rooms only.
+    guest.send("JOIN #nowhere").await;
+    assert_eq!(guest.expect("403").await.params[1], "#nowhere");
+    guest.send("JOIN #secret").await;
+    assert_eq!(guest.expect("473").await.params[1], "#secret");
+    guest.send("JOIN #CLASS").await;
+    let join = guest.expect("JOIN").await;
+    assert_eq!(join.params, ["#class"]);
+    let names = guest.expect("353").await;
+    assert_eq!(names.text(), "~bob alice visitor");
+    let seen = alice.expect("JOIN").await;
+    assert_eq!((seen.nick(), seen.params[0].as_str()), ("visitor", "#class"));
+
+    // A guest's message reaches IRC live, without an id or an account; it is not kept.
+    guest.send("PRIVMSG #class :hello, I am visiting").await;
+    let said = alice.expect("PRIVMSG").await;
+    assert_eq!(said.nick(), "visitor");
+    assert_eq!(said.params, ["#class", "hello, I am visiting"]);
+    assert_eq!(said.tag("msgid"), None, "a live message has no id");
+    assert_eq!(said.tag("account"), None, "a guest has no account");
+    // What members say reaches the guest, from every door.
+    let id = bob.ok("SEND #class welcome, visitor").await;
+    let heard = guest.expect("PRIVMSG").await;
+    assert_eq!((heard.nick(), heard.text()), ("bob", "welcome, visitor"));
+    assert_eq!(alice.expect("PRIVMSG").await.text(), "welcome, visitor");
+    let history = bob.cmd("HISTORY #class").await;
+    let texts: Vec<String> = history.data.iter().map(|l| Msg::parse_room(l).text).collect();
+    assert!(
+        texts.contains(&"welcome, visitor".to_string()),
+        "{texts:?} ({id})"
+    );
+    assert!(
+        !texts.iter().any(|t| t.contains("visiting")),
+        "nothing a guest says is stored: {texts:?}"
+    );
+
+    // Direct: to and from IRC accounts here; telnet-only users cannot be reached.
+    guest.send("PRIVMSG alice :psst").await;
+    let psst = alice.expect("PRIVMSG").await;
+    assert_eq!(
+        (psst.nick(), psst.params[0].as_str(), psst.text()),
+        ("visitor", "alice", "psst")
+    );
+    alice.send("PRIVMSG visitor :hi there").await;
+    let back = guest.expect("PRIVMSG").await;
+    assert_eq!((back.nick(), back.params[0].as_str()), ("alice", "visitor"));
+    guest.send("PRIVMSG bob :are you there?").await;
+    let nobody = guest.expect("401").await;
+    assert!(nobody.text().contains("not kept"), "{}", nobody.raw);
+
+    // A guest never takes an account's nick, and does not run the room.
+    guest.send("NICK bob").await;
+    assert_eq!(guest.expect("433").await.params[1], "bob");
+    guest.send("TOPIC #class :mine now").await;
+    assert_eq!(guest.expect("482").await.params[1], "#class");
+    guest.send("KICK #class alice").await;
+    guest.expect("451").await;
+    guest.send("NICK tourist").await;
+    let renamed = alice.expect("NICK").await;
+    assert_eq!((renamed.nick(), renamed.text()), ("visitor", "tourist"));
+    guest.expect("NICK").await;
+    alice.send("WHOIS tourist").await;
+    let (end, whois) = alice.until("318").await;
+    assert_eq!(end.params[1], "tourist");
+    assert!(whois.iter().all(|l| l.command != "330"), "a guest has no account");
+    guest.send("PART #class :bye").await;
+    guest.expect("PART").await;
+    let parted = alice.expect("PART").await;
+    assert_eq!(parted.nick(), "tourist");
+
+    // Who sat on an account's nick without logging in goes on as a guest, renamed.
+    let renamed = twin.expect("NICK").await;
+    assert!(renamed.text().starts_with("Guest"), "{}", renamed.raw);
+    let as_guest = twin.expect("NOTICE").await;
+    assert!(as_guest.text().contains("guest"), "{}", as_guest.raw);
+    twin.send("JOIN #class").await;
+    twin.until("366").await;
+    let joined = alice.expect("JOIN").await;
+    assert_eq!(joined.nick(), renamed.text());
+    twin.send("QUIT :done").await;
+    let left = alice.expect("PART").await;
+    assert_eq!(
+        left.nick(),
+        renamed.text(),
+        "a guest that quits leaves its channels"
+    );
+
+    // Registering makes the guest an account, whose messages are kept.
+    guest.send("PRIVMSG NickServ :REGISTER secret").await;
+    assert_eq!(guest.expect("900").await.params[2], "tourist");
+    bob.ok("SEND tourist now you are one of us").await;
+    let kept = guest.expect("PRIVMSG").await;
+    assert_eq!(kept.text(), "now you are one of us");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn without_guests_a_nick_without_an_account_can_only_log_in_or_register() {
+    let server = server().await;
+    let addr = irc_addr(&server);
+    let mut bob = server.user("bob").await;
+    bob.ok("JOIN #class").await;
+    let mut nobody = Irc::register(addr, "nobody").await;
+    let hint = nobody.expect("NOTICE").await;
+    assert!(hint.text().contains("not logged in"), "{}", hint.raw);
+    nobody.send("JOIN #class").await;
+    nobody.expect("451").await;
+    nobody.send("PRIVMSG #class :hello?").await;
+    nobody.expect("451").await;
+    // Two such connections may share a nick: neither is anybody yet.
+    let mut other = Irc::register(addr, "nobody").await;
+    other.expect("NOTICE").await;
+    server.stop().await;
+}

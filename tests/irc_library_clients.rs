@@ -106,6 +106,63 @@ async fn ii_logs_in_with_pass_joins_and_talks_with_telnet_through_its_files() {
 }
 
 #[tokio::test]
+async fn ii_as_a_guest_hears_the_room_and_is_heard_live_by_irc_but_not_kept() {
+    if !present("ii", "ii", Command::new("sh").args(["-c", "command -v ii"])) {
+        return;
+    }
+    let server = TestServer::start_with(|c| {
+        c.load_test_hashing = true;
+        c.irc_guests = true;
+    })
+    .await;
+    let irc = server.irc.expect("the IRC door is open");
+    let mut teacher = server.user("teacher").await;
+    teacher.ok("JOIN #class").await;
+    let mut alice = {
+        server.user("alice").await;
+        common::irc::Irc::sasl(irc, "alice", "pw", "").await
+    };
+    alice.send("JOIN #class").await;
+    alice.until("366").await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut ii = tokio::process::Command::new("ii")
+        .args([
+            "-s",
+            &irc.ip().to_string(),
+            "-p",
+            &irc.port().to_string(),
+            "-n",
+            "wanderer",
+        ])
+        .arg("-i")
+        .arg(dir.path())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("ii starts");
+    let server_dir = dir.path().join(irc.ip().to_string());
+    wait_for_line(&server_dir.join("out"), &["End of /MOTD"]).await;
+    ii_say(server_dir.join("in"), "/j #class".into()).await;
+    let joined = alice.expect("JOIN").await;
+    assert_eq!(joined.nick(), "wanderer");
+    let channel = server_dir.join("#class");
+    teacher.ok("SEND #class hello guest").await;
+    wait_for_line(&channel.join("out"), &["<teacher>", "hello guest"]).await;
+    ii_say(channel.join("in"), "hello from a guest".into()).await;
+    let said = alice.expect("PRIVMSG").await;
+    assert_eq!(said.text(), "hello guest");
+    let said = alice.expect("PRIVMSG").await;
+    assert_eq!((said.nick(), said.text()), ("wanderer", "hello from a guest"));
+    let history = teacher.cmd("HISTORY #class").await;
+    assert!(
+        history.data.iter().all(|l| !l.contains("hello from a guest")),
+        "a guest's message is not kept: {:?}",
+        history.data
+    );
+    ii.kill().await.ok();
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn the_python_irc_library_logs_in_talks_and_is_kicked() {
     if !present(
         "python irc",

@@ -8,6 +8,7 @@
 //! - [`users`]: which users exist;
 //! - [`budget`]: how many bytes a second each user may send;
 //! - [`writer`]: the group-commit writer that stores SENDs;
+//! - [`live`]: what the IRC door's guests say, delivered live and never stored;
 //! - [`tokens`]: the HTTP facade's bearer tokens, and [`sessions`]: ending what a token or a
 //!   user opened when it logs out, on every node;
 //! - the [`Topology`]: delivery after a commit, the inbox cache and presence.
@@ -16,6 +17,7 @@ mod auth;
 mod budget;
 mod hashing;
 mod limits;
+pub mod live;
 mod names;
 pub mod rooms;
 mod sessions;

@@ -416,15 +416,21 @@ impl Chat {
     /// itself only to its members.
     pub async fn room(&self, user: &Username, room: &str) -> ChatResult<RoomView> {
         let room = RoomName::parse(room)?;
+        let view = self.room_view(&room).await?;
+        if view.info.invite_only && view.info.role_of(user.as_str()).is_none() {
+            return Err(refused(RoomRefusal::NotMember, &room, None));
+        }
+        Ok(view)
+    }
+
+    /// A room's topic, flags and members (with who is online), whoever asks.
+    pub(super) async fn room_view(&self, room: &RoomName) -> ChatResult<RoomView> {
         let info = self
             .inner
             .store
             .room(room.as_str())
             .await?
-            .ok_or_else(|| refused(RoomRefusal::NoSuchRoom, &room, None))?;
-        if info.invite_only && info.role_of(user.as_str()).is_none() {
-            return Err(refused(RoomRefusal::NotMember, &room, None));
-        }
+            .ok_or_else(|| refused(RoomRefusal::NoSuchRoom, room, None))?;
         let names: Vec<&str> = info.members.iter().map(|(n, _)| n.as_str()).collect();
         let online = self.inner.topology.online_among(&names).await?;
         let members = info

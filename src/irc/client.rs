@@ -33,6 +33,13 @@ pub struct LoggedIn {
     pub kick: CancellationToken,
 }
 
+/// A guest's connection (`--irc-guests`): its live feed.
+pub struct Guest {
+    pub feed: Subscription,
+    /// Cancelled by the hub when the guest falls too far behind (its SendQ is full).
+    pub kick: CancellationToken,
+}
+
 /// Why a connection ends, and what it is told.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum End {
@@ -70,6 +77,8 @@ pub struct Client {
     /// Logged in before registration completed: online once it does.
     pending: Option<Username>,
     pub session: Option<Box<LoggedIn>>,
+    /// Without an account, with `--irc-guests`: the guest's live feed.
+    pub guest: Option<Box<Guest>>,
     /// The rooms this client was told it is in, by lower-case name, with the name shown.
     pub channels: BTreeMap<String, Arc<str>>,
     /// Set by QUIT, or by a refusal that ends the connection.
@@ -113,6 +122,7 @@ pub fn serve(
         auth: ConnAuthState::default(),
         pending: None,
         session: None,
+        guest: None,
         channels: BTreeMap::new(),
         end: None,
         identify_by: None,
@@ -134,6 +144,7 @@ pub fn serve(
             }
         };
         client.finish(&end).await;
+        client.end_guest();
         if let Some(session) = &client.session {
             client
                 .settings
@@ -158,9 +169,9 @@ async fn run(c: &mut Client, shutdown: &CancellationToken) -> io::Result<End> {
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => return Ok(End::Shutdown),
-            pushed = next_push(&mut c.session) => {
+            pushed = next_push(&c.session, &c.guest) => {
                 let Some(first) = pushed else {
-                    let ended = c.session.as_ref().and_then(|s| s.feed.ended());
+                    let ended = c.feed().and_then(Subscription::ended);
                     return Ok(if ended == Some(Ended::LoggedOut) { End::LoggedOut } else { End::SendQ });
                 };
                 Box::pin(c.write_pushes(&first)).await;
@@ -217,13 +228,15 @@ async fn answer_buffered(
     Ok(None)
 }
 
-/// The next live message for this session; `None` if the hub ended it. Never resolves
-/// while the connection is not logged in.
-async fn next_push(session: &mut Option<Box<LoggedIn>>) -> Option<Arc<Message>> {
-    match session.as_mut() {
-        Some(session) => std::future::poll_fn(|cx| session.feed.poll_recv(cx)).await,
-        None => std::future::pending().await,
-    }
+/// The next live message for this session or guest; `None` if the hub ended it. Never
+/// resolves while the connection is neither.
+async fn next_push(session: &Option<Box<LoggedIn>>, guest: &Option<Box<Guest>>) -> Option<Arc<Message>> {
+    let feed = match (session, guest) {
+        (Some(session), _) => &session.feed,
+        (None, Some(guest)) => &guest.feed,
+        (None, None) => return std::future::pending().await,
+    };
+    std::future::poll_fn(|cx| feed.poll_recv(cx)).await
 }
 
 impl Client {
@@ -239,12 +252,34 @@ impl Client {
     /// The live session, which what this connection sends carries so that it is not pushed
     /// back its own changes; 0 before login.
     pub fn origin(&self) -> u64 {
-        self.session.as_ref().map_or(0, |s| s.feed.id())
+        self.feed().map_or(0, Subscription::id)
+    }
+
+    /// The live feed: the account's session, or the guest's.
+    pub fn feed(&self) -> Option<&Subscription> {
+        match (&self.session, &self.guest) {
+            (Some(session), _) => Some(&session.feed),
+            (None, Some(guest)) => Some(&guest.feed),
+            (None, None) => None,
+        }
+    }
+
+    fn kick(&self) -> Option<&CancellationToken> {
+        match (&self.session, &self.guest) {
+            (Some(session), _) => Some(&session.kick),
+            (None, Some(guest)) => Some(&guest.kick),
+            (None, None) => None,
+        }
     }
 
     /// Whether the hub ended this session for falling behind.
     fn kicked(&self) -> bool {
-        self.session.as_ref().is_some_and(|s| s.kick.is_cancelled())
+        self.kick().is_some_and(CancellationToken::is_cancelled)
+    }
+
+    /// Whether this connection is a guest (`--irc-guests`, no account).
+    pub fn is_guest(&self) -> bool {
+        self.session.is_none() && self.guest.is_some()
     }
 
     /// `nick!user@host` for this client.
@@ -320,7 +355,11 @@ impl Client {
     }
 
     async fn flush(&mut self, shutdown: &CancellationToken) -> io::Result<()> {
-        let kick = self.session.as_ref().map(|s| &s.kick);
+        let kick = match (&self.session, &self.guest) {
+            (Some(session), _) => Some(&session.kick),
+            (None, Some(guest)) => Some(&guest.kick),
+            (None, None) => None,
+        };
         match self.socket.flush(shutdown, kick).await {
             Err(e) if e.kind() == io::ErrorKind::ConnectionAborted && shutdown.is_cancelled() => Ok(()),
             other => other,
@@ -376,6 +415,15 @@ impl Client {
             // On chatd a nick is its account's name: the welcome says so, and clients take
             // their nick from it.
             self.nick = account.to_string();
+        } else if self.settings.guests.is_some() && !self.is_reserved(&self.nick.clone()).await {
+            let nick = self.nick.clone();
+            if !self.become_guest(&nick) {
+                // Another guest took it since NICK: the client picks another (RFC 2812
+                // §3.1.2), and registers with it.
+                self.nick = "*".into();
+                self.numeric(ERR_NICKNAMEINUSE, &[&nick], "Nickname is already in use");
+                return;
+            }
         }
         self.registered = true;
         self.welcome().await;
@@ -389,8 +437,53 @@ impl Client {
                 );
                 self.go_online(account).await;
             }
+            None if self.is_guest() => self.welcome_guest(),
             None => self.ask_to_identify().await,
         }
+    }
+
+    /// Whether `nick` is an account's (when the store cannot tell, it counts as one).
+    pub async fn is_reserved(&self, nick: &str) -> bool {
+        self.chat.user_exists(nick).await.unwrap_or(true)
+    }
+
+    /// Makes this connection a guest on `nick`; false if another guest here has it.
+    fn become_guest(&mut self, nick: &str) -> bool {
+        let Some(guests) = &self.settings.guests else {
+            return false;
+        };
+        let kick = CancellationToken::new();
+        let feed = self.chat.guest_feed(kick.clone());
+        if !guests.claim(nick, feed.id()) {
+            return false;
+        }
+        self.guest = Some(Box::new(Guest { feed, kick }));
+        true
+    }
+
+    fn welcome_guest(&mut self) {
+        self.nickserv(&format!(
+            "Welcome, guest {}. You may join public channels (/list) and talk live; nothing you say is kept,              and messages sent while you are away are lost. Keep your nick and your messages: /msg NickServ REGISTER <password>",
+            self.nick
+        ));
+    }
+
+    /// Ends this connection's guest, if it is one: it leaves its channels, and its nick is
+    /// free again.
+    pub fn end_guest(&mut self) {
+        let Some(guest) = self.guest.take() else {
+            return;
+        };
+        for room in self.channels.values() {
+            self.chat.guest_leave(&guest.feed, &self.nick, room);
+        }
+        if self.session.is_none() {
+            self.channels.clear();
+        }
+        if let Some(guests) = &self.settings.guests {
+            guests.release(&self.nick, guest.feed.id());
+        }
+        self.settings.away.session_ended(&self.nick, guest.feed.id());
     }
 
     /// 001-005, LUSERS and the MOTD.
@@ -457,6 +550,16 @@ impl Client {
             return;
         }
         self.identify_by = None;
+        // A guest that logs in leaves its channels as a guest; it is shown the account's.
+        if self.is_guest() {
+            let channels: Vec<Arc<str>> = self.channels.values().cloned().collect();
+            self.end_guest();
+            let mask = self.mask();
+            for room in channels {
+                self.relay("", &mask, "PART", &[&room], Some("logging in"));
+            }
+            self.channels.clear();
+        }
         if self.nick != account.as_str() {
             let mask = self.mask();
             self.relay("", &mask, "NICK", &[], Some(account.as_str()));
@@ -483,6 +586,7 @@ impl Client {
                 return;
             }
         };
+        self.chat.show_live(&account, &feed);
         self.session = Some(Box::new(LoggedIn {
             user: account.clone(),
             feed,
@@ -509,7 +613,7 @@ impl Client {
             if batch >= PUSH_BATCH || self.socket.pending() >= FLUSH_AT {
                 break;
             }
-            let Some(message) = self.session.as_ref().and_then(|s| s.feed.try_recv()) else {
+            let Some(message) = self.feed().and_then(Subscription::try_recv) else {
                 break;
             };
             next = Some(render::push(self, &message));
@@ -546,6 +650,10 @@ impl Client {
                 self.rename_to_guest().await;
             }
         }
+        if self.is_guest() && !self.pinged && now >= self.last_heard + self.settings.ping_every {
+            // Once a ping interval: a nick that became an account's is given up.
+            self.guest_still_free().await;
+        }
         if self.pinged && now >= self.last_heard + self.settings.ping_every * 2 {
             return Some(End::PingTimeout);
         }
@@ -558,22 +666,75 @@ impl Client {
         None
     }
 
-    /// Frees an account's nick that was used without logging in.
+    /// Frees an account's nick that was used without logging in; with `--irc-guests` the
+    /// connection goes on as a guest.
     async fn rename_to_guest(&mut self) {
-        let guest = format!("Guest{}", 10_000 + (self.origin_seed() % 90_000));
+        let guest = self.free_guest_nick().await;
         self.nickserv(&format!(
             "You did not log in to {} in time; you are now {guest}. /msg NickServ IDENTIFY {} <password> still logs you in",
             self.nick, self.nick
         ));
         let mask = self.mask();
         self.relay("", &mask, "NICK", &[], Some(&guest));
-        self.nick = guest;
+        self.nick = guest.clone();
+        if self.settings.guests.is_some() && self.become_guest(&guest) {
+            self.welcome_guest();
+        }
     }
 
-    fn origin_seed(&self) -> u64 {
-        let port = u64::from(self.peer.port());
-        let nanos = self.connected.elapsed().subsec_nanos();
-        port.wrapping_mul(2_654_435_761) ^ u64::from(nanos)
+    /// A guest whose nick became an account's (registered at another door) is renamed: a
+    /// guest never goes by an account's name.
+    pub async fn guest_still_free(&mut self) -> bool {
+        let nick = self.nick.clone();
+        if !self.is_reserved(&nick).await {
+            return true;
+        }
+        let new = self.free_guest_nick().await;
+        let Some(feed) = self.guest.as_ref().map(|g| g.feed.id()) else {
+            return false;
+        };
+        if let Some(guests) = &self.settings.guests {
+            guests.claim(&new, feed);
+        }
+        self.nickserv(&format!(
+            "{nick} is now a registered account, so you are {new}. /msg NickServ IDENTIFY {nick} <password> if it is yours"
+        ));
+        self.change_guest_nick(&new);
+        false
+    }
+
+    /// Moves this guest to `new` (already claimed): the client and its channels are told.
+    pub fn change_guest_nick(&mut self, new: &str) {
+        let old = self.nick.clone();
+        let mask = self.mask();
+        self.relay("", &mask, "NICK", &[], Some(new));
+        self.nick = new.to_string();
+        let (Some(guest), Some(guests)) = (&self.guest, &self.settings.guests) else {
+            return;
+        };
+        guests.renamed(&old, new, guest.feed.id());
+        for room in self.channels.values() {
+            self.chat.guest_renamed(&guest.feed, &old, new, room);
+        }
+    }
+
+    /// A `Guest<n>` nick that is no account's and no other guest's here.
+    async fn free_guest_nick(&self) -> String {
+        let Some(guests) = &self.settings.guests else {
+            let port = u64::from(self.peer.port());
+            let nanos = self.connected.elapsed().subsec_nanos();
+            let seed = port.wrapping_mul(2_654_435_761) ^ u64::from(nanos);
+            return format!("Guest{}", 10_000 + seed % 90_000);
+        };
+        let mut nick = format!("Guest{}", guests.next_number());
+        // A few tries: when the store cannot tell, the last one is taken anyway.
+        for _ in 0..8 {
+            if !guests.taken(&nick, 0) && !self.is_reserved(&nick).await {
+                break;
+            }
+            nick = format!("Guest{}", guests.next_number());
+        }
+        nick
     }
 
     /// Says goodbye: the `ERROR` line the RFC closes a link with.

@@ -23,6 +23,8 @@ pub enum Need {
     Nothing,
     /// A registered connection.
     Registered,
+    /// A connection logged in to an account, or a guest (`--irc-guests`).
+    Someone,
     /// A connection logged in to an account.
     Account,
 }
@@ -42,12 +44,12 @@ const fn row(name: &'static str, min: usize, need: Need) -> Command {
 /// Every command the door understands; anything else is 421.
 pub const COMMANDS: &[Command] = &[
     row("AUTHENTICATE", 1, Need::Nothing),
-    row("AWAY", 0, Need::Account),
+    row("AWAY", 0, Need::Someone),
     row("CAP", 1, Need::Nothing),
     row("CHATHISTORY", 1, Need::Account),
     row("INVITE", 2, Need::Account),
     row("ISON", 1, Need::Registered),
-    row("JOIN", 1, Need::Account),
+    row("JOIN", 1, Need::Someone),
     row("KICK", 2, Need::Account),
     row("LIST", 0, Need::Registered),
     row("LUSERS", 0, Need::Registered),
@@ -57,13 +59,13 @@ pub const COMMANDS: &[Command] = &[
     row("NAMES", 0, Need::Registered),
     row("NICK", 0, Need::Nothing),
     row("NOTICE", 0, Need::Registered),
-    row("PART", 1, Need::Account),
+    row("PART", 1, Need::Someone),
     row("PASS", 1, Need::Nothing),
     row("PING", 1, Need::Nothing),
     row("PONG", 0, Need::Nothing),
     row("PRIVMSG", 0, Need::Registered),
     row("QUIT", 0, Need::Nothing),
-    row("TOPIC", 1, Need::Account),
+    row("TOPIC", 1, Need::Someone),
     row("USER", 4, Need::Nothing),
     row("USERHOST", 1, Need::Registered),
     row("WHO", 0, Need::Registered),
@@ -93,7 +95,9 @@ pub async fn dispatch(c: &mut Client, m: &Msg<'_>) {
         c.numeric(ERR_NEEDMOREPARAMS, &[command.name], "Not enough parameters");
         return;
     }
-    if command.need == Need::Account && c.account().is_none() {
+    let someone = c.account().is_some() || c.is_guest();
+    if (command.need == Need::Account && c.account().is_none()) || (command.need == Need::Someone && !someone)
+    {
         not_logged_in(c, command.name);
         return;
     }
@@ -133,16 +137,25 @@ pub async fn dispatch(c: &mut Client, m: &Msg<'_>) {
 }
 
 fn not_logged_in(c: &mut Client, command: &str) {
-    c.numeric(
-        ERR_NOTREGISTERED,
-        &[command],
-        "You have not logged in: /msg NickServ IDENTIFY <password>, or /msg NickServ REGISTER <password> for a new account",
-    );
+    let text = if c.is_guest() {
+        "Guests may not do that; log in to an account: /msg NickServ IDENTIFY <account> <password>, or /msg NickServ REGISTER <password>"
+    } else {
+        "You have not logged in: /msg NickServ IDENTIFY <password>, or /msg NickServ REGISTER <password> for a new account"
+    };
+    c.numeric(ERR_NOTREGISTERED, &[command], text);
 }
 
 /// The account, for commands whose row asks for one.
 fn me(c: &Client) -> Username {
     c.account().cloned().expect("the table checked the login")
+}
+
+/// A room as this client may see it: as its account, or as a guest sees a public room.
+async fn view_of(c: &Client, channel: &str) -> Result<crate::chat::rooms::RoomView, ChatError> {
+    match c.account() {
+        Some(me) => c.chat.room(me, channel).await,
+        None => c.chat.public_room(channel).await,
+    }
 }
 
 fn pass(c: &mut Client, m: &Msg<'_>) {
@@ -178,8 +191,37 @@ async fn nick(c: &mut Client, m: &Msg<'_>) {
         );
         return;
     }
+    let guests_here = c.settings.guests.as_ref();
+    if guests_here.is_some_and(|g| g.taken(wanted, c.origin())) && c.account().is_none() {
+        c.numeric(ERR_NICKNAMEINUSE, &[wanted], "Nickname is already in use");
+        return;
+    }
     if !c.registered {
         c.nick = wanted.to_string();
+        return;
+    }
+    if c.is_guest() {
+        if wanted == c.nick {
+            return;
+        }
+        if c.is_reserved(wanted).await {
+            c.numeric(
+                ERR_NICKNAMEINUSE,
+                &[wanted],
+                "Nickname is already in use: it is an account's; log in to it with /msg NickServ IDENTIFY <account> <password>",
+            );
+            return;
+        }
+        let claimed = c
+            .settings
+            .guests
+            .as_ref()
+            .is_some_and(|g| g.claim(wanted, c.origin()));
+        if !claimed {
+            c.numeric(ERR_NICKNAMEINUSE, &[wanted], "Nickname is already in use");
+            return;
+        }
+        c.change_guest_nick(wanted);
         return;
     }
     if let Some(account) = c.account().cloned() {
@@ -232,15 +274,19 @@ async fn authenticate(c: &mut Client, m: &Msg<'_>) {
 }
 
 fn away(c: &mut Client, m: &Msg<'_>) {
-    let me = me(c);
+    let me: Arc<str> = match c.account() {
+        Some(account) => account.as_arc().clone(),
+        None => Arc::from(c.nick.as_str()),
+    };
+    let me = &me;
     let text = m.arg(0);
     let settings = c.settings.clone();
     if text.is_empty() {
-        settings.away.set(me.as_arc(), c.origin(), None);
+        settings.away.set(me, c.origin(), None);
         c.numeric(RPL_UNAWAY, &[], "You are no longer marked as being away");
     } else {
         let text: String = text.chars().take(200).collect();
-        settings.away.set(me.as_arc(), c.origin(), Some(text));
+        settings.away.set(me, c.origin(), Some(text));
         c.numeric(RPL_NOWAWAY, &[], "You have been marked as being away");
     }
 }
@@ -270,12 +316,12 @@ async fn message(c: &mut Client, m: &Msg<'_>, command: &str) {
             }
             continue;
         }
-        let Some(me) = c.account().cloned() else {
+        if c.account().is_none() && !c.is_guest() {
             if !quiet {
                 not_logged_in(c, command);
             }
             continue;
-        };
+        }
         let body = match render::from_irc(text) {
             Ok(body) if !body.trim().is_empty() => body,
             Ok(_) => {
@@ -290,6 +336,14 @@ async fn message(c: &mut Client, m: &Msg<'_>, command: &str) {
                 }
                 continue;
             }
+        };
+        let guest_target = (!target.starts_with('#'))
+            .then(|| c.settings.guests.as_ref().and_then(|g| g.find(target)))
+            .flatten();
+        let Some(me) = c.account().cloned().filter(|_| guest_target.is_none()) else {
+            // Live: a guest speaking, or anyone speaking to a guest.
+            say_live(c, command, target, &body, guest_target).await;
+            continue;
         };
         let sent = if target.starts_with('#') {
             let origin = c.origin();
@@ -321,6 +375,74 @@ async fn message(c: &mut Client, m: &Msg<'_>, command: &str) {
     }
 }
 
+/// A message that is not kept: said by a guest, or to one. A guest speaks in the channels
+/// it is in (not +m ones), and to the guests and accounts connected by IRC here.
+async fn say_live(
+    c: &mut Client,
+    command: &str,
+    target: &str,
+    body: &str,
+    guest_target: Option<(Arc<str>, u64)>,
+) {
+    use crate::chat::live::LiveTo;
+    let quiet = command == "NOTICE";
+    if c.is_guest() && !c.guest_still_free().await {
+        // Renamed: what it said is not sent under the account's name.
+        return;
+    }
+    let guest = c.is_guest();
+    let from = c.nick.clone();
+    let origin = c.origin();
+    let room: Arc<str>;
+    let (to, shown): (LiveTo<'_>, Arc<str>) = if target.starts_with('#') {
+        let Some(name) = c.channels.get(&target.to_ascii_lowercase()).cloned() else {
+            if !quiet {
+                c.numeric(
+                    ERR_CANNOTSENDTOCHAN,
+                    &[target],
+                    &format!("Cannot send to channel: you are not in {target}; JOIN it first"),
+                );
+            }
+            return;
+        };
+        if view_of(c, &name).await.is_ok_and(|v| v.info.moderated) {
+            if !quiet {
+                c.numeric(
+                    ERR_CANNOTSENDTOCHAN,
+                    &[target],
+                    "Cannot send to channel (+m): only its owner and ops may speak",
+                );
+            }
+            return;
+        }
+        room = name;
+        (LiveTo::Room(&room), room.clone())
+    } else if let Some((nick, feed)) = &guest_target {
+        (LiveTo::Guest(nick, *feed), nick.clone())
+    } else {
+        (LiveTo::User(target), Arc::from(target))
+    };
+    match c.chat.say_live(&from, guest, to, body, origin) {
+        Ok((message, reached)) => {
+            if reached == 0 && matches!(to, LiveTo::User(_)) {
+                if !quiet {
+                    c.numeric(
+                        ERR_NOSUCHNICK,
+                        &[target],
+                        "No such nick: a guest's messages reach only the people connected by IRC to this server now, and are not kept",
+                    );
+                }
+                return;
+            }
+            if c.caps.has(caps::ECHO_MESSAGE) {
+                render::echo(c, &message, &shown, command);
+            }
+        }
+        Err(_) if quiet => {}
+        Err(e) => c.failed(command, &e),
+    }
+}
+
 fn refuse_message(c: &mut Client, command: &str, target: &str, e: &ChatError) {
     match (&e.refusal, e.code) {
         (_, Code::NoSuchUser) => c.numeric(ERR_NOSUCHNICK, &[target], "No such nick/channel"),
@@ -344,6 +466,9 @@ fn refuse_message(c: &mut Client, command: &str, target: &str, e: &ChatError) {
 
 /// JOIN `#a,#b` (keys are ignored: rooms have none), or `JOIN 0` to leave every room.
 async fn join(c: &mut Client, m: &Msg<'_>) {
+    if c.is_guest() {
+        return guest_join(c, m).await;
+    }
     let me = me(c);
     if m.arg(0) == "0" {
         let rooms: Vec<Arc<str>> = match c.chat.followed(&me).await {
@@ -385,6 +510,77 @@ async fn join(c: &mut Client, m: &Msg<'_>) {
     }
 }
 
+/// A guest joins public rooms: existing ones only (only accounts create rooms), not
+/// invite-only ones. It follows them live; it never becomes a member.
+async fn guest_join(c: &mut Client, m: &Msg<'_>) {
+    if m.arg(0) == "0" {
+        let rooms: Vec<Arc<str>> = c.channels.values().cloned().collect();
+        for room in rooms {
+            guest_leave(c, &room, None);
+        }
+        return;
+    }
+    for channel in m.arg(0).split(',').filter(|t| !t.is_empty()) {
+        if c.channels.contains_key(&channel.to_ascii_lowercase()) {
+            continue;
+        }
+        if c.channels.len() >= c.settings.max_rooms as usize {
+            let text = format!(
+                "You have joined too many channels: {} at most",
+                c.settings.max_rooms
+            );
+            c.numeric(ERR_TOOMANYCHANNELS, &[channel], &text);
+            continue;
+        }
+        let view = match c.chat.public_room(channel).await {
+            Ok(view) => view,
+            Err(e) => {
+                match e.refusal {
+                    Some(RoomRefusal::InviteOnly) => c.numeric(
+                        ERR_INVITEONLYCHAN,
+                        &[channel],
+                        "Cannot join channel (+i): guests join public channels only",
+                    ),
+                    Some(RoomRefusal::NoSuchRoom) => c.numeric(
+                        ERR_NOSUCHCHANNEL,
+                        &[channel],
+                        "No such channel: guests join existing channels (/list); only accounts create new ones",
+                    ),
+                    _ if RoomName::parse(channel).is_err() => c.numeric(
+                        ERR_BADCHANNAME,
+                        &[channel],
+                        "Illegal channel name: # then 1 to 32 of A-Z a-z 0-9 _ . -",
+                    ),
+                    _ => c.failed("JOIN", &e),
+                }
+                continue;
+            }
+        };
+        let room = view.info.name.clone();
+        let (Some(feed), Some(guests)) = (c.feed(), c.settings.guests.as_ref()) else {
+            return;
+        };
+        c.chat.guest_join(feed, &c.nick, &room);
+        guests.enter(&c.nick, &room);
+        c.channels.insert(room.to_ascii_lowercase(), room.clone());
+        let me = c.mask();
+        c.relay("", &me, "JOIN", &[&room], None);
+        show_room(c, &room, &view);
+    }
+}
+
+/// A guest leaves `room`: the IRC clients there see it PART.
+fn guest_leave(c: &mut Client, room: &Arc<str>, reason: Option<&str>) {
+    let (Some(feed), Some(guests)) = (c.feed(), c.settings.guests.as_ref()) else {
+        return;
+    };
+    c.chat.guest_leave(feed, &c.nick, room);
+    guests.leave(&c.nick, room);
+    c.channels.remove(&room.to_ascii_lowercase());
+    let mask = c.mask();
+    c.relay("", &mask, "PART", &[room], reason);
+}
+
 /// Tells the client it is in `room`: its JOIN, the topic, and the names.
 pub async fn show_joined(c: &mut Client, room: &Arc<str>) {
     c.channels.insert(room.to_ascii_lowercase(), room.clone());
@@ -395,17 +591,27 @@ pub async fn show_joined(c: &mut Client, room: &Arc<str>) {
     };
     match c.chat.room(&account, room).await {
         Ok(view) => {
-            if !view.info.topic.is_empty() {
-                c.numeric(RPL_TOPIC, &[room], &view.info.topic);
-            }
             // read-marker: the room's mark after its JOIN, before the end of its names.
             if c.caps.has(caps::READ_MARKER) {
+                if !view.info.topic.is_empty() {
+                    c.numeric(RPL_TOPIC, &[room], &view.info.topic);
+                }
                 super::read_marker::send_mark(c, &account, room).await;
+                names(c, room, &view);
+            } else {
+                show_room(c, room, &view);
             }
-            names(c, room, &view);
         }
         Err(e) => c.failed("JOIN", &e),
     }
+}
+
+/// What follows a JOIN: the topic, if any, and the names.
+fn show_room(c: &mut Client, room: &str, view: &crate::chat::rooms::RoomView) {
+    if !view.info.topic.is_empty() {
+        c.numeric(RPL_TOPIC, &[room], &view.info.topic);
+    }
+    names(c, room, view);
 }
 
 /// 353 lines of `room`'s members, as many to a line as fit, then 366.
@@ -416,8 +622,20 @@ fn names(c: &mut Client, room: &str, view: &crate::chat::rooms::RoomView) {
     let mut line = String::new();
     // What the rest of a 353 line takes: `:server 353 nick = #room :` and CR LF.
     let room_for_names = 400usize.saturating_sub(c.settings.server_name.len() + c.nick.len() + room.len());
-    for member in &view.info.members {
-        let name = prefixed(&member.0, member.1, multi);
+    let guests = c
+        .settings
+        .guests
+        .as_ref()
+        .map(|g| g.in_channel(room))
+        .unwrap_or_default();
+    let members = view
+        .info
+        .members
+        .iter()
+        .map(|(name, role)| (name.as_str(), *role));
+    let guests = guests.iter().map(|nick| (&**nick, crate::store::Role::Member));
+    for member in members.chain(guests) {
+        let name = prefixed(member.0, member.1, multi);
         if !line.is_empty() && line.len() + 1 + name.len() > room_for_names {
             c.numeric(RPL_NAMREPLY, &[symbol, room], &line);
             line.clear();
@@ -434,17 +652,17 @@ fn names(c: &mut Client, room: &str, view: &crate::chat::rooms::RoomView) {
 }
 
 async fn names_command(c: &mut Client, m: &Msg<'_>) {
-    let Some(me) = c.account().cloned() else {
+    if c.account().is_none() && !c.is_guest() {
         c.numeric(RPL_ENDOFNAMES, &["*"], "End of /NAMES list");
         return;
-    };
+    }
     let channels = m.arg(0);
     if channels.is_empty() {
         c.numeric(RPL_ENDOFNAMES, &["*"], "End of /NAMES list");
         return;
     }
     for channel in channels.split(',').filter(|t| !t.is_empty()).take(1) {
-        match c.chat.room(&me, channel).await {
+        match view_of(c, channel).await {
             Ok(view) => {
                 let shown = view.info.name.clone();
                 names(c, &shown, &view);
@@ -456,8 +674,20 @@ async fn names_command(c: &mut Client, m: &Msg<'_>) {
 }
 
 async fn part(c: &mut Client, m: &Msg<'_>) {
-    let me = me(c);
     let reason = m.params.get(1).copied();
+    if c.is_guest() {
+        for channel in m.arg(0).split(',').filter(|t| !t.is_empty()) {
+            match c.channels.get(&channel.to_ascii_lowercase()).cloned() {
+                Some(room) => guest_leave(c, &room, reason),
+                None if c.chat.public_room(channel).await.is_err() => {
+                    c.numeric(ERR_NOSUCHCHANNEL, &[channel], "No such channel")
+                }
+                None => c.numeric(ERR_NOTONCHANNEL, &[channel], "You're not on that channel"),
+            }
+        }
+        return;
+    }
+    let me = me(c);
     for channel in m.arg(0).split(',').filter(|t| !t.is_empty()) {
         leave(c, &me, channel, reason).await;
     }
@@ -502,10 +732,9 @@ fn refuse_room(c: &mut Client, command: &str, channel: &str, target: Option<&str
 }
 
 async fn topic(c: &mut Client, m: &Msg<'_>) {
-    let me = me(c);
     let channel = m.arg(0);
     if m.params.len() < 2 {
-        match c.chat.room(&me, channel).await {
+        match view_of(c, channel).await {
             Ok(view) if view.info.topic.is_empty() => {
                 c.numeric(RPL_NOTOPIC, &[&view.info.name], "No topic is set")
             }
@@ -514,6 +743,13 @@ async fn topic(c: &mut Client, m: &Msg<'_>) {
         }
         return;
     }
+    let Some(me) = c.account().cloned() else {
+        return c.numeric(
+            ERR_CHANOPRIVSNEEDED,
+            &[channel],
+            "You're not channel operator: guests cannot set topics",
+        );
+    };
     let text = m.arg(1);
     let origin = c.origin();
     match c.chat.set_topic(&me, channel, text, origin).await {
@@ -560,12 +796,12 @@ async fn mode(c: &mut Client, m: &Msg<'_>) {
     if !target.starts_with('#') {
         return user_mode(c, m);
     }
-    let Some(me) = c.account().cloned() else {
+    if c.account().is_none() && !c.is_guest() {
         return not_logged_in(c, "MODE");
-    };
+    }
     let changes = m.arg(1);
     if changes.is_empty() {
-        match c.chat.room(&me, target).await {
+        match view_of(c, target).await {
             Ok(view) => {
                 let mut flags = String::from("+n");
                 for (on, letter) in [
@@ -583,6 +819,16 @@ async fn mode(c: &mut Client, m: &Msg<'_>) {
         }
         return;
     }
+    let Some(me) = c.account().cloned() else {
+        if changes.trim_start_matches('+') == "b" {
+            return c.numeric(RPL_ENDOFBANLIST, &[target], "End of channel ban list");
+        }
+        return c.numeric(
+            ERR_CHANOPRIVSNEEDED,
+            &[target],
+            "You're not channel operator: guests cannot change modes",
+        );
+    };
     let mut args = m.params.iter().skip(2).copied();
     let mut on = true;
     for letter in changes.chars() {
@@ -684,8 +930,14 @@ async fn list(c: &mut Client, m: &Msg<'_>) {
     c.numeric(RPL_LISTEND, &[], "End of /LIST");
 }
 
+/// Whether `nick` (exactly) is a guest's here.
+fn is_guest(c: &Client, nick: &str) -> bool {
+    c.settings.guests.as_ref().is_some_and(|g| g.is_guest(nick))
+}
+
 pub async fn lusers(c: &mut Client) {
-    let online = c.chat.online_count().await.unwrap_or(0);
+    let guests = c.settings.guests.as_ref().map_or(0, super::guests::Guests::count);
+    let online = c.chat.online_count().await.unwrap_or(0) + guests;
     let here = c.chat.connections();
     c.numeric(
         RPL_LUSERCLIENT,
@@ -722,7 +974,10 @@ async fn ison(c: &mut Client, m: &Msg<'_>) {
         .take(64)
         .collect();
     let online = c.chat.online_among(&asked).await.unwrap_or_default();
-    let on: Vec<&str> = asked.into_iter().filter(|n| online.contains(*n)).collect();
+    let on: Vec<&str> = asked
+        .into_iter()
+        .filter(|n| online.contains(*n) || is_guest(c, n))
+        .collect();
     c.numeric(RPL_ISON, &[], &on.join(" "));
 }
 
@@ -731,7 +986,7 @@ async fn userhost(c: &mut Client, m: &Msg<'_>) {
     let online = c.chat.online_among(&asked).await.unwrap_or_default();
     let replies: Vec<String> = asked
         .into_iter()
-        .filter(|n| online.contains(*n))
+        .filter(|n| online.contains(*n) || is_guest(c, n))
         .map(|n| {
             let away = if c.settings.away.of(n).is_some() { '-' } else { '+' };
             format!("{n}={away}{n}@{HOST}")
@@ -744,20 +999,35 @@ async fn who(c: &mut Client, m: &Msg<'_>) {
     let mask_asked = m.arg(0);
     let server = c.settings.server_name.clone();
     if mask_asked.starts_with('#') {
-        if let Some(me) = c.account().cloned() {
-            if let Ok(view) = c.chat.room(&me, mask_asked).await {
-                for member in &view.members {
-                    let here = if member.online { "H" } else { "G" };
-                    let flags = format!("{here}{}", prefixed("", member.role, c.caps.has(MULTI_PREFIX)));
-                    let real = format!("0 {}", member.name);
-                    c.numeric(
-                        RPL_WHOREPLY,
-                        &[&view.info.name, &member.name, HOST, &server, &member.name, &flags],
-                        &real,
-                    );
-                }
+        if let Ok(view) = view_of(c, mask_asked).await {
+            for member in &view.members {
+                let here = if member.online { "H" } else { "G" };
+                let flags = format!("{here}{}", prefixed("", member.role, c.caps.has(MULTI_PREFIX)));
+                let real = format!("0 {}", member.name);
+                c.numeric(
+                    RPL_WHOREPLY,
+                    &[&view.info.name, &member.name, HOST, &server, &member.name, &flags],
+                    &real,
+                );
+            }
+            let guests = c.settings.guests.as_ref().map(|g| g.in_channel(&view.info.name));
+            for nick in guests.unwrap_or_default() {
+                let real = format!("0 {nick}");
+                c.numeric(
+                    RPL_WHOREPLY,
+                    &[&view.info.name, &nick, HOST, &server, &nick, "H"],
+                    &real,
+                );
             }
         }
+    } else if let Some((nick, _)) = c.settings.guests.as_ref().and_then(|g| g.find(mask_asked)) {
+        let here = if c.settings.away.of(&nick).is_some() {
+            "G"
+        } else {
+            "H"
+        };
+        let real = format!("0 {nick}");
+        c.numeric(RPL_WHOREPLY, &["*", &nick, HOST, &server, &nick, here], &real);
     } else if !mask_asked.is_empty() && c.chat.user_exists(mask_asked).await.unwrap_or(false) {
         let online = c.chat.online_among(&[mask_asked]).await.unwrap_or_default();
         let here = if online.contains(mask_asked) && c.settings.away.of(mask_asked).is_none() {
@@ -780,6 +1050,21 @@ async fn whois(c: &mut Client, m: &Msg<'_>) {
     // WHOIS [server] nick: the nick is the last parameter.
     let nick = m.params.last().copied().unwrap_or("");
     let nick = nick.split(',').next().unwrap_or("");
+    if let Some((nick, _)) = c.settings.guests.as_ref().and_then(|g| g.find(nick)) {
+        // A guest: no account (no 330).
+        let server = c.settings.server_name.clone();
+        c.numeric(
+            RPL_WHOISUSER,
+            &[&nick, &nick, HOST, "*"],
+            &format!("{nick} (guest)"),
+        );
+        c.numeric(RPL_WHOISSERVER, &[&nick, &server], "chatd");
+        if let Some(away) = c.settings.away.of(&nick) {
+            c.numeric(RPL_AWAY, &[&nick], &away);
+        }
+        c.numeric(RPL_ENDOFWHOIS, &[&nick], "End of /WHOIS list");
+        return;
+    }
     let exists = c.chat.user_exists(nick).await.unwrap_or(false);
     let online = exists
         && c.chat

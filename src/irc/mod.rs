@@ -9,6 +9,7 @@
 //! - [`history`]: CHATHISTORY over the same history as HISTORY and HTTP;
 //! - [`read_marker`]: MARKREAD over the rooms' read marks;
 //! - [`render`]: chatd's messages and room events as IRC lines;
+//! - [`guests`]: who the guests are (`--irc-guests`), by nick and channel;
 //! - [`nickserv`]: the NickServ pseudo-user, for clients without SASL;
 //! - [`numeric`]: the numeric replies by name.
 //!
@@ -17,6 +18,7 @@
 pub mod caps;
 pub mod client;
 pub mod commands;
+pub mod guests;
 pub mod history;
 pub mod nickserv;
 pub mod numeric;
@@ -55,6 +57,8 @@ pub struct IrcSettings {
     pub created: String,
     /// Who is away, and what they said, on this node.
     pub away: Away,
+    /// The guests on this node, with `--irc-guests`.
+    pub guests: Option<guests::Guests>,
 }
 
 impl IrcSettings {
@@ -72,6 +76,7 @@ impl IrcSettings {
             max_rooms: config.max_rooms_per_user,
             created: chrono::Utc::now().format("%Y-%m-%d %H:%M:%S UTC").to_string(),
             away: Away::default(),
+            guests: config.irc_guests.then(guests::Guests::default),
         }
     }
 }

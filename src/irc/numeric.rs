@@ -48,6 +48,7 @@ pub const ERR_INPUTTOOLONG: &str = "417";
 pub const ERR_UNKNOWNCOMMAND: &str = "421";
 pub const ERR_NONICKNAMEGIVEN: &str = "431";
 pub const ERR_ERRONEUSNICKNAME: &str = "432";
+pub const ERR_NICKNAMEINUSE: &str = "433";
 pub const ERR_USERNOTINCHANNEL: &str = "441";
 pub const ERR_NOTONCHANNEL: &str = "442";
 pub const ERR_NOTREGISTERED: &str = "451";

@@ -55,6 +55,10 @@ pub fn push(c: &mut Client, message: &Message) -> Followup {
             }
         }
         EventKind::Join => c.relay(&tags, &mask(subject), "JOIN", &[room], None),
+        // A guest's new nick, in a room it is in (live only).
+        EventKind::Leave if message.id == 0 && !message.body.is_empty() => {
+            c.relay(&tags, &mask(subject), "NICK", &[], Some(&message.body));
+        }
         EventKind::Leave => {
             if mine && c.channels.remove(&key).is_none() {
                 return Followup::None;
@@ -141,11 +145,19 @@ fn say(c: &mut Client, tags: &str, from: &str, command: &str, target: &str, body
 fn tags_for(c: &Client, message: &Message) -> String {
     let mut tags = String::new();
     let caps = c.caps;
-    let account = (caps.has(ACCOUNT_TAG) && message.event.is_none()).then_some(message.sender.as_ref());
+    // A live message (id 0) has no id; its sender may be a guest, which has no account.
+    let live = message.id == 0;
+    let guest = live
+        && c.settings
+            .guests
+            .as_ref()
+            .is_some_and(|g| g.is_guest(&message.sender));
+    let account =
+        (caps.has(ACCOUNT_TAG) && message.event.is_none() && !guest).then_some(message.sender.as_ref());
     wire::tags(
         &mut tags,
         caps.time().then_some(message.created_at_us),
-        caps.has(MESSAGE_TAGS).then_some(message.id),
+        (caps.has(MESSAGE_TAGS) && !live).then_some(message.id),
         account,
     );
     tags

@@ -1,0 +1,133 @@
+//! Live messages: what the IRC door's guests say and are told. A guest has no account, so
+//! nothing it says can be stored: a live message has no id (0), takes no place in any
+//! stream's order, is kept nowhere, and reaches only the sessions on this node whose door can
+//! show a message without an id (IRC). The line protocol and HTTP, where every message has an
+//! id to page and mark by, never see one.
+//!
+//! Guests follow public rooms through the hub like members do, so whatever is said in a room
+//! at any door reaches them, in the room's order; they are never the room's members.
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use super::rooms::{refused, RoomName, RoomView};
+use super::{names, Chat, Username};
+use crate::error::ChatResult;
+use crate::hub::Subscription;
+use crate::store::{EventKind, Message, RoomEvent, RoomRefusal};
+
+/// Where a live message goes.
+#[derive(Debug, Clone, Copy)]
+pub enum LiveTo<'a> {
+    /// A room (by its name as shown): its members' IRC sessions here, and its guests.
+    Room(&'a Arc<str>),
+    /// An account's IRC sessions here.
+    User(&'a str),
+    /// A guest: its nick, and its live session's id.
+    Guest(&'a str, u64),
+}
+
+impl Chat {
+    /// Opens a guest's live session.
+    pub fn guest_feed(&self, kick: CancellationToken) -> Subscription {
+        self.hub().subscribe_guest(kick)
+    }
+
+    /// `user`'s session `feed` shows live messages (guests talking to it).
+    pub fn show_live(&self, user: &Username, feed: &Subscription) {
+        self.hub().accept_live(user.as_str(), feed.id());
+    }
+
+    /// A room anyone may join, as a guest sees it: `NO_SUCH_ROOM`, or `FORBIDDEN` for an
+    /// invite-only room.
+    pub async fn public_room(&self, room: &str) -> ChatResult<RoomView> {
+        let name = RoomName::parse(room)?;
+        let view = self.room_view(&name).await?;
+        if view.info.invite_only {
+            return Err(refused(RoomRefusal::InviteOnly, &name, None));
+        }
+        Ok(view)
+    }
+
+    /// The guest with live session `feed` follows public `room` (by its name as shown) from
+    /// now on, and the IRC sessions there are told it joined.
+    pub fn guest_join(&self, feed: &Subscription, nick: &str, room: &Arc<str>) {
+        self.hub().watch(feed.id(), room);
+        self.live_event(room, EventKind::Join, nick, feed.id());
+    }
+
+    /// The guest no longer follows `room`, and the IRC sessions there are told it left.
+    pub fn guest_leave(&self, feed: &Subscription, nick: &str, room: &Arc<str>) {
+        self.hub().unwatch(feed.id(), room);
+        self.live_event(room, EventKind::Leave, nick, feed.id());
+    }
+
+    /// The guest, in `room`, is now `new`: the IRC sessions there are told (a live leave of
+    /// `old` whose text is the new nick).
+    pub fn guest_renamed(&self, feed: &Subscription, old: &str, new: &str, room: &Arc<str>) {
+        let message = live_message(old, room, new.to_owned(), feed.id());
+        self.deliver_event(message, EventKind::Leave, old);
+    }
+
+    fn live_event(&self, room: &Arc<str>, kind: EventKind, subject: &str, origin: u64) {
+        let message = live_message(subject, room, String::new(), origin);
+        self.deliver_event(message, kind, subject);
+    }
+
+    fn deliver_event(&self, message: Message, kind: EventKind, subject: &str) {
+        let message = Message {
+            event: Some(Box::new(RoomEvent {
+                kind,
+                subject: Arc::from(subject),
+            })),
+            ..message
+        };
+        self.hub().deliver_live(&Arc::new(message), None);
+    }
+
+    /// Says `text` live, from `from` (a guest's nick, or an account's name) to `to`, under the
+    /// same text rules and send budget (a guest's is its nick's) as a stored message: the
+    /// message, and how many sessions it reached (0: nobody who can see it is here).
+    pub fn say_live(
+        &self,
+        from: &str,
+        guest: bool,
+        to: LiveTo<'_>,
+        text: &str,
+        origin: u64,
+    ) -> ChatResult<(Arc<Message>, usize)> {
+        names::check_message_text(text)?;
+        // A guest's budget is kept apart from any account's of the same name.
+        let spender: Arc<str> = if guest {
+            Arc::from(format!("~{from}"))
+        } else {
+            Arc::from(from)
+        };
+        self.inner
+            .budget
+            .take(&spender, text.len(), std::time::Instant::now())?;
+        let (recipient, guest_feed) = match to {
+            LiveTo::Room(room) => (room.clone(), None),
+            LiveTo::User(user) => (Arc::from(user), None),
+            LiveTo::Guest(nick, feed) => (Arc::from(nick), Some(feed)),
+        };
+        let message = Arc::new(live_message(from, &recipient, text.to_owned(), origin));
+        let reached = self.hub().deliver_live(&message, guest_feed);
+        Ok((message, reached))
+    }
+}
+
+fn live_message(from: &str, recipient: &Arc<str>, body: String, origin: u64) -> Message {
+    Message {
+        id: 0,
+        sender: Arc::from(from),
+        recipient: recipient.clone(),
+        body,
+        created_at_us: chrono::Utc::now().timestamp_micros(),
+        client_timestamp: None,
+        event: None,
+        origin,
+        rendered: Default::default(),
+    }
+}
