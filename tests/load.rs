@@ -184,9 +184,50 @@ async fn irc_connections_register_and_ping_counts_pongs() {
     assert!(!out.status.success(), "chat does not speak IRC");
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(
-        said.contains("--proto irc is for the connections and ping"),
+        said.contains("--proto irc is for the connections, ping and rooms"),
         "{said}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn irc_rooms_deliver_every_privmsg_to_every_other_member_once_and_fail_without_accounts() {
+    let server = Served::start(&["--load-test-hashing", "--max-send-rate", "0"]).await;
+    let irc = server.process.irc.expect("the IRC door is open").to_string();
+    let rooms = |prefix: &'static str, extra: &'static [&'static str]| {
+        let mut args = vec![
+            "rooms", "--proto", "irc", "--addr", &irc, "--rooms", "2", "--members", "4", "--senders", "2",
+            "--rate", "200", "--duration", "1", "--user-prefix", prefix,
+        ];
+        args.extend_from_slice(extra);
+        args.into_iter().map(str::to_string).collect::<Vec<_>>()
+    };
+    let args = rooms("ircl", &["--irc-register"]);
+    let (passed, r) = load(&args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    assert!(passed, "{r:#}");
+    let written = u(&r["delivery"]["acked"]);
+    assert!(written >= 150, "{r:#}");
+    // Each of a room's 4 members hears the other senders' messages: 3 each.
+    assert_eq!(u(&r["delivery"]["delivered"]), written * 3, "{r:#}");
+    assert_eq!(u(&r["delivery"]["lost"]), 0, "{r:#}");
+    // chatd's IRC door stored every one: the line protocol reads them back.
+    let mut reader = common::Client::connect(server.line).await;
+    reader.ok("AUTH ircl_0 load-pw").await;
+    let history = reader.cmd("HISTORY #ircl.r0").await;
+    let said = history.data.iter().filter(|l| l.contains(" ircl.")).count();
+    assert!(said >= 50, "{:?}", history.data);
+    // Without accounts chatd's door lets no one join: the run says so, and fails.
+    let args = rooms("ircm", &[]);
+    let (passed, r) = load(&args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    assert!(!passed, "{r:#}");
+    assert_eq!(u(&r["rooms"]["joined"]), 0, "{r:#}");
+    // An IRC server acknowledges nothing: without --rate there is no loop to close.
+    let out = Command::new(CHATD)
+        .args(["load", "rooms", "--proto", "irc", "--addr", &irc])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--rate"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -550,7 +550,13 @@ async fn try_open(
         }
     }
     let ready = began.elapsed();
-    if let Some(auth) = &setup.auth {
+    if let (Some(auth), Some(_)) = (&setup.auth, &setup.irc) {
+        // IRC (chatd's door): the nick's account is made with NickServ, which logs in.
+        let _hashing = auth_gate.acquire().await.expect("never closed");
+        let line = format!("PRIVMSG NickServ :REGISTER {}\r\n", auth.users.password);
+        conn.stream.write_all(line.as_bytes()).await?;
+        irc_until(&mut conn, &["900"], Instant::now() + auth.timeout).await?;
+    } else if let Some(auth) = &setup.auth {
         let _hashing = auth_gate.acquire().await.expect("never closed");
         let mut line = Vec::with_capacity(96);
         for verb in [&b"REGISTER "[..], b"AUTH "] {
@@ -585,7 +591,13 @@ async fn register_irc(conn: &mut Conn, prefix: &str, i: usize, deadline: Instant
     let nick = format!("{prefix}{i}");
     let hello = format!("NICK {nick}\r\nUSER {nick} 0 * :chatd load\r\n");
     conn.stream.write_all(hello.as_bytes()).await?;
-    let mut welcomed = false;
+    irc_until(conn, &["001", "376|422"], deadline).await
+}
+
+/// Reads IRC lines until each of `wanted` was seen in turn (a `|` between alternatives),
+/// answering PINGs; an `ERROR`, a refused nick or login, or NickServ refusing fails it.
+async fn irc_until(conn: &mut Conn, wanted: &[&str], deadline: Instant) -> Result<(), Failure> {
+    let mut next = 0;
     loop {
         let Some(line) = conn.line_before(deadline).await? else {
             return Err(Failure::Other("closed before the welcome".into()));
@@ -606,10 +618,17 @@ async fn register_irc(conn: &mut Conn, prefix: &str, i: usize, deadline: Instant
                     .write_all(format!("PONG {token}\r\n").as_bytes())
                     .await?;
             }
-            "001" => welcomed = true,
-            "376" | "422" if welcomed => return Ok(()),
+            _ if wanted[next].split('|').any(|w| w == command) => {
+                next += 1;
+                if next == wanted.len() {
+                    return Ok(());
+                }
+            }
             "ERROR" => return Err(refusal(&line)),
-            "432" | "433" | "436" | "451" | "464" | "465" => return Err(refusal(&line)),
+            "432" | "433" | "436" | "451" | "464" | "465" | "904" => return Err(refusal(&line)),
+            "NOTICE" if text.contains("NickServ!") && (text.contains(" refused") || text.contains("not registered")) => {
+                return Err(refusal(&line))
+            }
             _ => {}
         }
     }

@@ -422,9 +422,9 @@ async fn run_here(scenario: &Scenario, ctx: &Ctx) -> anyhow::Result<Measured> {
         })
     };
     let result = match scenario {
-        Scenario::Chat(_) | Scenario::Rooms(_) | Scenario::Http(_) if ctx.common.proto == Proto::Irc => {
+        Scenario::Chat(_) | Scenario::Http(_) if ctx.common.proto == Proto::Irc => {
             Err(anyhow::anyhow!(
-                "--proto irc is for the connections and ping scenarios; chat and rooms speak chatd's line protocol"
+                "--proto irc is for the connections, ping and rooms scenarios; chat and http speak chatd's line protocol and HTTP"
             ))
         }
         Scenario::Connections(a) => connections::run(a, ctx).await,

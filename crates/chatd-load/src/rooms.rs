@@ -64,6 +64,11 @@ pub struct RoomsArgs {
     /// REGISTER/AUTH pairs in flight at once during setup (the server hashes each password).
     #[arg(long, default_value_t = 8)]
     pub auth_concurrency: usize,
+    /// With `--proto irc`: make each member's account with `NickServ REGISTER` (chatd's IRC
+    /// door, where only accounts join rooms and every message is stored). Leave it out for an
+    /// IRC server without accounts.
+    #[arg(long)]
+    pub irc_register: bool,
 }
 
 /// The most members a run may have over all rooms.
@@ -241,6 +246,10 @@ struct Shared {
     epoch: Instant,
     drain: Duration,
     payload: usize,
+    /// Members speak IRC: JOIN until 366, PRIVMSG to the room, deliveries are PRIVMSG lines.
+    /// An IRC server acknowledges nothing, so a message counts as sent once written, and
+    /// order is checked per sender (IRC has no ids).
+    irc: bool,
     plan: OnceLock<Plan>,
     started: tokio::sync::watch::Receiver<bool>,
     live: Arc<Live>,
@@ -308,6 +317,8 @@ struct State {
     errors_now: u64,
     /// Whether this member counts as done sending (a reader is from the start).
     done_sending: bool,
+    /// IRC: the newest seq seen from each sender.
+    last_seq: HashMap<u32, u32>,
 }
 
 impl State {
@@ -347,13 +358,83 @@ fn parse_room_line<'a>(rest: &'a [u8], prefix: &[u8]) -> Option<RoomLine<'a>> {
     Some(RoomLine { id, room, tag })
 }
 
+/// An IRC message's id in the delivery check: IRC has none, so the sender and its seq.
+fn irc_id(sender: u32, seq: u32) -> u64 {
+    (u64::from(sender) << 32) | u64::from(seq)
+}
+
+/// An IRC line's source nick, command and the rest: `[@tags ][:nick!user@host ]COMMAND rest`.
+fn irc_parts(line: &[u8]) -> (&[u8], &[u8], &[u8]) {
+    let mut line = line;
+    if line.starts_with(b"@") {
+        line = line.splitn(2, |&b| b == b' ').nth(1).unwrap_or(b"");
+    }
+    let mut nick: &[u8] = b"";
+    if let Some(rest) = line.strip_prefix(b":") {
+        let mut parts = rest.splitn(2, |&b| b == b' ');
+        let source = parts.next().unwrap_or(b"");
+        nick = source.split(|&b| b == b'!').next().unwrap_or(b"");
+        line = parts.next().unwrap_or(b"");
+    }
+    let mut parts = line.splitn(2, |&b| b == b' ');
+    (nick, parts.next().unwrap_or(b""), parts.next().unwrap_or(b""))
+}
+
+/// A `PRIVMSG <#room> :<text>` from `from` as a [`RoomLine`] with its IRC id.
+fn parse_irc_privmsg<'a>(from: &[u8], rest: &'a [u8], prefix: &[u8]) -> Option<RoomLine<'a>> {
+    let mut parts = rest.splitn(2, |&b| b == b' ');
+    let room = parts.next()?;
+    let text = parts.next()?;
+    let text = text.strip_prefix(b":").unwrap_or(text);
+    let tag = (|| {
+        let tag = text.strip_prefix(prefix)?.strip_prefix(b".")?;
+        let mut parts = tag.splitn(4, |&b| b == b'.');
+        let sender = parse_u64(parts.next()?)?;
+        let seq = parse_u64(parts.next()?)? as u32;
+        let t_us = parse_u64(parts.next()?)?;
+        let named = parse_u64(from.strip_prefix(prefix)?.strip_prefix(b"_")?)?;
+        (named == sender).then_some((sender as u32, seq, t_us))
+    })();
+    let id = tag.map_or(0, |(sender, seq, _)| irc_id(sender, seq));
+    Some(RoomLine { id, room, tag })
+}
+
 impl State {
     /// Handles one `ROOM` line (after `ROOM `) read at `now`.
     fn on_room(&mut self, rest: &[u8], now: Instant) {
         let shared = self.shared.clone();
-        let Some(line) = parse_room_line(rest, shared.users.prefix().as_bytes()) else {
+        if let Some(line) = parse_room_line(rest, shared.users.prefix().as_bytes()) {
+            self.on_delivery(line, now);
+        }
+    }
+
+    /// Handles one IRC `PRIVMSG` (after the command) from `from`, read at `now`.
+    fn on_privmsg(&mut self, from: &[u8], rest: &[u8], now: Instant) {
+        let shared = self.shared.clone();
+        let Some(line) = parse_irc_privmsg(from, rest, shared.users.prefix().as_bytes()) else {
             return;
         };
+        if !rest.starts_with(b"#") {
+            return;
+        }
+        if let Some((sender, seq, _)) = line.tag {
+            match self.last_seq.entry(sender) {
+                Entry::Occupied(mut last) => {
+                    if seq <= *last.get() {
+                        self.out.out_of_order += 1;
+                    }
+                    last.insert(seq.max(*last.get()));
+                }
+                Entry::Vacant(v) => {
+                    v.insert(seq);
+                }
+            }
+        }
+        self.on_delivery(line, now);
+    }
+
+    fn on_delivery(&mut self, line: RoomLine<'_>, now: Instant) {
+        let shared = self.shared.clone();
         if !line
             .room
             .eq_ignore_ascii_case(shared.room_names[self.room].as_bytes())
@@ -361,7 +442,7 @@ impl State {
             self.out.foreign += u64::from(line.tag.is_some());
             return;
         }
-        if line.id < self.last_id {
+        if !shared.irc && line.id < self.last_id {
             self.out.out_of_order += 1;
         }
         self.last_id = self.last_id.max(line.id);
@@ -446,9 +527,9 @@ impl State {
     fn put_send(&mut self, wbuf: &mut Vec<u8>, from: Instant, deadline: Instant) {
         let shared = &self.shared;
         let before = wbuf.len();
-        wbuf.extend_from_slice(b"SEND ");
+        wbuf.extend_from_slice(if shared.irc { b"PRIVMSG " } else { b"SEND " });
         wbuf.extend_from_slice(shared.room_names[self.room].as_bytes());
-        wbuf.push(b' ');
+        wbuf.extend_from_slice(if shared.irc { b" :" } else { b" " });
         let text = wbuf.len();
         let t_us = from.saturating_duration_since(shared.epoch).as_micros() as u64;
         let _ = write!(
@@ -463,7 +544,15 @@ impl State {
         }
         wbuf.extend_from_slice(b"\r\n");
         self.out.bytes_out += (wbuf.len() - before) as u64;
-        self.in_flight.push_back((from, self.seq));
+        if shared.irc {
+            // Nothing will answer it: sent is as acknowledged as it gets.
+            let id = irc_id(self.index as u32, self.seq);
+            self.out.acks.push((self.seq, id));
+            self.acked_now += 1;
+            self.ack_ns.push(1);
+        } else {
+            self.in_flight.push_back((from, self.seq));
+        }
         self.seq += 1;
         self.out.sent += 1;
         self.out.sent_in_time += u64::from(from < deadline);
@@ -491,6 +580,9 @@ impl Member {
 
     /// Handles every complete line read: `ROOM` lines, and replies to our SENDs.
     fn on_lines(&mut self) -> Result<(), String> {
+        if self.st.shared.irc {
+            return self.on_irc_lines();
+        }
         let now = Instant::now();
         while let Some(range) = self.conn.rbuf.line_range() {
             let line = &self.conn.rbuf.bytes()[range];
@@ -505,8 +597,70 @@ impl Member {
         Ok(())
     }
 
+    /// Handles every complete IRC line read: PRIVMSGs to the room, PINGs (answered), and
+    /// error numerics (counted as errors).
+    fn on_irc_lines(&mut self) -> Result<(), String> {
+        let now = Instant::now();
+        while let Some(range) = self.conn.rbuf.line_range() {
+            let line = &self.conn.rbuf.bytes()[range];
+            let (from, command, rest) = irc_parts(line);
+            match command {
+                b"PRIVMSG" => self.st.on_privmsg(from, rest, now),
+                b"PING" => {
+                    self.wbuf.extend_from_slice(b"PONG ");
+                    self.wbuf.extend_from_slice(rest);
+                    self.wbuf.extend_from_slice(b"\r\n");
+                }
+                [b'4', _, _] => {
+                    self.st.errors_now += 1;
+                    self.st
+                        .out
+                        .error_example
+                        .get_or_insert_with(|| String::from_utf8_lossy(line).into_owned());
+                }
+                b"ERROR" => return Err(String::from_utf8_lossy(line).into_owned()),
+                _ => {}
+            }
+        }
+        self.st.record(now);
+        Ok(())
+    }
+
+    /// IRC: JOINs the member's room, `Ok` at the end of its names (366).
+    async fn join_irc(&mut self) -> Result<(), String> {
+        let mut line = b"JOIN ".to_vec();
+        line.extend_from_slice(self.st.shared.room_names[self.st.room].as_bytes());
+        line.extend_from_slice(b"\r\n");
+        self.conn.flush(&mut line).await?;
+        let deadline = Instant::now() + JOIN_TIMEOUT;
+        let stop = self.st.shared.stop.clone();
+        loop {
+            while let Some(range) = self.conn.rbuf.line_range() {
+                let line = &self.conn.rbuf.bytes()[range];
+                let (_, command, _) = irc_parts(line);
+                match command {
+                    b"366" => return Ok(()),
+                    b"ERROR" | [b'4', _, _] => {
+                        return Err(format!("JOIN: {}", String::from_utf8_lossy(line)));
+                    }
+                    _ => {}
+                }
+            }
+            tokio::select! {
+                read = self.read() => read?,
+                _ = tokio::time::sleep_until(deadline.into()) => {
+                    return Err("JOIN: no end of names in time".into());
+                }
+                _ = stop.cancelled() => return Err("JOIN: stopped".into()),
+            }
+        }
+    }
+
     /// JOINs the member's room: `Ok` once joined.
     async fn join(&mut self) -> Result<(), String> {
+        if self.st.shared.irc {
+            return self.join_irc().await;
+        }
         let mut line = b"JOIN ".to_vec();
         line.extend_from_slice(self.st.shared.room_names[self.st.room].as_bytes());
         line.extend_from_slice(b"\r\n");
@@ -676,6 +830,17 @@ pub async fn run(args: &RoomsArgs, ctx: &Ctx) -> anyhow::Result<Measured> {
         timeout: Duration::from_secs(120),
     });
     setup.buf_size = 16 * 1024;
+    let irc = ctx.common.proto == crate::Proto::Irc;
+    if irc && args.timing.rate.is_none_or(|r| r <= 0.0) {
+        anyhow::bail!("with --proto irc, give --rate: an IRC server acknowledges no PRIVMSG, so there is no closed loop");
+    }
+    if irc {
+        // Nicks are the run's user names, so that on chatd they are the accounts' too.
+        setup.irc = Some(format!("{}_", users.prefix()));
+        if !args.irc_register {
+            setup.auth = None;
+        }
+    }
     let (mut conns, connect) = open_all(setup, ctx.live.clone(), ctx.epoch).await;
     m.connect = connect;
     conns.sort_by_key(|c| c.index);
@@ -691,6 +856,7 @@ pub async fn run(args: &RoomsArgs, ctx: &Ctx) -> anyhow::Result<Measured> {
         epoch: ctx.epoch,
         drain: ctx.drain(),
         payload: args.payload,
+        irc,
         plan: OnceLock::new(),
         started: start_rx,
         live: ctx.live.clone(),
@@ -735,6 +901,7 @@ pub async fn run(args: &RoomsArgs, ctx: &Ctx) -> anyhow::Result<Measured> {
                 acked_now: 0,
                 errors_now: 0,
                 done_sending: true,
+                last_seq: HashMap::new(),
             },
             conn,
         };
@@ -868,7 +1035,7 @@ pub async fn run(args: &RoomsArgs, ctx: &Ctx) -> anyhow::Result<Measured> {
     let since = |t: Instant| t.saturating_duration_since(ctx.epoch).as_secs_f64();
     let acks = plan.acks.snapshot_until(issued_until);
     let mut run = RunRaw {
-        what: "acked SENDs".into(),
+        what: if irc { "PRIVMSGs written" } else { "acked SENDs" }.into(),
         started: since(start),
         ended: since(issued_until),
         drained: since(last),
