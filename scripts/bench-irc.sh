@@ -2,15 +2,20 @@
 # chatd's IRC door beside ngIRCd and InspIRCd (Debian's packages), in one run, alternating:
 #   1. connections held (registered: NICK, USER, up to the end of the MOTD) and the server's
 #      memory per connection;
-#   2. IRC PING round trips: 1 connection x 1 in flight, 50 x 1, and 500 x 1.
+#   2. IRC PING round trips: 1 connection x 1 in flight, 50 x 1, and 500 x 1;
+#   3. PRIVMSG through channels (`chatd load rooms --proto irc`, open loop at a fixed rate, every
+#      message checked to reach every other member exactly once): one to one (100 channels of
+#      2, 1,000/s), 1 channel x 1,000 members with 10 senders (100/s: 99,900 deliveries/s), and
+#      100 channels x 20 with one sender each (1,000/s: 19,000 deliveries/s); deliveries per
+#      second, latency from send to delivery, and server CPU per delivery.
 # `chatd load --proto irc` drives all three. Each server listens on 127.0.0.1 only, on a port
 # of its own, with its per-address and flood limits raised for a load from one address
 # (ngIRCd's command penalties off, InspIRCd's fakelag off), and
-# is killed by pid on exit. chatd stores messages durably; the other two store none. The
-# fan-out figures (PRIVMSG to channels of 1,000 and 20) need `--proto irc` in the chat and rooms
-# scenarios, which the generator does not have yet.
+# is killed by pid on exit. chatd stores messages durably; the other two store none: on chatd
+# every member is an account (made with NickServ), and each PRIVMSG is committed to SQLite
+# before anyone receives it.
 #
-# Usage: scripts/bench-irc.sh           # ~4 minutes
+# Usage: scripts/bench-irc.sh           # ~10 minutes
 # Environment: RUNS (3), DURATION (10), CONNS (10000), OUT (target/bench-irc)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -55,6 +60,7 @@ start_server() {
     chatd)
         CHATD_THREADS=1 RUST_LOG=warn "$BIN" serve --bind 127.0.0.1 --port 0 --no-http \
             --irc-port "$port" --irc-server-name irc.chatd.test --db "sqlite://$TMP/chatd.db" \
+            --load-test-hashing --max-send-rate 0 \
             >"$TMP/chatd.out" 2>"$TMP/chatd.err" &
         pid=$!
         ;;
@@ -147,6 +153,21 @@ for shape in 1 50 500; do
     done
 done
 
+# 3. PRIVMSG through channels, on the same servers; every run has its own nicks and channels.
+for shape in pairs:100:2:1:1000 fan1000:1:1000:10:100 fan20:100:20:1:1000; do
+    IFS=: read -r row rooms members senders rate <<<"$shape"
+    for run in $(seq "$RUNS"); do
+        for s in "${SERVERS[@]}"; do
+            p="PORT_$s" pid="PID_$s"
+            register=()
+            [[ $s == chatd ]] && register=(--irc-register)
+            load "$row" "$s" "$run" rooms --proto irc --addr "127.0.0.1:${!p}" --rooms "$rooms" \
+                --members "$members" --senders "$senders" --rate "$rate" --duration "$DURATION" \
+                --user-prefix "${row:0:1}${run}${s:0:1}" --server-pid "${!pid}" "${register[@]}"
+        done
+    done
+done
+
 python3 - "$OUT/json" "${SERVERS[@]}" >"$OUT/summary.md" <<'PY'
 import glob, json, os, statistics, sys
 
@@ -179,10 +200,33 @@ ROWS = [
     ("PING 50x1 p99", "ping-50x1", "run.latency.p99_us", micros),
     ("PING 500x1 replies/s", "ping-500x1", "run.per_sec", per_sec),
     ("PING 500x1 p99", "ping-500x1", "run.latency.p99_us", micros),
+    ("1 to 1 (100 x 2, 1,000/s): deliveries/s", "pairs", "rooms.deliveries_per_sec", per_sec),
+    ("1 to 1: send to delivery p50", "pairs", "delivery.latency.p50_us", micros),
+    ("1 to 1: send to delivery p99", "pairs", "delivery.latency.p99_us", micros),
+    ("1 to 1: server CPU per delivery", "pairs", "rooms.server_cpu_us_per_delivery", lambda v: f"{v:.1f} µs"),
+    ("1 x 1,000 (10 senders, 100/s): deliveries/s", "fan1000", "rooms.deliveries_per_sec", per_sec),
+    ("1 x 1,000: send to delivery p99", "fan1000", "delivery.latency.p99_us", micros),
+    ("1 x 1,000: server CPU per delivery", "fan1000", "rooms.server_cpu_us_per_delivery", lambda v: f"{v:.2f} µs"),
+    ("100 x 20 (1,000/s): deliveries/s", "fan20", "rooms.deliveries_per_sec", per_sec),
+    ("100 x 20: send to delivery p99", "fan20", "delivery.latency.p99_us", micros),
+    ("100 x 20: server CPU per delivery", "fan20", "rooms.server_cpu_us_per_delivery", lambda v: f"{v:.2f} µs"),
+    ("PRIVMSG runs that passed (exactly once, in order)", None, None, None),
 ]
 print("| figure | " + " | ".join(servers) + " |")
 print("|---|" + "---|" * len(servers))
+def passed(server):
+    ok = total = 0
+    for row in ("pairs", "fan1000", "fan20"):
+        for name in glob.glob(os.path.join(folder, f"{row}.{server}.*.json")):
+            with open(name) as f:
+                total += 1
+                ok += json.load(f)["passed"]
+    return f"{ok} of {total}"
+
 for name, row, path, fmt in ROWS:
+    if row is None:
+        print(f"| {name} | " + " | ".join(passed(s) for s in servers) + " |")
+        continue
     print(f"| {name} | " + " | ".join(cell(values(row, s, path), fmt) for s in servers) + " |")
 print("| stores messages | " + " | ".join("yes, durably, before delivery" if s == "chatd" else "no" for s in servers) + " |")
 PY

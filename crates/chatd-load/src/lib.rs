@@ -90,8 +90,9 @@ pub struct Common {
     pub addr: Vec<String>,
     /// The protocol the connections speak: `line` (chatd's line protocol, or Redis with
     /// --no-greeting), or `irc` (any IRC server: each connection registers with NICK and USER
-    /// and counts as open at the end of its MOTD; `ping` sends IRC PINGs). `irc` is for the
-    /// connections and ping scenarios.
+    /// and counts as open at the end of its MOTD; `ping` sends IRC PINGs; `rooms` JOINs
+    /// channels and PRIVMSGs them, at a --rate). `irc` is for the connections, ping and rooms
+    /// scenarios.
     #[arg(long, value_enum, default_value_t = Proto::Line)]
     pub proto: Proto,
     /// Print the report as one JSON object on standard output; with FILE, write it there (and

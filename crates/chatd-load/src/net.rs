@@ -223,6 +223,22 @@ pub fn rss_kib(pid: u32) -> io::Result<u64> {
     proc_status_kib(pid, "VmRSS:")
 }
 
+/// CPU time (user and system) process `pid` has used, in seconds (Linux: /proc/PID/stat).
+pub fn cpu_seconds(pid: u32) -> io::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let bad = || io::Error::new(io::ErrorKind::InvalidData, format!("no CPU times for pid {pid}"));
+    // utime and stime are fields 14 and 15, counted after the command name in parentheses.
+    let after = stat.get(stat.rfind(')').ok_or_else(bad)? + 2..).ok_or_else(bad)?;
+    let mut fields = after.split_whitespace().skip(11);
+    let mut ticks = 0.0;
+    for _ in 0..2 {
+        ticks += fields.next().and_then(|t| t.parse::<f64>().ok()).ok_or_else(bad)?;
+    }
+    // SAFETY: sysconf only reads a constant of the system.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok(ticks / hz.max(1.0))
+}
+
 /// A `kB` field of /proc/PID/status (Linux only).
 pub fn proc_status_kib(pid: u32, field: &str) -> io::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;

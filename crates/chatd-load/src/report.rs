@@ -399,6 +399,12 @@ pub struct RoomsReport {
     pub with_stalled: Option<Latency>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub without_stalled: Option<Latency>,
+    /// (with `--server-pid`) the servers' CPU seconds from the start of sending until every
+    /// member was done reading, and that per delivery in microseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_cpu_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_cpu_us_per_delivery: Option<f64>,
 }
 
 /// Everything a run found out. Sections a scenario does not have are left out of the JSON.
@@ -572,6 +578,11 @@ impl Report {
                 stalled_not_kicked: r.stalled_not_kicked,
                 with_stalled: lat(&r.with_stalled),
                 without_stalled: lat(&r.without_stalled),
+                server_cpu_s: r.server_cpu_s,
+                server_cpu_us_per_delivery: r.server_cpu_s.and_then(|cpu| {
+                    let delivered = delivery.as_ref().map_or(0, |d| d.delivered);
+                    (delivered > 0).then(|| cpu * 1e6 / delivered as f64)
+                }),
             }
         });
         let mut warnings = m.warnings.clone();
@@ -874,6 +885,12 @@ impl Report {
                     r.expected
                 ),
             ));
+            if let (Some(cpu), Some(per)) = (r.server_cpu_s, r.server_cpu_us_per_delivery) {
+                rows.push((
+                    "  server CPU",
+                    format!("{cpu:.2} s from the first send to the last delivery: {per:.2} µs per delivery"),
+                ));
+            }
             rows.push((
                 "  checks",
                 format!(

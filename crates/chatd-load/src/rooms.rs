@@ -182,6 +182,10 @@ pub struct RoomsRaw {
     /// Delivery latencies in rooms with a stalled member, and in rooms without (with --stalled).
     pub with_stalled: Option<Data>,
     pub without_stalled: Option<Data>,
+    /// (with `--server-pid`) CPU seconds the servers used from the start of sending until
+    /// every member was done reading.
+    #[serde(default)]
+    pub server_cpu_s: Option<f64>,
 }
 
 impl RoomsRaw {
@@ -211,6 +215,10 @@ impl RoomsRaw {
             self.started.min(o.started + shift)
         };
         self.last_event = self.last_event.max(o.last_event + shift);
+        self.server_cpu_s = match (self.server_cpu_s, o.server_cpu_s) {
+            (Some(a), Some(b)) => Some(a + b),
+            (a, b) => a.or(b),
+        };
         crate::report::merge_data(&mut self.with_stalled, &o.with_stalled, shift);
         crate::report::merge_data(&mut self.without_stalled, &o.without_stalled, shift);
     }
@@ -997,6 +1005,13 @@ pub async fn run(args: &RoomsArgs, ctx: &Ctx) -> anyhow::Result<Measured> {
         without_stalled: series(),
     };
     let _ = shared.plan.set(plan);
+    let cpu = || -> Option<f64> {
+        let pids = &ctx.common.server_pid;
+        (!pids.is_empty())
+            .then(|| pids.iter().map(|&p| crate::net::cpu_seconds(p).ok()).sum())
+            .flatten()
+    };
+    let cpu_at_start = cpu();
     let _ = start_tx.send(true);
 
     // The readers end by themselves (everything delivered, or the drain is over); then the
@@ -1015,6 +1030,7 @@ pub async fn run(args: &RoomsArgs, ctx: &Ctx) -> anyhow::Result<Measured> {
         others_done += usize::from(!(record.joined && layout.is_stalled(record.index as usize)));
         records.push(record);
     }
+    let server_cpu_s = cpu_at_start.zip(cpu()).map(|(a, b)| b - a);
     ctx.live.set_phase("checking", 0, None);
     let shared = Arc::into_inner(shared).expect("every member task has finished");
     let plan = shared.plan.into_inner().expect("set before the start");
@@ -1054,6 +1070,7 @@ pub async fn run(args: &RoomsArgs, ctx: &Ctx) -> anyhow::Result<Measured> {
     }
     rooms.started = since(start);
     rooms.last_event = since(last);
+    rooms.server_cpu_s = server_cpu_s;
     m.delivery = Some(delivery);
     m.rooms = Some(rooms);
     let mut answered_in_time = 0;
