@@ -1104,3 +1104,68 @@ async fn without_guests_a_nick_without_an_account_can_only_log_in_or_register() 
     other.expect("NOTICE").await;
     server.stop().await;
 }
+
+#[tokio::test]
+async fn labeled_responses_whowas_time_lusers_and_userhost_in_names() {
+    let server = server().await;
+    let addr = irc_addr(&server);
+    let mut bob = server.user("bob").await;
+    bob.ok("JOIN #class").await;
+    server.user("alice").await;
+    let mut alice = Irc::sasl(addr, "alice", "pw", "batch labeled-response userhost-in-names").await;
+    // One 900 for the login, not a second one after the welcome.
+    assert_eq!(
+        alice.seen.iter().filter(|l| l.command == "900").count(),
+        1,
+        "{:?}",
+        alice.seen
+    );
+    let lusers: Vec<&str> = alice.seen.iter().map(|l| l.command.as_str()).collect();
+    assert!(lusers.contains(&"265") && lusers.contains(&"266"), "{lusers:?}");
+
+    // A command with one line of reply gets the label on it; none, an ACK; more, a batch.
+    alice.send("@label=one PING :x").await;
+    let pong = alice.expect("PONG").await;
+    assert_eq!(pong.tag("label"), Some("one"));
+    alice.send("@label=two PONG :x").await;
+    let ack = alice.expect("ACK").await;
+    assert_eq!(ack.tag("label"), Some("two"));
+    alice.send("@label=three JOIN #class").await;
+    let start = alice.expect("BATCH").await;
+    assert_eq!(start.tag("label"), Some("three"));
+    assert_eq!(start.params[1], "labeled-response");
+    let reference = start.params[0].trim_start_matches('+').to_string();
+    let (end, inside) = alice.until("BATCH").await;
+    assert_eq!(end.params, [format!("-{reference}")]);
+    assert!(
+        inside.iter().all(|l| l.tag("batch") == Some(reference.as_str())),
+        "{inside:?}"
+    );
+    // userhost-in-names: each name with its user and host.
+    let names = inside.iter().find(|l| l.command == "353").expect("NAMES");
+    assert_eq!(names.text(), "~bob!bob@chatd alice!alice@chatd");
+
+    alice.send("TIME").await;
+    alice.expect("391").await;
+    // WHOWAS: who left lately, with the user and real name they registered with.
+    let mut gone = Irc::connect(addr).await;
+    gone.send("NICK wanderer").await;
+    gone.send("USER wuser 0 * :Wandering Wendy").await;
+    gone.until("376").await;
+    gone.send("QUIT").await;
+    assert!(gone.closed_within(Duration::from_secs(5)).await);
+    alice.send("WHOWAS wanderer").await;
+    let was = alice.expect("314").await;
+    assert_eq!(&was.params[1..4], ["wanderer", "wuser", "chatd"]);
+    assert_eq!(was.text(), "Wandering Wendy");
+    alice.expect("369").await;
+    alice.send("WHOWAS nobody").await;
+    alice.expect("406").await;
+    alice.expect("369").await;
+    // A USER without a real name is too few parameters.
+    let mut nameless = Irc::connect(addr).await;
+    nameless.send("NICK x").await;
+    nameless.send("USER x 0 * :").await;
+    assert_eq!(nameless.expect("461").await.params[1], "USER");
+    server.stop().await;
+}

@@ -195,8 +195,23 @@ async fn irc_rooms_deliver_every_privmsg_to_every_other_member_once_and_fail_wit
     let irc = server.process.irc.expect("the IRC door is open").to_string();
     let rooms = |prefix: &'static str, extra: &'static [&'static str]| {
         let mut args = vec![
-            "rooms", "--proto", "irc", "--addr", &irc, "--rooms", "2", "--members", "4", "--senders", "2",
-            "--rate", "200", "--duration", "1", "--user-prefix", prefix,
+            "rooms",
+            "--proto",
+            "irc",
+            "--addr",
+            &irc,
+            "--rooms",
+            "2",
+            "--members",
+            "4",
+            "--senders",
+            "2",
+            "--rate",
+            "200",
+            "--duration",
+            "1",
+            "--user-prefix",
+            prefix,
         ];
         args.extend_from_slice(extra);
         args.into_iter().map(str::to_string).collect::<Vec<_>>()

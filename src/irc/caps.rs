@@ -21,6 +21,8 @@ pub const MULTI_PREFIX: u16 = 1 << 6;
 pub const BATCH: u16 = 1 << 7;
 pub const CHATHISTORY: u16 = 1 << 8;
 pub const READ_MARKER: u16 = 1 << 9;
+pub const LABELED_RESPONSE: u16 = 1 << 10;
+pub const USERHOST_IN_NAMES: u16 = 1 << 11;
 
 /// Every capability the door offers, as `CAP LS` lists it, and its bit.
 const OFFERED: &[(&str, u16)] = &[
@@ -30,10 +32,12 @@ const OFFERED: &[(&str, u16)] = &[
     ("draft/chathistory", CHATHISTORY),
     ("draft/read-marker", READ_MARKER),
     ("echo-message", ECHO_MESSAGE),
+    ("labeled-response", LABELED_RESPONSE),
     ("message-tags", MESSAGE_TAGS),
     ("multi-prefix", MULTI_PREFIX),
     ("sasl", SASL),
     ("server-time", SERVER_TIME),
+    ("userhost-in-names", USERHOST_IN_NAMES),
 ];
 
 impl Caps {

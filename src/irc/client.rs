@@ -89,6 +89,10 @@ pub struct Client {
     last_heard: Instant,
     pinged: bool,
     connected: Instant,
+    /// Batches this connection was sent (labeled-response), for their references.
+    batches: u32,
+    /// The login was already announced (`900`, by SASL): the welcome does not repeat it.
+    pub login_announced: bool,
 }
 
 /// Serves one accepted connection until the client quits, leaves, times out, or the server
@@ -129,6 +133,8 @@ pub fn serve(
         last_heard: now,
         pinged: false,
         connected: now,
+        batches: 0,
+        login_announced: false,
     };
     async move {
         let _open = &open;
@@ -145,6 +151,13 @@ pub fn serve(
         };
         client.finish(&end).await;
         client.end_guest();
+        if client.registered {
+            client.settings.whowas.left(super::Departed {
+                nick: client.nick.clone(),
+                username: client.username.clone().unwrap_or_default(),
+                realname: client.realname.clone(),
+            });
+        }
         if let Some(session) = &client.session {
             client
                 .settings
@@ -328,6 +341,19 @@ impl Client {
         wire::put(self.socket.out(), tags, source, command, middle, trailing);
     }
 
+    /// Bytes gathered for the client and not written yet: where a command's response starts.
+    pub fn written(&self) -> usize {
+        self.socket.pending()
+    }
+
+    /// Labels what was gathered from `from` on as the response to a labeled command.
+    pub fn label_response(&mut self, from: usize, label: &str) {
+        self.batches += 1;
+        let batch = format!("l{}", self.batches);
+        let server = &self.settings.server_name;
+        super::labeled::label(self.socket.out(), from, label, server, &batch);
+    }
+
     /// `:server CAP <nick> <sub> :<list>`.
     pub fn cap_reply(&mut self, sub: &str, list: &str) {
         let nick = self.nick.clone();
@@ -429,12 +455,14 @@ impl Client {
         self.welcome().await;
         match self.pending.take() {
             Some(account) => {
-                let mask = self.mask();
-                self.numeric(
-                    RPL_LOGGEDIN,
-                    &[&mask, account.as_str()],
-                    &format!("You are now logged in as {account}"),
-                );
+                if !std::mem::take(&mut self.login_announced) {
+                    let mask = self.mask();
+                    self.numeric(
+                        RPL_LOGGEDIN,
+                        &[&mask, account.as_str()],
+                        &format!("You are now logged in as {account}"),
+                    );
+                }
                 self.go_online(account).await;
             }
             None if self.is_guest() => self.welcome_guest(),
@@ -565,12 +593,14 @@ impl Client {
             self.relay("", &mask, "NICK", &[], Some(account.as_str()));
             self.nick = account.to_string();
         }
-        let mask = self.mask();
-        self.numeric(
-            RPL_LOGGEDIN,
-            &[&mask, account.as_str()],
-            &format!("You are now logged in as {account}"),
-        );
+        if !std::mem::take(&mut self.login_announced) {
+            let mask = self.mask();
+            self.numeric(
+                RPL_LOGGEDIN,
+                &[&mask, account.as_str()],
+                &format!("You are now logged in as {account}"),
+            );
+        }
         self.go_online(account).await;
     }
 

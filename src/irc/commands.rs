@@ -65,15 +65,30 @@ pub const COMMANDS: &[Command] = &[
     row("PONG", 0, Need::Nothing),
     row("PRIVMSG", 0, Need::Registered),
     row("QUIT", 0, Need::Nothing),
+    row("TIME", 0, Need::Registered),
     row("TOPIC", 1, Need::Someone),
     row("USER", 4, Need::Nothing),
     row("USERHOST", 1, Need::Registered),
     row("WHO", 0, Need::Registered),
     row("WHOIS", 1, Need::Registered),
+    row("WHOWAS", 1, Need::Registered),
 ];
 
-/// Runs one parsed line: finds its command, checks what its row needs, and runs it.
+/// Runs one parsed line; with labeled-response, its response is labeled as the client asked.
 pub async fn dispatch(c: &mut Client, m: &Msg<'_>) {
+    let labeled = c.caps.has(caps::LABELED_RESPONSE) && c.caps.has(caps::BATCH);
+    match labeled.then(|| super::labeled::label_of(m.tags)).flatten() {
+        Some(label) => {
+            let from = c.written();
+            run_command(c, m).await;
+            c.label_response(from, label);
+        }
+        None => run_command(c, m).await,
+    }
+}
+
+/// Finds a line's command, checks what its row needs, and runs it.
+async fn run_command(c: &mut Client, m: &Msg<'_>) {
     // Commands are case-insensitive (RFC 2812 §2.3); found without copying the line's.
     let Some(command) = COMMANDS
         .iter()
@@ -127,11 +142,16 @@ pub async fn dispatch(c: &mut Client, m: &Msg<'_>) {
             let reason = m.params.first().copied().unwrap_or("Client Quit");
             c.end = Some(End::Quit(reason.chars().take(200).collect()));
         }
+        "TIME" => {
+            let (server, now) = (c.settings.server_name.clone(), chrono::Utc::now());
+            c.numeric(RPL_TIME, &[&server], &now.to_rfc2822());
+        }
         "TOPIC" => topic(c, m).await,
         "USER" => user(c, m),
         "USERHOST" => userhost(c, m).await,
         "WHO" => who(c, m).await,
         "WHOIS" => whois(c, m).await,
+        "WHOWAS" => whowas(c, m).await,
         other => unreachable!("{other} is in the table but has no arm"),
     }
 }
@@ -169,6 +189,15 @@ fn pass(c: &mut Client, m: &Msg<'_>) {
 fn user(c: &mut Client, m: &Msg<'_>) {
     if c.registered {
         c.numeric(ERR_ALREADYREGISTERED, &[], "You may not reregister");
+        return;
+    }
+    if m.arg(3).is_empty() {
+        // RFC 2812 §3.1.3: the real name is a parameter; Modern: empty is too few.
+        c.numeric(
+            ERR_NEEDMOREPARAMS,
+            &["USER"],
+            "Not enough parameters: USER <user> 0 * :<real name>",
+        );
         return;
     }
     let name: String = m.arg(0).chars().filter(|ch| !ch.is_control()).take(32).collect();
@@ -264,6 +293,7 @@ async fn authenticate(c: &mut Client, m: &Msg<'_>) {
                 &format!("You are now logged in as {user}"),
             );
             c.numeric(RPL_SASLSUCCESS, &[], "SASL authentication successful");
+            c.login_announced = true;
             c.logged_in(user).await;
         }
         Err(e) => {
@@ -634,8 +664,13 @@ fn names(c: &mut Client, room: &str, view: &crate::chat::rooms::RoomView) {
         .iter()
         .map(|(name, role)| (name.as_str(), *role));
     let guests = guests.iter().map(|nick| (&**nick, crate::store::Role::Member));
+    let full = c.caps.has(caps::USERHOST_IN_NAMES);
     for member in members.chain(guests) {
-        let name = prefixed(member.0, member.1, multi);
+        let name = if full {
+            prefixed(&mask(member.0), member.1, multi)
+        } else {
+            prefixed(member.0, member.1, multi)
+        };
         if !line.is_empty() && line.len() + 1 + name.len() > room_for_names {
             c.numeric(RPL_NAMREPLY, &[symbol, room], &line);
             line.clear();
@@ -949,6 +984,19 @@ pub async fn lusers(c: &mut Client) {
     let rooms = c.chat.open_room_count().await.unwrap_or(0).to_string();
     c.numeric_params(RPL_LUSERCHANNELS, &[&rooms, "channels formed"]);
     c.numeric(RPL_LUSERME, &[], &format!("I have {here} clients and 0 servers"));
+    let (here, online) = (here.to_string(), online.to_string());
+    c.numeric_params(
+        RPL_LOCALUSERS,
+        &[&here, &here, &format!("Current local users {here}, max {here}")],
+    );
+    c.numeric_params(
+        RPL_GLOBALUSERS,
+        &[
+            &online,
+            &online,
+            &format!("Current global users {online}, max {online}"),
+        ],
+    );
 }
 
 /// The message of the day: what chatd is, and how this door maps onto it.
@@ -1089,6 +1137,34 @@ async fn whois(c: &mut Client, m: &Msg<'_>) {
         }
     }
     c.numeric(RPL_ENDOFWHOIS, &[nick], "End of /WHOIS list");
+}
+
+/// `WHOWAS nick [count]`: who left this node's door on that nick lately, newest first; an
+/// account not connected is known too (its nick is its name).
+async fn whowas(c: &mut Client, m: &Msg<'_>) {
+    let nick = m.arg(0).split(',').next().unwrap_or("");
+    if nick.is_empty() {
+        return c.numeric(ERR_NONICKNAMEGIVEN, &[], "No nickname given");
+    }
+    let most = match m.arg(1).parse::<i64>() {
+        Ok(n) if n > 0 => n as usize,
+        _ => usize::MAX,
+    };
+    let server = c.settings.server_name.clone();
+    let departed = c.settings.whowas.of(nick, most);
+    for d in &departed {
+        c.numeric(RPL_WHOWASUSER, &[&d.nick, &d.username, HOST, "*"], &d.realname);
+        c.numeric(RPL_WHOISSERVER, &[&d.nick, &server], "chatd");
+    }
+    if departed.is_empty() {
+        if c.chat.user_exists(nick).await.unwrap_or(false) {
+            c.numeric(RPL_WHOWASUSER, &[nick, nick, HOST, "*"], nick);
+            c.numeric(RPL_WHOISSERVER, &[nick, &server], "chatd");
+        } else {
+            c.numeric(ERR_WASNOSUCHNICK, &[nick], "There was no such nickname");
+        }
+    }
+    c.numeric(RPL_ENDOFWHOWAS, &[nick], "End of WHOWAS");
 }
 
 #[cfg(test)]

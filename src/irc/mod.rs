@@ -7,6 +7,7 @@
 //! - [`commands`]: the command table (name, arguments, who may use it) and each command;
 //! - [`caps`]: IRCv3 capability negotiation and SASL PLAIN;
 //! - [`history`]: CHATHISTORY over the same history as HISTORY and HTTP;
+//! - [`labeled`]: labeled-response, a command's reply tagged with the client's label;
 //! - [`read_marker`]: MARKREAD over the rooms' read marks;
 //! - [`render`]: chatd's messages and room events as IRC lines;
 //! - [`guests`]: who the guests are (`--irc-guests`), by nick and channel;
@@ -20,6 +21,7 @@ pub mod client;
 pub mod commands;
 pub mod guests;
 pub mod history;
+pub mod labeled;
 pub mod nickserv;
 pub mod numeric;
 pub mod read_marker;
@@ -59,6 +61,8 @@ pub struct IrcSettings {
     pub away: Away,
     /// The guests on this node, with `--irc-guests`.
     pub guests: Option<guests::Guests>,
+    /// Who left this node's door lately, for WHOWAS.
+    pub whowas: Whowas,
 }
 
 impl IrcSettings {
@@ -77,6 +81,7 @@ impl IrcSettings {
             created: chrono::Utc::now().format("%Y-%m-%d %H:%M:%S UTC").to_string(),
             away: Away::default(),
             guests: config.irc_guests.then(guests::Guests::default),
+            whowas: Whowas::default(),
         }
     }
 }
@@ -113,5 +118,40 @@ impl Away {
             .expect("away lock")
             .get(user)
             .map(|(_, m)| m.clone())
+    }
+}
+
+/// The clients that left this node's door lately, newest last, for WHOWAS (RFC 2812
+/// §3.6.3): their nick, user name and real name, at most [`Whowas::KEPT`].
+#[derive(Default)]
+pub struct Whowas(Mutex<std::collections::VecDeque<Departed>>);
+
+#[derive(Debug, Clone)]
+pub struct Departed {
+    pub nick: String,
+    pub username: String,
+    pub realname: String,
+}
+
+impl Whowas {
+    pub const KEPT: usize = 256;
+
+    pub fn left(&self, departed: Departed) {
+        let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if kept.len() >= Self::KEPT {
+            kept.pop_front();
+        }
+        kept.push_back(departed);
+    }
+
+    /// Who went by `nick` (without case), newest first, at most `most`.
+    pub fn of(&self, nick: &str, most: usize) -> Vec<Departed> {
+        let kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        kept.iter()
+            .rev()
+            .filter(|d| d.nick.eq_ignore_ascii_case(nick))
+            .take(most)
+            .cloned()
+            .collect()
     }
 }

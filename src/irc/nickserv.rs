@@ -3,8 +3,6 @@
 //! `/msg NickServ REGISTER <password>` creates the account of the current nick.
 
 use super::client::Client;
-use super::numeric::RPL_LOGGEDIN;
-use super::render::mask;
 
 /// The name clients send to.
 pub const NICK: &str = "NickServ";
@@ -59,12 +57,6 @@ async fn identify(c: &mut Client, account: &str, password: &str) {
     match c.check_password(account, password).await {
         Ok(user) => {
             c.logged_in(user.clone()).await;
-            let shown = mask(user.as_str());
-            c.numeric(
-                RPL_LOGGEDIN,
-                &[&shown, user.as_str()],
-                &format!("You are now logged in as {user}"),
-            );
             c.nickserv(&format!("You are now identified for {user}"));
         }
         Err(e) => c.nickserv(&format!("Login to {account} refused: {}", e.message)),
@@ -83,12 +75,6 @@ async fn register(c: &mut Client, password: &str) {
         Ok(user) => {
             c.nickserv(&format!("Account {user} registered"));
             c.logged_in(user.clone()).await;
-            let shown = mask(user.as_str());
-            c.numeric(
-                RPL_LOGGEDIN,
-                &[&shown, user.as_str()],
-                &format!("You are now logged in as {user}"),
-            );
         }
         Err(e) => c.nickserv(&format!("{nick} was not registered: {}", e.message)),
     }

@@ -626,7 +626,10 @@ async fn irc_until(conn: &mut Conn, wanted: &[&str], deadline: Instant) -> Resul
             }
             "ERROR" => return Err(refusal(&line)),
             "432" | "433" | "436" | "451" | "464" | "465" | "904" => return Err(refusal(&line)),
-            "NOTICE" if text.contains("NickServ!") && (text.contains(" refused") || text.contains("not registered")) => {
+            "NOTICE"
+                if text.contains("NickServ!")
+                    && (text.contains(" refused") || text.contains("not registered")) =>
+            {
                 return Err(refusal(&line))
             }
             _ => {}

@@ -232,7 +232,10 @@ pub fn cpu_seconds(pid: u32) -> io::Result<f64> {
     let mut fields = after.split_whitespace().skip(11);
     let mut ticks = 0.0;
     for _ in 0..2 {
-        ticks += fields.next().and_then(|t| t.parse::<f64>().ok()).ok_or_else(bad)?;
+        ticks += fields
+            .next()
+            .and_then(|t| t.parse::<f64>().ok())
+            .ok_or_else(bad)?;
     }
     // SAFETY: sysconf only reads a constant of the system.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
