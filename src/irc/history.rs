@@ -102,7 +102,8 @@ async fn read(
 ) -> Result<Vec<Arc<Message>>, ChatError> {
     let me = c.account().cloned().expect("CHATHISTORY needs an account");
     // The id a reference stands for: `after` rounds a time to the last message at or before
-    // it, otherwise to the last one strictly before it.
+    // it, otherwise to the last one strictly before it. Times are shown to the millisecond,
+    // so a time stands for its whole millisecond: a message shown at `T` is at `T`.
     let id_of = |r: Ref, after: bool| {
         let (chat, me, target) = (c.chat.clone(), me.clone(), target.to_string());
         async move {
@@ -110,7 +111,8 @@ async fn read(
                 Ref::Id(id) => Ok::<i64, ChatError>(id),
                 Ref::Now => Ok(i64::MAX),
                 Ref::Time(micros) => {
-                    let at = if after { micros + 1 } else { micros };
+                    let millisecond = micros.div_euclid(1000) * 1000;
+                    let at = if after { millisecond + 1000 } else { millisecond };
                     let last = chat.last_id_before(&me, &target, at).await?;
                     // Before a time: the ids up to and including `last`.
                     Ok(if after { last } else { last + 1 })
@@ -143,12 +145,15 @@ async fn read(
         "BEFORE" => page(Page::Before(id_of(refs[0], false).await?, limit)).await?,
         "AFTER" => page(Page::After(id_of(refs[0], true).await?, limit)).await?,
         "AROUND" => {
+            // The message referred to (or the first at or after the time) in the middle.
             let at = id_of(refs[0], false).await?;
-            let before = (limit / 2).max(1);
-            let mut rows = page(Page::Before(at, before)).await?;
-            if limit > before {
-                rows.extend(page(Page::After(at.saturating_sub(1), limit - before)).await?);
-            }
+            let before = (limit - 1) / 2;
+            let mut rows = if before > 0 {
+                page(Page::Before(at, before)).await?
+            } else {
+                Vec::new()
+            };
+            rows.extend(page(Page::After(at.saturating_sub(1), limit - before)).await?);
             rows
         }
         _ => {
