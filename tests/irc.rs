@@ -1173,3 +1173,29 @@ async fn labeled_responses_whowas_time_lusers_and_userhost_in_names() {
     assert_eq!(nameless.expect("461").await.params[1], "USER");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn registration_during_sasl_aborts_it_and_an_overlong_sasl_line_is_905() {
+    let server = server().await;
+    let addr = irc_addr(&server);
+    let mut c = Irc::connect(addr).await;
+    c.send("CAP LS 302").await;
+    c.expect("CAP").await;
+    c.send("CAP REQ :sasl").await;
+    c.expect("CAP").await;
+    c.send("AUTHENTICATE PLAIN").await;
+    c.expect("AUTHENTICATE").await;
+    c.send("NICK midway").await;
+    c.send("USER midway 0 * :Midway").await;
+    c.send("CAP END").await;
+    c.expect("906").await;
+    c.expect("001").await;
+    let mut long = Irc::connect(addr).await;
+    long.send("CAP REQ :sasl").await;
+    long.expect("CAP").await;
+    long.send("AUTHENTICATE PLAIN").await;
+    long.expect("AUTHENTICATE").await;
+    long.send(&format!("AUTHENTICATE {}", "A".repeat(401))).await;
+    long.expect("905").await;
+    server.stop().await;
+}

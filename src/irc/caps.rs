@@ -124,6 +124,11 @@ pub fn cap(c: &mut Client, m: &Msg<'_>) {
         }
         "END" => {
             c.cap_negotiating = false;
+            if !matches!(c.sasl, Sasl::Idle) {
+                // Registration does not wait for an exchange left unfinished (sasl-3.1).
+                c.sasl = Sasl::Idle;
+                c.numeric(ERR_SASLABORTED, &[], "SASL authentication aborted");
+            }
         }
         _ => {
             let shown: String = m.arg(0).chars().take(20).collect();
@@ -192,9 +197,23 @@ pub fn authenticate(c: &mut Client, m: &Msg<'_>) -> Step {
             if arg != "+" {
                 collected.extend_from_slice(arg.as_bytes());
             }
+            if arg.len() > SASL_CHUNK {
+                // sasl-3.1: a single line over 400 bytes is 905.
+                c.sasl = Sasl::Idle;
+                c.numeric(
+                    ERR_SASLTOOLONG,
+                    &[],
+                    "SASL message too long: 400 bytes per AUTHENTICATE",
+                );
+                return Step::Wait;
+            }
             if collected.len() > MAX_SASL * 4 / 3 + 4 {
                 c.sasl = Sasl::Idle;
-                c.numeric(ERR_SASLTOOLONG, &[], "SASL message too long");
+                c.numeric(
+                    ERR_SASLFAIL,
+                    &[],
+                    "SASL authentication failed: the response is too long",
+                );
                 return Step::Wait;
             }
             if arg.len() == SASL_CHUNK {
