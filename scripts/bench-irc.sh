@@ -3,8 +3,10 @@
 #   1. connections held (registered: NICK, USER, up to the end of the MOTD) and the server's
 #      memory per connection;
 #   2. IRC PING round trips: 1 connection x 1 in flight, 50 x 1, and 500 x 1;
-#   3. PRIVMSG through channels (`chatd load rooms --proto irc`, open loop at a fixed rate, every
-#      message checked to reach every other member exactly once): one to one (100 channels of
+#   3. PRIVMSG from nick to nick (`chatd load chat --proto irc`: 200 users sending to the
+#      others in turn, 1,000/s in all), latency from send to delivery;
+#   4. PRIVMSG through channels (`chatd load rooms --proto irc`, open loop at a fixed rate, every
+#      message checked to reach every other member exactly once): channels of two (100 channels of
 #      2, 1,000/s), 1 channel x 1,000 members with 10 senders (100/s: 99,900 deliveries/s), and
 #      100 channels x 20 with one sender each (1,000/s: 19,000 deliveries/s); deliveries per
 #      second, latency from send to delivery, and server CPU per delivery.
@@ -15,8 +17,9 @@
 # every member is an account (made with NickServ), and each PRIVMSG is committed to SQLite
 # before anyone receives it.
 #
-# Usage: scripts/bench-irc.sh           # ~10 minutes
-# Environment: RUNS (3), DURATION (10), CONNS (10000), OUT (target/bench-irc)
+# Usage: scripts/bench-irc.sh           # ~30 minutes
+# Environment: RUNS (3), DURATION (10), CONNS (10000), OUT (target/bench-irc),
+#   SECTIONS ("connections ping privmsg channels": the parts to run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,6 +27,8 @@ RUNS=${RUNS:-3}
 DURATION=${DURATION:-10}
 CONNS=${CONNS:-10000}
 OUT=${OUT:-target/bench-irc}
+SECTIONS=${SECTIONS:-connections ping privmsg channels}
+section() { [[ " $SECTIONS " == *" $1 "* ]]; }
 for tool in ngircd inspircd; do
     command -v "$tool" >/dev/null || { echo "$tool is needed: apt-get install ngircd inspircd" >&2; exit 1; }
 done
@@ -131,7 +136,7 @@ SERVERS=(chatd ngircd inspircd)
 log "versions: $("$BIN" --version); $(ngircd --version 2>/dev/null | head -n1); $(inspircd --version 2>/dev/null | head -n1)"
 
 # 1. Connections held, each run on a fresh server so its memory starts from scratch.
-for run in $(seq "$RUNS"); do
+section connections && for run in $(seq "$RUNS"); do
     for s in "${SERVERS[@]}"; do
         start_server "$s"
         p="PORT_$s" pid="PID_$s"
@@ -143,7 +148,7 @@ done
 
 # 2. PING round trips, each server up for all its runs.
 for s in "${SERVERS[@]}"; do start_server "$s"; done
-for shape in 1 50 500; do
+section ping && for shape in 1 50 500; do
     for run in $(seq "$RUNS"); do
         for s in "${SERVERS[@]}"; do
             p="PORT_$s"
@@ -153,8 +158,19 @@ for shape in 1 50 500; do
     done
 done
 
-# 3. PRIVMSG through channels, on the same servers; every run has its own nicks and channels.
-for shape in pairs:100:2:1:1000 fan1000:1:1000:10:100 fan20:100:20:1:1000; do
+# 3. PRIVMSG from nick to nick, on the same servers; every run has its own nicks.
+section privmsg && for run in $(seq "$RUNS"); do
+    for s in "${SERVERS[@]}"; do
+        p="PORT_$s"
+        register=()
+        [[ $s == chatd ]] && register=(--irc-register)
+        load privmsg "$s" "$run" chat --proto irc --addr "127.0.0.1:${!p}" --users 200 --rate 1000 \
+            --duration "$DURATION" --user-prefix "d${run}${s:0:1}" "${register[@]}"
+    done
+done
+
+# 4. PRIVMSG through channels, on the same servers; every run has its own nicks and channels.
+section channels && for shape in pairs:100:2:1:1000 fan1000:1:1000:10:100 fan20:100:20:1:1000; do
     IFS=: read -r row rooms members senders rate <<<"$shape"
     for run in $(seq "$RUNS"); do
         for s in "${SERVERS[@]}"; do
@@ -200,10 +216,12 @@ ROWS = [
     ("PING 50x1 p99", "ping-50x1", "run.latency.p99_us", micros),
     ("PING 500x1 replies/s", "ping-500x1", "run.per_sec", per_sec),
     ("PING 500x1 p99", "ping-500x1", "run.latency.p99_us", micros),
-    ("1 to 1 (100 x 2, 1,000/s): deliveries/s", "pairs", "rooms.deliveries_per_sec", per_sec),
-    ("1 to 1: send to delivery p50", "pairs", "delivery.latency.p50_us", micros),
-    ("1 to 1: send to delivery p99", "pairs", "delivery.latency.p99_us", micros),
-    ("1 to 1: server CPU per delivery", "pairs", "rooms.server_cpu_us_per_delivery", lambda v: f"{v:.1f} µs"),
+    ("PRIVMSG nick to nick (200 users, 1,000/s): send to delivery p50", "privmsg", "delivery.latency.p50_us", micros),
+    ("PRIVMSG nick to nick: send to delivery p99", "privmsg", "delivery.latency.p99_us", micros),
+    ("channels of 2 (100 x 2, 1,000/s): deliveries/s", "pairs", "rooms.deliveries_per_sec", per_sec),
+    ("channels of 2: send to delivery p50", "pairs", "delivery.latency.p50_us", micros),
+    ("channels of 2: send to delivery p99", "pairs", "delivery.latency.p99_us", micros),
+    ("channels of 2: server CPU per delivery", "pairs", "rooms.server_cpu_us_per_delivery", lambda v: f"{v:.1f} µs"),
     ("1 x 1,000 (10 senders, 100/s): deliveries/s", "fan1000", "rooms.deliveries_per_sec", per_sec),
     ("1 x 1,000: send to delivery p99", "fan1000", "delivery.latency.p99_us", micros),
     ("1 x 1,000: server CPU per delivery", "fan1000", "rooms.server_cpu_us_per_delivery", lambda v: f"{v:.2f} µs"),
@@ -216,7 +234,7 @@ print("| figure | " + " | ".join(servers) + " |")
 print("|---|" + "---|" * len(servers))
 def passed(server):
     ok = total = 0
-    for row in ("pairs", "fan1000", "fan20"):
+    for row in ("privmsg", "pairs", "fan1000", "fan20"):
         for name in glob.glob(os.path.join(folder, f"{row}.{server}.*.json")):
             with open(name) as f:
                 total += 1

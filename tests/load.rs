@@ -177,16 +177,58 @@ async fn irc_connections_register_and_ping_counts_pongs() {
     assert!(!passed, "{r:#}");
     assert_eq!(u(&r["connect"]["opened"]), 0, "{r:#}");
     let out = Command::new(CHATD)
-        .args(["load", "chat", "--proto", "irc", "--addr", &irc, "--users", "2"])
+        .args(["load", "http", "--proto", "irc", "--addr", &irc])
         .output()
         .await
         .unwrap();
-    assert!(!out.status.success(), "chat does not speak IRC");
+    assert!(!out.status.success(), "http does not speak IRC");
     let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("http speaks HTTP"), "{said}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn irc_privmsgs_between_accounts_reach_each_recipient_once_and_are_stored() {
+    let server = Served::start(&["--load-test-hashing", "--max-send-rate", "0"]).await;
+    let irc = server.process.irc.expect("the IRC door is open").to_string();
+    let (passed, r) = load(&[
+        "chat",
+        "--proto",
+        "irc",
+        "--addr",
+        &irc,
+        "--users",
+        "6",
+        "--rate",
+        "200",
+        "--duration",
+        "1",
+        "--user-prefix",
+        "ircd",
+        "--irc-register",
+    ])
+    .await;
+    assert!(passed, "{r:#}");
+    let written = u(&r["delivery"]["acked"]);
+    assert!(written >= 150, "{r:#}");
+    assert_eq!(u(&r["delivery"]["delivered"]), written, "{r:#}");
+    assert_eq!(u(&r["delivery"]["lost"]), 0, "{r:#}");
+    // A PRIVMSG between accounts is a SEND: the line protocol reads it in the inbox.
+    let mut reader = common::Client::connect(server.line).await;
+    reader.ok("AUTH ircd_0 load-pw").await;
+    let inbox = reader.cmd("INBOX").await;
     assert!(
-        said.contains("--proto irc is for the connections, ping and rooms"),
-        "{said}"
+        inbox.data.iter().any(|l| l.contains(" ircd.")),
+        "{:?}",
+        inbox.data
     );
+    // An IRC server acknowledges nothing: without --rate there is no loop to close.
+    let out = Command::new(CHATD)
+        .args(["load", "chat", "--proto", "irc", "--addr", &irc])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--rate"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -224,6 +266,34 @@ async fn irc_rooms_deliver_every_privmsg_to_every_other_member_once_and_fail_wit
     // Each of a room's 4 members hears the other senders' messages: 3 each.
     assert_eq!(u(&r["delivery"]["delivered"]), written * 3, "{r:#}");
     assert_eq!(u(&r["delivery"]["lost"]), 0, "{r:#}");
+    // A sender that is sent nothing (the only one in its room) still counts what it wrote.
+    let (passed, r) = load(&[
+        "rooms",
+        "--proto",
+        "irc",
+        "--addr",
+        &irc,
+        "--rooms",
+        "3",
+        "--members",
+        "2",
+        "--senders",
+        "1",
+        "--rate",
+        "100",
+        "--duration",
+        "1",
+        "--user-prefix",
+        "ircp",
+        "--irc-register",
+    ])
+    .await;
+    assert!(passed, "{r:#}");
+    assert_eq!(
+        u(&r["delivery"]["delivered"]),
+        u(&r["delivery"]["acked"]),
+        "{r:#}"
+    );
     // chatd's IRC door stored every one: the line protocol reads them back.
     let mut reader = common::Client::connect(server.line).await;
     reader.ok("AUTH ircl_0 load-pw").await;

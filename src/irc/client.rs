@@ -244,12 +244,22 @@ async fn answer_buffered(
 /// The next live message for this session or guest; `None` if the hub ended it. Never
 /// resolves while the connection is neither.
 async fn next_push(session: &Option<Box<LoggedIn>>, guest: &Option<Box<Guest>>) -> Option<Arc<Message>> {
-    let feed = match (session, guest) {
-        (Some(session), _) => &session.feed,
-        (None, Some(guest)) => &guest.feed,
-        (None, None) => return std::future::pending().await,
+    let Some((feed, _)) = live(session, guest) else {
+        return std::future::pending().await;
     };
     std::future::poll_fn(|cx| feed.poll_recv(cx)).await
+}
+
+/// The live feed and its kick token: the account's session's, or the guest's.
+fn live<'a>(
+    session: &'a Option<Box<LoggedIn>>,
+    guest: &'a Option<Box<Guest>>,
+) -> Option<(&'a Subscription, &'a CancellationToken)> {
+    match (session, guest) {
+        (Some(session), _) => Some((&session.feed, &session.kick)),
+        (None, Some(guest)) => Some((&guest.feed, &guest.kick)),
+        (None, None) => None,
+    }
 }
 
 impl Client {
@@ -270,24 +280,12 @@ impl Client {
 
     /// The live feed: the account's session, or the guest's.
     pub fn feed(&self) -> Option<&Subscription> {
-        match (&self.session, &self.guest) {
-            (Some(session), _) => Some(&session.feed),
-            (None, Some(guest)) => Some(&guest.feed),
-            (None, None) => None,
-        }
-    }
-
-    fn kick(&self) -> Option<&CancellationToken> {
-        match (&self.session, &self.guest) {
-            (Some(session), _) => Some(&session.kick),
-            (None, Some(guest)) => Some(&guest.kick),
-            (None, None) => None,
-        }
+        live(&self.session, &self.guest).map(|(feed, _)| feed)
     }
 
     /// Whether the hub ended this session for falling behind.
     fn kicked(&self) -> bool {
-        self.kick().is_some_and(CancellationToken::is_cancelled)
+        live(&self.session, &self.guest).is_some_and(|(_, kick)| kick.is_cancelled())
     }
 
     /// Whether this connection is a guest (`--irc-guests`, no account).
@@ -381,11 +379,7 @@ impl Client {
     }
 
     async fn flush(&mut self, shutdown: &CancellationToken) -> io::Result<()> {
-        let kick = match (&self.session, &self.guest) {
-            (Some(session), _) => Some(&session.kick),
-            (None, Some(guest)) => Some(&guest.kick),
-            (None, None) => None,
-        };
+        let kick = live(&self.session, &self.guest).map(|(_, kick)| kick);
         match self.socket.flush(shutdown, kick).await {
             Err(e) if e.kind() == io::ErrorKind::ConnectionAborted && shutdown.is_cancelled() => Ok(()),
             other => other,

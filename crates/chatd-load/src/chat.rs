@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::conn::{open_all, Auth, Conn, Users};
 use crate::driver::{Window, MAX_IN_FLIGHT, STOP_DRAIN};
+use crate::irc;
 use crate::ping::Timing;
 use crate::report::{DeliveryRaw, Measured, RunRaw};
 use crate::stats::{Live, Series};
@@ -51,6 +52,11 @@ pub struct ChatArgs {
     /// REGISTER/AUTH pairs in flight at once during setup (the server hashes each password).
     #[arg(long, default_value_t = 8)]
     pub auth_concurrency: usize,
+    /// With `--proto irc`: make each user's account with `NickServ REGISTER` (chatd's IRC
+    /// door, where a PRIVMSG between accounts is stored as a SEND). Leave it out for an IRC
+    /// server without accounts.
+    #[arg(long)]
+    pub irc_register: bool,
 }
 
 /// How long to go on reading once everything acked was delivered, to catch late duplicates.
@@ -75,6 +81,9 @@ struct Shared {
     budget: Option<AtomicU64>,
     pipeline: usize,
     payload: usize,
+    /// Users speak IRC: `PRIVMSG <nick>`, deliveries are PRIVMSG lines. An IRC server
+    /// acknowledges nothing, so a message counts as acknowledged once written.
+    irc: bool,
     acks: Series,
     deliveries: Series,
     same_node: Series,
@@ -249,16 +258,37 @@ impl User {
         let (mut acked, mut errors) = (0u64, 0u64);
         while let Some(range) = self.conn.rbuf.line_range() {
             let line = &self.conn.rbuf.bytes()[range];
-            if let Some(rest) = line.strip_prefix(b"MSG ") {
-                if let Some(d) = parse_delivery(rest, prefix) {
-                    self.out.deliveries.push((d.sender, d.seq, d.id));
-                    let ns = now_us.saturating_sub(d.t_us) * 1000;
-                    self.delivery_ns.push(ns);
-                    if d.sender as usize % shared.nodes == self.conn.node {
-                        self.same_ns.push(ns);
-                    } else {
-                        self.cross_ns.push(ns);
+            let irc_line = shared.irc.then(|| irc::parts(line));
+            if let Some((from, command, rest)) = irc_line {
+                match command {
+                    b"PRIVMSG" => {
+                        let tagged = irc::privmsg(rest).and_then(|(_, text)| irc::tagged(from, text, prefix));
+                        if let Some((sender, seq, t_us)) = tagged {
+                            let d = Delivery {
+                                id: irc::id(sender, seq),
+                                sender,
+                                seq,
+                                t_us,
+                            };
+                            self.delivered(&d, now_us);
+                        }
                     }
+                    b"PING" => {
+                        self.wbuf.extend_from_slice(b"PONG ");
+                        self.wbuf.extend_from_slice(rest);
+                        self.wbuf.extend_from_slice(b"\r\n");
+                    }
+                    [b'4', _, _] => {
+                        errors += 1;
+                        self.out
+                            .error_example
+                            .get_or_insert_with(|| String::from_utf8_lossy(line).into_owned());
+                    }
+                    _ => {}
+                }
+            } else if let Some(rest) = line.strip_prefix(b"MSG ") {
+                if let Some(d) = parse_delivery(rest, prefix) {
+                    self.delivered(&d, now_us);
                 }
             } else if line.starts_with(b"OK") || line.starts_with(b"ERR") {
                 let (from, seq) = self.in_flight.pop_front().ok_or("a reply to no SEND")?;
@@ -298,14 +328,27 @@ impl User {
         Ok(())
     }
 
+    /// Counts one of this run's messages read at `now_us`.
+    fn delivered(&mut self, d: &Delivery, now_us: u64) {
+        self.out.deliveries.push((d.sender, d.seq, d.id));
+        let ns = now_us.saturating_sub(d.t_us) * 1000;
+        self.delivery_ns.push(ns);
+        if d.sender as usize % self.shared.nodes == self.conn.node {
+            self.same_ns.push(ns);
+        } else {
+            self.cross_ns.push(ns);
+        }
+    }
+
     /// Appends the next SEND to the write buffer; its latencies count from `from`.
     fn put_send(&mut self, from: Instant) {
         let shared = &self.shared;
         let target = shared.target(self.pos, self.seq);
         let before = self.wbuf.len();
-        self.wbuf.extend_from_slice(b"SEND ");
+        self.wbuf
+            .extend_from_slice(if shared.irc { b"PRIVMSG " } else { b"SEND " });
         shared.users.write_name(&mut self.wbuf, target as usize);
-        self.wbuf.push(b' ');
+        self.wbuf.extend_from_slice(if shared.irc { b" :" } else { b" " });
         let text = self.wbuf.len();
         let t_us = from.saturating_duration_since(shared.epoch).as_micros() as u64;
         let _ = write!(
@@ -320,7 +363,20 @@ impl User {
         }
         self.wbuf.extend_from_slice(b"\r\n");
         self.out.bytes_out += (self.wbuf.len() - before) as u64;
-        self.in_flight.push_back((from, self.seq));
+        if shared.irc {
+            // Nothing will answer it: written is as acknowledged as it gets.
+            let now = Instant::now();
+            self.out
+                .acks
+                .push((self.seq, irc::id(self.conn.index as u32, self.seq)));
+            self.out.last_ack = Some(now);
+            self.out.window.answered(now, 1);
+            shared.acks.record(now, &[1], 0);
+            shared.live.add(1, 0);
+            shared.acked.fetch_add(1, Ordering::AcqRel);
+        } else {
+            self.in_flight.push_back((from, self.seq));
+        }
         self.seq += 1;
         self.out.sent += 1;
         self.out.sent_in_time += u64::from(from < shared.deadline);
@@ -379,6 +435,17 @@ pub async fn run(args: &ChatArgs, ctx: &Ctx) -> anyhow::Result<Measured> {
         timeout: Duration::from_secs(120),
     });
     setup.buf_size = 16 * 1024;
+    let irc = ctx.common.proto == crate::Proto::Irc;
+    if irc && args.timing.rate.is_none_or(|r| r <= 0.0) {
+        anyhow::bail!("with --proto irc, give --rate: an IRC server acknowledges no PRIVMSG, so there is no closed loop");
+    }
+    if irc {
+        // Nicks are the run's user names, so that on chatd they are the accounts' too.
+        setup.irc = Some(format!("{}_", users.prefix()));
+        if !args.irc_register {
+            setup.auth = None;
+        }
+    }
     let (mut conns, connect) = open_all(setup, ctx.live.clone(), ctx.epoch).await;
     m.connect = connect;
     conns.sort_by_key(|c| c.index);
@@ -411,6 +478,7 @@ pub async fn run(args: &ChatArgs, ctx: &Ctx) -> anyhow::Result<Measured> {
         },
         pipeline: args.pipeline,
         payload: args.payload,
+        irc,
         acks: Series::new(ctx.epoch, start),
         deliveries: Series::new(ctx.epoch, start),
         same_node: Series::new(ctx.epoch, start),
@@ -470,7 +538,12 @@ pub async fn run(args: &ChatArgs, ctx: &Ctx) -> anyhow::Result<Measured> {
     let since = |t: Instant| t.saturating_duration_since(ctx.epoch).as_secs_f64();
     let acks = shared.acks.snapshot_until(issued_until);
     let mut run = RunRaw {
-        what: "acked SENDs".into(),
+        what: if shared.irc {
+            "PRIVMSGs written"
+        } else {
+            "acked SENDs"
+        }
+        .into(),
         started: since(start),
         ended: since(issued_until),
         drained: since(last.max(issued_until)),

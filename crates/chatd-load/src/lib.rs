@@ -18,6 +18,7 @@ pub mod driver;
 pub mod export;
 pub mod framer;
 pub mod http;
+pub mod irc;
 pub mod meta;
 pub mod net;
 pub mod ping;
@@ -90,9 +91,8 @@ pub struct Common {
     pub addr: Vec<String>,
     /// The protocol the connections speak: `line` (chatd's line protocol, or Redis with
     /// --no-greeting), or `irc` (any IRC server: each connection registers with NICK and USER
-    /// and counts as open at the end of its MOTD; `ping` sends IRC PINGs; `rooms` JOINs
-    /// channels and PRIVMSGs them, at a --rate). `irc` is for the connections, ping and rooms
-    /// scenarios.
+    /// and counts as open at the end of its MOTD; `ping` sends IRC PINGs; `chat` PRIVMSGs
+    /// nicks and `rooms` channels, at a --rate). `irc` is for every scenario but http.
     #[arg(long, value_enum, default_value_t = Proto::Line)]
     pub proto: Proto,
     /// Print the report as one JSON object on standard output; with FILE, write it there (and
@@ -423,11 +423,9 @@ async fn run_here(scenario: &Scenario, ctx: &Ctx) -> anyhow::Result<Measured> {
         })
     };
     let result = match scenario {
-        Scenario::Chat(_) | Scenario::Http(_) if ctx.common.proto == Proto::Irc => {
-            Err(anyhow::anyhow!(
-                "--proto irc is for the connections, ping and rooms scenarios; chat and http speak chatd's line protocol and HTTP"
-            ))
-        }
+        Scenario::Http(_) if ctx.common.proto == Proto::Irc => Err(anyhow::anyhow!(
+            "--proto irc is for the connections, ping, chat and rooms scenarios; http speaks HTTP"
+        )),
         Scenario::Connections(a) => connections::run(a, ctx).await,
         Scenario::Ping(a) => ping::run(a, ctx).await,
         Scenario::Chat(a) => chat::run(a, ctx).await,

@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use crate::chat::parse_u64;
 use crate::conn::{open_all, Auth, Conn, Users};
 use crate::driver::{Window, MAX_IN_FLIGHT, STOP_DRAIN};
+use crate::irc;
 use crate::ping::Timing;
 use crate::report::{DeliveryRaw, Measured, RunRaw};
 use crate::stats::{Data, Live, Series};
@@ -366,44 +367,11 @@ fn parse_room_line<'a>(rest: &'a [u8], prefix: &[u8]) -> Option<RoomLine<'a>> {
     Some(RoomLine { id, room, tag })
 }
 
-/// An IRC message's id in the delivery check: IRC has none, so the sender and its seq.
-fn irc_id(sender: u32, seq: u32) -> u64 {
-    (u64::from(sender) << 32) | u64::from(seq)
-}
-
-/// An IRC line's source nick, command and the rest: `[@tags ][:nick!user@host ]COMMAND rest`.
-fn irc_parts(line: &[u8]) -> (&[u8], &[u8], &[u8]) {
-    let mut line = line;
-    if line.starts_with(b"@") {
-        line = line.splitn(2, |&b| b == b' ').nth(1).unwrap_or(b"");
-    }
-    let mut nick: &[u8] = b"";
-    if let Some(rest) = line.strip_prefix(b":") {
-        let mut parts = rest.splitn(2, |&b| b == b' ');
-        let source = parts.next().unwrap_or(b"");
-        nick = source.split(|&b| b == b'!').next().unwrap_or(b"");
-        line = parts.next().unwrap_or(b"");
-    }
-    let mut parts = line.splitn(2, |&b| b == b' ');
-    (nick, parts.next().unwrap_or(b""), parts.next().unwrap_or(b""))
-}
-
 /// A `PRIVMSG <#room> :<text>` from `from` as a [`RoomLine`] with its IRC id.
 fn parse_irc_privmsg<'a>(from: &[u8], rest: &'a [u8], prefix: &[u8]) -> Option<RoomLine<'a>> {
-    let mut parts = rest.splitn(2, |&b| b == b' ');
-    let room = parts.next()?;
-    let text = parts.next()?;
-    let text = text.strip_prefix(b":").unwrap_or(text);
-    let tag = (|| {
-        let tag = text.strip_prefix(prefix)?.strip_prefix(b".")?;
-        let mut parts = tag.splitn(4, |&b| b == b'.');
-        let sender = parse_u64(parts.next()?)?;
-        let seq = parse_u64(parts.next()?)? as u32;
-        let t_us = parse_u64(parts.next()?)?;
-        let named = parse_u64(from.strip_prefix(prefix)?.strip_prefix(b"_")?)?;
-        (named == sender).then_some((sender as u32, seq, t_us))
-    })();
-    let id = tag.map_or(0, |(sender, seq, _)| irc_id(sender, seq));
+    let (room, text) = irc::privmsg(rest)?;
+    let tag = irc::tagged(from, text, prefix);
+    let id = tag.map_or(0, |(sender, seq, _)| irc::id(sender, seq));
     Some(RoomLine { id, room, tag })
 }
 
@@ -554,7 +522,7 @@ impl State {
         self.out.bytes_out += (wbuf.len() - before) as u64;
         if shared.irc {
             // Nothing will answer it: sent is as acknowledged as it gets.
-            let id = irc_id(self.index as u32, self.seq);
+            let id = irc::id(self.index as u32, self.seq);
             self.out.acks.push((self.seq, id));
             self.acked_now += 1;
             self.ack_ns.push(1);
@@ -611,7 +579,7 @@ impl Member {
         let now = Instant::now();
         while let Some(range) = self.conn.rbuf.line_range() {
             let line = &self.conn.rbuf.bytes()[range];
-            let (from, command, rest) = irc_parts(line);
+            let (from, command, rest) = irc::parts(line);
             match command {
                 b"PRIVMSG" => self.st.on_privmsg(from, rest, now),
                 b"PING" => {
@@ -645,7 +613,7 @@ impl Member {
         loop {
             while let Some(range) = self.conn.rbuf.line_range() {
                 let line = &self.conn.rbuf.bytes()[range];
-                let (_, command, _) = irc_parts(line);
+                let (_, command, _) = irc::parts(line);
                 match command {
                     b"366" => return Ok(()),
                     b"ERROR" | [b'4', _, _] => {
@@ -791,6 +759,11 @@ impl Member {
                 }
             }
             self.conn.flush(&mut self.wbuf).await?;
+            if shared.irc {
+                // What was just written counts as acknowledged now, whether or not anything
+                // comes to read.
+                self.st.record(Instant::now());
+            }
             if !sending && self.st.in_flight.is_empty() {
                 self.st.finish_sending();
             }
