@@ -19,7 +19,8 @@
 #
 # Usage: scripts/bench-irc.sh           # ~30 minutes
 # Environment: RUNS (3), DURATION (10), CONNS (10000), OUT (target/bench-irc),
-#   SECTIONS ("connections ping privmsg channels": the parts to run)
+#   SECTIONS ("connections ping privmsg channels": the parts to run),
+#   CHANNELS ("pairs fan1000 fan20": the channel shapes of part 4)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,6 +29,7 @@ DURATION=${DURATION:-10}
 CONNS=${CONNS:-10000}
 OUT=${OUT:-target/bench-irc}
 SECTIONS=${SECTIONS:-connections ping privmsg channels}
+CHANNELS=${CHANNELS:-pairs fan1000 fan20}
 section() { [[ " $SECTIONS " == *" $1 "* ]]; }
 for tool in ngircd inspircd; do
     command -v "$tool" >/dev/null || { echo "$tool is needed: apt-get install ngircd inspircd" >&2; exit 1; }
@@ -170,8 +172,11 @@ section privmsg && for run in $(seq "$RUNS"); do
 done
 
 # 4. PRIVMSG through channels, on the same servers; every run has its own nicks and channels.
-section channels && for shape in pairs:100:2:1:1000 fan1000:1:1000:10:100 fan20:100:20:1:1000; do
-    IFS=: read -r row rooms members senders rate <<<"$shape"
+# Each shape: its row, the letter its nicks start with (nicks are accounts on chatd: no two
+# rows may share one), rooms, members, senders per room, and messages per second in all.
+section channels && for shape in pairs:p:100:2:1:1000 fan1000:a:1:1000:10:100 fan20:b:100:20:1:1000; do
+    IFS=: read -r row letter rooms members senders rate <<<"$shape"
+    [[ " $CHANNELS " == *" $row "* ]] || continue
     for run in $(seq "$RUNS"); do
         for s in "${SERVERS[@]}"; do
             p="PORT_$s" pid="PID_$s"
@@ -179,7 +184,7 @@ section channels && for shape in pairs:100:2:1:1000 fan1000:1:1000:10:100 fan20:
             [[ $s == chatd ]] && register=(--irc-register)
             load "$row" "$s" "$run" rooms --proto irc --addr "127.0.0.1:${!p}" --rooms "$rooms" \
                 --members "$members" --senders "$senders" --rate "$rate" --duration "$DURATION" \
-                --user-prefix "${row:0:1}${run}${s:0:1}" --server-pid "${!pid}" "${register[@]}"
+                --user-prefix "${letter}${run}${s:0:1}" --server-pid "${!pid}" "${register[@]}"
         done
     done
 done
