@@ -1199,3 +1199,52 @@ async fn registration_during_sasl_aborts_it_and_an_overlong_sasl_line_is_905() {
     long.expect("905").await;
     server.stop().await;
 }
+
+#[tokio::test]
+async fn whois_and_who_show_the_user_and_real_name_and_who_takes_masks() {
+    let server = TestServer::start_with(|c| {
+        c.load_test_hashing = true;
+        c.irc_guests = true;
+    })
+    .await;
+    let addr = irc_addr(&server);
+    let mut wendy = Irc::connect(addr).await;
+    wendy.send("NICK Wendy").await;
+    wendy.send("USER wuser 0 * :Wandering Wendy").await;
+    wendy.until("376").await;
+    server.user("alice").await;
+    let mut alice = Irc::sasl(addr, "alice", "pw", "").await;
+    alice.send("WHOIS wendy").await;
+    let user = alice.expect("311").await;
+    assert_eq!(&user.params[1..4], ["Wendy", "wuser", "chatd"]);
+    assert_eq!(user.text(), "Wandering Wendy");
+    alice.until("318").await;
+    alice.send("WHO WENDY").await;
+    let who = alice.expect("352").await;
+    assert_eq!(
+        (who.params[2].as_str(), who.params[5].as_str()),
+        ("wuser", "Wendy")
+    );
+    assert_eq!(who.text(), "0 Wandering Wendy");
+    alice.expect("315").await;
+    // A mask matches every user online whose nick it fits, without case.
+    alice.send("WHO w*").await;
+    let (end, listed) = alice.until("315").await;
+    assert_eq!(end.params[1], "w*");
+    let nicks: Vec<&str> = listed
+        .iter()
+        .filter(|l| l.command == "352")
+        .map(|l| l.params[5].as_str())
+        .collect();
+    assert_eq!(nicks, ["Wendy"]);
+    alice.send("WHO *").await;
+    let (_, listed) = alice.until("315").await;
+    let mut nicks: Vec<&str> = listed
+        .iter()
+        .filter(|l| l.command == "352")
+        .map(|l| l.params[5].as_str())
+        .collect();
+    nicks.sort_unstable();
+    assert_eq!(nicks, ["Wendy", "alice"]);
+    server.stop().await;
+}

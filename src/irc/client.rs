@@ -152,6 +152,7 @@ pub fn serve(
         client.finish(&end).await;
         client.end_guest();
         if client.registered {
+            client.settings.idents.gone(&client.nick, client.peer);
             client.settings.whowas.left(super::Departed {
                 nick: client.nick.clone(),
                 username: client.username.clone().unwrap_or_default(),
@@ -339,6 +340,12 @@ impl Client {
         wire::put(self.socket.out(), tags, source, command, middle, trailing);
     }
 
+    /// A registered client's new nick (WHOIS and WHO find it under it).
+    pub fn set_nick(&mut self, new: &str) {
+        self.settings.idents.renamed(&self.nick, new, self.peer);
+        self.nick = new.to_string();
+    }
+
     /// Bytes gathered for the client and not written yet: where a command's response starts.
     pub fn written(&self) -> usize {
         self.socket.pending()
@@ -446,6 +453,11 @@ impl Client {
             }
         }
         self.registered = true;
+        let username = self.username.clone().unwrap_or_default();
+        let settings = self.settings.clone();
+        settings
+            .idents
+            .set(&self.nick, &username, &self.realname, self.peer);
         self.welcome().await;
         match self.pending.take() {
             Some(account) => {
@@ -585,7 +597,7 @@ impl Client {
         if self.nick != account.as_str() {
             let mask = self.mask();
             self.relay("", &mask, "NICK", &[], Some(account.as_str()));
-            self.nick = account.to_string();
+            self.set_nick(account.as_str());
         }
         if !std::mem::take(&mut self.login_announced) {
             let mask = self.mask();
@@ -700,7 +712,7 @@ impl Client {
         ));
         let mask = self.mask();
         self.relay("", &mask, "NICK", &[], Some(&guest));
-        self.nick = guest.clone();
+        self.set_nick(&guest);
         if self.settings.guests.is_some() && self.become_guest(&guest) {
             self.welcome_guest();
         }
@@ -732,7 +744,7 @@ impl Client {
         let old = self.nick.clone();
         let mask = self.mask();
         self.relay("", &mask, "NICK", &[], Some(new));
-        self.nick = new.to_string();
+        self.set_nick(new);
         let (Some(guest), Some(guests)) = (&self.guest, &self.settings.guests) else {
             return;
         };

@@ -268,7 +268,7 @@ async fn nick(c: &mut Client, m: &Msg<'_>) {
     }
     let old = c.mask();
     c.relay("", &old, "NICK", &[], Some(wanted));
-    c.nick = wanted.to_string();
+    c.set_nick(wanted);
     if c.chat.user_exists(wanted).await.unwrap_or(false) {
         c.nickserv(&format!(
             "{wanted} is a registered account. Log in with: /msg NickServ IDENTIFY <password>"
@@ -1068,30 +1068,80 @@ async fn who(c: &mut Client, m: &Msg<'_>) {
                 );
             }
         }
+    } else if mask_asked.contains(['*', '?']) {
+        // A mask: the users online (guests here, then accounts anywhere) whose nick it matches.
+        let mut nicks: Vec<String> = c
+            .settings
+            .guests
+            .as_ref()
+            .map(|g| g.nicks().iter().map(|n| n.to_string()).collect())
+            .unwrap_or_default();
+        if let Ok(page) = c.chat.who("").await {
+            nicks.extend(page.users.iter().map(|u| u.to_string()));
+        }
+        let matching = nicks.into_iter().filter(|n| glob_matches(mask_asked, n));
+        for nick in matching.take(WHO_MASK_MOST).collect::<Vec<_>>() {
+            who_reply(c, &nick, true);
+        }
     } else if let Some((nick, _)) = c.settings.guests.as_ref().and_then(|g| g.find(mask_asked)) {
-        let here = if c.settings.away.of(&nick).is_some() {
-            "G"
-        } else {
-            "H"
-        };
-        let real = format!("0 {nick}");
-        c.numeric(RPL_WHOREPLY, &["*", &nick, HOST, &server, &nick, here], &real);
+        who_reply(c, &nick, true);
     } else if !mask_asked.is_empty() && c.chat.user_exists(mask_asked).await.unwrap_or(false) {
         let online = c.chat.online_among(&[mask_asked]).await.unwrap_or_default();
-        let here = if online.contains(mask_asked) && c.settings.away.of(mask_asked).is_none() {
-            "H"
-        } else {
-            "G"
-        };
-        let real = format!("0 {mask_asked}");
-        c.numeric(
-            RPL_WHOREPLY,
-            &["*", mask_asked, HOST, &server, mask_asked, here],
-            &real,
-        );
+        who_reply(c, mask_asked, online.contains(mask_asked));
     }
     let shown = if mask_asked.is_empty() { "*" } else { mask_asked };
     c.numeric(RPL_ENDOFWHO, &[shown], "End of WHO list");
+}
+
+/// Most users one `WHO <mask>` lists.
+const WHO_MASK_MOST: usize = 200;
+
+/// One `352` line for `nick`, with the user and real names its client gave in USER if it is
+/// connected here.
+fn who_reply(c: &mut Client, nick: &str, online: bool) {
+    let server = c.settings.server_name.clone();
+    let here = if online && c.settings.away.of(nick).is_none() {
+        "H"
+    } else {
+        "G"
+    };
+    let (user, real) = ident_of(c, nick);
+    c.numeric(
+        RPL_WHOREPLY,
+        &["*", &user, HOST, &server, nick, here],
+        &format!("0 {real}"),
+    );
+}
+
+/// The user name and real name `nick`'s client gave, or the nick for both.
+fn ident_of(c: &Client, nick: &str) -> (String, String) {
+    match c.settings.idents.of(nick).filter(|i| i.nick == nick) {
+        Some(ident) => (ident.username, ident.realname),
+        None => (nick.to_string(), nick.to_string()),
+    }
+}
+
+/// Whether `name` matches a WHO mask: `*` any run, `?` any one character, without case.
+fn glob_matches(mask: &str, name: &str) -> bool {
+    let (mask, name) = (mask.as_bytes(), name.as_bytes());
+    let (mut m, mut n, mut star, mut mark) = (0, 0, None, 0);
+    while n < name.len() {
+        if m < mask.len() && (mask[m] == b'?' || mask[m].eq_ignore_ascii_case(&name[n])) {
+            m += 1;
+            n += 1;
+        } else if m < mask.len() && mask[m] == b'*' {
+            star = Some(m);
+            m += 1;
+            mark = n;
+        } else if let Some(s) = star {
+            m = s + 1;
+            mark += 1;
+            n = mark;
+        } else {
+            return false;
+        }
+    }
+    mask[m..].iter().all(|&b| b == b'*')
 }
 
 async fn whois(c: &mut Client, m: &Msg<'_>) {
@@ -1101,11 +1151,8 @@ async fn whois(c: &mut Client, m: &Msg<'_>) {
     if let Some((nick, _)) = c.settings.guests.as_ref().and_then(|g| g.find(nick)) {
         // A guest: no account (no 330).
         let server = c.settings.server_name.clone();
-        c.numeric(
-            RPL_WHOISUSER,
-            &[&nick, &nick, HOST, "*"],
-            &format!("{nick} (guest)"),
-        );
+        let (user, real) = ident_of(c, &nick);
+        c.numeric(RPL_WHOISUSER, &[&nick, &user, HOST, "*"], &real);
         c.numeric(RPL_WHOISSERVER, &[&nick, &server], "chatd");
         if let Some(away) = c.settings.away.of(&nick) {
             c.numeric(RPL_AWAY, &[&nick], &away);
@@ -1129,7 +1176,8 @@ async fn whois(c: &mut Client, m: &Msg<'_>) {
         c.numeric(ERR_NOSUCHNICK, &[nick], why);
     } else {
         let server = c.settings.server_name.clone();
-        c.numeric(RPL_WHOISUSER, &[nick, nick, HOST, "*"], nick);
+        let (user, real) = ident_of(c, nick);
+        c.numeric(RPL_WHOISUSER, &[nick, &user, HOST, "*"], &real);
         c.numeric(RPL_WHOISSERVER, &[nick, &server], "chatd");
         c.numeric(RPL_WHOISACCOUNT, &[nick, nick], "is logged in as");
         if let Some(away) = c.settings.away.of(nick) {
@@ -1170,6 +1218,17 @@ async fn whowas(c: &mut Client, m: &Msg<'_>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn who_masks_match_without_case() {
+        assert!(glob_matches("*", "alice"));
+        assert!(glob_matches("ALI*", "alice"));
+        assert!(glob_matches("a?i*e", "alice"));
+        assert!(glob_matches("*c*", "alice"));
+        assert!(!glob_matches("b*", "alice"));
+        assert!(!glob_matches("alic", "alice"));
+        assert!(glob_matches("al*ce*", "alice"));
+    }
 
     #[test]
     fn the_table_is_sorted_and_every_row_has_an_arm() {

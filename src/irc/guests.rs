@@ -115,6 +115,11 @@ impl Guests {
             .unwrap_or_default()
     }
 
+    /// The nicks of the guests connected here.
+    pub fn nicks(&self) -> Vec<Arc<str>> {
+        self.lock().nicks.values().map(|(nick, _)| nick.clone()).collect()
+    }
+
     /// How many guests are connected here.
     pub fn count(&self) -> usize {
         self.lock().nicks.len()

@@ -63,6 +63,8 @@ pub struct IrcSettings {
     pub guests: Option<guests::Guests>,
     /// Who left this node's door lately, for WHOWAS.
     pub whowas: Whowas,
+    /// What the clients connected here said of themselves in USER, for WHOIS and WHO.
+    pub idents: Idents,
 }
 
 impl IrcSettings {
@@ -82,6 +84,7 @@ impl IrcSettings {
             away: Away::default(),
             guests: config.irc_guests.then(guests::Guests::default),
             whowas: Whowas::default(),
+            idents: Idents::default(),
         }
     }
 }
@@ -153,5 +156,61 @@ impl Whowas {
             .take(most)
             .cloned()
             .collect()
+    }
+}
+
+/// What each IRC client connected to this node said of itself in USER (its user name and
+/// real name), by nick without case; for a nick several clients share (an account's
+/// sessions), the newest's.
+#[derive(Default)]
+pub struct Idents(Mutex<HashMap<String, Ident>>);
+
+#[derive(Debug, Clone)]
+pub struct Ident {
+    pub nick: String,
+    pub username: String,
+    pub realname: String,
+    /// The connection it came from.
+    peer: std::net::SocketAddr,
+}
+
+impl Idents {
+    pub fn set(&self, nick: &str, username: &str, realname: &str, peer: std::net::SocketAddr) {
+        let ident = Ident {
+            nick: nick.to_string(),
+            username: username.to_string(),
+            realname: realname.to_string(),
+            peer,
+        };
+        self.lock().insert(nick.to_ascii_lowercase(), ident);
+    }
+
+    /// The client at `peer` is now `new`.
+    pub fn renamed(&self, old: &str, new: &str, peer: std::net::SocketAddr) {
+        let mut idents = self.lock();
+        let key = old.to_ascii_lowercase();
+        let Some(mut ident) = idents.get(&key).filter(|i| i.peer == peer).cloned() else {
+            return;
+        };
+        idents.remove(&key);
+        ident.nick = new.to_string();
+        idents.insert(new.to_ascii_lowercase(), ident);
+    }
+
+    /// The client at `peer` left.
+    pub fn gone(&self, nick: &str, peer: std::net::SocketAddr) {
+        let mut idents = self.lock();
+        let key = nick.to_ascii_lowercase();
+        if idents.get(&key).is_some_and(|i| i.peer == peer) {
+            idents.remove(&key);
+        }
+    }
+
+    pub fn of(&self, nick: &str) -> Option<Ident> {
+        self.lock().get(&nick.to_ascii_lowercase()).cloned()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Ident>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
