@@ -455,6 +455,11 @@ impl Chat {
     pub fn connections(&self) -> usize {
         self.inner.connections.load(Ordering::Relaxed)
     }
+
+    /// How many users have a live session on this node.
+    pub fn online_here(&self) -> usize {
+        self.hub().online_count()
+    }
 }
 
 fn timed_out(context: &str) -> ChatError {

@@ -108,6 +108,10 @@ pub fn serve(
     let visit = crate::activity::Visit::start(peer);
     let now = Instant::now();
     let socket = Socket::new(stream, settings.write_stall);
+    settings
+        .counts
+        .unregistered
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut client = Client {
         chat,
         peer,
@@ -151,6 +155,10 @@ pub fn serve(
         };
         client.finish(&end).await;
         client.end_guest();
+        if !client.registered {
+            let unregistered = &client.settings.counts.unregistered;
+            unregistered.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
         if client.registered {
             client.settings.idents.gone(&client.nick, client.peer);
             client.settings.whowas.left(super::Departed {
@@ -453,6 +461,8 @@ impl Client {
             }
         }
         self.registered = true;
+        let unregistered = &self.settings.counts.unregistered;
+        unregistered.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         let username = self.username.clone().unwrap_or_default();
         let settings = self.settings.clone();
         settings

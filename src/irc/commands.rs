@@ -971,32 +971,38 @@ fn is_guest(c: &Client, nick: &str) -> bool {
 }
 
 pub async fn lusers(c: &mut Client) {
+    // Users are who is online: accounts with a live session, and guests (which are all here).
     let guests = c.settings.guests.as_ref().map_or(0, super::guests::Guests::count);
     let online = c.chat.online_count().await.unwrap_or(0) + guests;
-    let here = c.chat.connections();
+    let here = c.chat.online_here() + guests;
+    let unregistered = c
+        .settings
+        .counts
+        .unregistered
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let (here_max, online_max) = c.settings.counts.peaks(here, online);
     c.numeric(
         RPL_LUSERCLIENT,
         &[],
         &format!("There are 0 users and {online} invisible on 1 servers"),
     );
     c.numeric_params(RPL_LUSEROP, &["0", "operator(s) online"]);
-    c.numeric_params(RPL_LUSERUNKNOWN, &["0", "unknown connection(s)"]);
+    let unregistered = unregistered.to_string();
+    c.numeric_params(RPL_LUSERUNKNOWN, &[&unregistered, "unknown connection(s)"]);
     let rooms = c.chat.open_room_count().await.unwrap_or(0).to_string();
     c.numeric_params(RPL_LUSERCHANNELS, &[&rooms, "channels formed"]);
     c.numeric(RPL_LUSERME, &[], &format!("I have {here} clients and 0 servers"));
-    let (here, online) = (here.to_string(), online.to_string());
-    c.numeric_params(
-        RPL_LOCALUSERS,
-        &[&here, &here, &format!("Current local users {here}, max {here}")],
-    );
-    c.numeric_params(
-        RPL_GLOBALUSERS,
-        &[
-            &online,
-            &online,
-            &format!("Current global users {online}, max {online}"),
-        ],
-    );
+    let current = |n: usize, most: usize, which: &str| {
+        (
+            n.to_string(),
+            most.to_string(),
+            format!("Current {which} users {n}, max {most}"),
+        )
+    };
+    let (n, most, text) = current(here, here_max, "local");
+    c.numeric_params(RPL_LOCALUSERS, &[&n, &most, &text]);
+    let (n, most, text) = current(online, online_max, "global");
+    c.numeric_params(RPL_GLOBALUSERS, &[&n, &most, &text]);
 }
 
 /// The message of the day: what chatd is, and how this door maps onto it.

@@ -65,6 +65,8 @@ pub struct IrcSettings {
     pub whowas: Whowas,
     /// What the clients connected here said of themselves in USER, for WHOIS and WHO.
     pub idents: Idents,
+    /// For LUSERS: connections that have not registered, and the most users seen.
+    pub counts: Counts,
 }
 
 impl IrcSettings {
@@ -85,6 +87,7 @@ impl IrcSettings {
             guests: config.irc_guests.then(guests::Guests::default),
             whowas: Whowas::default(),
             idents: Idents::default(),
+            counts: Counts::default(),
         }
     }
 }
@@ -212,5 +215,24 @@ impl Idents {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Ident>> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// What LUSERS counts beside who is online: this door's connections that have not
+/// registered yet, and the most users seen online here and in all (since this node started).
+#[derive(Default)]
+pub struct Counts {
+    pub unregistered: std::sync::atomic::AtomicUsize,
+    local_max: std::sync::atomic::AtomicUsize,
+    global_max: std::sync::atomic::AtomicUsize,
+}
+
+impl Counts {
+    /// Records users online now, here and in all; the most seen of each.
+    pub fn peaks(&self, local: usize, global: usize) -> (usize, usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let local_max = self.local_max.fetch_max(local, Relaxed).max(local);
+        let global_max = self.global_max.fetch_max(global, Relaxed).max(global);
+        (local_max, global_max)
     }
 }
