@@ -532,7 +532,8 @@ async fn bad_lines_get_one_numeric_each_and_the_connection_goes_on() {
     irc.send("NICK bad!nick").await;
     irc.next_is("432").await;
     irc.send("NICK ok").await;
-    irc.send("USER ok 0 * :ok").await;
+    // A real name in another encoding (Latin-1 here) still registers.
+    irc.write(b"USER ok 0 * :Ren\xe9 Dupont\r\n").await;
     irc.until("376").await;
     irc.drain(Duration::from_millis(200)).await;
     // A flood of bad lines: each gets its one numeric, in order.
@@ -552,9 +553,12 @@ async fn bad_lines_get_one_numeric_each_and_the_connection_goes_on() {
     }
     irc.write(&flood).await;
     for i in 0..200 {
-        let expected = ["421", "400", "417", "400", "461"][i % 5];
+        let expected = ["421", "FAIL", "417", "FAIL", "461"][i % 5];
         let line = irc.line().await;
         assert_eq!(line.command, expected, "line {i}: {}", line.raw);
+        if expected == "FAIL" {
+            assert_eq!(line.params[..2], ["PRIVMSG", "INVALID_UTF8"], "{}", line.raw);
+        }
     }
     irc.send("PING :still").await;
     assert_eq!(irc.next_is("PONG").await.text(), "still");

@@ -230,11 +230,7 @@ async fn answer_buffered(
                 }
             }
             Frame::TooLong => c.numeric(ERR_INPUTTOOLONG, &[], "Input line was too long"),
-            Frame::BadEncoding => c.numeric(
-                ERR_UNKNOWNERROR,
-                &["*"],
-                "Lines must be UTF-8 (UTF8ONLY), without NUL bytes; that one was discarded",
-            ),
+            Frame::BadEncoding(raw) => Box::pin(bad_encoding(c, raw)).await,
         }
         if !c.registered && c.ready_to_register() {
             Box::pin(c.register()).await;
@@ -248,6 +244,32 @@ async fn answer_buffered(
     }
     c.flush(shutdown).await?;
     Ok(None)
+}
+
+/// A line that is not UTF-8, or that holds a NUL (`UTF8ONLY`): `FAIL <command> INVALID_UTF8`
+/// (IRCv3 standard replies), and it is dropped. A USER line is the exception before
+/// registration: a user or real name in another encoding still registers, its stray bytes
+/// shown as U+FFFD.
+async fn bad_encoding(c: &mut Client, raw: &[u8]) {
+    let text = String::from_utf8_lossy(raw).replace('\0', "\u{fffd}");
+    let msg = Msg::parse(&text);
+    if let Some(m) = msg
+        .as_ref()
+        .filter(|m| m.command.eq_ignore_ascii_case("USER") && !c.registered)
+    {
+        return commands::dispatch(c, m).await;
+    }
+    let command: String = msg
+        .map_or("*", |m| m.command)
+        .chars()
+        .take(32)
+        .collect::<String>()
+        .to_ascii_uppercase();
+    c.raw(
+        "FAIL",
+        &[&command, "INVALID_UTF8"],
+        Some("Lines must be UTF-8 (UTF8ONLY), without NUL bytes; that one was discarded"),
+    );
 }
 
 /// The next live message for this session or guest; `None` if the hub ended it. Never

@@ -32,8 +32,8 @@ pub enum Frame<'a> {
     Line(&'a str),
     /// Longer than [`MAX_LINE`] (its tags apart); discarded up to its line end.
     TooLong,
-    /// Not UTF-8, or holding a NUL; discarded.
-    BadEncoding,
+    /// Not UTF-8, or holding a NUL: the line as it came.
+    BadEncoding(&'a [u8]),
 }
 
 /// Cuts lines out of a connection's read buffer.
@@ -85,11 +85,11 @@ impl Framer {
                 return Some(Frame::TooLong);
             }
             if scratch.contains(&0) {
-                return Some(Frame::BadEncoding);
+                return Some(Frame::BadEncoding(scratch));
             }
             return Some(match std::str::from_utf8(scratch) {
                 Ok(line) => Frame::Line(line),
-                Err(_) => Frame::BadEncoding,
+                Err(_) => Frame::BadEncoding(scratch),
             });
         }
     }
@@ -265,7 +265,7 @@ mod tests {
             out.push(match frame {
                 Frame::Line(l) => l.to_string(),
                 Frame::TooLong => "<too long>".into(),
-                Frame::BadEncoding => "<bad>".into(),
+                Frame::BadEncoding(_) => "<bad>".into(),
             });
         }
         out
