@@ -438,6 +438,14 @@ async fn channel_operations_map_to_rooms_with_their_numerics() {
     kid.expect("404").await;
     op.send("KICK #lab kid").await;
     op.expect("441").await;
+    // Nobody by that nick at all: 401, not 441.
+    op.send("KICK #lab nobody").await;
+    op.expect("401").await;
+    op.send("MODE #lab +o nobody").await;
+    op.expect("401").await;
+    // Inviting a member: 443.
+    op.send("INVITE late #lab").await;
+    assert_eq!(op.expect("443").await.params[1..3], ["late", "#lab"]);
     // PART and JOIN 0.
     late.send("PART #lab :bye").await;
     assert_eq!(late.expect("PART").await.params, ["#lab", "bye"]);

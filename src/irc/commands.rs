@@ -811,7 +811,7 @@ async fn kick(c: &mut Client, m: &Msg<'_>) {
                     c.channels.remove(&room.to_ascii_lowercase());
                 }
             }
-            Err(e) => refuse_room(c, "KICK", channel, Some(target), &e),
+            Err(e) => refuse_target(c, "KICK", channel, target, &e).await,
         }
     }
 }
@@ -819,10 +819,23 @@ async fn kick(c: &mut Client, m: &Msg<'_>) {
 async fn invite(c: &mut Client, m: &Msg<'_>) {
     let me = me(c);
     let (target, channel) = (m.arg(0), m.arg(1));
+    let member = |view: &crate::chat::rooms::RoomView| view.members.iter().any(|m| m.name == target);
+    if c.chat.room(&me, channel).await.is_ok_and(|view| member(&view)) {
+        return c.numeric(ERR_USERONCHANNEL, &[target, channel], "is already on channel");
+    }
     match c.chat.invite(&me, channel, target).await {
         Ok(room) => c.numeric_params(RPL_INVITING, &[target, &room]),
         Err(e) => refuse_room(c, "INVITE", channel, Some(target), &e),
     }
+}
+
+/// A refused change to a member: 401 if the nick is nobody's, else as [`refuse_room`].
+async fn refuse_target(c: &mut Client, command: &str, channel: &str, target: &str, e: &ChatError) {
+    let not_member = e.refusal == Some(RoomRefusal::TargetNotMember);
+    if not_member && !c.is_reserved(target).await {
+        return c.numeric(ERR_NOSUCHNICK, &[target], "No such nick/channel");
+    }
+    refuse_room(c, command, channel, Some(target), e);
 }
 
 /// MODE on a channel (its flags, ops) or on oneself.
@@ -903,7 +916,7 @@ async fn mode(c: &mut Client, m: &Msg<'_>) {
                         let mask = c.mask();
                         c.relay("", &mask, "MODE", &[&room, sign, nick], None);
                     }
-                    Err(e) => refuse_room(c, "MODE", target, Some(nick), &e),
+                    Err(e) => refuse_target(c, "MODE", target, nick, &e).await,
                 }
             }
             other => {

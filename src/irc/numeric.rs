@@ -57,6 +57,7 @@ pub const ERR_ERRONEUSNICKNAME: &str = "432";
 pub const ERR_NICKNAMEINUSE: &str = "433";
 pub const ERR_USERNOTINCHANNEL: &str = "441";
 pub const ERR_NOTONCHANNEL: &str = "442";
+pub const ERR_USERONCHANNEL: &str = "443";
 pub const ERR_NOTREGISTERED: &str = "451";
 pub const ERR_NEEDMOREPARAMS: &str = "461";
 pub const ERR_ALREADYREGISTERED: &str = "462";
