@@ -58,6 +58,27 @@ async fn ii_say(path: std::path::PathBuf, line: String) {
     .unwrap();
 }
 
+/// Starts ii on `irc` as `nick` (with PASS `password`, passed in its environment) in `dir`:
+/// the process and its server directory (its `in` FIFO and `out` log).
+fn spawn_ii(
+    irc: std::net::SocketAddr,
+    dir: &std::path::Path,
+    nick: &str,
+    password: Option<&str>,
+) -> (tokio::process::Child, std::path::PathBuf) {
+    let mut command = tokio::process::Command::new("ii");
+    let (host, port) = (irc.ip().to_string(), irc.port().to_string());
+    command
+        .args(["-s", &host, "-p", &port, "-n", nick])
+        .arg("-i")
+        .arg(dir);
+    if let Some(password) = password {
+        command.args(["-k", "IIPASS"]).env("IIPASS", password);
+    }
+    let ii = command.kill_on_drop(true).spawn().expect("ii starts");
+    (ii, dir.join(host))
+}
+
 #[tokio::test]
 async fn ii_logs_in_with_pass_joins_and_talks_with_telnet_through_its_files() {
     if !present("ii", "ii", Command::new("sh").args(["-c", "command -v ii"])) {
@@ -69,24 +90,7 @@ async fn ii_logs_in_with_pass_joins_and_talks_with_telnet_through_its_files() {
     teacher.ok("JOIN #class").await;
     server.user("bob").await;
     let dir = tempfile::tempdir().unwrap();
-    let mut ii = tokio::process::Command::new("ii")
-        .args([
-            "-s",
-            &irc.ip().to_string(),
-            "-p",
-            &irc.port().to_string(),
-            "-n",
-            "bob",
-            "-k",
-            "IIPASS",
-        ])
-        .arg("-i")
-        .arg(dir.path())
-        .env("IIPASS", "pw")
-        .kill_on_drop(true)
-        .spawn()
-        .expect("ii starts");
-    let server_dir = dir.path().join(irc.ip().to_string());
+    let (mut ii, server_dir) = spawn_ii(irc, dir.path(), "bob", Some("pw"));
     wait_for_line(&server_dir.join("out"), &["logged in as bob"]).await;
     ii_say(server_dir.join("in"), "/j #class".into()).await;
     let joined = Msg::parse_room(&teacher.line().await);
@@ -125,21 +129,7 @@ async fn ii_as_a_guest_hears_the_room_and_is_heard_live_by_irc_but_not_kept() {
     alice.send("JOIN #class").await;
     alice.until("366").await;
     let dir = tempfile::tempdir().unwrap();
-    let mut ii = tokio::process::Command::new("ii")
-        .args([
-            "-s",
-            &irc.ip().to_string(),
-            "-p",
-            &irc.port().to_string(),
-            "-n",
-            "wanderer",
-        ])
-        .arg("-i")
-        .arg(dir.path())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("ii starts");
-    let server_dir = dir.path().join(irc.ip().to_string());
+    let (mut ii, server_dir) = spawn_ii(irc, dir.path(), "wanderer", None);
     wait_for_line(&server_dir.join("out"), &["End of /MOTD"]).await;
     ii_say(server_dir.join("in"), "/j #class".into()).await;
     let joined = alice.expect("JOIN").await;

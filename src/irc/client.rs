@@ -493,14 +493,6 @@ impl Client {
         self.welcome().await;
         match self.pending.take() {
             Some(account) => {
-                if !std::mem::take(&mut self.login_announced) {
-                    let mask = self.mask();
-                    self.numeric(
-                        RPL_LOGGEDIN,
-                        &[&mask, account.as_str()],
-                        &format!("You are now logged in as {account}"),
-                    );
-                }
                 self.go_online(account).await;
             }
             None if self.is_guest() => self.welcome_guest(),
@@ -631,6 +623,13 @@ impl Client {
             self.relay("", &mask, "NICK", &[], Some(account.as_str()));
             self.set_nick(account.as_str());
         }
+        self.go_online(account).await;
+    }
+
+    /// Says the login (`900`), follows the account's inbox and rooms, and tells the client which
+    /// channels it is in.
+    async fn go_online(&mut self, account: Username) {
+        // 900, unless SASL said it already.
         if !std::mem::take(&mut self.login_announced) {
             let mask = self.mask();
             self.numeric(
@@ -639,11 +638,6 @@ impl Client {
                 &format!("You are now logged in as {account}"),
             );
         }
-        self.go_online(account).await;
-    }
-
-    /// Follows the account's inbox and rooms, and tells the client which channels it is in.
-    async fn go_online(&mut self, account: Username) {
         self.session = None;
         self.channels.clear();
         let kick = CancellationToken::new();

@@ -262,7 +262,7 @@ impl User {
             if let Some((from, command, rest)) = irc_line {
                 match command {
                     b"PRIVMSG" => {
-                        let tagged = irc::privmsg(rest).and_then(|(_, text)| irc::tagged(from, text, prefix));
+                        let tagged = irc::privmsg(rest).and_then(|(_, text)| run_tag(from, text, prefix));
                         if let Some((sender, seq, t_us)) = tagged {
                             let d = Delivery {
                                 id: irc::id(sender, seq),
@@ -397,20 +397,26 @@ fn parse_delivery(rest: &[u8], prefix: &[u8]) -> Option<Delivery> {
     let id = parse_u64(fields.next()?)?;
     let from = fields.next()?;
     let _time = fields.next()?;
-    let tag = fields.next()?.strip_prefix(prefix)?.strip_prefix(b".")?;
-    let mut parts = tag.splitn(4, |&b| b == b'.');
-    let sender = parse_u64(parts.next()?)? as u32;
-    let seq = parse_u64(parts.next()?)? as u32;
-    let t_us = parse_u64(parts.next()?)?;
-    // The sender the server names must be the one the tag names; otherwise leave the line out,
-    // and the message counts as lost.
-    let named = parse_u64(from.strip_prefix(prefix)?.strip_prefix(b"_")?)?;
-    (named == u64::from(sender)).then_some(Delivery {
+    let (sender, seq, t_us) = run_tag(from, fields.next()?, prefix)?;
+    Some(Delivery {
         id,
         sender,
         seq,
         t_us,
     })
+}
+
+/// The run's tag in a message's text, `<prefix>.<sender>.<seq>.<t_us>.`: (sender, seq, t_us).
+/// The sender the server names (`from`, `<prefix>_<sender>`) must be the one the tag names;
+/// otherwise the line is left out, and the message counts as lost.
+pub(crate) fn run_tag(from: &[u8], text: &[u8], prefix: &[u8]) -> Option<(u32, u32, u64)> {
+    let tag = text.strip_prefix(prefix)?.strip_prefix(b".")?;
+    let mut parts = tag.splitn(4, |&b| b == b'.');
+    let sender = parse_u64(parts.next()?)?;
+    let seq = parse_u64(parts.next()?)? as u32;
+    let t_us = parse_u64(parts.next()?)?;
+    let named = parse_u64(from.strip_prefix(prefix)?.strip_prefix(b"_")?)?;
+    (named == sender).then_some((sender as u32, seq, t_us))
 }
 
 /// A decimal number of ASCII digits only.
@@ -435,17 +441,7 @@ pub async fn run(args: &ChatArgs, ctx: &Ctx) -> anyhow::Result<Measured> {
         timeout: Duration::from_secs(120),
     });
     setup.buf_size = 16 * 1024;
-    let irc = ctx.common.proto == crate::Proto::Irc;
-    if irc && args.timing.rate.is_none_or(|r| r <= 0.0) {
-        anyhow::bail!("with --proto irc, give --rate: an IRC server acknowledges no PRIVMSG, so there is no closed loop");
-    }
-    if irc {
-        // Nicks are the run's user names, so that on chatd they are the accounts' too.
-        setup.irc = Some(format!("{}_", users.prefix()));
-        if !args.irc_register {
-            setup.auth = None;
-        }
-    }
+    let irc = irc::set_up(ctx, &mut setup, &users, args.timing.rate, args.irc_register)?;
     let (mut conns, connect) = open_all(setup, ctx.live.clone(), ctx.epoch).await;
     m.connect = connect;
     conns.sort_by_key(|c| c.index);

@@ -1,8 +1,33 @@
-//! What the `chat` and `rooms` scenarios read of IRC (`--proto irc`): a line's source nick
-//! and command, a PRIVMSG's target and text, and the run's tag in that text. IRC messages
-//! have no ids, so a message is known by its sender and sequence number.
+//! What the `chat` and `rooms` scenarios need of IRC (`--proto irc`): their setup, a line's
+//! source nick and command, and a PRIVMSG's target and text. IRC messages have no ids, so a
+//! message is known by its sender and sequence number.
 
-use crate::chat::parse_u64;
+use crate::conn::{Setup, Users};
+use crate::Ctx;
+
+/// Sets a `chat` or `rooms` run up for `--proto irc`: whether it speaks IRC. Nicks are the
+/// run's user names, so that on chatd they are the accounts' too; their accounts are made
+/// with NickServ only with `register`. An IRC server acknowledges no PRIVMSG, so the run
+/// needs a rate.
+pub fn set_up(
+    ctx: &Ctx,
+    setup: &mut Setup,
+    users: &Users,
+    rate: Option<f64>,
+    register: bool,
+) -> anyhow::Result<bool> {
+    if ctx.common.proto != crate::Proto::Irc {
+        return Ok(false);
+    }
+    if rate.is_none_or(|r| r <= 0.0) {
+        anyhow::bail!("with --proto irc, give --rate: an IRC server acknowledges no PRIVMSG, so there is no closed loop");
+    }
+    setup.irc = Some(format!("{}_", users.prefix()));
+    if !register {
+        setup.auth = None;
+    }
+    Ok(true)
+}
 
 /// A message's id in the delivery check: its sender and its seq.
 pub fn id(sender: u32, seq: u32) -> u64 {
@@ -34,18 +59,6 @@ pub fn privmsg(rest: &[u8]) -> Option<(&[u8], &[u8])> {
     Some((target, text.strip_prefix(b":").unwrap_or(text)))
 }
 
-/// The run's tag in a message's text, `<prefix>.<sender>.<seq>.<t_us>.`, if `from` is the
-/// sender it names (`<prefix>_<sender>`): (sender, seq, t_us).
-pub fn tagged(from: &[u8], text: &[u8], prefix: &[u8]) -> Option<(u32, u32, u64)> {
-    let tag = text.strip_prefix(prefix)?.strip_prefix(b".")?;
-    let mut parts = tag.splitn(4, |&b| b == b'.');
-    let sender = parse_u64(parts.next()?)?;
-    let seq = parse_u64(parts.next()?)? as u32;
-    let t_us = parse_u64(parts.next()?)?;
-    let named = parse_u64(from.strip_prefix(prefix)?.strip_prefix(b"_")?)?;
-    (named == sender).then_some((sender as u32, seq, t_us))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -57,8 +70,12 @@ mod tests {
         assert_eq!((nick, command), (&b"run_3"[..], &b"PRIVMSG"[..]));
         let (target, text) = privmsg(rest).unwrap();
         assert_eq!(target, b"#run.r0");
-        assert_eq!(tagged(nick, text, b"run"), Some((3, 7, 1200)));
-        assert_eq!(tagged(b"run_4", text, b"run"), None, "another sender's name");
+        assert_eq!(crate::chat::run_tag(nick, text, b"run"), Some((3, 7, 1200)));
+        assert_eq!(
+            crate::chat::run_tag(b"run_4", text, b"run"),
+            None,
+            "another sender's name"
+        );
         assert_eq!(parts(b"PING :x"), (&b""[..], &b"PING"[..], &b":x"[..]));
         assert_ne!(id(3, 7), id(7, 3));
     }

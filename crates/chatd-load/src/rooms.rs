@@ -25,7 +25,7 @@ use clap::Args;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::chat::parse_u64;
+use crate::chat::{parse_u64, run_tag};
 use crate::conn::{open_all, Auth, Conn, Users};
 use crate::driver::{Window, MAX_IN_FLIGHT, STOP_DRAIN};
 use crate::irc;
@@ -355,22 +355,14 @@ fn parse_room_line<'a>(rest: &'a [u8], prefix: &[u8]) -> Option<RoomLine<'a>> {
     let from = fields.next()?;
     let _time = fields.next()?;
     let text = fields.next()?;
-    let tag = (|| {
-        let tag = text.strip_prefix(prefix)?.strip_prefix(b".")?;
-        let mut parts = tag.splitn(4, |&b| b == b'.');
-        let sender = parse_u64(parts.next()?)?;
-        let seq = parse_u64(parts.next()?)? as u32;
-        let t_us = parse_u64(parts.next()?)?;
-        let named = parse_u64(from.strip_prefix(prefix)?.strip_prefix(b"_")?)?;
-        (named == sender).then_some((sender as u32, seq, t_us))
-    })();
+    let tag = run_tag(from, text, prefix);
     Some(RoomLine { id, room, tag })
 }
 
 /// A `PRIVMSG <#room> :<text>` from `from` as a [`RoomLine`] with its IRC id.
 fn parse_irc_privmsg<'a>(from: &[u8], rest: &'a [u8], prefix: &[u8]) -> Option<RoomLine<'a>> {
     let (room, text) = irc::privmsg(rest)?;
-    let tag = irc::tagged(from, text, prefix);
+    let tag = run_tag(from, text, prefix);
     let id = tag.map_or(0, |(sender, seq, _)| irc::id(sender, seq));
     Some(RoomLine { id, room, tag })
 }
@@ -602,41 +594,9 @@ impl Member {
         Ok(())
     }
 
-    /// IRC: JOINs the member's room, `Ok` at the end of its names (366).
-    async fn join_irc(&mut self) -> Result<(), String> {
-        let mut line = b"JOIN ".to_vec();
-        line.extend_from_slice(self.st.shared.room_names[self.st.room].as_bytes());
-        line.extend_from_slice(b"\r\n");
-        self.conn.flush(&mut line).await?;
-        let deadline = Instant::now() + JOIN_TIMEOUT;
-        let stop = self.st.shared.stop.clone();
-        loop {
-            while let Some(range) = self.conn.rbuf.line_range() {
-                let line = &self.conn.rbuf.bytes()[range];
-                let (_, command, _) = irc::parts(line);
-                match command {
-                    b"366" => return Ok(()),
-                    b"ERROR" | [b'4', _, _] => {
-                        return Err(format!("JOIN: {}", String::from_utf8_lossy(line)));
-                    }
-                    _ => {}
-                }
-            }
-            tokio::select! {
-                read = self.read() => read?,
-                _ = tokio::time::sleep_until(deadline.into()) => {
-                    return Err("JOIN: no end of names in time".into());
-                }
-                _ = stop.cancelled() => return Err("JOIN: stopped".into()),
-            }
-        }
-    }
-
-    /// JOINs the member's room: `Ok` once joined.
+    /// JOINs the member's room: `Ok` once joined (IRC: at the end of its names, `366`).
     async fn join(&mut self) -> Result<(), String> {
-        if self.st.shared.irc {
-            return self.join_irc().await;
-        }
+        let irc = self.st.shared.irc;
         let mut line = b"JOIN ".to_vec();
         line.extend_from_slice(self.st.shared.room_names[self.st.room].as_bytes());
         line.extend_from_slice(b"\r\n");
@@ -646,12 +606,19 @@ impl Member {
         loop {
             while let Some(range) = self.conn.rbuf.line_range() {
                 let line = &self.conn.rbuf.bytes()[range];
-                if let Some(rest) = line.strip_prefix(b"ROOM ") {
+                let refused = || Err(format!("JOIN: {}", String::from_utf8_lossy(line)));
+                if irc {
+                    match irc::parts(line).1 {
+                        b"366" => return Ok(()),
+                        b"ERROR" | [b'4', _, _] => return refused(),
+                        _ => {}
+                    }
+                } else if let Some(rest) = line.strip_prefix(b"ROOM ") {
                     self.st.on_room(rest, Instant::now());
                 } else if line.starts_with(b"OK") {
                     return Ok(());
                 } else if line.starts_with(b"ERR") {
-                    return Err(format!("JOIN: {}", String::from_utf8_lossy(line)));
+                    return refused();
                 }
             }
             tokio::select! {
@@ -811,17 +778,7 @@ pub async fn run(args: &RoomsArgs, ctx: &Ctx) -> anyhow::Result<Measured> {
         timeout: Duration::from_secs(120),
     });
     setup.buf_size = 16 * 1024;
-    let irc = ctx.common.proto == crate::Proto::Irc;
-    if irc && args.timing.rate.is_none_or(|r| r <= 0.0) {
-        anyhow::bail!("with --proto irc, give --rate: an IRC server acknowledges no PRIVMSG, so there is no closed loop");
-    }
-    if irc {
-        // Nicks are the run's user names, so that on chatd they are the accounts' too.
-        setup.irc = Some(format!("{}_", users.prefix()));
-        if !args.irc_register {
-            setup.auth = None;
-        }
-    }
+    let irc = irc::set_up(ctx, &mut setup, &users, args.timing.rate, args.irc_register)?;
     let (mut conns, connect) = open_all(setup, ctx.live.clone(), ctx.epoch).await;
     m.connect = connect;
     conns.sort_by_key(|c| c.index);
