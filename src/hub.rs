@@ -77,6 +77,15 @@ impl Default for HubLimits {
     }
 }
 
+/// One live session, as the IRC door's local channels address it: an account's (its name and
+/// session id, or 0 for each of its sessions that shows live messages) or a guest's (an empty
+/// name, and its live session id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveFeed {
+    pub user: Arc<str>,
+    pub id: u64,
+}
+
 #[derive(Default)]
 struct State {
     online: HashMap<Arc<str>, Online>,
@@ -686,6 +695,41 @@ impl Hub {
         };
         let members = live.members.iter().filter_map(|m| online.get(m));
         push_to_guests(live, guests, message) + members.map(live_only).sum::<usize>()
+    }
+
+    /// Pushes a live message to the sessions `to` (the members of one of the IRC door's local
+    /// channels), but the one it came from; a session too slow for it is kicked. How many it
+    /// was queued for.
+    pub fn push_live(&self, message: &Arc<Message>, to: &[LiveFeed]) -> usize {
+        let state = self.lock();
+        let mut queued = 0;
+        for feed in to.iter().filter(|f| f.id != message.origin) {
+            if feed.user.is_empty() {
+                queued += usize::from(
+                    state
+                        .guests
+                        .get(&feed.id)
+                        .is_some_and(|g| push_to_guest(g, message)),
+                );
+                continue;
+            }
+            let sessions = state
+                .online
+                .get(&feed.user)
+                .map(|e| e.sessions.as_slice())
+                .unwrap_or_default();
+            // Id 0: every IRC session of the account here.
+            let chosen = sessions
+                .iter()
+                .filter(|s| s.id == feed.id || (feed.id == 0 && s.live));
+            for session in chosen {
+                match session.queue.push(message) {
+                    Pushed::Queued => queued += 1,
+                    Pushed::Full => session.kick.cancel(),
+                }
+            }
+        }
+        queued
     }
 
     /// Names of the users with at least one live session, sorted.

@@ -1006,9 +1006,7 @@ async fn guests_talk_live_in_public_rooms_and_nothing_they_say_is_kept() {
         rename_hint.raw
     );
 
-    // Existing public rooms only.
-    guest.send("JOIN #nowhere").await;
-    assert_eq!(guest.expect("403").await.params[1], "#nowhere");
+    // Public rooms only (a name no room has is a local channel: see the next test).
     guest.send("JOIN #secret").await;
     assert_eq!(guest.expect("473").await.params[1], "#secret");
     guest.send("JOIN #CLASS").await;
@@ -1062,7 +1060,7 @@ async fn guests_talk_live_in_public_rooms_and_nothing_they_say_is_kept() {
     guest.send("TOPIC #class :mine now").await;
     assert_eq!(guest.expect("482").await.params[1], "#class");
     guest.send("KICK #class alice").await;
-    guest.expect("451").await;
+    assert_eq!(guest.expect("482").await.params[1], "#class");
     guest.send("NICK tourist").await;
     let renamed = alice.expect("NICK").await;
     assert_eq!((renamed.nick(), renamed.text()), ("visitor", "tourist"));
@@ -1099,6 +1097,123 @@ async fn guests_talk_live_in_public_rooms_and_nothing_they_say_is_kept() {
     bob.ok("SEND tourist now you are one of us").await;
     let kept = guest.expect("PRIVMSG").await;
     assert_eq!(kept.text(), "now you are one of us");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn guests_make_local_channels_with_ops_keys_limits_bans_and_voice_and_nothing_is_kept() {
+    let server = TestServer::start_with(|c| {
+        c.load_test_hashing = true;
+        c.irc_guests = true;
+    })
+    .await;
+    let addr = irc_addr(&server);
+    let mut bob = server.user("bob").await;
+    server.user("alice").await;
+
+    // A name no room has: the guest makes a local channel and is its operator.
+    let mut ann = Irc::register(addr, "ann").await;
+    ann.send("JOIN #Lab").await;
+    assert_eq!(ann.expect("JOIN").await.params, ["#Lab"]);
+    let (_, names) = ann.until("366").await;
+    assert_eq!(names.last().unwrap().text(), "@ann");
+    ann.send("MODE #lab").await;
+    assert_eq!(ann.expect("324").await.params[1..], ["#Lab", "+nt"]);
+    assert!(ann.expect("329").await.params[2].parse::<i64>().is_ok());
+    ann.send("LIST").await;
+    let (_, listed) = ann.until("323").await;
+    assert!(listed.iter().any(|l| l.command == "322" && l.params[1] == "#Lab"));
+
+    // A key keeps out who does not give it; 696 for a key that cannot be typed.
+    ann.send("MODE #lab +k :two words").await;
+    assert_eq!(ann.expect("696").await.params[1..4], ["#Lab", "k", "*"]);
+    ann.send("MODE #lab +k beer").await;
+    assert_eq!(ann.expect("MODE").await.params, ["#Lab", "+k", "beer"]);
+    let mut cy = Irc::register(addr, "cy").await;
+    cy.send("JOIN #lab").await;
+    assert_eq!(cy.expect("475").await.params[1], "#lab");
+    cy.send("JOIN #lab beer").await;
+    cy.until("366").await;
+    let joined = ann.expect("JOIN").await;
+    assert_eq!((joined.nick(), joined.params[0].as_str()), ("cy", "#Lab"));
+
+    // A limit keeps out even an account; an invitation lets it past the key and the limit.
+    ann.send("MODE #lab +l 2").await;
+    ann.expect("MODE").await;
+    let mut alice = Irc::sasl(addr, "alice", "pw", "account-tag").await;
+    alice.send("JOIN #lab beer").await;
+    assert_eq!(alice.expect("471").await.params[1], "#lab");
+    ann.send("INVITE alice #lab").await;
+    assert_eq!(ann.expect("341").await.params[1..], ["alice", "#Lab"]);
+    let invited = alice.expect("INVITE").await;
+    assert_eq!((invited.nick(), invited.params[1].as_str()), ("ann", "#Lab"));
+    alice.send("JOIN #lab").await;
+    let (_, names) = alice.until("366").await;
+    assert_eq!(names.last().unwrap().text(), "@ann cy alice");
+    cy.expect("JOIN").await;
+    ann.expect("JOIN").await;
+
+    // +m: only ops and voices speak. What an account says there is live: it reaches the
+    // channel with its account, and no room or history holds it.
+    ann.send("MODE #lab +m").await;
+    ann.expect("MODE").await;
+    assert_eq!(alice.expect("MODE").await.params, ["#Lab", "+m"]);
+    cy.send("PRIVMSG #lab :can I talk?").await;
+    assert_eq!(cy.expect("404").await.params[1], "#lab");
+    ann.send("MODE #lab +v cy").await;
+    ann.expect("MODE").await;
+    assert_eq!(alice.expect("MODE").await.params, ["#Lab", "+v", "cy"]);
+    cy.send("PRIVMSG #lab :now I can").await;
+    let heard = alice.expect("PRIVMSG").await;
+    assert_eq!((heard.nick(), heard.text()), ("cy", "now I can"));
+    alice.send("MODE #lab +o cy").await;
+    assert_eq!(alice.expect("482").await.params[1], "#lab");
+    ann.send("MODE #lab +v alice").await;
+    ann.expect("MODE").await;
+    alice.send("NOTICE #lab :\u{1}ACTION waves\u{1}").await;
+    let notice = cy.expect("NOTICE").await;
+    assert_eq!(
+        notice.text(),
+        "\u{1}ACTION waves\u{1}",
+        "IRC to IRC, as it was sent"
+    );
+    assert!(
+        bob.cmd("HISTORY #Lab").await.last.starts_with("ERR"),
+        "no room #Lab"
+    );
+
+    // Topic, kick with its reason, and a ban that holds.
+    ann.send("TOPIC #lab :lab session").await;
+    assert_eq!(cy.expect("TOPIC").await.text(), "lab session");
+    cy.send("TOPIC #lab").await;
+    assert_eq!(cy.expect("332").await.text(), "lab session");
+    assert_eq!(cy.expect("333").await.params[2], "ann");
+    ann.send("KICK #lab cy :enough").await;
+    let kick = cy.expect("KICK").await;
+    assert_eq!((kick.params[1].as_str(), kick.text()), ("cy", "enough"));
+    assert_eq!(alice.expect("KICK").await.params[1], "cy");
+    ann.send("MODE #lab -l+b cy").await;
+    assert_eq!(ann.expect("MODE").await.params, ["#Lab", "-l+b", "cy!*@*"]);
+    cy.send("JOIN #lab beer").await;
+    assert_eq!(cy.expect("474").await.params[1], "#lab");
+    ann.send("MODE #lab b").await;
+    let ban = ann.expect("367").await;
+    assert_eq!(ban.params[1..4], ["#Lab", "cy!*@*", "ann"]);
+    ann.expect("368").await;
+
+    // Leaving: a PART's reason and a QUIT reach who is left; the last one out ends it.
+    ann.send("QUIT :lunch").await;
+    let quit = alice.expect("QUIT").await;
+    assert_eq!((quit.nick(), quit.text()), ("ann", "Quit: lunch"));
+    alice.send("PART #lab :done").await;
+    assert_eq!(alice.expect("PART").await.text(), "done");
+    cy.send("JOIN #lab").await;
+    let (_, names) = cy.until("366").await;
+    assert_eq!(
+        names.last().unwrap().text(),
+        "@cy",
+        "a new channel, with no ban or key"
+    );
     server.stop().await;
 }
 

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::rooms::{refused, RoomName, RoomView};
 use super::{names, Chat, Username};
 use crate::error::ChatResult;
-use crate::hub::Subscription;
+use crate::hub::{LiveFeed, Subscription};
 use crate::store::{EventKind, Message, RoomEvent, RoomRefusal};
 
 /// Where a live message goes.
@@ -115,6 +115,31 @@ impl Chat {
         let message = Arc::new(live_message(from, &recipient, text.to_owned(), origin));
         let reached = self.hub().deliver_live(&message, guest_feed);
         Ok((message, reached))
+    }
+}
+
+impl Chat {
+    /// Pushes an IRC line of a local channel of the IRC door (`channel`, or `*` for a line of
+    /// several, such as a QUIT) from `from` to the sessions `to` but `origin`: a live event
+    /// of kind [`EventKind::Line`] whose subject is `removes` (a KICK's target, or empty).
+    /// How many sessions it was queued for.
+    pub fn push_line(
+        &self,
+        from: &str,
+        channel: &Arc<str>,
+        line: String,
+        removes: &str,
+        to: &[LiveFeed],
+        origin: u64,
+    ) -> usize {
+        let message = Message {
+            event: Some(Box::new(RoomEvent {
+                kind: EventKind::Line,
+                subject: Arc::from(removes),
+            })),
+            ..live_message(from, channel, line, origin)
+        };
+        self.hub().push_live(&Arc::new(message), to)
     }
 }
 

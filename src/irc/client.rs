@@ -53,6 +53,22 @@ pub enum End {
     BadPassword,
 }
 
+impl End {
+    /// What the others in its channels see: `QUIT :<this>`.
+    pub fn quit_reason(&self) -> String {
+        match self {
+            End::Quit(reason) => format!("Quit: {reason}"),
+            End::Eof => "Connection closed".to_string(),
+            End::Shutdown => "Server shutting down".to_string(),
+            End::PingTimeout => "Ping timeout".to_string(),
+            End::RegistrationTimeout => "Registration timed out".to_string(),
+            End::SendQ => "SendQ exceeded".to_string(),
+            End::LoggedOut => "Logged out".to_string(),
+            End::BadPassword => "Bad password".to_string(),
+        }
+    }
+}
+
 /// Everything the door knows about one client.
 pub struct Client {
     pub chat: Chat,
@@ -154,6 +170,7 @@ pub fn serve(
             }
         };
         client.finish(&end).await;
+        super::local_commands::quit(&mut client, &end.quit_reason());
         client.end_guest();
         if !client.registered {
             let unregistered = &client.settings.counts.unregistered;
@@ -521,7 +538,7 @@ impl Client {
 
     fn welcome_guest(&mut self) {
         self.nickserv(&format!(
-            "Welcome, guest {}. You may join public channels (/list) and talk live; nothing you say is kept,              and messages sent while you are away are lost. Keep your nick and your messages: /msg NickServ REGISTER <password>",
+            "Welcome, guest {}. You may join public channels (/list) or make your own, and talk live; nothing you say is kept, and messages sent while you are away are lost. Keep your nick and your messages: /msg NickServ REGISTER <password>",
             self.nick
         ));
     }
@@ -610,6 +627,8 @@ impl Client {
         self.identify_by = None;
         // A guest that logs in leaves its channels as a guest; it is shown the account's.
         if self.is_guest() {
+            // Its live session changes: it leaves its local channels too.
+            super::local_commands::part_all(self, "logging in");
             let channels: Vec<Arc<str>> = self.channels.values().cloned().collect();
             self.end_guest();
             let mask = self.mask();
@@ -775,7 +794,13 @@ impl Client {
             return;
         };
         guests.renamed(&old, new, guest.feed.id());
-        for room in self.channels.values() {
+        super::local_commands::renamed(self, &old, new);
+        let local = &self.settings.local;
+        let rooms = self
+            .channels
+            .values()
+            .filter(|r| !local.is_member(r, guest.feed.id()));
+        for room in rooms {
             self.chat.guest_renamed(&guest.feed, &old, new, room);
         }
     }
@@ -842,7 +867,12 @@ fn isupport(settings: &IrcSettings) -> Vec<Vec<String>> {
         "AWAYLEN=200".to_string(),
         "CASEMAPPING=ascii".to_string(),
         format!("CHANLIMIT=#:{}", settings.max_rooms),
-        "CHANMODES=,,,imnt".to_string(),
+        // Local channels (guests make them) hold bans, keys and limits; rooms do not.
+        if settings.guests.is_some() {
+            "CHANMODES=b,k,l,imnst".to_string()
+        } else {
+            "CHANMODES=,,,imnt".to_string()
+        },
         format!("CHANNELLEN={}", crate::chat::rooms::MAX_ROOM_NAME + 1),
         "CHANTYPES=#".to_string(),
         format!("CHATHISTORY={}", super::history::MAX),
@@ -852,7 +882,7 @@ fn isupport(settings: &IrcSettings) -> Vec<Vec<String>> {
         "MSGREFTYPES=msgid,timestamp".to_string(),
         format!("NETWORK={NETWORK}"),
         "NICKLEN=32".to_string(),
-        "PREFIX=(qo)~@".to_string(),
+        "PREFIX=(qov)~@+".to_string(),
         "TARGMAX=JOIN:,KICK:1,NAMES:1,NOTICE:4,PART:,PRIVMSG:4,WHOIS:1".to_string(),
         format!("TOPICLEN={}", crate::chat::rooms::MAX_TOPIC),
         "USERLEN=32".to_string(),

@@ -10,7 +10,7 @@ use super::client::{Client, End};
 use super::numeric::*;
 use super::render::{self, mask, prefixed};
 use super::wire::Msg;
-use super::{nickserv, HOST};
+use super::{local_commands, nickserv, HOST};
 use crate::chat::rooms::RoomName;
 use crate::chat::Username;
 use crate::error::{ChatError, Code};
@@ -47,10 +47,10 @@ pub const COMMANDS: &[Command] = &[
     row("AWAY", 0, Need::Someone),
     row("CAP", 1, Need::Nothing),
     row("CHATHISTORY", 1, Need::Account),
-    row("INVITE", 2, Need::Account),
+    row("INVITE", 2, Need::Someone),
     row("ISON", 1, Need::Registered),
     row("JOIN", 1, Need::Someone),
-    row("KICK", 2, Need::Account),
+    row("KICK", 2, Need::Someone),
     row("LIST", 0, Need::Registered),
     row("LUSERS", 0, Need::Registered),
     row("MARKREAD", 0, Need::Account),
@@ -352,6 +352,9 @@ async fn message(c: &mut Client, m: &Msg<'_>, command: &str) {
             }
             continue;
         }
+        if target.starts_with('#') && local_commands::say(c, command, target, text) {
+            continue;
+        }
         let body = match render::from_irc(text) {
             Ok(body) if !body.trim().is_empty() => body,
             Ok(_) => {
@@ -510,7 +513,9 @@ async fn join(c: &mut Client, m: &Msg<'_>) {
         }
         return;
     }
+    let mut keys = m.arg(1).split(',');
     for channel in m.arg(0).split(',').filter(|t| !t.is_empty()) {
+        let key = keys.next().filter(|k| !k.is_empty());
         if RoomName::parse(channel).is_err() {
             let shown: String = channel.chars().take(40).collect();
             c.numeric(
@@ -521,6 +526,10 @@ async fn join(c: &mut Client, m: &Msg<'_>) {
             continue;
         }
         if c.channels.contains_key(&channel.to_ascii_lowercase()) {
+            continue;
+        }
+        // A local channel of that name (guests made it): the account joins it as it is.
+        if local_commands::join(c, channel, key, false) {
             continue;
         }
         let origin = c.origin();
@@ -540,17 +549,22 @@ async fn join(c: &mut Client, m: &Msg<'_>) {
     }
 }
 
-/// A guest joins public rooms: existing ones only (only accounts create rooms), not
-/// invite-only ones. It follows them live; it never becomes a member.
+/// A guest joins public rooms (not invite-only ones), which it follows live without ever
+/// becoming a member; or, where no room has the name, a local channel, which it creates if
+/// there is none (only accounts create rooms).
 async fn guest_join(c: &mut Client, m: &Msg<'_>) {
     if m.arg(0) == "0" {
         let rooms: Vec<Arc<str>> = c.channels.values().cloned().collect();
         for room in rooms {
-            guest_leave(c, &room, None);
+            if !local_commands::part(c, &room, None) {
+                guest_leave(c, &room, None);
+            }
         }
         return;
     }
+    let mut keys = m.arg(1).split(',');
     for channel in m.arg(0).split(',').filter(|t| !t.is_empty()) {
+        let key = keys.next().filter(|k| !k.is_empty());
         if c.channels.contains_key(&channel.to_ascii_lowercase()) {
             continue;
         }
@@ -562,6 +576,9 @@ async fn guest_join(c: &mut Client, m: &Msg<'_>) {
             c.numeric(ERR_TOOMANYCHANNELS, &[channel], &text);
             continue;
         }
+        if local_commands::join(c, channel, key, false) {
+            continue;
+        }
         let view = match c.chat.public_room(channel).await {
             Ok(view) => view,
             Err(e) => {
@@ -571,11 +588,9 @@ async fn guest_join(c: &mut Client, m: &Msg<'_>) {
                         &[channel],
                         "Cannot join channel (+i): guests join public channels only",
                     ),
-                    Some(RoomRefusal::NoSuchRoom) => c.numeric(
-                        ERR_NOSUCHCHANNEL,
-                        &[channel],
-                        "No such channel: guests join existing channels (/list); only accounts create new ones",
-                    ),
+                    Some(RoomRefusal::NoSuchRoom) => {
+                        local_commands::join(c, channel, key, true);
+                    }
                     _ if RoomName::parse(channel).is_err() => c.numeric(
                         ERR_BADCHANNAME,
                         &[channel],
@@ -697,6 +712,9 @@ async fn names_command(c: &mut Client, m: &Msg<'_>) {
         return;
     }
     for channel in channels.split(',').filter(|t| !t.is_empty()).take(1) {
+        if local_commands::names_of(c, channel) {
+            continue;
+        }
         match view_of(c, channel).await {
             Ok(view) => {
                 let shown = view.info.name.clone();
@@ -712,6 +730,13 @@ async fn part(c: &mut Client, m: &Msg<'_>) {
     let reason = m.params.get(1).copied();
     if c.is_guest() {
         for channel in m.arg(0).split(',').filter(|t| !t.is_empty()) {
+            if local_commands::part(c, channel, reason) {
+                continue;
+            }
+            if c.settings.local.exists(channel) {
+                c.numeric(ERR_NOTONCHANNEL, &[channel], "You're not on that channel");
+                continue;
+            }
             match c.channels.get(&channel.to_ascii_lowercase()).cloned() {
                 Some(room) => guest_leave(c, &room, reason),
                 None if c.chat.public_room(channel).await.is_err() => {
@@ -724,6 +749,13 @@ async fn part(c: &mut Client, m: &Msg<'_>) {
     }
     let me = me(c);
     for channel in m.arg(0).split(',').filter(|t| !t.is_empty()) {
+        if local_commands::part(c, channel, reason) {
+            continue;
+        }
+        if c.settings.local.exists(channel) {
+            c.numeric(ERR_NOTONCHANNEL, &[channel], "You're not on that channel");
+            continue;
+        }
         leave(c, &me, channel, reason).await;
     }
 }
@@ -767,6 +799,9 @@ fn refuse_room(c: &mut Client, command: &str, channel: &str, target: Option<&str
 }
 
 async fn topic(c: &mut Client, m: &Msg<'_>) {
+    if local_commands::topic(c, m) {
+        return;
+    }
     let channel = m.arg(0);
     if m.params.len() < 2 {
         match view_of(c, channel).await {
@@ -797,9 +832,19 @@ async fn topic(c: &mut Client, m: &Msg<'_>) {
 }
 
 async fn kick(c: &mut Client, m: &Msg<'_>) {
-    let me = me(c);
     let (channel, targets) = (m.arg(0), m.arg(1));
     let reason = m.params.get(2).copied().filter(|r| !r.is_empty());
+    if local_commands::kick(c, channel, targets, reason).await {
+        return;
+    }
+    let Some(me) = c.account().cloned() else {
+        return guest_refused(
+            c,
+            channel,
+            "You're not channel operator: guests cannot remove members of a room",
+        )
+        .await;
+    };
     for target in targets.split(',').filter(|t| !t.is_empty()) {
         let origin = c.origin();
         match c.chat.kick(&me, channel, target, reason, origin).await {
@@ -817,16 +862,57 @@ async fn kick(c: &mut Client, m: &Msg<'_>) {
 }
 
 async fn invite(c: &mut Client, m: &Msg<'_>) {
-    let me = me(c);
     let (target, channel) = (m.arg(0), m.arg(1));
+    let to = invitee(c, target).await;
+    if local_commands::invite(c, target, channel, to.clone()) {
+        return;
+    }
+    let Some(me) = c.account().cloned() else {
+        return guest_refused(
+            c,
+            channel,
+            "You're not channel operator: guests cannot invite to a room",
+        )
+        .await;
+    };
     let member = |view: &crate::chat::rooms::RoomView| view.members.iter().any(|m| m.name == target);
     if c.chat.room(&me, channel).await.is_ok_and(|view| member(&view)) {
         return c.numeric(ERR_USERONCHANNEL, &[target, channel], "is already on channel");
     }
     match c.chat.invite(&me, channel, target).await {
-        Ok(room) => c.numeric_params(RPL_INVITING, &[target, &room]),
+        Ok(room) => {
+            c.numeric_params(RPL_INVITING, &[target, &room]);
+            // The invitee's IRC sessions here are told; elsewhere it sees the room on JOIN.
+            if let Some(to) = to {
+                let line = format!("INVITE {target} {room}");
+                c.chat.push_line(&c.nick, &room, line, "", &[to], c.origin());
+            }
+        }
         Err(e) => refuse_room(c, "INVITE", channel, Some(target), &e),
     }
+}
+
+/// Where an INVITE to `target` goes: the guest's session, or each IRC session of the account
+/// here (which may be none).
+async fn invitee(c: &Client, target: &str) -> Option<crate::hub::LiveFeed> {
+    if let Some((_, id)) = c.settings.guests.as_ref().and_then(|g| g.find(target)) {
+        return Some(crate::hub::LiveFeed {
+            user: Arc::from(""),
+            id,
+        });
+    }
+    c.is_reserved(target).await.then(|| crate::hub::LiveFeed {
+        user: Arc::from(target),
+        id: 0,
+    })
+}
+
+/// A guest asked to change a room: 403 if there is no such room, else 482 with `why`.
+async fn guest_refused(c: &mut Client, channel: &str, why: &str) {
+    if c.chat.public_room(channel).await.is_err() {
+        return c.numeric(ERR_NOSUCHCHANNEL, &[channel], "No such channel");
+    }
+    c.numeric(ERR_CHANOPRIVSNEEDED, &[channel], why);
 }
 
 /// A refused change to a member: 401 if the nick is nobody's, else as [`refuse_room`].
@@ -846,6 +932,9 @@ async fn mode(c: &mut Client, m: &Msg<'_>) {
     }
     if c.account().is_none() && !c.is_guest() {
         return not_logged_in(c, "MODE");
+    }
+    if local_commands::mode(c, m).await {
+        return;
     }
     let changes = m.arg(1);
     if changes.is_empty() {
@@ -963,6 +1052,11 @@ async fn list(c: &mut Client, m: &Msg<'_>) {
         .map(str::to_ascii_lowercase)
         .collect();
     c.numeric(RPL_LISTSTART, &["Channel"], "Users  Name");
+    for (name, count, topic) in local_commands::list(c) {
+        if wanted.is_empty() || wanted.contains(&name.to_ascii_lowercase()) {
+            c.numeric(RPL_LIST, &[&name, &count.to_string()], &topic);
+        }
+    }
     match c.chat.open_rooms("").await {
         Ok(rooms) => {
             for room in rooms {
@@ -1066,7 +1160,8 @@ async fn who(c: &mut Client, m: &Msg<'_>) {
     let mask_asked = m.arg(0);
     let server = c.settings.server_name.clone();
     if mask_asked.starts_with('#') {
-        if let Ok(view) = view_of(c, mask_asked).await {
+        if local_commands::who(c, mask_asked) {
+        } else if let Ok(view) = view_of(c, mask_asked).await {
             for member in &view.members {
                 let here = if member.online { "H" } else { "G" };
                 let flags = format!("{here}{}", prefixed("", member.role, c.caps.has(MULTI_PREFIX)));
@@ -1118,16 +1213,21 @@ const WHO_MASK_MOST: usize = 200;
 /// One `352` line for `nick`, with the user and real names its client gave in USER if it is
 /// connected here.
 fn who_reply(c: &mut Client, nick: &str, online: bool) {
-    let server = c.settings.server_name.clone();
     let here = if online && c.settings.away.of(nick).is_none() {
         "H"
     } else {
         "G"
     };
+    who_line(c, "*", nick, here);
+}
+
+/// `352 <me> <channel> <user> <host> <server> <nick> <flags> :0 <real name>`.
+pub fn who_line(c: &mut Client, channel: &str, nick: &str, flags: &str) {
+    let server = c.settings.server_name.clone();
     let (user, real) = ident_of(c, nick);
     c.numeric(
         RPL_WHOREPLY,
-        &["*", &user, HOST, &server, nick, here],
+        &[channel, &user, HOST, &server, nick, flags],
         &format!("0 {real}"),
     );
 }
@@ -1167,11 +1267,15 @@ async fn whois(c: &mut Client, m: &Msg<'_>) {
     // WHOIS [server] nick: the nick is the last parameter.
     let nick = m.params.last().copied().unwrap_or("");
     let nick = nick.split(',').next().unwrap_or("");
-    if let Some((nick, _)) = c.settings.guests.as_ref().and_then(|g| g.find(nick)) {
+    if let Some((nick, id)) = c.settings.guests.as_ref().and_then(|g| g.find(nick)) {
         // A guest: no account (no 330).
         let server = c.settings.server_name.clone();
         let (user, real) = ident_of(c, &nick);
         c.numeric(RPL_WHOISUSER, &[&nick, &user, HOST, "*"], &real);
+        let channels = local_commands::whois_channels(c, id);
+        if !channels.is_empty() {
+            c.numeric(RPL_WHOISCHANNELS, &[&nick], &channels);
+        }
         c.numeric(RPL_WHOISSERVER, &[&nick, &server], "chatd");
         if let Some(away) = c.settings.away.of(&nick) {
             c.numeric(RPL_AWAY, &[&nick], &away);

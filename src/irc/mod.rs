@@ -11,6 +11,7 @@
 //! - [`read_marker`]: MARKREAD over the rooms' read marks;
 //! - [`render`]: chatd's messages and room events as IRC lines;
 //! - [`guests`]: who the guests are (`--irc-guests`), by nick and channel;
+//! - [`local`] and [`local_commands`]: the channels no room backs, which guests create;
 //! - [`nickserv`]: the NickServ pseudo-user, for clients without SASL;
 //! - [`numeric`]: the numeric replies by name.
 //!
@@ -22,6 +23,8 @@ pub mod commands;
 pub mod guests;
 pub mod history;
 pub mod labeled;
+pub mod local;
+pub mod local_commands;
 pub mod nickserv;
 pub mod numeric;
 pub mod read_marker;
@@ -61,6 +64,8 @@ pub struct IrcSettings {
     pub away: Away,
     /// The guests on this node, with `--irc-guests`.
     pub guests: Option<guests::Guests>,
+    /// The channels no room backs on this node (guests create them).
+    pub local: local::LocalChannels,
     /// Who left this node's door lately, for WHOWAS.
     pub whowas: Whowas,
     /// What the clients connected here said of themselves in USER, for WHOIS and WHO.
@@ -85,6 +90,7 @@ impl IrcSettings {
             created: chrono::Utc::now().format("%Y-%m-%d %H:%M:%S UTC").to_string(),
             away: Away::default(),
             guests: config.irc_guests.then(guests::Guests::default),
+            local: local::LocalChannels::default(),
             whowas: Whowas::default(),
             idents: Idents::default(),
             counts: Counts::default(),

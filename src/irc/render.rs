@@ -36,6 +36,15 @@ pub enum Followup {
 pub fn push(c: &mut Client, message: &Message) -> Followup {
     let tags = tags_for(c, message);
     let me = c.nick.clone();
+    if let Some(event) = message.event.as_ref().filter(|e| e.kind == EventKind::Line) {
+        // A local channel's line, written as it was made; a KICK of this client takes the
+        // channel off its list.
+        if *event.subject == *me {
+            c.channels.remove(&message.recipient.to_ascii_lowercase());
+        }
+        c.relay(&tags, &mask(&message.sender), &message.body, &[], None);
+        return Followup::None;
+    }
     let Some(room) = message.room() else {
         // A direct message: this client's inbox.
         say(c, &tags, &message.sender, "PRIVMSG", &me, &message.body);
@@ -90,6 +99,7 @@ pub fn push(c: &mut Client, message: &Message) -> Followup {
                 .collect();
             c.relay(&tags, &mask(actor), "MODE", &params, None);
         }
+        EventKind::Line => {}
     }
     Followup::None
 }
@@ -152,8 +162,8 @@ fn tags_for(c: &Client, message: &Message) -> String {
             .guests
             .as_ref()
             .is_some_and(|g| g.is_guest(&message.sender));
-    let account =
-        (caps.has(ACCOUNT_TAG) && message.event.is_none() && !guest).then_some(message.sender.as_ref());
+    let said = message.event.as_ref().is_none_or(|e| e.kind == EventKind::Line);
+    let account = (caps.has(ACCOUNT_TAG) && said && !guest).then_some(message.sender.as_ref());
     wire::tags(
         &mut tags,
         caps.time().then_some(message.created_at_us),

@@ -114,6 +114,10 @@ pub enum EventKind {
     Kick,
     Topic,
     Mode,
+    /// Live only, never stored: one of the IRC door's local channels changed, and the
+    /// message's text is the IRC line that says so, after its source (`PART #lab :bye`).
+    /// The subject is the nick it takes out of the channel (a KICK's), or empty.
+    Line,
 }
 
 impl EventKind {
@@ -124,6 +128,7 @@ impl EventKind {
             EventKind::Kick => "kick",
             EventKind::Topic => "topic",
             EventKind::Mode => "mode",
+            EventKind::Line => "line",
         }
     }
 
