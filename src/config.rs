@@ -57,10 +57,16 @@ pub struct Config {
     pub irc_ping_interval: u64,
 
     /// Let IRC clients without an account in as guests: any free nick that is not an
-    /// account's may connect, join public channels and talk live. Nothing a guest says is
-    /// kept, and a guest never acts as an account.
+    /// account's may connect, join public channels or make its own, and talk live. Nothing
+    /// a guest says is kept, and a guest never acts as an account.
     #[arg(long, env = "CHATD_IRC_GUESTS")]
     pub irc_guests: bool,
+
+    /// An account that may become an IRC operator with `OPER <account> <password>`
+    /// (KILL, WALLOPS); repeat for several, or separate them with commas. The password is
+    /// the account's own, checked with the same limits as every login.
+    #[arg(long = "irc-oper", env = "CHATD_IRC_OPERS", value_delimiter = ',')]
+    pub irc_opers: Vec<String>,
 
     /// Seconds an IRC client on an account's nick has to log in before it is renamed.
     #[arg(long, env = "CHATD_IRC_IDENTIFY_WITHIN", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
@@ -248,6 +254,7 @@ impl Config {
             irc_server_name: Some("chatd.test".into()),
             irc_password: None,
             irc_guests: false,
+            irc_opers: Vec::new(),
             irc_ping_interval: 120,
             irc_identify_within: 30,
             echo_port: None,

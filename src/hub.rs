@@ -655,10 +655,10 @@ impl Hub {
     }
 
     /// Pushes a live message (never stored: id 0) to the sessions that show them: for a room,
-    /// every such session of its members online here and its guests; to `guest` if given;
-    /// else to its recipient's. Never to the session it came from. Live messages have no
-    /// place in any stream's order. How many sessions it was queued for.
-    pub fn deliver_live(&self, message: &Arc<Message>, guest: Option<u64>) -> usize {
+    /// every such session of its members online here and its guests; else its recipient's.
+    /// Never to the session it came from. Live messages have no place in any stream's order.
+    /// How many sessions it was queued for.
+    pub fn deliver_live(&self, message: &Arc<Message>) -> usize {
         let state = self.lock();
         let State {
             online,
@@ -666,12 +666,6 @@ impl Hub {
             guests,
             ..
         } = &*state;
-        if let Some(id) = guest {
-            return guests
-                .get(&id)
-                .is_some_and(|g| id != message.origin && push_to_guest(g, message))
-                .into();
-        }
         // A session too slow for it is kicked, and leaves the hub as its connection ends.
         let live_only = |entry: &Online| {
             entry
@@ -1172,7 +1166,7 @@ mod tests {
         assert_eq!(guest.next().await.unwrap().id, 1);
         // A live one (id 0) only the sessions that show them, not its sender.
         let live = in_room(0, "visitor", None, guest.id());
-        assert_eq!(hub.deliver_live(&live, None), 1);
+        assert_eq!(hub.deliver_live(&live), 1);
         assert_eq!(line.next().await.unwrap().id, 1);
         assert_eq!(irc.next().await.unwrap().id, 1);
         assert_eq!(irc.next().await.unwrap().sender.as_ref(), "visitor");
@@ -1183,6 +1177,10 @@ mod tests {
         hub.unwatch(id, "#class");
         assert_eq!(hub.deliver(&in_room(3, "a", None, 0)), 2);
         drop(guest);
-        assert_eq!(hub.deliver_live(&message(0, "a"), Some(id)), 0, "gone");
+        let to = [LiveFeed {
+            user: Arc::from(""),
+            id,
+        }];
+        assert_eq!(hub.push_live(&message(0, "a"), &to), 0, "gone");
     }
 }

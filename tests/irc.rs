@@ -64,13 +64,13 @@ async fn sasl_logs_in_while_registering_and_the_welcome_says_who_and_what_is_sup
         .collect();
     for token in [
         "CHANTYPES=#",
-        "PREFIX=(qo)~@",
         "CASEMAPPING=ascii",
         "NETWORK=chatd",
         "NICKLEN=32",
         "CHANNELLEN=33",
         "TOPICLEN=300",
         "CHANMODES=,,,imnt",
+        "PREFIX=(qov)~@+",
     ] {
         assert!(isupport.contains(&token), "{token} not in ISUPPORT: {isupport:?}");
     }

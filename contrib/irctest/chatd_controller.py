@@ -37,6 +37,8 @@ from irctest import cases
 from irctest.specifications import Capabilities, OptionalBehaviors
 
 CHATD_BIN = os.environ.get("CHATD_BIN", "chatd")
+# What irctest's OPER tests send: `OPER operuser operpassword`.
+OPER_NAME, OPER_PASSWORD = "operuser", "operpassword"
 
 
 @functools.lru_cache()
@@ -104,6 +106,7 @@ class ChatdController(BaseServerController, DirectoryBasedController):
         super().__init__(*args, **kwargs)
         self.password: Optional[str] = None
         self.auto_accounts: dict = {}  # nick -> password (CHATD_AUTO_ACCOUNTS)
+        self._oper_made = True  # until run() starts a server
 
     def run(
         self,
@@ -147,6 +150,10 @@ class ChatdController(BaseServerController, DirectoryBasedController):
         ]
         if has_guests_flag():
             cmd.append("--irc-guests")
+        # irctest's operator: the account operuser (made once the server is up,
+        # see wait_for_port), named an operator here.
+        self._oper_made = False
+        cmd += ["--irc-oper", OPER_NAME]
         if password is not None:
             cmd += ["--irc-password", password]
         cmd += shlex.split(os.environ.get("CHATD_EXTRA_ARGS", ""))
@@ -177,6 +184,14 @@ class ChatdController(BaseServerController, DirectoryBasedController):
             if "Stop with Ctrl-C" in line or m:
                 self._banner_seen.set()
         self._banner_seen.set()
+
+    def wait_for_port(self) -> None:
+        super().wait_for_port()
+        if not self._oper_made:
+            self._oper_made = True
+            self._banner_seen.wait(10)
+            if self.line_port is not None:
+                self._register_line(OPER_NAME, OPER_PASSWORD)
 
     # chatd has its NickServ built in: nothing else to start or wait for.
     def wait_for_services(self) -> None:

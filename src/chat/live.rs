@@ -17,17 +17,6 @@ use crate::error::ChatResult;
 use crate::hub::{LiveFeed, Subscription};
 use crate::store::{EventKind, Message, RoomEvent, RoomRefusal};
 
-/// Where a live message goes.
-#[derive(Debug, Clone, Copy)]
-pub enum LiveTo<'a> {
-    /// A room (by its name as shown): its members' IRC sessions here, and its guests.
-    Room(&'a Arc<str>),
-    /// An account's IRC sessions here.
-    User(&'a str),
-    /// A guest: its nick, and its live session's id.
-    Guest(&'a str, u64),
-}
-
 impl Chat {
     /// Opens a guest's live session.
     pub fn guest_feed(&self, kick: CancellationToken) -> Subscription {
@@ -83,38 +72,24 @@ impl Chat {
             })),
             ..message
         };
-        self.hub().deliver_live(&Arc::new(message), None);
+        self.hub().deliver_live(&Arc::new(message));
     }
 
-    /// Says `text` live, from `from` (a guest's nick, or an account's name) to `to`, under the
-    /// same text rules and send budget (a guest's is its nick's) as a stored message: the
-    /// message, and how many sessions it reached (0: nobody who can see it is here).
+    /// Says `text` live in `room` (by its name as shown), from the guest `from`, under the
+    /// same text rules and send budget as a stored message: its members' IRC sessions here
+    /// and its guests get it, not the session `origin`.
     pub fn say_live(
         &self,
         from: &str,
         guest: bool,
-        to: LiveTo<'_>,
+        room: &Arc<str>,
         text: &str,
         origin: u64,
-    ) -> ChatResult<(Arc<Message>, usize)> {
-        names::check_message_text(text)?;
-        // A guest's budget is kept apart from any account's of the same name.
-        let spender: Arc<str> = if guest {
-            Arc::from(format!("~{from}"))
-        } else {
-            Arc::from(from)
-        };
-        self.inner
-            .budget
-            .take(&spender, text.len(), std::time::Instant::now())?;
-        let (recipient, guest_feed) = match to {
-            LiveTo::Room(room) => (room.clone(), None),
-            LiveTo::User(user) => (Arc::from(user), None),
-            LiveTo::Guest(nick, feed) => (Arc::from(nick), Some(feed)),
-        };
-        let message = Arc::new(live_message(from, &recipient, text.to_owned(), origin));
-        let reached = self.hub().deliver_live(&message, guest_feed);
-        Ok((message, reached))
+    ) -> ChatResult<Arc<Message>> {
+        self.may_say_live(from, guest, text)?;
+        let message = Arc::new(live_message(from, room, text.to_owned(), origin));
+        self.hub().deliver_live(&message);
+        Ok(message)
     }
 }
 
@@ -140,6 +115,23 @@ impl Chat {
             ..live_message(from, channel, line, origin)
         };
         self.hub().push_live(&Arc::new(message), to)
+    }
+}
+
+impl Chat {
+    /// Whether `from` may say `text` live now: the same text rules and send budget (a
+    /// guest's is its nick's, apart from any account's) as a stored message; spends it.
+    pub fn may_say_live(&self, from: &str, guest: bool, text: &str) -> ChatResult<()> {
+        names::check_message_text(text)?;
+        let spender: Arc<str> = if guest {
+            Arc::from(format!("~{from}"))
+        } else {
+            Arc::from(from)
+        };
+        self.inner
+            .budget
+            .take(&spender, text.len(), std::time::Instant::now())?;
+        Ok(())
     }
 }
 

@@ -51,6 +51,8 @@ pub enum End {
     SendQ,
     LoggedOut,
     BadPassword,
+    /// By an operator's KILL: `Killed (<oper> (<reason>))`.
+    Killed(String),
 }
 
 impl End {
@@ -65,6 +67,7 @@ impl End {
             End::SendQ => "SendQ exceeded".to_string(),
             End::LoggedOut => "Logged out".to_string(),
             End::BadPassword => "Bad password".to_string(),
+            End::Killed(why) => why.clone(),
         }
     }
 }
@@ -109,6 +112,8 @@ pub struct Client {
     batches: u32,
     /// The login was already announced (`900`, by SASL): the welcome does not repeat it.
     pub login_announced: bool,
+    /// Its user modes and kill switch, which other connections reach through `idents`.
+    pub handle: Arc<super::Handle>,
 }
 
 /// Serves one accepted connection until the client quits, leaves, times out, or the server
@@ -155,6 +160,7 @@ pub fn serve(
         connected: now,
         batches: 0,
         login_announced: false,
+        handle: Arc::default(),
     };
     async move {
         let _open = &open;
@@ -208,6 +214,10 @@ async fn run(c: &mut Client, shutdown: &CancellationToken) -> io::Result<End> {
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => return Ok(End::Shutdown),
+            _ = c.handle.kill.cancelled() => {
+                let why = c.handle.killed.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                return Ok(End::Killed(why));
+            }
             pushed = next_push(&c.session, &c.guest) => {
                 let Some(first) = pushed else {
                     let ended = c.feed().and_then(Subscription::ended);
@@ -506,7 +516,7 @@ impl Client {
         let settings = self.settings.clone();
         settings
             .idents
-            .set(&self.nick, &username, &self.realname, self.peer);
+            .set(&self.nick, &username, &self.realname, self.peer, &self.handle);
         self.welcome().await;
         match self.pending.take() {
             Some(account) => {
@@ -533,7 +543,14 @@ impl Client {
             return false;
         }
         self.guest = Some(Box::new(Guest { feed, kick }));
+        self.feed_changed();
         true
+    }
+
+    /// Where other connections' lines to this one (WALLOPS) go now.
+    pub fn feed_changed(&self) {
+        let feed = super::local_commands::my_feed(self);
+        *self.handle.feed.lock().unwrap_or_else(|e| e.into_inner()) = feed;
     }
 
     fn welcome_guest(&mut self) {
@@ -673,6 +690,7 @@ impl Client {
             feed,
             kick,
         }));
+        self.feed_changed();
         match self.chat.followed(&account).await {
             Ok(rooms) => {
                 for room in rooms {
@@ -846,6 +864,7 @@ impl Client {
             }
             End::LoggedOut => "Closing link: logged out everywhere".to_string(),
             End::BadPassword => "Closing link: bad password".to_string(),
+            End::Killed(why) => format!("Closing link: {} ({why})", self.nick),
         };
         let mut line = bytes::BytesMut::new();
         wire::put(&mut line, "", "", "ERROR", &[], Some(&text));

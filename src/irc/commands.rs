@@ -47,10 +47,12 @@ pub const COMMANDS: &[Command] = &[
     row("AWAY", 0, Need::Someone),
     row("CAP", 1, Need::Nothing),
     row("CHATHISTORY", 1, Need::Account),
+    row("INFO", 0, Need::Registered),
     row("INVITE", 2, Need::Someone),
     row("ISON", 1, Need::Registered),
     row("JOIN", 1, Need::Someone),
     row("KICK", 2, Need::Someone),
+    row("KILL", 1, Need::Registered),
     row("LIST", 0, Need::Registered),
     row("LUSERS", 0, Need::Registered),
     row("MARKREAD", 0, Need::Account),
@@ -59,6 +61,7 @@ pub const COMMANDS: &[Command] = &[
     row("NAMES", 0, Need::Registered),
     row("NICK", 0, Need::Nothing),
     row("NOTICE", 0, Need::Registered),
+    row("OPER", 0, Need::Registered),
     row("PART", 1, Need::Someone),
     row("PASS", 1, Need::Nothing),
     row("PING", 1, Need::Nothing),
@@ -69,6 +72,7 @@ pub const COMMANDS: &[Command] = &[
     row("TOPIC", 1, Need::Someone),
     row("USER", 4, Need::Nothing),
     row("USERHOST", 1, Need::Registered),
+    row("WALLOPS", 1, Need::Registered),
     row("WHO", 0, Need::Registered),
     row("WHOIS", 1, Need::Registered),
     row("WHOWAS", 1, Need::Registered),
@@ -121,10 +125,12 @@ async fn run_command(c: &mut Client, m: &Msg<'_>) {
         "AWAY" => away(c, m),
         "CAP" => caps::cap(c, m),
         "CHATHISTORY" => super::history::chathistory(c, m).await,
+        "INFO" => super::oper::info(c),
         "INVITE" => invite(c, m).await,
         "ISON" => ison(c, m).await,
         "JOIN" => join(c, m).await,
         "KICK" => kick(c, m).await,
+        "KILL" => super::oper::kill(c, m),
         "LIST" => list(c, m).await,
         "LUSERS" => lusers(c).await,
         "MARKREAD" => super::read_marker::markread(c, m).await,
@@ -133,6 +139,7 @@ async fn run_command(c: &mut Client, m: &Msg<'_>) {
         "NAMES" => names_command(c, m).await,
         "NICK" => nick(c, m).await,
         "NOTICE" => message(c, m, "NOTICE").await,
+        "OPER" => super::oper::oper(c, m).await,
         "PART" => part(c, m).await,
         "PASS" => pass(c, m),
         "PING" => c.pong(m.arg(0)),
@@ -149,6 +156,7 @@ async fn run_command(c: &mut Client, m: &Msg<'_>) {
         "TOPIC" => topic(c, m).await,
         "USER" => user(c, m),
         "USERHOST" => userhost(c, m).await,
+        "WALLOPS" => super::oper::wallops(c, m),
         "WHO" => who(c, m).await,
         "WHOIS" => whois(c, m).await,
         "WHOWAS" => whowas(c, m).await,
@@ -355,6 +363,9 @@ async fn message(c: &mut Client, m: &Msg<'_>, command: &str) {
         if target.starts_with('#') && local_commands::say(c, command, target, text) {
             continue;
         }
+        if !target.starts_with('#') && direct_live(c, command, target, text).await {
+            continue;
+        }
         let body = match render::from_irc(text) {
             Ok(body) if !body.trim().is_empty() => body,
             Ok(_) => {
@@ -370,12 +381,9 @@ async fn message(c: &mut Client, m: &Msg<'_>, command: &str) {
                 continue;
             }
         };
-        let guest_target = (!target.starts_with('#'))
-            .then(|| c.settings.guests.as_ref().and_then(|g| g.find(target)))
-            .flatten();
-        let Some(me) = c.account().cloned().filter(|_| guest_target.is_none()) else {
-            // Live: a guest speaking, or anyone speaking to a guest.
-            say_live(c, command, target, &body, guest_target).await;
+        let Some(me) = c.account().cloned() else {
+            // Live: a guest speaking in a room.
+            say_live(c, command, target, &body).await;
             continue;
         };
         let sent = if target.starts_with('#') {
@@ -408,67 +416,97 @@ async fn message(c: &mut Client, m: &Msg<'_>, command: &str) {
     }
 }
 
-/// A message that is not kept: said by a guest, or to one. A guest speaks in the channels
-/// it is in (not +m ones), and to the guests and accounts connected by IRC here.
-async fn say_live(
-    c: &mut Client,
-    command: &str,
-    target: &str,
-    body: &str,
-    guest_target: Option<(Arc<str>, u64)>,
-) {
-    use crate::chat::live::LiveTo;
+/// A direct message a guest sends or is sent: IRC to IRC as it was typed (a CTCP too), live,
+/// to the guest's session or to the account's IRC sessions here; cut to fit one line. False
+/// if neither side is a guest (the message is stored, as any between accounts).
+async fn direct_live(c: &mut Client, command: &str, target: &str, text: &str) -> bool {
     let quiet = command == "NOTICE";
+    let guest_target = c.settings.guests.as_ref().and_then(|g| g.find(target));
+    if guest_target.is_none() && !c.is_guest() {
+        return false;
+    }
     if c.is_guest() && !c.guest_still_free().await {
+        // Renamed: what it said is not sent under the account's name.
+        return true;
+    }
+    let (shown, to): (Arc<str>, _) = match guest_target {
+        Some((nick, id)) => (
+            nick,
+            crate::hub::LiveFeed {
+                user: Arc::from(""),
+                id,
+            },
+        ),
+        None => (
+            Arc::from(target),
+            crate::hub::LiveFeed {
+                user: Arc::from(target),
+                id: 0,
+            },
+        ),
+    };
+    if let Err(e) = c.chat.may_say_live(&c.nick, c.is_guest(), text) {
+        if !quiet {
+            c.failed(command, &e);
+        }
+        return true;
+    }
+    let me = c.mask();
+    // `:me COMMAND target :text` and CR LF must fit 512 bytes; the rest is cut.
+    let overhead = 1 + me.len() + 1 + command.len() + 1 + shown.len() + 2 + 2;
+    let text = local_commands::cut(text, super::wire::MAX_LINE.saturating_sub(overhead));
+    let line = format!("{command} {shown} :{text}");
+    if c.chat.push_line(&c.nick, &shown, line, "", &[to], c.origin()) == 0 {
+        if !quiet {
+            c.numeric(
+                ERR_NOSUCHNICK,
+                &[target],
+                "No such nick: a guest's messages reach only the people connected by IRC to this server now, and are not kept",
+            );
+        }
+        return true;
+    }
+    if c.caps.has(caps::ECHO_MESSAGE) {
+        c.relay("", &me, command, &[&shown], Some(text));
+    }
+    if let Some(away) = c.settings.away.of(&shown).filter(|_| !quiet) {
+        c.numeric(RPL_AWAY, &[&shown], &away);
+    }
+    true
+}
+
+/// A guest speaking in a room it follows (not a +m one): live, never kept.
+async fn say_live(c: &mut Client, command: &str, target: &str, body: &str) {
+    let quiet = command == "NOTICE";
+    if !c.guest_still_free().await {
         // Renamed: what it said is not sent under the account's name.
         return;
     }
-    let guest = c.is_guest();
-    let from = c.nick.clone();
-    let origin = c.origin();
-    let room: Arc<str>;
-    let (to, shown): (LiveTo<'_>, Arc<str>) = if target.starts_with('#') {
-        let Some(name) = c.channels.get(&target.to_ascii_lowercase()).cloned() else {
-            if !quiet {
-                c.numeric(
-                    ERR_CANNOTSENDTOCHAN,
-                    &[target],
-                    &format!("Cannot send to channel: you are not in {target}; JOIN it first"),
-                );
-            }
-            return;
-        };
-        if view_of(c, &name).await.is_ok_and(|v| v.info.moderated) {
-            if !quiet {
-                c.numeric(
-                    ERR_CANNOTSENDTOCHAN,
-                    &[target],
-                    "Cannot send to channel (+m): only its owner and ops may speak",
-                );
-            }
-            return;
+    let Some(room) = c.channels.get(&target.to_ascii_lowercase()).cloned() else {
+        if !quiet {
+            c.numeric(
+                ERR_CANNOTSENDTOCHAN,
+                &[target],
+                &format!("Cannot send to channel: you are not in {target}; JOIN it first"),
+            );
         }
-        room = name;
-        (LiveTo::Room(&room), room.clone())
-    } else if let Some((nick, feed)) = &guest_target {
-        (LiveTo::Guest(nick, *feed), nick.clone())
-    } else {
-        (LiveTo::User(target), Arc::from(target))
+        return;
     };
-    match c.chat.say_live(&from, guest, to, body, origin) {
-        Ok((message, reached)) => {
-            if reached == 0 && matches!(to, LiveTo::User(_)) {
-                if !quiet {
-                    c.numeric(
-                        ERR_NOSUCHNICK,
-                        &[target],
-                        "No such nick: a guest's messages reach only the people connected by IRC to this server now, and are not kept",
-                    );
-                }
-                return;
-            }
+    if view_of(c, &room).await.is_ok_and(|v| v.info.moderated) {
+        if !quiet {
+            c.numeric(
+                ERR_CANNOTSENDTOCHAN,
+                &[target],
+                "Cannot send to channel (+m): only its owner and ops may speak",
+            );
+        }
+        return;
+    }
+    let (from, origin) = (c.nick.clone(), c.origin());
+    match c.chat.say_live(&from, true, &room, body, origin) {
+        Ok(message) => {
             if c.caps.has(caps::ECHO_MESSAGE) {
-                render::echo(c, &message, &shown, command);
+                render::echo(c, &message, &room, command);
             }
         }
         Err(_) if quiet => {}
@@ -928,7 +966,7 @@ async fn refuse_target(c: &mut Client, command: &str, channel: &str, target: &st
 async fn mode(c: &mut Client, m: &Msg<'_>) {
     let target = m.arg(0);
     if !target.starts_with('#') {
-        return user_mode(c, m);
+        return super::oper::user_mode(c, m).await;
     }
     if c.account().is_none() && !c.is_guest() {
         return not_logged_in(c, "MODE");
@@ -960,11 +998,12 @@ async fn mode(c: &mut Client, m: &Msg<'_>) {
         if changes.trim_start_matches('+') == "b" {
             return c.numeric(RPL_ENDOFBANLIST, &[target], "End of channel ban list");
         }
-        return c.numeric(
-            ERR_CHANOPRIVSNEEDED,
-            &[target],
-            "You're not channel operator: guests cannot change modes",
-        );
+        return guest_refused(
+            c,
+            target,
+            "You're not channel operator: guests cannot change a room's modes",
+        )
+        .await;
     };
     let mut args = m.params.iter().skip(2).copied();
     let mut on = true;
@@ -1023,27 +1062,6 @@ async fn mode(c: &mut Client, m: &Msg<'_>) {
     }
 }
 
-fn user_mode(c: &mut Client, m: &Msg<'_>) {
-    let target = m.arg(0);
-    if target != c.nick {
-        c.numeric(ERR_USERSDONTMATCH, &[], "Cant change mode for other users");
-        return;
-    }
-    let changes = m.arg(1);
-    if changes.is_empty() {
-        c.numeric_params(RPL_UMODEIS, &["+i"]);
-        return;
-    }
-    // Every user is invisible (+i): nothing else is offered.
-    if changes.chars().any(|ch| !matches!(ch, '+' | '-' | 'i')) {
-        c.numeric(
-            ERR_UMODEUNKNOWNFLAG,
-            &[],
-            "Unknown MODE flag: only +i, which is always on",
-        );
-    }
-}
-
 async fn list(c: &mut Client, m: &Msg<'_>) {
     let wanted: Vec<String> = m
         .arg(0)
@@ -1093,10 +1111,12 @@ pub async fn lusers(c: &mut Client) {
         &[],
         &format!("There are 0 users and {online} invisible on 1 servers"),
     );
-    c.numeric_params(RPL_LUSEROP, &["0", "operator(s) online"]);
+    let opers = c.settings.idents.opers().to_string();
+    c.numeric_params(RPL_LUSEROP, &[&opers, "operator(s) online"]);
     let unregistered = unregistered.to_string();
     c.numeric_params(RPL_LUSERUNKNOWN, &[&unregistered, "unknown connection(s)"]);
-    let rooms = c.chat.open_room_count().await.unwrap_or(0).to_string();
+    let rooms = c.chat.open_room_count().await.unwrap_or(0) + c.settings.local.list().len() as i64;
+    let rooms = rooms.to_string();
     c.numeric_params(RPL_LUSERCHANNELS, &[&rooms, "channels formed"]);
     c.numeric(RPL_LUSERME, &[], &format!("I have {here} clients and 0 servers"));
     let current = |n: usize, most: usize, which: &str| {
@@ -1164,7 +1184,9 @@ async fn who(c: &mut Client, m: &Msg<'_>) {
         } else if let Ok(view) = view_of(c, mask_asked).await {
             for member in &view.members {
                 let here = if member.online { "H" } else { "G" };
-                let flags = format!("{here}{}", prefixed("", member.role, c.caps.has(MULTI_PREFIX)));
+                let oper = if is_oper(c, &member.name) { "*" } else { "" };
+                let role = prefixed("", member.role, c.caps.has(MULTI_PREFIX));
+                let flags = format!("{here}{oper}{role}");
                 let real = format!("0 {}", member.name);
                 c.numeric(
                     RPL_WHOREPLY,
@@ -1193,7 +1215,11 @@ async fn who(c: &mut Client, m: &Msg<'_>) {
         if let Ok(page) = c.chat.who("").await {
             nicks.extend(page.users.iter().map(|u| u.to_string()));
         }
-        let matching = nicks.into_iter().filter(|n| glob_matches(mask_asked, n));
+        // Invisible users (+i) only to who shares a channel with them.
+        let matching = nicks
+            .into_iter()
+            .filter(|n| glob_matches(mask_asked, n))
+            .filter(|n| !invisible_to(c, n));
         for nick in matching.take(WHO_MASK_MOST).collect::<Vec<_>>() {
             who_reply(c, &nick, true);
         }
@@ -1218,7 +1244,39 @@ fn who_reply(c: &mut Client, nick: &str, online: bool) {
     } else {
         "G"
     };
-    who_line(c, "*", nick, here);
+    let oper = if is_oper(c, nick) { "*" } else { "" };
+    who_line(c, "*", nick, &format!("{here}{oper}"));
+}
+
+/// Whether `nick`, connected here, is an IRC operator.
+pub fn is_oper(c: &Client, nick: &str) -> bool {
+    c.settings
+        .idents
+        .of(nick)
+        .is_some_and(|i| i.nick == nick && i.handle.is_oper())
+}
+
+/// Whether `nick` is invisible (+i) and shares no channel of this node with this client: a
+/// local channel, or a room it follows as a guest.
+fn invisible_to(c: &Client, nick: &str) -> bool {
+    let Some(ident) = c.settings.idents.of(nick).filter(|i| i.handle.is_invisible()) else {
+        return false;
+    };
+    if nick == c.nick {
+        return false;
+    }
+    let theirs = ident
+        .handle
+        .feed
+        .lock()
+        .ok()
+        .and_then(|f| f.as_ref().map(|f| f.id));
+    let local = theirs.map(|id| c.settings.local.of(id)).unwrap_or_default();
+    let guests = c.settings.guests.as_ref();
+    !c.channels.values().any(|mine| {
+        local.iter().any(|(name, _)| name == mine)
+            || guests.is_some_and(|g| g.in_channel(mine).iter().any(|n| &**n == nick))
+    })
 }
 
 /// `352 <me> <channel> <user> <host> <server> <nick> <flags> :0 <real name>`.
@@ -1277,6 +1335,9 @@ async fn whois(c: &mut Client, m: &Msg<'_>) {
             c.numeric(RPL_WHOISCHANNELS, &[&nick], &channels);
         }
         c.numeric(RPL_WHOISSERVER, &[&nick, &server], "chatd");
+        if is_oper(c, &nick) {
+            c.numeric(RPL_WHOISOPERATOR, &[&nick], "is an IRC operator");
+        }
         if let Some(away) = c.settings.away.of(&nick) {
             c.numeric(RPL_AWAY, &[&nick], &away);
         }
@@ -1302,6 +1363,9 @@ async fn whois(c: &mut Client, m: &Msg<'_>) {
         let (user, real) = ident_of(c, nick);
         c.numeric(RPL_WHOISUSER, &[nick, &user, HOST, "*"], &real);
         c.numeric(RPL_WHOISSERVER, &[nick, &server], "chatd");
+        if is_oper(c, nick) {
+            c.numeric(RPL_WHOISOPERATOR, &[nick], "is an IRC operator");
+        }
         c.numeric(RPL_WHOISACCOUNT, &[nick, nick], "is logged in as");
         if let Some(away) = c.settings.away.of(nick) {
             c.numeric(RPL_AWAY, &[nick], &away);

@@ -14,7 +14,7 @@ use super::wire::Msg;
 use crate::hub::LiveFeed;
 
 /// This client's session, as a local channel holds it.
-fn my_feed(c: &Client) -> Option<LiveFeed> {
+pub fn my_feed(c: &Client) -> Option<LiveFeed> {
     let feed = c.feed()?;
     let user = c
         .account()
@@ -181,7 +181,8 @@ pub fn say(c: &mut Client, command: &str, channel: &str, text: &str) -> bool {
     true
 }
 
-fn cut(text: &str, most: usize) -> &str {
+/// `text` cut to at most `most` bytes, on a character boundary.
+pub fn cut(text: &str, most: usize) -> &str {
     if text.len() <= most {
         return text;
     }
@@ -333,7 +334,12 @@ pub fn who(c: &mut Client, channel: &str) -> bool {
     let multi = c.caps.has(caps::MULTI_PREFIX);
     for member in &now.members {
         let away = c.settings.away.of(&member.nick).is_some();
-        let flags = format!("{}{}", if away { "G" } else { "H" }, member.prefix(multi));
+        let oper = if super::commands::is_oper(c, &member.nick) {
+            "*"
+        } else {
+            ""
+        };
+        let flags = format!("{}{oper}{}", if away { "G" } else { "H" }, member.prefix(multi));
         super::commands::who_line(c, &now.name, &member.nick, &flags);
     }
     true

@@ -13,6 +13,7 @@
 //! - [`guests`]: who the guests are (`--irc-guests`), by nick and channel;
 //! - [`local`] and [`local_commands`]: the channels no room backs, which guests create;
 //! - [`nickserv`]: the NickServ pseudo-user, for clients without SASL;
+//! - [`oper`]: IRC operators (OPER, KILL, WALLOPS) and user modes;
 //! - [`numeric`]: the numeric replies by name.
 //!
 //! The door reaches the store only through [`Chat`], as every door does.
@@ -27,6 +28,7 @@ pub mod local;
 pub mod local_commands;
 pub mod nickserv;
 pub mod numeric;
+pub mod oper;
 pub mod read_marker;
 pub mod render;
 pub mod wire;
@@ -62,6 +64,8 @@ pub struct IrcSettings {
     pub created: String,
     /// Who is away, and what they said, on this node.
     pub away: Away,
+    /// The accounts that may become IRC operators (`--irc-oper`).
+    pub opers: Vec<String>,
     /// The guests on this node, with `--irc-guests`.
     pub guests: Option<guests::Guests>,
     /// The channels no room backs on this node (guests create them).
@@ -89,6 +93,7 @@ impl IrcSettings {
             max_rooms: config.max_rooms_per_user,
             created: chrono::Utc::now().format("%Y-%m-%d %H:%M:%S UTC").to_string(),
             away: Away::default(),
+            opers: config.irc_opers.clone(),
             guests: config.irc_guests.then(guests::Guests::default),
             local: local::LocalChannels::default(),
             whowas: Whowas::default(),
@@ -174,22 +179,64 @@ impl Whowas {
 #[derive(Default)]
 pub struct Idents(Mutex<HashMap<String, Ident>>);
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Ident {
     pub nick: String,
     pub username: String,
     pub realname: String,
     /// The connection it came from.
     peer: std::net::SocketAddr,
+    pub handle: Arc<Handle>,
+}
+
+/// What other connections may need of one registered client: its user modes, where its
+/// lines go, and a way to end it (KILL).
+#[derive(Default)]
+pub struct Handle {
+    /// User mode `+o`: an IRC operator (OPER).
+    pub oper: std::sync::atomic::AtomicBool,
+    /// User mode `+i`: `WHO <mask>` does not list it to who shares no channel with it.
+    pub invisible: std::sync::atomic::AtomicBool,
+    /// User mode `+w`: it receives WALLOPS.
+    pub wallops: std::sync::atomic::AtomicBool,
+    /// Its live session, for WALLOPS (an operator's).
+    pub feed: Mutex<Option<crate::hub::LiveFeed>>,
+    /// Cancelled by a KILL, whose reason is beside it.
+    pub kill: tokio_util::sync::CancellationToken,
+    pub killed: Mutex<String>,
+}
+
+impl Handle {
+    pub fn is_oper(&self) -> bool {
+        self.oper.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn is_invisible(&self) -> bool {
+        self.invisible.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Ends the connection: it is told `why`, and its channels see it quit with it.
+    pub fn kill(&self, why: String) {
+        *self.killed.lock().unwrap_or_else(|e| e.into_inner()) = why;
+        self.kill.cancel();
+    }
 }
 
 impl Idents {
-    pub fn set(&self, nick: &str, username: &str, realname: &str, peer: std::net::SocketAddr) {
+    pub fn set(
+        &self,
+        nick: &str,
+        username: &str,
+        realname: &str,
+        peer: std::net::SocketAddr,
+        handle: &Arc<Handle>,
+    ) {
         let ident = Ident {
             nick: nick.to_string(),
             username: username.to_string(),
             realname: realname.to_string(),
             peer,
+            handle: handle.clone(),
         };
         self.lock().insert(nick.to_ascii_lowercase(), ident);
     }
@@ -217,6 +264,21 @@ impl Idents {
 
     pub fn of(&self, nick: &str) -> Option<Ident> {
         self.lock().get(&nick.to_ascii_lowercase()).cloned()
+    }
+
+    /// The live sessions of the operators and `+w` users connected here, for WALLOPS.
+    pub fn wallops_feeds(&self) -> Vec<crate::hub::LiveFeed> {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.lock()
+            .values()
+            .filter(|i| i.handle.is_oper() || i.handle.wallops.load(Relaxed))
+            .filter_map(|i| i.handle.feed.lock().ok().and_then(|f| f.clone()))
+            .collect()
+    }
+
+    /// How many operators are connected here (LUSERS).
+    pub fn opers(&self) -> usize {
+        self.lock().values().filter(|i| i.handle.is_oper()).count()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Ident>> {
