@@ -84,9 +84,8 @@ class ChatdController(BaseServerController, DirectoryBasedController):
         ]
     )
 
-    # Documented in protocol.md: `JOIN #a,#b`; PRIVMSG "Up to 4 targets".
-    # (KICK:1 and NAMES:1 in TARGMAX, so no MULTI_KICK / MULTI_NAMES_COMMAND;
-    #  no +e/+I/+C modes, no INVITE list, UTF8ONLY.)
+    # Documented in protocol.md: `JOIN #a,#b`; PRIVMSG "Up to 4 targets";
+    # KICK up to 4 (TARGMAX); NAMES one channel; +b +e +I on local channels.
     optional_behaviors = frozenset(
         [
             OptionalBehaviors.MULTI_JOIN,

@@ -882,31 +882,39 @@ impl Client {
 /// The ISUPPORT tokens (<https://modern.ircdocs.horse/#rplisupport-parameters>), at most 13
 /// to a line.
 fn isupport(settings: &IrcSettings) -> Vec<Vec<String>> {
-    let tokens = vec![
+    let mut tokens = vec![
         "AWAYLEN=200".to_string(),
         "CASEMAPPING=ascii".to_string(),
         format!("CHANLIMIT=#:{}", settings.max_rooms),
         // Local channels (guests make them) hold bans, keys and limits; rooms do not.
         if settings.guests.is_some() {
-            "CHANMODES=b,k,l,imnst".to_string()
+            "CHANMODES=beI,k,l,Cimnst".to_string()
         } else {
             "CHANMODES=,,,imnt".to_string()
         },
         format!("CHANNELLEN={}", crate::chat::rooms::MAX_ROOM_NAME + 1),
         "CHANTYPES=#".to_string(),
         format!("CHATHISTORY={}", super::history::MAX),
-        "ELIST=".to_string(),
+        "ELIST=MNU".to_string(),
         format!("KICKLEN={}", crate::chat::rooms::MAX_REASON),
         "MODES=4".to_string(),
         "MSGREFTYPES=msgid,timestamp".to_string(),
         format!("NETWORK={NETWORK}"),
         "NICKLEN=32".to_string(),
         "PREFIX=(qov)~@+".to_string(),
-        "TARGMAX=JOIN:,KICK:1,NAMES:1,NOTICE:4,PART:,PRIVMSG:4,WHOIS:1".to_string(),
+        "TARGMAX=JOIN:,KICK:4,NAMES:1,NOTICE:4,PART:,PRIVMSG:4,WHOIS:1".to_string(),
         format!("TOPICLEN={}", crate::chat::rooms::MAX_TOPIC),
         "USERLEN=32".to_string(),
         "UTF8ONLY".to_string(),
+        "WHOX".to_string(),
     ];
+    if settings.guests.is_some() {
+        tokens.push("EXCEPTS=e".to_string());
+        tokens.push("INVEX=I".to_string());
+        tokens.push("STATUSMSG=@+".to_string());
+        tokens.push(format!("MAXLIST=beI:{}", super::local::MAX_BANS));
+        tokens.sort();
+    }
     tokens.chunks(13).map(<[String]>::to_vec).collect()
 }
 

@@ -7,8 +7,10 @@ use std::sync::Arc;
 
 use super::caps::{self, MULTI_PREFIX};
 use super::client::{Client, End};
+use super::local::glob_matches;
 use super::numeric::*;
 use super::render::{self, mask, prefixed};
+use super::who::is_oper;
 use super::wire::Msg;
 use super::{local_commands, nickserv, HOST};
 use crate::chat::rooms::RoomName;
@@ -35,47 +37,56 @@ pub struct Command {
     /// Parameters it needs at least; fewer get 461.
     pub min: usize,
     pub need: Need,
+    /// What HELP says of it: its syntax, then what it does.
+    pub help: &'static str,
 }
 
-const fn row(name: &'static str, min: usize, need: Need) -> Command {
-    Command { name, min, need }
+const fn row(name: &'static str, min: usize, need: Need, help: &'static str) -> Command {
+    Command {
+        name,
+        min,
+        need,
+        help,
+    }
 }
 
 /// Every command the door understands; anything else is 421.
 pub const COMMANDS: &[Command] = &[
-    row("AUTHENTICATE", 1, Need::Nothing),
-    row("AWAY", 0, Need::Someone),
-    row("CAP", 1, Need::Nothing),
-    row("CHATHISTORY", 1, Need::Account),
-    row("INFO", 0, Need::Registered),
-    row("INVITE", 2, Need::Someone),
-    row("ISON", 1, Need::Registered),
-    row("JOIN", 1, Need::Someone),
-    row("KICK", 2, Need::Someone),
-    row("KILL", 1, Need::Registered),
-    row("LIST", 0, Need::Registered),
-    row("LUSERS", 0, Need::Registered),
-    row("MARKREAD", 0, Need::Account),
-    row("MODE", 1, Need::Registered),
-    row("MOTD", 0, Need::Registered),
-    row("NAMES", 0, Need::Registered),
-    row("NICK", 0, Need::Nothing),
-    row("NOTICE", 0, Need::Registered),
-    row("OPER", 0, Need::Registered),
-    row("PART", 1, Need::Someone),
-    row("PASS", 1, Need::Nothing),
-    row("PING", 1, Need::Nothing),
-    row("PONG", 0, Need::Nothing),
-    row("PRIVMSG", 0, Need::Registered),
-    row("QUIT", 0, Need::Nothing),
-    row("TIME", 0, Need::Registered),
-    row("TOPIC", 1, Need::Someone),
-    row("USER", 4, Need::Nothing),
-    row("USERHOST", 1, Need::Registered),
-    row("WALLOPS", 1, Need::Registered),
-    row("WHO", 0, Need::Registered),
-    row("WHOIS", 1, Need::Registered),
-    row("WHOWAS", 1, Need::Registered),
+    row("AUTHENTICATE", 1, Need::Nothing, "AUTHENTICATE PLAIN, then the base64 of \\0<account>\\0<password>: SASL login (CAP REQ :sasl first)"),
+    row("AWAY", 0, Need::Someone, "AWAY [:<message>]: mark yourself away (with a message) or back (without)"),
+    row("CAP", 1, Need::Nothing, "CAP LS 302 | CAP REQ :<caps> | CAP LIST | CAP END: negotiate IRCv3 capabilities"),
+    row("CHATHISTORY", 1, Need::Account, "CHATHISTORY LATEST|BEFORE|AFTER|AROUND|BETWEEN <target> ... <limit>: stored messages"),
+    row("HELP", 0, Need::Nothing, "HELP [<command>]: the commands, or one command's syntax"),
+    row("HELPOP", 0, Need::Nothing, "HELPOP [<command>]: the same as HELP"),
+    row("INFO", 0, Need::Registered, "INFO: what this server is"),
+    row("INVITE", 0, Need::Someone, "INVITE <nick> <#channel> | INVITE: let someone into an invite-only (+i), keyed or full channel; or list your invitations"),
+    row("ISON", 1, Need::Registered, "ISON <nick> [<nick>...]: which of these are connected"),
+    row("JOIN", 1, Need::Someone, "JOIN <#channel>[,<#channel>...] [<key>[,<key>...]] | JOIN 0: join channels (a new name makes one), or leave all"),
+    row("KICK", 2, Need::Someone, "KICK <#channel> <nick>[,<nick>...] [:<reason>]: remove someone (operators of the channel)"),
+    row("KILL", 1, Need::Registered, "KILL <nick> [:<reason>]: disconnect someone (IRC operators)"),
+    row("LIST", 0, Need::Registered, "LIST [<#channel>[,<#channel>...]]: the channels, their sizes and topics"),
+    row("LUSERS", 0, Need::Registered, "LUSERS: how many users, operators and channels"),
+    row("MARKREAD", 0, Need::Account, "MARKREAD <target> [timestamp=<time>]: what you have read (draft/read-marker)"),
+    row("MODE", 1, Need::Registered, "MODE <#channel> [+|-<modes> [<args>]] | MODE <you> [+|-iw]: channel or user modes"),
+    row("MOTD", 0, Need::Registered, "MOTD: the message of the day"),
+    row("NAMES", 0, Need::Registered, "NAMES <#channel>: who is in a channel"),
+    row("NICK", 0, Need::Nothing, "NICK <nick>: choose or change your nick"),
+    row("NOTICE", 0, Need::Registered, "NOTICE <target>[,<target>...] :<text>: like PRIVMSG, never answered automatically"),
+    row("OPER", 0, Need::Registered, "OPER <account> <password>: become an IRC operator (accounts named by --irc-oper)"),
+    row("PART", 1, Need::Someone, "PART <#channel>[,<#channel>...] [:<reason>]: leave channels"),
+    row("PASS", 1, Need::Nothing, "PASS <password> | PASS <account>:<password>: before NICK and USER, the server's or an account's password"),
+    row("PING", 1, Need::Nothing, "PING <token>: the server answers PONG <token>"),
+    row("PONG", 0, Need::Nothing, "PONG <token>: the answer to the server's PING"),
+    row("PRIVMSG", 0, Need::Registered, "PRIVMSG <target>[,<target>...] :<text>: a message to a nick or a channel"),
+    row("QUIT", 0, Need::Nothing, "QUIT [:<reason>]: leave"),
+    row("TIME", 0, Need::Registered, "TIME: the server's time"),
+    row("TOPIC", 1, Need::Someone, "TOPIC <#channel> [:<topic>]: see or set a channel's topic"),
+    row("USER", 4, Need::Nothing, "USER <user> 0 * :<real name>: at registration, who you are"),
+    row("USERHOST", 1, Need::Registered, "USERHOST <nick> [<nick>...]: the masks of connected nicks"),
+    row("WALLOPS", 1, Need::Registered, "WALLOPS :<text>: a message to the operators and +w users (IRC operators)"),
+    row("WHO", 0, Need::Registered, "WHO <#channel>|<nick>|<mask> [%<fields>[,<token>]]: who is there (WHOX with %)"),
+    row("WHOIS", 1, Need::Registered, "WHOIS <nick>: about someone"),
+    row("WHOWAS", 1, Need::Registered, "WHOWAS <nick>: about someone who left"),
 ];
 
 /// Runs one parsed line; with labeled-response, its response is labeled as the client asked.
@@ -125,6 +136,7 @@ async fn run_command(c: &mut Client, m: &Msg<'_>) {
         "AWAY" => away(c, m),
         "CAP" => caps::cap(c, m),
         "CHATHISTORY" => super::history::chathistory(c, m).await,
+        "HELP" | "HELPOP" => help(c, m),
         "INFO" => super::oper::info(c),
         "INVITE" => invite(c, m).await,
         "ISON" => ison(c, m).await,
@@ -157,11 +169,53 @@ async fn run_command(c: &mut Client, m: &Msg<'_>) {
         "USER" => user(c, m),
         "USERHOST" => userhost(c, m).await,
         "WALLOPS" => super::oper::wallops(c, m),
-        "WHO" => who(c, m).await,
+        "WHO" => super::who::who(c, m).await,
         "WHOIS" => whois(c, m).await,
         "WHOWAS" => whowas(c, m).await,
         other => unreachable!("{other} is in the table but has no arm"),
     }
+}
+
+/// HELP [<command>] (Modern: 704, 705, 706, or 524): the commands, or one's syntax.
+fn help(c: &mut Client, m: &Msg<'_>) {
+    let subject = m.arg(0);
+    if subject.is_empty() {
+        c.numeric(
+            RPL_HELPSTART,
+            &["*"],
+            "chatd's IRC commands (HELP <command> for one):",
+        );
+        let names: Vec<&str> = COMMANDS.iter().map(|row| row.name).collect();
+        for chunk in names.chunks(10) {
+            c.numeric(RPL_HELPTXT, &["*"], &chunk.join(" "));
+        }
+        c.numeric(
+            RPL_HELPTXT,
+            &["*"],
+            "Protocol and examples: protocol.md, \"The IRC door\"",
+        );
+        return c.numeric(RPL_ENDOFHELP, &["*"], "End of /HELP");
+    }
+    let Some(row) = COMMANDS.iter().find(|row| row.name.eq_ignore_ascii_case(subject)) else {
+        let shown: String = subject.chars().take(32).collect();
+        return c.numeric(
+            ERR_HELPNOTFOUND,
+            &[&shown],
+            "No help for that: HELP lists the commands",
+        );
+    };
+    let (syntax, what) = row.help.split_once(": ").unwrap_or((row.help, ""));
+    c.numeric(RPL_HELPSTART, &[row.name], syntax);
+    if !what.is_empty() {
+        c.numeric(RPL_HELPTXT, &[row.name], what);
+    }
+    let needs = match row.need {
+        Need::Nothing => "Any connection may send it.",
+        Need::Registered => "After registration (NICK and USER).",
+        Need::Someone => "Logged in to an account, or a guest.",
+        Need::Account => "Logged in to an account.",
+    };
+    c.numeric(RPL_ENDOFHELP, &[row.name], needs);
 }
 
 fn not_logged_in(c: &mut Client, command: &str) {
@@ -179,7 +233,7 @@ fn me(c: &Client) -> Username {
 }
 
 /// A room as this client may see it: as its account, or as a guest sees a public room.
-async fn view_of(c: &Client, channel: &str) -> Result<crate::chat::rooms::RoomView, ChatError> {
+pub async fn view_of(c: &Client, channel: &str) -> Result<crate::chat::rooms::RoomView, ChatError> {
     match c.account() {
         Some(me) => c.chat.room(me, channel).await,
         None => c.chat.public_room(channel).await,
@@ -360,7 +414,8 @@ async fn message(c: &mut Client, m: &Msg<'_>, command: &str) {
             }
             continue;
         }
-        if target.starts_with('#') && local_commands::say(c, command, target, text) {
+        let channel = target.trim_start_matches(['@', '+']).starts_with('#');
+        if channel && local_commands::say(c, command, target, text) {
             continue;
         }
         if !target.starts_with('#') && direct_live(c, command, target, text).await {
@@ -869,10 +924,30 @@ async fn topic(c: &mut Client, m: &Msg<'_>) {
     }
 }
 
+/// KICK `#a nick1,nick2`, or `#a,#b nick1,nick2` (RFC 2812 §3.2.8: channel and nick in
+/// pairs), at most 4 (`TARGMAX`).
 async fn kick(c: &mut Client, m: &Msg<'_>) {
-    let (channel, targets) = (m.arg(0), m.arg(1));
     let reason = m.params.get(2).copied().filter(|r| !r.is_empty());
-    if local_commands::kick(c, channel, targets, reason).await {
+    let channels: Vec<&str> = m.arg(0).split(',').filter(|t| !t.is_empty()).collect();
+    let targets: Vec<&str> = m.arg(1).split(',').filter(|t| !t.is_empty()).collect();
+    let pairs: Vec<(&str, &str)> = match channels.as_slice() {
+        [one] => targets.iter().map(|t| (*one, *t)).collect(),
+        many if many.len() == targets.len() => many.iter().copied().zip(targets.iter().copied()).collect(),
+        _ => {
+            return c.numeric(
+                ERR_NEEDMOREPARAMS,
+                &["KICK"],
+                "Not enough parameters: one channel, or a channel for each nick",
+            )
+        }
+    };
+    for (channel, target) in pairs.into_iter().take(4) {
+        kick_one(c, channel, target, reason).await;
+    }
+}
+
+async fn kick_one(c: &mut Client, channel: &str, target: &str, reason: Option<&str>) {
+    if local_commands::kick(c, channel, target, reason).await {
         return;
     }
     let Some(me) = c.account().cloned() else {
@@ -883,23 +958,32 @@ async fn kick(c: &mut Client, m: &Msg<'_>) {
         )
         .await;
     };
-    for target in targets.split(',').filter(|t| !t.is_empty()) {
-        let origin = c.origin();
-        match c.chat.kick(&me, channel, target, reason, origin).await {
-            Ok(room) => {
-                let mask = c.mask();
-                let reason = reason.unwrap_or(me.as_str()).to_string();
-                c.relay("", &mask, "KICK", &[&room, target], Some(&reason));
-                if target == me.as_str() {
-                    c.channels.remove(&room.to_ascii_lowercase());
-                }
+    let origin = c.origin();
+    match c.chat.kick(&me, channel, target, reason, origin).await {
+        Ok(room) => {
+            let mask = c.mask();
+            let reason = reason.unwrap_or(me.as_str()).to_string();
+            c.relay("", &mask, "KICK", &[&room, target], Some(&reason));
+            if target == me.as_str() {
+                c.channels.remove(&room.to_ascii_lowercase());
             }
-            Err(e) => refuse_target(c, "KICK", channel, target, &e).await,
         }
+        Err(e) => refuse_target(c, "KICK", channel, target, &e).await,
     }
 }
 
 async fn invite(c: &mut Client, m: &Msg<'_>) {
+    match m.params.len() {
+        0 => {
+            // The invitations to local channels not used yet; a room's are not listed.
+            for channel in c.settings.local.invited_to(&c.nick) {
+                c.numeric_params(RPL_INVITELIST, &[&channel]);
+            }
+            return c.numeric(RPL_ENDOFINVITELIST, &[], "End of /INVITE list");
+        }
+        1 => return c.numeric(ERR_NEEDMOREPARAMS, &["INVITE"], "Not enough parameters"),
+        _ => {}
+    }
     let (target, channel) = (m.arg(0), m.arg(1));
     let to = invitee(c, target).await;
     if local_commands::invite(c, target, channel, to.clone()) {
@@ -1062,25 +1146,19 @@ async fn mode(c: &mut Client, m: &Msg<'_>) {
     }
 }
 
+/// LIST, with what `ELIST=MNU` offers: channel names, masks (`#ch*`), masks not to match
+/// (`!#ch*`), and sizes (`>2`, `<10`), any of them together, separated by commas.
 async fn list(c: &mut Client, m: &Msg<'_>) {
-    let wanted: Vec<String> = m
-        .arg(0)
-        .split(',')
-        .filter(|t| !t.is_empty())
-        .map(str::to_ascii_lowercase)
-        .collect();
+    let wanted = ListFilter::parse(m.arg(0));
     c.numeric(RPL_LISTSTART, &["Channel"], "Users  Name");
     for (name, count, topic) in local_commands::list(c) {
-        if wanted.is_empty() || wanted.contains(&name.to_ascii_lowercase()) {
+        if wanted.admits(&name, count as i64) {
             c.numeric(RPL_LIST, &[&name, &count.to_string()], &topic);
         }
     }
     match c.chat.open_rooms("").await {
         Ok(rooms) => {
-            for room in rooms {
-                if !wanted.is_empty() && !wanted.contains(&room.name.to_ascii_lowercase()) {
-                    continue;
-                }
+            for room in rooms.iter().filter(|r| wanted.admits(&r.name, r.members)) {
                 let count = room.members.to_string();
                 c.numeric(RPL_LIST, &[&room.name, &count], &room.topic);
             }
@@ -1088,6 +1166,46 @@ async fn list(c: &mut Client, m: &Msg<'_>) {
         Err(e) => c.failed("LIST", &e),
     }
     c.numeric(RPL_LISTEND, &[], "End of /LIST");
+}
+
+/// What a LIST asks for.
+#[derive(Default)]
+struct ListFilter<'a> {
+    names: Vec<&'a str>,
+    masks: Vec<&'a str>,
+    not: Vec<&'a str>,
+    more_than: Option<i64>,
+    fewer_than: Option<i64>,
+}
+
+impl<'a> ListFilter<'a> {
+    fn parse(arg: &'a str) -> ListFilter<'a> {
+        let mut filter = ListFilter::default();
+        for item in arg.split(',').filter(|t| !t.is_empty()) {
+            if let Some(mask) = item.strip_prefix('!') {
+                filter.not.push(mask);
+            } else if let Some(n) = item.strip_prefix('>').and_then(|n| n.parse().ok()) {
+                filter.more_than = Some(n);
+            } else if let Some(n) = item.strip_prefix('<').and_then(|n| n.parse().ok()) {
+                filter.fewer_than = Some(n);
+            } else if item.contains(['*', '?']) {
+                filter.masks.push(item);
+            } else {
+                filter.names.push(item);
+            }
+        }
+        filter
+    }
+
+    fn admits(&self, name: &str, members: i64) -> bool {
+        let named = (self.names.is_empty() && self.masks.is_empty())
+            || self.names.iter().any(|n| n.eq_ignore_ascii_case(name))
+            || self.masks.iter().any(|m| glob_matches(m, name));
+        named
+            && !self.not.iter().any(|m| glob_matches(m, name))
+            && self.more_than.is_none_or(|n| members > n)
+            && self.fewer_than.is_none_or(|n| members < n)
+    }
 }
 
 /// Whether `nick` (exactly) is a guest's here.
@@ -1176,149 +1294,12 @@ async fn userhost(c: &mut Client, m: &Msg<'_>) {
     c.numeric(RPL_USERHOST, &[], &replies.join(" "));
 }
 
-async fn who(c: &mut Client, m: &Msg<'_>) {
-    let mask_asked = m.arg(0);
-    let server = c.settings.server_name.clone();
-    if mask_asked.starts_with('#') {
-        if local_commands::who(c, mask_asked) {
-        } else if let Ok(view) = view_of(c, mask_asked).await {
-            for member in &view.members {
-                let here = if member.online { "H" } else { "G" };
-                let oper = if is_oper(c, &member.name) { "*" } else { "" };
-                let role = prefixed("", member.role, c.caps.has(MULTI_PREFIX));
-                let flags = format!("{here}{oper}{role}");
-                let real = format!("0 {}", member.name);
-                c.numeric(
-                    RPL_WHOREPLY,
-                    &[&view.info.name, &member.name, HOST, &server, &member.name, &flags],
-                    &real,
-                );
-            }
-            let guests = c.settings.guests.as_ref().map(|g| g.in_channel(&view.info.name));
-            for nick in guests.unwrap_or_default() {
-                let real = format!("0 {nick}");
-                c.numeric(
-                    RPL_WHOREPLY,
-                    &[&view.info.name, &nick, HOST, &server, &nick, "H"],
-                    &real,
-                );
-            }
-        }
-    } else if mask_asked.contains(['*', '?']) {
-        // A mask: the users online (guests here, then accounts anywhere) whose nick it matches.
-        let mut nicks: Vec<String> = c
-            .settings
-            .guests
-            .as_ref()
-            .map(|g| g.nicks().iter().map(|n| n.to_string()).collect())
-            .unwrap_or_default();
-        if let Ok(page) = c.chat.who("").await {
-            nicks.extend(page.users.iter().map(|u| u.to_string()));
-        }
-        // Invisible users (+i) only to who shares a channel with them.
-        let matching = nicks
-            .into_iter()
-            .filter(|n| glob_matches(mask_asked, n))
-            .filter(|n| !invisible_to(c, n));
-        for nick in matching.take(WHO_MASK_MOST).collect::<Vec<_>>() {
-            who_reply(c, &nick, true);
-        }
-    } else if let Some((nick, _)) = c.settings.guests.as_ref().and_then(|g| g.find(mask_asked)) {
-        who_reply(c, &nick, true);
-    } else if !mask_asked.is_empty() && c.chat.user_exists(mask_asked).await.unwrap_or(false) {
-        let online = c.chat.online_among(&[mask_asked]).await.unwrap_or_default();
-        who_reply(c, mask_asked, online.contains(mask_asked));
-    }
-    let shown = if mask_asked.is_empty() { "*" } else { mask_asked };
-    c.numeric(RPL_ENDOFWHO, &[shown], "End of WHO list");
-}
-
-/// Most users one `WHO <mask>` lists.
-const WHO_MASK_MOST: usize = 200;
-
-/// One `352` line for `nick`, with the user and real names its client gave in USER if it is
-/// connected here.
-fn who_reply(c: &mut Client, nick: &str, online: bool) {
-    let here = if online && c.settings.away.of(nick).is_none() {
-        "H"
-    } else {
-        "G"
-    };
-    let oper = if is_oper(c, nick) { "*" } else { "" };
-    who_line(c, "*", nick, &format!("{here}{oper}"));
-}
-
-/// Whether `nick`, connected here, is an IRC operator.
-pub fn is_oper(c: &Client, nick: &str) -> bool {
-    c.settings
-        .idents
-        .of(nick)
-        .is_some_and(|i| i.nick == nick && i.handle.is_oper())
-}
-
-/// Whether `nick` is invisible (+i) and shares no channel of this node with this client: a
-/// local channel, or a room it follows as a guest.
-fn invisible_to(c: &Client, nick: &str) -> bool {
-    let Some(ident) = c.settings.idents.of(nick).filter(|i| i.handle.is_invisible()) else {
-        return false;
-    };
-    if nick == c.nick {
-        return false;
-    }
-    let theirs = ident
-        .handle
-        .feed
-        .lock()
-        .ok()
-        .and_then(|f| f.as_ref().map(|f| f.id));
-    let local = theirs.map(|id| c.settings.local.of(id)).unwrap_or_default();
-    let guests = c.settings.guests.as_ref();
-    !c.channels.values().any(|mine| {
-        local.iter().any(|(name, _)| name == mine)
-            || guests.is_some_and(|g| g.in_channel(mine).iter().any(|n| &**n == nick))
-    })
-}
-
-/// `352 <me> <channel> <user> <host> <server> <nick> <flags> :0 <real name>`.
-pub fn who_line(c: &mut Client, channel: &str, nick: &str, flags: &str) {
-    let server = c.settings.server_name.clone();
-    let (user, real) = ident_of(c, nick);
-    c.numeric(
-        RPL_WHOREPLY,
-        &[channel, &user, HOST, &server, nick, flags],
-        &format!("0 {real}"),
-    );
-}
-
 /// The user name and real name `nick`'s client gave, or the nick for both.
-fn ident_of(c: &Client, nick: &str) -> (String, String) {
+pub fn ident_of(c: &Client, nick: &str) -> (String, String) {
     match c.settings.idents.of(nick).filter(|i| i.nick == nick) {
         Some(ident) => (ident.username, ident.realname),
         None => (nick.to_string(), nick.to_string()),
     }
-}
-
-/// Whether `name` matches a WHO mask: `*` any run, `?` any one character, without case.
-fn glob_matches(mask: &str, name: &str) -> bool {
-    let (mask, name) = (mask.as_bytes(), name.as_bytes());
-    let (mut m, mut n, mut star, mut mark) = (0, 0, None, 0);
-    while n < name.len() {
-        if m < mask.len() && (mask[m] == b'?' || mask[m].eq_ignore_ascii_case(&name[n])) {
-            m += 1;
-            n += 1;
-        } else if m < mask.len() && mask[m] == b'*' {
-            star = Some(m);
-            m += 1;
-            mark = n;
-        } else if let Some(s) = star {
-            m = s + 1;
-            mark += 1;
-            n = mark;
-        } else {
-            return false;
-        }
-    }
-    mask[m..].iter().all(|&b| b == b'*')
 }
 
 async fn whois(c: &mut Client, m: &Msg<'_>) {
@@ -1405,17 +1386,6 @@ async fn whowas(c: &mut Client, m: &Msg<'_>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn who_masks_match_without_case() {
-        assert!(glob_matches("*", "alice"));
-        assert!(glob_matches("ALI*", "alice"));
-        assert!(glob_matches("a?i*e", "alice"));
-        assert!(glob_matches("*c*", "alice"));
-        assert!(!glob_matches("b*", "alice"));
-        assert!(!glob_matches("alic", "alice"));
-        assert!(glob_matches("al*ce*", "alice"));
-    }
 
     #[test]
     fn the_table_is_sorted_and_every_row_has_an_arm() {

@@ -3,7 +3,8 @@
 //! Only accounts create rooms, so a guest that JOINs a channel no room has creates a local
 //! channel instead, as any IRC server would: it exists on this node while someone is in it,
 //! its creator is its operator, and it holds everything an IRC channel holds (a topic, the
-//! modes `+i +m +n +t +s`, a key `+k`, a limit `+l`, bans `+b`, ops `+o` and voices `+v`,
+//! modes `+i +m +n +t +s`, a key `+k`, a limit `+l`, bans `+b` with exceptions `+e`, invite
+//! exceptions `+I`, ops `+o` and voices `+v`,
 //! invitations). Nothing said in it is kept: its messages are live (see
 //! [`crate::chat::live`]), and it is gone once empty. Accounts connected by IRC here may join
 //! one too (as members of the channel, not of a room). The line protocol and HTTP never see
@@ -68,6 +69,8 @@ pub struct Modes {
     pub no_outside: bool,
     pub topic_ops: bool,
     pub secret: bool,
+    /// `+C`: no CTCP but ACTION.
+    pub no_ctcp: bool,
     pub key: Option<String>,
     pub limit: Option<usize>,
 }
@@ -78,6 +81,7 @@ impl Modes {
     pub fn shown(&self, member: bool) -> Vec<String> {
         let mut flags = String::from("+");
         for (on, letter) in [
+            (self.no_ctcp, 'C'),
             (self.invite_only, 'i'),
             (self.key.is_some(), 'k'),
             (self.limit.is_some(), 'l'),
@@ -111,6 +115,10 @@ pub struct Channel {
     pub topic: Option<Topic>,
     pub modes: Modes,
     pub bans: Vec<Ban>,
+    /// `+e`: masks a ban does not hold for.
+    pub excepts: Vec<Ban>,
+    /// `+I`: masks that may join a `+i` channel uninvited.
+    pub invex: Vec<Ban>,
     /// Lower-case nicks invited since they last joined.
     invited: Vec<String>,
     pub members: Vec<Member>,
@@ -130,8 +138,27 @@ impl Channel {
         self.members.iter().map(|m| m.feed.clone()).collect()
     }
 
+    /// Banned (`+b`), and no exception (`+e`) for it.
     fn banned(&self, mask: &str) -> bool {
-        self.bans.iter().any(|b| glob_matches(&b.mask, mask))
+        let matches = |list: &[Ban]| list.iter().any(|b| glob_matches(&b.mask, mask));
+        matches(&self.bans) && !matches(&self.excepts)
+    }
+
+    /// The list of a list mode: `b`, `e` or `I`.
+    pub fn list(&self, letter: char) -> &[Ban] {
+        match letter {
+            'e' => &self.excepts,
+            'I' => &self.invex,
+            _ => &self.bans,
+        }
+    }
+
+    fn list_mut(&mut self, letter: char) -> &mut Vec<Ban> {
+        match letter {
+            'e' => &mut self.excepts,
+            'I' => &mut self.invex,
+            _ => &mut self.bans,
+        }
     }
 }
 
@@ -228,6 +255,8 @@ impl LocalChannels {
                 ..Modes::default()
             },
             bans: Vec::new(),
+            excepts: Vec::new(),
+            invex: Vec::new(),
             invited: Vec::new(),
             members: Vec::new(),
         });
@@ -236,11 +265,12 @@ impl LocalChannels {
         }
         let nick_lower = nick.to_ascii_lowercase();
         let invited = channel.invited.contains(&nick_lower);
+        let excepted = channel.invex.iter().any(|b| glob_matches(&b.mask, mask));
         if channel.banned(mask) {
             return Err(Refusal::Banned);
         }
         if !invited {
-            if channel.modes.invite_only {
+            if channel.modes.invite_only && !excepted {
                 return Err(Refusal::InviteOnly);
             }
             if channel.modes.key.as_deref().is_some_and(|k| Some(k) != key) {
@@ -279,11 +309,23 @@ impl LocalChannels {
 
     /// Whether session `id` (whose mask is `mask`) may speak in `name`: the other members,
     /// to tell.
-    pub fn speak(&self, name: &str, id: u64, mask: &str) -> Result<Told, Refusal> {
+    /// With `status` (`@` or `+`, STATUSMSG), only the ops (and voices) are told. `ctcp`: the
+    /// text is a CTCP request other than ACTION, which `+C` refuses.
+    pub fn speak(
+        &self,
+        name: &str,
+        id: u64,
+        mask: &str,
+        status: Option<char>,
+        ctcp: bool,
+    ) -> Result<Told, Refusal> {
         let channels = self.lock();
         let channel = channels
             .get(&name.to_ascii_lowercase())
             .ok_or(Refusal::NoSuchChannel)?;
+        if ctcp && channel.modes.no_ctcp {
+            return Err(Refusal::CannotSend);
+        }
         let Some(me) = channel.member(id) else {
             // From outside: only where +n is off, and not past +m or a ban.
             if channel.modes.no_outside || channel.modes.moderated || channel.banned(mask) {
@@ -298,6 +340,11 @@ impl LocalChannels {
             .members
             .iter()
             .filter(|m| m.feed.id != id)
+            .filter(|m| match status {
+                Some('@') => m.op,
+                Some(_) => m.op || m.voice,
+                None => true,
+            })
             .map(|m| m.feed.clone())
             .collect();
         Ok((channel.name.clone(), others))
@@ -393,6 +440,19 @@ impl LocalChannels {
         Ok(channel.name.clone())
     }
 
+    /// The channels `nick` is invited to and has not joined since.
+    pub fn invited_to(&self, nick: &str) -> Vec<Arc<str>> {
+        let nick = nick.to_ascii_lowercase();
+        let mut out: Vec<Arc<str>> = self
+            .lock()
+            .values()
+            .filter(|c| c.invited.contains(&nick))
+            .map(|c| c.name.clone())
+            .collect();
+        out.sort();
+        out
+    }
+
     /// Session `id` is now `new`: the members of its channels (itself too, once), to tell.
     pub fn renamed(&self, id: u64, new: &str) -> Vec<LiveFeed> {
         let mut channels = self.lock();
@@ -466,8 +526,9 @@ fn apply(channel: &mut Channel, change: &Change, by: &str) -> Result<Applied, Re
     let Change { on, letter, arg } = change;
     let same = Ok(Some(change.clone()));
     match letter {
-        'i' | 'm' | 'n' | 's' | 't' => {
+        'C' | 'i' | 'm' | 'n' | 's' | 't' => {
             let flag = match letter {
+                'C' => &mut channel.modes.no_ctcp,
                 'i' => &mut channel.modes.invite_only,
                 'm' => &mut channel.modes.moderated,
                 'n' => &mut channel.modes.no_outside,
@@ -510,25 +571,26 @@ fn apply(channel: &mut Channel, change: &Change, by: &str) -> Result<Applied, Re
                 arg: None,
             }))
         }
-        'b' => {
+        'b' | 'e' | 'I' => {
             let mask = arg.clone().unwrap_or_default();
+            let list = channel.list_mut(*letter);
             if *on {
-                if channel.bans.iter().any(|b| b.mask.eq_ignore_ascii_case(&mask)) {
+                if list.iter().any(|b| b.mask.eq_ignore_ascii_case(&mask)) {
                     return Ok(None);
                 }
-                if channel.bans.len() >= MAX_BANS {
+                if list.len() >= MAX_BANS {
                     return Err(Refusal::BanListFull);
                 }
-                channel.bans.push(Ban {
+                list.push(Ban {
                     mask,
                     by: by.to_string(),
                     at: chrono::Utc::now().timestamp(),
                 });
                 return same;
             }
-            let before = channel.bans.len();
-            channel.bans.retain(|b| !b.mask.eq_ignore_ascii_case(&mask));
-            if channel.bans.len() == before {
+            let before = list.len();
+            list.retain(|b| !b.mask.eq_ignore_ascii_case(&mask));
+            if list.len() == before {
                 return Ok(None);
             }
             same
@@ -613,9 +675,9 @@ mod tests {
     #[test]
     fn the_creator_is_op_and_the_channel_ends_with_its_last_member() {
         let ch = LocalChannels::default();
-        let first = join(&ch, "ann", 1, None).unwrap();
+        let first = join(&ch, "ann", 1, None, false).unwrap();
         assert!(first.members[0].op, "the creator is op");
-        let second = join(&ch, "bob", 2, None).unwrap();
+        let second = join(&ch, "bob", 2, None, false).unwrap();
         assert!(!second.members[1].op);
         assert_eq!(ch.get("#LAB").unwrap().name.as_ref(), "#Lab");
         assert_eq!(mode(&ch, 2, true, 'm', None), Err(Refusal::NotOp));
@@ -632,14 +694,15 @@ mod tests {
     #[test]
     fn keys_limits_bans_and_invitations_keep_people_out_until_they_may_enter() {
         let ch = LocalChannels::default();
-        join(&ch, "ann", 1, None).unwrap();
+        join(&ch, "ann", 1, None, false).unwrap();
         mode(&ch, 1, true, 'k', Some("beer")).unwrap();
-        assert_eq!(join(&ch, "bob", 2, None).err(), Some(Refusal::BadKey));
+        assert_eq!(join(&ch, "bob", 2, None, false).err(), Some(Refusal::BadKey));
         assert_eq!(join(&ch, "bob", 2, Some("bees")).err(), Some(Refusal::BadKey));
         join(&ch, "bob", 2, Some("beer")).unwrap();
         mode(&ch, 1, true, 'l', Some("2")).unwrap();
         assert_eq!(join(&ch, "cy", 3, Some("beer")).err(), Some(Refusal::Full));
         ch.invite("#lab", 2, "CY").unwrap();
+        assert_eq!(ch.invited_to("cy"), [Arc::from("#Lab")]);
         join(&ch, "cy", 3, None).expect("an invitation passes the key and the limit");
         ch.part("#lab", 3).unwrap();
         assert_eq!(
@@ -647,43 +710,85 @@ mod tests {
             Some(Refusal::Full),
             "once"
         );
-        mode(&ch, 1, false, 'l', None).unwrap();
+        mode(&ch, 1, false, 'l', None, false).unwrap();
         mode(&ch, 1, true, 'b', Some("CY!*@*")).unwrap();
         assert_eq!(join(&ch, "cy", 3, Some("beer")).err(), Some(Refusal::Banned));
+        mode(&ch, 1, true, 'e', Some("c?!*@*")).unwrap();
+        join(&ch, "cy", 3, Some("beer")).expect("an exception to the ban");
+        ch.part("#lab", 3).unwrap();
+        mode(&ch, 1, false, 'e', Some("c?!*@*")).unwrap();
+        assert_eq!(join(&ch, "cy", 3, Some("beer")).err(), Some(Refusal::Banned));
         mode(&ch, 1, false, 'b', Some("cy!*@*")).unwrap();
-        join(&ch, "cy", 3, Some("beer")).unwrap();
+        mode(&ch, 1, true, 'i', None, false).unwrap();
+        assert_eq!(join(&ch, "cy", 3, Some("beer")).err(), Some(Refusal::InviteOnly));
+        mode(&ch, 1, true, 'I', Some("*!*@chatd")).unwrap();
+        join(&ch, "cy", 3, Some("beer")).expect("an invite exception");
         assert_eq!(ch.invite("#lab", 1, "cy"), Err(Refusal::TargetOn));
     }
 
     #[test]
     fn moderation_voice_and_kicks() {
         let ch = LocalChannels::default();
-        join(&ch, "ann", 1, None).unwrap();
-        join(&ch, "bob", 2, None).unwrap();
-        assert_eq!(ch.speak("#lab", 2, "bob!bob@chatd").unwrap().1.len(), 1, "to ann");
+        join(&ch, "ann", 1, None, false).unwrap();
+        join(&ch, "bob", 2, None, false).unwrap();
         assert_eq!(
-            ch.speak("#lab", 9, "x!x@chatd").err(),
+            ch.speak("#lab", 2, "bob!bob@chatd", None, false).unwrap().1.len(),
+            1,
+            "to ann"
+        );
+        assert_eq!(
+            ch.speak("#lab", 9, "x!x@chatd", None, false).err(),
             Some(Refusal::CannotSend),
             "+n"
         );
-        mode(&ch, 1, true, 'm', None).unwrap();
+        mode(&ch, 1, true, 'm', None, false).unwrap();
         assert_eq!(
             mode(&ch, 1, true, 'm', None),
             Ok(None),
             "already set: nothing to show"
         );
         assert_eq!(
-            ch.speak("#lab", 2, "bob!bob@chatd").err(),
+            ch.speak("#lab", 2, "bob!bob@chatd", None, false).err(),
             Some(Refusal::CannotSend)
         );
         let voiced = mode(&ch, 1, true, 'v', Some("BOB")).unwrap().unwrap();
         assert_eq!(voiced.arg.as_deref(), Some("bob"), "the nick as it is");
-        ch.speak("#lab", 2, "bob!bob@chatd").unwrap();
+        ch.speak("#lab", 2, "bob!bob@chatd", None, false).unwrap();
+        assert_eq!(
+            ch.speak("#lab", 2, "bob!bob@chatd", Some('@'), false)
+                .unwrap()
+                .1
+                .len(),
+            1,
+            "ann is op"
+        );
+        assert_eq!(
+            ch.speak("#lab", 1, "ann!ann@chatd", Some('+'), false)
+                .unwrap()
+                .1
+                .len(),
+            1,
+            "bob has voice"
+        );
         assert_eq!(mode(&ch, 1, true, 'o', Some("zed")), Err(Refusal::TargetNotOn));
+        mode(&ch, 1, true, 'C', None).unwrap();
+        let ctcp = ch.speak("#lab", 2, "bob!bob@chatd", None, true);
+        assert_eq!(ctcp.err(), Some(Refusal::CannotSend), "+C: no CTCP but ACTION");
         assert_eq!(ch.kick("#lab", 2, "ann").err(), Some(Refusal::NotOp));
         let (kicked, (_, told)) = ch.kick("#lab", 1, "Bob").unwrap();
         assert_eq!((kicked.as_ref(), told.len()), ("bob", 2));
         assert_eq!(ch.kick("#lab", 1, "bob").err(), Some(Refusal::TargetNotOn));
+    }
+
+    #[test]
+    fn masks_match_without_case() {
+        assert!(glob_matches("*", "alice"));
+        assert!(glob_matches("ALI*", "alice"));
+        assert!(glob_matches("a?i*e", "alice"));
+        assert!(glob_matches("*c*", "alice"));
+        assert!(!glob_matches("b*", "alice"));
+        assert!(!glob_matches("alic", "alice"));
+        assert!(glob_matches("al*ce*", "alice"));
     }
 
     #[test]

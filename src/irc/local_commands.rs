@@ -155,12 +155,18 @@ pub fn renamed(c: &Client, old: &str, new: &str) {
 
 /// PRIVMSG or NOTICE to a local channel: false if `channel` is none (the caller goes on to
 /// the rooms). `text` is as the client sent it: IRC to IRC, nothing is rewritten.
-pub fn say(c: &mut Client, command: &str, channel: &str, text: &str) -> bool {
+/// `@#lab` and `+#lab` (STATUSMSG) reach only its ops, or ops and voices.
+pub fn say(c: &mut Client, command: &str, target: &str, text: &str) -> bool {
     let Some(id) = c.feed().map(|f| f.id()) else {
         return false;
     };
+    let (status, channel) = match target.strip_prefix(['@', '+']) {
+        Some(channel) => (target.chars().next(), channel),
+        None => (None, target),
+    };
     let me = c.mask();
-    let (name, others) = match c.settings.local.speak(channel, id, &me) {
+    let ctcp = text.starts_with('\u{1}') && !text.starts_with("\u{1}ACTION");
+    let (name, others) = match c.settings.local.speak(channel, id, &me, status, ctcp) {
         Ok(spoken) => spoken,
         Err(Refusal::NoSuchChannel) => return false,
         Err(refusal) => {
@@ -172,11 +178,15 @@ pub fn say(c: &mut Client, command: &str, channel: &str, text: &str) -> bool {
     };
     // The line as the others read it must fit 512 bytes: what does not is cut (Modern:
     // "the server SHOULD truncate"), on a character boundary.
-    let overhead = 1 + me.len() + 1 + command.len() + 1 + name.len() + 2 + 2;
+    let shown = match status {
+        Some(status) => format!("{status}{name}"),
+        None => name.to_string(),
+    };
+    let overhead = 1 + me.len() + 1 + command.len() + 1 + shown.len() + 2 + 2;
     let text = cut(text, super::wire::MAX_LINE.saturating_sub(overhead));
-    tell(c, &name, format!("{command} {name} :{text}"), None, &others);
+    tell(c, &name, format!("{command} {shown} :{text}"), None, &others);
     if c.caps.has(caps::ECHO_MESSAGE) {
-        c.relay("", &me, command, &[&name], Some(text));
+        c.relay("", &me, command, &[&shown], Some(text));
     }
     true
 }
@@ -228,29 +238,27 @@ pub fn topic(c: &mut Client, m: &Msg<'_>) -> bool {
 }
 
 /// KICK from a local channel: false if there is none of that name.
-pub async fn kick(c: &mut Client, channel: &str, targets: &str, reason: Option<&str>) -> bool {
+pub async fn kick(c: &mut Client, channel: &str, target: &str, reason: Option<&str>) -> bool {
     if !c.settings.local.exists(channel) {
         return false;
     }
     let id = c.feed().map_or(0, |f| f.id());
-    for target in targets.split(',').filter(|t| !t.is_empty()) {
-        match c.settings.local.kick(channel, id, target) {
-            Ok((kicked, (name, told))) => {
-                let reason = reason.unwrap_or(&c.nick).to_string();
-                let reason = cut(&reason, crate::chat::rooms::MAX_REASON);
-                let line = format!("KICK {name} {kicked} :{reason}");
-                tell(c, &name, line, Some(&kicked), &told);
-                let me = c.mask();
-                c.relay("", &me, "KICK", &[&name, &kicked], Some(reason));
-                if kicked.as_ref() == c.nick {
-                    c.channels.remove(&name.to_ascii_lowercase());
-                }
+    match c.settings.local.kick(channel, id, target) {
+        Ok((kicked, (name, told))) => {
+            let reason = reason.unwrap_or(&c.nick).to_string();
+            let reason = cut(&reason, crate::chat::rooms::MAX_REASON);
+            let line = format!("KICK {name} {kicked} :{reason}");
+            tell(c, &name, line, Some(&kicked), &told);
+            let me = c.mask();
+            c.relay("", &me, "KICK", &[&name, &kicked], Some(reason));
+            if kicked.as_ref() == c.nick {
+                c.channels.remove(&name.to_ascii_lowercase());
             }
-            Err(Refusal::TargetNotOn) if !known(c, target).await => {
-                c.numeric(ERR_NOSUCHNICK, &[target], "No such nick/channel");
-            }
-            Err(refusal) => refuse(c, channel, target, refusal),
         }
+        Err(Refusal::TargetNotOn) if !known(c, target).await => {
+            c.numeric(ERR_NOSUCHNICK, &[target], "No such nick/channel");
+        }
+        Err(refusal) => refuse(c, channel, target, refusal),
     }
     true
 }
@@ -323,7 +331,7 @@ fn names(c: &mut Client, channel: &Channel) {
 }
 
 /// WHO of a local channel (352 each, without 315): false if there is none of that name.
-pub fn who(c: &mut Client, channel: &str) -> bool {
+pub fn who(c: &mut Client, how: &super::who::Reply, channel: &str) -> bool {
     let Some(now) = c.settings.local.get(channel) else {
         return false;
     };
@@ -334,13 +342,13 @@ pub fn who(c: &mut Client, channel: &str) -> bool {
     let multi = c.caps.has(caps::MULTI_PREFIX);
     for member in &now.members {
         let away = c.settings.away.of(&member.nick).is_some();
-        let oper = if super::commands::is_oper(c, &member.nick) {
+        let oper = if super::who::is_oper(c, &member.nick) {
             "*"
         } else {
             ""
         };
         let flags = format!("{}{oper}{}", if away { "G" } else { "H" }, member.prefix(multi));
-        super::commands::who_line(c, &now.name, &member.nick, &flags);
+        super::who::line(c, how, &now.name, &member.nick, &flags);
     }
     true
 }
@@ -363,13 +371,27 @@ pub async fn mode(c: &mut Client, m: &Msg<'_>) -> bool {
     }
     let (changes, lists) = parse_changes(c, &now, m);
     for letter in lists {
-        // `MODE #lab b` (or `+b` without a mask): the ban list, for anyone.
-        if letter == 'b' {
-            for ban in &now.bans {
-                c.numeric_params(RPL_BANLIST, &[&now.name, &ban.mask, &ban.by, &ban.at.to_string()]);
+        // `MODE #lab b` (or `+b` without a mask): the ban list, for anyone; the exceptions
+        // to its members.
+        let (entry, end, what) = match letter {
+            'e' => (
+                RPL_EXCEPTLIST,
+                RPL_ENDOFEXCEPTLIST,
+                "End of channel exception list",
+            ),
+            'I' => (
+                RPL_INVEXLIST,
+                RPL_ENDOFINVEXLIST,
+                "End of channel invite exception list",
+            ),
+            _ => (RPL_BANLIST, RPL_ENDOFBANLIST, "End of channel ban list"),
+        };
+        if letter == 'b' || member {
+            for ban in now.list(letter) {
+                c.numeric_params(entry, &[&now.name, &ban.mask, &ban.by, &ban.at.to_string()]);
             }
-            c.numeric(RPL_ENDOFBANLIST, &[&now.name], "End of channel ban list");
         }
+        c.numeric(end, &[&now.name], what);
     }
     if changes.is_empty() {
         return true;
@@ -438,13 +460,13 @@ fn parse_changes(c: &mut Client, now: &Channel, m: &Msg<'_>) -> (Vec<Change>, Ve
                 letter,
                 arg: None,
             }),
-            'b' => match args.next() {
+            'b' | 'e' | 'I' => match args.next() {
                 Some(mask) if !mask.is_empty() => changes.push(Change {
                     on,
                     letter,
                     arg: Some(normal_mask(mask)),
                 }),
-                _ => lists.push('b'),
+                _ => lists.push(letter),
             },
             'k' if on => {
                 let key = args.next().unwrap_or("");
@@ -515,8 +537,13 @@ fn parse_changes(c: &mut Client, now: &Channel, m: &Msg<'_>) -> (Vec<Change>, Ve
             }
         }
     }
-    if changes.iter().filter(|c| c.letter == 'b').count() > MAX_BANS {
-        changes.retain(|c| c.letter != 'b');
+    if changes
+        .iter()
+        .filter(|c| matches!(c.letter, 'b' | 'e' | 'I'))
+        .count()
+        > MAX_BANS
+    {
+        changes.retain(|c| !matches!(c.letter, 'b' | 'e' | 'I'));
     }
     (changes, lists)
 }

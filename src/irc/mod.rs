@@ -10,6 +10,7 @@
 //! - [`labeled`]: labeled-response, a command's reply tagged with the client's label;
 //! - [`read_marker`]: MARKREAD over the rooms' read marks;
 //! - [`render`]: chatd's messages and room events as IRC lines;
+//! - [`who`]: WHO and WHOX;
 //! - [`guests`]: who the guests are (`--irc-guests`), by nick and channel;
 //! - [`local`] and [`local_commands`]: the channels no room backs, which guests create;
 //! - [`nickserv`]: the NickServ pseudo-user, for clients without SASL;
@@ -31,6 +32,7 @@ pub mod numeric;
 pub mod oper;
 pub mod read_marker;
 pub mod render;
+pub mod who;
 pub mod wire;
 
 use std::collections::HashMap;
