@@ -675,9 +675,9 @@ mod tests {
     #[test]
     fn the_creator_is_op_and_the_channel_ends_with_its_last_member() {
         let ch = LocalChannels::default();
-        let first = join(&ch, "ann", 1, None, false).unwrap();
+        let first = join(&ch, "ann", 1, None).unwrap();
         assert!(first.members[0].op, "the creator is op");
-        let second = join(&ch, "bob", 2, None, false).unwrap();
+        let second = join(&ch, "bob", 2, None).unwrap();
         assert!(!second.members[1].op);
         assert_eq!(ch.get("#LAB").unwrap().name.as_ref(), "#Lab");
         assert_eq!(mode(&ch, 2, true, 'm', None), Err(Refusal::NotOp));
@@ -694,9 +694,9 @@ mod tests {
     #[test]
     fn keys_limits_bans_and_invitations_keep_people_out_until_they_may_enter() {
         let ch = LocalChannels::default();
-        join(&ch, "ann", 1, None, false).unwrap();
+        join(&ch, "ann", 1, None).unwrap();
         mode(&ch, 1, true, 'k', Some("beer")).unwrap();
-        assert_eq!(join(&ch, "bob", 2, None, false).err(), Some(Refusal::BadKey));
+        assert_eq!(join(&ch, "bob", 2, None).err(), Some(Refusal::BadKey));
         assert_eq!(join(&ch, "bob", 2, Some("bees")).err(), Some(Refusal::BadKey));
         join(&ch, "bob", 2, Some("beer")).unwrap();
         mode(&ch, 1, true, 'l', Some("2")).unwrap();
@@ -710,7 +710,7 @@ mod tests {
             Some(Refusal::Full),
             "once"
         );
-        mode(&ch, 1, false, 'l', None, false).unwrap();
+        mode(&ch, 1, false, 'l', None).unwrap();
         mode(&ch, 1, true, 'b', Some("CY!*@*")).unwrap();
         assert_eq!(join(&ch, "cy", 3, Some("beer")).err(), Some(Refusal::Banned));
         mode(&ch, 1, true, 'e', Some("c?!*@*")).unwrap();
@@ -719,7 +719,7 @@ mod tests {
         mode(&ch, 1, false, 'e', Some("c?!*@*")).unwrap();
         assert_eq!(join(&ch, "cy", 3, Some("beer")).err(), Some(Refusal::Banned));
         mode(&ch, 1, false, 'b', Some("cy!*@*")).unwrap();
-        mode(&ch, 1, true, 'i', None, false).unwrap();
+        mode(&ch, 1, true, 'i', None).unwrap();
         assert_eq!(join(&ch, "cy", 3, Some("beer")).err(), Some(Refusal::InviteOnly));
         mode(&ch, 1, true, 'I', Some("*!*@chatd")).unwrap();
         join(&ch, "cy", 3, Some("beer")).expect("an invite exception");
@@ -729,8 +729,8 @@ mod tests {
     #[test]
     fn moderation_voice_and_kicks() {
         let ch = LocalChannels::default();
-        join(&ch, "ann", 1, None, false).unwrap();
-        join(&ch, "bob", 2, None, false).unwrap();
+        join(&ch, "ann", 1, None).unwrap();
+        join(&ch, "bob", 2, None).unwrap();
         assert_eq!(
             ch.speak("#lab", 2, "bob!bob@chatd", None, false).unwrap().1.len(),
             1,
@@ -741,7 +741,7 @@ mod tests {
             Some(Refusal::CannotSend),
             "+n"
         );
-        mode(&ch, 1, true, 'm', None, false).unwrap();
+        mode(&ch, 1, true, 'm', None).unwrap();
         assert_eq!(
             mode(&ch, 1, true, 'm', None),
             Ok(None),
