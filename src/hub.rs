@@ -715,7 +715,8 @@ impl Hub {
             // Id 0: every IRC session of the account here.
             let chosen = sessions
                 .iter()
-                .filter(|s| s.id == feed.id || (feed.id == 0 && s.live));
+                .filter(|s| s.id == feed.id || (feed.id == 0 && s.live))
+                .filter(|s| s.id != message.origin);
             for session in chosen {
                 match session.queue.push(message) {
                     Pushed::Queued => queued += 1,

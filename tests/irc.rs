@@ -958,9 +958,18 @@ async fn read_markers_are_the_rooms_read_marks_on_every_door() {
             irc.expect("MARKREAD").await.params[1],
             format!("timestamp={last}")
         );
-        // Direct conversations keep no mark on the server.
+        // A direct conversation's mark is kept in the node's memory, as given.
         irc.send("MARKREAD bob").await;
         assert_eq!(irc.expect("MARKREAD").await.params, ["bob", "*"]);
+        irc.send("MARKREAD bob timestamp=2020-01-02T03:04:05.678Z").await;
+        let direct = irc.expect("MARKREAD").await;
+        assert_eq!(direct.params, ["bob", "timestamp=2020-01-02T03:04:05.678Z"]);
+        irc.send("MARKREAD bob *").await;
+        assert_eq!(
+            irc.expect("FAIL").await.params[1],
+            "INVALID_PARAMS",
+            "* is the server's"
+        );
         irc.send("MARKREAD #rm timestamp=yesterday").await;
         assert_eq!(irc.expect("FAIL").await.params[1], "INVALID_PARAMS");
         irc.send("MARKREAD").await;
@@ -1214,6 +1223,115 @@ async fn guests_make_local_channels_with_ops_keys_limits_bans_and_voice_and_noth
         "@cy",
         "a new channel, with no ban or key"
     );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn operators_kill_and_wallops_and_who_help_list_and_statusmsg_answer_as_the_rfcs_say() {
+    let server = TestServer::start_with(|c| {
+        c.load_test_hashing = true;
+        c.irc_guests = true;
+        c.irc_opers = vec!["teacher".to_string()];
+    })
+    .await;
+    let addr = irc_addr(&server);
+    server.user("teacher").await;
+    server.user("pupil").await;
+
+    // OPER checks the account's own password; a wrong one and a non-operator get 464.
+    let mut op = Irc::register(addr, "desk").await;
+    op.send("OPER teacher wrong").await;
+    op.expect("464").await;
+    op.send("OPER pupil pw").await;
+    op.expect("464").await;
+    op.send("OPER teacher pw").await;
+    op.expect("381").await;
+    assert_eq!(op.expect("MODE").await.params, ["desk", "+o"]);
+    op.send("MODE desk").await;
+    assert_eq!(op.expect("221").await.params[1], "+o");
+
+    // WALLOPS reaches operators and +w users, not others; KILL is for operators only.
+    let mut ann = Irc::register(addr, "ann").await;
+    let mut bob = Irc::register(addr, "bob").await;
+    ann.send("MODE ann +w").await;
+    assert_eq!(ann.expect("MODE").await.params, ["ann", "+w"]);
+    bob.send("WALLOPS :me too").await;
+    bob.expect("481").await;
+    bob.send("KILL ann :no").await;
+    bob.expect("481").await;
+    op.send("WALLOPS :class starts").await;
+    assert_eq!(op.expect("WALLOPS").await.text(), "class starts");
+    let wallops = ann.expect("WALLOPS").await;
+    assert_eq!((wallops.nick(), wallops.text()), ("desk", "class starts"));
+
+    // WHO shows the operator (`*`); WHOX gives the fields asked for, in WHOX's order.
+    ann.send("WHO desk").await;
+    assert_eq!(ann.expect("352").await.params[6], "H*");
+    ann.send("WHO desk %na,7").await;
+    let whox = ann.expect("354").await;
+    ann.expect("315").await;
+    assert_eq!(
+        whox.params[1..],
+        ["desk", "0"],
+        "t was not asked; a guest has no account"
+    );
+    ann.send("WHO desk %tnf,7").await;
+    assert_eq!(ann.expect("354").await.params[1..], ["7", "desk", "H*"]);
+
+    // HELP comes from the command table.
+    bob.send("HELP privmsg").await;
+    let start = bob.expect("704").await;
+    assert_eq!(start.params[1], "PRIVMSG");
+    assert!(start.text().starts_with("PRIVMSG <target>"), "{}", start.raw);
+    bob.expect("706").await;
+    bob.send("HELP FROBNICATE").await;
+    bob.expect("524").await;
+
+    // STATUSMSG: @#lab reaches the ops of the channel only. KICK takes several nicks.
+    ann.send("JOIN #lab").await;
+    ann.until("366").await;
+    for irc in [&mut bob, &mut op] {
+        irc.send("JOIN #lab").await;
+        irc.until("366").await;
+    }
+    ann.send("MODE #lab +o desk").await;
+    bob.send("PRIVMSG @#lab :ops only").await;
+    let to_ops = op.expect("PRIVMSG").await;
+    assert_eq!(to_ops.params, ["@#lab", "ops only"]);
+    assert_eq!(ann.expect("PRIVMSG").await.params[0], "@#lab");
+    bob.send("PING :sync").await;
+    let (_, before) = bob.until("PONG").await;
+    assert!(before.iter().all(|l| l.command != "PRIVMSG"), "{before:?}");
+
+    // LIST takes masks and sizes (ELIST=MNU).
+    bob.send("LIST >2").await;
+    let (_, listed) = bob.until("323").await;
+    assert!(listed.iter().any(|l| l.command == "322" && l.params[1] == "#lab"));
+    bob.send("LIST !#l*").await;
+    let (_, listed) = bob.until("323").await;
+    assert!(listed.iter().all(|l| l.command != "322"), "{listed:?}");
+
+    ann.send("KICK #lab bob,desk :bye").await;
+    assert_eq!(ann.expect("KICK").await.params[1], "bob");
+    assert_eq!(ann.expect("KICK").await.params[1], "desk");
+
+    // KILL ends the connection: it is told why, and its channels see it quit.
+    bob.send("JOIN #lab").await;
+    bob.until("366").await;
+    op.send("KILL bob :homework time").await;
+    let (error, _) = bob.until("ERROR").await;
+    assert!(
+        error.text().contains("Killed (desk (homework time))"),
+        "{}",
+        error.raw
+    );
+    let quit = ann.expect("QUIT").await;
+    assert_eq!(
+        (quit.nick(), quit.text()),
+        ("bob", "Killed (desk (homework time))")
+    );
+    op.send("KILL nobody").await;
+    op.expect("401").await;
     server.stop().await;
 }
 

@@ -98,6 +98,9 @@ impl Chat {
     /// several, such as a QUIT) from `from` to the sessions `to` but `origin`: a live event
     /// of kind [`EventKind::Line`] whose subject is `removes` (a KICK's target, or empty).
     /// How many sessions it was queued for.
+    ///
+    /// Such a line has an id of its own below 0 (`-1`, `-2`...: unique on this node while it
+    /// runs, and in no stream), so that IRC can tag it with a message id.
     pub fn push_line(
         &self,
         from: &str,
@@ -106,23 +109,51 @@ impl Chat {
         removes: &str,
         to: &[LiveFeed],
         origin: u64,
-    ) -> usize {
-        let message = Message {
+    ) -> (Arc<Message>, usize) {
+        let message = Arc::new(self.line_message(from, channel, line, removes, origin));
+        let reached = self.hub().push_live(&message, to);
+        (message, reached)
+    }
+
+    /// The same, to every IRC session of a room's members here and its guests.
+    pub fn push_room_line(&self, from: &str, room: &Arc<str>, line: String, origin: u64) -> Arc<Message> {
+        let message = Arc::new(self.line_message(from, room, line, "", origin));
+        self.hub().deliver_live(&message);
+        message
+    }
+
+    fn line_message(
+        &self,
+        from: &str,
+        channel: &Arc<str>,
+        line: String,
+        removes: &str,
+        origin: u64,
+    ) -> Message {
+        static LINES: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(1);
+        Message {
+            id: -LINES.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             event: Some(Box::new(RoomEvent {
                 kind: EventKind::Line,
                 subject: Arc::from(removes),
             })),
             ..live_message(from, channel, line, origin)
-        };
-        self.hub().push_live(&Arc::new(message), to)
+        }
     }
 }
 
 impl Chat {
-    /// Whether `from` may say `text` live now: the same text rules and send budget (a
-    /// guest's is its nick's, apart from any account's) as a stored message; spends it.
+    /// Whether `from` may say `text` live now: the same text rules and send budget as a
+    /// stored message; spends it.
     pub fn may_say_live(&self, from: &str, guest: bool, text: &str) -> ChatResult<()> {
         names::check_message_text(text)?;
+        self.spend_live(from, guest, text.len())
+    }
+
+    /// Spends `bytes` of `from`'s send budget (a guest's is its nick's, apart from any
+    /// account's) on a live line, or refuses it (rate limited). An IRC line relayed as it was
+    /// sent (CTCP and formatting included) is checked by the IRC door's framing alone.
+    pub fn spend_live(&self, from: &str, guest: bool, bytes: usize) -> ChatResult<()> {
         let spender: Arc<str> = if guest {
             Arc::from(format!("~{from}"))
         } else {
@@ -130,7 +161,7 @@ impl Chat {
         };
         self.inner
             .budget
-            .take(&spender, text.len(), std::time::Instant::now())?;
+            .take(&spender, bytes.max(1), std::time::Instant::now())?;
         Ok(())
     }
 }

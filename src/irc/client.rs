@@ -575,6 +575,7 @@ impl Client {
         if let Some(guests) = &self.settings.guests {
             guests.release(&self.nick, guest.feed.id());
         }
+        self.settings.marks.forget(&format!("~{}", guest.feed.id()));
         self.settings.away.session_ended(&self.nick, guest.feed.id());
     }
 

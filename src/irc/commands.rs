@@ -66,7 +66,7 @@ pub const COMMANDS: &[Command] = &[
     row("KILL", 1, Need::Registered, "KILL <nick> [:<reason>]: disconnect someone (IRC operators)"),
     row("LIST", 0, Need::Registered, "LIST [<#channel>[,<#channel>...]]: the channels, their sizes and topics"),
     row("LUSERS", 0, Need::Registered, "LUSERS: how many users, operators and channels"),
-    row("MARKREAD", 0, Need::Account, "MARKREAD <target> [timestamp=<time>]: what you have read (draft/read-marker)"),
+    row("MARKREAD", 0, Need::Registered, "MARKREAD <target> [timestamp=<time>]: what you have read (draft/read-marker)"),
     row("MODE", 1, Need::Registered, "MODE <#channel> [+|-<modes> [<args>]] | MODE <you> [+|-iw]: channel or user modes"),
     row("MOTD", 0, Need::Registered, "MOTD: the message of the day"),
     row("NAMES", 0, Need::Registered, "NAMES <#channel>: who is in a channel"),
@@ -79,6 +79,7 @@ pub const COMMANDS: &[Command] = &[
     row("PONG", 0, Need::Nothing, "PONG <token>: the answer to the server's PING"),
     row("PRIVMSG", 0, Need::Registered, "PRIVMSG <target>[,<target>...] :<text>: a message to a nick or a channel"),
     row("QUIT", 0, Need::Nothing, "QUIT [:<reason>]: leave"),
+    row("TAGMSG", 1, Need::Someone, "TAGMSG <target>: only client tags (message-tags), such as +typing=active"),
     row("TIME", 0, Need::Registered, "TIME: the server's time"),
     row("TOPIC", 1, Need::Someone, "TOPIC <#channel> [:<topic>]: see or set a channel's topic"),
     row("USER", 4, Need::Nothing, "USER <user> 0 * :<real name>: at registration, who you are"),
@@ -165,6 +166,7 @@ async fn run_command(c: &mut Client, m: &Msg<'_>) {
             let (server, now) = (c.settings.server_name.clone(), chrono::Utc::now());
             c.numeric(RPL_TIME, &[&server], &now.to_rfc2822());
         }
+        "TAGMSG" => tagmsg(c, m).await,
         "TOPIC" => topic(c, m).await,
         "USER" => user(c, m),
         "USERHOST" => userhost(c, m).await,
@@ -414,11 +416,12 @@ async fn message(c: &mut Client, m: &Msg<'_>, command: &str) {
             }
             continue;
         }
+        let tags = local_commands::client_tags(m.tags);
         let channel = target.trim_start_matches(['@', '+']).starts_with('#');
-        if channel && local_commands::say(c, command, target, text) {
+        if channel && local_commands::say(c, command, target, Some(text), &tags) {
             continue;
         }
-        if !target.starts_with('#') && direct_live(c, command, target, text).await {
+        if !target.starts_with('#') && direct_live(c, command, target, Some(text), &tags).await {
             continue;
         }
         let body = match render::from_irc(text) {
@@ -474,8 +477,8 @@ async fn message(c: &mut Client, m: &Msg<'_>, command: &str) {
 /// A direct message a guest sends or is sent: IRC to IRC as it was typed (a CTCP too), live,
 /// to the guest's session or to the account's IRC sessions here; cut to fit one line. False
 /// if neither side is a guest (the message is stored, as any between accounts).
-async fn direct_live(c: &mut Client, command: &str, target: &str, text: &str) -> bool {
-    let quiet = command == "NOTICE";
+async fn direct_live(c: &mut Client, command: &str, target: &str, text: Option<&str>, tags: &str) -> bool {
+    let quiet = command != "PRIVMSG";
     let guest_target = c.settings.guests.as_ref().and_then(|g| g.find(target));
     if guest_target.is_none() && !c.is_guest() {
         return false;
@@ -500,18 +503,25 @@ async fn direct_live(c: &mut Client, command: &str, target: &str, text: &str) ->
             },
         ),
     };
-    if let Err(e) = c.chat.may_say_live(&c.nick, c.is_guest(), text) {
+    if let Err(e) = c.chat.spend_live(&c.nick, c.is_guest(), text.map_or(1, str::len)) {
         if !quiet {
             c.failed(command, &e);
         }
         return true;
     }
     let me = c.mask();
-    // `:me COMMAND target :text` and CR LF must fit 512 bytes; the rest is cut.
-    let overhead = 1 + me.len() + 1 + command.len() + 1 + shown.len() + 2 + 2;
-    let text = local_commands::cut(text, super::wire::MAX_LINE.saturating_sub(overhead));
-    let line = format!("{command} {shown} :{text}");
-    if c.chat.push_line(&c.nick, &shown, line, "", &[to], c.origin()) == 0 {
+    let line = match text {
+        Some(text) => {
+            // `:me COMMAND target :text` and CR LF must fit 512 bytes; the rest is cut.
+            let overhead = 1 + me.len() + 1 + command.len() + 1 + shown.len() + 2 + 2;
+            let text = local_commands::cut(text, super::wire::MAX_LINE.saturating_sub(overhead));
+            format!("{command} {shown} :{text}")
+        }
+        None => format!("{command} {shown}"),
+    };
+    let line = local_commands::tagged(tags, line);
+    let (message, reached) = c.chat.push_line(&c.nick, &shown, line, "", &[to], c.origin());
+    if reached == 0 {
         if !quiet {
             c.numeric(
                 ERR_NOSUCHNICK,
@@ -522,12 +532,55 @@ async fn direct_live(c: &mut Client, command: &str, target: &str, text: &str) ->
         return true;
     }
     if c.caps.has(caps::ECHO_MESSAGE) {
-        c.relay("", &me, command, &[&shown], Some(text));
+        render::push(c, &message);
     }
     if let Some(away) = c.settings.away.of(&shown).filter(|_| !quiet) {
         c.numeric(RPL_AWAY, &[&shown], &away);
     }
     true
+}
+
+/// TAGMSG (IRCv3 message-tags): a message of client tags only, such as `+typing=active`.
+/// It is live, never kept, and reaches only the clients that asked for message-tags.
+async fn tagmsg(c: &mut Client, m: &Msg<'_>) {
+    let target = m.arg(0);
+    let tags = local_commands::client_tags(m.tags);
+    if target.trim_start_matches(['@', '+']).starts_with('#') {
+        if local_commands::say(c, "TAGMSG", target, None, &tags) {
+            return;
+        }
+        let Some(room) = c.channels.get(&target.to_ascii_lowercase()).cloned() else {
+            return c.numeric(
+                ERR_CANNOTSENDTOCHAN,
+                &[target],
+                "Cannot send to channel: JOIN it first",
+            );
+        };
+        let line = local_commands::tagged(&tags, format!("TAGMSG {room}"));
+        let message = c.chat.push_room_line(&c.nick, &room, line, c.origin());
+        if c.caps.has(caps::ECHO_MESSAGE) {
+            render::push(c, &message);
+        }
+        return;
+    }
+    if direct_live(c, "TAGMSG", target, None, &tags).await {
+        return;
+    }
+    // Between accounts: to the target's IRC sessions here.
+    let to = crate::hub::LiveFeed {
+        user: Arc::from(target),
+        id: 0,
+    };
+    let line = local_commands::tagged(&tags, format!("TAGMSG {target}"));
+    let (message, reached) = c
+        .chat
+        .push_line(&c.nick, &Arc::from(target), line, "", &[to], c.origin());
+    if reached == 0 && !c.is_reserved(target).await {
+        return c.numeric(ERR_NOSUCHNICK, &[target], "No such nick/channel");
+    }
+    if c.caps.has(caps::ECHO_MESSAGE) {
+        render::push(c, &message);
+    }
 }
 
 /// A guest speaking in a room it follows (not a +m one): live, never kept.
@@ -734,7 +787,7 @@ pub async fn show_joined(c: &mut Client, room: &Arc<str>) {
                 if !view.info.topic.is_empty() {
                     c.numeric(RPL_TOPIC, &[room], &view.info.topic);
                 }
-                super::read_marker::send_mark(c, &account, room).await;
+                super::read_marker::send_mark(c, room).await;
                 names(c, room, &view);
             } else {
                 show_room(c, room, &view);

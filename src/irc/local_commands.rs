@@ -24,9 +24,32 @@ pub fn my_feed(c: &Client) -> Option<LiveFeed> {
 
 /// Sends `line` (what follows the source: `PART #lab :bye`) from this client to `to`, but
 /// itself; `removes` is a nick the line takes out of the channel.
-fn tell(c: &Client, channel: &Arc<str>, line: String, removes: Option<&str>, to: &[LiveFeed]) {
+fn tell(
+    c: &Client,
+    channel: &Arc<str>,
+    line: String,
+    removes: Option<&str>,
+    to: &[LiveFeed],
+) -> Arc<crate::store::Message> {
+    let removes = removes.unwrap_or("");
     c.chat
-        .push_line(&c.nick, channel, line, removes.unwrap_or(""), to, c.origin());
+        .push_line(&c.nick, channel, line, removes, to, c.origin())
+        .0
+}
+
+/// The client-only tags (`+name=value`) of a line, as sent, to relay: `;`-separated.
+pub fn client_tags(tags: Option<&str>) -> String {
+    let tags = tags.unwrap_or("").split(';').filter(|t| t.starts_with('+'));
+    tags.collect::<Vec<_>>().join(";")
+}
+
+/// A line to relay, with the client-only tags it carries first: `@+typing=active TAGMSG #lab`.
+pub fn tagged(client_tags: &str, line: String) -> String {
+    if client_tags.is_empty() {
+        line
+    } else {
+        format!("@{client_tags} {line}")
+    }
 }
 
 fn refuse(c: &mut Client, channel: &str, target: &str, refusal: Refusal) {
@@ -92,6 +115,10 @@ pub fn join(c: &mut Client, channel: &str, key: Option<&str>, create: bool) -> b
         c.numeric(RPL_TOPIC, &[&name], &topic.text);
         c.numeric_params(RPL_TOPICWHOTIME, &[&name, &topic.by, &topic.at.to_string()]);
     }
+    // read-marker: the mark after the JOIN, before the end of the names.
+    if c.caps.has(caps::READ_MARKER) {
+        super::read_marker::send_memory_mark(c, &name);
+    }
     names(c, &joined);
     true
 }
@@ -156,7 +183,7 @@ pub fn renamed(c: &Client, old: &str, new: &str) {
 /// PRIVMSG or NOTICE to a local channel: false if `channel` is none (the caller goes on to
 /// the rooms). `text` is as the client sent it: IRC to IRC, nothing is rewritten.
 /// `@#lab` and `+#lab` (STATUSMSG) reach only its ops, or ops and voices.
-pub fn say(c: &mut Client, command: &str, target: &str, text: &str) -> bool {
+pub fn say(c: &mut Client, command: &str, target: &str, text: Option<&str>, tags: &str) -> bool {
     let Some(id) = c.feed().map(|f| f.id()) else {
         return false;
     };
@@ -165,28 +192,40 @@ pub fn say(c: &mut Client, command: &str, target: &str, text: &str) -> bool {
         None => (None, target),
     };
     let me = c.mask();
-    let ctcp = text.starts_with('\u{1}') && !text.starts_with("\u{1}ACTION");
+    let ctcp = text.is_some_and(|t| t.starts_with('\u{1}') && !t.starts_with("\u{1}ACTION"));
     let (name, others) = match c.settings.local.speak(channel, id, &me, status, ctcp) {
         Ok(spoken) => spoken,
         Err(Refusal::NoSuchChannel) => return false,
         Err(refusal) => {
-            if command != "NOTICE" {
+            if command == "PRIVMSG" {
                 refuse(c, channel, "", refusal);
             }
             return true;
         }
     };
-    // The line as the others read it must fit 512 bytes: what does not is cut (Modern:
-    // "the server SHOULD truncate"), on a character boundary.
+    if let Err(e) = c.chat.spend_live(&c.nick, c.is_guest(), text.map_or(1, str::len)) {
+        if command == "PRIVMSG" {
+            c.failed(command, &e);
+        }
+        return true;
+    }
     let shown = match status {
         Some(status) => format!("{status}{name}"),
         None => name.to_string(),
     };
-    let overhead = 1 + me.len() + 1 + command.len() + 1 + shown.len() + 2 + 2;
-    let text = cut(text, super::wire::MAX_LINE.saturating_sub(overhead));
-    tell(c, &name, format!("{command} {shown} :{text}"), None, &others);
+    let line = match text {
+        Some(text) => {
+            // The line as the others read it must fit 512 bytes: what does not is cut
+            // (Modern: "the server SHOULD truncate"), on a character boundary.
+            let overhead = 1 + me.len() + 1 + command.len() + 1 + shown.len() + 2 + 2;
+            let text = cut(text, super::wire::MAX_LINE.saturating_sub(overhead));
+            format!("{command} {shown} :{text}")
+        }
+        None => format!("{command} {shown}"),
+    };
+    let message = tell(c, &name, tagged(tags, line), None, &others);
     if c.caps.has(caps::ECHO_MESSAGE) {
-        c.relay("", &me, command, &[&shown], Some(text));
+        super::render::push(c, &message);
     }
     true
 }

@@ -70,6 +70,8 @@ pub struct IrcSettings {
     pub opers: Vec<String>,
     /// The guests on this node, with `--irc-guests`.
     pub guests: Option<guests::Guests>,
+    /// Read marks kept in memory (see [`read_marker`]).
+    pub marks: read_marker::Marks,
     /// The channels no room backs on this node (guests create them).
     pub local: local::LocalChannels,
     /// Who left this node's door lately, for WHOWAS.
@@ -98,6 +100,7 @@ impl IrcSettings {
             opers: config.irc_opers.clone(),
             guests: config.irc_guests.then(guests::Guests::default),
             local: local::LocalChannels::default(),
+            marks: read_marker::Marks::default(),
             whowas: Whowas::default(),
             idents: Idents::default(),
             counts: Counts::default(),

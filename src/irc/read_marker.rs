@@ -1,14 +1,67 @@
-//! `MARKREAD` (IRCv3 draft/read-marker, <https://ircv3.net/specs/extensions/read-marker>): a
-//! room's read mark is its member's `READ` mark, so the unread counts of `ROOMS`, `/rooms` and
-//! the chat page move with it. Marks are timestamps on the wire and ids in the store: a
-//! timestamp marks read every row committed up to the end of its millisecond.
+//! `MARKREAD` (IRCv3 draft/read-marker, <https://ircv3.net/specs/extensions/read-marker>).
 //!
-//! Direct conversations keep no read mark on the server (the chat page keeps its own, per
-//! browser): `MARKREAD <nick>` answers `*`, and setting one is refused.
+//! - **A room, for one of its members:** the read mark is the member's `READ` mark, so the
+//!   unread counts of `ROOMS`, `/rooms` and the chat page move with it. Marks are timestamps
+//!   on the wire and ids in the store: a timestamp marks read every row committed up to the
+//!   end of its millisecond (a timestamp before the room's first message marks nothing).
+//! - **Anything else** (a direct conversation, a local channel, and every target of a
+//!   guest): the mark is kept in this node's memory, exactly as the client gave it: an
+//!   account's until the node restarts, a guest's until it leaves. At most
+//!   [`MARKS_PER_OWNER`] targets each.
+//!
+//! A mark only moves forward: an older timestamp is answered with the newer one kept. Every
+//! other IRC session of the same account here that asked for the capability is sent the new
+//! mark too.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use super::caps::READ_MARKER;
 use super::client::Client;
 use super::wire::{server_time, Msg};
-use crate::chat::Username;
+use crate::hub::LiveFeed;
+
+/// Targets one account or guest may hold a mark for in memory.
+pub const MARKS_PER_OWNER: usize = 1_000;
+
+/// The marks kept in memory: by owner (an account's name, or `~<session>` for a guest), by
+/// lower-case target, in microseconds.
+#[derive(Default)]
+pub struct Marks(Mutex<HashMap<String, HashMap<String, i64>>>);
+
+impl Marks {
+    fn get(&self, owner: &str, target: &str) -> Option<i64> {
+        let marks = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        marks.get(owner)?.get(&target.to_ascii_lowercase()).copied()
+    }
+
+    /// Moves the mark forward to `micros`: the mark now, or `None` if the owner holds too
+    /// many.
+    fn set(&self, owner: &str, target: &str, micros: i64) -> Option<i64> {
+        let mut marks = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mine = marks.entry(owner.to_string()).or_default();
+        let key = target.to_ascii_lowercase();
+        if !mine.contains_key(&key) && mine.len() >= MARKS_PER_OWNER {
+            return None;
+        }
+        let mark = mine.entry(key).or_insert(micros);
+        *mark = (*mark).max(micros);
+        Some(*mark)
+    }
+
+    /// A guest left: its marks go with it.
+    pub fn forget(&self, owner: &str) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(owner);
+    }
+}
+
+/// Whose marks this client's are: its account's, or its guest session's.
+pub fn owner(c: &Client) -> String {
+    match c.account() {
+        Some(account) => account.to_string(),
+        None => format!("~{}", c.origin()),
+    }
+}
 
 /// `MARKREAD <target> [timestamp=...]`.
 pub async fn markread(c: &mut Client, m: &Msg<'_>) {
@@ -16,63 +69,115 @@ pub async fn markread(c: &mut Client, m: &Msg<'_>) {
     if target.is_empty() {
         return fail(c, "NEED_MORE_PARAMS", &[], "Missing parameters");
     }
-    let me = c.account().cloned().expect("MARKREAD needs an account");
-    if !target.starts_with('#') {
-        if m.params.len() < 2 {
-            c.raw("MARKREAD", &[&target, "*"], None);
-        } else {
-            fail(
-                c,
-                "INVALID_PARAMS",
-                &[&target],
-                "Direct conversations keep their read marks in the client, not on the server",
-            );
+    let Some(stamp) = m.params.get(1) else {
+        return send_mark(c, &target).await;
+    };
+    let Some(micros) = stamp
+        .strip_prefix("timestamp=")
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.timestamp_micros())
+    else {
+        return fail(
+            c,
+            "INVALID_PARAMS",
+            &[&target, stamp],
+            "A read mark is timestamp=YYYY-MM-DDThh:mm:ss.sssZ",
+        );
+    };
+    match (c.account().cloned(), in_room(c, &target).await) {
+        (Some(me), true) => {
+            // The row whose time tag this is: the last committed within that millisecond.
+            let chat = c.chat.clone();
+            let marked = match chat.last_id_before(&me, &target, micros + 1000).await {
+                Ok(0) => Ok(()),
+                Ok(id) => chat.mark_read(&me, &target, Some(id)).await.map(|_| ()),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = marked {
+                e.log();
+                let text = format!("The read timestamp could not be set: {}: {}", e.code, e.message);
+                return fail(c, "INTERNAL_ERROR", &[&target], &text);
+            }
         }
-        return;
-    }
-    if let Some(stamp) = m.params.get(1) {
-        let Some(micros) = stamp
-            .strip_prefix("timestamp=")
-            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-            .map(|t| t.timestamp_micros())
-        else {
-            return fail(
-                c,
-                "INVALID_PARAMS",
-                &[stamp],
-                "A read mark is timestamp=YYYY-MM-DDThh:mm:ss.sssZ",
-            );
-        };
-        // The row whose time tag this is: the last committed within that millisecond.
-        let chat = c.chat.clone();
-        let marked = match chat.last_id_before(&me, &target, micros + 1000).await {
-            Ok(0) => Ok(()),
-            Ok(id) => chat.mark_read(&me, &target, Some(id)).await.map(|_| ()),
-            Err(e) => Err(e),
-        };
-        if let Err(e) = marked {
-            e.log();
-            let text = format!("The read timestamp could not be set: {}: {}", e.code, e.message);
-            return fail(c, "INTERNAL_ERROR", &[&target], &text);
+        _ => {
+            let owner = owner(c);
+            if c.settings.marks.set(&owner, &target, micros).is_none() {
+                let text = format!("At most {MARKS_PER_OWNER} read marks are kept for you");
+                return fail(c, "INVALID_PARAMS", &[&target], &text);
+            }
         }
     }
-    send_mark(c, &me, &target).await;
+    send_mark(c, &target).await;
+    tell_other_sessions(c, &target).await;
 }
 
-/// `MARKREAD <room> timestamp=...`, or `*` when nothing was read yet.
-pub async fn send_mark(c: &mut Client, me: &Username, room: &str) {
-    match c.chat.read_mark(me, room).await {
-        Ok(Some(at)) => {
-            let stamp = format!("timestamp={}", server_time(at));
-            c.raw("MARKREAD", &[room, &stamp], None);
-        }
-        Ok(None) => c.raw("MARKREAD", &[room, "*"], None),
-        Err(e) => {
+/// Whether `target` is a room this client's account is a member of (its mark is then the
+/// room's read mark).
+async fn in_room(c: &Client, target: &str) -> bool {
+    let Some(me) = c.account() else {
+        return false;
+    };
+    target.starts_with('#') && !c.settings.local.exists(target) && c.chat.read_mark(me, target).await.is_ok()
+}
+
+/// The mark as it is now: `MARKREAD <target> timestamp=...`, or `*` when nothing was read.
+async fn mark_line(c: &Client, target: &str) -> Result<String, String> {
+    let at = match c.account() {
+        Some(me) if in_room(c, target).await => c.chat.read_mark(me, target).await.map_err(|e| {
             e.log();
-            let text = format!("The read timestamp could not be read: {}: {}", e.code, e.message);
-            fail(c, "INTERNAL_ERROR", &[room], &text);
+            format!("The read timestamp could not be read: {}: {}", e.code, e.message)
+        })?,
+        _ => c.settings.marks.get(&owner(c), target),
+    };
+    Ok(match at {
+        Some(at) => format!("MARKREAD {target} timestamp={}", server_time(at)),
+        None => format!("MARKREAD {target} *"),
+    })
+}
+
+/// Sends this client its mark for `target` (after a JOIN, before the end of the names).
+pub async fn send_mark(c: &mut Client, target: &str) {
+    match mark_line(c, target).await {
+        Ok(line) => {
+            let server = c.settings.server_name.clone();
+            let (command, params) = line.split_once(' ').unwrap_or((&line, ""));
+            let params: Vec<&str> = params.split(' ').collect();
+            c.relay("", &server, command, &params, None);
         }
+        Err(text) => fail(c, "INTERNAL_ERROR", &[target], &text),
     }
+}
+
+/// The account's other IRC sessions here are sent the new mark (those without the
+/// capability ignore it: it is filtered where it is written).
+async fn tell_other_sessions(c: &Client, target: &str) {
+    let Some(me) = c.account() else {
+        return;
+    };
+    let Ok(line) = mark_line(c, target).await else {
+        return;
+    };
+    let to = [LiveFeed {
+        user: Arc::from(me.as_str()),
+        id: 0,
+    }];
+    let any: Arc<str> = Arc::from("*");
+    // From "": the server's line.
+    c.chat.push_line("", &any, line, "", &to, c.origin());
+}
+
+/// `MARKREAD` of a target whose mark is in memory (a local channel's), after its JOIN.
+pub fn send_memory_mark(c: &mut Client, target: &str) {
+    let stamp = match c.settings.marks.get(&owner(c), target) {
+        Some(at) => format!("timestamp={}", server_time(at)),
+        None => "*".to_string(),
+    };
+    c.raw("MARKREAD", &[target, &stamp], None);
+}
+
+/// Whether a pushed line is a read mark this client did not ask for.
+pub fn unwanted(c: &Client, line: &str) -> bool {
+    line.starts_with("MARKREAD ") && !c.caps.has(READ_MARKER)
 }
 
 fn fail(c: &mut Client, code: &str, context: &[&str], text: &str) {

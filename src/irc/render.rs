@@ -42,7 +42,29 @@ pub fn push(c: &mut Client, message: &Message) -> Followup {
         if *event.subject == *me {
             c.channels.remove(&message.recipient.to_ascii_lowercase());
         }
-        c.relay(&tags, &mask(&message.sender), &message.body, &[], None);
+        // `@<client tags> <line>`: the tags go to clients with message-tags only, and so
+        // does a TAGMSG.
+        let (client_tags, line) = match message.body.strip_prefix('@') {
+            Some(tagged) => tagged.split_once(' ').unwrap_or((tagged, "")),
+            None => ("", message.body.as_str()),
+        };
+        let tagging = c.caps.has(MESSAGE_TAGS);
+        if super::read_marker::unwanted(c, line) || (!tagging && line.starts_with("TAGMSG ")) {
+            return Followup::None;
+        }
+        let mut tags = tags;
+        if tagging && !client_tags.is_empty() {
+            if !tags.is_empty() {
+                tags.push(';');
+            }
+            tags.push_str(client_tags);
+        }
+        // From "": the server's own line (a read mark for another session).
+        let source = match message.sender.as_ref() {
+            "" => c.settings.server_name.clone(),
+            sender => mask(sender),
+        };
+        c.relay(&tags, &source, line, &[], None);
         return Followup::None;
     }
     let Some(room) = message.room() else {
@@ -156,7 +178,7 @@ fn tags_for(c: &Client, message: &Message) -> String {
     let mut tags = String::new();
     let caps = c.caps;
     // A live message (id 0) has no id; its sender may be a guest, which has no account.
-    let live = message.id == 0;
+    let live = message.id <= 0;
     let guest = live
         && c.settings
             .guests
@@ -167,7 +189,7 @@ fn tags_for(c: &Client, message: &Message) -> String {
     wire::tags(
         &mut tags,
         caps.time().then_some(message.created_at_us),
-        (caps.has(MESSAGE_TAGS) && !live).then_some(message.id),
+        (caps.has(MESSAGE_TAGS) && message.id != 0).then_some(message.id),
         account,
     );
     tags

@@ -242,9 +242,17 @@ pub fn tags(out: &mut String, time: Option<i64>, msgid: Option<i64>, account: Op
         sep(out);
         let _ = write!(out, "time={}", server_time(micros));
     }
-    if let Some(id) = msgid {
-        sep(out);
-        let _ = write!(out, "msgid={id}");
+    // A live line's id is below 0, and shown `l<n>` (it is in no stream's history).
+    match msgid {
+        Some(id) if id < 0 => {
+            sep(out);
+            let _ = write!(out, "msgid=l{}", -id);
+        }
+        Some(id) => {
+            sep(out);
+            let _ = write!(out, "msgid={id}");
+        }
+        None => {}
     }
     if let Some(account) = account {
         sep(out);
