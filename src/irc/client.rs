@@ -576,6 +576,7 @@ impl Client {
             guests.release(&self.nick, guest.feed.id());
         }
         self.settings.marks.forget(&format!("~{}", guest.feed.id()));
+        self.settings.conversations.forget(&self.nick);
         self.settings.away.session_ended(&self.nick, guest.feed.id());
     }
 
@@ -596,7 +597,14 @@ impl Client {
         let created = format!("This server was created {}", self.settings.created);
         self.numeric(RPL_CREATED, &[], &created);
         let server_name = server.clone();
-        self.numeric_params(RPL_MYINFO, &[&server_name, version, "i", "imnot", "o"]);
+        // The user modes, the channel modes, and those of them that take a parameter.
+        let (channel_modes, with_parameter) = if self.settings.guests.is_some() {
+            ("CIbeiklmnostv", "Ibeklov")
+        } else {
+            ("imnot", "o")
+        };
+        let myinfo = [&server_name, version, "iow", channel_modes, with_parameter];
+        self.numeric_params(RPL_MYINFO, &myinfo);
         for line in isupport(&self.settings) {
             let mut params: Vec<&str> = line.iter().map(String::as_str).collect();
             params.push("are supported by this server");
@@ -813,6 +821,7 @@ impl Client {
             return;
         };
         guests.renamed(&old, new, guest.feed.id());
+        self.settings.conversations.forget(&old);
         super::local_commands::renamed(self, &old, new);
         let local = &self.settings.local;
         let rooms = self

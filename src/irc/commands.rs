@@ -55,7 +55,7 @@ pub const COMMANDS: &[Command] = &[
     row("AUTHENTICATE", 1, Need::Nothing, "AUTHENTICATE PLAIN, then the base64 of \\0<account>\\0<password>: SASL login (CAP REQ :sasl first)"),
     row("AWAY", 0, Need::Someone, "AWAY [:<message>]: mark yourself away (with a message) or back (without)"),
     row("CAP", 1, Need::Nothing, "CAP LS 302 | CAP REQ :<caps> | CAP LIST | CAP END: negotiate IRCv3 capabilities"),
-    row("CHATHISTORY", 1, Need::Account, "CHATHISTORY LATEST|BEFORE|AFTER|AROUND|BETWEEN <target> ... <limit>: stored messages"),
+    row("CHATHISTORY", 1, Need::Someone, "CHATHISTORY LATEST|BEFORE|AFTER|AROUND|BETWEEN <target> ... <limit>: stored messages"),
     row("HELP", 0, Need::Nothing, "HELP [<command>]: the commands, or one command's syntax"),
     row("HELPOP", 0, Need::Nothing, "HELPOP [<command>]: the same as HELP"),
     row("INFO", 0, Need::Registered, "INFO: what this server is"),
@@ -521,6 +521,9 @@ async fn direct_live(c: &mut Client, command: &str, target: &str, text: Option<&
     };
     let line = local_commands::tagged(tags, line);
     let (message, reached) = c.chat.push_line(&c.nick, &shown, line, "", &[to], c.origin());
+    if reached > 0 && text.is_some() {
+        c.settings.conversations.keep(&c.nick, &shown, message.clone());
+    }
     if reached == 0 {
         if !quiet {
             c.numeric(

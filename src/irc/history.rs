@@ -5,6 +5,10 @@
 //! Message references are `msgid=<id>` (chatd's ids) and `timestamp=<RFC 3339>`; replies are
 //! a `chathistory` batch of the messages as they were first sent, with their `time` and
 //! `msgid`. Room events (joins, topic changes) are not replayed: event-playback is not offered.
+//!
+//! What is live has no stored history, but a local channel keeps its last lines while it
+//! exists, and a conversation with a guest while the guest is here (see [`super::local`]):
+//! CHATHISTORY reads those from memory, by the same rules (`msgid=l<n>`).
 
 use std::sync::Arc;
 
@@ -12,8 +16,9 @@ use super::caps::BATCH;
 use super::client::Client;
 use super::render;
 use super::wire::Msg;
+use crate::chat::Username;
 use crate::error::{ChatError, Code};
-use crate::store::{Message, Page};
+use crate::store::{EventKind, Message, Page};
 
 /// Most messages one CHATHISTORY reply holds (`CHATHISTORY=` in ISUPPORT).
 pub const MAX: u32 = 100;
@@ -31,6 +36,10 @@ fn parse_ref(text: &str) -> Option<Ref> {
         return Some(Ref::Now);
     }
     if let Some(id) = text.strip_prefix("msgid=") {
+        // A live line's id, `l<n>`, is -n.
+        if let Some(live) = id.strip_prefix('l') {
+            return live.parse().ok().filter(|n: &i64| *n > 0).map(|n| Ref::Id(-n));
+        }
         return id.parse().ok().filter(|id: &i64| *id >= 0).map(Ref::Id);
     }
     let time = text.strip_prefix("timestamp=")?;
@@ -65,7 +74,19 @@ pub async fn chathistory(c: &mut Client, m: &Msg<'_>) {
         return;
     };
     let limit = limit.min(MAX);
-    match read(c, &sub, &target, &refs, limit).await {
+    let memory = match super::local_commands::kept_lines(c, &target) {
+        Some(Ok(lines)) => Some(lines),
+        Some(Err(())) => {
+            return fail(
+                c,
+                "INVALID_TARGET",
+                &[&sub, &target],
+                "Messages could not be retrieved",
+            );
+        }
+        None => None,
+    };
+    match read(c, &sub, &target, &refs, limit, memory.as_deref()).await {
         Ok(messages) => reply(c, &target, &messages),
         Err(e)
             if matches!(
@@ -92,15 +113,27 @@ pub async fn chathistory(c: &mut Client, m: &Msg<'_>) {
     }
 }
 
-/// The messages asked for, oldest first.
+/// Where a message stands in its history: its id, or for a live line `n` of its `l<n>`.
+fn key(m: &Message) -> i64 {
+    m.id.abs()
+}
+
+/// The messages asked for, oldest first: from the store, or from `memory` (the lines a
+/// local channel or a conversation with a guest keeps, oldest first).
 async fn read(
     c: &Client,
     sub: &str,
     target: &str,
     refs: &[Ref],
     limit: u32,
+    memory: Option<&[Arc<Message>]>,
 ) -> Result<Vec<Arc<Message>>, ChatError> {
-    let me = c.account().cloned().expect("CHATHISTORY needs an account");
+    let me = c.account().cloned();
+    if me.is_none() && memory.is_none() {
+        return Err(ChatError::new(Code::NotMember, "a guest has no stored history"));
+    }
+    // Only read when there is an account (checked above).
+    let stored = |me: Option<Username>| me.ok_or_else(|| ChatError::new(Code::NotMember, "no account"));
     // The id a reference stands for: `after` rounds a time to the last message at or before
     // it, otherwise to the last one strictly before it. Times are shown to the millisecond,
     // so a time stands for its whole millisecond: a message shown at `T` is at `T`.
@@ -108,12 +141,22 @@ async fn read(
         let (chat, me, target) = (c.chat.clone(), me.clone(), target.to_string());
         async move {
             match r {
-                Ref::Id(id) => Ok::<i64, ChatError>(id),
+                // A stored id in memory, or a live one in the store, is no message there.
+                Ref::Id(id) if memory.is_some() => Ok::<i64, ChatError>(if id < 0 { -id } else { 0 }),
+                Ref::Id(id) => Ok::<i64, ChatError>(id.max(0)),
                 Ref::Now => Ok(i64::MAX),
                 Ref::Time(micros) => {
                     let millisecond = micros.div_euclid(1000) * 1000;
                     let at = if after { millisecond + 1000 } else { millisecond };
-                    let last = chat.last_id_before(&me, &target, at).await?;
+                    let last = match memory {
+                        Some(lines) => lines
+                            .iter()
+                            .filter(|m| m.created_at_us < at)
+                            .map(|m| key(m))
+                            .max()
+                            .unwrap_or(0),
+                        None => chat.last_id_before(&stored(me)?, &target, at).await?,
+                    };
                     // Before a time: the ids up to and including `last`.
                     Ok(if after { last } else { last + 1 })
                 }
@@ -123,6 +166,10 @@ async fn read(
     let page = |page: Page| {
         let (chat, me, target) = (c.chat.clone(), me.clone(), target.to_string());
         async move {
+            if let Some(lines) = memory {
+                return Ok(page_of(lines, page));
+            }
+            let me = stored(me)?;
             let rows = if target.starts_with('#') {
                 chat.room_history(&me, &target, page).await?.1
             } else {
@@ -138,7 +185,7 @@ async fn read(
                 Ref::Now => newest,
                 r => {
                     let after = id_of(r, true).await?;
-                    newest.into_iter().filter(|m| m.id > after).collect()
+                    newest.into_iter().filter(|m| key(m) > after).collect()
                 }
             }
         }
@@ -160,23 +207,41 @@ async fn read(
             let (a, b) = (id_of(refs[0], true).await?, id_of(refs[1], false).await?);
             if a <= b {
                 let rows = page(Page::After(a, limit)).await?;
-                rows.into_iter().filter(|m| m.id < b).collect()
+                rows.into_iter().filter(|m| key(m) < b).collect()
             } else {
                 // Newest first: the page nearest the first reference.
                 let (from, to) = (id_of(refs[0], false).await?, id_of(refs[1], true).await?);
                 let rows = page(Page::Before(from, limit)).await?;
-                rows.into_iter().filter(|m| m.id > to).collect()
+                rows.into_iter().filter(|m| key(m) > to).collect()
             }
         }
     };
     // Event-playback is not offered: what members said, not joins and topic changes.
-    Ok(rows.into_iter().filter(|m| m.event.is_none()).collect())
+    let said = |m: &Arc<Message>| m.event.as_ref().is_none_or(|e| e.kind == EventKind::Line);
+    Ok(rows.into_iter().filter(said).collect())
+}
+
+/// A page of lines kept in memory (oldest first), as the store pages its rows.
+fn page_of(lines: &[Arc<Message>], page: Page) -> Vec<Arc<Message>> {
+    match page {
+        Page::After(after, limit) => lines
+            .iter()
+            .filter(|m| key(m) > after)
+            .take(limit as usize)
+            .cloned()
+            .collect(),
+        Page::Before(before, limit) => {
+            let older: Vec<_> = lines.iter().filter(|m| key(m) < before).cloned().collect();
+            let skip = older.len().saturating_sub(limit as usize);
+            older.into_iter().skip(skip).collect()
+        }
+    }
 }
 
 /// The messages in a `chathistory` batch (or bare, for a client without batch).
 fn reply(c: &mut Client, target: &str, messages: &[Arc<Message>]) {
     let batched = c.caps.has(BATCH);
-    let reference = format!("h{}", messages.first().map_or(0, |m| m.id));
+    let reference = format!("h{}", messages.first().map_or(0, |m| key(m)));
     if batched {
         let start = format!("+{reference}");
         c.raw("BATCH", &[&start, "chathistory", target], None);

@@ -14,10 +14,17 @@
 //! that two clients racing (two JOINs against `+l 1`, a KICK and a PART) see one order. The
 //! commands and the lines they send are in [`super::local_commands`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use crate::hub::LiveFeed;
+use crate::store::Message;
+
+/// Lines a local channel, or a conversation with a guest, keeps for CHATHISTORY while it
+/// lasts: its last messages.
+pub const KEPT_LINES: usize = super::history::MAX as usize;
+/// Conversations with guests kept at once on a node; past it, a new one keeps nothing.
+pub const KEPT_CONVERSATIONS: usize = 10_000;
 
 /// Bans a channel holds at most (`MAXLIST=b:`).
 pub const MAX_BANS: usize = 100;
@@ -122,6 +129,8 @@ pub struct Channel {
     /// Lower-case nicks invited since they last joined.
     invited: Vec<String>,
     pub members: Vec<Member>,
+    /// Its last messages, for CHATHISTORY; gone with the channel.
+    kept: Arc<Mutex<VecDeque<Arc<Message>>>>,
 }
 
 impl Channel {
@@ -259,6 +268,7 @@ impl LocalChannels {
             invex: Vec::new(),
             invited: Vec::new(),
             members: Vec::new(),
+            kept: Arc::default(),
         });
         if channel.member(feed.id).is_some() {
             return Err(Refusal::TargetOn);
@@ -288,6 +298,29 @@ impl LocalChannels {
             voice: false,
         });
         Ok(channel.clone())
+    }
+
+    /// Keeps `message` (said in `name`) among the channel's last lines.
+    pub fn keep(&self, name: &str, message: Arc<Message>) {
+        let Some(kept) = self
+            .lock()
+            .get(&name.to_ascii_lowercase())
+            .map(|c| c.kept.clone())
+        else {
+            return;
+        };
+        push_bounded(&kept, message);
+    }
+
+    /// The last lines of `name`, oldest first, for a member (session `id`).
+    pub fn kept(&self, name: &str, id: u64) -> Result<Vec<Arc<Message>>, Refusal> {
+        let channels = self.lock();
+        let channel = channels
+            .get(&name.to_ascii_lowercase())
+            .ok_or(Refusal::NoSuchChannel)?;
+        channel.member(id).ok_or(Refusal::NotOn)?;
+        let kept = channel.kept.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(kept.iter().cloned().collect())
     }
 
     /// Takes session `id` out of `name`: who was in it (the one leaving too), to tell.
@@ -518,6 +551,64 @@ impl LocalChannels {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Channel>> {
         self.channels.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn push_bounded(kept: &Mutex<VecDeque<Arc<Message>>>, message: Arc<Message>) {
+    let mut kept = kept.lock().unwrap_or_else(|e| e.into_inner());
+    if kept.len() >= KEPT_LINES {
+        kept.pop_front();
+    }
+    kept.push_back(message);
+}
+
+/// The last lines of the conversations with guests on this node, by their two nicks (in
+/// lower case): kept while the guest is here, forgotten when it leaves or changes its nick.
+#[derive(Default)]
+pub struct Conversations(Mutex<HashMap<(String, String), Arc<Mutex<VecDeque<Arc<Message>>>>>>);
+
+impl Conversations {
+    fn key(a: &str, b: &str) -> (String, String) {
+        let (a, b) = (a.to_ascii_lowercase(), b.to_ascii_lowercase());
+        if a <= b {
+            (a, b)
+        } else {
+            (b, a)
+        }
+    }
+
+    /// Keeps a line between `a` and `b` (at most [`KEPT_CONVERSATIONS`] conversations).
+    pub fn keep(&self, a: &str, b: &str, message: Arc<Message>) {
+        let kept = {
+            let mut all = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            let key = Conversations::key(a, b);
+            if !all.contains_key(&key) && all.len() >= KEPT_CONVERSATIONS {
+                return;
+            }
+            all.entry(key).or_default().clone()
+        };
+        push_bounded(&kept, message);
+    }
+
+    /// The last lines between `a` and `b`, oldest first.
+    pub fn kept(&self, a: &str, b: &str) -> Vec<Arc<Message>> {
+        let all = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        all.get(&Conversations::key(a, b))
+            .map(|k| {
+                k.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .iter()
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The guest `nick` left (or is no longer `nick`): its conversations go.
+    pub fn forget(&self, nick: &str) {
+        let nick = nick.to_ascii_lowercase();
+        let mut all = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        all.retain(|(a, b), _| *a != nick && *b != nick);
     }
 }
 

@@ -224,6 +224,9 @@ pub fn say(c: &mut Client, command: &str, target: &str, text: Option<&str>, tags
         None => format!("{command} {shown}"),
     };
     let message = tell(c, &name, tagged(tags, line), None, &others);
+    if text.is_some() && status.is_none() {
+        c.settings.local.keep(&name, message.clone());
+    }
     if c.caps.has(caps::ECHO_MESSAGE) {
         super::render::push(c, &message);
     }
@@ -626,4 +629,22 @@ pub fn list(c: &Client) -> Vec<(Arc<str>, usize, String)> {
 /// Whether `nick` is anyone's: a guest's here, or an account's.
 async fn known(c: &Client, nick: &str) -> bool {
     c.settings.guests.as_ref().is_some_and(|g| g.find(nick).is_some()) || c.is_reserved(nick).await
+}
+
+/// What CHATHISTORY reads from memory for `target`: a local channel's last lines (`Err` for a
+/// non-member), or a conversation with a guest; `None` for what the store keeps.
+pub fn kept_lines(c: &Client, target: &str) -> Option<Result<Vec<Arc<crate::store::Message>>, ()>> {
+    if target.starts_with('#') {
+        if !c.settings.local.exists(target) {
+            return None;
+        }
+        let id = c.feed().map_or(0, |f| f.id());
+        return Some(c.settings.local.kept(target, id).map_err(|_| ()));
+    }
+    let guest = c
+        .settings
+        .guests
+        .as_ref()
+        .is_some_and(|g| g.find(target).is_some());
+    (c.is_guest() || guest).then(|| Ok(c.settings.conversations.kept(&c.nick, target)))
 }

@@ -72,6 +72,8 @@ pub struct IrcSettings {
     pub guests: Option<guests::Guests>,
     /// Read marks kept in memory (see [`read_marker`]).
     pub marks: read_marker::Marks,
+    /// The last lines of the conversations with guests here, for CHATHISTORY.
+    pub conversations: local::Conversations,
     /// The channels no room backs on this node (guests create them).
     pub local: local::LocalChannels,
     /// Who left this node's door lately, for WHOWAS.
@@ -100,6 +102,7 @@ impl IrcSettings {
             opers: config.irc_opers.clone(),
             guests: config.irc_guests.then(guests::Guests::default),
             local: local::LocalChannels::default(),
+            conversations: local::Conversations::default(),
             marks: read_marker::Marks::default(),
             whowas: Whowas::default(),
             idents: Idents::default(),

@@ -37,34 +37,11 @@ pub fn push(c: &mut Client, message: &Message) -> Followup {
     let tags = tags_for(c, message);
     let me = c.nick.clone();
     if let Some(event) = message.event.as_ref().filter(|e| e.kind == EventKind::Line) {
-        // A local channel's line, written as it was made; a KICK of this client takes the
-        // channel off its list.
+        // A KICK of this client (from a local channel) takes the channel off its list.
         if *event.subject == *me {
             c.channels.remove(&message.recipient.to_ascii_lowercase());
         }
-        // `@<client tags> <line>`: the tags go to clients with message-tags only, and so
-        // does a TAGMSG.
-        let (client_tags, line) = match message.body.strip_prefix('@') {
-            Some(tagged) => tagged.split_once(' ').unwrap_or((tagged, "")),
-            None => ("", message.body.as_str()),
-        };
-        let tagging = c.caps.has(MESSAGE_TAGS);
-        if super::read_marker::unwanted(c, line) || (!tagging && line.starts_with("TAGMSG ")) {
-            return Followup::None;
-        }
-        let mut tags = tags;
-        if tagging && !client_tags.is_empty() {
-            if !tags.is_empty() {
-                tags.push(';');
-            }
-            tags.push_str(client_tags);
-        }
-        // From "": the server's own line (a read mark for another session).
-        let source = match message.sender.as_ref() {
-            "" => c.settings.server_name.clone(),
-            sender => mask(sender),
-        };
-        c.relay(&tags, &source, line, &[], None);
+        line(c, message, tags);
         return Followup::None;
     }
     let Some(room) = message.room() else {
@@ -126,6 +103,32 @@ pub fn push(c: &mut Client, message: &Message) -> Followup {
     Followup::None
 }
 
+/// A live line (a local channel's, a guest's, a TAGMSG), written as it was made, after
+/// `tags`. Its body is `@<client tags> <line>`: the client tags go to clients with
+/// message-tags only, and so does a TAGMSG.
+fn line(c: &mut Client, message: &Message, mut tags: String) {
+    let (client_tags, line) = match message.body.strip_prefix('@') {
+        Some(tagged) => tagged.split_once(' ').unwrap_or((tagged, "")),
+        None => ("", message.body.as_str()),
+    };
+    let tagging = c.caps.has(MESSAGE_TAGS);
+    if super::read_marker::unwanted(c, line) || (!tagging && line.starts_with("TAGMSG ")) {
+        return;
+    }
+    if tagging && !client_tags.is_empty() {
+        if !tags.is_empty() {
+            tags.push(';');
+        }
+        tags.push_str(client_tags);
+    }
+    // From "": the server's own line (a read mark for another session).
+    let source = match message.sender.as_ref() {
+        "" => c.settings.server_name.clone(),
+        sender => mask(sender),
+    };
+    c.relay(&tags, &source, line, &[], None);
+}
+
 /// A message the client itself sent, as echo-message returns it.
 pub fn echo(c: &mut Client, message: &Message, target: &str, command: &str) {
     let tags = tags_for(c, message);
@@ -133,7 +136,7 @@ pub fn echo(c: &mut Client, message: &Message, target: &str, command: &str) {
     say(c, &tags, &me, command, target, &message.body);
 }
 
-/// A stored message replayed from history, as it was first sent, in `batch` if any.
+/// A message replayed from history, as it was first sent, in `batch` if any.
 pub fn replay(c: &mut Client, message: &Message, batch: Option<&str>) {
     let mut tags = batch.map(|b| format!("batch={b}")).unwrap_or_default();
     let own = tags_for(c, message);
@@ -142,6 +145,10 @@ pub fn replay(c: &mut Client, message: &Message, batch: Option<&str>) {
             tags.push(';');
         }
         tags.push_str(&own);
+    }
+    if message.event.as_ref().is_some_and(|e| e.kind == EventKind::Line) {
+        // A live line kept in memory (a local channel's, a guest's conversation).
+        return line(c, message, tags);
     }
     say(
         c,

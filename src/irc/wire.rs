@@ -74,14 +74,16 @@ impl Framer {
                 // RFC 2812 §2.3.1: empty messages are silently ignored.
                 continue;
             }
-            let body = match scratch.first() {
+            // The tags, `@` and the space after them included, then the rest.
+            let tags = match scratch.first() {
                 Some(b'@') => scratch
                     .iter()
                     .position(|&b| b == b' ')
-                    .map_or(0, |space| scratch.len() - space - 1),
-                _ => scratch.len(),
+                    .map_or(scratch.len(), |space| space + 1),
+                _ => 0,
             };
-            if body + 2 > MAX_LINE || scratch.len() + 2 > MAX_FRAME {
+            let body = scratch.len() - tags;
+            if body + 2 > MAX_LINE || tags > MAX_TAGS {
                 return Some(Frame::TooLong);
             }
             if scratch.contains(&0) {
@@ -299,6 +301,13 @@ mod tests {
         tagged.extend_from_slice(b" PRIVMSG #a :hi\r\n");
         assert_eq!(frames(&tagged).len(), 1);
         assert!(frames(&tagged)[0].ends_with("PRIVMSG #a :hi"));
+        // But tags have their own bound: 4096 bytes with the `@` and the space.
+        for (size, fits) in [(4081, true), (4082, false)] {
+            let mut tags = b"@foo=bar;+baz=".to_vec();
+            tags.extend(std::iter::repeat_n(b'a', size));
+            tags.extend_from_slice(b" TAGMSG #test\r\n");
+            assert_eq!(frames(&tags)[0] != "<too long>", fits, "{size}");
+        }
         // A line with no end at all is cut as soon as it cannot fit.
         let endless = vec![b'z'; MAX_FRAME + 10];
         let mut framer = Framer::default();
