@@ -130,7 +130,7 @@ pub struct Channel {
     invited: Vec<String>,
     pub members: Vec<Member>,
     /// Its last messages, for CHATHISTORY; gone with the channel.
-    kept: Arc<Mutex<VecDeque<Arc<Message>>>>,
+    kept: Arc<Kept>,
 }
 
 impl Channel {
@@ -554,7 +554,7 @@ impl LocalChannels {
     }
 }
 
-fn push_bounded(kept: &Mutex<VecDeque<Arc<Message>>>, message: Arc<Message>) {
+fn push_bounded(kept: &Kept, message: Arc<Message>) {
     let mut kept = kept.lock().unwrap_or_else(|e| e.into_inner());
     if kept.len() >= KEPT_LINES {
         kept.pop_front();
@@ -565,7 +565,10 @@ fn push_bounded(kept: &Mutex<VecDeque<Arc<Message>>>, message: Arc<Message>) {
 /// The last lines of the conversations with guests on this node, by their two nicks (in
 /// lower case): kept while the guest is here, forgotten when it leaves or changes its nick.
 #[derive(Default)]
-pub struct Conversations(Mutex<HashMap<(String, String), Arc<Mutex<VecDeque<Arc<Message>>>>>>);
+pub struct Conversations(Mutex<HashMap<(String, String), Arc<Kept>>>);
+
+/// Last lines, oldest first, at most [`KEPT_LINES`].
+type Kept = Mutex<VecDeque<Arc<Message>>>;
 
 impl Conversations {
     fn key(a: &str, b: &str) -> (String, String) {
