@@ -1336,6 +1336,91 @@ async fn operators_kill_and_wallops_and_who_help_list_and_statusmsg_answer_as_th
 }
 
 #[tokio::test]
+async fn live_lines_carry_client_tags_and_ids_and_local_history_and_nicks_are_found_without_case() {
+    let server = TestServer::start_with(|c| {
+        c.load_test_hashing = true;
+        c.irc_guests = true;
+    })
+    .await;
+    let addr = irc_addr(&server);
+    server.user("alice").await;
+    let caps = "message-tags server-time echo-message batch draft/chathistory draft/read-marker";
+    let mut alice = Irc::sasl(addr, "alice", "pw", caps).await;
+    let mut guest = Irc::connect(addr).await;
+    guest.send(&format!("CAP REQ :{caps}")).await;
+    guest.expect("CAP").await;
+    guest.send("CAP END").await;
+    guest.send("NICK visitor").await;
+    guest.send("USER v 0 * :v").await;
+    guest.until("376").await;
+    let mut plain = Irc::register(addr, "plain").await;
+
+    // A local channel: client-only tags reach clients with message-tags, with an id.
+    for irc in [&mut guest, &mut alice, &mut plain] {
+        irc.send("JOIN #live").await;
+        irc.until("366").await;
+    }
+    guest
+        .send("@+draft/reply=x;dropped=1 PRIVMSG #live :\u{1}PING 1\u{1}")
+        .await;
+    let heard = alice.expect("PRIVMSG").await;
+    assert_eq!(heard.text(), "\u{1}PING 1\u{1}", "IRC to IRC, as sent");
+    assert_eq!(heard.tag("+draft/reply"), Some("x"));
+    assert_eq!(heard.tag("dropped"), None, "only client tags are relayed");
+    let id = heard.tag("msgid").expect("a live line has an id").to_string();
+    assert!(id.starts_with('l'), "{id}");
+    let echo = guest.expect("PRIVMSG").await;
+    assert_eq!(echo.tag("msgid"), Some(id.as_str()), "the echo is the same line");
+    let bare = plain.expect("PRIVMSG").await;
+    assert!(
+        bare.raw.starts_with(':'),
+        "no tags without message-tags: {}",
+        bare.raw
+    );
+    guest.send("@+typing=active TAGMSG #live").await;
+    assert_eq!(alice.expect("TAGMSG").await.tag("+typing"), Some("active"));
+    plain.send("PING :sync").await;
+    let (_, before) = plain.until("PONG").await;
+    assert!(before.iter().all(|l| l.command != "TAGMSG"), "{before:?}");
+
+    // The channel keeps its last lines for CHATHISTORY while it exists.
+    guest.send("PRIVMSG #live :second").await;
+    alice.expect("PRIVMSG").await;
+    alice.send("CHATHISTORY LATEST #live * 10").await;
+    let (_, batch) = alice.until("BATCH").await;
+    assert!(batch.is_empty());
+    let (_, lines) = alice.until("BATCH").await;
+    let texts: Vec<&str> = lines.iter().map(|l| l.text()).collect();
+    assert_eq!(texts, ["\u{1}PING 1\u{1}", "second"]);
+    alice
+        .send(&format!("CHATHISTORY AFTER #live msgid={id} 10"))
+        .await;
+    alice.until("BATCH").await;
+    let (_, lines) = alice.until("BATCH").await;
+    assert_eq!(lines.iter().map(|l| l.text()).collect::<Vec<_>>(), ["second"]);
+
+    // A guest's read marks live in memory, as given.
+    guest
+        .send("MARKREAD #live timestamp=2020-01-01T00:00:00.000Z")
+        .await;
+    assert_eq!(
+        guest.expect("MARKREAD").await.params[1],
+        "timestamp=2020-01-01T00:00:00.000Z"
+    );
+
+    // A nick typed in another case finds the account; a message to oneself comes back.
+    plain.send("WHOIS ALICE").await;
+    assert_eq!(plain.expect("311").await.params[1], "alice");
+    alice.send("PRIVMSG Alice :note to self").await;
+    let (_, lines) = alice.until("PRIVMSG").await;
+    drop(lines);
+    let mut seen = alice.drain(std::time::Duration::from_millis(300)).await;
+    seen.retain(|l| l.command == "PRIVMSG");
+    assert_eq!(seen.len(), 1, "the echo and the delivery, once each: {seen:?}");
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn without_guests_a_nick_without_an_account_can_only_log_in_or_register() {
     let server = server().await;
     let addr = irc_addr(&server);

@@ -253,6 +253,19 @@ impl Chat {
         body: &str,
         client_timestamp: Option<String>,
     ) -> ChatResult<Arc<Message>> {
+        self.send_from(from, to, body, client_timestamp, 0).await
+    }
+
+    /// [`Chat::send`] from the live session `origin`, which is not pushed the message (a
+    /// message to oneself is shown by the door that sent it, at once).
+    pub async fn send_from(
+        &self,
+        from: &Username,
+        to: &str,
+        body: &str,
+        client_timestamp: Option<String>,
+        origin: u64,
+    ) -> ChatResult<Arc<Message>> {
         let deadline = tokio::time::Instant::now() + COMMAND_DEADLINE;
         let to = Username::parse(to).map_err(|_| no_such_user(to))?;
         names::check_message_text(body)?;
@@ -272,7 +285,7 @@ impl Chat {
             recipient,
             body: body.to_owned(),
             client_timestamp,
-            origin: 0,
+            origin,
         };
         let stored = self.inner.writer.submit(Write::Direct(message), deadline).await;
         let stored = match stored {
@@ -343,6 +356,26 @@ impl Chat {
     /// Which of `users` are online on any node.
     pub async fn online_among(&self, users: &[&str]) -> ChatResult<std::collections::HashSet<String>> {
         self.inner.topology.online_among(users).await
+    }
+
+    /// The account `name` stands for: the one of that exact name, else the only one equal
+    /// to it without case (`ALICE` is `alice` when there is no `ALICE` and no `Alice`);
+    /// `None` if there is none, or several. For finding someone only: acting as an account
+    /// always takes its exact name.
+    pub async fn resolve_user(&self, name: &str) -> ChatResult<Option<Arc<str>>> {
+        if Username::parse(name).is_err() {
+            return Ok(None);
+        }
+        match self.inner.users.existing(&self.inner.store, name).await {
+            Ok(found) => return Ok(Some(found)),
+            Err(e) if e.code == Code::NoSuchUser => {}
+            Err(e) => return Err(e),
+        }
+        let found = self.inner.store.users_any_case(name).await?;
+        Ok(match found.as_slice() {
+            [one] => Some(Arc::from(one.as_str())),
+            _ => None,
+        })
     }
 
     /// Whether `name` is an account.

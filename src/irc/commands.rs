@@ -444,9 +444,22 @@ async fn message(c: &mut Client, m: &Msg<'_>, command: &str) {
             say_live(c, command, target, &body).await;
             continue;
         };
+        let resolved;
+        let target = if target.starts_with('#') {
+            target
+        } else {
+            resolved = account_named(c, target).await;
+            resolved.as_str()
+        };
+        // To oneself: this session shows the message at once (as echo-message would),
+        // rather than as a push that may come after the command's answer.
+        let to_self = target == me.as_str();
         let sent = if target.starts_with('#') {
             let origin = c.origin();
             c.chat.say(&me, target, &body, None, origin).await
+        } else if to_self {
+            let origin = c.origin();
+            c.chat.send_from(&me, target, &body, None, origin).await
         } else {
             c.chat.send(&me, target, &body, None).await
         };
@@ -459,6 +472,9 @@ async fn message(c: &mut Client, m: &Msg<'_>, command: &str) {
                         target.to_string()
                     };
                     render::echo(c, &message, &shown, command);
+                }
+                if to_self {
+                    render::push(c, &message);
                 }
                 if !target.starts_with('#') {
                     if let Some(away) = c.settings.away.of(target) {
@@ -570,6 +586,8 @@ async fn tagmsg(c: &mut Client, m: &Msg<'_>) {
         return;
     }
     // Between accounts: to the target's IRC sessions here.
+    let target = account_named(c, target).await;
+    let target = target.as_str();
     let to = crate::hub::LiveFeed {
         user: Arc::from(target),
         id: 0,
@@ -583,6 +601,15 @@ async fn tagmsg(c: &mut Client, m: &Msg<'_>) {
     }
     if c.caps.has(caps::ECHO_MESSAGE) {
         render::push(c, &message);
+    }
+}
+
+/// The account a nick a client typed stands for, whatever its case (see
+/// [`crate::chat::Chat::resolve_user`]); the nick as typed if none.
+pub async fn account_named(c: &Client, nick: &str) -> String {
+    match c.chat.resolve_user(nick).await {
+        Ok(Some(name)) => name.to_string(),
+        _ => nick.to_string(),
     }
 }
 
@@ -1381,6 +1408,8 @@ async fn whois(c: &mut Client, m: &Msg<'_>) {
         c.numeric(RPL_ENDOFWHOIS, &[&nick], "End of /WHOIS list");
         return;
     }
+    let account = account_named(c, nick).await;
+    let nick = account.as_str();
     let exists = c.chat.user_exists(nick).await.unwrap_or(false);
     let online = exists
         && c.chat

@@ -51,7 +51,7 @@ fn parse_ref(text: &str) -> Option<Ref> {
 /// `CHATHISTORY LATEST|BEFORE|AFTER|AROUND|BETWEEN <target> <ref> [<ref>] <limit>`.
 pub async fn chathistory(c: &mut Client, m: &Msg<'_>) {
     let sub = m.arg(0).to_ascii_uppercase();
-    let target = m.arg(1).to_string();
+    let mut target = m.arg(1).to_string();
     let needs = if sub == "BETWEEN" { 5 } else { 4 };
     if !matches!(sub.as_str(), "LATEST" | "BEFORE" | "AFTER" | "AROUND" | "BETWEEN") {
         let shown: String = m.arg(0).chars().take(20).collect();
@@ -86,6 +86,9 @@ pub async fn chathistory(c: &mut Client, m: &Msg<'_>) {
         }
         None => None,
     };
+    if memory.is_none() && !target.starts_with('#') {
+        target = super::commands::account_named(c, &target).await;
+    }
     match read(c, &sub, &target, &refs, limit, memory.as_deref()).await {
         Ok(messages) => reply(c, &target, &messages),
         Err(e)

@@ -241,6 +241,14 @@ impl Store {
         }
     }
 
+    /// Up to two account names equal to `name` without case.
+    pub async fn users_any_case(&self, name: &str) -> StoreResult<Vec<String>> {
+        match self {
+            Store::Sqlite(s) => s.users_any_case(name).await,
+            Store::Postgres(s) => s.users_any_case(name).await,
+        }
+    }
+
     pub async fn user_exists(&self, name: &str) -> StoreResult<bool> {
         match self {
             Store::Sqlite(s) => s.user_exists(name).await,

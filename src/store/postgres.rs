@@ -113,6 +113,18 @@ impl PgStore {
         .await
     }
 
+    /// Up to two account names equal to `name` without case.
+    pub async fn users_any_case(&self, name: &str) -> StoreResult<Vec<String>> {
+        bounded(
+            "looking up the user",
+            false,
+            sqlx::query_scalar("SELECT name FROM users WHERE lower(name) = lower($1) LIMIT 2")
+                .bind(name)
+                .fetch_all(&self.pool),
+        )
+        .await
+    }
+
     pub async fn user_exists(&self, name: &str) -> StoreResult<bool> {
         let found: Option<i32> = bounded(
             "looking up the user",

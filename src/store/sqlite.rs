@@ -123,6 +123,15 @@ impl SqliteStore {
             .map_err(|e| StoreError::from_sqlx("looking up the user", false, e))
     }
 
+    /// Up to two account names equal to `name` without case.
+    pub async fn users_any_case(&self, name: &str) -> StoreResult<Vec<String>> {
+        sqlx::query_scalar("SELECT name FROM users WHERE lower(name) = lower(?) LIMIT 2")
+            .bind(name)
+            .fetch_all(&self.readers)
+            .await
+            .map_err(|e| StoreError::from_sqlx("looking up the user", false, e))
+    }
+
     pub async fn user_exists(&self, name: &str) -> StoreResult<bool> {
         let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM users WHERE name = ?")
             .bind(name)
