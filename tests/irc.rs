@@ -1377,6 +1377,16 @@ async fn live_lines_carry_client_tags_and_ids_and_local_history_and_nicks_are_fo
         "no tags without message-tags: {}",
         bare.raw
     );
+    alice.send("MODE #live +C").await;
+    assert_eq!(alice.expect("482").await.params[1], "#live", "only its operator");
+    guest.send("MODE #live +C").await;
+    assert_eq!(alice.expect("MODE").await.params, ["#live", "+C"]);
+    alice.send("PRIVMSG #live :\u{1}VERSION\u{1}").await;
+    assert_eq!(
+        alice.expect("404").await.params[1],
+        "#live",
+        "+C: no CTCP but ACTION"
+    );
     guest.send("@+typing=active TAGMSG #live").await;
     assert_eq!(alice.expect("TAGMSG").await.tag("+typing"), Some("active"));
     plain.send("PING :sync").await;

@@ -114,6 +114,9 @@ pub struct Client {
     pub login_announced: bool,
     /// Its user modes and kill switch, which other connections reach through `idents`.
     pub handle: Arc<super::Handle>,
+    /// Messages the command being answered delivered to this client itself, written after
+    /// its reply.
+    pub delivered_here: Vec<Arc<Message>>,
 }
 
 /// Serves one accepted connection until the client quits, leaves, times out, or the server
@@ -161,6 +164,7 @@ pub fn serve(
         batches: 0,
         login_announced: false,
         handle: Arc::default(),
+        delivered_here: Vec::new(),
     };
     async move {
         let _open = &open;

@@ -101,6 +101,11 @@ pub async fn dispatch(c: &mut Client, m: &Msg<'_>) {
         }
         None => run_command(c, m).await,
     }
+    // What the command delivered to this very client (a message to oneself) is no part of
+    // its reply: it follows it.
+    for message in std::mem::take(&mut c.delivered_here) {
+        render::push(c, &message);
+    }
 }
 
 /// Finds a line's command, checks what its row needs, and runs it.
@@ -474,7 +479,7 @@ async fn message(c: &mut Client, m: &Msg<'_>, command: &str) {
                     render::echo(c, &message, &shown, command);
                 }
                 if to_self {
-                    render::push(c, &message);
+                    c.delivered_here.push(message);
                 }
                 if !target.starts_with('#') {
                     if let Some(away) = c.settings.away.of(target) {

@@ -86,11 +86,13 @@ pub async fn chathistory(c: &mut Client, m: &Msg<'_>) {
         }
         None => None,
     };
+    // The batch names the target as the client did; the account is found whatever its case.
+    let asked = target.clone();
     if memory.is_none() && !target.starts_with('#') {
         target = super::commands::account_named(c, &target).await;
     }
     match read(c, &sub, &target, &refs, limit, memory.as_deref()).await {
-        Ok(messages) => reply(c, &target, &messages),
+        Ok(messages) => reply(c, &asked, &messages),
         Err(e)
             if matches!(
                 e.code,

@@ -497,7 +497,7 @@ fn parse_changes(c: &mut Client, now: &Channel, m: &Msg<'_>) -> (Vec<Change>, Ve
         match letter {
             '+' => on = true,
             '-' => on = false,
-            'i' | 'm' | 'n' | 's' | 't' => changes.push(Change {
+            'C' | 'i' | 'm' | 'n' | 's' | 't' => changes.push(Change {
                 on,
                 letter,
                 arg: None,
