@@ -226,7 +226,7 @@ impl Server {
             if self.config.irc_guests {
                 let _ = writeln!(
                     out,
-                    "IRC guests are welcome (--irc-guests): any free nick may join public channels and talk live; nothing a guest says is kept."
+                    "IRC guests are welcome (--irc-guests): any free nick may join public channels or make its own, and talk live; nothing a guest says is kept."
                 );
             }
         }
