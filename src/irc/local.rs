@@ -25,6 +25,12 @@ use crate::store::Message;
 pub const KEPT_LINES: usize = super::history::MAX as usize;
 /// Conversations with guests kept at once on a node; past it, a new one keeps nothing.
 pub const KEPT_CONVERSATIONS: usize = 10_000;
+/// Bytes of lines all local channels and conversations with guests keep at once in this
+/// process; past it, a new line is relayed but not kept.
+pub const KEPT_BYTES: usize = 32 * 1024 * 1024;
+
+/// The bytes kept now, against [`KEPT_BYTES`].
+static KEPT_NOW: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// Bans a channel holds at most (`MAXLIST=b:`).
 pub const MAX_BANS: usize = 100;
@@ -309,7 +315,7 @@ impl LocalChannels {
         else {
             return;
         };
-        push_bounded(&kept, message);
+        kept.push(message);
     }
 
     /// The last lines of `name`, oldest first, for a member (session `id`).
@@ -319,8 +325,7 @@ impl LocalChannels {
             .get(&name.to_ascii_lowercase())
             .ok_or(Refusal::NoSuchChannel)?;
         channel.member(id).ok_or(Refusal::NotOn)?;
-        let kept = channel.kept.lock().unwrap_or_else(|e| e.into_inner());
-        Ok(kept.iter().cloned().collect())
+        Ok(channel.kept.lines())
     }
 
     /// Takes session `id` out of `name`: who was in it (the one leaving too), to tell.
@@ -554,21 +559,55 @@ impl LocalChannels {
     }
 }
 
-fn push_bounded(kept: &Kept, message: Arc<Message>) {
-    let mut kept = kept.lock().unwrap_or_else(|e| e.into_inner());
-    if kept.len() >= KEPT_LINES {
-        kept.pop_front();
+/// Last lines, oldest first: at most [`KEPT_LINES`], and while the process keeps fewer than
+/// [`KEPT_BYTES`] in all. What they take is given back when they go.
+#[derive(Debug, Default)]
+pub struct Kept(Mutex<VecDeque<Arc<Message>>>);
+
+fn size(message: &Message) -> usize {
+    message.body.len() + message.sender.len() + message.recipient.len() + 64
+}
+
+impl Kept {
+    fn push(&self, message: Arc<Message>) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let bytes = size(&message);
+        let mut lines = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if lines.len() >= KEPT_LINES {
+            if let Some(old) = lines.pop_front() {
+                KEPT_NOW.fetch_sub(size(&old), Relaxed);
+            }
+        }
+        let taken = KEPT_NOW.fetch_add(bytes, Relaxed);
+        if taken + bytes > KEPT_BYTES {
+            KEPT_NOW.fetch_sub(bytes, Relaxed);
+            return;
+        }
+        lines.push_back(message);
     }
-    kept.push_back(message);
+
+    fn lines(&self) -> Vec<Arc<Message>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
+}
+
+impl Drop for Kept {
+    fn drop(&mut self) {
+        let lines = self.0.get_mut().unwrap_or_else(|e| e.into_inner());
+        let bytes: usize = lines.iter().map(|m| size(m)).sum();
+        KEPT_NOW.fetch_sub(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// The last lines of the conversations with guests on this node, by their two nicks (in
 /// lower case): kept while the guest is here, forgotten when it leaves or changes its nick.
 #[derive(Default)]
 pub struct Conversations(Mutex<HashMap<(String, String), Arc<Kept>>>);
-
-/// Last lines, oldest first, at most [`KEPT_LINES`].
-type Kept = Mutex<VecDeque<Arc<Message>>>;
 
 impl Conversations {
     fn key(a: &str, b: &str) -> (String, String) {
@@ -590,20 +629,14 @@ impl Conversations {
             }
             all.entry(key).or_default().clone()
         };
-        push_bounded(&kept, message);
+        kept.push(message);
     }
 
     /// The last lines between `a` and `b`, oldest first.
     pub fn kept(&self, a: &str, b: &str) -> Vec<Arc<Message>> {
         let all = self.0.lock().unwrap_or_else(|e| e.into_inner());
         all.get(&Conversations::key(a, b))
-            .map(|k| {
-                k.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .iter()
-                    .cloned()
-                    .collect()
-            })
+            .map(|k| k.lines())
             .unwrap_or_default()
     }
 
@@ -883,6 +916,38 @@ mod tests {
         assert!(!glob_matches("b*", "alice"));
         assert!(!glob_matches("alic", "alice"));
         assert!(glob_matches("al*ce*", "alice"));
+    }
+
+    #[test]
+    fn a_channel_keeps_its_last_lines_and_a_conversation_goes_with_its_guest() {
+        let line = |n: i64| {
+            Arc::new(Message {
+                id: -n,
+                sender: Arc::from("ann"),
+                recipient: Arc::from("#lab"),
+                body: format!("PRIVMSG #lab :{n}"),
+                created_at_us: n,
+                client_timestamp: None,
+                event: None,
+                origin: 0,
+                rendered: Default::default(),
+            })
+        };
+        let ch = LocalChannels::default();
+        join(&ch, "ann", 1, None).unwrap();
+        for n in 1..=150 {
+            ch.keep("#LAB", line(n));
+        }
+        let kept = ch.kept("#lab", 1).unwrap();
+        assert_eq!(kept.len(), KEPT_LINES);
+        assert_eq!((kept[0].id, kept[99].id), (-51, -150), "the last, oldest first");
+        assert_eq!(ch.kept("#lab", 2).err(), Some(Refusal::NotOn), "members only");
+
+        let talks = Conversations::default();
+        talks.keep("Guest1", "ann", line(1));
+        assert_eq!(talks.kept("ann", "guest1").len(), 1, "either way, any case");
+        talks.forget("GUEST1");
+        assert!(talks.kept("ann", "guest1").is_empty());
     }
 
     #[test]

@@ -95,6 +95,12 @@ pub fn join(c: &mut Client, channel: &str, key: Option<&str>, create: bool) -> b
     let Some(feed) = my_feed(c) else {
         return false;
     };
+    let most = c.settings.max_rooms as usize;
+    if c.channels.len() >= most && (create || c.settings.local.exists(channel)) {
+        let text = format!("You have joined too many channels: {most} at most");
+        c.numeric(ERR_TOOMANYCHANNELS, &[channel], &text);
+        return true;
+    }
     let me = c.mask();
     let joined = c.settings.local.join(channel, &c.nick, &me, feed, key, create);
     let joined = match joined {
