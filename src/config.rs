@@ -72,6 +72,23 @@ pub struct Config {
     #[arg(long, env = "CHATD_IRC_IDENTIFY_WITHIN", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub irc_identify_within: u64,
 
+    /// Show every protocol line, in and out, on the console: the line protocol's (telnet
+    /// commands decoded) and IRC's. Passwords and tokens are always masked.
+    #[arg(long, env = "CHATD_TRACE")]
+    pub trace: bool,
+
+    /// With `--trace`: only this user's connections, once logged in.
+    #[arg(long, env = "CHATD_TRACE_USER", requires = "trace")]
+    pub trace_user: Option<String>,
+
+    /// With `--trace`: only connections from this address.
+    #[arg(long, env = "CHATD_TRACE_ADDR", requires = "trace")]
+    pub trace_addr: Option<std::net::IpAddr>,
+
+    /// Where trace lines go (tests capture them).
+    #[arg(skip)]
+    pub trace_sink: crate::trace::Sink,
+
     /// Also serve RFC 862 echo on this TCP port (off unless given; 0 picks one).
     #[arg(long, env = "CHATD_ECHO_PORT")]
     pub echo_port: Option<u16>,
@@ -255,6 +272,10 @@ impl Config {
             irc_password: None,
             irc_guests: false,
             irc_opers: Vec::new(),
+            trace: false,
+            trace_user: None,
+            trace_addr: None,
+            trace_sink: crate::trace::Sink::default(),
             irc_ping_interval: 120,
             irc_identify_within: 30,
             echo_port: None,

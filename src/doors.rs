@@ -33,6 +33,8 @@ pub(crate) struct Context<'a> {
     pub listeners: &'a serde_json::Value,
     /// Cancelled on shutdown: a connection says goodbye and ends.
     pub stop: &'a CancellationToken,
+    /// `--trace`: the doors that speak lines show them.
+    pub tracer: Option<&'a Arc<crate::trace::Tracer>>,
 }
 
 /// Which pool of places a door's connections take.
@@ -165,7 +167,9 @@ fn irc_busy(refusal: Refusal) -> Option<Vec<u8>> {
 
 fn serve_irc(cx: &Context) -> Serve {
     let (chat, stop) = (cx.chat.clone(), cx.stop.clone());
-    let settings = Arc::new(irc::IrcSettings::from_config(cx.config));
+    let mut settings = irc::IrcSettings::from_config(cx.config);
+    settings.tracer = cx.tracer.cloned();
+    let settings = Arc::new(settings);
     Arc::new(move |stream, peer| {
         irc::client::serve(stream, peer, chat.clone(), settings.clone(), stop.clone()).boxed()
     })
@@ -173,7 +177,10 @@ fn serve_irc(cx: &Context) -> Serve {
 
 fn serve_line(cx: &Context) -> Serve {
     let (chat, stop) = (cx.chat.clone(), cx.stop.clone());
-    let settings = Arc::new(SessionSettings::from_config(cx.config));
+    let settings = Arc::new(SessionSettings {
+        tracer: cx.tracer.cloned(),
+        ..SessionSettings::from_config(cx.config)
+    });
     Arc::new(move |stream, peer| {
         line::session::serve(stream, peer, chat.clone(), settings.clone(), stop.clone()).boxed()
     })

@@ -24,6 +24,7 @@ mod socket;
 mod store;
 mod supervisor;
 mod topology;
+pub mod trace;
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
@@ -233,6 +234,19 @@ impl Server {
         for closed in &self.closed {
             let _ = writeln!(out, "{closed}");
         }
+        if self.config.trace {
+            let mut which = String::new();
+            if let Some(user) = &self.config.trace_user {
+                let _ = write!(which, " of {user}");
+            }
+            if let Some(addr) = &self.config.trace_addr {
+                let _ = write!(which, " from {addr}");
+            }
+            let _ = writeln!(
+                out,
+                "Tracing every line{which} of the line protocol and IRC below (--trace); passwords are shown as ****."
+            );
+        }
         if let Some(echo) = self.echo_addr() {
             let _ = writeln!(out, "Echo (RFC 862) on port {}", echo.port());
         }
@@ -317,6 +331,13 @@ impl Server {
         let chat_pool = limits::Door::new(budget.chat, per_addr.clone());
         let echo_pool = limits::Door::new(budget.echo, per_addr);
         tasks.spawn("the memory give-back", memory::give_back(stop.clone()));
+        let tracer = config.trace.then(|| {
+            trace::Tracer::start(trace::TraceConfig {
+                user: config.trace_user.clone(),
+                addr: config.trace_addr,
+                sink: config.trace_sink.clone(),
+            })
+        });
         let context = Context {
             config: &config,
             chat: &chat,
@@ -324,6 +345,7 @@ impl Server {
             node_id: &node_id,
             listeners: &listeners,
             stop: &stop,
+            tracer: tracer.as_ref(),
         };
         let mut accepting = Vec::new();
         for door in doors {

@@ -131,7 +131,10 @@ pub fn serve(
     let open = chat.connection_opened();
     let visit = crate::activity::Visit::start(peer);
     let now = Instant::now();
-    let socket = Socket::new(stream, settings.write_stall);
+    let mut socket = Socket::new(stream, settings.write_stall);
+    if let Some(tracer) = &settings.tracer {
+        socket.set_trace(tracer.connection(crate::trace::Door::Irc, peer));
+    }
     settings
         .counts
         .unregistered
@@ -447,6 +450,15 @@ impl Client {
     }
 
     async fn flush(&mut self, shutdown: &CancellationToken) -> io::Result<()> {
+        if self.socket.traced() {
+            // The trace names the account, or a guest by its nick.
+            let who = match (self.account(), self.is_guest()) {
+                (Some(account), _) => Some(account.as_str().to_string()),
+                (None, true) => Some(self.nick.clone()),
+                (None, false) => None,
+            };
+            self.socket.trace_user(who.as_deref());
+        }
         let kick = live(&self.session, &self.guest).map(|(_, kick)| kick);
         match self.socket.flush(shutdown, kick).await {
             Err(e) if e.kind() == io::ErrorKind::ConnectionAborted && shutdown.is_cancelled() => Ok(()),

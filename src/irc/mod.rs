@@ -82,6 +82,8 @@ pub struct IrcSettings {
     pub idents: Idents,
     /// For LUSERS: connections that have not registered, and the most users seen.
     pub counts: Counts,
+    /// `--trace`.
+    pub tracer: Option<Arc<crate::trace::Tracer>>,
 }
 
 impl IrcSettings {
@@ -107,6 +109,7 @@ impl IrcSettings {
             whowas: Whowas::default(),
             idents: Idents::default(),
             counts: Counts::default(),
+            tracer: None,
         }
     }
 }

@@ -32,6 +32,16 @@ impl Connection {
         self.codec.decode(rbuf, scratch, wbuf)
     }
 
+    /// Traces this connection (`--trace`).
+    pub fn set_trace(&mut self, trace: Option<Box<crate::trace::ConnTrace>>) {
+        self.socket.set_trace(trace);
+    }
+
+    /// Who the traced connection is now.
+    pub fn trace_user(&mut self, user: Option<&str>) {
+        self.socket.trace_user(user);
+    }
+
     /// Offers a telnet client character mode (`--telnet-negotiate`), before anything else is
     /// written.
     pub fn offer_character_mode(&mut self) {

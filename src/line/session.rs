@@ -32,6 +32,8 @@ pub struct SessionSettings {
     pub greeting: String,
     /// Offer telnet's character mode on connect (`--telnet-negotiate`).
     pub telnet_negotiate: bool,
+    /// `--trace`.
+    pub tracer: Option<Arc<crate::trace::Tracer>>,
 }
 
 impl SessionSettings {
@@ -45,6 +47,7 @@ impl SessionSettings {
                 env!("CARGO_PKG_VERSION")
             ),
             telnet_negotiate: false,
+            tracer: None,
         }
     }
 
@@ -71,6 +74,9 @@ pub fn serve(
     let open = chat.connection_opened();
     let visit = crate::activity::Visit::start(peer);
     let mut conn = Connection::new(stream, settings.max_line, settings.write_stall);
+    if let Some(tracer) = &settings.tracer {
+        conn.set_trace(tracer.connection(crate::trace::Door::Line, peer));
+    }
     let mut cx = Context::new(chat, peer.ip());
     // An `async move` block, not an `async fn`: its captures are used in place, whereas an
     // async fn's arguments are copied into locals and the task would hold both.
@@ -239,6 +245,7 @@ pub(super) async fn flush(
     cx: &Context,
     shutdown: &CancellationToken,
 ) -> io::Result<()> {
+    conn.trace_user(cx.user().map(|u| u.as_str()));
     match conn.flush(shutdown, cx.session.as_ref().map(|s| &s.kick)).await {
         // Aborted by shutdown: the main loop says goodbye; by a kick: the session ends.
         Err(e) if e.kind() == io::ErrorKind::ConnectionAborted && shutdown.is_cancelled() => Ok(()),

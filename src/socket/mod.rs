@@ -29,6 +29,8 @@ pub struct Socket {
     pub rbuf: BytesMut,
     wbuf: BytesMut,
     write_stall: Duration,
+    /// With `--trace`: what is read and written is shown (see [`crate::trace`]).
+    trace: Option<Box<crate::trace::ConnTrace>>,
 }
 
 impl Socket {
@@ -38,7 +40,33 @@ impl Socket {
             rbuf: BytesMut::new(),
             wbuf: BytesMut::new(),
             write_stall,
+            trace: None,
         }
+    }
+
+    /// Traces this connection from now on (`--trace`), or not.
+    pub fn set_trace(&mut self, trace: Option<Box<crate::trace::ConnTrace>>) {
+        self.trace = trace;
+    }
+
+    /// Whether this connection is traced.
+    pub fn traced(&self) -> bool {
+        self.trace.is_some()
+    }
+
+    /// Who the traced connection is now (a login, a guest's nick).
+    pub fn trace_user(&mut self, user: Option<&str>) {
+        if let Some(trace) = self.trace.as_deref_mut() {
+            trace.set_user(user);
+        }
+    }
+
+    /// The first `n` gathered bytes are written: the trace shows them.
+    fn written(&mut self, n: usize) {
+        if let Some(trace) = self.trace.as_deref_mut() {
+            trace.output(&self.wbuf[..n]);
+        }
+        self.wbuf.advance(n);
     }
 
     /// Both buffers at once: framing reads one and may answer into the other.
@@ -64,6 +92,9 @@ impl Socket {
                         self.rbuf = pool::take();
                     }
                     self.rbuf.extend_from_slice(&chunk[..n]);
+                    if let Some(trace) = self.trace.as_deref_mut() {
+                        trace.input(&chunk[..n]);
+                    }
                     return Ok(n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
@@ -105,7 +136,7 @@ impl Socket {
         while !self.wbuf.is_empty() {
             match self.stream.try_write(&self.wbuf) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => self.wbuf.advance(n),
+                Ok(n) => self.written(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     // A client that reads slowly: the rare path gets a future of its own, so
                     // its timer does not make every connection's task bigger.
@@ -144,7 +175,7 @@ impl Socket {
                     if written == 0 {
                         return Err(io::ErrorKind::WriteZero.into());
                     }
-                    self.wbuf.advance(written);
+                    self.written(written);
                     queued = self.unsent();
                     stall.as_mut().reset(tokio::time::Instant::now() + self.write_stall);
                 }
@@ -216,6 +247,9 @@ impl Socket {
     /// [`Socket::close_with`], giving the client up to `grace` to take the bytes.
     pub async fn close_within(&mut self, line: &[u8], grace: Duration) {
         self.out().extend_from_slice(line);
+        if let Some(trace) = self.trace.as_deref_mut() {
+            trace.output(&self.wbuf);
+        }
         let write = async {
             self.stream.write_all(&self.wbuf).await?;
             self.stream.shutdown().await

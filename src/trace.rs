@@ -1,0 +1,526 @@
+//! `--trace`: every protocol line, in and out, on the console, for learners to see what their
+//! clients really send: `10:02:03.120 #12 192.168.1.31 alice <- SEND bob hi`.
+//!
+//! - **Where.** A door that speaks lines traces at its socket's one read point and one write
+//!   point ([`crate::socket::Socket`]): what arrived, split into lines, and what was written.
+//! - **What it shows.** Telnet commands decoded (`IAC DO TIMING-MARK`), each on its own trace
+//!   line as it arrives; other control bytes and bytes that are not UTF-8 escaped (`\x03`),
+//!   never raw. Passwords and tokens are masked, always (`AUTH alice ****`), by [`mask`].
+//! - **Which.** `--trace-user` and `--trace-addr` narrow it: a connection from another address
+//!   is never traced; with a user named, a connection's lines are shown once it is that user.
+//! - **Never in the way.** Lines go to the console through a bounded queue. When the console
+//!   cannot keep up, lines are dropped and the count is said once a second
+//!   (`trace: 1,204 lines dropped`); a connection never waits for the trace.
+
+use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+/// Trace lines waiting for the console at most; past it they are dropped and counted.
+pub const QUEUE_LINES: usize = 8192;
+/// A line longer than this is shown cut, with `...`.
+const MAX_SHOWN: usize = 1024;
+
+/// Which door a connection came through: how its bytes are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Door {
+    /// The line protocol: telnet commands are decoded.
+    Line,
+    Irc,
+}
+
+/// Where trace lines go: the console, or (for tests) a list.
+#[derive(Debug, Clone, Default)]
+pub enum Sink {
+    #[default]
+    Console,
+    Capture(Arc<Mutex<Vec<String>>>),
+}
+
+/// What the trace shows: `--trace` with its filters.
+#[derive(Debug, Clone, Default)]
+pub struct TraceConfig {
+    pub user: Option<String>,
+    pub addr: Option<IpAddr>,
+    pub sink: Sink,
+}
+
+/// The server's trace: its queue to the console and its filters.
+#[derive(Debug)]
+pub struct Tracer {
+    queue: mpsc::Sender<String>,
+    dropped: Arc<AtomicU64>,
+    user: Option<Arc<str>>,
+    addr: Option<IpAddr>,
+    next_id: AtomicU64,
+}
+
+impl Tracer {
+    /// Starts the task that writes trace lines out; it ends when the tracer is dropped.
+    pub fn start(config: TraceConfig) -> Arc<Tracer> {
+        let (queue, lines) = mpsc::channel(QUEUE_LINES);
+        let dropped = Arc::new(AtomicU64::new(0));
+        tokio::spawn(write_out(lines, dropped.clone(), config.sink));
+        Arc::new(Tracer {
+            queue,
+            dropped,
+            user: config.user.map(Arc::from),
+            addr: config.addr,
+            next_id: AtomicU64::new(1),
+        })
+    }
+
+    /// A connection's trace, or `None` if its address is filtered out.
+    pub fn connection(self: &Arc<Tracer>, door: Door, peer: SocketAddr) -> Option<Box<ConnTrace>> {
+        if self.addr.is_some_and(|addr| addr != peer.ip()) {
+            return None;
+        }
+        Some(Box::new(ConnTrace {
+            tracer: self.clone(),
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            door,
+            peer: peer.ip(),
+            user: None,
+            partial: Vec::new(),
+            cut: false,
+        }))
+    }
+
+    fn send(&self, line: String) {
+        if self.queue.try_send(line).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Writes trace lines as they come, and once a second says how many were dropped.
+async fn write_out(mut lines: mpsc::Receiver<String>, dropped: Arc<AtomicU64>, sink: Sink) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            line = lines.recv() => match line {
+                Some(line) => emit(&sink, &line),
+                None => break,
+            },
+            _ = tick.tick() => {
+                let lost = dropped.swap(0, Ordering::Relaxed);
+                if lost > 0 {
+                    emit(&sink, &format!("trace: {} lines dropped", thousands(lost)));
+                }
+            }
+        }
+    }
+}
+
+fn emit(sink: &Sink, line: &str) {
+    match sink {
+        Sink::Console => crate::logging::print_line(line),
+        Sink::Capture(lines) => lines
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(line.to_string()),
+    }
+}
+
+/// `1204` as `1,204`.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, ch) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    out
+}
+
+/// One connection's trace: what arrived of a line not ended yet, and who it is.
+#[derive(Debug)]
+pub struct ConnTrace {
+    tracer: Arc<Tracer>,
+    id: u64,
+    door: Door,
+    peer: IpAddr,
+    user: Option<Arc<str>>,
+    /// Input of a line not ended yet (at most [`MAX_SHOWN`] bytes are kept).
+    partial: Vec<u8>,
+    /// The line being read was shown in part already (a telnet command came in its middle);
+    /// it is kept whole, and shown whole at its end.
+    cut: bool,
+}
+
+impl ConnTrace {
+    /// The connection is now `user` (logged in; a guest's nick), or no one.
+    pub fn set_user(&mut self, user: Option<&str>) {
+        if self.user.as_deref() != user {
+            self.user = user.map(Arc::from);
+        }
+    }
+
+    fn shown(&self) -> bool {
+        match &self.tracer.user {
+            Some(wanted) => self.user.as_deref() == Some(&**wanted),
+            None => true,
+        }
+    }
+
+    /// Bytes that arrived: each line ended in them, and each telnet command, is a trace line.
+    pub fn input(&mut self, bytes: &[u8]) {
+        let mut i = 0;
+        while i < bytes.len() {
+            let byte = bytes[i];
+            if self.door == Door::Line && byte == IAC {
+                // What was typed before it shows first, as far as it goes (`...`).
+                if !self.partial.is_empty() && !self.cut {
+                    let text = mask(self.door, &render(&self.partial, self.door));
+                    self.line("<-", &format!("{text}..."));
+                    self.cut = true;
+                }
+                let len = telnet_len(&bytes[i..]);
+                self.line("<-", &decode_telnet(&bytes[i..i + len]));
+                i += len;
+                continue;
+            }
+            if byte == b'\n' {
+                // A line shown in part already (`SEND bob hi...`) is shown whole as it ends
+                // (`...SEND bob hi there`), masked as a whole.
+                let taken = std::mem::take(&mut self.partial);
+                let text = mask(self.door, &render(strip_cr(&taken), self.door));
+                let text = if self.cut { format!("...{text}") } else { text };
+                self.line("<-", &text);
+                self.cut = false;
+            } else if self.partial.len() < MAX_SHOWN {
+                self.partial.push(byte);
+            }
+            i += 1;
+        }
+    }
+
+    /// Bytes written to the client, as lines (telnet commands decoded).
+    pub fn output(&mut self, bytes: &[u8]) {
+        let mut start = 0;
+        let mut i = 0;
+        while i < bytes.len() {
+            if self.door == Door::Line && bytes[i] == IAC {
+                if start < i {
+                    self.out_text(&bytes[start..i]);
+                }
+                let len = telnet_len(&bytes[i..]);
+                self.line("->", &decode_telnet(&bytes[i..i + len]));
+                i += len;
+                start = i;
+                continue;
+            }
+            if bytes[i] == b'\n' {
+                self.out_text(&bytes[start..i]);
+                start = i + 1;
+            }
+            i += 1;
+        }
+        if start < bytes.len() {
+            self.out_text(&bytes[start..]);
+        }
+    }
+
+    fn out_text(&self, bytes: &[u8]) {
+        let bytes = strip_cr(bytes);
+        if !bytes.is_empty() {
+            self.line("->", &render(bytes, self.door));
+        }
+    }
+
+    fn line(&self, arrow: &str, text: &str) {
+        if !self.shown() {
+            return;
+        }
+        let now = chrono::Local::now().format("%H:%M:%S%.3f");
+        let user = self.user.as_deref().unwrap_or("-");
+        let mut out = String::with_capacity(48 + text.len());
+        let _ = write!(out, "{now} #{} {} {user} {arrow} {text}", self.id, self.peer);
+        self.tracer.send(out);
+    }
+}
+
+fn strip_cr(bytes: &[u8]) -> &[u8] {
+    let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
+    // A telnet client's CR NUL (RFC 854) ends a line too.
+    bytes.strip_suffix(b"\r\0").unwrap_or(bytes)
+}
+
+/// A line as text: control bytes and bytes that are not UTF-8 escaped, cut at
+/// [`MAX_SHOWN`].
+fn render(bytes: &[u8], _door: Door) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        for ch in chunk.valid().chars() {
+            match ch {
+                '\t' => out.push_str("\\t"),
+                '\r' => out.push_str("\\r"),
+                c if (c as u32) < 0x20 || c == '\u{7f}' => {
+                    let _ = write!(out, "\\x{:02x}", c as u32);
+                }
+                c => out.push(c),
+            }
+        }
+        for byte in chunk.invalid() {
+            let _ = write!(out, "\\x{byte:02x}");
+        }
+    }
+    if bytes.len() >= MAX_SHOWN {
+        out.push_str("...");
+    }
+    out
+}
+
+const IAC: u8 = 255;
+const SB: u8 = 250;
+const SE: u8 = 240;
+
+/// How many bytes the telnet command at the start of `bytes` takes: `IAC x`, `IAC <verb>
+/// <option>`, or `IAC SB ... IAC SE` (what arrived of it).
+fn telnet_len(bytes: &[u8]) -> usize {
+    match bytes.get(1) {
+        None => 1,
+        Some(&SB) => bytes
+            .windows(2)
+            .position(|w| w == [IAC, SE])
+            .map_or(bytes.len(), |at| at + 2),
+        Some(251..=254) => bytes.len().min(3),
+        Some(_) => 2,
+    }
+}
+
+/// `IAC DO TIMING-MARK`, `IAC IP`, `IAC SB NAWS ... IAC SE` (RFC 854, 855 and the options'
+/// own RFCs).
+fn decode_telnet(command: &[u8]) -> String {
+    let mut words = vec!["IAC".to_string()];
+    let mut rest = command.iter().skip(1).copied();
+    let Some(verb) = rest.next() else {
+        return "IAC".to_string();
+    };
+    words.push(verb_name(verb));
+    if matches!(verb, 250..=254) {
+        if let Some(option) = rest.next() {
+            words.push(option_name(option));
+        }
+    }
+    if verb == SB {
+        let data: Vec<u8> = rest.collect();
+        let data = data.strip_suffix(&[IAC, SE]).unwrap_or(&data);
+        for byte in data {
+            words.push(byte.to_string());
+        }
+        words.push("IAC SE".to_string());
+    }
+    words.join(" ")
+}
+
+fn verb_name(verb: u8) -> String {
+    match verb {
+        240 => "SE",
+        241 => "NOP",
+        242 => "DM",
+        243 => "BRK",
+        244 => "IP",
+        245 => "AO",
+        246 => "AYT",
+        247 => "EC",
+        248 => "EL",
+        249 => "GA",
+        250 => "SB",
+        251 => "WILL",
+        252 => "WONT",
+        253 => "DO",
+        254 => "DONT",
+        255 => "IAC",
+        other => return other.to_string(),
+    }
+    .to_string()
+}
+
+fn option_name(option: u8) -> String {
+    match option {
+        0 => "BINARY",
+        1 => "ECHO",
+        3 => "SUPPRESS-GO-AHEAD",
+        5 => "STATUS",
+        6 => "TIMING-MARK",
+        24 => "TERMINAL-TYPE",
+        31 => "NAWS",
+        32 => "TERMINAL-SPEED",
+        33 => "TOGGLE-FLOW-CONTROL",
+        34 => "LINEMODE",
+        35 => "X-DISPLAY-LOCATION",
+        36 => "OLD-ENVIRON",
+        39 => "NEW-ENVIRON",
+        other => return other.to_string(),
+    }
+    .to_string()
+}
+
+/// A line a client sent, with its passwords and tokens shown as `****`.
+pub fn mask(door: Door, line: &str) -> String {
+    let words: Vec<&str> = line.split(' ').collect();
+    let Some(first) = words.first() else {
+        return line.to_string();
+    };
+    let verb = first.to_ascii_uppercase();
+    match door {
+        // `AUTH <user> <password>`, `REGISTER <user> <password>`.
+        Door::Line if matches!(verb.as_str(), "AUTH" | "REGISTER") => keep_words(&words, 2),
+        Door::Line => line.to_string(),
+        Door::Irc => mask_irc(line),
+    }
+}
+
+/// The first `keep` words, then `****` for the rest, if there is a rest.
+fn keep_words(words: &[&str], keep: usize) -> String {
+    let mut out = words[..words.len().min(keep)].join(" ");
+    if words.len() > keep {
+        out.push_str(" ****");
+    }
+    out
+}
+
+/// IRC: `PASS`, `AUTHENTICATE` (all but its mechanism and `+`/`*`), `OPER`'s password, and
+/// NickServ's `IDENTIFY`/`REGISTER` (by PRIVMSG or NOTICE).
+fn mask_irc(line: &str) -> String {
+    // The tags and the source, if any, come before the command.
+    let mut rest = line;
+    let mut prefix = String::new();
+    for marker in ['@', ':'] {
+        if rest.starts_with(marker) {
+            let (head, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+            prefix.push_str(head);
+            prefix.push(' ');
+            rest = tail;
+        }
+    }
+    let words: Vec<&str> = rest.split(' ').collect();
+    let verb = words[0].to_ascii_uppercase();
+    let masked = match verb.as_str() {
+        "PASS" => keep_words(&words, 1),
+        "OPER" => keep_words(&words, 2),
+        "AUTHENTICATE" => match words.get(1).map(|w| w.to_ascii_uppercase()) {
+            Some(arg) if matches!(arg.as_str(), "PLAIN" | "EXTERNAL" | "+" | "*") => rest.to_string(),
+            _ => keep_words(&words, 1),
+        },
+        "PRIVMSG" | "NOTICE" if words.get(1).is_some_and(|t| t.eq_ignore_ascii_case("NickServ")) => {
+            let text = words.get(2..).map(|w| w.join(" ")).unwrap_or_default();
+            let said: Vec<&str> = text.trim_start_matches(':').split(' ').collect();
+            let command = said[0].to_ascii_uppercase();
+            if matches!(command.as_str(), "IDENTIFY" | "REGISTER" | "ID") && said.len() > 1 {
+                // `IDENTIFY <password>` or `IDENTIFY <account> <password>`: the last word.
+                let keep = if said.len() > 2 { said.len() - 1 } else { 1 };
+                format!("{} {} :{}", words[0], words[1], keep_words(&said, keep))
+            } else {
+                rest.to_string()
+            }
+        }
+        _ => rest.to_string(),
+    };
+    prefix + &masked
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_and_tokens_are_masked_always() {
+        assert_eq!(mask(Door::Line, "AUTH alice wonderland"), "AUTH alice ****");
+        assert_eq!(mask(Door::Line, "register bob s3cret"), "register bob ****");
+        assert_eq!(mask(Door::Line, "AUTH alice"), "AUTH alice");
+        assert_eq!(mask(Door::Line, "SEND bob AUTH x y"), "SEND bob AUTH x y");
+        assert_eq!(mask(Door::Irc, "PASS hunter2"), "PASS ****");
+        assert_eq!(mask(Door::Irc, "PASS alice:hunter2"), "PASS ****");
+        assert_eq!(mask(Door::Irc, "AUTHENTICATE PLAIN"), "AUTHENTICATE PLAIN");
+        assert_eq!(mask(Door::Irc, "AUTHENTICATE AGFsaWNlAHB3"), "AUTHENTICATE ****");
+        assert_eq!(mask(Door::Irc, "OPER teacher pw"), "OPER teacher ****");
+        assert_eq!(
+            mask(Door::Irc, "PRIVMSG NickServ :IDENTIFY pw"),
+            "PRIVMSG NickServ :IDENTIFY ****"
+        );
+        assert_eq!(
+            mask(Door::Irc, "@label=1 PRIVMSG nickserv :identify alice pw"),
+            "@label=1 PRIVMSG nickserv :identify alice ****"
+        );
+        assert_eq!(
+            mask(Door::Irc, "PRIVMSG NickServ :REGISTER pw"),
+            "PRIVMSG NickServ :REGISTER ****"
+        );
+        assert_eq!(
+            mask(Door::Irc, "PRIVMSG #lab :PASS me the salt"),
+            "PRIVMSG #lab :PASS me the salt"
+        );
+    }
+
+    #[test]
+    fn a_full_queue_drops_lines_and_counts_them_and_a_filter_keeps_others_out() {
+        let (queue, _console) = mpsc::channel(1);
+        let tracer = Arc::new(Tracer {
+            queue,
+            dropped: Arc::default(),
+            user: Some(Arc::from("alice")),
+            addr: Some("127.0.0.1".parse().unwrap()),
+            next_id: AtomicU64::new(1),
+        });
+        assert!(tracer
+            .connection(Door::Line, "10.0.0.1:1".parse().unwrap())
+            .is_none());
+        let mut conn = tracer
+            .connection(Door::Line, "127.0.0.1:1".parse().unwrap())
+            .unwrap();
+        conn.input(b"before login\n");
+        assert_eq!(tracer.dropped.load(Ordering::Relaxed), 0, "not shown, not queued");
+        conn.set_user(Some("alice"));
+        conn.input(b"a\nb\nc\n");
+        assert_eq!(tracer.dropped.load(Ordering::Relaxed), 2, "the queue held one");
+    }
+
+    #[test]
+    fn a_line_cut_by_a_telnet_command_is_masked_whole() {
+        let sink = Arc::new(Mutex::new(Vec::new()));
+        let (queue, mut console) = mpsc::channel(16);
+        let tracer = Arc::new(Tracer {
+            queue,
+            dropped: Arc::default(),
+            user: None,
+            addr: None,
+            next_id: AtomicU64::new(1),
+        });
+        let mut conn = tracer
+            .connection(Door::Line, "127.0.0.1:1".parse().unwrap())
+            .unwrap();
+        conn.input(b"AUTH zed");
+        conn.input(&[IAC, 241]);
+        conn.input(b" secret\r\n");
+        while let Ok(line) = console.try_recv() {
+            sink.lock().unwrap().push(line);
+        }
+        let lines = sink.lock().unwrap();
+        let shown: Vec<&str> = lines.iter().map(|l| l.split(" - <- ").nth(1).unwrap()).collect();
+        assert_eq!(shown, ["AUTH zed...", "IAC NOP", "...AUTH zed ****"]);
+    }
+
+    #[test]
+    fn telnet_commands_are_named_and_control_bytes_escaped() {
+        assert_eq!(decode_telnet(&[IAC, 244]), "IAC IP");
+        assert_eq!(decode_telnet(&[IAC, 253, 6]), "IAC DO TIMING-MARK");
+        assert_eq!(decode_telnet(&[IAC, 252, 1]), "IAC WONT ECHO");
+        assert_eq!(
+            decode_telnet(&[IAC, SB, 31, 0, 80, 0, 24, IAC, SE]),
+            "IAC SB NAWS 0 80 0 24 IAC SE"
+        );
+        assert_eq!(telnet_len(&[IAC, 244, IAC, 253, 6]), 2);
+        assert_eq!(telnet_len(&[IAC, 253, 6, b'x']), 3);
+        assert_eq!(render(b"a\x03b\tc\xff", Door::Line), "a\\x03b\\tc\\xff");
+        assert_eq!(thousands(1204), "1,204");
+        assert_eq!(thousands(12), "12");
+    }
+}

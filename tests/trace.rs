@@ -1,0 +1,128 @@
+//! `--trace`: what a learner sees of a telnet session and an IRC login, passwords masked.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chatd::trace::Sink;
+use common::irc::Irc;
+use common::TestServer;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Waits until a trace line contains `text`, and returns every line so far.
+async fn until_traced(lines: &Arc<Mutex<Vec<String>>>, text: &str) -> Vec<String> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = lines.lock().unwrap().clone();
+        if now.iter().any(|l| l.contains(text)) {
+            return now;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no trace line with {text:?} in {now:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn traced(sink: &Arc<Mutex<Vec<String>>>) -> (Sink, Arc<Mutex<Vec<String>>>) {
+    (Sink::Capture(sink.clone()), sink.clone())
+}
+
+#[tokio::test]
+async fn a_telnet_session_is_traced_with_its_commands_decoded_and_its_password_masked() {
+    let (sink, lines) = traced(&Arc::default());
+    let server = TestServer::start_with(move |c| {
+        c.load_test_hashing = true;
+        c.trace = true;
+        c.trace_sink = sink.clone();
+    })
+    .await;
+    server.user("alice").await;
+    let mut telnet = TcpStream::connect(server.addr).await.unwrap();
+    telnet.write_all(b"AUTH alice pw\r\n").await.unwrap();
+    let seen = until_traced(&lines, "alice -> OK logged in").await;
+    let auth = seen
+        .iter()
+        .find(|l| l.contains("<- AUTH"))
+        .expect("the AUTH line");
+    assert!(auth.ends_with("<- AUTH alice ****"), "{auth}");
+    assert!(auth.contains(" 127.0.0.1 "), "the peer address: {auth}");
+    // What telnet sends for Ctrl-C (RFC 854: Interrupt Process, then a timing mark).
+    telnet.write_all(&[255, 244, 255, 253, 6]).await.unwrap();
+    let seen = until_traced(&lines, "-> IAC WILL TIMING-MARK").await;
+    assert!(seen.iter().any(|l| l.ends_with(" <- IAC IP")), "{seen:#?}");
+    assert!(
+        seen.iter().any(|l| l.ends_with("<- IAC DO TIMING-MARK")),
+        "{seen:#?}"
+    );
+    // A control byte typed is escaped, never raw.
+    telnet.write_all(b"SEND alice a\x07bell\r\n").await.unwrap();
+    let seen = until_traced(&lines, "bell").await;
+    let bell = seen.iter().find(|l| l.contains("bell")).unwrap();
+    assert!(bell.contains("a\\x07bell"), "{bell}");
+    for line in &seen {
+        assert!(!line.contains(" pw"), "a password in the trace: {line}");
+        assert!(
+            !line.chars().any(|c| c.is_control()),
+            "a raw control byte: {line:?}"
+        );
+    }
+    let mut rest = [0u8; 256];
+    let _ = tokio::time::timeout(Duration::from_millis(50), telnet.read(&mut rest)).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_irc_login_is_traced_with_every_secret_masked_and_the_filters_narrow_it() {
+    let (sink, lines) = traced(&Arc::default());
+    let server = TestServer::start_with(move |c| {
+        c.load_test_hashing = true;
+        c.trace = true;
+        c.trace_user = Some("alice".into());
+        c.trace_sink = sink.clone();
+    })
+    .await;
+    let irc_addr = server.irc.expect("the IRC door is open");
+    server.user("alice").await;
+    server.user("bob").await;
+    let mut alice = Irc::sasl(irc_addr, "alice", "pw", "").await;
+    let mut bob = Irc::connect(irc_addr).await;
+    bob.send("PASS bob:pw").await;
+    bob.send("NICK bob").await;
+    bob.send("USER bob 0 * :Bob").await;
+    bob.until("376").await;
+    alice.send("PRIVMSG NickServ :IDENTIFY alice pw").await;
+    alice.send("PRIVMSG bob :traced").await;
+    let seen = until_traced(&lines, "NickServ :IDENTIFY").await;
+    let identify = seen.iter().find(|l| l.contains("IDENTIFY")).unwrap();
+    assert!(
+        identify.ends_with("alice <- PRIVMSG NickServ :IDENTIFY alice ****"),
+        "{identify}"
+    );
+    let seen = until_traced(&lines, "PRIVMSG bob :traced").await;
+    for line in &seen {
+        assert!(line.contains(" alice "), "only alice's connection: {line}");
+        assert!(
+            !line.contains(" pw") && !line.contains(":pw"),
+            "a password: {line}"
+        );
+    }
+    server.stop().await;
+
+    // An address filter that matches no one traces nothing.
+    let (sink, lines) = traced(&Arc::default());
+    let server = TestServer::start_with(move |c| {
+        c.trace = true;
+        c.trace_addr = Some("192.0.2.1".parse().unwrap());
+        c.trace_sink = sink.clone();
+    })
+    .await;
+    let mut line = server.client().await;
+    line.ok("PING").await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(lines.lock().unwrap().is_empty(), "{:?}", lines.lock().unwrap());
+    server.stop().await;
+}
