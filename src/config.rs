@@ -73,7 +73,7 @@ pub struct Config {
     pub irc_identify_within: u64,
 
     /// Show every protocol line, in and out, on the console: the line protocol's (telnet
-    /// commands decoded) and IRC's. Passwords and tokens are always masked.
+    /// commands decoded), HTTP's and IRC's. Passwords and tokens are always masked.
     #[arg(long, env = "CHATD_TRACE")]
     pub trace: bool,
 

@@ -196,8 +196,10 @@ fn serve_http(cx: &Context) -> Serve {
         cx.config.lab,
         &cx.config.allowed_host,
     ));
-    let (app, stop) = (http::router(state), cx.stop.clone());
-    Arc::new(move |stream, peer| http::serve_connection(stream, peer, app.clone(), stop.clone()).boxed())
+    let (app, stop, tracer) = (http::router(state), cx.stop.clone(), cx.tracer.cloned());
+    Arc::new(move |stream, peer| {
+        http::serve_connection(stream, peer, app.clone(), stop.clone(), tracer.clone()).boxed()
+    })
 }
 
 fn serve_echo(cx: &Context) -> Serve {

@@ -3,6 +3,7 @@
 //!
 //! - **Where.** A door that speaks lines traces at its socket's one read point and one write
 //!   point ([`crate::socket::Socket`]): what arrived, split into lines, and what was written.
+//!   HTTP traces each request and response whole, as a middleware (`http::trace`).
 //! - **What it shows.** Telnet commands decoded (`IAC DO TIMING-MARK`), each on its own trace
 //!   line as it arrives; other control bytes and bytes that are not UTF-8 escaped (`\x03`),
 //!   never raw. Passwords and tokens are masked, always (`AUTH alice ****`), by [`mask`].
@@ -31,6 +32,8 @@ pub enum Door {
     /// The line protocol: telnet commands are decoded.
     Line,
     Irc,
+    /// HTTP: what is shown is given whole ([`ConnTrace::show`]).
+    Http,
 }
 
 /// Where trace lines go: the console, or (for tests) a list.
@@ -234,6 +237,11 @@ impl ConnTrace {
         }
     }
 
+    /// Shows `text` (already masked and escaped) as one trace line.
+    pub fn show(&self, arrow: &str, text: &str) {
+        self.line(arrow, text);
+    }
+
     fn line(&self, arrow: &str, text: &str) {
         if !self.shown() {
             return;
@@ -250,6 +258,11 @@ fn strip_cr(bytes: &[u8]) -> &[u8] {
     let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
     // A telnet client's CR NUL (RFC 854) ends a line too.
     bytes.strip_suffix(b"\r\0").unwrap_or(bytes)
+}
+
+/// Bytes as text, control bytes and bytes that are not UTF-8 escaped.
+pub fn escape(bytes: &[u8]) -> String {
+    render(&bytes[..bytes.len().min(MAX_SHOWN - 1)], Door::Http)
 }
 
 /// A line as text: control bytes and bytes that are not UTF-8 escaped, cut at
@@ -373,7 +386,7 @@ pub fn mask(door: Door, line: &str) -> String {
     match door {
         // `AUTH <user> <password>`, `REGISTER <user> <password>`.
         Door::Line if matches!(verb.as_str(), "AUTH" | "REGISTER") => keep_words(&words, 2),
-        Door::Line => line.to_string(),
+        Door::Line | Door::Http => line.to_string(),
         Door::Irc => mask_irc(line),
     }
 }

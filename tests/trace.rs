@@ -126,3 +126,50 @@ async fn an_irc_login_is_traced_with_every_secret_masked_and_the_filters_narrow_
     assert!(lines.lock().unwrap().is_empty(), "{:?}", lines.lock().unwrap());
     server.stop().await;
 }
+
+#[tokio::test]
+async fn an_http_login_is_traced_head_and_body_with_the_password_and_the_token_masked() {
+    let (sink, lines) = traced(&Arc::default());
+    let server = TestServer::start_with(move |c| {
+        c.load_test_hashing = true;
+        c.trace = true;
+        c.trace_sink = sink.clone();
+    })
+    .await;
+    server.user("alice").await;
+    let body = r#"{"username":"alice","password":"pw"}"#;
+    let request = format!(
+        "POST /auth HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer sekrit\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let mut http = TcpStream::connect(server.http).await.unwrap();
+    http.write_all(request.as_bytes()).await.unwrap();
+    let mut reply = Vec::new();
+    http.read_to_end(&mut reply).await.unwrap();
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.contains("\"token\""), "{reply}");
+    let seen = until_traced(&lines, "\"token\": \"****\"").await;
+    let shown: Vec<&str> = seen.iter().filter_map(|l| l.split(" - ").nth(1)).collect();
+    for expected in [
+        "<- POST /auth HTTP/1.1",
+        "<- authorization: Bearer ****",
+        "<-   \"password\": \"****\",",
+        "<-   \"username\": \"alice\"",
+        "-> HTTP/1.1 200 OK",
+        "->   \"token\": \"****\",",
+    ] {
+        assert!(shown.contains(&expected), "{expected:?} not in {shown:#?}");
+    }
+    let body_start = reply.find("\r\n\r\n").unwrap() + 4;
+    let json: serde_json::Value = serde_json::from_str(&reply[body_start..]).unwrap();
+    let token = json["token"].as_str().unwrap();
+    for line in &seen {
+        assert!(
+            !line.contains("sekrit") && !line.contains("\"pw\""),
+            "a secret: {line}"
+        );
+        assert!(!line.contains(token), "the token: {line}");
+    }
+    server.stop().await;
+}

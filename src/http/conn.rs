@@ -34,7 +34,13 @@ pub const MAX_HEAD: usize = 16 * 1024;
 const READ_BUFFER: usize = 64 * 1024;
 
 /// Serves HTTP/1.1 on `stream` until the client leaves, a limit ends it, or `shutdown`.
-pub async fn serve(stream: TcpStream, peer: SocketAddr, app: Router, shutdown: CancellationToken) {
+pub async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    app: Router,
+    shutdown: CancellationToken,
+    tracer: Option<Arc<crate::trace::Tracer>>,
+) {
     // hyper's connection state and read buffer (~10 KiB) are made once the client has sent
     // something: thousands of connections that send nothing cost what idle line connections
     // do. The first request head still has [`HEADER_TIMEOUT`] from now, not from its first byte.
@@ -51,7 +57,10 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, app: Router, shutdown: C
         _ = shutdown.cancelled() => return,
     }
     // Boxed, so the future of a connection still waiting for its first byte stays small.
-    Box::pin(serve_requests(stream, peer, app, shutdown, first_head_by)).await
+    let trace = tracer
+        .and_then(|t| t.connection(crate::trace::Door::Http, peer))
+        .map(super::trace::HttpTrace::new);
+    Box::pin(serve_requests(stream, peer, app, shutdown, first_head_by, trace)).await
 }
 
 /// hyper's half of [`serve`], once the client has sent something. hyper times each request
@@ -62,6 +71,7 @@ async fn serve_requests(
     app: Router,
     shutdown: CancellationToken,
     first_head_by: Instant,
+    trace: Option<super::trace::HttpTrace>,
 ) {
     let io = TokioIo::new(StallGuard::new(stream, WRITE_STALL));
     let got_a_head = Arc::new(AtomicBool::new(false));
@@ -69,6 +79,9 @@ async fn serve_requests(
     let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
         got.store(true, Ordering::Relaxed);
         request.extensions_mut().insert(ConnectInfo(peer));
+        if let Some(trace) = &trace {
+            request.extensions_mut().insert(trace.clone());
+        }
         let app = app.clone();
         async move {
             Ok::<_, Infallible>(

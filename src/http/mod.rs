@@ -13,6 +13,7 @@ mod rooms;
 mod routes;
 mod stall;
 pub mod status;
+pub mod trace;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -121,6 +122,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), guard::guard))
         .layer(axum::middleware::from_fn(access_log::log))
+        .layer(axum::middleware::from_fn(trace::trace))
         .with_state(state)
 }
 
