@@ -174,6 +174,12 @@ impl ConnTrace {
 
     /// Bytes that arrived: each line ended in them, and each telnet command, is a trace line.
     pub fn input(&mut self, bytes: &[u8]) {
+        if !self.shown() {
+            // Filtered out (not the user asked for, or not logged in yet): nothing is kept.
+            self.partial.clear();
+            self.cut = false;
+            return;
+        }
         let mut i = 0;
         while i < bytes.len() {
             let byte = bytes[i];
@@ -206,6 +212,9 @@ impl ConnTrace {
 
     /// Bytes written to the client, as lines (telnet commands decoded).
     pub fn output(&mut self, bytes: &[u8]) {
+        if !self.shown() {
+            return;
+        }
         let mut start = 0;
         let mut i = 0;
         while i < bytes.len() {
