@@ -483,3 +483,59 @@ async fn the_echo_exercise_with_telnet() {
     );
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_trace_shows_what_a_real_telnet_sends_for_ctrl_c_and_masks_the_password() {
+    if !have_telnet("the_trace_shows_what_a_real_telnet_sends_for_ctrl_c_and_masks_the_password") {
+        return;
+    }
+    let lines: Arc<Mutex<Vec<String>>> = Arc::default();
+    let sink = chatd::trace::Sink::Capture(lines.clone());
+    let server = TestServer::start_with(move |c| {
+        c.load_test_hashing = true;
+        c.trace = true;
+        c.trace_sink = sink.clone();
+    })
+    .await;
+    server.user("alice").await;
+    let mut t = connected(&server).await;
+    t.type_keys("AUTH alice pw\r").await;
+    t.expect("OK logged in").await;
+    t.type_keys("PIN").await;
+    t.type_keys("\x03").await;
+    t.expect("PIN^C\r\n").await;
+    t.type_keys("PING\r").await;
+    t.expect("OK PONG\r\n").await;
+    // What the learner sees on the console, in order, for that connection.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let shown = loop {
+        let now = lines.lock().unwrap().clone();
+        let ours: Vec<String> = now
+            .iter()
+            .filter(|l| l.contains(" alice "))
+            .filter_map(|l| l.split(" alice ").nth(1).map(str::to_string))
+            .collect();
+        if ours.iter().any(|l| l == "-> OK PONG") || Instant::now() > deadline {
+            break ours;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let at = |wanted: &str| {
+        shown
+            .iter()
+            .position(|l| l == wanted)
+            .unwrap_or_else(|| panic!("{wanted:?} not traced: {shown:#?}"))
+    };
+    assert!(at("<- IAC IP") < at("<- IAC DO TIMING-MARK"));
+    assert!(at("<- IAC DO TIMING-MARK") < at("-> IAC WILL TIMING-MARK"));
+    assert!(at("-> IAC WILL TIMING-MARK") < at("<- PING"));
+    let auth = lines
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|l| l.contains("<- AUTH"))
+        .cloned();
+    assert!(auth.is_some_and(|l| l.ends_with("<- AUTH alice ****")));
+    assert!(lines.lock().unwrap().iter().all(|l| !l.contains(" pw")));
+    server.stop().await;
+}
