@@ -72,6 +72,11 @@ pub struct Config {
     #[arg(long, env = "CHATD_IRC_IDENTIFY_WITHIN", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub irc_identify_within: u64,
 
+    /// Write the log to this file (appended to) instead of standard error; SIGHUP then reopens
+    /// it (logrotate's postrotate) instead of stopping the server.
+    #[arg(long, env = "CHATD_LOG_FILE")]
+    pub log_file: Option<std::path::PathBuf>,
+
     /// Show every protocol line, in and out, on the console: the line protocol's (telnet
     /// commands decoded), HTTP's and IRC's. Passwords and tokens are always masked.
     #[arg(long, env = "CHATD_TRACE")]
@@ -272,6 +277,7 @@ impl Config {
             irc_password: None,
             irc_guests: false,
             irc_opers: Vec::new(),
+            log_file: None,
             trace: false,
             trace_user: None,
             trace_addr: None,

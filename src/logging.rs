@@ -1,10 +1,14 @@
 //! Where the log goes and how it looks: stderr, coloured only on a terminal (and never with
-//! `NO_COLOR`), `info` by default with the chatter of libraries kept down.
+//! `NO_COLOR`), or a file (`--log-file`, never coloured, reopened on SIGHUP for logrotate);
+//! `info` by default with the chatter of libraries kept down.
 //!
 //! A log write that fails (stderr closed, a pipe whose reader died) is dropped silently: it
 //! must never panic or stop the server, above all not while it is shutting down.
 
+use std::fs::File;
 use std::io::{self, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::EnvFilter;
@@ -22,22 +26,55 @@ const QUIET: &[(&str, &str)] = &[
     ("mio", "info"),
 ];
 
-/// Installs the global subscriber for the `chatd` binary.
+/// The log file (`--log-file`) and where it is, to reopen it.
+static LOG_FILE: Mutex<Option<(PathBuf, File)>> = Mutex::new(None);
+
+/// Installs the global subscriber for the `chatd` binary: on stderr.
 pub fn init() {
+    init_to(None).expect("stderr needs nothing opened");
+}
+
+/// Installs the global subscriber, writing to `log_file` (appended to; an error if it cannot
+/// be opened) or to stderr.
+pub fn init_to(log_file: Option<&Path>) -> io::Result<()> {
     let requested = std::env::var("RUST_LOG").ok().filter(|s| !s.trim().is_empty());
     let (filter, problem) = filter(requested.as_deref());
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(use_colour(
-            io::stderr().is_terminal(),
-            std::env::var_os("NO_COLOR").as_deref(),
-        ))
-        .with_writer(Stderr)
-        .log_internal_errors(false)
-        .init();
+        .log_internal_errors(false);
+    match log_file {
+        Some(path) => {
+            let file = open_log(path)?;
+            *LOG_FILE.lock().unwrap_or_else(|e| e.into_inner()) = Some((path.to_path_buf(), file));
+            builder.with_ansi(false).with_writer(LogFile).init();
+        }
+        None => builder
+            .with_ansi(use_colour(
+                io::stderr().is_terminal(),
+                std::env::var_os("NO_COLOR").as_deref(),
+            ))
+            .with_writer(Stderr)
+            .init(),
+    }
     if let Some(problem) = problem {
         tracing::warn!("RUST_LOG is not understood ({problem}); logging at {DEFAULT_FILTER}");
     }
+    Ok(())
+}
+
+fn open_log(path: &Path) -> io::Result<File> {
+    std::fs::OpenOptions::new().create(true).append(true).open(path)
+}
+
+/// Opens the log file again at its path (after logrotate moved it): `None` without
+/// `--log-file`; the path, or why it could not be opened (the old file is kept then).
+pub fn reopen_log_file() -> Option<io::Result<PathBuf>> {
+    let mut log = LOG_FILE.lock().unwrap_or_else(|e| e.into_inner());
+    let (path, file) = log.as_mut()?;
+    Some(open_log(path).map(|reopened| {
+        *file = reopened;
+        path.clone()
+    }))
 }
 
 /// Colour only for a person at a terminal who has not asked for none (<https://no-color.org>:
@@ -87,6 +124,31 @@ impl Write for Stderr {
 
     fn flush(&mut self) -> io::Result<()> {
         let _ = io::stderr().flush();
+        Ok(())
+    }
+}
+
+/// The log file that never fails: a write it cannot make is dropped.
+#[derive(Clone, Copy)]
+struct LogFile;
+
+impl<'a> MakeWriter<'a> for LogFile {
+    type Writer = LogFile;
+
+    fn make_writer(&'a self) -> LogFile {
+        LogFile
+    }
+}
+
+impl Write for LogFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if let Some((_, file)) = LOG_FILE.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            let _ = file.write_all(buf);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
 }

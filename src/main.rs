@@ -35,7 +35,18 @@ enum Command {
 fn main() -> ExitCode {
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-    chatd::logging::init();
+    let log_file = match &cli.command {
+        Command::Serve(config) => config.log_file.clone(),
+        _ => None,
+    };
+    if let Err(e) = chatd::logging::init_to(log_file.as_deref()) {
+        let path = log_file.unwrap_or_default();
+        eprint_line(&format!(
+            "chatd: cannot open the log file {}: {e}",
+            path.display()
+        ));
+        return ExitCode::FAILURE;
+    }
     let result = match cli.command {
         Command::Interfaces => interfaces(),
         Command::Serve(config) => match matches.subcommand_matches("serve").map(flag_conflicts) {
@@ -122,7 +133,8 @@ fn insists(first: Option<std::time::Instant>) -> bool {
     first.is_some_and(|first| first.elapsed() >= SAME_STOP_REQUEST)
 }
 
-/// Cancels `shutdown` on SIGINT, SIGTERM or SIGHUP (closing the terminal chatd runs in); a
+/// Cancels `shutdown` on SIGINT, SIGTERM or SIGHUP (closing the terminal chatd runs in; with
+/// `--log-file`, SIGHUP reopens the log file instead, as logrotate expects); a
 /// second one while shutting down (at least [`SAME_STOP_REQUEST`] after the first) exits at
 /// once. SIGUSR1 and SIGUSR2 are logged and ignored rather than killing the server.
 #[cfg(unix)]
@@ -147,6 +159,14 @@ async fn stop_on_signal(shutdown: CancellationToken) {
             _ = int.recv() => "SIGINT",
             _ = term.recv() => "SIGTERM",
             _ = hup.recv() => {
+                // With --log-file, SIGHUP is logrotate's: the file is opened again.
+                if let Some(reopened) = chatd::logging::reopen_log_file() {
+                    match reopened {
+                        Ok(path) => tracing::info!("SIGHUP received: reopened the log file {}", path.display()),
+                        Err(e) => tracing::error!(error = %e, "SIGHUP received: cannot reopen the log file; still writing to the old one"),
+                    }
+                    continue;
+                }
                 if hangup_ignored {
                     tracing::info!("SIGHUP received and ignored (chatd was started with it ignored, as by nohup)");
                     continue;

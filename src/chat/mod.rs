@@ -218,6 +218,31 @@ impl Chat {
         user: &str,
         password: &str,
         peer: IpAddr,
+        conn: Option<&mut ConnAuthState>,
+    ) -> ChatResult<Username> {
+        let checked = self.check_login(user, password, peer, conn).await;
+        if let Err(e) = &checked {
+            // The activity log names who tried from where, never the password.
+            let why = match e.code {
+                Code::BadCredentials => Some("wrong name or password"),
+                Code::RateLimited => Some("too many tries: rate limited"),
+                Code::ServerBusy => Some("the server is busy checking other logins"),
+                _ => None,
+            };
+            if let Some(why) = why {
+                let valid = Username::parse(user).is_ok();
+                let name = if valid { user } else { "(not a valid name)" };
+                crate::activity::login_failed(name, peer, why);
+            }
+        }
+        checked
+    }
+
+    async fn check_login(
+        &self,
+        user: &str,
+        password: &str,
+        peer: IpAddr,
         mut conn: Option<&mut ConnAuthState>,
     ) -> ChatResult<Username> {
         let auth = &self.inner.auth;
