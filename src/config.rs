@@ -78,7 +78,7 @@ pub struct Config {
     pub log_file: Option<std::path::PathBuf>,
 
     /// Show every protocol line, in and out, on the console: the line protocol's (telnet
-    /// commands decoded), HTTP's and IRC's. Passwords and tokens are always masked.
+    /// commands decoded), HTTP's, IRC's and echo's. Passwords and tokens are always masked.
     #[arg(long, env = "CHATD_TRACE")]
     pub trace: bool,
 

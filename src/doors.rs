@@ -207,5 +207,11 @@ fn serve_echo(cx: &Context) -> Serve {
         Arc::new(echo::EchoSettings::from_config(cx.config)),
         cx.stop.clone(),
     );
-    Arc::new(move |stream, _peer| echo::serve(stream, settings.clone(), stop.clone()).boxed())
+    let tracer = cx.tracer.cloned();
+    Arc::new(move |stream, peer| {
+        let trace = tracer
+            .as_ref()
+            .and_then(|t| t.connection(crate::trace::Door::Echo, peer));
+        echo::serve(stream, settings.clone(), stop.clone(), trace).boxed()
+    })
 }

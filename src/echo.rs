@@ -46,9 +46,13 @@ pub async fn serve(
     mut stream: TcpStream,
     settings: std::sync::Arc<EchoSettings>,
     shutdown: CancellationToken,
+    mut trace: Option<Box<crate::trace::ConnTrace>>,
 ) {
     let idle = settings.idle_timeout.unwrap_or(Duration::from_secs(86400 * 365));
     if let Some(greeting) = &settings.greeting {
+        if let Some(trace) = trace.as_deref_mut() {
+            trace.output(greeting);
+        }
         let greet = tokio::time::timeout(LAST_WRITE, stream.write_all(greeting));
         if !matches!(greet.await, Ok(Ok(()))) {
             return;
@@ -70,6 +74,9 @@ pub async fn serve(
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
                 Err(_) => break,
             };
+            if let Some(trace) = trace.as_deref_mut() {
+                trace.input(&chunk[..n]);
+            }
             let last = settings.once
                 && match first_line_end(&chunk[..n]) {
                     Some(end) => {
@@ -78,6 +85,10 @@ pub async fn serve(
                     }
                     None => false,
                 };
+            // What is echoed is traced as it is handed over (the rest, later, is the same).
+            if let Some(trace) = trace.as_deref_mut() {
+                trace.output(&chunk[..n]);
+            }
             match stream.try_write(&chunk[..n]) {
                 Ok(written) if written == n && !last => continue,
                 Ok(written) => (chunk[written..n].to_vec(), last),

@@ -244,7 +244,7 @@ impl Server {
             }
             let _ = writeln!(
                 out,
-                "Tracing every line{which} of the line protocol, HTTP and IRC below (--trace); passwords are shown as ****."
+                "Tracing every line{which} of every door below (--trace); passwords are shown as ****."
             );
         }
         if let Some(echo) = self.echo_addr() {

@@ -34,6 +34,9 @@ pub enum Door {
     Irc,
     /// HTTP: what is shown is given whole ([`ConnTrace::show`]).
     Http,
+    /// RFC 862 echo: lines as they are (its clients are mostly telnet: its commands are
+    /// decoded too).
+    Echo,
 }
 
 /// Where trace lines go: the console, or (for tests) a list.
@@ -165,6 +168,10 @@ impl ConnTrace {
         }
     }
 
+    fn decodes_telnet(&self) -> bool {
+        matches!(self.door, Door::Line | Door::Echo)
+    }
+
     fn shown(&self) -> bool {
         match &self.tracer.user {
             Some(wanted) => self.user.as_deref() == Some(&**wanted),
@@ -183,7 +190,7 @@ impl ConnTrace {
         let mut i = 0;
         while i < bytes.len() {
             let byte = bytes[i];
-            if self.door == Door::Line && byte == IAC {
+            if self.decodes_telnet() && byte == IAC {
                 // What was typed before it shows first, as far as it goes (`...`).
                 if !self.partial.is_empty() && !self.cut {
                     let text = mask(self.door, &render(&self.partial, self.door));
@@ -218,7 +225,7 @@ impl ConnTrace {
         let mut start = 0;
         let mut i = 0;
         while i < bytes.len() {
-            if self.door == Door::Line && bytes[i] == IAC {
+            if self.decodes_telnet() && bytes[i] == IAC {
                 if start < i {
                     self.out_text(&bytes[start..i]);
                 }
@@ -395,7 +402,7 @@ pub fn mask(door: Door, line: &str) -> String {
     match door {
         // `AUTH <user> <password>`, `REGISTER <user> <password>`.
         Door::Line if matches!(verb.as_str(), "AUTH" | "REGISTER") => keep_words(&words, 2),
-        Door::Line | Door::Http => line.to_string(),
+        Door::Line | Door::Http | Door::Echo => line.to_string(),
         Door::Irc => mask_irc(line),
     }
 }

@@ -173,3 +173,24 @@ async fn an_http_login_is_traced_head_and_body_with_the_password_and_the_token_m
     }
     server.stop().await;
 }
+
+#[tokio::test]
+async fn the_echo_door_is_traced_too() {
+    let (sink, lines) = traced(&Arc::default());
+    let server = TestServer::start_with(move |c| {
+        c.echo_port = Some(0);
+        c.trace = true;
+        c.trace_sink = sink.clone();
+    })
+    .await;
+    let mut echo = TcpStream::connect(server.echo.expect("the echo door"))
+        .await
+        .unwrap();
+    echo.write_all(b"hello\r\n").await.unwrap();
+    let mut back = [0u8; 7];
+    echo.read_exact(&mut back).await.unwrap();
+    assert_eq!(&back, b"hello\r\n");
+    let seen = until_traced(&lines, "-> hello").await;
+    assert!(seen.iter().any(|l| l.ends_with("- <- hello")), "{seen:#?}");
+    server.stop().await;
+}
