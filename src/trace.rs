@@ -193,7 +193,7 @@ impl ConnTrace {
             if self.decodes_telnet() && byte == IAC {
                 // What was typed before it shows first, as far as it goes (`...`).
                 if !self.partial.is_empty() && !self.cut {
-                    let text = mask(self.door, &render(&self.partial, self.door));
+                    let text = mask(self.door, &render(&self.partial));
                     self.line("<-", &format!("{text}..."));
                     self.cut = true;
                 }
@@ -206,7 +206,7 @@ impl ConnTrace {
                 // A line shown in part already (`SEND bob hi...`) is shown whole as it ends
                 // (`...SEND bob hi there`), masked as a whole.
                 let taken = std::mem::take(&mut self.partial);
-                let text = mask(self.door, &render(strip_cr(&taken), self.door));
+                let text = mask(self.door, &render(strip_cr(&taken)));
                 let text = if self.cut { format!("...{text}") } else { text };
                 self.line("<-", &text);
                 self.cut = false;
@@ -249,7 +249,7 @@ impl ConnTrace {
     fn out_text(&self, bytes: &[u8]) {
         let bytes = strip_cr(bytes);
         if !bytes.is_empty() {
-            self.line("->", &render(bytes, self.door));
+            self.line("->", &render(bytes));
         }
     }
 
@@ -278,12 +278,6 @@ fn strip_cr(bytes: &[u8]) -> &[u8] {
 
 /// Bytes as text, control bytes and bytes that are not UTF-8 escaped.
 pub fn escape(bytes: &[u8]) -> String {
-    render(&bytes[..bytes.len().min(MAX_SHOWN - 1)], Door::Http)
-}
-
-/// A line as text: control bytes and bytes that are not UTF-8 escaped, cut at
-/// [`MAX_SHOWN`].
-fn render(bytes: &[u8], _door: Door) -> String {
     let mut out = String::with_capacity(bytes.len());
     for chunk in bytes.utf8_chunks() {
         for ch in chunk.valid().chars() {
@@ -300,6 +294,12 @@ fn render(bytes: &[u8], _door: Door) -> String {
             let _ = write!(out, "\\x{byte:02x}");
         }
     }
+    out
+}
+
+/// A line read, escaped, with `...` where it was cut at [`MAX_SHOWN`].
+fn render(bytes: &[u8]) -> String {
+    let mut out = escape(bytes);
     if bytes.len() >= MAX_SHOWN {
         out.push_str("...");
     }
@@ -548,7 +548,7 @@ mod tests {
         );
         assert_eq!(telnet_len(&[IAC, 244, IAC, 253, 6]), 2);
         assert_eq!(telnet_len(&[IAC, 253, 6, b'x']), 3);
-        assert_eq!(render(b"a\x03b\tc\xff", Door::Line), "a\\x03b\\tc\\xff");
+        assert_eq!(render(b"a\x03b\tc\xff"), "a\\x03b\\tc\\xff");
         assert_eq!(thousands(1204), "1,204");
         assert_eq!(thousands(12), "12");
     }

@@ -489,14 +489,7 @@ async fn the_trace_shows_what_a_real_telnet_sends_for_ctrl_c_and_masks_the_passw
     if !have_telnet("the_trace_shows_what_a_real_telnet_sends_for_ctrl_c_and_masks_the_password") {
         return;
     }
-    let lines: Arc<Mutex<Vec<String>>> = Arc::default();
-    let sink = chatd::trace::Sink::Capture(lines.clone());
-    let server = TestServer::start_with(move |c| {
-        c.load_test_hashing = true;
-        c.trace = true;
-        c.trace_sink = sink.clone();
-    })
-    .await;
+    let (server, lines) = TestServer::traced(|c| c.load_test_hashing = true).await;
     server.user("alice").await;
     let mut t = connected(&server).await;
     t.type_keys("AUTH alice pw\r").await;
@@ -507,19 +500,11 @@ async fn the_trace_shows_what_a_real_telnet_sends_for_ctrl_c_and_masks_the_passw
     t.type_keys("PING\r").await;
     t.expect("OK PONG\r\n").await;
     // What the learner sees on the console, in order, for that connection.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let shown = loop {
-        let now = lines.lock().unwrap().clone();
-        let ours: Vec<String> = now
-            .iter()
-            .filter(|l| l.contains(" alice "))
-            .filter_map(|l| l.split(" alice ").nth(1).map(str::to_string))
-            .collect();
-        if ours.iter().any(|l| l == "-> OK PONG") || Instant::now() > deadline {
-            break ours;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let shown: Vec<String> = common::until_traced(&lines, "alice -> OK PONG")
+        .await
+        .iter()
+        .filter_map(|l| l.split(" alice ").nth(1).map(str::to_string))
+        .collect();
     let at = |wanted: &str| {
         shown
             .iter()

@@ -2,42 +2,17 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chatd::trace::Sink;
 use common::irc::Irc;
-use common::TestServer;
+use common::{until_traced, TestServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Waits until a trace line contains `text`, and returns every line so far.
-async fn until_traced(lines: &Arc<Mutex<Vec<String>>>, text: &str) -> Vec<String> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let now = lines.lock().unwrap().clone();
-        if now.iter().any(|l| l.contains(text)) {
-            return now;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no trace line with {text:?} in {now:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn traced(sink: &Arc<Mutex<Vec<String>>>) -> (Sink, Arc<Mutex<Vec<String>>>) {
-    (Sink::Capture(sink.clone()), sink.clone())
-}
-
 #[tokio::test]
 async fn a_telnet_session_is_traced_with_its_commands_decoded_and_its_password_masked() {
-    let (sink, lines) = traced(&Arc::default());
-    let server = TestServer::start_with(move |c| {
+    let (server, lines) = TestServer::traced(|c| {
         c.load_test_hashing = true;
-        c.trace = true;
-        c.trace_sink = sink.clone();
     })
     .await;
     server.user("alice").await;
@@ -77,12 +52,9 @@ async fn a_telnet_session_is_traced_with_its_commands_decoded_and_its_password_m
 
 #[tokio::test]
 async fn an_irc_login_is_traced_with_every_secret_masked_and_the_filters_narrow_it() {
-    let (sink, lines) = traced(&Arc::default());
-    let server = TestServer::start_with(move |c| {
+    let (server, lines) = TestServer::traced(|c| {
         c.load_test_hashing = true;
-        c.trace = true;
         c.trace_user = Some("alice".into());
-        c.trace_sink = sink.clone();
     })
     .await;
     let irc_addr = server.irc.expect("the IRC door is open");
@@ -113,11 +85,8 @@ async fn an_irc_login_is_traced_with_every_secret_masked_and_the_filters_narrow_
     server.stop().await;
 
     // An address filter that matches no one traces nothing.
-    let (sink, lines) = traced(&Arc::default());
-    let server = TestServer::start_with(move |c| {
-        c.trace = true;
+    let (server, lines) = TestServer::traced(|c| {
         c.trace_addr = Some("192.0.2.1".parse().unwrap());
-        c.trace_sink = sink.clone();
     })
     .await;
     let mut line = server.client().await;
@@ -129,11 +98,8 @@ async fn an_irc_login_is_traced_with_every_secret_masked_and_the_filters_narrow_
 
 #[tokio::test]
 async fn an_http_login_is_traced_head_and_body_with_the_password_and_the_token_masked() {
-    let (sink, lines) = traced(&Arc::default());
-    let server = TestServer::start_with(move |c| {
+    let (server, lines) = TestServer::traced(|c| {
         c.load_test_hashing = true;
-        c.trace = true;
-        c.trace_sink = sink.clone();
     })
     .await;
     server.user("alice").await;
@@ -176,11 +142,8 @@ async fn an_http_login_is_traced_head_and_body_with_the_password_and_the_token_m
 
 #[tokio::test]
 async fn the_echo_door_is_traced_too() {
-    let (sink, lines) = traced(&Arc::default());
-    let server = TestServer::start_with(move |c| {
+    let (server, lines) = TestServer::traced(|c| {
         c.echo_port = Some(0);
-        c.trace = true;
-        c.trace_sink = sink.clone();
     })
     .await;
     let mut echo = TcpStream::connect(server.echo.expect("the echo door"))

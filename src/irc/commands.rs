@@ -845,9 +845,6 @@ fn names(c: &mut Client, room: &str, view: &crate::chat::rooms::RoomView) {
     let multi = c.caps.has(MULTI_PREFIX);
     // RFC 2812 §3.2.5: `=` a public channel, `*` a private one.
     let symbol = if view.info.invite_only { "*" } else { "=" };
-    let mut line = String::new();
-    // What the rest of a 353 line takes: `:server 353 nick = #room :` and CR LF.
-    let room_for_names = 400usize.saturating_sub(c.settings.server_name.len() + c.nick.len() + room.len());
     let guests = c
         .settings
         .guests
@@ -858,17 +855,32 @@ fn names(c: &mut Client, room: &str, view: &crate::chat::rooms::RoomView) {
         .info
         .members
         .iter()
-        .map(|(name, role)| (name.as_str(), *role));
-    let guests = guests.iter().map(|nick| (&**nick, crate::store::Role::Member));
+        .map(|(name, role)| (name.as_str(), prefixed("", *role, multi)));
+    let guests = guests.iter().map(|nick| (&**nick, String::new()));
+    let names: Vec<(&str, String)> = members.chain(guests).collect();
+    name_reply(c, symbol, room, names.iter().map(|(n, p)| (*n, p.as_str())));
+}
+
+/// `353` lines of `(nick, prefix)`s, as many to a line as fit (the full mask with
+/// userhost-in-names), then `366`.
+pub fn name_reply<'a>(
+    c: &mut Client,
+    symbol: &str,
+    channel: &str,
+    names: impl Iterator<Item = (&'a str, &'a str)>,
+) {
     let full = c.caps.has(caps::USERHOST_IN_NAMES);
-    for member in members.chain(guests) {
+    // What the rest of a 353 line takes: `:server 353 nick = #room :` and CR LF.
+    let room_for_names = 400usize.saturating_sub(c.settings.server_name.len() + c.nick.len() + channel.len());
+    let mut line = String::new();
+    for (nick, prefix) in names {
         let name = if full {
-            prefixed(&mask(member.0), member.1, multi)
+            format!("{prefix}{}", mask(nick))
         } else {
-            prefixed(member.0, member.1, multi)
+            format!("{prefix}{nick}")
         };
         if !line.is_empty() && line.len() + 1 + name.len() > room_for_names {
-            c.numeric(RPL_NAMREPLY, &[symbol, room], &line);
+            c.numeric(RPL_NAMREPLY, &[symbol, channel], &line);
             line.clear();
         }
         if !line.is_empty() {
@@ -877,9 +889,9 @@ fn names(c: &mut Client, room: &str, view: &crate::chat::rooms::RoomView) {
         line.push_str(&name);
     }
     if !line.is_empty() {
-        c.numeric(RPL_NAMREPLY, &[symbol, room], &line);
+        c.numeric(RPL_NAMREPLY, &[symbol, channel], &line);
     }
-    c.numeric(RPL_ENDOFNAMES, &[room], "End of /NAMES list");
+    c.numeric(RPL_ENDOFNAMES, &[channel], "End of /NAMES list");
 }
 
 async fn names_command(c: &mut Client, m: &Msg<'_>) {
@@ -1321,7 +1333,7 @@ pub async fn lusers(c: &mut Client) {
     c.numeric_params(RPL_LUSEROP, &[&opers, "operator(s) online"]);
     let unregistered = unregistered.to_string();
     c.numeric_params(RPL_LUSERUNKNOWN, &[&unregistered, "unknown connection(s)"]);
-    let rooms = c.chat.open_room_count().await.unwrap_or(0) + c.settings.local.list().len() as i64;
+    let rooms = c.chat.open_room_count().await.unwrap_or(0) + c.settings.local.count() as i64;
     let rooms = rooms.to_string();
     c.numeric_params(RPL_LUSERCHANNELS, &[&rooms, "channels formed"]);
     c.numeric(RPL_LUSERME, &[], &format!("I have {here} clients and 0 servers"));

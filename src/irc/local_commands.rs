@@ -9,7 +9,6 @@ use super::caps;
 use super::client::Client;
 use super::local::{Change, Channel, Refusal, MAX_BANS, MAX_KEY};
 use super::numeric::*;
-use super::render::mask;
 use super::wire::Msg;
 use crate::hub::LiveFeed;
 
@@ -350,32 +349,10 @@ pub fn names_of(c: &mut Client, channel: &str) -> bool {
 /// 353 lines of a local channel's members, as many to a line as fit, then 366.
 fn names(c: &mut Client, channel: &Channel) {
     let multi = c.caps.has(caps::MULTI_PREFIX);
-    let full = c.caps.has(caps::USERHOST_IN_NAMES);
     // RFC 2812 §3.2.5: `@` a secret channel, `=` a public one.
     let symbol = if channel.modes.secret { "@" } else { "=" };
-    let room_for_names =
-        400usize.saturating_sub(c.settings.server_name.len() + c.nick.len() + channel.name.len());
-    let mut line = String::new();
-    for member in &channel.members {
-        let who = if full {
-            mask(&member.nick)
-        } else {
-            member.nick.to_string()
-        };
-        let name = format!("{}{who}", member.prefix(multi));
-        if !line.is_empty() && line.len() + 1 + name.len() > room_for_names {
-            c.numeric(RPL_NAMREPLY, &[symbol, &channel.name], &line);
-            line.clear();
-        }
-        if !line.is_empty() {
-            line.push(' ');
-        }
-        line.push_str(&name);
-    }
-    if !line.is_empty() {
-        c.numeric(RPL_NAMREPLY, &[symbol, &channel.name], &line);
-    }
-    c.numeric(RPL_ENDOFNAMES, &[&channel.name], "End of /NAMES list");
+    let names = channel.members.iter().map(|m| (&*m.nick, m.prefix(multi)));
+    super::commands::name_reply(c, symbol, &channel.name, names);
 }
 
 /// WHO of a local channel (352 each, without 315): false if there is none of that name.

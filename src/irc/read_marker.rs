@@ -70,7 +70,8 @@ pub async fn markread(c: &mut Client, m: &Msg<'_>) {
         return fail(c, "NEED_MORE_PARAMS", &[], "Missing parameters");
     }
     let Some(stamp) = m.params.get(1) else {
-        return send_mark(c, &target).await;
+        send_mark(c, &target).await;
+        return;
     };
     let Some(micros) = stamp
         .strip_prefix("timestamp=")
@@ -84,8 +85,9 @@ pub async fn markread(c: &mut Client, m: &Msg<'_>) {
             "A read mark is timestamp=YYYY-MM-DDThh:mm:ss.sssZ",
         );
     };
-    match (c.account().cloned(), in_room(c, &target).await) {
-        (Some(me), true) => {
+    let room = room_mark(c, &target).await.is_some();
+    match c.account().cloned().filter(|_| room) {
+        Some(me) => {
             // The row whose time tag this is: the last committed within that millisecond.
             let chat = c.chat.clone();
             let marked = match chat.last_id_before(&me, &target, micros + 1000).await {
@@ -99,7 +101,7 @@ pub async fn markread(c: &mut Client, m: &Msg<'_>) {
                 return fail(c, "INTERNAL_ERROR", &[&target], &text);
             }
         }
-        _ => {
+        None => {
             let owner = owner(c);
             if c.settings.marks.set(&owner, &target, micros).is_none() {
                 let text = format!("At most {MARKS_PER_OWNER} read marks are kept for you");
@@ -107,71 +109,53 @@ pub async fn markread(c: &mut Client, m: &Msg<'_>) {
             }
         }
     }
-    send_mark(c, &target).await;
-    tell_other_sessions(c, &target).await;
-}
-
-/// Whether `target` is a room this client's account is a member of (its mark is then the
-/// room's read mark).
-async fn in_room(c: &Client, target: &str) -> bool {
-    let Some(me) = c.account() else {
-        return false;
-    };
-    target.starts_with('#') && !c.settings.local.exists(target) && c.chat.read_mark(me, target).await.is_ok()
-}
-
-/// The mark as it is now: `MARKREAD <target> timestamp=...`, or `*` when nothing was read.
-async fn mark_line(c: &Client, target: &str) -> Result<String, String> {
-    let at = match c.account() {
-        Some(me) if in_room(c, target).await => c.chat.read_mark(me, target).await.map_err(|e| {
-            e.log();
-            format!("The read timestamp could not be read: {}: {}", e.code, e.message)
-        })?,
-        _ => c.settings.marks.get(&owner(c), target),
-    };
-    Ok(match at {
-        Some(at) => format!("MARKREAD {target} timestamp={}", server_time(at)),
-        None => format!("MARKREAD {target} *"),
-    })
-}
-
-/// Sends this client its mark for `target` (after a JOIN, before the end of the names).
-pub async fn send_mark(c: &mut Client, target: &str) {
-    match mark_line(c, target).await {
-        Ok(line) => {
-            let server = c.settings.server_name.clone();
-            let (command, params) = line.split_once(' ').unwrap_or((&line, ""));
-            let params: Vec<&str> = params.split(' ').collect();
-            c.relay("", &server, command, &params, None);
-        }
-        Err(text) => fail(c, "INTERNAL_ERROR", &[target], &text),
+    // The mark as it is now, to this session and the account's others.
+    let stamp = send_mark(c, &target).await;
+    if let Some(me) = c.account() {
+        let to = [LiveFeed {
+            user: Arc::from(me.as_str()),
+            id: 0,
+        }];
+        let any: Arc<str> = Arc::from("*");
+        // From "": the server's line. Sessions without the capability leave it out.
+        let line = format!("MARKREAD {target} {stamp}");
+        c.chat.push_line("", &any, line, "", &to, c.origin());
     }
 }
 
-/// The account's other IRC sessions here are sent the new mark (those without the
-/// capability ignore it: it is filtered where it is written).
-async fn tell_other_sessions(c: &Client, target: &str) {
-    let Some(me) = c.account() else {
-        return;
+/// The read mark of room `target` when this client's account is a member of it (`None`
+/// otherwise: its mark, if any, is in memory).
+async fn room_mark(c: &Client, target: &str) -> Option<Option<i64>> {
+    let me = c.account()?;
+    if !target.starts_with('#') || c.settings.local.exists(target) {
+        return None;
+    }
+    c.chat.read_mark(me, target).await.ok()
+}
+
+/// `timestamp=<time>`, or `*` when nothing was read.
+fn stamp(at: Option<i64>) -> String {
+    match at {
+        Some(at) => format!("timestamp={}", server_time(at)),
+        None => "*".to_string(),
+    }
+}
+
+/// Sends this client `MARKREAD <target> <stamp>`, its mark now (after a JOIN, before the end
+/// of the names), and returns the stamp.
+pub async fn send_mark(c: &mut Client, target: &str) -> String {
+    let at = match room_mark(c, target).await {
+        Some(at) => at,
+        None => c.settings.marks.get(&owner(c), target),
     };
-    let Ok(line) = mark_line(c, target).await else {
-        return;
-    };
-    let to = [LiveFeed {
-        user: Arc::from(me.as_str()),
-        id: 0,
-    }];
-    let any: Arc<str> = Arc::from("*");
-    // From "": the server's line.
-    c.chat.push_line("", &any, line, "", &to, c.origin());
+    let stamp = stamp(at);
+    c.raw("MARKREAD", &[target, &stamp], None);
+    stamp
 }
 
 /// `MARKREAD` of a target whose mark is in memory (a local channel's), after its JOIN.
 pub fn send_memory_mark(c: &mut Client, target: &str) {
-    let stamp = match c.settings.marks.get(&owner(c), target) {
-        Some(at) => format!("timestamp={}", server_time(at)),
-        None => "*".to_string(),
-    };
+    let stamp = stamp(c.settings.marks.get(&owner(c), target));
     c.raw("MARKREAD", &[target, &stamp], None);
 }
 

@@ -193,6 +193,19 @@ impl TestServer {
         TestServer::on_with(Backend::Sqlite, adjust).await
     }
 
+    /// A server with `--trace` on and its trace lines captured; `adjust` sets the rest.
+    pub async fn traced(adjust: impl FnOnce(&mut Config)) -> (TestServer, TraceLines) {
+        let lines = TraceLines::default();
+        let sink = chatd::trace::Sink::Capture(lines.clone());
+        let server = TestServer::start_with(|c| {
+            c.trace = true;
+            c.trace_sink = sink;
+            adjust(c);
+        })
+        .await;
+        (server, lines)
+    }
+
     /// A server on a fresh database of the given store.
     pub async fn on(backend: Backend) -> TestServer {
         TestServer::on_with(backend, |_| {}).await
@@ -500,5 +513,24 @@ impl Msg {
             time,
             text,
         }
+    }
+}
+
+/// What a server's `--trace` showed, captured.
+pub type TraceLines = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
+/// Waits (10 s at most) until a trace line contains `text`; returns every line so far.
+pub async fn until_traced(lines: &TraceLines, text: &str) -> Vec<String> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = lines.lock().unwrap().clone();
+        if now.iter().any(|l| l.contains(text)) {
+            return now;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no trace line with {text:?} in {now:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
