@@ -136,6 +136,14 @@ impl InboxCache {
         self.evict(&mut state);
     }
 
+    /// Forgets what is kept of `user`'s inbox (the user was removed).
+    pub fn forget(&self, user: &str) {
+        let mut state = self.lock();
+        if let Some(recent) = state.users.pop(user) {
+            state.bytes -= recent.bytes;
+        }
+    }
+
     /// Told by the writer, in id order, of every committed message.
     pub fn committed(&self, message: &Arc<Message>) {
         let mut guard = self.lock();

@@ -5,6 +5,9 @@ use std::time::Duration;
 
 use clap::Args;
 
+/// Where the operator's listener is unless `--admin-addr` says otherwise.
+pub const DEFAULT_ADMIN_ADDR: ([u8; 4], u16) = ([127, 0, 0, 1], 9187);
+
 /// The IRC door's port unless `--irc-port` says otherwise: IRC's registered port.
 pub const DEFAULT_IRC_PORT: u16 = 6667;
 
@@ -93,6 +96,23 @@ pub struct Config {
     /// Where trace lines go (tests capture them).
     #[arg(skip)]
     pub trace_sink: crate::trace::Sink,
+
+    /// The operator's listener (the teacher's live view `/admin`, `/metrics`). Default
+    /// 127.0.0.1:9187, reachable from this machine only; if that port is taken (another
+    /// chatd), chatd serves without it and says so. An address given here that cannot be
+    /// bound stops the start; one that is not loopback needs `--admin-token`.
+    #[arg(long, env = "CHATD_ADMIN_ADDR")]
+    pub admin_addr: Option<std::net::SocketAddr>,
+
+    /// Do not serve the operator's listener.
+    #[arg(long, env = "CHATD_NO_ADMIN", conflicts_with = "admin_addr")]
+    pub no_admin: bool,
+
+    /// A secret every request to the operator's listener must carry, as
+    /// `Authorization: Bearer <token>` (the page asks for it once). Required when
+    /// `--admin-addr` is not a loopback address.
+    #[arg(long, env = "CHATD_ADMIN_TOKEN")]
+    pub admin_token: Option<String>,
 
     /// Also serve RFC 862 echo on this TCP port (off unless given; 0 picks one).
     #[arg(long, env = "CHATD_ECHO_PORT")]
@@ -284,6 +304,9 @@ impl Config {
             trace_sink: crate::trace::Sink::default(),
             irc_ping_interval: 120,
             irc_identify_within: 30,
+            admin_addr: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
+            no_admin: false,
+            admin_token: None,
             echo_port: None,
             echo_greeting: None,
             echo_once: false,

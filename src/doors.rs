@@ -14,14 +14,17 @@ use tokio_util::task::TaskTracker;
 
 use crate::chat::Chat;
 use crate::config::Config;
+use crate::conns::{ConnInfo, Conns};
 use crate::limits::{self, Refusal};
 use crate::line::session::SessionSettings;
 use crate::listener::{self, BusyAnswer};
 use crate::store::Store;
-use crate::{echo, http, irc, line};
+use crate::trace::Door as TraceDoor;
+use crate::{admin, echo, http, irc, line};
 
-/// Serves one admitted connection until it ends.
-pub(crate) type Serve = Arc<dyn Fn(TcpStream, SocketAddr) -> BoxFuture<'static, ()> + Send + Sync>;
+/// Serves one admitted connection until it ends. Its entry in the operator's table carries
+/// its address and its own stop token (shutdown, or the operator's disconnect).
+pub(crate) type Serve = Arc<dyn Fn(TcpStream, Arc<ConnInfo>) -> BoxFuture<'static, ()> + Send + Sync>;
 
 /// What a door's [`Serve`] is built from, when the server starts running.
 pub(crate) struct Context<'a> {
@@ -35,6 +38,17 @@ pub(crate) struct Context<'a> {
     pub stop: &'a CancellationToken,
     /// `--trace`: the doors that speak lines show them.
     pub tracer: Option<&'a Arc<crate::trace::Tracer>>,
+    /// The open connections, as the operator sees them.
+    pub conns: &'a Arc<Conns>,
+}
+
+/// What every accept loop shares.
+#[derive(Clone)]
+pub(crate) struct Accepting {
+    pub stop: CancellationToken,
+    pub tracker: TaskTracker,
+    /// The open connections, as the operator sees them.
+    pub conns: Arc<Conns>,
 }
 
 /// Which pool of places a door's connections take.
@@ -52,6 +66,8 @@ pub(crate) struct Row {
     pub name: &'static str,
     /// What it serves, in errors: "cannot listen for the line protocol on ...".
     pub what: &'static str,
+    /// Its kind, in the operator's view and the trace.
+    pub door: TraceDoor,
     /// The option that sets its port, for errors that say what to change.
     pub flag: &'static str,
     /// Its port, or `None` when the configuration keeps it closed.
@@ -71,6 +87,7 @@ pub(crate) struct Row {
 pub(crate) const DOORS: &[Row] = &[
     Row {
         name: "line",
+        door: TraceDoor::Line,
         what: "the line protocol",
         flag: "--port",
         port: |config| Some(config.port),
@@ -82,6 +99,7 @@ pub(crate) const DOORS: &[Row] = &[
     },
     Row {
         name: "http",
+        door: TraceDoor::Http,
         what: "HTTP",
         flag: "--http-port",
         port: |config| (!config.no_http).then_some(config.http_port),
@@ -93,6 +111,7 @@ pub(crate) const DOORS: &[Row] = &[
     },
     Row {
         name: "echo",
+        door: TraceDoor::Echo,
         what: "echo",
         flag: "--echo-port",
         port: |config| config.echo_port,
@@ -104,6 +123,7 @@ pub(crate) const DOORS: &[Row] = &[
     },
     Row {
         name: "irc",
+        door: TraceDoor::Irc,
         what: "IRC",
         flag: "--irc-port",
         port: Config::irc_port,
@@ -114,6 +134,38 @@ pub(crate) const DOORS: &[Row] = &[
         task: "the IRC listener",
     },
 ];
+
+/// The operator's listener: HTTP, with places of its own, never listed among the clients.
+pub(crate) const ADMIN: Row = Row {
+    name: "admin",
+    door: TraceDoor::Http,
+    what: "the admin listener",
+    flag: "--admin-addr",
+    port: |_| None,
+    optional: |config| config.admin_addr.is_none(),
+    pool: Pool::Chat,
+    busy: http::busy_answer,
+    serve: serve_admin,
+    task: "the admin listener",
+};
+
+fn serve_admin(cx: &Context) -> Serve {
+    let state = Arc::new(admin::AdminState {
+        chat: cx.chat.clone(),
+        conns: cx.conns.clone(),
+        metrics: Arc::default(),
+        node_id: cx.node_id.to_string(),
+        token: cx
+            .config
+            .admin_token
+            .as_deref()
+            .map(admin::AdminState::token_digest),
+        stop: cx.stop.clone(),
+        started: std::time::Instant::now(),
+    });
+    let app = admin::router(state);
+    Arc::new(move |stream, conn| http::serve_connection(stream, conn, app.clone(), None).boxed())
+}
 
 /// A bound door.
 pub(crate) struct Door {
@@ -130,14 +182,10 @@ impl Door {
 
     /// Accepts connections until `stop`, admitting them into `pool` and serving each one in
     /// `tracker`; the place in the pool is held until the connection ends.
-    pub async fn accept(
-        self,
-        pool: limits::Door,
-        serve: Serve,
-        stop: CancellationToken,
-        tracker: TaskTracker,
-    ) {
+    pub async fn accept(self, pool: limits::Door, serve: Serve, with: Accepting) {
         let row = self.row;
+        let Accepting { stop, tracker, conns } = with;
+        let shutdown = stop.clone();
         listener::accept_loop(
             row.name,
             self.listener,
@@ -146,9 +194,11 @@ impl Door {
             stop,
             tracker,
             move |stream, peer, place| {
-                let served = serve(stream, peer);
+                let conn = conns.open(row.door, peer, &shutdown);
+                let served = serve(stream, conn.0.clone());
                 async move {
                     served.await;
+                    drop(conn);
                     drop(place);
                 }
             },
@@ -166,24 +216,20 @@ fn irc_busy(refusal: Refusal) -> Option<Vec<u8>> {
 }
 
 fn serve_irc(cx: &Context) -> Serve {
-    let (chat, stop) = (cx.chat.clone(), cx.stop.clone());
+    let chat = cx.chat.clone();
     let mut settings = irc::IrcSettings::from_config(cx.config);
     settings.tracer = cx.tracer.cloned();
     let settings = Arc::new(settings);
-    Arc::new(move |stream, peer| {
-        irc::client::serve(stream, peer, chat.clone(), settings.clone(), stop.clone()).boxed()
-    })
+    Arc::new(move |stream, conn| irc::client::serve(stream, conn, chat.clone(), settings.clone()).boxed())
 }
 
 fn serve_line(cx: &Context) -> Serve {
-    let (chat, stop) = (cx.chat.clone(), cx.stop.clone());
+    let chat = cx.chat.clone();
     let settings = Arc::new(SessionSettings {
         tracer: cx.tracer.cloned(),
         ..SessionSettings::from_config(cx.config)
     });
-    Arc::new(move |stream, peer| {
-        line::session::serve(stream, peer, chat.clone(), settings.clone(), stop.clone()).boxed()
-    })
+    Arc::new(move |stream, conn| line::session::serve(stream, conn, chat.clone(), settings.clone()).boxed())
 }
 
 fn serve_http(cx: &Context) -> Serve {
@@ -196,22 +242,12 @@ fn serve_http(cx: &Context) -> Serve {
         cx.config.lab,
         &cx.config.allowed_host,
     ));
-    let (app, stop, tracer) = (http::router(state), cx.stop.clone(), cx.tracer.cloned());
-    Arc::new(move |stream, peer| {
-        http::serve_connection(stream, peer, app.clone(), stop.clone(), tracer.clone()).boxed()
-    })
+    let (app, tracer) = (http::router(state), cx.tracer.cloned());
+    Arc::new(move |stream, conn| http::serve_connection(stream, conn, app.clone(), tracer.clone()).boxed())
 }
 
 fn serve_echo(cx: &Context) -> Serve {
-    let (settings, stop) = (
-        Arc::new(echo::EchoSettings::from_config(cx.config)),
-        cx.stop.clone(),
-    );
+    let settings = Arc::new(echo::EchoSettings::from_config(cx.config));
     let tracer = cx.tracer.cloned();
-    Arc::new(move |stream, peer| {
-        let trace = tracer
-            .as_ref()
-            .and_then(|t| t.connection(crate::trace::Door::Echo, peer));
-        echo::serve(stream, settings.clone(), stop.clone(), trace).boxed()
-    })
+    Arc::new(move |stream, conn| echo::serve(stream, settings.clone(), conn, tracer.clone()).boxed())
 }

@@ -2,13 +2,14 @@
 //! first exercise it can also greet each client (`--echo-greeting`) and close after echoing
 //! one line (`--echo-once`).
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use crate::config::Config;
+use crate::conns::ConnInfo;
+use crate::trace::{ConnTrace, Tracer};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio_util::sync::CancellationToken;
-
-use crate::config::Config;
 
 const CHUNK: usize = 16 * 1024;
 /// How long the greeting and the last echoed bytes may take to write.
@@ -44,10 +45,13 @@ impl EchoSettings {
 /// is kept on the heap until it does.
 pub async fn serve(
     mut stream: TcpStream,
-    settings: std::sync::Arc<EchoSettings>,
-    shutdown: CancellationToken,
-    mut trace: Option<Box<crate::trace::ConnTrace>>,
+    settings: Arc<EchoSettings>,
+    conn: Arc<ConnInfo>,
+    tracer: Option<Arc<Tracer>>,
 ) {
+    // Shutdown, or the operator's disconnect.
+    let shutdown = conn.stop.clone();
+    let mut trace = Tracer::of(tracer.as_ref(), &conn);
     let idle = settings.idle_timeout.unwrap_or(Duration::from_secs(86400 * 365));
     if let Some(greeting) = &settings.greeting {
         if let Some(trace) = trace.as_deref_mut() {
@@ -74,6 +78,10 @@ pub async fn serve(
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
                 Err(_) => break,
             };
+            conn.received(n, &chunk[..n]);
+            if trace.is_none() && conn.is_watched() {
+                trace = Some(ConnTrace::watching(&conn));
+            }
             if let Some(trace) = trace.as_deref_mut() {
                 trace.input(&chunk[..n]);
             }
@@ -89,6 +97,7 @@ pub async fn serve(
             if let Some(trace) = trace.as_deref_mut() {
                 trace.output(&chunk[..n]);
             }
+            conn.sent(n);
             match stream.try_write(&chunk[..n]) {
                 Ok(written) if written == n && !last => continue,
                 Ok(written) => (chunk[written..n].to_vec(), last),

@@ -26,6 +26,7 @@
 //! take all of its user's sessions, and the sessions of a token or a user can be ended when it
 //! logs out.
 
+use crate::metrics::METRICS;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -197,12 +198,17 @@ impl PushQueue {
         let size = queued_size(message);
         let over_bytes = state.bytes + size > self.max_bytes && !state.messages.is_empty();
         if state.ended.is_some() || state.messages.len() >= self.capacity || over_bytes {
+            if state.ended.is_none() {
+                METRICS.kicks.inc();
+            }
             drop(state);
             self.end(Ended::TooSlow);
             return Pushed::Full;
         }
         state.messages.push_back(message.clone());
         state.bytes += size;
+        METRICS.pushes.inc();
+        METRICS.push_queue_bytes.inc_by(size as i64);
         let waker = state.waker.take();
         drop(state);
         if let Some(waker) = waker {
@@ -225,7 +231,9 @@ impl PushQueue {
     fn pop(&self, state: &mut QueueState) -> Option<Arc<Message>> {
         let message = state.messages.pop_front();
         if let Some(message) = &message {
-            state.bytes -= queued_size(message);
+            let size = queued_size(message);
+            state.bytes -= size;
+            METRICS.push_queue_bytes.dec_by(size as i64);
         }
         if state.messages.is_empty() && state.messages.capacity() > 8 {
             // Drained after a burst: give the memory back.
@@ -236,6 +244,13 @@ impl PushQueue {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Drop for PushQueue {
+    fn drop(&mut self) {
+        let bytes = self.lock().bytes;
+        METRICS.push_queue_bytes.dec_by(bytes as i64);
     }
 }
 

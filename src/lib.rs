@@ -5,9 +5,11 @@
 //! all they see: the modules behind it are the server's own.
 
 mod activity;
+mod admin;
 mod cache;
 mod chat;
 mod config;
+mod conns;
 mod doors;
 mod echo;
 mod error;
@@ -19,6 +21,7 @@ mod line;
 mod listener;
 pub mod logging;
 mod memory;
+mod metrics;
 mod net;
 mod socket;
 mod store;
@@ -35,7 +38,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::chat::{AuthLimits, Chat, ChatOptions, HashLimits};
 pub use crate::config::Config;
-use crate::doors::{Context, Door, Pool, DOORS};
+use crate::conns::Conns;
+use crate::doors::{Accepting, Context, Door, Pool, DOORS};
 pub use crate::http::MAX_BODY as MAX_HTTP_BODY;
 use crate::hub::HubLimits;
 use crate::limits::Budget;
@@ -60,6 +64,8 @@ pub struct Server {
     doors: Vec<Door>,
     /// Doors left closed because their default port was taken, with why, for the banner.
     closed: Vec<String>,
+    /// The operator's listener, unless `--no-admin` or its default port was taken.
+    admin: Option<tokio::net::TcpListener>,
     store: Store,
     chat: Chat,
     budget: Budget,
@@ -105,6 +111,7 @@ impl Server {
                 Err(e) => return Err(listen_error(e, ip, port, row.what, row.flag)),
             }
         }
+        let admin = bind_admin(&config, &mut closed)?;
         let line_port = doors
             .iter()
             .find(|d| d.row.name == "line")
@@ -177,6 +184,7 @@ impl Server {
             ip,
             doors,
             closed,
+            admin,
             store,
             chat,
             budget,
@@ -206,6 +214,11 @@ impl Server {
         self.addr_of("irc")
     }
 
+    /// The operator's listener (the teacher's view, `/metrics`), if it is open.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
     /// What a person can type to reach this server, one address per line.
     pub fn banner(&self) -> String {
         let mut out = format!("chatd {} is up. Connect with:\n", env!("CARGO_PKG_VERSION"));
@@ -230,6 +243,17 @@ impl Server {
                     "IRC guests are welcome (--irc-guests): any free nick may join public channels or make its own, and talk live; nothing a guest says is kept."
                 );
             }
+        }
+        if let Some(admin) = self.admin_addr() {
+            let token = if self.config.admin_token.is_some() {
+                " (with the admin token)"
+            } else {
+                ""
+            };
+            let _ = writeln!(
+                out,
+                "The teacher's view{token}: http://{admin}/admin (metrics: http://{admin}/metrics)"
+            );
         }
         for closed in &self.closed {
             let _ = writeln!(out, "{closed}");
@@ -317,6 +341,7 @@ impl Server {
             config,
             node_id,
             doors,
+            admin,
             store,
             chat,
             budget,
@@ -331,6 +356,7 @@ impl Server {
         let chat_pool = limits::Door::new(budget.chat, per_addr.clone());
         let echo_pool = limits::Door::new(budget.echo, per_addr);
         tasks.spawn("the memory give-back", memory::give_back(stop.clone()));
+        let conns = Conns::new();
         let tracer = config.trace.then(|| {
             trace::Tracer::start(trace::TraceConfig {
                 user: config.trace_user.clone(),
@@ -346,6 +372,12 @@ impl Server {
             listeners: &listeners,
             stop: &stop,
             tracer: tracer.as_ref(),
+            conns: &conns,
+        };
+        let with = Accepting {
+            stop: stop.clone(),
+            tracker: tracker.clone(),
+            conns: conns.clone(),
         };
         let mut accepting = Vec::new();
         for door in doors {
@@ -354,8 +386,26 @@ impl Server {
                 Pool::Echo => echo_pool.clone(),
             };
             let (task, serve) = (door.row.task, (door.row.serve)(&context));
-            let accept = door.accept(pool, serve, stop.clone(), tracker.clone());
+            let accept = door.accept(pool, serve, with.clone());
             accepting.push(tasks.spawn(task, accept));
+        }
+        if let Some(listener) = admin {
+            // Places of its own, and a table of its own: the operator is not a client.
+            let pool = limits::Door::new(admin::MAX_CONNECTIONS, None);
+            let door = Door {
+                row: &doors::ADMIN,
+                listener,
+            };
+            let serve = (doors::ADMIN.serve)(&context);
+            let accept = door.accept(
+                pool,
+                serve,
+                Accepting {
+                    conns: Conns::new(),
+                    ..with.clone()
+                },
+            );
+            accepting.push(tasks.spawn(doors::ADMIN.task, accept));
         }
         // Until shutdown, a task that ends is a task that failed.
         let mut failure = None;
@@ -446,6 +496,39 @@ fn listen_error(e: std::io::Error, ip: IpAddr, port: u16, door: &str, flag: &str
             _ => String::new(),
         };
         anyhow::anyhow!("cannot listen for {door} on {ip} port {port}: {e}{hint}")
+    }
+}
+
+/// Binds the operator's listener: none with `--no-admin`; without `--admin-addr`, on
+/// loopback's default port, or none (said in the banner) if that is taken. A listener that
+/// the class network could reach needs a token.
+fn bind_admin(config: &Config, closed: &mut Vec<String>) -> anyhow::Result<Option<tokio::net::TcpListener>> {
+    if config.no_admin {
+        return Ok(None);
+    }
+    let (ip, port) = config::DEFAULT_ADMIN_ADDR;
+    let addr = config.admin_addr.unwrap_or(SocketAddr::from((ip, port)));
+    if !addr.ip().is_loopback() && config.admin_token.as_deref().is_none_or(str::is_empty) {
+        anyhow::bail!(
+            "the admin listener on {addr} could be reached from the network, and it can disconnect              users and reset their passwords: give --admin-token <secret> as well (or leave              --admin-addr on 127.0.0.1)"
+        );
+    }
+    match net::bind(addr, config.backlog) {
+        Ok(listener) => Ok(Some(listener)),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && config.admin_addr.is_none() => {
+            tracing::warn!(%addr, "the admin listener's port is taken; serving without it");
+            closed.push(format!(
+                "No teacher's view: {addr} is taken (perhaps another chatd); --admin-addr gives it another address."
+            ));
+            Ok(None)
+        }
+        Err(e) => Err(listen_error(
+            e,
+            addr.ip(),
+            addr.port(),
+            "the admin listener",
+            "--admin-addr",
+        )),
     }
 }
 

@@ -76,6 +76,11 @@ pub async fn accept_loop<F, Fut>(
             }
             Err(refusal) => {
                 tracing::debug!(listener = name, %peer, ?refusal, "refused: server busy");
+                let reason = match refusal {
+                    Refusal::Full => "server_full",
+                    Refusal::PerAddress => "address_full",
+                };
+                crate::metrics::METRICS.refused(name, reason);
                 refuse(stream, busy(refusal), &refusing);
             }
         }

@@ -62,3 +62,17 @@ fn trim_if_worth_it() -> Option<usize> {
     }
     None
 }
+
+/// The process's resident memory in bytes (VmRSS), where the system tells (Linux).
+pub fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}

@@ -14,7 +14,9 @@
 //!   (`trace: 1,204 lines dropped`); a connection never waits for the trace.
 
 use std::fmt::Write as _;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
+
+use crate::conns::ConnInfo;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -62,7 +64,6 @@ pub struct Tracer {
     dropped: Arc<AtomicU64>,
     user: Option<Arc<str>>,
     addr: Option<IpAddr>,
-    next_id: AtomicU64,
 }
 
 impl Tracer {
@@ -76,24 +77,24 @@ impl Tracer {
             dropped,
             user: config.user.map(Arc::from),
             addr: config.addr,
-            next_id: AtomicU64::new(1),
         })
     }
 
-    /// A connection's trace, or `None` if its address is filtered out.
-    pub fn connection(self: &Arc<Tracer>, door: Door, peer: SocketAddr) -> Option<Box<ConnTrace>> {
-        if self.addr.is_some_and(|addr| addr != peer.ip()) {
+    /// A connection's trace, or `None` if its address is filtered out. It is also shown
+    /// to whoever watches the connection live (the admin listener).
+    pub fn connection(self: &Arc<Tracer>, conn: &Arc<ConnInfo>) -> Option<Box<ConnTrace>> {
+        if self.addr.is_some_and(|addr| addr != conn.peer.ip()) {
             return None;
         }
-        Some(Box::new(ConnTrace {
-            tracer: self.clone(),
-            id: self.next_id.fetch_add(1, Ordering::Relaxed),
-            door,
-            peer: peer.ip(),
-            user: None,
-            partial: Vec::new(),
-            cut: false,
-        }))
+        let mut trace = ConnTrace::watching(conn);
+        trace.tracer = Some(self.clone());
+        Some(trace)
+    }
+
+    /// The trace of `conn` when the server traces it (`--trace`, its filters), otherwise
+    /// none until someone watches it live.
+    pub fn of(tracer: Option<&Arc<Tracer>>, conn: &Arc<ConnInfo>) -> Option<Box<ConnTrace>> {
+        tracer.and_then(|t| t.connection(conn))
     }
 
     fn send(&self, line: String) {
@@ -145,10 +146,13 @@ fn thousands(n: u64) -> String {
     out
 }
 
-/// One connection's trace: what arrived of a line not ended yet, and who it is.
-#[derive(Debug)]
+/// One connection's trace: what arrived of a line not ended yet, and who it is. Its lines go
+/// to the console (`--trace`, when its filters let them) and to the connection's live
+/// watchers (the admin listener's `/admin/trace`).
 pub struct ConnTrace {
-    tracer: Arc<Tracer>,
+    /// The console's, with `--trace`.
+    tracer: Option<Arc<Tracer>>,
+    conn: Arc<ConnInfo>,
     id: u64,
     door: Door,
     peer: IpAddr,
@@ -160,7 +164,27 @@ pub struct ConnTrace {
     cut: bool,
 }
 
+impl std::fmt::Debug for ConnTrace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ConnTrace(#{})", self.id)
+    }
+}
+
 impl ConnTrace {
+    /// A trace shown only to the connection's live watchers.
+    pub fn watching(conn: &Arc<ConnInfo>) -> Box<ConnTrace> {
+        Box::new(ConnTrace {
+            tracer: None,
+            conn: conn.clone(),
+            id: conn.id,
+            door: conn.door,
+            peer: conn.peer.ip(),
+            user: conn.user(),
+            partial: Vec::new(),
+            cut: false,
+        })
+    }
+
     /// The connection is now `user` (logged in; a guest's nick), or no one.
     pub fn set_user(&mut self, user: Option<&str>) {
         if self.user.as_deref() != user {
@@ -172,11 +196,18 @@ impl ConnTrace {
         matches!(self.door, Door::Line | Door::Echo)
     }
 
-    fn shown(&self) -> bool {
-        match &self.tracer.user {
-            Some(wanted) => self.user.as_deref() == Some(&**wanted),
-            None => true,
+    /// Whether the console shows this connection's lines now.
+    fn on_console(&self) -> bool {
+        match self.tracer.as_ref().map(|t| &t.user) {
+            None => false,
+            Some(Some(wanted)) => self.user.as_deref() == Some(&**wanted),
+            Some(None) => true,
         }
+    }
+
+    /// Whether anyone (the console, a watcher) sees this connection's lines now.
+    fn shown(&self) -> bool {
+        self.on_console() || self.conn.is_watched()
     }
 
     /// Bytes that arrived: each line ended in them, and each telnet command, is a trace line.
@@ -266,7 +297,12 @@ impl ConnTrace {
         let user = self.user.as_deref().unwrap_or("-");
         let mut out = String::with_capacity(48 + text.len());
         let _ = write!(out, "{now} #{} {} {user} {arrow} {text}", self.id, self.peer);
-        self.tracer.send(out);
+        if self.conn.is_watched() {
+            self.conn.to_watchers(&out);
+        }
+        if let (true, Some(tracer)) = (self.on_console(), &self.tracer) {
+            tracer.send(out);
+        }
     }
 }
 
@@ -497,14 +533,13 @@ mod tests {
             dropped: Arc::default(),
             user: Some(Arc::from("alice")),
             addr: Some("127.0.0.1".parse().unwrap()),
-            next_id: AtomicU64::new(1),
         });
-        assert!(tracer
-            .connection(Door::Line, "10.0.0.1:1".parse().unwrap())
-            .is_none());
-        let mut conn = tracer
-            .connection(Door::Line, "127.0.0.1:1".parse().unwrap())
-            .unwrap();
+        let conns = crate::conns::Conns::new();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let elsewhere = conns.open(Door::Line, "10.0.0.1:1".parse().unwrap(), &stop);
+        assert!(tracer.connection(&elsewhere).is_none());
+        let here = conns.open(Door::Line, "127.0.0.1:1".parse().unwrap(), &stop);
+        let mut conn = tracer.connection(&here).unwrap();
         conn.input(b"before login\n");
         assert_eq!(tracer.dropped.load(Ordering::Relaxed), 0, "not shown, not queued");
         conn.set_user(Some("alice"));
@@ -521,11 +556,11 @@ mod tests {
             dropped: Arc::default(),
             user: None,
             addr: None,
-            next_id: AtomicU64::new(1),
         });
-        let mut conn = tracer
-            .connection(Door::Line, "127.0.0.1:1".parse().unwrap())
-            .unwrap();
+        let conns = crate::conns::Conns::new();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let here = conns.open(Door::Line, "127.0.0.1:1".parse().unwrap(), &stop);
+        let mut conn = tracer.connection(&here).unwrap();
         conn.input(b"AUTH zed");
         conn.input(&[IAC, 241]);
         conn.input(b" secret\r\n");

@@ -67,6 +67,11 @@ impl Auth {
     }
 
     /// The argon2 hash of a new password, in PHC string form, in `addr`'s turn.
+    /// Password hashes waiting or running now.
+    pub fn hash_queue_depth(&self) -> usize {
+        self.hasher.depth()
+    }
+
     pub async fn hash_password(&self, addr: AddrKey, password: &Password<'_>) -> ChatResult<String> {
         let turn = self.hasher.turn(addr, true).await?;
         let owned = password.as_str().to_owned();
@@ -111,8 +116,9 @@ impl Auth {
     /// user: then a dummy hash is checked, so both cost the same). `lookup` fetches the hash
     /// once the attempt holds its slots.
     ///
-    /// A password that logged in as `user` within [`REMEMBER_FOR`] skips the hash, and so
-    /// needs no ticket in the hash queue, but only that: it still waits for its address's
+    /// A password that logged in as `user` within [`REMEMBER_FOR`] skips the hash while the
+    /// stored hash is still the one it was checked against (a reset or a removal, on any node,
+    /// ends that at once), and so needs no ticket in the hash queue, but only that: it still waits for its address's
     /// earlier requests and takes its slots like any check. Otherwise a burst of guesses that
     /// arrives before its first failures are counted would have every guess compared with the
     /// remembered one for free, and the right one would log in past the limits while the
@@ -128,19 +134,26 @@ impl Auth {
         F: std::future::Future<Output = ChatResult<Option<String>>>,
     {
         let addr = admission.addr();
-        // Decided once, on arrival: it was the right password then.
-        let remembered = self.remembered.contains(user, password, Instant::now());
-        let turn = self.hasher.turn(addr, !remembered).await?;
+        // Decided once, on arrival: it was the right password then, for the hash stored then.
+        let remembered = self.remembered.get(user, password, Instant::now());
+        let mut turn = self.hasher.turn(addr, remembered.is_none()).await?;
         let attempt = self.limits.begin(admission, Instant::now())?;
-        if remembered {
-            drop(turn);
-            attempt.succeeded();
-            return Ok(true);
-        }
         let stored = lookup.await?;
+        if let Some(was) = remembered {
+            // Still the stored hash: the password was not changed (on any node) since.
+            if stored.as_deref().map(fingerprint) == Some(was) {
+                drop(turn);
+                attempt.succeeded();
+                return Ok(true);
+            }
+            // Changed or removed since: checked like any other.
+            drop(turn);
+            turn = self.hasher.turn(addr, true).await?;
+        }
         let exists = stored.is_some();
         let hash = stored.unwrap_or_else(|| self.dummy_hash.clone());
         let owned = password.as_str().to_owned();
+        let print = fingerprint(&hash);
         let ok = self
             .hasher
             .run(turn, move |argon| {
@@ -151,7 +164,7 @@ impl Auth {
             .await?;
         if ok && exists {
             attempt.succeeded();
-            self.remembered.insert(user, password, Instant::now());
+            self.remembered.insert(user, password, print, Instant::now());
             Ok(true)
         } else {
             attempt.failed();
@@ -185,7 +198,16 @@ impl Auth {
 /// and the passwords themselves are not kept.
 struct Remembered {
     key: [u8; 32],
-    entries: Mutex<HashMap<[u8; 32], Instant>>,
+    /// Until when, and the fingerprint of the stored hash it was checked against.
+    entries: Mutex<Entries>,
+}
+
+/// Digest of user and password -> (until when, fingerprint of the stored hash).
+type Entries = HashMap<[u8; 32], (Instant, [u8; 32])>;
+
+/// A stored password hash, short.
+fn fingerprint(hash: &str) -> [u8; 32] {
+    Sha256::digest(hash.as_bytes()).into()
 }
 
 impl Remembered {
@@ -207,33 +229,34 @@ impl Remembered {
         hasher.finalize().into()
     }
 
-    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Instant>> {
+    fn entries(&self) -> std::sync::MutexGuard<'_, Entries> {
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn contains(&self, user: &Username, password: &Password<'_>, now: Instant) -> bool {
+    /// The fingerprint of the hash `password` was checked against, if it was recently.
+    fn get(&self, user: &Username, password: &Password<'_>, now: Instant) -> Option<[u8; 32]> {
         let digest = self.digest(user, password);
         let mut entries = self.entries();
         match entries.get(&digest) {
-            Some(&expires) if expires > now => true,
+            Some(&(expires, print)) if expires > now => Some(print),
             Some(_) => {
                 entries.remove(&digest);
-                false
+                None
             }
-            None => false,
+            None => None,
         }
     }
 
-    fn insert(&self, user: &Username, password: &Password<'_>, now: Instant) {
+    fn insert(&self, user: &Username, password: &Password<'_>, print: [u8; 32], now: Instant) {
         let digest = self.digest(user, password);
         let mut entries = self.entries();
         if entries.len() >= REMEMBER_MAX && !entries.contains_key(&digest) {
-            entries.retain(|_, expires| *expires > now);
+            entries.retain(|_, (expires, _)| *expires > now);
             if entries.len() >= REMEMBER_MAX {
                 return;
             }
         }
-        entries.insert(digest, now + REMEMBER_FOR);
+        entries.insert(digest, (now + REMEMBER_FOR, print));
     }
 }
 

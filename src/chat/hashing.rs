@@ -194,6 +194,11 @@ impl Hasher {
         lock(&self.queue)
     }
 
+    /// Hashes waiting or running now.
+    pub fn depth(&self) -> usize {
+        self.lock().tickets
+    }
+
     /// Waits for `addr`'s turn; with `hash`, takes a ticket with it. See the module
     /// documentation for who waits and who is refused.
     pub async fn turn(&self, addr: AddrKey, hash: bool) -> ChatResult<Turn<'_>> {

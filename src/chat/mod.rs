@@ -221,6 +221,14 @@ impl Chat {
         conn: Option<&mut ConnAuthState>,
     ) -> ChatResult<Username> {
         let checked = self.check_login(user, password, peer, conn).await;
+        use crate::metrics::{Login, METRICS};
+        match &checked {
+            Ok(_) => METRICS.login(Login::Ok),
+            Err(e) if e.code == Code::BadCredentials => METRICS.login(Login::BadCredentials),
+            Err(e) if e.code == Code::RateLimited => METRICS.login(Login::RateLimited),
+            Err(e) if e.code == Code::ServerBusy => METRICS.login(Login::Busy),
+            Err(_) => {}
+        }
         if let Err(e) = &checked {
             // The activity log names who tried from where, never the password.
             let why = match e.code {
@@ -495,6 +503,50 @@ impl Chat {
         Ok(LoggedOut { tokens, sessions })
     }
 
+    /// The operator sets `user`'s password: every session and token of theirs ends, on
+    /// every node (as a logout everywhere does). `NO_SUCH_USER` if there is none.
+    pub async fn reset_password(&self, user: &str, password: &str) -> ChatResult<LoggedOut> {
+        let user = Username::parse(user)?;
+        let password = Password::parse(password)?;
+        if self.inner.store.password_hash(user.as_str()).await?.is_none() {
+            return Err(users::no_such_user(user.as_str()));
+        }
+        let admin = AddrKey::of(IpAddr::from([127, 0, 0, 1]));
+        let hash = self.inner.auth.hash_password(admin, &password).await?;
+        if !self.inner.store.set_password_hash(user.as_str(), &hash).await? {
+            return Err(users::no_such_user(user.as_str()));
+        }
+        self.log_out_everywhere(&user).await
+    }
+
+    /// The operator removes `user`: their sessions and tokens end, they leave each room
+    /// (its members see them go), and the account, its tokens, memberships, invitations and
+    /// the direct messages sent to it are deleted (see [`Store::delete_user`]). The rooms it
+    /// left, and what it said, stay. The rooms it was in.
+    pub async fn remove_user(&self, user: &str) -> ChatResult<Vec<Arc<str>>> {
+        let user = Username::parse(user)?;
+        if self.inner.store.password_hash(user.as_str()).await?.is_none() {
+            return Err(users::no_such_user(user.as_str()));
+        }
+        self.log_out_everywhere(&user).await?;
+        let rooms = self.inner.store.rooms_of(user.as_str()).await?;
+        let mut left = Vec::new();
+        for room in rooms {
+            // Origin 0: no session of theirs is left to spare the notice.
+            match self.leave(&user, &room.name, 0).await {
+                Ok(name) => left.push(name),
+                Err(e) => {
+                    tracing::warn!(%user, room = %room.name, error = %e, "removing a user: could not leave the room")
+                }
+            }
+        }
+        self.inner.store.delete_user(user.as_str()).await?;
+        self.inner.users.forget(user.as_str());
+        self.inner.topology.forget_inbox(user.as_str());
+        self.inner.tokens.forget_user(user.as_str());
+        Ok(left)
+    }
+
     fn hub(&self) -> &Hub {
         self.inner.topology.hub()
     }
@@ -512,6 +564,11 @@ impl Chat {
     /// Connections open now (line protocol and live event streams).
     pub fn connections(&self) -> usize {
         self.inner.connections.load(Ordering::Relaxed)
+    }
+
+    /// Password hashes waiting or running now.
+    pub fn hash_queue_depth(&self) -> usize {
+        self.inner.auth.hash_queue_depth()
     }
 
     /// How many users have a live session on this node.

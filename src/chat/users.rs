@@ -1,5 +1,6 @@
 //! Who exists: the names of users known to exist, interned so every message to one user
-//! shares one allocation of the name. Users are never deleted, so a hit is final.
+//! shares one allocation of the name. A user removed by the operator is forgotten here; on
+//! other nodes of a cluster the name stays known until they restart (see protocol.md).
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -18,6 +19,10 @@ impl Users {
         if !known.contains(user) {
             known.insert(user.clone());
         }
+    }
+
+    pub fn forget(&self, user: &str) {
+        self.lock().remove(user);
     }
 
     /// The interned name of an existing user, asking the store the first time.

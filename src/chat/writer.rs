@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::error::{ChatError, ChatResult, Code, Outcome};
+use crate::metrics::METRICS;
 use crate::store::{Message, RoomRefusal, Store, StoreError, StoreErrorKind, Write};
 use crate::supervisor::{Finished, Supervisor};
 use crate::topology::Topology;
@@ -49,6 +50,8 @@ struct Pending {
     reply: oneshot::Sender<Answer>,
     /// QUEUED until the writer takes it into a batch or the sender withdraws it.
     state: Arc<AtomicU8>,
+    /// When it was handed to the writer: `chatd_delivery_seconds` starts here.
+    accepted: std::time::Instant,
 }
 
 pub(crate) struct Writer {
@@ -79,6 +82,7 @@ impl Writer {
             write,
             reply,
             state: state.clone(),
+            accepted: std::time::Instant::now(),
         };
         match tokio::time::timeout_at(deadline, queue.send(pending)).await {
             Ok(Ok(())) => {}
@@ -162,8 +166,12 @@ async fn commit(store: &Store, topology: &Topology, batch: Vec<Pending>) -> Resu
         let started = std::time::Instant::now();
         let stored = store.commit(&writes, topology.notify().as_ref()).await;
         tracing::debug!(messages = batch.len(), took = ?started.elapsed(), "committed a batch");
+        let took = started.elapsed();
         match stored {
             Ok(done) => {
+                METRICS.store_ok();
+                METRICS.batch_size.observe(batch.len() as f64);
+                METRICS.commit_seconds.observe(took.as_secs_f64());
                 let answers: Vec<Result<Written, RoomRefusal>> = done
                     .into_iter()
                     .map(|applied| {
@@ -180,7 +188,15 @@ async fn commit(store: &Store, topology: &Topology, batch: Vec<Pending>) -> Resu
                 // A batch's direct messages take their ids before its rooms' rows.
                 rows.sort_unstable_by_key(|m| m.id);
                 topology.committed(&rows).await;
+                let rooms = rows.iter().filter(|m| m.room().is_some()).count() as u64;
+                METRICS.committed_room.inc_by(rooms);
+                METRICS.committed_direct.inc_by(rows.len() as u64 - rooms);
                 for (answer, pending) in answers.into_iter().zip(batch) {
+                    if matches!(&answer, Ok(Written { message: Some(_), .. })) {
+                        METRICS
+                            .delivery_seconds
+                            .observe(pending.accepted.elapsed().as_secs_f64());
+                    }
                     let _ = pending.reply.send(Ok(answer));
                 }
             }

@@ -4,7 +4,6 @@
 //! finish. Request bodies are bounded where they are read (`extract.rs`).
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +20,9 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 
 use super::stall::StallGuard;
+use crate::conns::{ConnInfo, Counted};
 use crate::limits::Refusal;
+use crate::trace::{ConnTrace, Tracer};
 
 /// Time for a request head, from the moment the server waits for it: for the first request,
 /// and between requests on a keep-alive connection (so it is also the keep-alive idle time).
@@ -34,13 +35,10 @@ pub const MAX_HEAD: usize = 16 * 1024;
 const READ_BUFFER: usize = 64 * 1024;
 
 /// Serves HTTP/1.1 on `stream` until the client leaves, a limit ends it, or `shutdown`.
-pub async fn serve(
-    stream: TcpStream,
-    peer: SocketAddr,
-    app: Router,
-    shutdown: CancellationToken,
-    tracer: Option<Arc<crate::trace::Tracer>>,
-) {
+pub async fn serve(stream: TcpStream, conn: Arc<ConnInfo>, app: Router, tracer: Option<Arc<Tracer>>) {
+    let peer = conn.peer;
+    // Shutdown, or the operator's disconnect.
+    let shutdown = conn.stop.clone();
     // hyper's connection state and read buffer (~10 KiB) are made once the client has sent
     // something: thousands of connections that send nothing cost what idle line connections
     // do. The first request head still has [`HEADER_TIMEOUT`] from now, not from its first byte.
@@ -57,31 +55,37 @@ pub async fn serve(
         _ = shutdown.cancelled() => return,
     }
     // Boxed, so the future of a connection still waiting for its first byte stays small.
-    let trace = tracer
-        .and_then(|t| t.connection(crate::trace::Door::Http, peer))
-        .map(super::trace::HttpTrace::new);
-    Box::pin(serve_requests(stream, peer, app, shutdown, first_head_by, trace)).await
+    let trace = Tracer::of(tracer.as_ref(), &conn).map(super::trace::HttpTrace::new);
+    Box::pin(serve_requests(stream, conn, app, shutdown, first_head_by, trace)).await
 }
 
 /// hyper's half of [`serve`], once the client has sent something. hyper times each request
 /// head from when it starts reading it; the first one must also be in by `first_head_by`.
 async fn serve_requests(
     stream: TcpStream,
-    peer: SocketAddr,
+    conn: Arc<ConnInfo>,
     app: Router,
     shutdown: CancellationToken,
     first_head_by: Instant,
     trace: Option<super::trace::HttpTrace>,
 ) {
-    let io = TokioIo::new(StallGuard::new(stream, WRITE_STALL));
+    let peer = conn.peer;
+    let io = TokioIo::new(StallGuard::new(Counted::new(stream, conn.clone()), WRITE_STALL));
     let got_a_head = Arc::new(AtomicBool::new(false));
     let got = got_a_head.clone();
     let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
         got.store(true, Ordering::Relaxed);
         request.extensions_mut().insert(ConnectInfo(peer));
-        if let Some(trace) = &trace {
-            request.extensions_mut().insert(trace.clone());
+        conn.set_last(super::trace::request_line(&request).as_bytes());
+        // Traced by `--trace`, or while the operator watches this connection.
+        let watched = || {
+            conn.is_watched()
+                .then(|| super::trace::HttpTrace::new(ConnTrace::watching(&conn)))
+        };
+        if let Some(trace) = trace.clone().or_else(watched) {
+            request.extensions_mut().insert(trace);
         }
+        request.extensions_mut().insert(conn.clone());
         let app = app.clone();
         async move {
             Ok::<_, Infallible>(

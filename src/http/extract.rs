@@ -270,13 +270,18 @@ impl FromRequestParts<Arc<AppState>> for HeaderAuth {
             .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
             .map(|c| c.0.ip())
             .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
-        match HeaderCredentials::of(&parts.headers) {
-            HeaderCredentials::None => Ok(HeaderAuth(None)),
-            HeaderCredentials::Token(token) => Ok(HeaderAuth(Some(app.tokens.user(&token).await?))),
-            HeaderCredentials::Password { user, password } => Ok(HeaderAuth(Some(
-                app.chat.authenticate(&user, &password, peer, None).await?,
-            ))),
+        let user = match HeaderCredentials::of(&parts.headers) {
+            HeaderCredentials::None => return Ok(HeaderAuth(None)),
+            HeaderCredentials::Token(token) => app.tokens.user(&token).await?,
+            HeaderCredentials::Password { user, password } => {
+                app.chat.authenticate(&user, &password, peer, None).await?
+            }
+        };
+        // The operator's view shows whose requests the connection carries.
+        if let Some(conn) = parts.extensions.get::<Arc<crate::conns::ConnInfo>>() {
+            conn.set_user(Some(user.as_str()));
         }
+        Ok(HeaderAuth(Some(user)))
     }
 }
 

@@ -45,20 +45,22 @@ impl HttpTrace {
     }
 }
 
-/// The middleware: nothing for a connection that is not traced.
-pub async fn trace(request: Request, next: Next) -> Response {
-    let Some(trace) = request.extensions().get::<HttpTrace>().cloned() else {
-        return next.run(request).await;
-    };
+/// `POST /login HTTP/1.1`, secrets in the query masked.
+pub fn request_line<B>(request: &axum::http::Request<B>) -> String {
     let uri = request.uri();
     let target = match uri.query() {
         Some(query) => format!("{}?{}", uri.path(), mask_form(query)),
         None => uri.path().to_string(),
     };
-    trace.show(
-        "<-",
-        &format!("{} {target} {:?}", request.method(), request.version()),
-    );
+    format!("{} {target} {:?}", request.method(), request.version())
+}
+
+/// The middleware: nothing for a connection that is not traced.
+pub async fn trace(request: Request, next: Next) -> Response {
+    let Some(trace) = request.extensions().get::<HttpTrace>().cloned() else {
+        return next.run(request).await;
+    };
+    trace.show("<-", &request_line(&request));
     show_headers(&trace, "<-", request.headers());
     let (parts, body) = request.into_parts();
     let body = Body::new(Traced::new(body, trace.clone(), "<-"));

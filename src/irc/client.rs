@@ -17,6 +17,7 @@ use super::numeric::*;
 use super::wire::{self, Frame, Framer, Msg};
 use super::{commands, render, IrcSettings, HOST, NETWORK};
 use crate::chat::{Chat, ConnAuthState, Username};
+use crate::conns::ConnInfo;
 use crate::error::ChatError;
 use crate::hub::{Ended, Subscription};
 use crate::socket::{Socket, FLUSH_AT};
@@ -117,24 +118,26 @@ pub struct Client {
     /// Messages the command being answered delivered to this client itself, written after
     /// its reply.
     pub delivered_here: Vec<Arc<Message>>,
+    /// The connection as the operator sees it.
+    conn: Arc<ConnInfo>,
 }
 
 /// Serves one accepted connection until the client quits, leaves, times out, or the server
 /// shuts down.
 pub fn serve(
     stream: TcpStream,
-    peer: SocketAddr,
+    conn: Arc<ConnInfo>,
     chat: Chat,
     settings: Arc<IrcSettings>,
-    shutdown: CancellationToken,
 ) -> impl Future<Output = ()> + Send {
+    let peer = conn.peer;
+    // Shutdown, or the operator's disconnect.
+    let shutdown = conn.stop.clone();
     let open = chat.connection_opened();
     let visit = crate::activity::Visit::start(peer);
     let now = Instant::now();
     let mut socket = Socket::new(stream, settings.write_stall);
-    if let Some(tracer) = &settings.tracer {
-        socket.set_trace(tracer.connection(crate::trace::Door::Irc, peer));
-    }
+    socket.register(&conn, settings.tracer.as_ref());
     settings
         .counts
         .unregistered
@@ -168,6 +171,7 @@ pub fn serve(
         login_announced: false,
         handle: Arc::default(),
         delivered_here: Vec::new(),
+        conn,
     };
     async move {
         let _open = &open;
@@ -450,13 +454,14 @@ impl Client {
     }
 
     async fn flush(&mut self, shutdown: &CancellationToken) -> io::Result<()> {
-        if self.socket.traced() {
-            // The trace names the account, or a guest by its nick.
-            let who = match (self.account(), self.is_guest()) {
-                (Some(account), _) => Some(account.as_str().to_string()),
-                (None, true) => Some(self.nick.clone()),
-                (None, false) => None,
-            };
+        // The trace and the operator's view name the account, or a guest by its nick.
+        let who = match (self.account(), self.is_guest()) {
+            (Some(account), _) => Some(account.as_str()),
+            (None, true) => Some(self.nick.as_str()),
+            (None, false) => None,
+        };
+        if !self.conn.user_is(who) {
+            let who = who.map(str::to_owned);
             self.socket.trace_user(who.as_deref());
         }
         let kick = live(&self.session, &self.guest).map(|(_, kick)| kick);
@@ -873,6 +878,10 @@ impl Client {
         let text = match end {
             End::Eof => return,
             End::Quit(reason) => format!("Closing link: {} (Quit: {reason})", self.nick),
+            End::Shutdown if self.conn.by_operator() => {
+                tracing::info!(user = ?self.account().map(Username::as_str), peer = %self.peer, "disconnected by the operator");
+                "Closing link: disconnected by the operator".to_string()
+            }
             End::Shutdown => "Closing link: server shutting down".to_string(),
             End::PingTimeout => format!(
                 "Closing link: Ping timeout: {} seconds",

@@ -32,9 +32,13 @@ impl Connection {
         self.codec.decode(rbuf, scratch, wbuf)
     }
 
-    /// Traces this connection (`--trace`).
-    pub fn set_trace(&mut self, trace: Option<Box<crate::trace::ConnTrace>>) {
-        self.socket.set_trace(trace);
+    /// Registers the connection for the operator's view, and traces it (`--trace`).
+    pub fn register(
+        &mut self,
+        conn: &std::sync::Arc<crate::conns::ConnInfo>,
+        tracer: Option<&std::sync::Arc<crate::trace::Tracer>>,
+    ) {
+        self.socket.register(conn, tracer);
     }
 
     /// Who the traced connection is now.

@@ -3,7 +3,6 @@
 
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +16,7 @@ use super::connection::{Connection, FLUSH_AT};
 use super::reply::{put_line, put_push, Reply};
 use crate::chat::Chat;
 use crate::config::Config;
+use crate::conns::ConnInfo;
 use crate::error::{ChatError, Code};
 use crate::hub::Ended;
 
@@ -64,19 +64,19 @@ impl SessionSettings {
 /// or the server shuts down.
 pub fn serve(
     stream: TcpStream,
-    peer: SocketAddr,
+    conn_info: Arc<ConnInfo>,
     chat: Chat,
     settings: Arc<SessionSettings>,
-    shutdown: CancellationToken,
 ) -> impl Future<Output = ()> + Send {
+    let peer = conn_info.peer;
+    // Shutdown, or the operator's disconnect.
+    let shutdown = conn_info.stop.clone();
     // Built here, not inside the future, so the task does not keep both the arguments and
     // what was made of them.
     let open = chat.connection_opened();
     let visit = crate::activity::Visit::start(peer);
     let mut conn = Connection::new(stream, settings.max_line, settings.write_stall);
-    if let Some(tracer) = &settings.tracer {
-        conn.set_trace(tracer.connection(crate::trace::Door::Line, peer));
-    }
+    conn.register(&conn_info, settings.tracer.as_ref());
     let mut cx = Context::new(chat, peer.ip());
     // An `async move` block, not an `async fn`: its captures are used in place, whereas an
     // async fn's arguments are copied into locals and the task would hold both.
@@ -84,6 +84,10 @@ pub fn serve(
         let _open = &open;
         match run(&mut conn, &mut cx, &settings, &shutdown).await {
             Ok(End::Quit | End::Eof) => tracing::debug!("connection closed"),
+            Ok(End::Shutdown) if conn_info.by_operator() => {
+                tracing::info!(user = ?cx.user(), %peer, "disconnected by the operator");
+                conn.close_with(b"BYE disconnected by the operator\r\n").await
+            }
             Ok(End::Shutdown) => conn.close_with(b"BYE server shutting down\r\n").await,
             Ok(End::Idle) => conn.close_with(b"BYE idle timeout\r\n").await,
             Ok(End::LoggedOut) => conn.close_with(b"BYE logged out everywhere\r\n").await,

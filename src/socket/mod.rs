@@ -7,12 +7,16 @@
 pub mod pool;
 
 use std::io;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
+
+use crate::conns::ConnInfo;
+use crate::trace::{ConnTrace, Tracer};
 
 /// Bytes read per syscall at most.
 const READ_CHUNK: usize = 4096;
@@ -29,8 +33,11 @@ pub struct Socket {
     pub rbuf: BytesMut,
     wbuf: BytesMut,
     write_stall: Duration,
-    /// With `--trace`: what is read and written is shown (see [`crate::trace`]).
-    trace: Option<Box<crate::trace::ConnTrace>>,
+    /// With `--trace`, or while the operator watches: what is read and written is shown
+    /// (see [`crate::trace`]).
+    trace: Option<Box<ConnTrace>>,
+    /// The connection as the operator sees it: bytes, last line, user.
+    conn: Option<Arc<ConnInfo>>,
 }
 
 impl Socket {
@@ -41,21 +48,31 @@ impl Socket {
             wbuf: BytesMut::new(),
             write_stall,
             trace: None,
+            conn: None,
         }
     }
 
-    /// Traces this connection from now on (`--trace`), or not.
-    pub fn set_trace(&mut self, trace: Option<Box<crate::trace::ConnTrace>>) {
-        self.trace = trace;
+    /// Keeps `conn`'s counts and last line, and traces the connection where `--trace` says
+    /// (or once the operator watches it).
+    pub fn register(&mut self, conn: &Arc<ConnInfo>, tracer: Option<&Arc<Tracer>>) {
+        self.trace = Tracer::of(tracer, conn);
+        self.conn = Some(conn.clone());
     }
 
-    /// Whether this connection is traced.
-    pub fn traced(&self) -> bool {
-        self.trace.is_some()
+    /// Starts tracing for the operator's live view when it starts watching.
+    fn watch(&mut self) {
+        if let (None, Some(conn)) = (&self.trace, &self.conn) {
+            if conn.is_watched() {
+                self.trace = Some(ConnTrace::watching(conn));
+            }
+        }
     }
 
-    /// Who the traced connection is now (a login, a guest's nick).
+    /// Who the connection is now (a login, a guest's nick), for the trace and the operator.
     pub fn trace_user(&mut self, user: Option<&str>) {
+        if let Some(conn) = &self.conn {
+            conn.set_user(user);
+        }
         if let Some(trace) = self.trace.as_deref_mut() {
             trace.set_user(user);
         }
@@ -63,6 +80,10 @@ impl Socket {
 
     /// The first `n` gathered bytes are written: the trace shows them.
     fn written(&mut self, n: usize) {
+        if let Some(conn) = &self.conn {
+            conn.sent(n);
+        }
+        self.watch();
         if let Some(trace) = self.trace.as_deref_mut() {
             trace.output(&self.wbuf[..n]);
         }
@@ -92,6 +113,10 @@ impl Socket {
                         self.rbuf = pool::take();
                     }
                     self.rbuf.extend_from_slice(&chunk[..n]);
+                    if let Some(conn) = &self.conn {
+                        conn.received(n, &self.rbuf);
+                    }
+                    self.watch();
                     if let Some(trace) = self.trace.as_deref_mut() {
                         trace.input(&chunk[..n]);
                     }
@@ -247,6 +272,10 @@ impl Socket {
     /// [`Socket::close_with`], giving the client up to `grace` to take the bytes.
     pub async fn close_within(&mut self, line: &[u8], grace: Duration) {
         self.out().extend_from_slice(line);
+        if let Some(conn) = &self.conn {
+            conn.sent(self.wbuf.len());
+        }
+        self.watch();
         if let Some(trace) = self.trace.as_deref_mut() {
             trace.output(&self.wbuf);
         }

@@ -35,6 +35,11 @@ pub enum StoreErrorKind {
 
 impl StoreError {
     pub fn new(kind: StoreErrorKind, context: &'static str, detail: impl fmt::Display) -> StoreError {
+        // A name taken is an answer, not a failure of the store.
+        if kind != StoreErrorKind::Duplicate {
+            let outage = matches!(kind, StoreErrorKind::Unavailable(_) | StoreErrorKind::Gone);
+            crate::metrics::METRICS.store_failed(outage);
+        }
         StoreError {
             kind,
             context,

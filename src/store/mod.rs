@@ -189,6 +189,15 @@ pub struct Counts {
     pub messages: i64,
 }
 
+/// What removing a user deletes, in order (the first statement decides whether it existed).
+const DELETE_USER: [&str; 5] = [
+    "DELETE FROM users WHERE name = $1",
+    "DELETE FROM tokens WHERE user_name = $1",
+    "DELETE FROM room_members WHERE user_name = $1",
+    "DELETE FROM room_invites WHERE user_name = $1",
+    "DELETE FROM messages WHERE recipient = $1",
+];
+
 /// The store chatd runs on.
 #[derive(Clone)]
 pub enum Store {
@@ -230,6 +239,25 @@ impl Store {
         match self {
             Store::Sqlite(s) => s.create_user(name, password_hash).await,
             Store::Postgres(s) => s.create_user(name, password_hash).await,
+        }
+    }
+
+    /// Replaces a user's password hash; false if there is no such user.
+    pub async fn set_password_hash(&self, name: &str, password_hash: &str) -> StoreResult<bool> {
+        match self {
+            Store::Sqlite(s) => s.set_password_hash(name, password_hash).await,
+            Store::Postgres(s) => s.set_password_hash(name, password_hash).await,
+        }
+    }
+
+    /// Removes a user, in one transaction: the account, its tokens, its room memberships and
+    /// invitations, and the direct messages sent to it. What it said to others stays theirs:
+    /// their direct messages and the rooms' history keep its lines under its name. False if
+    /// there is no such user.
+    pub async fn delete_user(&self, name: &str) -> StoreResult<bool> {
+        match self {
+            Store::Sqlite(s) => s.delete_user(name).await,
+            Store::Postgres(s) => s.delete_user(name).await,
         }
     }
 

@@ -102,6 +102,36 @@ impl PgStore {
         Ok(())
     }
 
+    /// Replaces a user's password hash; false if there is no such user.
+    pub async fn set_password_hash(&self, name: &str, password_hash: &str) -> StoreResult<bool> {
+        let done = bounded(
+            "changing the password",
+            true,
+            sqlx::query("UPDATE users SET password_hash = $2 WHERE name = $1")
+                .bind(name)
+                .bind(password_hash)
+                .execute(&self.pool),
+        )
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Removes a user and what is theirs alone, in one transaction (see
+    /// [`super::Store::delete_user`]); false if there is no such user.
+    pub async fn delete_user(&self, name: &str) -> StoreResult<bool> {
+        bounded("removing the user", true, async {
+            let mut tx = self.pool.begin().await?;
+            let mut removed = false;
+            for (i, sql) in super::DELETE_USER.iter().enumerate() {
+                let done = sqlx::query(sql).bind(name).execute(&mut *tx).await?;
+                removed |= i == 0 && done.rows_affected() > 0;
+            }
+            tx.commit().await?;
+            Ok(removed)
+        })
+        .await
+    }
+
     pub async fn password_hash(&self, name: &str) -> StoreResult<Option<String>> {
         bounded(
             "looking up the user",

@@ -115,6 +115,37 @@ impl SqliteStore {
         self.check_file()
     }
 
+    /// Replaces a user's password hash; false if there is no such user.
+    pub async fn set_password_hash(&self, name: &str, password_hash: &str) -> StoreResult<bool> {
+        self.check_file()?;
+        let done = sqlx::query("UPDATE users SET password_hash = ? WHERE name = ?")
+            .bind(password_hash)
+            .bind(name)
+            .execute(&self.writer)
+            .await
+            .map_err(|e| StoreError::from_sqlx("changing the password", true, e))?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Removes a user and what is theirs alone, in one transaction (see
+    /// [`super::Store::delete_user`]); false if there is no such user.
+    pub async fn delete_user(&self, name: &str) -> StoreResult<bool> {
+        self.check_file()?;
+        let failed = |e| StoreError::from_sqlx("removing the user", true, e);
+        let mut tx = self.writer.begin().await.map_err(failed)?;
+        let mut removed = false;
+        for (i, sql) in super::DELETE_USER.iter().enumerate() {
+            let done = sqlx::query(&sql.replace("$1", "?"))
+                .bind(name)
+                .execute(&mut *tx)
+                .await
+                .map_err(failed)?;
+            removed |= i == 0 && done.rows_affected() > 0;
+        }
+        tx.commit().await.map_err(failed)?;
+        Ok(removed)
+    }
+
     pub async fn password_hash(&self, name: &str) -> StoreResult<Option<String>> {
         sqlx::query_scalar("SELECT password_hash FROM users WHERE name = ?")
             .bind(name)

@@ -167,6 +167,13 @@ impl Topology {
         })
     }
 
+    /// Forgets what is cached of `user`'s inbox (the user was removed).
+    pub fn forget_inbox(&self, user: &str) {
+        if let Mode::Alone { cache, .. } = &self.mode {
+            cache.forget(user);
+        }
+    }
+
     pub fn hub(&self) -> &Hub {
         &self.hub
     }

@@ -170,12 +170,18 @@ async fn relay_announcements(
     }
     ready.sort_unstable_by_key(|m| m.id);
     for message in ready {
+        if let Some(lag) = crate::metrics::Metrics::since_micros(message.created_at_us) {
+            crate::metrics::METRICS
+                .relay_lag_seconds
+                .observe(lag.as_secs_f64());
+        }
         hub.deliver(&message);
     }
     Ok(())
 }
 
 async fn catch_up(store: &PgStore, hub: &Hub, seen: &mut Seen) -> StoreResult<()> {
+    crate::metrics::METRICS.relay_catchups.inc();
     let mut caught_up = 0usize;
     loop {
         let known: Vec<(String, i64)> = seen.by_node.iter().map(|(n, id)| (n.clone(), *id)).collect();

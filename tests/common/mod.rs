@@ -177,6 +177,8 @@ pub struct TestServer {
     pub echo: Option<SocketAddr>,
     /// The IRC door's address, unless a test closed it.
     pub irc: Option<SocketAddr>,
+    /// The operator's listener, unless a test closed it.
+    pub admin: Option<SocketAddr>,
     pub db_url: String,
     shutdown: CancellationToken,
     task: JoinHandle<anyhow::Result<()>>,
@@ -227,6 +229,7 @@ impl TestServer {
         let http = server.http_addr().expect("tests serve HTTP");
         let echo = server.echo_addr();
         let irc = server.irc_addr();
+        let admin = server.admin_addr();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(server.run(shutdown.clone()));
         TestServer {
@@ -234,6 +237,7 @@ impl TestServer {
             http,
             echo,
             irc,
+            admin,
             db_url,
             shutdown,
             task,
@@ -244,6 +248,11 @@ impl TestServer {
     /// `http://127.0.0.1:PORT` + `path`.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.http)
+    }
+
+    /// `http://<admin listener>` + `path`.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin.expect("the admin listener is open"))
     }
 
     pub async fn client(&self) -> Client {

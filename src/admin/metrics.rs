@@ -1,0 +1,90 @@
+//! `GET /metrics`: the server's counts in the OpenMetrics text format (Prometheus reads it;
+//! <https://prometheus.io/docs/specs/om/open_metrics_spec/>), and the counters of the live
+//! page. What the core keeps anyway (open connections and their bytes, the hash queue,
+//! memory) is read into the metrics here, when scraped.
+
+use std::sync::{Arc, Mutex};
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use super::AdminState;
+use crate::chat::Chat;
+use crate::conns::{door_name, Conns, DOORS};
+use crate::metrics::{catch_up, DoorLabel, METRICS};
+
+/// The scrape's reading of the core into the metrics, one at a time.
+#[derive(Default)]
+pub struct Metrics {
+    sampling: Mutex<()>,
+}
+
+impl Metrics {
+    /// Reads what is read rather than counted into the metrics.
+    fn sample(&self, conns: &Conns, chat: &Chat) {
+        let _one_at_a_time = self.sampling.lock().unwrap_or_else(|e| e.into_inner());
+        let (open, opened, bytes) = (
+            conns.open_per_door(),
+            conns.opened_per_door(),
+            conns.bytes_per_door(),
+        );
+        for (i, door) in DOORS.iter().enumerate() {
+            let label = DoorLabel {
+                door: door_name(*door),
+            };
+            METRICS.connections.get_or_create(&label).set(open[i] as i64);
+            catch_up(&METRICS.accepted.get_or_create(&label), opened[i]);
+            catch_up(&METRICS.bytes_received.get_or_create(&label), bytes[i].0);
+            catch_up(&METRICS.bytes_sent.get_or_create(&label), bytes[i].1);
+        }
+        METRICS.hash_queue.set(chat.hash_queue_depth() as i64);
+        METRICS.sample_process();
+    }
+
+    /// The live page's counters.
+    pub fn counters(&self, conns: &Conns, chat: &Chat) -> serde_json::Value {
+        self.sample(conns, chat);
+        let open = conns.open_per_door();
+        let bytes = conns.bytes_per_door();
+        let per_door = |f: &dyn Fn(usize) -> u64| -> serde_json::Map<String, serde_json::Value> {
+            DOORS
+                .iter()
+                .enumerate()
+                .map(|(i, d)| (door_name(*d).to_string(), f(i).into()))
+                .collect()
+        };
+        let [ok, bad, limited, busy] = METRICS.logins();
+        json!({
+            "connections": per_door(&|i| open[i]),
+            "bytes_in": per_door(&|i| bytes[i].0),
+            "bytes_out": per_door(&|i| bytes[i].1),
+            "messages_direct": METRICS.committed_direct.get(),
+            "messages_room": METRICS.committed_room.get(),
+            "pushes": METRICS.pushes.get(),
+            "slow_reader_kicks": METRICS.kicks.get(),
+            "logins": {"ok": ok, "bad_credentials": bad, "rate_limited": limited, "busy": busy},
+            "hash_queue": chat.hash_queue_depth(),
+            "store_errors": METRICS.store_errors.get(),
+            "online_here": chat.online_here(),
+        })
+    }
+}
+
+pub async fn scrape(State(state): State<Arc<AdminState>>) -> Response {
+    state.metrics.sample(&state.conns, &state.chat);
+    let mut text = String::with_capacity(16 * 1024);
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &METRICS.registry) {
+        tracing::error!(error = %e, "encoding the metrics failed");
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
