@@ -65,6 +65,21 @@ if ! python3 -c 'import requests' 2>/dev/null; then
         echo "!!! WARNING: python3 has no requests; the lab client test will SKIP !!!" >&2
 fi
 
+# The metrics test (tests/metrics.rs) reads /metrics with the Prometheus project's own parser,
+# Python's prometheus_client (from PyPI, else Debian's python3-prometheus-client).
+if ! python3 -c 'import prometheus_client' 2>/dev/null; then
+    echo "Installing prometheus_client for the metrics test..." >&2
+    python3 -m pip install -q prometheus_client >/dev/null 2>&1 ||
+        { [[ $EUID -eq 0 ]] && command -v apt-get >/dev/null && apt-get update -qq &&
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-prometheus-client >/dev/null; } ||
+        true
+fi
+if python3 -c 'import prometheus_client' 2>/dev/null; then
+    export CHATD_REQUIRE_PROMETHEUS_CLIENT=1 # present, so the metrics test must run, not skip
+else
+    echo "!!! WARNING: python3 has no prometheus_client; the metrics test will SKIP !!!" >&2
+fi
+
 # PostgreSQL for the tests that run on both stores and the multi-node tests. Use the URL given
 # in CHATD_TEST_DATABASE_URL; else the local server (started first if installed but stopped).
 pg_up() { pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; }
