@@ -597,6 +597,54 @@ async fn chat_delivers_every_acked_message_exactly_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_servers_own_view_is_printed_beside_the_generators() {
+    let server = Served::start(&[]).await;
+    let metrics = format!(
+        "http://{}/metrics",
+        server.process.admin.expect("the admin listener")
+    );
+    let (passed, r) = load(&[
+        "chat",
+        "--addr",
+        &server.line.to_string(),
+        "--users",
+        "4",
+        "--duration",
+        "1",
+        "--server-metrics",
+        &metrics,
+    ])
+    .await;
+    assert!(passed, "{r:#}");
+    let view = &r["server"][0];
+    assert_eq!(view["url"], metrics.as_str());
+    // Every acked SEND was committed, as the server counted it; each went to one recipient.
+    assert_eq!(view["committed_direct"], r["delivery"]["acked"], "{r:#}");
+    assert_eq!(view["pushes"], r["delivery"]["delivered"], "{r:#}");
+    assert_eq!(view["logins_ok"], 4, "{r:#}");
+    assert!(view["commits"].as_u64().unwrap() >= 1);
+    assert!(view["mean_batch"].as_f64().unwrap() >= 1.0);
+
+    // Nothing listening there: the run does not start.
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        Command::new(CHATD)
+            .args(["load", "ping", "--addr", &server.line.to_string(), "--conns", "1"])
+            .args(["--server-metrics", "http://127.0.0.1:1/metrics"])
+            .output(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("--server-metrics http://127.0.0.1:1/metrics"),
+        "{said}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chat_at_a_target_rate() {
     let server = Served::start(&[]).await;
     let (passed, r) = load(&[

@@ -174,7 +174,7 @@ async fn each_counter_moves_when_its_event_happens() {
     }
     alice.ok("JOIN #lab").await;
     alice.ok("SEND #lab hi all").await;
-    let now = moved(
+    moved(
         &server,
         &now,
         r#"chatd_messages_committed_total{kind="room"}"#,

@@ -13,6 +13,8 @@ pub struct Process {
     pub addr: SocketAddr,
     /// The HTTP facade's address, unless it is off.
     pub http: Option<SocketAddr>,
+    /// The admin listener (the teacher's view, `/metrics`).
+    pub admin: Option<SocketAddr>,
     /// The IRC door's address, unless it is off.
     pub irc: Option<SocketAddr>,
     pub banner: Vec<String>,
@@ -54,7 +56,7 @@ impl Process {
         let mut child = command.spawn().expect("chatd starts");
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         // The banner: telnet lines, then (with HTTP) http:// lines, then the store line.
-        let (mut banner, mut addr, mut http, mut irc) = (Vec::new(), None, None, None);
+        let (mut banner, mut addr, mut http, mut irc, mut admin) = (Vec::new(), None, None, None, None);
         loop {
             let line = lines.next().expect("the banner names the address").unwrap();
             banner.push(line.clone());
@@ -67,6 +69,9 @@ impl Process {
             } else if let Some(rest) = line.strip_prefix("/connect ") {
                 let (ip, port) = rest.split_once(' ').unwrap();
                 irc.get_or_insert(SocketAddr::new(ip.parse().unwrap(), port.parse().unwrap()));
+            } else if let Some(rest) = line.strip_prefix("The teacher's view: http://") {
+                let at = rest.split_once("/admin").unwrap().0;
+                admin.get_or_insert(at.parse().unwrap());
             } else if line.starts_with("Store:") {
                 break;
             }
@@ -78,6 +83,7 @@ impl Process {
             addr: addr.expect("a telnet line"),
             http,
             irc,
+            admin,
             banner,
         }
     }
@@ -136,6 +142,9 @@ pub fn serve_command(db: &str) -> Command {
             // Not IRC's well-known port: tests run side by side.
             "--irc-port",
             "0",
+            // Nor the admin listener's default port.
+            "--admin-addr",
+            "127.0.0.1:0",
             "--db",
             db,
         ])

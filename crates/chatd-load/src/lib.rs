@@ -29,6 +29,7 @@ pub mod report;
 pub mod request;
 pub mod rooms;
 pub mod rss;
+pub mod server_metrics;
 pub mod stats;
 pub mod stop;
 pub mod verdict;
@@ -139,6 +140,12 @@ pub struct Common {
     /// for several nodes.
     #[arg(long)]
     pub server_pid: Vec<u32>,
+    /// chatd's `/metrics` (its admin listener, `http://127.0.0.1:9187/metrics`), read before
+    /// and after the run: the server's own view (commits, batch sizes, pushes, refusals) is
+    /// printed beside the generator's. Repeat for several nodes. A token, if the listener
+    /// wants one, from CHATD_ADMIN_TOKEN.
+    #[arg(long, value_name = "URL")]
+    pub server_metrics: Vec<String>,
     /// Failed requests (errors, non-2xx, unanswered, broken connections) a passing run may have.
     #[arg(long, default_value_t = 0)]
     pub max_errors: u64,
@@ -373,6 +380,11 @@ pub fn main(args: LoadArgs) -> anyhow::Result<ExitCode> {
                 format!("{} {}", args.scenario.name(), common.addr.join(",")),
             )
         };
+        let metrics_before = if part_mode {
+            Vec::new()
+        } else {
+            server_metrics::before(&common.server_metrics).await?
+        };
         let measured = run_here(&args.scenario, &ctx).await;
         progress.finish();
         let measured = measured?;
@@ -384,7 +396,7 @@ pub fn main(args: LoadArgs) -> anyhow::Result<ExitCode> {
             Some(m) => m.finish(&measured.connect.per_node),
             None => (Vec::new(), Vec::new()),
         };
-        let report = Report::build(
+        let mut report = Report::build(
             measured,
             meta::Meta::now(epoch_unix_ns, 1, open_files),
             args.scenario.name(),
@@ -393,6 +405,7 @@ pub fn main(args: LoadArgs) -> anyhow::Result<ExitCode> {
             (memory, rss),
             &common.limits(),
         );
+        server_metrics::after(&mut report, &common.server_metrics, metrics_before).await;
         output(&report, &common)
     });
     // Closing tens of thousands of sockets is quick; the runtime need not wait for stragglers.

@@ -27,13 +27,14 @@ use crate::stop::{self, Requests};
 use crate::{meta, net, output, unix_ns, Scenario};
 
 /// Options only the parent acts on: (flag, whether it takes a value; `None`: an optional one).
-const PARENT_ONLY: [(&str, Option<bool>); 6] = [
+const PARENT_ONLY: [(&str, Option<bool>); 7] = [
     ("--procs", Some(true)),
     ("--json", None),
     ("--plot", Some(true)),
     ("--hdr-out", Some(true)),
     ("--timeline-csv", Some(true)),
     ("--server-pid", Some(true)),
+    ("--server-metrics", Some(true)),
 ];
 
 /// The command line for a child: ours without the options only the parent acts on.
@@ -113,6 +114,7 @@ pub fn parent(scenario: &Scenario) -> anyhow::Result<ExitCode> {
         let epoch = Instant::now();
         let epoch_unix_ns = unix_ns();
         let rss = RssMonitor::for_servers(&common.server_pid, targets.len(), epoch)?;
+        let metrics_before = crate::server_metrics::before(&common.server_metrics).await?;
         let run_id = common
             .run_id
             .clone()
@@ -210,6 +212,7 @@ pub fn parent(scenario: &Scenario) -> anyhow::Result<ExitCode> {
             &common.limits(),
         );
         report.parts = summaries;
+        crate::server_metrics::after(&mut report, &common.server_metrics, metrics_before).await;
         output(&report, &common)
     });
     runtime.shutdown_background();

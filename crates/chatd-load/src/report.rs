@@ -434,6 +434,9 @@ pub struct Report {
     pub memory: Vec<NodeMemory>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub held: Option<Held>,
+    /// `--server-metrics`: what each server counted during the run.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub server: Vec<crate::server_metrics::ServerView>,
     /// Per-interval figures on the run's one time axis, for `--plot`, `--timeline-csv` and
     /// scripts.
     pub timeline: Timeline,
@@ -616,6 +619,7 @@ impl Report {
             rooms,
             memory,
             held: m.held.clone(),
+            server: Vec::new(),
             timeline,
             parts: Vec::new(),
             measured: m,
@@ -915,6 +919,9 @@ impl Report {
                 rows.push(("  with stalled", fmt_latency(with)));
                 rows.push(("  without", fmt_latency(without)));
             }
+        }
+        for server in &self.server {
+            rows.extend(server.rows());
         }
         for w in &self.warnings {
             rows.push(("warning", w.clone()));
