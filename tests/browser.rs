@@ -529,14 +529,151 @@ async fn a_room_in_two_browsers() {
     server.stop().await;
 }
 
-/// Saves a screenshot under target/.
-async fn screenshot(client: &Client, name: &str) {
+#[tokio::test(flavor = "multi_thread")]
+async fn the_teachers_view_in_a_browser() {
+    if let Some(reason) = browser_missing() {
+        if std::env::var("CHATD_REQUIRE_BROWSER").is_ok_and(|v| v == "1") {
+            panic!("CHATD_REQUIRE_BROWSER=1, but {reason}");
+        }
+        eprintln!("SKIPPED: browser test: {reason}");
+        return;
+    }
+    tokio::time::timeout(WHOLE_TEST, teachers_view())
+        .await
+        .expect("the browser test finishes in time");
+}
+
+/// The page a teacher projects: two students (telnet and IRC) in a room, the counters, a
+/// click on a connection that opens its live trace (password masked), a student who leaves
+/// and leaves the list, and one the teacher disconnects, who is told so.
+async fn teachers_view() {
+    let server = common::TestServer::start_with(|c| c.load_test_hashing = true).await;
+    let mut alice = server.user("alice").await;
+    server.client().await.ok("REGISTER bob pw").await;
+    let mut bob = common::irc::Irc::sasl(server.irc.unwrap(), "bob", "pw", "").await;
+    alice.ok("JOIN #lab").await;
+    bob.send("JOIN #lab").await;
+    bob.expect("JOIN").await;
+    alice.ok("TOPIC #lab networks, week 3").await;
+    let mut carol = server.user("carol").await;
+
+    let mut driver = Chromedriver::start().await;
+    let teacher = driver.browser(1280, 800).await; // a projector
+    teacher
+        .goto(&server.admin_url("/admin"))
+        .await
+        .expect("the teacher opens the page");
+    assert_eq!(teacher.title().await.unwrap(), "chatd: the teacher's view");
+    wait_for(&teacher, "three users", "#conns", |t| {
+        t.contains("alice") && t.contains("bob") && t.contains("carol")
+    })
+    .await;
+    let rows = wait_for(&teacher, "alice's row", "#conns tr", |t| t.contains("alice")).await;
+    assert!(
+        rows.contains("line") && rows.contains("TOPIC #lab networks, week 3"),
+        "{rows}"
+    );
+    let bob_row = wait_for(&teacher, "bob's row", "#conns tr", |t| t.contains("bob")).await;
+    assert!(bob_row.contains("irc"), "{bob_row}");
+    wait_for(&teacher, "the room", "#rooms", |t| {
+        t.contains("#lab") && t.contains("2 members")
+    })
+    .await;
+    wait_for(&teacher, "who is online", "#online", |t| {
+        t.contains("alice") && t.contains("bob") && t.contains("carol")
+    })
+    .await;
+    wait_for(&teacher, "the counters", "#counters", |t| {
+        t.contains("connections")
+    })
+    .await;
+
+    // Carol leaves: her row goes at once.
+    carol.write(b"QUIT\r\n").await;
+    carol.closed().await;
+    wait_for(&teacher, "carol gone", "#conns", |t| !t.contains("carol")).await;
+
+    // A click on alice's row opens her live trace.
+    let alice_cell = "#conns tr.conn td:nth-child(4)";
+    for _ in 0..5 {
+        let cells = teacher.find_all(Locator::Css(alice_cell)).await.unwrap();
+        let mut clicked = false;
+        for cell in cells {
+            if cell.text().await.unwrap_or_default() == "alice" && cell.click().await.is_ok() {
+                clicked = true;
+                break;
+            }
+        }
+        if clicked {
+            break;
+        }
+    }
+    wait_for(&teacher, "the trace", "#trace-lines", |t| t.contains("tracing #")).await;
+    alice.ok("AUTH alice pw").await;
+    alice.ok("SEND #lab who has the lab notes?").await;
+    let trace = wait_for(&teacher, "alice's lines", "#trace-lines", |t| {
+        t.contains("who has the lab notes?") && t.contains("-> OK")
+    })
+    .await;
+    assert!(trace.contains("<- AUTH alice ****"), "{trace}");
+    assert!(!trace.contains("AUTH alice pw"), "{trace}");
+    bob.until("PRIVMSG").await;
+    screenshot_as(&teacher, "admin").await;
+
+    // The teacher disconnects alice; her client is told, and her row goes.
+    teacher
+        .execute("window.confirm = () => true;", vec![])
+        .await
+        .unwrap();
+    let buttons = teacher
+        .find_all(Locator::Css("#conns tr.conn button.danger"))
+        .await
+        .unwrap();
+    let mut done = false;
+    for button in buttons {
+        let row_text: String = teacher
+            .execute(
+                "return arguments[0].closest('tr').innerText;",
+                vec![serde_json::to_value(&button).unwrap()],
+            )
+            .await
+            .unwrap()
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        if row_text.contains("alice") {
+            button.click().await.unwrap();
+            done = true;
+            break;
+        }
+    }
+    assert!(done, "alice's Disconnect button");
+    assert_eq!(alice.closed().await, ["BYE disconnected by the operator"]);
+    wait_for(&teacher, "alice gone", "#conns", |t| !t.contains("alice")).await;
+    wait_for(&teacher, "the trace's end", "#trace-lines", |t| {
+        t.contains("the connection closed")
+    })
+    .await;
+    screenshot_as(&teacher, "admin-after").await;
+
+    teacher.close().await.expect("the browser session ends");
+    drop(driver);
+    server.stop().await;
+}
+
+/// Saves a screenshot under target/ as `browser-<name>.png`.
+async fn screenshot_as(client: &Client, name: &str) {
     let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
     std::fs::create_dir_all(&target).unwrap();
     let png = client.screenshot().await.expect("screenshot");
-    let path = target.join(format!("browser-chat-{name}.png"));
+    let path = target.join(format!("browser-{name}.png"));
     std::fs::write(&path, png).unwrap();
     eprintln!("screenshot: {}", path.display());
+}
+
+/// Saves a screenshot of the chat page under target/.
+async fn screenshot(client: &Client, name: &str) {
+    screenshot_as(client, &format!("chat-{name}")).await;
 }
 
 /// Stores a message whose client timestamp is a JSON object, straight into the database.
