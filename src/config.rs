@@ -5,6 +5,11 @@ use std::time::Duration;
 
 use clap::Args;
 
+/// The TLS doors' ports unless `--tls-port`, `--https-port`, `--irc-tls-port` say otherwise.
+pub const DEFAULT_TLS_PORT: u16 = 8443;
+pub const DEFAULT_HTTPS_PORT: u16 = 5443;
+pub const DEFAULT_IRC_TLS_PORT: u16 = 6697;
+
 /// Where the operator's listener is unless `--admin-addr` says otherwise.
 pub const DEFAULT_ADMIN_ADDR: ([u8; 4], u16) = ([127, 0, 0, 1], 9187);
 
@@ -113,6 +118,39 @@ pub struct Config {
     /// `--admin-addr` is not a loopback address.
     #[arg(long, env = "CHATD_ADMIN_TOKEN")]
     pub admin_token: Option<String>,
+
+    /// Also serve the doors over TLS: the line protocol on `--tls-port`, HTTPS on
+    /// `--https-port`, IRC on `--irc-tls-port`, beside the plain ones. Without `--tls-cert`,
+    /// a self-signed certificate is made once, next to the database, and reused.
+    #[arg(long, env = "CHATD_TLS")]
+    pub tls: bool,
+
+    /// With `--tls`: the line protocol's TLS port (default 8443; if the default is taken,
+    /// chatd serves without it and says so).
+    #[arg(long, env = "CHATD_TLS_PORT", requires = "tls")]
+    pub tls_port: Option<u16>,
+
+    /// With `--tls`: the HTTPS port (default 5443; if the default is taken, chatd serves
+    /// without it and says so).
+    #[arg(long, env = "CHATD_HTTPS_PORT", requires = "tls")]
+    pub https_port: Option<u16>,
+
+    /// With `--tls`: IRC's TLS port (default 6697, IRC's registered one; if the default is
+    /// taken, chatd serves without it and says so).
+    #[arg(long, env = "CHATD_IRC_TLS_PORT", requires = "tls")]
+    pub irc_tls_port: Option<u16>,
+
+    /// With `--tls`: the certificate (PEM, the chain in order) instead of a generated one.
+    #[arg(long, env = "CHATD_TLS_CERT", requires_all = ["tls", "tls_key"])]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// With `--tls-cert`: its private key (PEM).
+    #[arg(long, env = "CHATD_TLS_KEY", requires_all = ["tls", "tls_cert"])]
+    pub tls_key: Option<std::path::PathBuf>,
+
+    /// How long a TLS handshake may take (tests shorten it).
+    #[arg(skip = crate::tls::HANDSHAKE_TIMEOUT)]
+    pub tls_handshake_timeout: Duration,
 
     /// Also serve RFC 862 echo on this TCP port (off unless given; 0 picks one).
     #[arg(long, env = "CHATD_ECHO_PORT")]
@@ -305,6 +343,13 @@ impl Config {
             irc_ping_interval: 120,
             irc_identify_within: 30,
             admin_addr: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
+            tls: false,
+            tls_port: Some(0),
+            https_port: Some(0),
+            irc_tls_port: Some(0),
+            tls_cert: None,
+            tls_key: None,
+            tls_handshake_timeout: crate::tls::HANDSHAKE_TIMEOUT,
             no_admin: false,
             admin_token: None,
             echo_port: None,

@@ -47,6 +47,8 @@ pub struct Conns {
 pub struct ConnInfo {
     pub id: u64,
     pub door: Door,
+    /// Whether it came in by a TLS door.
+    pub tls: bool,
     pub peer: SocketAddr,
     pub since: SystemTime,
     bytes_in: AtomicU64,
@@ -67,6 +69,7 @@ pub struct ConnInfo {
 pub struct ConnView {
     pub id: u64,
     pub door: &'static str,
+    pub tls: bool,
     pub addr: String,
     pub user: Option<String>,
     /// Seconds since the Unix epoch.
@@ -89,10 +92,17 @@ impl Conns {
 
     /// Registers a connection; it leaves the table when the returned guard is dropped.
     /// `stop` is the server's shutdown: the connection's own token is a child of it.
-    pub fn open(self: &Arc<Conns>, door: Door, peer: SocketAddr, stop: &CancellationToken) -> Registered {
+    pub fn open(
+        self: &Arc<Conns>,
+        door: Door,
+        tls: bool,
+        peer: SocketAddr,
+        stop: &CancellationToken,
+    ) -> Registered {
         let info = Arc::new(ConnInfo {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             door,
+            tls,
             peer,
             since: SystemTime::now(),
             bytes_in: AtomicU64::new(0),
@@ -292,6 +302,7 @@ impl ConnInfo {
         ConnView {
             id: self.id,
             door: door_name(self.door),
+            tls: self.tls,
             addr: self.peer.to_string(),
             user: self.user().map(|u| u.to_string()),
             since: self
@@ -391,7 +402,7 @@ mod tests {
     fn a_connection_is_listed_while_open_and_its_bytes_stay_counted() {
         let conns = Conns::new();
         let stop = CancellationToken::new();
-        let conn = conns.open(Door::Line, peer(), &stop);
+        let conn = conns.open(Door::Line, false, peer(), &stop);
         conn.received(12, b"AUTH bob pw\n");
         conn.sent(7);
         assert_eq!(conns.open_per_door(), [1, 0, 0, 0]);
@@ -407,7 +418,7 @@ mod tests {
     #[test]
     fn the_last_line_is_the_last_complete_one() {
         let conns = Conns::new();
-        let conn = conns.open(Door::Line, peer(), &CancellationToken::new());
+        let conn = conns.open(Door::Line, false, peer(), &CancellationToken::new());
         conn.received(4, b"SEND");
         assert_eq!(conn.view().last_line, "");
         conn.received(21, b"SEND bob hi\r\nWHO\r\nSEN");
@@ -419,8 +430,8 @@ mod tests {
         let conns = Conns::new();
         let stop = CancellationToken::new();
         let (a, b) = (
-            conns.open(Door::Irc, peer(), &stop),
-            conns.open(Door::Line, peer(), &stop),
+            conns.open(Door::Irc, false, peer(), &stop),
+            conns.open(Door::Line, false, peer(), &stop),
         );
         a.set_user(Some("alice"));
         assert_eq!(conns.disconnect_user("alice"), 1);
@@ -433,7 +444,7 @@ mod tests {
     #[tokio::test]
     async fn watchers_get_trace_lines_until_they_leave() {
         let conns = Conns::new();
-        let conn = conns.open(Door::Line, peer(), &CancellationToken::new());
+        let conn = conns.open(Door::Line, false, peer(), &CancellationToken::new());
         assert!(!conn.is_watched());
         let mut watcher = conn.watch();
         assert!(conn.is_watched());

@@ -8,23 +8,26 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::chat::Chat;
 use crate::config::Config;
+use crate::config::{DEFAULT_HTTPS_PORT, DEFAULT_IRC_TLS_PORT, DEFAULT_TLS_PORT};
 use crate::conns::{ConnInfo, Conns};
 use crate::limits::{self, Refusal};
 use crate::line::session::SessionSettings;
 use crate::listener::{self, BusyAnswer};
 use crate::store::Store;
+use crate::stream::Stream;
+use crate::tls::Tls;
 use crate::trace::Door as TraceDoor;
 use crate::{admin, echo, http, irc, line};
 
 /// Serves one admitted connection until it ends. Its entry in the operator's table carries
 /// its address and its own stop token (shutdown, or the operator's disconnect).
-pub(crate) type Serve = Arc<dyn Fn(TcpStream, Arc<ConnInfo>) -> BoxFuture<'static, ()> + Send + Sync>;
+pub(crate) type Serve = Arc<dyn Fn(Stream, Arc<ConnInfo>) -> BoxFuture<'static, ()> + Send + Sync>;
 
 /// What a door's [`Serve`] is built from, when the server starts running.
 pub(crate) struct Context<'a> {
@@ -49,6 +52,8 @@ pub(crate) struct Accepting {
     pub tracker: TaskTracker,
     /// The open connections, as the operator sees them.
     pub conns: Arc<Conns>,
+    /// The certificate, with `--tls`.
+    pub tls: Option<Tls>,
 }
 
 /// Which pool of places a door's connections take.
@@ -68,6 +73,8 @@ pub(crate) struct Row {
     pub what: &'static str,
     /// Its kind, in the operator's view and the trace.
     pub door: TraceDoor,
+    /// Whether it speaks TLS: each connection's handshake comes first.
+    pub tls: bool,
     /// The option that sets its port, for errors that say what to change.
     pub flag: &'static str,
     /// Its port, or `None` when the configuration keeps it closed.
@@ -87,6 +94,7 @@ pub(crate) struct Row {
 pub(crate) const DOORS: &[Row] = &[
     Row {
         name: "line",
+        tls: false,
         door: TraceDoor::Line,
         what: "the line protocol",
         flag: "--port",
@@ -99,6 +107,7 @@ pub(crate) const DOORS: &[Row] = &[
     },
     Row {
         name: "http",
+        tls: false,
         door: TraceDoor::Http,
         what: "HTTP",
         flag: "--http-port",
@@ -111,6 +120,7 @@ pub(crate) const DOORS: &[Row] = &[
     },
     Row {
         name: "echo",
+        tls: false,
         door: TraceDoor::Echo,
         what: "echo",
         flag: "--echo-port",
@@ -123,6 +133,7 @@ pub(crate) const DOORS: &[Row] = &[
     },
     Row {
         name: "irc",
+        tls: false,
         door: TraceDoor::Irc,
         what: "IRC",
         flag: "--irc-port",
@@ -133,11 +144,56 @@ pub(crate) const DOORS: &[Row] = &[
         serve: serve_irc,
         task: "the IRC listener",
     },
+    // TLS: a refused client gets no words (they would not be TLS), only the close.
+    Row {
+        name: "line-tls",
+        tls: true,
+        door: TraceDoor::Line,
+        what: "the line protocol over TLS",
+        flag: "--tls-port",
+        port: |config| config.tls.then(|| config.tls_port.unwrap_or(DEFAULT_TLS_PORT)),
+        optional: |config| config.tls_port.is_none(),
+        pool: Pool::Chat,
+        busy: |_| None,
+        serve: serve_line,
+        task: "the line TLS listener",
+    },
+    Row {
+        name: "https",
+        tls: true,
+        door: TraceDoor::Http,
+        what: "HTTPS",
+        flag: "--https-port",
+        port: |config| {
+            (config.tls && !config.no_http).then(|| config.https_port.unwrap_or(DEFAULT_HTTPS_PORT))
+        },
+        optional: |config| config.https_port.is_none(),
+        pool: Pool::Chat,
+        busy: |_| None,
+        serve: serve_http,
+        task: "the HTTPS listener",
+    },
+    Row {
+        name: "irc-tls",
+        tls: true,
+        door: TraceDoor::Irc,
+        what: "IRC over TLS",
+        flag: "--irc-tls-port",
+        port: |config| {
+            (config.tls && !config.no_irc).then(|| config.irc_tls_port.unwrap_or(DEFAULT_IRC_TLS_PORT))
+        },
+        optional: |config| config.irc_tls_port.is_none(),
+        pool: Pool::Chat,
+        busy: |_| None,
+        serve: serve_irc,
+        task: "the IRC TLS listener",
+    },
 ];
 
 /// The operator's listener: HTTP, with places of its own, never listed among the clients.
 pub(crate) const ADMIN: Row = Row {
     name: "admin",
+    tls: false,
     door: TraceDoor::Http,
     what: "the admin listener",
     flag: "--admin-addr",
@@ -184,8 +240,18 @@ impl Door {
     /// `tracker`; the place in the pool is held until the connection ends.
     pub async fn accept(self, pool: limits::Door, serve: Serve, with: Accepting) {
         let row = self.row;
-        let Accepting { stop, tracker, conns } = with;
+        let Accepting {
+            stop,
+            tracker,
+            conns,
+            tls,
+        } = with;
         let shutdown = stop.clone();
+        let tls = if row.tls {
+            Some(tls.expect("a TLS door is bound only with a certificate"))
+        } else {
+            None
+        };
         listener::accept_loop(
             row.name,
             self.listener,
@@ -193,11 +259,23 @@ impl Door {
             row.busy,
             stop,
             tracker,
-            move |stream, peer, place| {
-                let conn = conns.open(row.door, peer, &shutdown);
-                let served = serve(stream, conn.0.clone());
+            move |tcp, peer, place| {
+                let conn = conns.open(row.door, row.tls, peer, &shutdown);
+                let (serve, tls) = (serve.clone(), tls.clone());
                 async move {
-                    served.await;
+                    let stream = match tls {
+                        None => Stream::Plain(tcp),
+                        // Boxed: a plain connection's task does not carry a handshake's state.
+                        Some(tls) => match Box::pin(tls.accept(tcp)).await {
+                            Ok(tls) => Stream::Tls(Box::new(tls)),
+                            Err(e) => {
+                                tracing::debug!(%peer, door = row.name, error = %e, "TLS handshake failed");
+                                crate::metrics::METRICS.tls_handshake_failed(row.name);
+                                return;
+                            }
+                        },
+                    };
+                    serve(stream, conn.0.clone()).await;
                     drop(conn);
                     drop(place);
                 }
@@ -249,5 +327,9 @@ fn serve_http(cx: &Context) -> Serve {
 fn serve_echo(cx: &Context) -> Serve {
     let settings = Arc::new(echo::EchoSettings::from_config(cx.config));
     let tracer = cx.tracer.cloned();
-    Arc::new(move |stream, conn| echo::serve(stream, settings.clone(), conn, tracer.clone()).boxed())
+    Arc::new(move |stream, conn| match stream {
+        Stream::Plain(tcp) => echo::serve(tcp, settings.clone(), conn, tracer.clone()).boxed(),
+        // No TLS echo door is in the table: echo is the exercise about the raw bytes.
+        Stream::Tls(_) => async {}.boxed(),
+    })
 }

@@ -25,7 +25,9 @@ mod metrics;
 mod net;
 mod socket;
 mod store;
+mod stream;
 mod supervisor;
+mod tls;
 mod topology;
 pub mod trace;
 
@@ -66,6 +68,8 @@ pub struct Server {
     closed: Vec<String>,
     /// The operator's listener, unless `--no-admin` or its default port was taken.
     admin: Option<tokio::net::TcpListener>,
+    /// The certificate of the TLS doors, with `--tls`.
+    tls: Option<tls::Tls>,
     store: Store,
     chat: Chat,
     budget: Budget,
@@ -133,6 +137,10 @@ impl Server {
         };
         // Its errors name the file or server and say what to do.
         let store = Store::open(&config.db, &store_options).await?;
+        let tls = match config.tls {
+            true => Some(load_tls(&config, &store, ip)?),
+            false => None,
+        };
         let mut tasks = Supervisor::new();
         let chat = Chat::start(
             store.clone(),
@@ -185,6 +193,7 @@ impl Server {
             doors,
             closed,
             admin,
+            tls,
             store,
             chat,
             budget,
@@ -212,6 +221,15 @@ impl Server {
 
     pub fn irc_addr(&self) -> Option<SocketAddr> {
         self.addr_of("irc")
+    }
+
+    /// The TLS doors (`--tls`): the line protocol's, HTTPS, IRC's, where open.
+    pub fn tls_addrs(&self) -> (Option<SocketAddr>, Option<SocketAddr>, Option<SocketAddr>) {
+        (
+            self.addr_of("line-tls"),
+            self.addr_of("https"),
+            self.addr_of("irc-tls"),
+        )
     }
 
     /// The operator's listener (the teacher's view, `/metrics`), if it is open.
@@ -243,6 +261,9 @@ impl Server {
                     "IRC guests are welcome (--irc-guests): any free nick may join public channels or make its own, and talk live; nothing a guest says is kept."
                 );
             }
+        }
+        if let Some(tls) = &self.tls {
+            banner_tls(&mut out, tls, self);
         }
         if let Some(admin) = self.admin_addr() {
             let token = if self.config.admin_token.is_some() {
@@ -342,6 +363,7 @@ impl Server {
             node_id,
             doors,
             admin,
+            tls,
             store,
             chat,
             budget,
@@ -378,6 +400,7 @@ impl Server {
             stop: stop.clone(),
             tracker: tracker.clone(),
             conns: conns.clone(),
+            tls,
         };
         let mut accepting = Vec::new();
         for door in doors {
@@ -496,6 +519,47 @@ fn listen_error(e: std::io::Error, ip: IpAddr, port: u16, door: &str, flag: &str
             _ => String::new(),
         };
         anyhow::anyhow!("cannot listen for {door} on {ip} port {port}: {e}{hint}")
+    }
+}
+
+/// The TLS doors' certificate: `--tls-cert`/`--tls-key`, or the one made (once) next to the
+/// database, naming this machine and the addresses chatd is bound to.
+fn load_tls(config: &Config, store: &Store, ip: IpAddr) -> anyhow::Result<tls::Tls> {
+    let given = config.tls_cert.as_deref().zip(config.tls_key.as_deref());
+    let dir = match store.sqlite_path().and_then(|p| p.parent()) {
+        Some(dir) => dir.to_path_buf(),
+        None => std::env::current_dir()?,
+    };
+    let mut tls = tls::Tls::load(given, &dir, &tls::names(&net::reachable_addrs(ip)))?;
+    tls.handshake_timeout = config.tls_handshake_timeout;
+    Ok(tls)
+}
+
+/// The banner's TLS lines: the certificate, its fingerprint, and a command per door.
+fn banner_tls(out: &mut String, tls: &tls::Tls, server: &Server) {
+    let how = match tls.generated {
+        Some(tls::Generated::Now) => "made now, self-signed",
+        Some(tls::Generated::Earlier) => "self-signed, made by an earlier start",
+        None => "--tls-cert",
+    };
+    let cert = tls.cert_path.display();
+    let _ = writeln!(out, "Encrypted (TLS), certificate {cert} ({how}):");
+    let _ = writeln!(out, "  SHA-256 fingerprint {}", tls.fingerprint);
+    let ip = net::reachable_addrs(server.ip)
+        .into_iter()
+        .find(|ip| !ip.is_loopback())
+        .unwrap_or(server.ip);
+    if let Some(line) = server.addr_of("line-tls") {
+        let at = SocketAddr::new(ip, line.port());
+        let _ = writeln!(out, "  openssl s_client -connect {at}");
+        let _ = writeln!(out, "  ncat --ssl {ip} {}", line.port());
+    }
+    if let Some(https) = server.addr_of("https") {
+        let at = SocketAddr::new(ip, https.port());
+        let _ = writeln!(out, "  curl --cacert {cert} https://{at}/info");
+    }
+    if let Some(irc) = server.addr_of("irc-tls") {
+        let _ = writeln!(out, "  In an IRC client: /connect -tls {ip} {}", irc.port());
     }
 }
 

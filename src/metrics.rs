@@ -64,6 +64,7 @@ pub struct Metrics {
     pub bytes_received: Family<DoorLabel, Counter>,
     pub bytes_sent: Family<DoorLabel, Counter>,
     refused: Family<RefusedLabel, Counter>,
+    tls_failed: Family<DoorLabel, Counter>,
     // Messages.
     pub committed_direct: Counter,
     pub committed_room: Counter,
@@ -112,6 +113,12 @@ impl Metrics {
             "chatd_connections_refused",
             "Connections refused, per door and reason (server_full, address_full)",
             refused.clone(),
+        );
+        let tls_failed = Family::<DoorLabel, Counter>::default();
+        r.register(
+            "chatd_tls_handshakes_failed",
+            "TLS handshakes that failed or timed out, per door",
+            tls_failed.clone(),
         );
         let bytes_received = Family::<DoorLabel, Counter>::default();
         r.register(
@@ -233,6 +240,7 @@ impl Metrics {
             bytes_received,
             bytes_sent,
             refused,
+            tls_failed,
             committed_direct: kind("direct"),
             committed_room: kind("room"),
             batch_size,
@@ -271,6 +279,11 @@ impl Metrics {
     /// A connection was refused (rare: looked up by its labels).
     pub fn refused(&self, door: &'static str, reason: &'static str) {
         self.refused.get_or_create(&RefusedLabel { door, reason }).inc();
+    }
+
+    /// A TLS handshake failed or timed out (rare: looked up by its label).
+    pub fn tls_handshake_failed(&self, door: &'static str) {
+        self.tls_failed.get_or_create(&DoorLabel { door }).inc();
     }
 
     /// A store operation failed; with `outage`, because the store is unavailable.

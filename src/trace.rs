@@ -536,9 +536,9 @@ mod tests {
         });
         let conns = crate::conns::Conns::new();
         let stop = tokio_util::sync::CancellationToken::new();
-        let elsewhere = conns.open(Door::Line, "10.0.0.1:1".parse().unwrap(), &stop);
+        let elsewhere = conns.open(Door::Line, false, "10.0.0.1:1".parse().unwrap(), &stop);
         assert!(tracer.connection(&elsewhere).is_none());
-        let here = conns.open(Door::Line, "127.0.0.1:1".parse().unwrap(), &stop);
+        let here = conns.open(Door::Line, false, "127.0.0.1:1".parse().unwrap(), &stop);
         let mut conn = tracer.connection(&here).unwrap();
         conn.input(b"before login\n");
         assert_eq!(tracer.dropped.load(Ordering::Relaxed), 0, "not shown, not queued");
@@ -559,7 +559,7 @@ mod tests {
         });
         let conns = crate::conns::Conns::new();
         let stop = tokio_util::sync::CancellationToken::new();
-        let here = conns.open(Door::Line, "127.0.0.1:1".parse().unwrap(), &stop);
+        let here = conns.open(Door::Line, false, "127.0.0.1:1".parse().unwrap(), &stop);
         let mut conn = tracer.connection(&here).unwrap();
         conn.input(b"AUTH zed");
         conn.input(&[IAC, 241]);

@@ -14,7 +14,6 @@ use axum::Router;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
@@ -22,6 +21,7 @@ use tower::ServiceExt as _;
 use super::stall::StallGuard;
 use crate::conns::{ConnInfo, Counted};
 use crate::limits::Refusal;
+use crate::stream::Stream;
 use crate::trace::{ConnTrace, Tracer};
 
 /// Time for a request head, from the moment the server waits for it: for the first request,
@@ -35,7 +35,7 @@ pub const MAX_HEAD: usize = 16 * 1024;
 const READ_BUFFER: usize = 64 * 1024;
 
 /// Serves HTTP/1.1 on `stream` until the client leaves, a limit ends it, or `shutdown`.
-pub async fn serve(stream: TcpStream, conn: Arc<ConnInfo>, app: Router, tracer: Option<Arc<Tracer>>) {
+pub async fn serve(stream: Stream, conn: Arc<ConnInfo>, app: Router, tracer: Option<Arc<Tracer>>) {
     let peer = conn.peer;
     // Shutdown, or the operator's disconnect.
     let shutdown = conn.stop.clone();
@@ -44,15 +44,18 @@ pub async fn serve(stream: TcpStream, conn: Arc<ConnInfo>, app: Router, tracer: 
     // do. The first request head still has [`HEADER_TIMEOUT`] from now, not from its first byte.
     // (`peek`, not `readable`: readiness may be reported before any byte has arrived.)
     let first_head_by = Instant::now() + HEADER_TIMEOUT;
-    let mut first = [0u8; 1];
-    tokio::select! {
-        peeked = tokio::time::timeout_at(first_head_by, stream.peek(&mut first)) => {
-            if !matches!(peeked, Ok(Ok(n)) if n > 0) {
-                tracing::debug!(%peer, "HTTP connection sent nothing in time");
-                return;
+    // (TLS: the client has spoken already, its handshake.)
+    if let Stream::Plain(tcp) = &stream {
+        let mut first = [0u8; 1];
+        tokio::select! {
+            peeked = tokio::time::timeout_at(first_head_by, tcp.peek(&mut first)) => {
+                if !matches!(peeked, Ok(Ok(n)) if n > 0) {
+                    tracing::debug!(%peer, "HTTP connection sent nothing in time");
+                    return;
+                }
             }
+            _ = shutdown.cancelled() => return,
         }
-        _ = shutdown.cancelled() => return,
     }
     // Boxed, so the future of a connection still waiting for its first byte stays small.
     let trace = Tracer::of(tracer.as_ref(), &conn).map(super::trace::HttpTrace::new);
@@ -62,7 +65,7 @@ pub async fn serve(stream: TcpStream, conn: Arc<ConnInfo>, app: Router, tracer: 
 /// hyper's half of [`serve`], once the client has sent something. hyper times each request
 /// head from when it starts reading it; the first one must also be in by `first_head_by`.
 async fn serve_requests(
-    stream: TcpStream,
+    stream: Stream,
     conn: Arc<ConnInfo>,
     app: Router,
     shutdown: CancellationToken,

@@ -8,7 +8,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::net::TcpStream;
+use crate::stream::Stream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -125,7 +125,7 @@ pub struct Client {
 /// Serves one accepted connection until the client quits, leaves, times out, or the server
 /// shuts down.
 pub fn serve(
-    stream: TcpStream,
+    stream: Stream,
     conn: Arc<ConnInfo>,
     chat: Chat,
     settings: Arc<IrcSettings>,

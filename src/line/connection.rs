@@ -3,8 +3,8 @@
 use std::io;
 use std::time::Duration;
 
+use crate::stream::Stream;
 use bytes::BytesMut;
-use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use super::codec::{Line, LineCodec};
@@ -17,7 +17,7 @@ pub struct Connection {
 }
 
 impl Connection {
-    pub fn new(stream: TcpStream, max_line: usize, write_stall: Duration) -> Connection {
+    pub fn new(stream: Stream, max_line: usize, write_stall: Duration) -> Connection {
         Connection {
             socket: Socket::new(stream, write_stall),
             codec: LineCodec::new(max_line),

@@ -6,7 +6,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpStream;
+use crate::stream::Stream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -63,7 +63,7 @@ impl SessionSettings {
 /// Serves one accepted connection until the client leaves, QUITs, idles out, falls behind,
 /// or the server shuts down.
 pub fn serve(
-    stream: TcpStream,
+    stream: Stream,
     conn_info: Arc<ConnInfo>,
     chat: Chat,
     settings: Arc<SessionSettings>,

@@ -11,11 +11,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::conns::ConnInfo;
+use crate::stream::Stream;
 use crate::trace::{ConnTrace, Tracer};
 
 /// Bytes read per syscall at most.
@@ -28,7 +28,7 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 pub const FLUSH_AT: usize = 64 * 1024;
 
 pub struct Socket {
-    stream: TcpStream,
+    stream: Stream,
     /// Bytes read and not yet framed into lines.
     pub rbuf: BytesMut,
     wbuf: BytesMut,
@@ -41,7 +41,7 @@ pub struct Socket {
 }
 
 impl Socket {
-    pub fn new(stream: TcpStream, write_stall: Duration) -> Socket {
+    pub fn new(stream: Stream, write_stall: Duration) -> Socket {
         Socket {
             stream,
             rbuf: BytesMut::new(),
@@ -99,32 +99,50 @@ impl Socket {
     /// Waits for bytes from the client and buffers them. Returns 0 at end of stream.
     /// Cancel-safe: if the future is dropped, no byte is lost.
     pub async fn read_more(&mut self) -> io::Result<usize> {
+        let Stream::Plain(tcp) = &self.stream else {
+            // TLS: rustls may hold decrypted bytes the socket no longer signals, so it is read
+            // the ordinary way, in a future of its own (a TLS connection's buffers are larger
+            // than this chunk anyway; a plain connection's task does not grow by it).
+            return Box::pin(self.read_tls()).await;
+        };
         loop {
             // Waits for readiness without a waiter of its own inside this future (the socket
             // keeps the one waker), which keeps an idle connection's task small.
-            std::future::poll_fn(|cx| self.stream.poll_read_ready(cx)).await?;
+            std::future::poll_fn(|cx| tcp.poll_read_ready(cx)).await?;
             // Read into the stack, not the heap: readiness can be spurious, and a buffer
             // reserved for a read that would block stays allocated while the connection idles.
             // Only the bytes that arrived are kept.
             let mut chunk = [0u8; READ_CHUNK];
-            match self.stream.try_read(&mut chunk) {
+            match tcp.try_read(&mut chunk) {
                 Ok(n) => {
-                    if self.rbuf.capacity() == 0 {
-                        self.rbuf = pool::take();
-                    }
-                    self.rbuf.extend_from_slice(&chunk[..n]);
-                    if let Some(conn) = &self.conn {
-                        conn.received(n, &self.rbuf);
-                    }
-                    self.watch();
-                    if let Some(trace) = self.trace.as_deref_mut() {
-                        trace.input(&chunk[..n]);
-                    }
+                    self.arrived(&chunk[..n]);
                     return Ok(n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Err(e),
             }
+        }
+    }
+
+    async fn read_tls(&mut self) -> io::Result<usize> {
+        let mut chunk = [0u8; READ_CHUNK];
+        let n = self.stream.read(&mut chunk).await?;
+        self.arrived(&chunk[..n]);
+        Ok(n)
+    }
+
+    /// Bytes read: buffered for framing, counted, traced.
+    fn arrived(&mut self, bytes: &[u8]) {
+        if self.rbuf.capacity() == 0 {
+            self.rbuf = pool::take();
+        }
+        self.rbuf.extend_from_slice(bytes);
+        if let Some(conn) = &self.conn {
+            conn.received(bytes.len(), &self.rbuf);
+        }
+        self.watch();
+        if let Some(trace) = self.trace.as_deref_mut() {
+            trace.input(bytes);
         }
     }
 
@@ -157,9 +175,14 @@ impl Socket {
         shutdown: &CancellationToken,
         kick: Option<&CancellationToken>,
     ) -> io::Result<()> {
-        // Usually the socket takes everything at once: no timer, no waiting.
+        // Usually the socket takes everything at once: no timer, no waiting. (TLS always
+        // takes the path that writes its records out and flushes them.)
         while !self.wbuf.is_empty() {
-            match self.stream.try_write(&self.wbuf) {
+            let tried = match &self.stream {
+                Stream::Plain(tcp) => tcp.try_write(&self.wbuf),
+                Stream::Tls(_) => Err(io::ErrorKind::WouldBlock.into()),
+            };
+            match tried {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => self.written(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -193,14 +216,28 @@ impl Socket {
         let mut queued = self.unsent();
         let stall = tokio::time::sleep(self.write_stall);
         tokio::pin!(stall);
-        while !self.wbuf.is_empty() {
+        // TLS: once the bytes are handed over, their records are flushed to the socket too.
+        let mut flushed = matches!(self.stream, Stream::Plain(_));
+        while !self.wbuf.is_empty() || !flushed {
+            let (stream, wbuf) = (&mut self.stream, &self.wbuf);
+            let step = async move {
+                if wbuf.is_empty() {
+                    stream.flush().await.map(|()| None)
+                } else {
+                    stream.write(wbuf).await.map(Some)
+                }
+            };
             tokio::select! {
-                written = self.stream.write(&self.wbuf) => {
-                    let written = written?;
+                step = step => {
+                    let Some(written) = step? else {
+                        flushed = true;
+                        continue;
+                    };
                     if written == 0 {
                         return Err(io::ErrorKind::WriteZero.into());
                     }
                     self.written(written);
+                    flushed = matches!(self.stream, Stream::Plain(_));
                     queued = self.unsent();
                     stall.as_mut().reset(tokio::time::Instant::now() + self.write_stall);
                 }
@@ -234,7 +271,8 @@ impl Socket {
             use std::os::fd::AsRawFd;
             let mut queued: libc::c_int = 0;
             // SAFETY: TIOCOUTQ (SIOCOUTQ) writes one int for a socket this connection owns.
-            let ok = unsafe { libc::ioctl(self.stream.as_raw_fd(), libc::TIOCOUTQ, &mut queued) } == 0;
+            let fd = self.stream.tcp().as_raw_fd();
+            let ok = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut queued) } == 0;
             ok.then_some(queued.max(0) as usize)
         }
         #[cfg(not(target_os = "linux"))]
@@ -281,6 +319,7 @@ impl Socket {
         }
         let write = async {
             self.stream.write_all(&self.wbuf).await?;
+            // TLS: close_notify, then the TCP shutdown.
             self.stream.shutdown().await
         };
         let _ = Box::pin(tokio::time::timeout(grace, write)).await;

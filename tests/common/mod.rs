@@ -179,6 +179,8 @@ pub struct TestServer {
     pub irc: Option<SocketAddr>,
     /// The operator's listener, unless a test closed it.
     pub admin: Option<SocketAddr>,
+    /// With `--tls`: the line protocol's, HTTPS and IRC's TLS doors.
+    pub tls: (Option<SocketAddr>, Option<SocketAddr>, Option<SocketAddr>),
     pub db_url: String,
     shutdown: CancellationToken,
     task: JoinHandle<anyhow::Result<()>>,
@@ -230,6 +232,7 @@ impl TestServer {
         let echo = server.echo_addr();
         let irc = server.irc_addr();
         let admin = server.admin_addr();
+        let tls = server.tls_addrs();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(server.run(shutdown.clone()));
         TestServer {
@@ -238,6 +241,7 @@ impl TestServer {
             echo,
             irc,
             admin,
+            tls,
             db_url,
             shutdown,
             task,
