@@ -21,8 +21,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
-
 /// Trace lines waiting for the console at most; past it they are dropped and counted.
 pub const QUEUE_LINES: usize = 8192;
 /// A line longer than this is shown cut, with `...`.
@@ -60,18 +58,25 @@ pub struct TraceConfig {
 /// The server's trace: its queue to the console and its filters.
 #[derive(Debug)]
 pub struct Tracer {
-    queue: mpsc::Sender<String>,
+    queue: std::sync::mpsc::SyncSender<String>,
     dropped: Arc<AtomicU64>,
     user: Option<Arc<str>>,
     addr: Option<IpAddr>,
 }
 
 impl Tracer {
-    /// Starts the task that writes trace lines out; it ends when the tracer is dropped.
+    /// Starts the thread that writes trace lines out; it ends when the tracer is dropped. A
+    /// thread of its own, not a task: a console that cannot keep up blocks its writes, and
+    /// must not block a thread that serves connections.
     pub fn start(config: TraceConfig) -> Arc<Tracer> {
-        let (queue, lines) = mpsc::channel(QUEUE_LINES);
+        let (queue, lines) = std::sync::mpsc::sync_channel(QUEUE_LINES);
         let dropped = Arc::new(AtomicU64::new(0));
-        tokio::spawn(write_out(lines, dropped.clone(), config.sink));
+        let counted = dropped.clone();
+        let sink = config.sink;
+        std::thread::Builder::new()
+            .name("chatd-trace".into())
+            .spawn(move || write_out(lines, counted, sink))
+            .expect("a thread for the trace");
         Arc::new(Tracer {
             queue,
             dropped,
@@ -105,19 +110,21 @@ impl Tracer {
 }
 
 /// Writes trace lines as they come, and once a second says how many were dropped.
-async fn write_out(mut lines: mpsc::Receiver<String>, dropped: Arc<AtomicU64>, sink: Sink) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+fn write_out(lines: std::sync::mpsc::Receiver<String>, dropped: Arc<AtomicU64>, sink: Sink) {
+    use std::sync::mpsc::RecvTimeoutError;
+    let mut next_report = std::time::Instant::now() + Duration::from_secs(1);
     loop {
-        tokio::select! {
-            line = lines.recv() => match line {
-                Some(line) => emit(&sink, &line),
-                None => break,
-            },
-            _ = tick.tick() => {
-                let lost = dropped.swap(0, Ordering::Relaxed);
-                if lost > 0 {
-                    emit(&sink, &format!("trace: {} lines dropped", thousands(lost)));
-                }
+        let wait = next_report.saturating_duration_since(std::time::Instant::now());
+        match lines.recv_timeout(wait) {
+            Ok(line) => emit(&sink, &line),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+        if std::time::Instant::now() >= next_report {
+            next_report += Duration::from_secs(1);
+            let lost = dropped.swap(0, Ordering::Relaxed);
+            if lost > 0 {
+                emit(&sink, &format!("trace: {} lines dropped", thousands(lost)));
             }
         }
     }
@@ -527,7 +534,7 @@ mod tests {
 
     #[test]
     fn a_full_queue_drops_lines_and_counts_them_and_a_filter_keeps_others_out() {
-        let (queue, _console) = mpsc::channel(1);
+        let (queue, _console) = std::sync::mpsc::sync_channel(1);
         let tracer = Arc::new(Tracer {
             queue,
             dropped: Arc::default(),
@@ -550,7 +557,7 @@ mod tests {
     #[test]
     fn a_line_cut_by_a_telnet_command_is_masked_whole() {
         let sink = Arc::new(Mutex::new(Vec::new()));
-        let (queue, mut console) = mpsc::channel(16);
+        let (queue, console) = std::sync::mpsc::sync_channel(16);
         let tracer = Arc::new(Tracer {
             queue,
             dropped: Arc::default(),

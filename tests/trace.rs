@@ -157,3 +157,100 @@ async fn the_echo_door_is_traced_too() {
     assert!(seen.iter().any(|l| l.ends_with("- <- hello")), "{seen:#?}");
     server.stop().await;
 }
+
+/// A `chatd serve` process whose stdout is read slowly (a console that cannot keep up, about
+/// 400 KB/s); returns it, its line port, and whether it said it dropped trace lines.
+fn slow_console_server(
+    dir: &std::path::Path,
+    flags: &[&str],
+) -> (
+    std::process::Child,
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicU64>,
+) {
+    use std::io::{BufRead, Read};
+    let db = format!("sqlite://{}", dir.join("c.db").display());
+    let mut command = common::process::serve_command(&db);
+    command.args(flags).stdout(std::process::Stdio::piped());
+    let mut child = command.spawn().unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut addr = None;
+    loop {
+        let mut line = String::new();
+        assert!(out.read_line(&mut line).unwrap() > 0, "the banner");
+        if let Some(rest) = line.trim().strip_prefix("telnet 127.0.0.1 ") {
+            addr = Some(format!("127.0.0.1:{rest}").parse().unwrap());
+        }
+        if line.starts_with("Store:") {
+            break;
+        }
+    }
+    let dropped = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let seen = dropped.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        let mut tail = String::new();
+        while let Ok(n) = out.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            tail.push_str(&String::from_utf8_lossy(&buf[..n]));
+            for line in tail.split_inclusive('\n').filter(|l| l.ends_with('\n')) {
+                if let Some(rest) = line.strip_prefix("trace: ") {
+                    let n: u64 = rest.split(' ').next().unwrap().replace(',', "").parse().unwrap();
+                    seen.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+            let keep = tail.rfind('\n').map_or(0, |i| i + 1);
+            tail.drain(..keep);
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    });
+    (child, addr.expect("a telnet line"), dropped)
+}
+
+/// PING at 10,000 a second (20,000 trace lines a second, in and out) for 3 s; its p99 in µs.
+async fn ping_p99(addr: std::net::SocketAddr) -> f64 {
+    let out = tokio::process::Command::new(common::process::CHATD)
+        .args(["load", "ping", "--addr", &addr.to_string(), "--conns", "10"])
+        .args(["--rate", "10000", "--duration", "3", "--json"])
+        .output()
+        .await
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("{e}: {}", String::from_utf8_lossy(&out.stderr));
+    });
+    assert_eq!(report["run"]["errors"], 0, "{report}");
+    report["run"]["latency"]["p99_us"].as_f64().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_20k_lines_a_second_the_trace_drops_lines_and_never_holds_a_ping_up() {
+    // The bound must hold in one of three pairs of runs (a shared machine has unlucky
+    // moments); the drops must be said every time.
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut plain, addr, _) = slow_console_server(dir.path(), &[]);
+        let untraced = ping_p99(addr).await;
+        plain.kill().unwrap();
+        plain.wait().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (mut traced, addr, dropped) = slow_console_server(dir.path(), &["--trace"]);
+        let with_trace = ping_p99(addr).await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        traced.kill().unwrap();
+        traced.wait().unwrap();
+        let dropped = dropped.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            dropped > 0,
+            "a console this slow loses lines, and the trace says so"
+        );
+        eprintln!("p99 {untraced} µs untraced, {with_trace} µs traced; {dropped} trace lines dropped");
+        if with_trace <= untraced + 5_000.0 {
+            return;
+        }
+        seen.push((untraced, with_trace));
+    }
+    panic!("PING p99 (µs) untraced vs traced, three times over untraced + 5 ms: {seen:?}");
+}
