@@ -645,6 +645,111 @@ async fn the_servers_own_view_is_printed_beside_the_generators() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_scenario_runs_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("c.db").display());
+    let flags = [
+        "--tls",
+        "--tls-port",
+        "0",
+        "--https-port",
+        "0",
+        "--irc-tls-port",
+        "0",
+    ];
+    let process = common::process::Process::start_with(&db, &flags, None);
+    let port_after = |prefix: &str| -> String {
+        let line = process
+            .banner
+            .iter()
+            .find(|l| l.trim().starts_with(prefix))
+            .expect(prefix);
+        line.rsplit([':', ' '])
+            .find(|w| !w.is_empty() && w.chars().all(|c| c.is_ascii_digit()))
+            .unwrap()
+            .to_string()
+    };
+    let line = format!("127.0.0.1:{}", port_after("ncat --ssl"));
+    let irc = format!("127.0.0.1:{}", port_after("In an IRC client"));
+    // `curl --cacert <path> https://127.0.0.1:<port>/info`
+    let https = process
+        .banner
+        .iter()
+        .find_map(|l| l.split("https://").nth(1)?.split('/').next())
+        .unwrap()
+        .to_string();
+    let cert = dir.path().join("chatd-tls-cert.pem");
+    let cert = cert.to_str().unwrap();
+    for args in [
+        vec![
+            "ping",
+            "--addr",
+            &line,
+            "--conns",
+            "4",
+            "--duration",
+            "1",
+            "--tls-ca",
+            cert,
+        ],
+        vec!["chat", "--addr", &line, "--users", "4", "--duration", "1"],
+        vec!["http", "--addr", &https, "--conns", "2", "--duration", "1"],
+        vec![
+            "connections",
+            "--addr",
+            &irc,
+            "--proto",
+            "irc",
+            "--conns",
+            "4",
+            "--hold",
+            "0.5",
+        ],
+    ] {
+        let mut args = args.clone();
+        args.push("--tls");
+        let (passed, r) = load(&args).await;
+        assert!(passed, "{args:?}: {r:#}");
+        assert_eq!(
+            u(&r["connect"]["opened"]),
+            u(&r["connect"]["attempted"]),
+            "{args:?}: {r:#}"
+        );
+        if args[0] != "connections" {
+            assert!(u(&r["run"]["ok"]) > 0, "{args:?}: {r:#}");
+        }
+        if args[0] == "chat" {
+            assert_eq!(
+                u(&r["delivery"]["delivered"]),
+                u(&r["delivery"]["acked"]),
+                "{r:#}"
+            );
+        }
+    }
+    // A certificate other than the server's is refused when one is named.
+    let other = tempfile::tempdir().unwrap();
+    let mut config = chatd::Config::for_tests(format!("sqlite://{}", other.path().join("o.db").display()));
+    config.tls = true;
+    drop(chatd::Server::bind(config).await.unwrap());
+    let wrong = other.path().join("chatd-tls-cert.pem");
+    let (passed, r) = load(&[
+        "ping",
+        "--addr",
+        &line,
+        "--conns",
+        "1",
+        "--duration",
+        "1",
+        "--tls",
+        "--tls-ca",
+        wrong.to_str().unwrap(),
+    ])
+    .await;
+    assert!(!passed, "{r:#}");
+    assert_eq!(u(&r["connect"]["opened"]), 0, "{r:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chat_at_a_target_rate() {
     let server = Served::start(&[]).await;
     let (passed, r) = load(&[

@@ -8,9 +8,9 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::tls::Stream;
 use rand_core::{OsRng, RngCore};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::{timeout_at, Instant};
@@ -139,7 +139,7 @@ pub struct Conn {
     pub index: usize,
     /// Which `--addr` it is connected to.
     pub node: usize,
-    pub stream: TcpStream,
+    pub stream: Stream,
     pub rbuf: ReadBuf,
 }
 
@@ -279,6 +279,8 @@ pub struct Setup {
     pub buf_size: usize,
     pub bound: Bound,
     pub sources: Option<Vec<IpAddr>>,
+    /// `--tls`: each connection's handshake, after its connect.
+    pub tls: Option<tokio_rustls::TlsConnector>,
     /// Stops opening more (a signal).
     pub stop: CancellationToken,
 }
@@ -505,9 +507,16 @@ async fn try_open(
     let deadline = began + setup.timeout;
     let source = setup.sources.as_ref().map(|s| s[i % s.len()]);
     let node = setup.node(i);
-    let stream = match timeout_at(deadline, net::connect(setup.targets[node], source)).await {
+    let tcp = match timeout_at(deadline, net::connect(setup.targets[node], source)).await {
         Err(_) => return Err(Failure::Timeout),
         Ok(stream) => stream?,
+    };
+    let stream = match &setup.tls {
+        None => Stream::Plain(tcp),
+        Some(connector) => match timeout_at(deadline, crate::tls::handshake(connector, tcp)).await {
+            Err(_) => return Err(Failure::Timeout),
+            Ok(stream) => stream?,
+        },
     };
     let mut conn = Conn {
         index: i,

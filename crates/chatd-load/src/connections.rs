@@ -91,7 +91,11 @@ pub async fn run(args: &ConnectionsArgs, ctx: &Ctx) -> anyhow::Result<Measured> 
     let held_for = ctx.now() - m.connect.ended;
     // An IRC server may speak after the welcome (notices, PINGs): only a close counts there.
     let chatter = ctx.common.proto == crate::Proto::Irc;
-    let dropped = conns.iter().filter(|c| !still_open(c, chatter)).count() as u64;
+    let dropped = conns
+        .iter_mut()
+        .map(|c| !still_open(c, chatter))
+        .filter(|gone| *gone)
+        .count() as u64;
     m.held = Some(Held {
         secs: held_for.max(0.0),
         dropped,
@@ -107,7 +111,7 @@ pub async fn run(args: &ConnectionsArgs, ctx: &Ctx) -> anyhow::Result<Measured> 
 
 /// Whether the server still keeps `conn` open: it has not closed it, nor (unless `chatter`
 /// is allowed) said anything.
-fn still_open(conn: &Conn, chatter: bool) -> bool {
+fn still_open(conn: &mut Conn, chatter: bool) -> bool {
     let mut buf = [0u8; 4096];
     loop {
         match conn.stream.try_read(&mut buf) {

@@ -32,6 +32,7 @@ pub mod rss;
 pub mod server_metrics;
 pub mod stats;
 pub mod stop;
+pub mod tls;
 pub mod verdict;
 
 use std::net::SocketAddr;
@@ -140,6 +141,15 @@ pub struct Common {
     /// for several nodes.
     #[arg(long)]
     pub server_pid: Vec<u32>,
+    /// Speak TLS to every --addr (chatd's --tls doors: 8443 line, 5443 HTTPS, 6697 IRC). The
+    /// handshake counts in the connect time. The certificate is taken as it is unless
+    /// --tls-ca names the one to trust.
+    #[arg(long)]
+    pub tls: bool,
+    /// With --tls: check the server's certificate against this one (PEM), e.g. chatd's
+    /// generated chatd-tls-cert.pem.
+    #[arg(long, requires = "tls", value_name = "FILE.pem")]
+    pub tls_ca: Option<PathBuf>,
     /// chatd's `/metrics` (its admin listener, `http://127.0.0.1:9187/metrics`), read before
     /// and after the run: the server's own view (commits, batch sizes, pushes, refusals) is
     /// printed beside the generator's. Repeat for several nodes. A token, if the listener
@@ -252,6 +262,8 @@ pub struct Ctx {
     pub run_id: String,
     pub rss: Option<Arc<RssMonitor>>,
     pub open_files: u64,
+    /// `--tls`: how each connection makes its handshake.
+    pub tls: Option<tokio_rustls::TlsConnector>,
 }
 
 impl Ctx {
@@ -284,6 +296,7 @@ impl Ctx {
             buf_size: 4096,
             bound: conn::Bound::LINE,
             sources: net::source_addrs(self.targets[0], indices.len(), c.part()),
+            tls: self.tls.clone(),
             stop: self.stop.clone(),
         }
     }
@@ -371,6 +384,10 @@ pub fn main(args: LoadArgs) -> anyhow::Result<ExitCode> {
             common: common.clone(),
             rss,
             open_files,
+            tls: match common.tls {
+                true => Some(tls::connector(common.tls_ca.as_deref())?),
+                false => None,
+            },
         };
         let progress = if part_mode {
             Progress::lines(ctx.live.clone())
