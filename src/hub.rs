@@ -208,7 +208,6 @@ impl PushQueue {
         state.messages.push_back(message.clone());
         state.bytes += size;
         METRICS.pushes.inc();
-        METRICS.push_queue_bytes.inc_by(size as i64);
         let waker = state.waker.take();
         drop(state);
         if let Some(waker) = waker {
@@ -231,9 +230,7 @@ impl PushQueue {
     fn pop(&self, state: &mut QueueState) -> Option<Arc<Message>> {
         let message = state.messages.pop_front();
         if let Some(message) = &message {
-            let size = queued_size(message);
-            state.bytes -= size;
-            METRICS.push_queue_bytes.dec_by(size as i64);
+            state.bytes -= queued_size(message);
         }
         if state.messages.is_empty() && state.messages.capacity() > 8 {
             // Drained after a burst: give the memory back.
@@ -244,13 +241,6 @@ impl PushQueue {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-impl Drop for PushQueue {
-    fn drop(&mut self) {
-        let bytes = self.lock().bytes;
-        METRICS.push_queue_bytes.dec_by(bytes as i64);
     }
 }
 
@@ -766,6 +756,15 @@ impl Hub {
     }
 
     /// How many users have at least one live session.
+    /// Bytes of live messages queued for this node's sessions, not yet written: counted when
+    /// asked (a scrape), so that pushing and taking a message touch no shared counter.
+    pub fn queued_bytes(&self) -> usize {
+        let state = self.lock();
+        let sessions = state.online.values().flat_map(|o| o.sessions.iter().map(|s| &s.queue));
+        let guests = state.guests.values().map(|g| &g.queue);
+        sessions.chain(guests).map(|q| q.lock().bytes).sum()
+    }
+
     pub fn online_count(&self) -> usize {
         self.lock().online.len()
     }

@@ -2,12 +2,12 @@
 //! is built once, in [`METRICS`]; the hot paths hold it and add to it (one relaxed atomic add),
 //! and never look a metric up by name or label. Counts that the server keeps anyway (open
 //! connections and their bytes, the hash queue) are read when scraped instead of counted
-//! twice.
+//! twice; so is what many threads would otherwise update together (the bytes queued for
+//! sessions, which the writer adds to and every session takes from).
 //!
 //! The names are `chatd_*`, with the unit in the name; a user's or a room's name is never a
 //! label. The figures are the process's: one server per process, as `chatd serve` runs.
 
-use std::sync::atomic::AtomicI64;
 use std::sync::LazyLock;
 use std::time::{Duration, SystemTime};
 
@@ -73,7 +73,7 @@ pub struct Metrics {
     pub delivery_seconds: Histogram,
     pub pushes: Counter,
     pub kicks: Counter,
-    pub push_queue_bytes: Gauge<i64, AtomicI64>,
+    pub push_queue_bytes: Gauge,
     // Logins.
     logins: [Counter; 4],
     pub hash_queue: Gauge,
@@ -165,7 +165,7 @@ impl Metrics {
             "Sessions ended because their client stopped reading its live messages",
             kicks.clone(),
         );
-        let push_queue_bytes = Gauge::<i64, AtomicI64>::default();
+        let push_queue_bytes = Gauge::default();
         r.register(
             "chatd_push_queue_bytes",
             "Bytes of live messages queued for sessions, not yet written",
@@ -294,9 +294,11 @@ impl Metrics {
         }
     }
 
-    /// A commit succeeded: the store is up.
+    /// A commit succeeded: the store is up (written only when it was down).
     pub fn store_ok(&self) {
-        self.store_up.set(1);
+        if self.store_up.get() != 1 {
+            self.store_up.set(1);
+        }
     }
 
     /// How long ago `created_at_us` (microseconds since the epoch) was, if it was.

@@ -1,7 +1,7 @@
 //! `GET /metrics`: the server's counts in the OpenMetrics text format (Prometheus reads it;
 //! <https://prometheus.io/docs/specs/om/open_metrics_spec/>), and the counters of the live
-//! page. What the core keeps anyway (open connections and their bytes, the hash queue,
-//! memory) is read into the metrics here, when scraped.
+//! page. What the core keeps anyway (open connections and their bytes, the hash queue, the
+//! bytes queued for sessions, memory) is read into the metrics here, when scraped.
 
 use std::sync::{Arc, Mutex};
 
@@ -40,6 +40,7 @@ impl Metrics {
             catch_up(&METRICS.bytes_sent.get_or_create(&label), bytes[i].1);
         }
         METRICS.hash_queue.set(chat.hash_queue_depth() as i64);
+        METRICS.push_queue_bytes.set(chat.queued_bytes() as i64);
         METRICS.sample_process();
     }
 

@@ -566,6 +566,11 @@ impl Chat {
         self.inner.connections.load(Ordering::Relaxed)
     }
 
+    /// Bytes of live messages queued for this node's sessions, not yet written.
+    pub fn queued_bytes(&self) -> usize {
+        self.hub().queued_bytes()
+    }
+
     /// Password hashes waiting or running now.
     pub fn hash_queue_depth(&self) -> usize {
         self.inner.auth.hash_queue_depth()
