@@ -760,7 +760,10 @@ impl Hub {
     /// asked (a scrape), so that pushing and taking a message touch no shared counter.
     pub fn queued_bytes(&self) -> usize {
         let state = self.lock();
-        let sessions = state.online.values().flat_map(|o| o.sessions.iter().map(|s| &s.queue));
+        let sessions = state
+            .online
+            .values()
+            .flat_map(|o| o.sessions.iter().map(|s| &s.queue));
         let guests = state.guests.values().map(|g| &g.queue);
         sessions.chain(guests).map(|q| q.lock().bytes).sum()
     }
