@@ -1,6 +1,7 @@
 //! `/metrics`, read by the Prometheus project's own parser (Python's `prometheus_client`,
-//! its OpenMetrics parser), and each counter moving when its event happens. One test in its
-//! own binary: the metrics are the process's, and no other server runs in this one.
+//! its OpenMetrics parser), and each counter moving when its event happens. The metrics are the
+//! process's: the tests here take turns (nextest runs each in a process of its own anyway),
+//! and read what moved.
 
 mod common;
 
@@ -24,6 +25,9 @@ for family in text_string_to_metric_families(sys.stdin.read()):
         out[s.name + ("{" + labels + "}" if labels else "")] = s.value
 print(json.dumps(out))
 "#;
+
+/// One server in this process at a time.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn parser_missing() -> bool {
     let ok = Command::new("python3")
@@ -110,6 +114,7 @@ async fn each_counter_moves_when_its_event_happens() {
     if parser_missing() {
         return;
     }
+    let _turn = ONE_AT_A_TIME.lock().await;
     let server = TestServer::start_with(|c| {
         c.load_test_hashing = true;
         c.auth_failures_per_conn = 2;
@@ -127,10 +132,11 @@ async fn each_counter_moves_when_its_event_happens() {
     // Connections, bytes and logins.
     let mut alice = server.user("alice").await;
     let now = moved(&server, &start, r#"chatd_logins_total{outcome="ok"}"#, 1.0).await;
+    let moved_by = |key: &str| now.get(key) - start.get(key);
     assert_eq!(now.get(r#"chatd_connections{door="line"}"#), 1.0);
-    assert_eq!(now.get(r#"chatd_connections_accepted_total{door="line"}"#), 1.0);
-    assert!(now.get(r#"chatd_received_bytes_total{door="line"}"#) >= 30.0);
-    assert!(now.get(r#"chatd_sent_bytes_total{door="line"}"#) > 0.0);
+    assert_eq!(moved_by(r#"chatd_connections_accepted_total{door="line"}"#), 1.0);
+    assert!(moved_by(r#"chatd_received_bytes_total{door="line"}"#) >= 30.0);
+    assert!(moved_by(r#"chatd_sent_bytes_total{door="line"}"#) > 0.0);
     let mut wrong = server.client().await;
     assert_eq!(wrong.err("AUTH alice nope").await, "BAD_CREDENTIALS");
     let now = moved(
@@ -187,8 +193,9 @@ async fn each_counter_moves_when_its_event_happens() {
     assert_eq!(http.status(), 200);
     let key = r#"chatd_http_requests_total{method="GET",route="/info",status="200"}"#;
     let now = scrape(&server).await;
-    assert_eq!(now.get(key), 1.0);
-    assert!(now.get(r#"chatd_received_bytes_total{door="http"}"#) > 0.0);
+    assert_eq!(now.get(key) - start.or_zero(key), 1.0);
+    let http_in = r#"chatd_received_bytes_total{door="http"}"#;
+    assert!(now.get(http_in) - start.get(http_in) > 0.0);
 
     // A reader that never reads is kicked once its queue is full.
     let mut slow = TcpStream::connect(server.addr).await.unwrap();
@@ -239,4 +246,45 @@ async fn scrape_quick(server: &TestServer) -> f64 {
         .find_map(|l| l.strip_prefix("chatd_slow_reader_kicks_total "))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_is_counted_on_a_cluster() {
+    let Some(backend) = common::Backend::postgres("the_relay_is_counted_on_a_cluster") else {
+        return;
+    };
+    if parser_missing() {
+        return;
+    }
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let db = std::sync::Arc::new(common::TestDb::create(backend).await);
+    let adjust = |c: &mut chatd::Config| c.load_test_hashing = true;
+    let one = TestServer::on_db(db.clone(), adjust).await;
+    let two = TestServer::on_db(db.clone(), adjust).await;
+    let start = scrape(&two).await;
+    // The relays' LISTEN connections are cut: each node reconnects and catches up.
+    let name = db.pg_name().unwrap();
+    let admin = std::env::var("CHATD_TEST_DATABASE_URL").unwrap();
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&admin)
+        .await
+        .unwrap();
+    sqlx::query(&format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = '{name}' AND query ILIKE 'LISTEN%'"
+    ))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let start = moved(&two, &start, "chatd_relay_catchups_total", 1.0).await;
+    let mut alice = one.user("alice").await;
+    let mut bob = two.user("bob").await;
+    alice.ok("SEND bob across the nodes").await;
+    bob.msg().await;
+    moved(&two, &start, "chatd_relay_lag_seconds_count", 1.0).await;
+    let now = scrape(&two).await;
+    let lag = now.get("chatd_relay_lag_seconds_sum") - start.get("chatd_relay_lag_seconds_sum");
+    assert!((0.0..10.0).contains(&lag), "the lag is a time: {lag} s");
+    drop((alice, bob));
+    one.stop().await;
+    two.stop().await;
 }
