@@ -215,6 +215,7 @@ fn serve_admin(cx: &Context) -> Serve {
             .config
             .admin_token
             .as_deref()
+            .filter(|t| !t.is_empty())
             .map(admin::AdminState::token_digest),
         stop: cx.stop.clone(),
         started: std::time::Instant::now(),
