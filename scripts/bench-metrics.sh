@@ -97,11 +97,11 @@ ONLY="${ONLY:-ping chat idle}"
 echo "this build $BIN, base $BASE; $RUNS alternating runs of ${DURATION} s; load $(cut -d' ' -f1-3 /proc/loadavg)"
 [[ " $ONLY " == *" ping "* ]] && for i in $(seq "$RUNS"); do
     run "ping-base-$i" "$BASE" 0 ping --conns 50 --pipeline 16 --duration "$DURATION"
-    run "ping-metrics-$i" "$BIN" 1 ping --conns 50 --pipeline 16 --duration "$DURATION"
+    run "ping-this-$i" "$BIN" 1 ping --conns 50 --pipeline 16 --duration "$DURATION"
 done
 [[ " $ONLY " == *" chat "* ]] && for i in $(seq "$RUNS"); do
     run "chat-base-$i" "$BASE" 0 chat --users 500 --duration "$DURATION"
-    run "chat-metrics-$i" "$BIN" 1 chat --users 500 --duration "$DURATION"
+    run "chat-this-$i" "$BIN" 1 chat --users 500 --duration "$DURATION"
 done
 [[ " $ONLY " == *" idle "* ]] && for i in $(seq "$RUNS"); do
     idle "idle-base-$i" "$BASE"
