@@ -583,18 +583,27 @@ where
         })
         .collect();
     let rows = serde_json::to_string(&rows).expect("strings serialise");
-    let mut ids = sqlx::query_scalar::<_, i64>(
+    // No RETURNING: it would hand each new id back from SQLite's worker thread as a row of
+    // its own. The ids are consecutive instead: one connection writes (the file is locked
+    // for this process, and this is its one writer), and one INSERT ... SELECT gives each
+    // row the next id in turn, in `key` order, so the last id and the count say them all.
+    let done = sqlx::query(
         "INSERT INTO messages (sender, recipient, body, created_at_us, client_timestamp) \
-         SELECT value ->> 0, value ->> 1, value ->> 2, ?1, value ->> 3 FROM json_each(?2) ORDER BY key \
-         RETURNING id",
+         SELECT value ->> 0, value ->> 1, value ->> 2, ?1, value ->> 3 FROM json_each(?2) ORDER BY key",
     )
     .bind(now)
     .bind(&rows)
-    .fetch_all(exec)
+    .execute(exec)
     .await?;
-    // Rows get increasing ids in `key` order; RETURNING's order is unspecified, so sort to
-    // pair them up again.
-    ids.sort_unstable();
+    let count = batch.len() as i64;
+    if done.rows_affected() != count as u64 {
+        return Err(sqlx::Error::Protocol(format!(
+            "stored {} of {count} messages",
+            done.rows_affected()
+        )));
+    }
+    let last = done.last_insert_rowid();
+    let ids = (last - count + 1)..=last;
     Ok(batch
         .iter()
         .zip(ids)
@@ -800,4 +809,60 @@ fn open_error(path: &Path, doing: &str, cause: &dyn std::fmt::Display) -> anyhow
         _ => cause.to_string(),
     };
     anyhow::anyhow!("{doing} the database {} failed: {why}", path.display())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn direct(sender: &str, recipient: &str, body: &str) -> Write {
+        Write::Direct(NewMessage {
+            sender: Arc::from(sender),
+            recipient: Arc::from(recipient),
+            body: body.to_string(),
+            client_timestamp: None,
+            origin: 0,
+        })
+    }
+
+    /// The ids a commit answers with are the rows' own, batch after batch, also after the
+    /// newest row was deleted (AUTOINCREMENT never gives an id again).
+    #[tokio::test]
+    async fn a_batch_is_answered_with_the_ids_its_rows_got() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&StoreUrl::SqliteFile(dir.path().join("t.db")))
+            .await
+            .unwrap();
+        let mut answered = Vec::new();
+        for round in 0..3 {
+            let writes: Vec<Write> = (0..50)
+                .map(|i| {
+                    direct(
+                        "alice",
+                        if i % 2 == 0 { "bob" } else { "carol" },
+                        &format!("{round}-{i}"),
+                    )
+                })
+                .collect();
+            let batch: Vec<&Write> = writes.iter().collect();
+            for applied in store.commit(&batch).await.unwrap() {
+                let message = applied.unwrap().message.unwrap();
+                answered.push((message.id, message.recipient.to_string(), message.body));
+            }
+            // A gap: the newest row goes, and the next batch starts past it.
+            sqlx::query("DELETE FROM messages WHERE id = (SELECT max(id) FROM messages)")
+                .execute(&store.writer)
+                .await
+                .unwrap();
+            answered.pop();
+        }
+        let stored: Vec<(i64, String, String)> =
+            sqlx::query_as("SELECT id, recipient, body FROM messages ORDER BY id")
+                .fetch_all(&store.writer)
+                .await
+                .unwrap();
+        assert_eq!(stored, answered);
+        assert_eq!(stored.len(), 147);
+        store.close().await;
+    }
 }
