@@ -489,38 +489,3 @@ async fn send_p99(from: &mut Client, alice: &mut Client, mut fan_out: Option<&mu
     took.sort();
     took[took.len() * 99 / 100]
 }
-
-/// The WAL is copied into the database beside the commits, not inside them: under a stream of
-/// SENDs the database file itself grows while the server runs, and at shutdown the WAL is
-/// emptied into it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_wal_is_checkpointed_beside_the_commits_and_emptied_at_shutdown() {
-    let server = TestServer::start_with(|c| {
-        c.load_test_hashing = true;
-        c.max_send_rate = 1_000_000;
-    })
-    .await;
-    let db = std::path::PathBuf::from(server.db_url.strip_prefix("sqlite://").unwrap());
-    let wal = db.with_extension("db-wal");
-    let size = |p: &std::path::Path| std::fs::metadata(p).map_or(0, |m| m.len());
-    let before = size(&db);
-    let mut alice = server.user("alice").await;
-    let text = "x".repeat(1000);
-    for _ in 0..2000 {
-        alice.ok(&format!("SEND alice {text}")).await;
-    }
-    // About 2 MB committed: it reaches the database file within a few checkpoints.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while size(&db) < before + 1_500_000 {
-        assert!(
-            Instant::now() < deadline,
-            "the database file is still {} bytes (WAL {} bytes): nothing was checkpointed",
-            size(&db),
-            size(&wal)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    drop(alice);
-    server.stop().await;
-    assert_eq!(size(&wal), 0, "the WAL is emptied into the database at shutdown");
-}

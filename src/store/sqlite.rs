@@ -20,9 +20,6 @@ pub struct SqliteStore {
     readers: SqlitePool,
     /// The locked database file; `None` in memory.
     file: Option<Arc<DbFile>>,
-    /// Ends the WAL checkpoints ([`checkpoints`]), which [`SqliteStore::close`] waits for.
-    stop_checkpoints: tokio_util::sync::CancellationToken,
-    checkpointing: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
 
 impl SqliteStore {
@@ -53,12 +50,6 @@ impl SqliteStore {
             Some(f) => open_error(f.path(), doing, e),
             None => anyhow::anyhow!("{doing} the in-memory database failed: {e}"),
         };
-        // The writer never checkpoints inside a commit: see [`checkpoints`]. (A connection
-        // made again after an error gets it too.)
-        let writer_options = match in_memory {
-            true => options.clone(),
-            false => options.clone().pragma("wal_autocheckpoint", "0"),
-        };
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             // The writer's one connection is local and always there: no ping before each use.
@@ -66,7 +57,7 @@ impl SqliteStore {
             .min_connections(1)
             .idle_timeout(None)
             .max_lifetime(None)
-            .connect_with(writer_options)
+            .connect_with(options.clone())
             .await
             .map_err(|e| failed("opening", &sqlite_cause(&e)))?;
         sqlx::migrate!("./migrations/sqlite")
@@ -79,23 +70,10 @@ impl SqliteStore {
         } else {
             SqlitePoolOptions::new()
                 .max_connections(4)
-                .connect_with(options.clone().read_only(true))
+                .connect_with(options.read_only(true))
                 .await
                 .map_err(|e| failed("opening", &sqlite_cause(&e)))?
         };
-        let stop_checkpoints = tokio_util::sync::CancellationToken::new();
-        let mut checkpointing = None;
-        if !in_memory {
-            let checkpointer = SqlitePoolOptions::new()
-                .max_connections(1)
-                .min_connections(1)
-                .idle_timeout(None)
-                .max_lifetime(None)
-                .connect_with(options)
-                .await
-                .map_err(|e| failed("opening", &sqlite_cause(&e)))?;
-            checkpointing = Some(tokio::spawn(checkpoints(checkpointer, stop_checkpoints.clone())));
-        }
         if let Some(file) = &file {
             file.remember()
                 .map_err(|e| failed("looking at", &super::sqlite_file::describe(&e)))?;
@@ -108,8 +86,6 @@ impl SqliteStore {
             writer,
             readers,
             file,
-            stop_checkpoints,
-            checkpointing: Arc::new(std::sync::Mutex::new(checkpointing)),
         })
     }
 
@@ -518,48 +494,12 @@ impl SqliteStore {
     }
 
     pub async fn close(&self) {
-        self.stop_checkpoints.cancel();
-        let checkpointing = self
-            .checkpointing
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        if let Some(task) = checkpointing {
-            let _ = task.await;
-        }
         self.readers.close().await;
         self.writer.close().await;
         if let Some(file) = &self.file {
             file.release();
         }
     }
-}
-
-/// How often the WAL is checkpointed into the database, beside the commits.
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
-
-/// Until `stop`: checkpoints the WAL on a connection of its own, so that no commit pays for
-/// it (SQLite's default: the commit that fills 1,000 pages of WAL copies them into the
-/// database, with its fsync, before it returns). Durability is unchanged: a commit is in the
-/// WAL, synced (`synchronous=FULL`), before it is acknowledged. PASSIVE: it copies what no reader still needs and waits for nobody; the writer then
-/// starts the WAL over from its beginning once everything in it is in the database, so the
-/// file stops growing. At the end, the whole WAL goes into the database and is truncated.
-async fn checkpoints(pool: SqlitePool, stop: tokio_util::sync::CancellationToken) {
-    let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => break,
-            _ = tick.tick() => {}
-        }
-        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&pool).await {
-            tracing::warn!(error = %e, "checkpointing the WAL failed; trying again");
-        }
-    }
-    let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-        .execute(&pool)
-        .await;
-    pool.close().await;
 }
 
 /// Stores direct messages with one statement: the whole batch is one bound JSON array, so it
