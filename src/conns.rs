@@ -43,6 +43,15 @@ pub struct Conns {
     changed: watch::Sender<u64>,
 }
 
+/// A door's connections and bytes ([`Conns::per_door`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DoorTotals {
+    pub open: u64,
+    pub opened: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
 /// One open connection.
 pub struct ConnInfo {
     pub id: u64,
@@ -139,32 +148,22 @@ impl Conns {
         lock(&self.open).values().cloned().collect()
     }
 
-    /// Open connections per door, in the order of [`DOORS`].
-    pub fn open_per_door(&self) -> [u64; 4] {
-        let mut counts = [0; 4];
+    /// Per door, in the order of [`DOORS`]: connections open now, ever opened, and bytes in
+    /// and out since the start, open connections' included. One pass over the table.
+    pub fn per_door(&self) -> [DoorTotals; 4] {
+        let mut totals: [DoorTotals; 4] = std::array::from_fn(|i| DoorTotals {
+            open: 0,
+            opened: self.opened[i].load(Ordering::Relaxed),
+            bytes_in: self.closed_bytes[i].0.load(Ordering::Relaxed),
+            bytes_out: self.closed_bytes[i].1.load(Ordering::Relaxed),
+        });
         for info in lock(&self.open).values() {
-            counts[slot(info.door)] += 1;
+            let door = &mut totals[slot(info.door)];
+            door.open += 1;
+            door.bytes_in += info.bytes_in.load(Ordering::Relaxed);
+            door.bytes_out += info.bytes_out.load(Ordering::Relaxed);
         }
-        counts
-    }
-
-    /// Connections ever opened per door.
-    pub fn opened_per_door(&self) -> [u64; 4] {
-        self.opened.each_ref().map(|n| n.load(Ordering::Relaxed))
-    }
-
-    /// Bytes (in, out) per door since the start, open connections' included.
-    pub fn bytes_per_door(&self) -> [(u64, u64); 4] {
-        let mut bytes = self
-            .closed_bytes
-            .each_ref()
-            .map(|(i, o)| (i.load(Ordering::Relaxed), o.load(Ordering::Relaxed)));
-        for info in lock(&self.open).values() {
-            let door = &mut bytes[slot(info.door)];
-            door.0 += info.bytes_in.load(Ordering::Relaxed);
-            door.1 += info.bytes_out.load(Ordering::Relaxed);
-        }
-        bytes
+        totals
     }
 
     /// Ends every open connection of `user` on any door, as the operator: they are told
@@ -405,14 +404,17 @@ mod tests {
         let conn = conns.open(Door::Line, false, peer(), &stop);
         conn.received(12, b"AUTH bob pw\n");
         conn.sent(7);
-        assert_eq!(conns.open_per_door(), [1, 0, 0, 0]);
+        assert_eq!(conns.per_door()[0].open, 1);
         let view = conns.get(conn.id).unwrap().view();
         assert_eq!(view.last_line, "AUTH bob ****");
         assert_eq!((view.bytes_in, view.bytes_out), (12, 7));
         drop(conn);
         assert!(conns.all().is_empty());
-        assert_eq!(conns.bytes_per_door()[0], (12, 7));
-        assert_eq!(conns.opened_per_door(), [1, 0, 0, 0]);
+        let line = conns.per_door()[0];
+        assert_eq!(
+            (line.open, line.opened, line.bytes_in, line.bytes_out),
+            (0, 1, 12, 7)
+        );
     }
 
     #[test]

@@ -54,7 +54,7 @@ pub enum Generated {
 
 impl Tls {
     /// Loads `--tls-cert`/`--tls-key`, or the certificate chatd generated in `dir` (making it
-    /// the first time, for `names`). `alpn`: what the doors speak (HTTP says `http/1.1`).
+    /// the first time, for `names`).
     pub fn load(given: Option<(&Path, &Path)>, dir: &Path, names: &[String]) -> anyhow::Result<Tls> {
         let (cert_path, key_path, generated) = match given {
             Some((cert, key)) => (cert.to_path_buf(), key.to_path_buf(), None),

@@ -159,10 +159,8 @@ fn thousands(n: u64) -> String {
 pub struct ConnTrace {
     /// The console's, with `--trace`.
     tracer: Option<Arc<Tracer>>,
+    /// The connection: its number, door and address.
     conn: Arc<ConnInfo>,
-    id: u64,
-    door: Door,
-    peer: IpAddr,
     user: Option<Arc<str>>,
     /// Input of a line not ended yet (at most [`MAX_SHOWN`] bytes are kept).
     partial: Vec<u8>,
@@ -173,7 +171,7 @@ pub struct ConnTrace {
 
 impl std::fmt::Debug for ConnTrace {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ConnTrace(#{})", self.id)
+        write!(f, "ConnTrace(#{})", self.conn.id)
     }
 }
 
@@ -183,9 +181,6 @@ impl ConnTrace {
         Box::new(ConnTrace {
             tracer: None,
             conn: conn.clone(),
-            id: conn.id,
-            door: conn.door,
-            peer: conn.peer.ip(),
             user: conn.user(),
             partial: Vec::new(),
             cut: false,
@@ -200,7 +195,7 @@ impl ConnTrace {
     }
 
     fn decodes_telnet(&self) -> bool {
-        matches!(self.door, Door::Line | Door::Echo)
+        matches!(self.conn.door, Door::Line | Door::Echo)
     }
 
     /// Whether the console shows this connection's lines now.
@@ -231,7 +226,7 @@ impl ConnTrace {
             if self.decodes_telnet() && byte == IAC {
                 // What was typed before it shows first, as far as it goes (`...`).
                 if !self.partial.is_empty() && !self.cut {
-                    let text = mask(self.door, &render(&self.partial));
+                    let text = mask(self.conn.door, &render(&self.partial));
                     self.line("<-", &format!("{text}..."));
                     self.cut = true;
                 }
@@ -244,7 +239,7 @@ impl ConnTrace {
                 // A line shown in part already (`SEND bob hi...`) is shown whole as it ends
                 // (`...SEND bob hi there`), masked as a whole.
                 let taken = std::mem::take(&mut self.partial);
-                let text = mask(self.door, &render(strip_cr(&taken)));
+                let text = mask(self.conn.door, &render(strip_cr(&taken)));
                 let text = if self.cut { format!("...{text}") } else { text };
                 self.line("<-", &text);
                 self.cut = false;
@@ -303,7 +298,12 @@ impl ConnTrace {
         let now = chrono::Local::now().format("%H:%M:%S%.3f");
         let user = self.user.as_deref().unwrap_or("-");
         let mut out = String::with_capacity(48 + text.len());
-        let _ = write!(out, "{now} #{} {} {user} {arrow} {text}", self.id, self.peer);
+        let _ = write!(
+            out,
+            "{now} #{} {} {user} {arrow} {text}",
+            self.conn.id,
+            self.conn.peer.ip()
+        );
         if self.conn.is_watched() {
             self.conn.to_watchers(&out);
         }

@@ -12,7 +12,7 @@ use serde_json::json;
 
 use super::AdminState;
 use crate::chat::Chat;
-use crate::conns::{door_name, Conns, DOORS};
+use crate::conns::{door_name, Conns, DoorTotals, DOORS};
 use crate::metrics::{catch_up, DoorLabel, METRICS};
 
 /// The scrape's reading of the core into the metrics, one at a time.
@@ -22,45 +22,40 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Reads what is read rather than counted into the metrics.
-    fn sample(&self, conns: &Conns, chat: &Chat) {
+    /// Reads what is read rather than counted into the metrics; returns the doors' totals.
+    fn sample(&self, conns: &Conns, chat: &Chat) -> [DoorTotals; 4] {
         let _one_at_a_time = self.sampling.lock().unwrap_or_else(|e| e.into_inner());
-        let (open, opened, bytes) = (
-            conns.open_per_door(),
-            conns.opened_per_door(),
-            conns.bytes_per_door(),
-        );
-        for (i, door) in DOORS.iter().enumerate() {
+        let totals = conns.per_door();
+        for (door, t) in DOORS.iter().zip(&totals) {
             let label = DoorLabel {
                 door: door_name(*door),
             };
-            METRICS.connections.get_or_create(&label).set(open[i] as i64);
-            catch_up(&METRICS.accepted.get_or_create(&label), opened[i]);
-            catch_up(&METRICS.bytes_received.get_or_create(&label), bytes[i].0);
-            catch_up(&METRICS.bytes_sent.get_or_create(&label), bytes[i].1);
+            METRICS.connections.get_or_create(&label).set(t.open as i64);
+            catch_up(&METRICS.accepted.get_or_create(&label), t.opened);
+            catch_up(&METRICS.bytes_received.get_or_create(&label), t.bytes_in);
+            catch_up(&METRICS.bytes_sent.get_or_create(&label), t.bytes_out);
         }
         METRICS.hash_queue.set(chat.hash_queue_depth() as i64);
         METRICS.push_queue_bytes.set(chat.queued_bytes() as i64);
         METRICS.sample_process();
+        totals
     }
 
     /// The live page's counters.
     pub fn counters(&self, conns: &Conns, chat: &Chat) -> serde_json::Value {
-        self.sample(conns, chat);
-        let open = conns.open_per_door();
-        let bytes = conns.bytes_per_door();
-        let per_door = |f: &dyn Fn(usize) -> u64| -> serde_json::Map<String, serde_json::Value> {
+        let totals = self.sample(conns, chat);
+        let per_door = |f: &dyn Fn(&DoorTotals) -> u64| -> serde_json::Map<String, serde_json::Value> {
             DOORS
                 .iter()
-                .enumerate()
-                .map(|(i, d)| (door_name(*d).to_string(), f(i).into()))
+                .zip(&totals)
+                .map(|(d, t)| (door_name(*d).to_string(), f(t).into()))
                 .collect()
         };
         let [ok, bad, limited, busy] = METRICS.logins();
         json!({
-            "connections": per_door(&|i| open[i]),
-            "bytes_in": per_door(&|i| bytes[i].0),
-            "bytes_out": per_door(&|i| bytes[i].1),
+            "connections": per_door(&|t| t.open),
+            "bytes_in": per_door(&|t| t.bytes_in),
+            "bytes_out": per_door(&|t| t.bytes_out),
             "messages_direct": METRICS.committed_direct.get(),
             "messages_room": METRICS.committed_room.get(),
             "pushes": METRICS.pushes.get(),
@@ -74,7 +69,7 @@ impl Metrics {
 }
 
 pub async fn scrape(State(state): State<Arc<AdminState>>) -> Response {
-    state.metrics.sample(&state.conns, &state.chat);
+    let _ = state.metrics.sample(&state.conns, &state.chat);
     let mut text = String::with_capacity(16 * 1024);
     if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &METRICS.registry) {
         tracing::error!(error = %e, "encoding the metrics failed");
